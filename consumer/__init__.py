@@ -1,0 +1,1 @@
+"""The stream service: Kafka I/O, batching, transactional checkpoints, rebalances, metrics."""

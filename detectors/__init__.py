@@ -1,0 +1,1 @@
+"""Pure online drift detection: no Kafka, no files, no implicit clocks."""

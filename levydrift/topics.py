@@ -1,0 +1,111 @@
+"""``levydrift topics create``: create (or converge) the project's topics with explicit settings."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
+
+from levydrift import settings as settings_module
+from levydrift.errors import BrokerUnavailableError
+from levydrift.kafka import admin_client, ensure_reachable
+from levydrift.logs import configure as configure_logging
+from levydrift.settings import AdminSettings, TopicSettings
+
+HOUR_MS = 3_600_000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
+    """The project's topics and the settings each must have."""
+    compacted = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
+                 "segment.ms": str(HOUR_MS), "min.compaction.lag.ms": "0"}
+    return [
+        TopicSpec(topics.records, topics.records_partitions,
+                  {"cleanup.policy": "delete",
+                   "retention.ms": str(int(topics.records_retention_hours * HOUR_MS))}),
+        TopicSpec(topics.dead_letters, topics.other_partitions,
+                  {"cleanup.policy": "delete",
+                   "retention.ms": str(int(topics.dead_letters_retention_hours * HOUR_MS))}),
+        # Drift events explain why each model version exists: keep them.
+        TopicSpec(topics.drift_events, topics.other_partitions,
+                  {"cleanup.policy": "delete", "retention.ms": "-1"}),
+        TopicSpec(topics.model_versions, topics.other_partitions, compacted),
+        TopicSpec(topics.detector_state, topics.other_partitions, compacted),
+    ]
+
+
+def create_topics(admin: AdminClient, topics: TopicSettings, replication_factor: int,
+                  timeout_s: float) -> dict[str, str]:
+    """Create missing topics; bring existing ones to the specified configs. Returns
+    ``{topic: "created" | "exists"}``. Idempotent."""
+    specs = topic_specs(topics)
+    futures = admin.create_topics(
+        [NewTopic(spec.name, spec.partitions, replication_factor, config=spec.config)
+         for spec in specs],
+        operation_timeout=timeout_s, request_timeout=timeout_s)
+    outcome: dict[str, str] = {}
+    existing: list[TopicSpec] = []
+    for spec in specs:
+        try:
+            futures[spec.name].result()
+            outcome[spec.name] = "created"
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise BrokerUnavailableError(
+                    f"creating topic {spec.name} failed: {error.args[0].str()}") from None
+            outcome[spec.name] = "exists"
+            existing.append(spec)
+    if existing:
+        _converge_configs(admin, existing, timeout_s)
+    return outcome
+
+
+def _converge_configs(admin: AdminClient, specs: list[TopicSpec], timeout_s: float) -> None:
+    resources = [
+        ConfigResource(ConfigResource.Type.TOPIC, spec.name, incremental_configs=[
+            ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
+            for key, value in spec.config.items()])
+        for spec in specs]
+    for resource, future in admin.incremental_alter_configs(
+            resources, request_timeout=timeout_s).items():
+        try:
+            future.result()
+        except KafkaException as error:
+            raise BrokerUnavailableError(
+                f"updating the settings of topic {resource.name} failed: {error.args[0].str()}"
+            ) from None
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("topics", help="create the project's Kafka topics")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    create = actions.add_parser("create", help="create missing topics, converge existing ones")
+    create.set_defaults(handler=_run_create)
+
+
+def _run_create(arguments: argparse.Namespace) -> int:
+    config = settings_module.load(AdminSettings, arguments.config)
+    configure_logging(config.logging.level)
+    admin = admin_client(config.kafka)
+    ensure_reachable(admin, config.kafka)
+    outcome = create_topics(admin, config.topics, config.topics.replication_factor,
+                            config.kafka.request_timeout_s)
+    for name, state in outcome.items():
+        print(f"{name}: {state}")
+    return 0

@@ -1,0 +1,1 @@
+"""The trainer worker: window read-back, training, evaluation gate, registry, model versions."""
