@@ -1,0 +1,89 @@
+"""Prometheus metrics of the drift consumer: the contract alerts and the dashboard rely on.
+
+The names here are referenced by deploy/prometheus/alerts.yml and
+deploy/grafana/dashboards/levy-drift.json (tests/ops/test_dashboard.py checks that); renaming one
+means changing those files too. Labels are bounded sets (outcomes, reasons, signal and detector
+names, topic/partition): never a parcel id or record id, which would explode the series count.
+
+Everything lives in a private ``REGISTRY`` rather than prometheus_client's global one, so the
+consumer exports exactly these series and tests can read them without cross-talk.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Batches are small (hundreds of records); restores can take tens of seconds on a cold start.
+_BATCH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_RESTORE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+RECORDS = Counter(
+    "levydrift_consumer_records", "Records consumed, by outcome (valid or dead_lettered).",
+    ["outcome"], registry=REGISTRY)
+DEAD_LETTERS = Counter(
+    "levydrift_consumer_dead_letters", "Records sent to the dead-letter topic, by reason.",
+    ["reason"], registry=REGISTRY)
+LAG = Gauge(
+    "levydrift_consumer_lag_records",
+    "Records between the committed offset and the end of the partition.",
+    ["topic", "partition"], registry=REGISTRY)
+BATCH_DURATION = Histogram(
+    "levydrift_consumer_batch_duration_seconds", "Time to process one consumed batch.",
+    buckets=_BATCH_BUCKETS, registry=REGISTRY)
+LAST_BATCH = Gauge(
+    "levydrift_consumer_last_batch_timestamp_seconds",
+    "Unix time of the last batch processed; the stall alert watches it.", registry=REGISTRY)
+DRIFT_EVENTS = Counter(
+    "levydrift_drift_events", "Drift events emitted, by kind (e.g. warning, drift) and signal.",
+    ["kind", "signal"], registry=REGISTRY)
+DETECTOR_STATISTIC = Gauge(
+    "levydrift_detector_statistic", "Current test statistic of a detector on a signal.",
+    ["signal", "detector"], registry=REGISTRY)
+DETECTOR_THRESHOLD = Gauge(
+    "levydrift_detector_threshold", "Threshold above which the detector reports drift.",
+    ["signal", "detector"], registry=REGISTRY)
+CHAMPION_VERSION = Gauge(
+    "levydrift_consumer_champion_version", "Model version the consumer is scoring with.",
+    ["model"], registry=REGISTRY)
+TRANSACTIONS = Counter(
+    "levydrift_consumer_transactions", "Kafka transactions, by outcome (committed or aborted).",
+    ["outcome"], registry=REGISTRY)
+REBALANCES = Counter(
+    "levydrift_consumer_rebalances", "Consumer group rebalance callbacks, by kind.",
+    ["kind"], registry=REGISTRY)
+STATE_RESTORE_DURATION = Histogram(
+    "levydrift_consumer_state_restore_duration_seconds",
+    "Time to restore detector state after a partition assignment.",
+    buckets=_RESTORE_BUCKETS, registry=REGISTRY)
+MODEL_LOAD_FAILURES = Counter(
+    "levydrift_consumer_model_load_failures", "Failures to load a champion model, by reason.",
+    ["reason"], registry=REGISTRY)
+PREDICTION_ABS_ERROR = Gauge(
+    "levydrift_consumer_prediction_abs_error",
+    "Recent mean absolute prediction error on labelled records.", registry=REGISTRY)
+
+# Label values the code uses; pre-creating them makes rate() and absent-aware alerts see 0
+# instead of no series before the first event.
+RECORD_OUTCOMES = ("valid", "dead_lettered")
+TRANSACTION_OUTCOMES = ("committed", "aborted")
+REBALANCE_KINDS = ("assigned", "revoked", "lost")
+for _outcome in RECORD_OUTCOMES:
+    RECORDS.labels(outcome=_outcome)
+for _outcome in TRANSACTION_OUTCOMES:
+    TRANSACTIONS.labels(outcome=_outcome)
+for _kind in REBALANCE_KINDS:
+    REBALANCES.labels(kind=_kind)
+
+
+def start_metrics_server(port: int, host: str = "0.0.0.0") -> bool:
+    """Serve ``REGISTRY`` on http://host:port/metrics in a daemon thread.
+
+    Port 0 means disabled (not "pick a free port"), matching ``metrics.port`` in the settings.
+    Returns whether a server was started.
+    """
+    if port == 0:
+        return False
+    start_http_server(port, addr=host, registry=REGISTRY)
+    return True
