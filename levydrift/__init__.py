@@ -1,3 +1,3 @@
-"""levy-drift: shared plumbing (CLI, settings, Kafka client config, logging) used by every service."""
+"""levy-drift: shared plumbing used by every service: CLI, settings, Kafka config, logs."""
 
 __version__ = "0.1.0"

@@ -200,7 +200,7 @@ def _from_env_string(raw: str, target: Any, variable: str) -> Any:
         try:
             return target(raw)
         except ValueError:
-            raise ConfigError(f"{variable}={raw!r} is not a {target.__name__}") from None
+            raise ConfigError(f"{variable}={raw!r} is not {_type_word(target)}") from None
     if _origin(target) in (list, tuple):
         return [item.strip() for item in raw.split(",") if item.strip()]
     return raw

@@ -1,0 +1,105 @@
+"""The settings loader: TOML, environment overrides, one-line errors naming the bad key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from levydrift.errors import ConfigError
+from levydrift.settings import AdminSettings, load
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "levydrift.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_file_or_environment() -> None:
+    settings = load(AdminSettings, None, environ={})
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert settings.topics.records == "levy.records"
+    assert settings.topics.model_versions == "levy.model-versions"
+
+
+def test_file_values_and_environment_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[kafka]
+bootstrap_servers = "broker-a:9092"
+client = { "security.protocol" = "SASL_SSL", "sasl.mechanism" = "PLAIN" }
+[topics]
+records = "county.levies"
+records_partitions = 12
+""")
+    settings = load(AdminSettings, path, environ={
+        "LEVYDRIFT_KAFKA_BOOTSTRAP_SERVERS": "broker-b:9092",
+        "LEVYDRIFT_TOPICS_RECORDS_PARTITIONS": "24",
+        "LEVYDRIFT_KAFKA_CLIENT_SASL_USERNAME": "levy",
+    })
+    assert settings.kafka.bootstrap_servers == "broker-b:9092"
+    assert settings.topics.records == "county.levies"
+    assert settings.topics.records_partitions == 24
+    client = settings.kafka.client_config()
+    assert client["security.protocol"] == "SASL_SSL"
+    assert client["sasl.mechanism"] == "PLAIN"
+    assert client["sasl.username"] == "levy"
+    assert client["bootstrap.servers"] == "broker-b:9092"
+
+
+def test_kafka_bootstrap_servers_fallback_variable() -> None:
+    settings = load(AdminSettings, None, environ={"KAFKA_BOOTSTRAP_SERVERS": "elsewhere:9092"})
+    assert settings.kafka.bootstrap_servers == "elsewhere:9092"
+    preferred = load(AdminSettings, None, environ={
+        "KAFKA_BOOTSTRAP_SERVERS": "elsewhere:9092",
+        "LEVYDRIFT_KAFKA_BOOTSTRAP_SERVERS": "preferred:9092"})
+    assert preferred.kafka.bootstrap_servers == "preferred:9092"
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, '[topics]\nrecords = "from-file"\n')
+    settings = load(AdminSettings, None, environ={"LEVYDRIFT_CONFIG": str(path)})
+    assert settings.topics.records == "from-file"
+
+
+@pytest.mark.parametrize(("text", "environ", "fragment"), [
+    ("[topics]\nrecord = 'x'\n", {}, "unknown key topics.record"),
+    ("[topics]\nrecords_partitions = 'six'\n", {}, "topics.records_partitions must be an integer"),
+    ("[topics]\nrecords_partitions = 0\n", {}, "topics.*_partitions must be >= 1"),
+    ("[kafka]\nbootstrap_servers = 9092\n", {}, "kafka.bootstrap_servers must be a string"),
+    ("[nonsense]\nx = 1\n", {}, "unknown section [nonsense]"),
+    ("[kafka\n", {}, "is not valid TOML"),
+    ("", {"LEVYDRIFT_TOPICS_RECORDS_PARTITIONS": "many"}, "is not an integer"),
+    ("", {"LEVYDRIFT_TOPICS_RECORD": "x"}, "unknown setting LEVYDRIFT_TOPICS_RECORD"),
+    ("[kafka]\nclient = { \"group.id\" = \"x\" }\n", {}, "kafka.client.group.id is set by"),
+    ("[topics]\ndrift_events = 'levy.records'\n", {}, "two topics share one name"),
+])
+def test_bad_configuration_is_one_line_naming_the_key(
+        tmp_path: Path, text: str, environ: dict[str, str], fragment: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as raised:
+        load(AdminSettings, path, environ=environ)
+    message = str(raised.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_missing_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load(AdminSettings, tmp_path / "absent.toml", environ={})
+
+
+def test_variables_of_other_services_are_ignored() -> None:
+    settings = load(AdminSettings, None, environ={"LEVYDRIFT_TRAINER_MODEL_NAME": "x",
+                                                  "LEVYDRIFT_CONFIGURED": "1"})
+    assert settings.topics.records == "levy.records"
+
+
+def test_example_config_in_deploy_loads() -> None:
+    example = REPO / "deploy" / "levydrift.example.toml"
+    if not example.exists():
+        pytest.fail("deploy/levydrift.example.toml is missing")
+    settings = load(AdminSettings, example, environ={})
+    assert settings.topics.records
