@@ -1,0 +1,24 @@
+"""``levydrift consume``: run the stream consumer until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+
+from consumer.config import load_consumer_settings
+from consumer.metrics import start_metrics_server
+from levydrift.logs import configure as configure_logging
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "consume", help="watch levy.records for drift and publish drift events (exactly once)")
+    parser.set_defaults(handler=_run)
+
+
+def _run(arguments: argparse.Namespace) -> int:
+    from consumer.service import ConsumerService  # heavy imports only when consuming
+
+    settings = load_consumer_settings(arguments.config)
+    configure_logging(settings.logging.level)
+    start_metrics_server(settings.metrics.port, settings.metrics.host)
+    return ConsumerService(settings).run()

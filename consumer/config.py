@@ -1,0 +1,72 @@
+"""Settings of ``levydrift consume``: one object, loaded from the TOML file and LEVYDRIFT_*."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from detectors.config import DetectorSettings
+from detectors.errors import DetectorConfigError
+from levydrift.errors import ConfigError
+from levydrift.settings import (
+    KafkaSettings,
+    LoggingSettings,
+    MetricsSettings,
+    TopicSettings,
+    load,
+)
+
+
+@dataclass(frozen=True)
+class ConsumerSection:
+    """The ``[consumer]`` table."""
+
+    group_id: str = "levy-drift-monitor"
+    # Stable per instance: after a crash, the restarted instance fences and aborts its
+    # predecessor's open transaction at once instead of waiting for the transaction timeout.
+    instance_id: str = field(default_factory=socket.gethostname)
+    model_name: str = "levy-impact"
+    batch_size: int = 2000
+    batch_timeout_s: float = 0.5
+    checkpoint_interval_s: float = 2.0
+    revoke_checkpoint_budget_s: float = 10.0
+    restore_timeout_s: float = 60.0
+    transaction_timeout_s: float = 60.0
+    shutdown_timeout_s: float = 10.0
+
+    def validate(self) -> None:
+        if not self.group_id or not self.instance_id or not self.model_name:
+            raise ConfigError("consumer.group_id, instance_id and model_name must not be empty")
+        if not 1 <= self.batch_size <= 100_000:
+            raise ConfigError(f"consumer.batch_size must be 1..100000, got {self.batch_size}")
+        for name in ("batch_timeout_s", "checkpoint_interval_s", "revoke_checkpoint_budget_s",
+                     "restore_timeout_s", "transaction_timeout_s", "shutdown_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"consumer.{name} must be > 0")
+        if self.checkpoint_interval_s >= self.transaction_timeout_s:
+            raise ConfigError("consumer.checkpoint_interval_s must be below "
+                              "consumer.transaction_timeout_s, or transactions time out")
+
+    @property
+    def transactional_id(self) -> str:
+        return f"{self.group_id}.{self.instance_id}"
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    """Everything ``levydrift consume`` reads."""
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    topics: TopicSettings = field(default_factory=TopicSettings)
+    consumer: ConsumerSection = field(default_factory=ConsumerSection)
+    detectors: DetectorSettings = field(default_factory=DetectorSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+
+
+def load_consumer_settings(path: str | None) -> ConsumerSettings:
+    """Load and validate; detector configuration errors become one-line ``ConfigError``s."""
+    try:
+        return load(ConsumerSettings, path)
+    except DetectorConfigError as error:
+        raise ConfigError(f"detectors: {error}") from None

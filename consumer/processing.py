@@ -1,0 +1,158 @@
+"""Per-partition processing: decode, dead-letter, score, detect, turn decisions into events.
+
+Pure apart from the ``produce`` callable it is given, so it runs the same inside the Kafka loop
+and in a unit test fed with a list.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from confluent_kafka import Message
+
+from consumer import metrics
+from consumer.events import decision_to_event
+from consumer.state import PartitionState
+from detectors.bank import DetectorBank
+from schemas.dead_letter import dead_letter
+from schemas.levy_record import decode_levy_records, levy_records_to_columns
+
+if TYPE_CHECKING:
+    from consumer.champion import Champion
+    from consumer.config import ConsumerSettings
+    from detectors.config import DetectorSettings
+
+log = logging.getLogger(__name__)
+
+Produce = Callable[..., None]
+
+
+@dataclass
+class BatchResult:
+    valid: int = 0
+    dead_lettered: int = 0
+    drift_events: list[Any] = field(default_factory=list)
+
+    def merge(self, other: BatchResult) -> None:
+        self.valid += other.valid
+        self.dead_lettered += other.dead_lettered
+        self.drift_events.extend(other.drift_events)
+
+
+@dataclass
+class PartitionMonitor:
+    """The detector bank of one partition and where it stands in the stream."""
+
+    topic: str
+    partition: int
+    bank: DetectorBank
+    next_offset: int
+    model_version: int | None
+    committed: PartitionState | None = None
+    dirty: bool = False
+
+    @classmethod
+    def resume(cls, topic: str, partition: int, start_offset: int,
+               saved: PartitionState | None, detector_settings: DetectorSettings,
+               champion_version: int | None) -> PartitionMonitor:
+        """Rebuild from the latest committed snapshot, or start fresh at ``start_offset``."""
+        if saved is None:
+            bank = DetectorBank(detector_settings)
+            monitor = cls(topic, partition, bank, start_offset, champion_version)
+        else:
+            if saved.next_offset != start_offset:
+                log.warning("snapshot offset differs from the committed offset; using the "
+                            "snapshot's state from the committed offset", extra={
+                                "partition": partition, "snapshot_offset": saved.next_offset,
+                                "committed_offset": start_offset})
+            bank = DetectorBank.restore(saved.bank, detector_settings)
+            monitor = cls(topic, partition, bank, start_offset, saved.model_version)
+            if saved.model_version != champion_version:
+                monitor.rebaseline(champion_version)
+        monitor.committed = monitor.state(None)
+        return monitor
+
+    def state(self, group: str | None) -> PartitionState:
+        return PartitionState(group or "", self.topic, self.partition, self.next_offset,
+                              self.model_version, self.bank.snapshot())
+
+    def mark_committed(self, state: PartitionState) -> None:
+        self.committed = state
+        self.dirty = False
+
+    def rewind(self, detector_settings: DetectorSettings) -> None:
+        """Back to the last committed snapshot after an aborted transaction."""
+        assert self.committed is not None
+        self.bank = DetectorBank.restore(self.committed.bank, detector_settings)
+        self.next_offset = self.committed.next_offset
+        self.model_version = self.committed.model_version
+        self.dirty = False
+
+    def rebaseline(self, champion_version: int | None) -> None:
+        """A new champion changes predictions and errors: learn a new reference."""
+        self.bank.rebaseline()
+        self.model_version = champion_version
+        self.dirty = True
+
+    def statistics(self) -> dict[tuple[str, str], tuple[float, float]]:
+        return self.bank.statistics()
+
+
+def process_partition(monitor: PartitionMonitor, messages: Sequence[Message],
+                      champion: Champion | None, settings: ConsumerSettings,
+                      produce: Produce) -> BatchResult:
+    """Process one partition's messages (in offset order) and produce what they lead to."""
+    result = BatchResult()
+    records, rejections = decode_levy_records([message.value() for message in messages])
+    rejected = set()
+    for index, rejection in rejections:
+        rejected.add(index)
+        _dead_letter(messages[index], rejection, settings.topics.dead_letters, produce)
+    result.dead_lettered = len(rejections)
+    result.valid = len(records)
+    if records:
+        offsets = np.fromiter((m.offset() for i, m in enumerate(messages) if i not in rejected),
+                              dtype=np.int64, count=len(records))
+        columns = signal_columns(levy_records_to_columns(records), champion)
+        for decision in monitor.bank.update(columns, offsets):
+            event = decision_to_event(decision, monitor, settings, champion)
+            produce(settings.topics.drift_events, event.to_bytes(),
+                    key=settings.consumer.model_name.encode())
+            for finding in event.signals:
+                metrics.DRIFT_EVENTS.labels(kind=event.kind, signal=finding.name).inc()
+            result.drift_events.append(event)
+            log.info("drift detected", extra={"event_id": event.event_id, "kind": event.kind,
+                                              "signals": [s.name for s in event.signals],
+                                              "partition": monitor.partition})
+    monitor.next_offset = messages[-1].offset() + 1
+    monitor.dirty = True
+    metrics.RECORDS.labels(outcome="valid").inc(result.valid)
+    metrics.RECORDS.labels(outcome="dead_lettered").inc(result.dead_lettered)
+    return result
+
+
+def signal_columns(columns: dict[str, np.ndarray], champion: Champion | None) -> dict[str,
+                                                                                      np.ndarray]:
+    """Record columns plus the model signals: prediction and error (NaN where unknown)."""
+    count = len(next(iter(columns.values())))
+    prediction = np.full(count, np.nan) if champion is None else champion.predict(columns)
+    actual = columns["actual_levy_amount"]
+    columns["prediction"] = prediction
+    columns["abs_error"] = np.abs(prediction - actual)
+    labelled = ~np.isnan(columns["abs_error"])
+    if labelled.any():
+        metrics.PREDICTION_ABS_ERROR.set(float(columns["abs_error"][labelled].mean()))
+    return columns
+
+
+def _dead_letter(message: Message, rejection: Any, topic: str, produce: Produce) -> None:
+    timestamp_type, timestamp = message.timestamp()
+    key, value, headers = dead_letter(message.key(), message.value(), message.headers(),
+                                      rejection, message.topic(), message.partition(),
+                                      message.offset(), timestamp)
+    produce(topic, value, key=key, headers=headers)
+    metrics.DEAD_LETTERS.labels(reason=str(rejection.reason)).inc()

@@ -1,0 +1,249 @@
+"""``levydrift consume``: the run loop, rebalance handling and shutdown.
+
+Per checkpoint (every ``checkpoint_interval_s``, on revoke and on shutdown) one Kafka transaction
+carries the dead letters and drift events produced since the last one, a detector-state snapshot
+of every partition that moved, and the consumed offsets. An aborted transaction rewinds each
+partition to its last committed snapshot and offset, so nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+
+from consumer import metrics
+from consumer.champion import ChampionTracker
+from consumer.config import ConsumerSettings
+from consumer.processing import BatchResult, PartitionMonitor, process_partition
+from consumer.state import PartitionState, encode_state, read_latest_states, state_key
+from consumer.transactions import (
+    FatalKafkaError,
+    TransactionAborted,
+    TransactionalOutput,
+    producer_overrides,
+)
+from levydrift.kafka import admin_client, consumer_config, ensure_reachable, producer_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Clock:
+    last_checkpoint: float = 0.0
+
+
+class ConsumerService:
+    """Kafka in, detector banks per partition, drift events and checkpoints out."""
+
+    def __init__(self, settings: ConsumerSettings) -> None:
+        self.settings = settings
+        self.section = settings.consumer
+        self.monitors: dict[int, PartitionMonitor] = {}
+        self._stopping = False
+        self._clock = _Clock()
+        kafka = settings.kafka
+        self._consumer_config = consumer_config(kafka, self.section.group_id, **{
+            "max.poll.interval.ms": 300_000, "fetch.max.bytes": 52_428_800,
+            "partition.assignment.strategy": "range,roundrobin"})
+        self._reader_config = consumer_config(kafka, f"{self.section.group_id}.readers")
+        self._producer = Producer(producer_config(kafka, **producer_overrides(
+            self.section.transactional_id, self.section.transaction_timeout_s)))
+        self.output = TransactionalOutput(self._producer, self.section.transaction_timeout_s)
+        self.consumer: Consumer | None = None
+        self.champion = ChampionTracker(self._reader_config, settings.topics.model_versions,
+                                        self.section.model_name)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        ensure_reachable(admin_client(self.settings.kafka), self.settings.kafka)
+        self._install_signal_handlers()
+        try:
+            self.output.init()
+        except TransactionAborted as error:
+            raise FatalKafkaError(f"cannot start transactions: {error}") from None
+        self.champion.start(self.section.restore_timeout_s)
+        self.consumer = Consumer(self._consumer_config)
+        self.consumer.subscribe([self.settings.topics.records], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        log.info("consuming", extra={"topic": self.settings.topics.records,
+                                     "group": self.section.group_id,
+                                     "transactional_id": self.section.transactional_id})
+        try:
+            while not self._stopping:
+                self.step()
+            self.checkpoint()
+        finally:
+            self._close()
+        return 0
+
+    def request_stop(self, *_: Any) -> None:
+        self._stopping = True
+
+    def step(self) -> BatchResult | None:
+        """One iteration: follow the champion, consume a batch, process it, maybe checkpoint."""
+        assert self.consumer is not None
+        self._follow_champion()
+        messages = self.consumer.consume(self.section.batch_size, self.section.batch_timeout_s)
+        result = self._process(messages) if messages else None
+        if time.monotonic() - self._clock.last_checkpoint >= self.section.checkpoint_interval_s:
+            self.checkpoint()
+        self.output.poll()
+        return result
+
+    def _close(self) -> None:
+        if self.consumer is not None:
+            try:
+                self.consumer.close()  # runs on_revoke, which checkpoints what is left
+            except KafkaException as error:
+                log.warning("consumer close failed", extra={"error": str(error)})
+        self.output.abort()
+        self._producer.flush(self.section.shutdown_timeout_s)
+        self.champion.close()
+
+    def _install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    # -- processing ------------------------------------------------------------------------
+
+    def _process(self, messages: list[Message]) -> BatchResult:
+        started = time.perf_counter()
+        by_partition: dict[int, list[Message]] = {}
+        total = BatchResult()
+        for message in messages:
+            if message.error():
+                self._raise_if_fatal_message(message)
+                continue
+            by_partition.setdefault(message.partition(), []).append(message)
+        champion = self.champion.champion
+        for partition, partition_messages in by_partition.items():
+            monitor = self.monitors.get(partition)
+            if monitor is None:
+                continue  # revoked while the batch was in flight
+            result = process_partition(monitor, partition_messages, champion, self.settings,
+                                       self.output.produce)
+            total.merge(result)
+        metrics.BATCH_DURATION.observe(time.perf_counter() - started)
+        metrics.LAST_BATCH.set(time.time())
+        return total
+
+    @staticmethod
+    def _raise_if_fatal_message(message: Message) -> None:
+        error = message.error()
+        if error.fatal():
+            raise FatalKafkaError(f"consumer error: {error.str()}")
+        log.warning("consume error", extra={"error": error.str()})
+
+    def _follow_champion(self) -> None:
+        self.champion.poll()
+        if self.champion.swap_if_pending():
+            version = self.champion.champion.version if self.champion.champion else None
+            for monitor in self.monitors.values():
+                monitor.rebaseline(version)
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def checkpoint(self) -> bool:
+        """Commit everything since the last checkpoint in one transaction. False when the
+        transaction was aborted and the partitions were rewound."""
+        self._clock.last_checkpoint = time.monotonic()
+        moved = [monitor for monitor in self.monitors.values() if monitor.dirty]
+        if not moved and not self.output.open:
+            return True
+        assert self.consumer is not None
+        states = {monitor.partition: monitor.state(self.section.group_id) for monitor in moved}
+        for state in states.values():
+            self.output.produce(self.settings.topics.detector_state, encode_state(state),
+                                key=state_key(state.group, state.topic, state.partition))
+        offsets = [TopicPartition(self.settings.topics.records, p, s.next_offset)
+                   for p, s in states.items()]
+        try:
+            self.output.commit(offsets, self.consumer)
+        except TransactionAborted as error:
+            log.warning("transaction aborted; rewinding to the last checkpoint",
+                        extra={"error": str(error)})
+            self._rewind()
+            return False
+        for monitor in moved:
+            monitor.mark_committed(states[monitor.partition])
+        self._export_gauges()
+        return True
+
+    def _rewind(self) -> None:
+        assert self.consumer is not None
+        for monitor in self.monitors.values():
+            monitor.rewind(self.settings.detectors)
+            self.consumer.seek(TopicPartition(monitor.topic, monitor.partition,
+                                              monitor.next_offset))
+
+    def _export_gauges(self) -> None:
+        assert self.consumer is not None
+        for monitor in self.monitors.values():
+            _, high = self.consumer.get_watermark_offsets(
+                TopicPartition(monitor.topic, monitor.partition), cached=True) or (0, 0)
+            if high >= 0:
+                metrics.LAG.labels(topic=monitor.topic, partition=str(monitor.partition)).set(
+                    max(high - monitor.next_offset, 0))
+        statistics: dict[tuple[str, str], tuple[float, float]] = {}
+        for monitor in self.monitors.values():
+            for (signal_name, detector), (value, threshold) in monitor.statistics().items():
+                current = statistics.get((signal_name, detector))
+                if current is None or value > current[0]:
+                    statistics[(signal_name, detector)] = (value, threshold)
+        for (signal_name, detector), (value, threshold) in statistics.items():
+            metrics.DETECTOR_STATISTIC.labels(signal=signal_name, detector=detector).set(value)
+            metrics.DETECTOR_THRESHOLD.labels(signal=signal_name, detector=detector).set(threshold)
+
+    # -- rebalances ------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        metrics.REBALANCES.labels(kind="assigned").inc()
+        started = time.perf_counter()
+        timeout = self.section.restore_timeout_s
+        keys = {p.partition: state_key(self.section.group_id, p.topic, p.partition)
+                for p in partitions}
+        latest = read_latest_states(self._reader_config, self.settings.topics.detector_state,
+                                    set(keys.values()), timeout)
+        committed = consumer.committed(partitions, timeout=timeout)
+        version = self.champion.champion.version if self.champion.champion else None
+        for position in committed:
+            start = position.offset if position.offset >= 0 else consumer.get_watermark_offsets(
+                TopicPartition(position.topic, position.partition), timeout=timeout)[0]
+            monitor = PartitionMonitor.resume(position.topic, position.partition, start,
+                                              latest[keys[position.partition]],
+                                              self.settings.detectors, version)
+            self.monitors[position.partition] = monitor
+            position.offset = start
+        consumer.assign(committed)
+        metrics.STATE_RESTORE_DURATION.observe(time.perf_counter() - started)
+        log.info("partitions assigned", extra={
+            "partitions": sorted(keys), "restore_seconds": round(time.perf_counter() - started,
+                                                                 3)})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        metrics.REBALANCES.labels(kind="revoked").inc()
+        try:
+            self.checkpoint()
+        except FatalKafkaError:
+            raise
+        finally:
+            for position in partitions:
+                self.monitors.pop(position.partition, None)
+        log.info("partitions revoked", extra={"partitions": [p.partition for p in partitions]})
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        metrics.REBALANCES.labels(kind="lost").inc()
+        self.output.abort()
+        for position in partitions:
+            self.monitors.pop(position.partition, None)
+        log.warning("partitions lost; dropped without committing",
+                    extra={"partitions": [p.partition for p in partitions]})
+
+
+__all__ = ["ConsumerService", "PartitionState"]
