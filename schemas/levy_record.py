@@ -18,7 +18,6 @@ and pydantic v2; see bench/RESULTS-codec.md.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Annotated, Any, Final, Literal
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from schemas._json import json_type_name, parse_json_object
 from schemas.errors import Reason, RecordRejected, Rejection, reject
+from schemas.timestamps import TIMESTAMP as _TIMESTAMP
 
 SCHEMA_VERSION: Final = 1
 # A valid compact record is under 3 KiB; 64 KiB leaves room for whitespace and escapes while
@@ -38,17 +38,6 @@ TAX_YEAR_MIN: Final = 1900
 TAX_YEAR_MAX: Final = 2100
 TEXT_MAX_CHARS: Final = 64
 
-# RFC 3339 date-time with 'T', seconds, optional fraction and a zone, years 1900-2199; the date
-# part admits only real calendar days (leap years included). Same text as the JSON Schema pattern.
-RFC3339_PATTERN: Final = (
-    r"^(?:(?:19|20|21)[0-9]{2}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
-    r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))"
-    r"|(?:(?:19|20|21)(?:0[48]|[2468][048]|[13579][26])|2000)-02-29)"
-    r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?"
-    r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$"
-)
-# fullmatch, so that a trailing newline never slips past '$' as it would with re.search.
-_TIMESTAMP = re.compile(RFC3339_PATTERN)
 
 Money = Annotated[float, msgspec.Meta(ge=0, le=MONEY_MAX)]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=TEXT_MAX_CHARS)]

@@ -1,0 +1,168 @@
+"""Drift event v1: what the consumer publishes when a detector bank sees drift.
+
+Validated against ``drift-event.v1.json`` itself (see ``schemas._contract``), plus one rule the
+schema cannot state: each window's first_offset is not above its last_offset.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from schemas._contract import decode_document, encode_document, validate_document
+from schemas.errors import Reason, reject
+
+SCHEMA_FILE = "drift-event.v1.json"
+DriftKind = Literal["distribution", "prediction", "performance"]
+ParamValue = str | int | float | bool | None
+# Fixed namespace: ids must stay the same across processes, hosts and releases.
+DRIFT_EVENT_NAMESPACE = uuid.UUID("5d0c3a4e-8f1b-4c52-9a57-2f6b3c1e7d90")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceOffsets:
+    """An inclusive offset range of one topic partition."""
+
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSummary:
+    """One signal over one window: n, mean/std/quantiles (numeric) or category shares."""
+
+    n: int
+    mean: float | None = None
+    std: float | None = None
+    quantiles: Mapping[str, float] = field(default_factory=dict)  # 'p5', 'p50', ...
+    category_shares: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorSpec:
+    name: str
+    params: Mapping[str, ParamValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DriftSignal:
+    """One drifted signal: which detector fired, how hard, and the two windows compared."""
+
+    signal: str
+    detector: DetectorSpec
+    statistic: float
+    threshold: float
+    effect_size: float | None
+    reference: WindowSummary
+    current: WindowSummary
+
+
+@dataclass(frozen=True, slots=True)
+class DriftEvent:
+    event_id: str
+    model_name: str
+    model_version: int | None
+    kind: DriftKind
+    signals: tuple[DriftSignal, ...]
+    reference_window: SourceOffsets
+    current_window: SourceOffsets
+    detected_at: str
+    consumer_group: str
+    schema_version: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version, "event_id": self.event_id,
+            "model_name": self.model_name, "model_version": self.model_version,
+            "kind": self.kind, "signals": [_signal_to_dict(s) for s in self.signals],
+            "reference_window": offsets_to_dict(self.reference_window),
+            "current_window": offsets_to_dict(self.current_window),
+            "detected_at": self.detected_at, "consumer_group": self.consumer_group,
+        }
+
+    def to_bytes(self) -> bytes:
+        """Validated compact JSON; raises ``RecordRejected`` if the event breaks the contract."""
+        document = self.to_dict()
+        data = encode_document(document, SCHEMA_FILE)  # validates first: types are known below
+        _check_windows(document)
+        return data
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> DriftEvent:
+        """Validate a parsed document, then build the event; raises ``RecordRejected``."""
+        checked = validate_document(dict(document), SCHEMA_FILE)
+        _check_windows(checked)
+        return cls(
+            event_id=checked["event_id"], model_name=checked["model_name"],
+            model_version=checked["model_version"], kind=checked["kind"],
+            signals=tuple(_signal_from_dict(s) for s in checked["signals"]),
+            reference_window=offsets_from_dict(checked["reference_window"]),
+            current_window=offsets_from_dict(checked["current_window"]),
+            detected_at=checked["detected_at"], consumer_group=checked["consumer_group"],
+        )
+
+    @classmethod
+    def from_bytes(cls, value: bytes | None) -> DriftEvent:
+        return cls.from_dict(decode_document(value, SCHEMA_FILE))
+
+
+def drift_event_id(model_name: str, consumer_group: str, topic: str, partition: int,
+                   detection_offset: int, signals: Iterable[str]) -> str:
+    """Deterministic event id (UUIDv5): the same detection on the same records, replayed,
+    gets the same id, so downstream can de-duplicate. Signal order does not matter."""
+    parts = [model_name, consumer_group, topic, str(partition), str(detection_offset),
+             ",".join(sorted(set(signals)))]
+    return str(uuid.uuid5(DRIFT_EVENT_NAMESPACE, "\x1f".join(parts)))
+
+
+def offsets_to_dict(offsets: SourceOffsets) -> dict[str, Any]:
+    return {"topic": offsets.topic, "partition": offsets.partition,
+            "first_offset": offsets.first_offset, "last_offset": offsets.last_offset}
+
+
+def offsets_from_dict(document: Mapping[str, Any]) -> SourceOffsets:
+    return SourceOffsets(document["topic"], document["partition"],
+                         document["first_offset"], document["last_offset"])
+
+
+def check_offset_range(document: Mapping[str, Any], field_path: str) -> None:
+    if document["first_offset"] > document["last_offset"]:
+        raise reject(Reason.INCONSISTENT, f"{field_path}.first_offset",
+                     f"first_offset {document['first_offset']} is above "
+                     f"last_offset {document['last_offset']}")
+
+
+def _check_windows(document: Mapping[str, Any]) -> None:
+    for name in ("reference_window", "current_window"):
+        check_offset_range(document[name], name)
+
+
+def _window_to_dict(window: WindowSummary) -> dict[str, Any]:
+    return {"n": window.n, "mean": window.mean, "std": window.std,
+            "quantiles": dict(window.quantiles), "category_shares": dict(window.category_shares)}
+
+
+def _window_from_dict(document: Mapping[str, Any]) -> WindowSummary:
+    return WindowSummary(document["n"], document["mean"], document["std"],
+                         dict(document["quantiles"]), dict(document["category_shares"]))
+
+
+def _signal_to_dict(signal: DriftSignal) -> dict[str, Any]:
+    return {"signal": signal.signal,
+            "detector": {"name": signal.detector.name, "params": dict(signal.detector.params)},
+            "statistic": signal.statistic, "threshold": signal.threshold,
+            "effect_size": signal.effect_size,
+            "reference": _window_to_dict(signal.reference),
+            "current": _window_to_dict(signal.current)}
+
+
+def _signal_from_dict(document: Mapping[str, Any]) -> DriftSignal:
+    detector = document["detector"]
+    return DriftSignal(document["signal"], DetectorSpec(detector["name"], dict(detector["params"])),
+                       document["statistic"], document["threshold"], document["effect_size"],
+                       _window_from_dict(document["reference"]),
+                       _window_from_dict(document["current"]))
