@@ -1,0 +1,668 @@
+"""A seeded levy stream with drift whose start (and end) is known. Pure generation, no I/O.
+
+The world: a fixed roll of parcels (drawn once from the seed) in several counties, each county
+split into tax districts (tax code areas) with a voted rate and a statutory levy limit. Each
+record is one parcel's levy record, drawn from the roll. Its levy is computed the way levies
+work:
+
+    taxable value = assessed value - exemptions (homestead, senior, abatement, fully exempt)
+    levy rate     = the district's voted rate, compressed to (levy limit / taxable base) when
+                    the district's total levy would exceed its statutory limit
+    actual levy   = taxable value * levy rate + special assessments, with billing noise and a
+                    few corrections
+
+Records are generated in fixed chunks of ``CHUNK_RECORDS``, each from its own random stream
+``(seed, chunk)``, so record ``i`` is the same whichever range it is generated in. Every
+scenario draws the same random numbers as ``none``: before the change index a scenario's
+records equal those of ``none`` byte for byte, which is what makes its ground truth checkable.
+
+Use ``LevySimulator(SimulatorConfig(...))``: ``columns`` / ``frame`` for columnar data,
+``records`` for record dicts, ``ground_truth`` for what changed where.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+SCHEMA_VERSION = 1
+CHUNK_RECORDS = 65_536
+
+RECORD_FIELDS = (
+    "schema_version", "record_id", "parcel_id", "county", "tax_district", "property_class",
+    "tax_year", "assessed_value", "market_value", "exemption_amount", "levy_rate",
+    "prior_levy_amount", "new_construction_value", "event_time", "actual_levy_amount",
+)
+MONEY_FIELDS = (
+    "assessed_value", "market_value", "exemption_amount", "prior_levy_amount",
+    "new_construction_value", "actual_levy_amount",
+)
+# Extra columns from ``columns(..., components=True)``: the levy formula's parts, noise-free.
+COMPONENT_FIELDS = ("levy_taxable_value", "special_assessment", "formula_levy_amount")
+
+SCENARIOS = (
+    "none", "reassessment", "levy-rate-change", "exemption-policy", "unit-bug",
+    "new-property-class", "gradual", "variance",
+)
+TEMPORARY_SCENARIOS = frozenset({"unit-bug"})
+# What ``magnitude`` means for each scenario, and its default.
+DEFAULT_MAGNITUDE = {
+    "none": 0.0,
+    "reassessment": 0.25,        # assessed values of one county x (1 + m)
+    "levy-rate-change": 0.004,   # voted rate + m (4 mills) in some districts
+    "exemption-policy": 1.5,     # homestead exemption x (1 + m): 50k -> 125k
+    "unit-bug": 1000.0,          # money fields of one county divided by m
+    "new-property-class": 0.10,  # share of records from the new class
+    "gradual": 0.30,             # values x (1 + m) at the end of the ramp
+    "variance": 0.6,             # log-spread of values x (1 + m)
+}
+DEFAULT_DURATION = 10_000  # records: a temporary scenario's length, the gradual ramp's length
+
+HOMESTEAD_EXEMPTION = 50_000.0
+SENIOR_EXEMPTION_SHARE = 0.30     # of assessed value, on top of the homestead exemption
+STALE_ASSESSMENT_LEVEL = 0.80     # the reassessed county's roll lags the market before the change
+UPDATED_ROLL_SHARE = 0.05         # exemption-policy: share of records already showing the new one
+NOISE_SIGMA = 0.004               # billing noise (proration, rounding across authorities)
+CORRECTION_SHARE = 0.01           # bills with a supplemental correction of up to +-15 %
+RATE_DECIMALS = 7
+
+
+@dataclass(frozen=True)
+class PropertyClass:
+    name: str
+    share: float
+    median_value: float       # median assessed value, dollars
+    sigma: float              # log-normal spread of assessed value
+    assessment_ratio: float   # assessed / market (current-use farms are assessed far below)
+    new_construction_rate: float
+
+
+PROPERTY_CLASSES = (
+    PropertyClass("residential", 0.72, 380_000, 0.45, 0.95, 0.05),
+    PropertyClass("commercial", 0.09, 1_400_000, 0.90, 0.90, 0.08),
+    PropertyClass("agricultural", 0.11, 450_000, 0.80, 0.35, 0.02),
+    PropertyClass("industrial", 0.03, 3_200_000, 1.00, 0.92, 0.10),
+    PropertyClass("exempt", 0.05, 900_000, 0.90, 1.00, 0.03),
+)
+NEW_PROPERTY_CLASS = PropertyClass("mixed_use", 0.0, 1_100_000, 0.60, 0.90, 0.30)
+CLASS_NAMES = tuple(c.name for c in PROPERTY_CLASSES) + (NEW_PROPERTY_CLASS.name,)
+RESIDENTIAL, COMMERCIAL, INDUSTRIAL, EXEMPT = 0, 1, 3, 4
+NEW_CLASS = len(PROPERTY_CLASSES)
+
+
+@dataclass(frozen=True)
+class County:
+    name: str
+    code: str
+    share: float
+    value_level: float   # local price level
+    districts: int
+
+
+COUNTIES = (
+    County("Benton", "BEN", 0.28, 1.00, 7),
+    County("Franklin", "FRA", 0.16, 0.85, 5),
+    County("Yakima", "YAK", 0.24, 0.80, 6),
+    County("Walla Walla", "WAL", 0.12, 0.90, 5),
+    County("Grant", "GRA", 0.20, 0.75, 5),
+)
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """What to generate. ``duration`` is the length of a temporary scenario (``unit-bug``) and
+    of the ``gradual`` ramp; ``magnitude`` defaults per scenario (see ``DEFAULT_MAGNITUDE``)."""
+
+    seed: int = 42
+    scenario: str = "none"
+    change_at: int = 50_000
+    duration: int | None = None
+    magnitude: float | None = None
+    labelled_share: float = 0.2
+    parcels: int = 100_000
+    start_time: datetime = datetime(2026, 1, 1, tzinfo=UTC)
+    event_interval_ms: int = 1000
+    tax_year: int | None = None   # default: the year of start_time
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad setting."""
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {self.scenario!r}; choose from "
+                             + ", ".join(SCENARIOS))
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.change_at < 0:
+            raise ValueError(f"change index must be >= 0, got {self.change_at}")
+        if self.duration is not None and self.duration < 1:
+            raise ValueError(f"duration must be >= 1 record, got {self.duration}")
+        if not 0.0 <= self.labelled_share <= 1.0:
+            raise ValueError(f"labelled share must be within 0..1, got {self.labelled_share}")
+        if self.parcels < 100:
+            raise ValueError(f"parcels must be >= 100, got {self.parcels}")
+        if self.event_interval_ms < 0:
+            raise ValueError(f"event interval must be >= 0 ms, got {self.event_interval_ms}")
+        if self.start_time.tzinfo is None:
+            raise ValueError("start time must carry a time zone (use UTC)")
+        if not 1900 <= self.resolved_tax_year <= 2100:
+            raise ValueError(f"tax year must be within 1900..2100, got {self.resolved_tax_year}")
+        if self.magnitude is not None and not np.isfinite(self.magnitude):
+            raise ValueError("magnitude must be a finite number")
+        if self.scenario == "unit-bug" and self.resolved_magnitude <= 0:
+            raise ValueError("unit-bug magnitude (the divisor) must be > 0")
+
+    @property
+    def resolved_magnitude(self) -> float:
+        return DEFAULT_MAGNITUDE[self.scenario] if self.magnitude is None else self.magnitude
+
+    @property
+    def resolved_duration(self) -> int:
+        return DEFAULT_DURATION if self.duration is None else self.duration
+
+    @property
+    def resolved_tax_year(self) -> int:
+        return self.start_time.year if self.tax_year is None else self.tax_year
+
+    @property
+    def end_at(self) -> int | None:
+        """First index after a temporary scenario; None for permanent ones."""
+        if self.scenario in TEMPORARY_SCENARIOS:
+            return self.change_at + self.resolved_duration
+        return None
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """What changed, from which record index, in which signals and places."""
+
+    scenario: str
+    change_index: int | None          # None for ``none``
+    end_index: int | None             # first unaffected index of a temporary scenario
+    affected_signals: list[str]       # record fields whose distribution moves; primary first
+    affected_counties: list[str]
+    affected_districts: list[str]
+    expected_kinds: list[str]         # drift kinds a monitor should report
+    description: str
+    seed: int
+    magnitude: float
+    records: int | None = None        # records written, when known
+    change_record_id: str | None = None
+    change_event_time: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FEATURE_SHIFT = ["distribution", "prediction"]
+_SCENARIO_SIGNALS = {
+    "none": [],
+    "reassessment": ["assessed_value", "exemption_amount", "new_construction_value",
+                     "levy_rate", "actual_levy_amount"],
+    "levy-rate-change": ["levy_rate", "actual_levy_amount"],
+    "exemption-policy": ["actual_levy_amount", "exemption_amount"],
+    "unit-bug": ["assessed_value", "market_value", "exemption_amount", "prior_levy_amount",
+                 "new_construction_value", "actual_levy_amount"],
+    "new-property-class": ["property_class", "assessed_value", "market_value",
+                           "prior_levy_amount", "actual_levy_amount"],
+    "gradual": ["assessed_value", "market_value", "exemption_amount", "new_construction_value",
+                "levy_rate", "actual_levy_amount"],
+    "variance": ["assessed_value", "market_value", "exemption_amount", "new_construction_value",
+                 "levy_rate", "actual_levy_amount"],
+}
+
+
+@dataclass(frozen=True)
+class _Districts:
+    names: np.ndarray         # object: "BEN-TCA-03"
+    county: np.ndarray        # county index
+    voted_rate: np.ndarray
+    levy_limit: np.ndarray    # statutory limit on the district's total levy, dollars
+    taxable_base: np.ndarray  # the district's total taxable value on the roll
+
+
+@dataclass(frozen=True)
+class _Roll:
+    """The parcel roll: one entry per parcel, the new-class parcels at the end."""
+
+    parcel_id: np.ndarray
+    county: np.ndarray
+    district: np.ndarray
+    property_class: np.ndarray
+    value_z: np.ndarray           # standard-normal draw behind the assessed value
+    assessed: np.ndarray          # dollars, before scenarios
+    market: np.ndarray
+    exemption_flat: np.ndarray    # homestead amount, if any
+    exemption_share: np.ndarray   # share of assessed value exempt (senior, abatement, exempt)
+    homestead: np.ndarray         # bool
+    construction_share: np.ndarray
+    prior_levy: np.ndarray
+    special: np.ndarray           # special assessments, dollars
+    base_parcels: int
+
+
+class LevySimulator:
+    """A deterministic levy stream for one ``SimulatorConfig``."""
+
+    def __init__(self, config: SimulatorConfig | None = None) -> None:
+        self.config = config or SimulatorConfig()
+        self.config.validate()
+        choice = np.random.default_rng([self.config.seed, 2])
+        self.affected_county = int(choice.integers(len(COUNTIES)))
+        rng = np.random.default_rng([self.config.seed, 1])
+        self._districts_skeleton = _district_skeleton(rng)
+        county_districts = np.flatnonzero(self._districts_skeleton[1] == self.affected_county)
+        self.affected_district_indices = np.sort(
+            choice.choice(county_districts, size=3, replace=False))
+        self._roll = _build_roll(rng, self.config.parcels, self._districts_skeleton[1],
+                                 self.affected_county)
+        self._districts = _build_districts(rng, self._districts_skeleton, self._roll)
+        self._roll = _with_prior_levy(rng, self._roll, self._districts)
+        self._variance_base_ratio = (self._spread_base_ratio()
+                                     if self.config.scenario == "variance" else None)
+        self._start_ms = int(self.config.start_time.timestamp() * 1000)
+
+    # ----------------------------------------------------------------- public API
+
+    def columns(self, start: int, stop: int, components: bool = False) -> dict[str, np.ndarray]:
+        """Records ``start..stop-1`` as columns (``RECORD_FIELDS``; ``event_time`` as
+        ``datetime64[ms]`` UTC, unlabelled ``actual_levy_amount`` as NaN). With ``components``,
+        also ``COMPONENT_FIELDS``."""
+        if not 0 <= start <= stop:
+            raise ValueError(f"bad record range {start}..{stop}")
+        parts = []
+        for chunk in range(start // CHUNK_RECORDS, -(-stop // CHUNK_RECORDS)):
+            chunk_start = chunk * CHUNK_RECORDS
+            lo, hi = max(start, chunk_start), min(stop, chunk_start + CHUNK_RECORDS)
+            full = self._chunk(chunk, components)
+            parts.append({k: v[lo - chunk_start:hi - chunk_start] for k, v in full.items()})
+        if not parts:
+            return {k: v[:0] for k, v in self._chunk(0, components).items()}
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def frame(self, start: int, stop: int, components: bool = False) -> pd.DataFrame:
+        """``columns`` as a DataFrame."""
+        return pd.DataFrame(self.columns(start, stop, components))
+
+    def record_batches(self, start: int = 0, stop: int | None = None,
+                       batch_records: int = CHUNK_RECORDS) -> Iterator[list[dict[str, Any]]]:
+        """Record dicts in lists of up to ``batch_records``; endless when ``stop`` is None."""
+        position = start
+        while stop is None or position < stop:
+            end = position + batch_records if stop is None else min(stop, position + batch_records)
+            yield to_records(self.columns(position, end))
+            position = end
+
+    def records(self, start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
+        """Record dicts (the levy-record v1 fields; ``actual_levy_amount`` only when labelled)."""
+        for batch in self.record_batches(start, stop):
+            yield from batch
+
+    def ground_truth(self, records: int | None = None) -> GroundTruth:
+        """The scenario's ground truth; ``records`` is the number written, when known."""
+        config = self.config
+        scenario = config.scenario
+        if scenario == "none":
+            return GroundTruth("none", None, None, [], [], [], [], "no change", config.seed,
+                               0.0, records)
+        county = COUNTIES[self.affected_county].name
+        counties = {"reassessment": [county], "unit-bug": [county],
+                    "levy-rate-change": [county]}.get(scenario, [c.name for c in COUNTIES])
+        districts = ([str(self._districts.names[d]) for d in self.affected_district_indices]
+                     if scenario == "levy-rate-change" else [])
+        kinds = ["performance"] if scenario == "exemption-policy" else list(_FEATURE_SHIFT)
+        parameters: dict[str, Any] = {"labelled_share": config.labelled_share,
+                                      "parcels": config.parcels,
+                                      "event_interval_ms": config.event_interval_ms}
+        if scenario == "gradual":
+            parameters["ramp_records"] = config.resolved_duration
+        if scenario == "new-property-class":
+            parameters["new_property_class"] = NEW_PROPERTY_CLASS.name
+        change_time = np.datetime64(self._start_ms + config.change_at
+                                    * config.event_interval_ms, "ms")
+        return GroundTruth(
+            scenario=scenario, change_index=config.change_at, end_index=config.end_at,
+            affected_signals=list(_SCENARIO_SIGNALS[scenario]), affected_counties=counties,
+            affected_districts=districts, expected_kinds=kinds,
+            description=self._describe(county, districts), seed=config.seed,
+            magnitude=config.resolved_magnitude, records=records,
+            change_record_id=record_id(config.seed, config.change_at),
+            change_event_time=_rfc3339(np.array([change_time]))[0], parameters=parameters)
+
+    # ----------------------------------------------------------------- generation
+
+    def _chunk(self, chunk: int, components: bool) -> dict[str, np.ndarray]:
+        config, roll = self.config, self._roll
+        first = chunk * CHUNK_RECORDS
+        index = np.arange(first, first + CHUNK_RECORDS, dtype=np.int64)
+        draws = _draw_chunk(config.seed, chunk)
+        active = self._active(index)
+
+        parcel = draws["parcel"] % roll.base_parcels
+        if config.scenario == "new-property-class":
+            switch = active & (draws["new_class"] < config.resolved_magnitude)
+            parcel = np.where(switch, roll.base_parcels + draws["new_parcel"] % _new_parcels(roll),
+                              parcel)
+        county, district, klass = roll.county[parcel], roll.district[parcel], \
+            roll.property_class[parcel]
+
+        value_factor, base_factor = self._value_factors(index, active, parcel, county, district)
+        assessed = np.round(roll.assessed[parcel] * value_factor)
+        # A revaluation moves the roll towards the market; the market itself does not move.
+        market_factor = 1.0 if config.scenario == "reassessment" else value_factor
+        market = np.round(roll.market[parcel] * market_factor)
+        exemption = _exemption(roll.exemption_flat[parcel], roll.exemption_share[parcel],
+                               assessed)
+        levy_exemption = exemption
+        if config.scenario == "exemption-policy":
+            raised = _exemption(roll.exemption_flat[parcel] * (1 + config.resolved_magnitude),
+                                roll.exemption_share[parcel], assessed)
+            levy_exemption = np.where(active, raised, exemption)
+            # The assessor's roll lags the new law: few records show the raised exemption yet.
+            exemption = np.where(active & (draws["roll_update"] < UPDATED_ROLL_SHARE),
+                                 raised, exemption)
+        construction = np.round(roll.construction_share[parcel] * assessed)
+        rate = self._levy_rate(district, active, base_factor)
+
+        taxable = assessed - levy_exemption
+        special = roll.special[parcel]
+        formula_levy = taxable * rate + special
+        billed = formula_levy * (1 + draws["noise"]) * np.where(
+            draws["correction"] < CORRECTION_SHARE, 1 + draws["correction_size"], 1.0)
+        actual = np.maximum(billed, 0.0)
+
+        money = {"assessed_value": assessed, "market_value": market,
+                 "exemption_amount": exemption, "prior_levy_amount": roll.prior_levy[parcel],
+                 "new_construction_value": construction, "actual_levy_amount": actual}
+        extra = {"levy_taxable_value": taxable, "special_assessment": special,
+                 "formula_levy_amount": formula_levy}
+        if config.scenario == "unit-bug":
+            # One county's assessor system sends thousands of dollars for a while.
+            scale = np.where(active & (county == self.affected_county),
+                             1.0 / config.resolved_magnitude, 1.0)
+            money = {k: v * scale for k, v in money.items()}
+            extra = {k: v * scale for k, v in extra.items()}
+        money = {k: np.round(v, 2) for k, v in money.items()}
+        money["actual_levy_amount"] = np.where(draws["labelled"] < config.labelled_share,
+                                               money["actual_levy_amount"], np.nan)
+
+        columns: dict[str, np.ndarray] = {
+            "schema_version": np.full(CHUNK_RECORDS, SCHEMA_VERSION, dtype=np.int64),
+            "record_id": _record_ids(config.seed, index),
+            "parcel_id": roll.parcel_id[parcel],
+            "county": _COUNTY_NAMES[county],
+            "tax_district": self._districts.names[district],
+            "property_class": _CLASS_NAME_ARRAY[klass],
+            "tax_year": np.full(CHUNK_RECORDS, config.resolved_tax_year, dtype=np.int64),
+            "levy_rate": rate,
+            "event_time": (self._start_ms + index * config.event_interval_ms
+                           ).astype("datetime64[ms]"),
+            **money,
+        }
+        ordered = {name: columns[name] for name in RECORD_FIELDS}
+        if components:
+            ordered.update(extra)
+        return ordered
+
+    def _active(self, index: np.ndarray) -> np.ndarray:
+        config = self.config
+        if config.scenario == "none":
+            return np.zeros(index.shape, dtype=bool)
+        active = index >= config.change_at
+        if config.end_at is not None:
+            active &= index < config.end_at
+        return active
+
+    def _value_factors(self, index: np.ndarray, active: np.ndarray, parcel: np.ndarray,
+                       county: np.ndarray, district: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Per record: the factor on the parcel's values, and on its district's taxable base
+        (which drives rate compression)."""
+        config, m = self.config, self.config.resolved_magnitude
+        ones = np.ones(index.shape)
+        if config.scenario == "reassessment":
+            factor = np.where(active & (county == self.affected_county), 1 + m, 1.0)
+            return factor, factor
+        if config.scenario == "gradual":
+            progress = np.clip((index - config.change_at + 1) / config.resolved_duration, 0, 1)
+            factor = np.where(active, 1 + m * progress, 1.0)
+            return factor, factor
+        if config.scenario == "variance":
+            classes = self._roll.property_class[parcel]
+            widen = np.exp(_CLASS_SIGMA[classes] * m * self._roll.value_z[parcel])
+            assert self._variance_base_ratio is not None
+            return (np.where(active, widen, 1.0),
+                    np.where(active, self._variance_base_ratio[district], 1.0))
+        return ones, ones
+
+    def _levy_rate(self, district: np.ndarray, active: np.ndarray,
+                   base_factor: np.ndarray) -> np.ndarray:
+        """The district's voted rate, compressed to its levy limit over its taxable base."""
+        districts = self._districts
+        voted = districts.voted_rate[district]
+        limit = districts.levy_limit[district]
+        if self.config.scenario == "levy-rate-change":
+            # A voted levy (lid lift): the rate and the limit rise together.
+            voted_in = active & np.isin(district, self.affected_district_indices)
+            raised = voted + self.config.resolved_magnitude
+            limit = np.where(voted_in, limit * raised / voted, limit)
+            voted = np.where(voted_in, raised, voted)
+        rate = np.minimum(voted, limit / (districts.taxable_base[district] * base_factor))
+        return np.clip(np.round(rate, RATE_DECIMALS), 10.0 ** -RATE_DECIMALS, 0.1)
+
+    def _spread_base_ratio(self) -> np.ndarray:
+        """variance: each district's taxable base after the spread widens, over before."""
+        roll, m = self._roll, self.config.resolved_magnitude
+        base = slice(0, roll.base_parcels)
+        widened = roll.assessed[base] * np.exp(
+            _CLASS_SIGMA[roll.property_class[base]] * m * roll.value_z[base])
+        taxable = widened - _exemption(roll.exemption_flat[base], roll.exemption_share[base],
+                                       widened)
+        after = np.bincount(roll.district[base], weights=taxable,
+                            minlength=len(self._districts.names))
+        return after / self._districts.taxable_base
+
+    def _describe(self, county: str, districts: list[str]) -> str:
+        m = self.config.resolved_magnitude
+        return {
+            "reassessment": f"{county} county revalues: assessed values x{1 + m:g}, market "
+                            "values unchanged; levy limits compress its district rates",
+            "levy-rate-change": f"voters approve a levy of +{m * 1000:g} mills in "
+                                + ", ".join(districts),
+            "exemption-policy": f"homestead exemption raised x{1 + m:g} in the levy formula; "
+                                f"only {UPDATED_ROLL_SHARE:.0%} of records show it yet",
+            "unit-bug": f"{county} county's system sends money fields divided by {m:g}",
+            "new-property-class": f"new property class {NEW_PROPERTY_CLASS.name} makes up "
+                                  f"{m:.0%} of records",
+            "gradual": f"values inflate linearly to x{1 + m:g} over "
+                       f"{self.config.resolved_duration} records, then stay",
+            "variance": f"log-spread of values widens x{1 + m:g} (medians unchanged)",
+        }[self.config.scenario]
+
+
+def record_id(seed: int, index: int) -> str:
+    """The record id of record ``index`` of the stream of ``seed``."""
+    return f"sim-{seed}-{index:010d}"
+
+
+def to_records(columns: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Columns (as from ``LevySimulator.columns``) to record dicts; an unlabelled record has no
+    ``actual_levy_amount`` key. Extra columns are ignored."""
+    values = [columns[name].tolist() for name in RECORD_FIELDS[:-1] if name != "event_time"]
+    values.insert(RECORD_FIELDS.index("event_time"), _rfc3339(columns["event_time"]).tolist())
+    # A dict display with constant keys builds twice as fast as dict(zip(names, row)); the
+    # records hold no cycles, so the collector only slows the build.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        records = _record_dicts(values)
+    finally:
+        if collecting:
+            gc.enable()
+    actual = columns["actual_levy_amount"]
+    labelled = np.flatnonzero(~np.isnan(actual))
+    for i, amount in zip(labelled.tolist(), actual[labelled].tolist(), strict=True):
+        records[i]["actual_levy_amount"] = amount
+    return records
+
+
+def _record_dicts(values: list[list[Any]]) -> list[dict[str, Any]]:
+    return [
+        {"schema_version": v, "record_id": i, "parcel_id": p, "county": c, "tax_district": d,
+         "property_class": k, "tax_year": y, "assessed_value": a, "market_value": m,
+         "exemption_amount": e, "levy_rate": r, "prior_levy_amount": pl,
+         "new_construction_value": nc, "event_time": t}
+        for v, i, p, c, d, k, y, a, m, e, r, pl, nc, t in zip(*values, strict=True)]
+
+
+def _record_ids(seed: int, index: np.ndarray) -> np.ndarray:
+    """``record_id`` for many indexes at once (per-record f-strings cost a third of a chunk)."""
+    digits = np.strings.zfill(index.astype(np.dtypes.StringDType()), 10)
+    return np.strings.add(f"sim-{seed}-", digits).astype(object)
+
+
+def string_columns(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``columns`` with ``event_time`` as RFC 3339 strings, as in records and files."""
+    converted = dict(columns)
+    converted["event_time"] = _rfc3339(columns["event_time"])
+    return converted
+
+
+def _rfc3339(times: np.ndarray) -> np.ndarray:
+    return np.datetime_as_string(times.astype("datetime64[ms]"), unit="ms", timezone="UTC")
+
+
+# --------------------------------------------------------------------- the roll and draws
+
+_COUNTY_NAMES = np.array([c.name for c in COUNTIES], dtype=object)
+_CLASS_NAME_ARRAY = np.array(CLASS_NAMES, dtype=object)
+_ALL_CLASSES = PROPERTY_CLASSES + (NEW_PROPERTY_CLASS,)
+_CLASS_SIGMA = np.array([c.sigma for c in _ALL_CLASSES])
+_PARCEL_STRIDE = 37_139_213  # odd and not a multiple of 5: coprime with 10**8
+
+
+def _draw_chunk(seed: int, chunk: int) -> dict[str, np.ndarray]:
+    """Every random number a chunk uses, in a fixed order, whatever the scenario."""
+    rng = np.random.default_rng([seed, 3, chunk])
+    size = CHUNK_RECORDS
+    return {
+        "parcel": rng.integers(0, 2**62, size),
+        "new_class": rng.random(size),
+        "new_parcel": rng.integers(0, 2**62, size),
+        "noise": rng.normal(0.0, NOISE_SIGMA, size),
+        "correction": rng.random(size),
+        "correction_size": rng.uniform(-0.15, 0.15, size),
+        "labelled": rng.random(size),
+        "roll_update": rng.random(size),
+    }
+
+
+def _new_parcels(roll: _Roll) -> int:
+    return len(roll.parcel_id) - roll.base_parcels
+
+
+def _district_skeleton(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    names, counties = [], []
+    for county_index, county in enumerate(COUNTIES):
+        for number in range(1, county.districts + 1):
+            names.append(f"{county.code}-TCA-{number:02d}")
+            counties.append(county_index)
+    return np.array(names, dtype=object), np.array(counties)
+
+
+def _build_roll(rng: np.random.Generator, parcels: int, district_county: np.ndarray,
+                stale_county: int) -> _Roll:
+    new_parcels = max(parcels // 10, 10)
+    total = parcels + new_parcels
+    shares = np.array([c.share for c in COUNTIES])
+    county = rng.choice(len(COUNTIES), size=total, p=shares / shares.sum())
+    class_shares = np.array([c.share for c in PROPERTY_CLASSES])
+    klass = rng.choice(len(PROPERTY_CLASSES), size=total, p=class_shares / class_shares.sum())
+    klass[parcels:] = NEW_CLASS
+    district = _pick_districts(rng, county, district_county)
+
+    # Clipped at 4 sigma so that no value, even widened, gets absurd (a $10B farm).
+    z = np.clip(rng.standard_normal(total), -4.0, 4.0)
+    median = np.array([c.median_value for c in _ALL_CLASSES])[klass]
+    level = np.array([c.value_level for c in COUNTIES])[county]
+    market_value = median * level * np.exp(_CLASS_SIGMA[klass] * z)
+    ratio = np.array([c.assessment_ratio for c in _ALL_CLASSES])[klass]
+    ratio = ratio * np.where(county == stale_county, STALE_ASSESSMENT_LEVEL, 1.0)
+    assessed = np.round(np.maximum(market_value * ratio, 1000.0))
+    market = np.round(market_value * rng.lognormal(0.0, 0.08, total))
+
+    homestead = (klass == RESIDENTIAL) & (rng.random(total) < 0.65)
+    senior = homestead & (rng.random(total) < 0.10)
+    abated = np.isin(klass, [COMMERCIAL, INDUSTRIAL]) & (rng.random(total) < 0.06)
+    exemption_flat = np.where(homestead, HOMESTEAD_EXEMPTION, 0.0)
+    exemption_share = np.select(
+        [klass == EXEMPT, senior, abated],
+        [1.0, SENIOR_EXEMPTION_SHARE, rng.uniform(0.25, 0.5, total)], 0.0)
+    rate_of_class = np.array([c.new_construction_rate for c in _ALL_CLASSES])[klass]
+    construction_share = np.where(rng.random(total) < rate_of_class,
+                                  rng.uniform(0.05, 0.40, total), 0.0)
+
+    flat_charge = rng.uniform(15.0, 250.0, len(district_county))[district]
+    improvement = np.where(rng.random(total) < 0.04, rng.lognormal(6.5, 0.5, total), 0.0)
+    special = np.round(flat_charge + improvement, 2)
+    # Parcel numbers: an affine bijection of 0..10**8-1, so unique without a big shuffle.
+    offset = int(rng.integers(10**8))
+    numbers = (np.arange(total, dtype=np.int64) * _PARCEL_STRIDE + offset) % 10**8
+    parcel_id = np.array([f"{COUNTIES[c].code}-{n:08d}" for c, n in
+                          zip(county.tolist(), numbers.tolist(), strict=True)], dtype=object)
+    return _Roll(parcel_id, county, district, klass, z, assessed, market, exemption_flat,
+                 exemption_share, homestead, construction_share, np.zeros(total), special,
+                 parcels)
+
+
+def _pick_districts(rng: np.random.Generator, county: np.ndarray,
+                    district_county: np.ndarray) -> np.ndarray:
+    """A district within each parcel's county, some districts larger than others."""
+    district = np.empty(len(county), dtype=np.int64)
+    for county_index in range(len(COUNTIES)):
+        members = np.flatnonzero(district_county == county_index)
+        weights = rng.uniform(0.5, 2.0, len(members))
+        rows = np.flatnonzero(county == county_index)
+        district[rows] = rng.choice(members, size=len(rows), p=weights / weights.sum())
+    return district
+
+
+def _build_districts(rng: np.random.Generator, skeleton: tuple[np.ndarray, np.ndarray],
+                     roll: _Roll) -> _Districts:
+    names, district_county = skeleton
+    count = len(names)
+    base = slice(0, roll.base_parcels)
+    taxable = roll.assessed[base] - _exemption(roll.exemption_flat[base],
+                                               roll.exemption_share[base], roll.assessed[base])
+    taxable_base = np.bincount(roll.district[base], weights=taxable, minlength=count)
+    voted = rng.uniform(0.008, 0.018, count)
+    # A quarter or so of districts sit above their limit and are compressed from the start.
+    limit = voted * taxable_base * rng.uniform(0.9, 1.3, count)
+    return _Districts(names, district_county, voted, limit, taxable_base)
+
+
+def _with_prior_levy(rng: np.random.Generator, roll: _Roll, districts: _Districts) -> _Roll:
+    """Last year's bill: last year's value (before market growth and this year's new
+    construction), at a slightly different rate."""
+    total = len(roll.parcel_id)
+    growth = rng.normal(0.04, 0.03, total)
+    rate_noise = rng.normal(0.0, 0.02, total)
+    rate = np.minimum(districts.voted_rate, districts.levy_limit / districts.taxable_base)
+    prior_value = roll.assessed * (1 - roll.construction_share) / (1 + growth)
+    prior_taxable = prior_value - _exemption(roll.exemption_flat, roll.exemption_share,
+                                             prior_value)
+    prior = prior_taxable * rate[roll.district] * (1 + rate_noise) + roll.special
+    return dataclasses.replace(roll, prior_levy=np.round(np.maximum(prior, 0.0), 2))
+
+
+def _exemption(flat: np.ndarray, share: np.ndarray, assessed: np.ndarray) -> np.ndarray:
+    """Exemptions in whole dollars, never above the assessed value."""
+    return np.minimum(np.round(flat + share * assessed), assessed)
