@@ -77,7 +77,7 @@ def encode_document(document: dict[str, Any], file_name: str) -> bytes:
 
 
 def _rejection_from(error: fastjsonschema.JsonSchemaValueException) -> Exception:
-    path = _field_path(error.path or [])
+    path = _field_path(error.name or "data")
     rule, definition = error.rule, error.definition or {}
     if rule == "required":
         missing = [name for name in definition.get("required", []) if name not in error.value]
@@ -95,8 +95,6 @@ def _rejection_from(error: fastjsonschema.JsonSchemaValueException) -> Exception
     return reject(reason, path or None, message)
 
 
-def _field_path(parts: list[Any]) -> str:
-    path = ""
-    for part in parts[1:]:  # parts[0] is fastjsonschema's 'data'
-        path = f"{path}[{part}]" if isinstance(part, int) else join_path(path, str(part))
-    return path
+def _field_path(name: str) -> str:
+    """fastjsonschema names the spot 'data.signals[0].statistic'; we say 'signals[0].statistic'."""
+    return name.removeprefix("data").removeprefix(".")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from schemas.errors import Reason, Rejection
+from schemas.errors import Rejection
 from schemas.timestamps import timestamp_from_ms
 
 Headers = list[tuple[str, bytes]]
@@ -78,7 +78,3 @@ def source_of(headers: Sequence[tuple[str, bytes | None]] | None) -> DeadLetterS
             time=found.get(TIME, ""))
     except (KeyError, ValueError):
         return None
-
-
-def is_known_reason(reason: str) -> bool:
-    return reason in Reason._value2member_map_
