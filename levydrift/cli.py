@@ -17,6 +17,7 @@ from levydrift.errors import LevyDriftError
 # Modules that define subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = (
     "levydrift.topics",
+    "levydrift.simulate_cli",
 )
 
 
