@@ -22,3 +22,17 @@ class BrokerUnavailableError(LevyDriftError):
 
 class UsageError(LevyDriftError):
     """Bad command-line arguments or inputs (a file that cannot be read, say)."""
+
+
+class ArtifactError(LevyDriftError):
+    """A model artifact that must not be loaded: missing, tampered with (SHA-256 mismatch), or
+    holding a type outside the allow-list. The message names the version or path and why."""
+
+
+class RegistryError(LevyDriftError):
+    """The model registry cannot do what was asked: unknown model, version or alias, or no
+    earlier champion to roll back to."""
+
+
+class TrainingError(LevyDriftError):
+    """Training could not produce a candidate: too few labelled records, bad input data."""

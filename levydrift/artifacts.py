@@ -1,0 +1,132 @@
+"""Model artifacts: write with skops, load only verified bytes with an explicit type allow-list.
+
+Shared by the trainer (which writes) and the consumer (which loads). Nothing here unpickles:
+skops rebuilds objects from a schema and refuses any type not named in ``ALLOWED_TYPES``, and
+the bytes are checked against the SHA-256 recorded at training time before skops sees them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import skops.io as sio
+
+from levydrift.errors import ArtifactError
+
+ARTIFACT_NAME = "model.skops"
+MANIFEST_NAME = "manifest.json"
+
+# Every type the levy impact pipeline is built from (trainer/model.py), named in full. A new
+# component in the pipeline must be added here on purpose, never trusted wholesale.
+ALLOWED_TYPES: tuple[str, ...] = (
+    "builtins.dict",
+    "builtins.list",
+    "builtins.slice",
+    "builtins.str",
+    "builtins.tuple",
+    "levydrift.features.BaseLevyResidualRegressor",
+    "levydrift.features.add_levy_terms",
+    "numpy.dtype",
+    "numpy.float64",
+    "numpy.int64",
+    "numpy.ndarray",
+    "numpy.random._generator.Generator",
+    "numpy.random.mtrand.RandomState",
+    "numpy.uint64",
+    "sklearn._loss._loss.CyHalfSquaredError",
+    "sklearn._loss.link.IdentityLink",
+    "sklearn._loss.link.Interval",
+    "sklearn._loss.loss.HalfSquaredError",
+    "sklearn.compose._column_transformer.ColumnTransformer",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingRegressor",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.pipeline.Pipeline",
+    "sklearn.preprocessing._encoders.OneHotEncoder",
+    "sklearn.preprocessing._function_transformer.FunctionTransformer",
+)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_model(estimator: Any, path: str | Path) -> str:
+    """Write ``estimator`` to ``path`` with skops (flushed to disk); return the hex SHA-256."""
+    data = sio.dumps(estimator)
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_verified_model(path: str | Path, expected_sha256: str, label: str | None = None) -> Any:
+    """Load the estimator at ``path`` only if its bytes hash to ``expected_sha256`` and every
+    type in it is in ``ALLOWED_TYPES``; otherwise raise ``ArtifactError`` naming ``label``
+    (e.g. ``levy-impact/3``, default the path) and the mismatch."""
+    name = label or str(path)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"model {name}: artifact {path} is missing") from None
+    except OSError as error:
+        raise ArtifactError(f"model {name}: artifact {path} cannot be read: {error}") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected_sha256.lower():
+        raise ArtifactError(
+            f"model {name}: artifact {path} fails its SHA-256 check "
+            f"(expected {expected_sha256}, file has {actual}); refusing to load it")
+    # Hash and load the same in-memory bytes, so the file cannot change in between.
+    try:
+        untrusted = sio.get_untrusted_types(data=data)
+    except Exception as error:  # noqa: BLE001 - a corrupt archive raises many kinds
+        raise ArtifactError(f"model {name}: artifact {path} is not a skops archive: {error}") \
+            from None
+    disallowed = sorted(set(untrusted) - set(ALLOWED_TYPES))
+    if disallowed:
+        raise ArtifactError(
+            f"model {name}: artifact {path} holds type(s) outside the allow-list: "
+            + ", ".join(disallowed))
+    try:
+        return sio.loads(data, trusted=list(ALLOWED_TYPES))
+    except Exception as error:  # noqa: BLE001
+        raise ArtifactError(f"model {name}: artifact {path} cannot be loaded: {error}") from None
+
+
+def read_manifest(version_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a registry version directory; ``ArtifactError`` when absent or unreadable."""
+    path = Path(version_dir) / MANIFEST_NAME
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"model version {version_dir}: {MANIFEST_NAME} is missing") from None
+    except (OSError, ValueError) as error:
+        raise ArtifactError(f"model version {version_dir}: {MANIFEST_NAME} unreadable: {error}") \
+            from None
+
+
+def load_version_dir(version_dir: str | Path, expected_sha256: str | None = None) -> Any:
+    """Load the model of a registry version directory (``<root>/<name>/versions/<n>``), verified
+    against its manifest's SHA-256 and, when given, ``expected_sha256`` (from a model-version
+    event) too. For the consumer, which must not import ``trainer/``."""
+    version_dir = Path(version_dir)
+    manifest = read_manifest(version_dir)
+    label = f"{manifest.get('model', version_dir.parent.parent.name)}/" \
+            f"{manifest.get('version', version_dir.name)}"
+    recorded = str(manifest.get("sha256", ""))
+    if expected_sha256 and recorded != expected_sha256.lower():
+        raise ArtifactError(
+            f"model {label}: manifest SHA-256 {recorded} differs from the expected "
+            f"{expected_sha256}; refusing to load it")
+    return load_verified_model(version_dir / manifest.get("artifact", ARTIFACT_NAME), recorded,
+                               label=label)
