@@ -1,0 +1,147 @@
+"""``DetectorBank``: every signal's detectors, and the episode logic that turns their alarms
+into ``DriftDecision``s.
+
+Each signal is processed independently (its detectors restart after each of its alarms), so
+a batch can be fed signal by signal in compiled loops and still give exactly the decisions of
+feeding records one at a time. Episodes: alarms of one kind at the same record form one
+decision; further alarms of that kind within ``cooldown_records`` records are absorbed (they
+are the same change seen by slower detectors or other signals).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from detectors.channels import Alarm, CategoricalChannel, DetectorStatus, NumericChannel
+from detectors.config import DetectorSettings
+from detectors.decision import KINDS, DriftDecision
+from detectors.reference import Reference
+
+__all__ = ["DetectorBank", "DetectorStatus"]
+
+
+class DetectorBank:
+    """Online drift detection over named signals. Pure: no I/O, no clock."""
+
+    def __init__(self, settings: DetectorSettings, reference: Reference | None = None) -> None:
+        settings.validate()
+        self.settings = settings
+        self.records_seen = 0
+        self.last_position: int | None = None
+        self.cooldown_until = {kind: 0 for kind in KINDS}
+        self.absorbed_alarms = {kind: 0 for kind in KINDS}
+        self.channels: dict[str, NumericChannel | CategoricalChannel] = {}
+        for name in settings.numeric_like():
+            self.channels[name] = NumericChannel(name, settings, None)
+        for name in settings.categorical_signals:
+            self.channels[name] = CategoricalChannel(name, settings, None)
+        if reference is not None:
+            self._apply_reference(reference)
+
+    # ------------------------------------------------------------------ feeding
+    def update(self, columns: Mapping[str, Any], positions: Any) -> list[DriftDecision]:
+        """Feed one batch: one array per signal (NaN / None = no value for that record) and
+        the records' strictly increasing positions. Returns the decisions it produced, in
+        order. A signal missing from ``columns`` has no value in this batch."""
+        positions = np.ascontiguousarray(positions, dtype=np.int64)
+        self._check_positions(positions)
+        alarms: list[tuple[int, int, str, Alarm]] = []
+        order = {name: i for i, name in enumerate(self.channels)}
+        for name, channel in self.channels.items():
+            column = columns.get(name)
+            if column is None:
+                continue
+            if len(column) != len(positions):
+                raise ValueError(f"column {name!r} has {len(column)} values for "
+                                 f"{len(positions)} positions")
+            for alarm in channel.feed(column, positions):
+                alarms.append((alarm.index, order[name], name, alarm))
+        alarms.sort(key=lambda item: (item[0], item[1]))
+        decisions = self._episodes(alarms, positions)
+        self.records_seen += len(positions)
+        if len(positions):
+            self.last_position = int(positions[-1])
+        return decisions
+
+    def _check_positions(self, positions: np.ndarray) -> None:
+        if positions.ndim != 1:
+            raise ValueError("positions must be a one-dimensional array")
+        if len(positions) > 1 and not np.all(np.diff(positions) > 0):
+            raise ValueError("positions must be strictly increasing")
+        if len(positions) and self.last_position is not None and (
+                positions[0] <= self.last_position):
+            raise ValueError(f"position {int(positions[0])} is not after the last position "
+                             f"seen ({self.last_position})")
+
+    def _episodes(self, alarms: list[tuple[int, int, str, Alarm]],
+                  positions: np.ndarray) -> list[DriftDecision]:
+        decisions: list[DriftDecision] = []
+        grouped: dict[tuple[int, str], list[Alarm]] = {}
+        for index, _, name, alarm in alarms:
+            grouped.setdefault((index, self.settings.kind_of(name)), []).append(alarm)
+        for (index, kind), group in sorted(grouped.items(),
+                                           key=lambda item: (item[0][0], KINDS.index(item[0][1]))):
+            record = self.records_seen + index
+            if record < self.cooldown_until[kind]:
+                self.absorbed_alarms[kind] += len(group)
+                continue
+            self.cooldown_until[kind] = record + 1 + self.settings.cooldown_records
+            decisions.append(DriftDecision(kind=kind, detected_at=int(positions[index]),
+                                           signals=tuple(a.finding for a in group)))
+        return decisions
+
+    # ------------------------------------------------------------------ re-baselining
+    def rebaseline(self, reference: Reference | None = None) -> None:
+        """Start again against a new champion: signals in ``reference`` use it at once, the
+        others warm up on the next ``warmup_records`` values. Detectors restart (fresh
+        running means, empty windows), so the old regime cannot raise a burst of alarms."""
+        for channel in self.channels.values():
+            channel.start_warmup()
+        if reference is not None:
+            self._apply_reference(reference)
+        self.cooldown_until = {kind: 0 for kind in KINDS}
+
+    def _apply_reference(self, reference: Reference) -> None:
+        for name, channel in self.channels.items():
+            if isinstance(channel, NumericChannel) and name in reference.numeric:
+                channel.reset_detectors()
+                channel.set_reference(reference.numeric[name])
+            elif isinstance(channel, CategoricalChannel) and name in reference.categorical:
+                channel.set_reference(reference.categorical[name])
+
+    def reference(self) -> Reference:
+        """The references in use (warm-up references included); for the registry/snapshot."""
+        numeric, categorical = {}, {}
+        for name, channel in self.channels.items():
+            if channel.reference is None:
+                continue
+            if isinstance(channel, NumericChannel):
+                numeric[name] = channel.reference
+            else:
+                categorical[name] = channel.reference
+        return Reference(numeric=numeric, categorical=categorical)
+
+    # ------------------------------------------------------------------ observation
+    def status(self) -> list[DetectorStatus]:
+        """Current statistic and threshold of every detector (for Prometheus gauges). ADWIN
+        reports its largest |mean difference| / epsilon over cuts against threshold 1."""
+        return [row for channel in self.channels.values() for row in channel.status()]
+
+    # ------------------------------------------------------------------ snapshot
+    def snapshot(self) -> bytes:
+        """The whole state as bytes (see ``detectors.snapshot`` for the format)."""
+        from detectors.snapshot import encode
+
+        return encode(self)
+
+    @classmethod
+    def restore(cls, data: bytes, settings: DetectorSettings) -> DetectorBank:
+        """Rebuild a bank from ``snapshot()`` bytes. With the settings the snapshot was taken
+        under, it behaves exactly as the original would have; with other settings, the
+        snapshot's references are kept and the detectors restart."""
+        from detectors.snapshot import decode
+
+        return decode(data, settings)

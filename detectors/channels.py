@@ -1,0 +1,440 @@
+"""One channel per signal: its reference (or warm-up), detector state arrays, and how an alarm
+of its detectors becomes a ``SignalFinding``. Channels never look at each other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from detectors import kernels as k
+from detectors.calibration import (
+    adwin_delta,
+    categorical_threshold,
+    design_shifts,
+    page_hinkley_threshold,
+)
+from detectors.config import DetectorSettings
+from detectors.decision import DetectorFiring, SignalFinding, WindowSummary
+from detectors.reference import SUMMARY_PROBABILITIES, CategoricalReference, NumericReference
+
+ADWIN_MAX_BUCKETS, ADWIN_MIN_WINDOW, ADWIN_GRACE = 5, 5, 10  # river's defaults
+CATEGORY_REFRESH = 64  # values between recomputations of the likelihood ratios
+MAX_NEW_NAMES = 32  # never-seen categories tracked by name; later ones share one code
+
+
+@dataclass(frozen=True)
+class Alarm:
+    index: int  # index in the batch of the record at which the signal's detectors fired
+    finding: SignalFinding
+
+
+@dataclass(frozen=True)
+class DetectorStatus:
+    signal: str
+    detector: str
+    statistic: float
+    threshold: float
+    warming_up: bool
+
+
+class NumericChannel:
+    """A numeric signal: rank-based standardisation, Page-Hinkley on location and spread,
+    ADWIN on location."""
+
+    def __init__(self, name: str, settings: DetectorSettings,
+                 reference: NumericReference | None) -> None:
+        self.name = name
+        self.settings = settings
+        self.upward_only = (settings.performance_upward_only
+                            and name in settings.performance_signals)
+        self._build_parameters()
+        self.ring_values = np.zeros(settings.summary_window)
+        self.ring_positions = np.zeros(settings.summary_window, dtype=np.int64)
+        self.counters = np.zeros(2, dtype=np.int64)
+        self.warmup_values: list[np.ndarray] = []
+        self.warmup_first: int | None = None
+        self.warmup_last: int | None = None
+        self.reference: NumericReference | None = None
+        self.reset_detectors()
+        if reference is not None:
+            self.set_reference(reference)
+
+    # ------------------------------------------------------------------ configuration
+    def _build_parameters(self) -> None:
+        s = self.settings
+        sides = 1 if self.upward_only else 2
+        mode = k.MODE_UP if self.upward_only else k.MODE_BOTH
+        families = []
+        if s.page_hinkley:
+            families += [("page_hinkley", k.SOURCE_LOCATION, shift) for shift in
+                         design_shifts(s.mean_shift_min, s.mean_shift_max, s.mean_shift_levels)]
+        if s.spread:
+            families += [("spread_page_hinkley", k.SOURCE_SPREAD, shift) for shift in
+                         design_shifts(s.spread_shift_min, s.spread_shift_max,
+                                       s.spread_shift_levels)]
+        tests = sides * len(families) + (1 if s.adwin else 0)
+        self.rate_per_test = s.false_alarm_rate / tests
+        self.ph_names = [name for name, _, _ in families]
+        self.ph_par = np.zeros((len(families), 6))
+        for row, (_, source, shift) in enumerate(families):
+            delta = shift / 2.0
+            self.ph_par[row] = (delta, page_hinkley_threshold(delta, 1.0 / self.rate_per_test),
+                                s.min_instances, 1.0, mode, source)
+        self.aw_par = np.array([adwin_delta(self.rate_per_test, s.adwin_clock), s.adwin_clock,
+                                ADWIN_MAX_BUCKETS, ADWIN_MIN_WINDOW, ADWIN_GRACE,
+                                1.0 if s.adwin else 0.0, 1.0 if self.upward_only else 0.0])
+
+    def reset_detectors(self) -> None:
+        n_ph = self.ph_par.shape[0]
+        self.ph_f = np.zeros((n_ph, k.PH_FLOAT_COLUMNS))
+        self.ph_i = np.zeros((n_ph, 2), dtype=np.int64)
+        for row in range(n_ph):
+            k.ph_reset(self.ph_f[row], self.ph_i[row])
+        self.aw_s = np.zeros(k.AW_SCALARS)
+        self.aw_totals = np.zeros((k.AW_MAX_LEVELS, ADWIN_MAX_BUCKETS + 1))
+        self.aw_variances = np.zeros((k.AW_MAX_LEVELS, ADWIN_MAX_BUCKETS + 1))
+        self.aw_counts = np.zeros(k.AW_MAX_LEVELS, dtype=np.int64)
+        k.adwin_reset(self.aw_s, self.aw_totals, self.aw_variances, self.aw_counts)
+        self.alarm = np.zeros((n_ph + 1, k.AL_COLUMNS))
+
+    def set_reference(self, reference: NumericReference) -> None:
+        self.reference = reference
+        self.knots, self.below, self.at_or_below = reference.arrays()
+        self.u_min = reference.u_min()
+        self.warmup_values, self.warmup_first, self.warmup_last = [], None, None
+
+    def start_warmup(self) -> None:
+        self.reference = None
+        self.warmup_values, self.warmup_first, self.warmup_last = [], None, None
+        self.reset_detectors()
+
+    # ------------------------------------------------------------------ feeding
+    def feed(self, column: Any, positions: np.ndarray) -> list[Alarm]:
+        values = np.ascontiguousarray(column, dtype=np.float64)
+        alarms: list[Alarm] = []
+        start = 0
+        if self.reference is None:
+            start = self._warm(values, positions)
+            if self.reference is None:
+                return alarms
+        while start < values.shape[0]:
+            start = k.run_numeric(
+                values, positions, start, self.knots, self.below, self.at_or_below,
+                self.u_min, self.ph_par, self.ph_f, self.ph_i, self.aw_par, self.aw_s,
+                self.aw_totals, self.aw_variances, self.aw_counts, self.ring_values,
+                self.ring_positions, self.counters, self.alarm)
+            if self.alarm[:, k.AL_FIRED].any():
+                alarms.append(Alarm(start - 1, self._finding()))
+                self.alarm[:, :] = 0.0
+        return alarms
+
+    def _warm(self, values: np.ndarray, positions: np.ndarray) -> int:
+        """Collect warm-up values; once there are enough, build the reference. Returns the
+        batch index from which detection starts (len(values) while still warming up)."""
+        have = sum(chunk.size for chunk in self.warmup_values)
+        present = np.flatnonzero(~np.isnan(values))
+        take = present[: self.settings.warmup_records - have]
+        if take.size:
+            self.warmup_values.append(values[take])
+            if self.warmup_first is None:
+                self.warmup_first = int(positions[take[0]])
+            self.warmup_last = int(positions[take[-1]])
+        if have + take.size < self.settings.warmup_records:
+            return values.shape[0]
+        reference = NumericReference.from_values(np.concatenate(self.warmup_values),
+                                                 self.warmup_first, self.warmup_last)
+        self.set_reference(reference)
+        return int(take[-1]) + 1
+
+    # ------------------------------------------------------------------ explanation
+    def _finding(self) -> SignalFinding:
+        count = int(self.counters[k.C_COUNT])
+        fired = np.flatnonzero(self.alarm[:, k.AL_FIRED])
+        change = int(self.alarm[fired, k.AL_CHANGE].min())
+        firings = tuple(self._firing(row) for row in fired)
+        window, positions = recent(self.ring_values, self.ring_positions, self.counters,
+                                   max(1, count - change))
+        z, _ = k.standardise(window, self.knots, self.below, self.at_or_below, self.u_min)
+        location = any(f.detector != "spread_page_hinkley" for f in firings)
+        effect = float(z.mean()) if location else float(z.std())
+        current = numeric_summary(window, positions, max(1, count - change))
+        return SignalFinding(self.name, firings, effect,
+                             "mean_shift" if location else "std_ratio",
+                             reference_summary(self.reference), current)
+
+    def _firing(self, row: int) -> DetectorFiring:
+        statistic, threshold, direction = self.alarm[row, 1:4]
+        if row < len(self.ph_names):
+            par = self.ph_par[row]
+            name = self.ph_names[row]
+            parameters = (("delta", float(par[k.PH_DELTA])), ("threshold", float(threshold)),
+                          ("min_instances", float(par[k.PH_MIN_INSTANCES])),
+                          ("alpha", float(par[k.PH_ALPHA])))
+        else:
+            name = "adwin"
+            parameters = (("delta", float(self.aw_par[k.AW_DELTA])),
+                          ("clock", float(self.aw_par[k.AW_CLOCK])))
+        return DetectorFiring(name, parameters, float(statistic), float(threshold),
+                              "up" if direction > 0 else "down")
+
+    def status(self) -> list[DetectorStatus]:
+        warming = self.reference is None
+        rows = [DetectorStatus(self.name, f"{name}[delta={par[k.PH_DELTA]:.4g}]",
+                               float(k.ph_statistic(par, f)), float(par[k.PH_THRESHOLD]),
+                               warming)
+                for name, par, f in zip(self.ph_names, self.ph_par, self.ph_f, strict=True)]
+        if self.settings.adwin:
+            out = np.zeros(4)
+            ratio = 0.0
+            if self.aw_s[k.AW_WIDTH] > ADWIN_GRACE:
+                k.adwin_check(self.aw_par, self.aw_s, self.aw_totals, self.aw_counts, out, True)
+                ratio = float(out[3])
+            rows.append(DetectorStatus(self.name, "adwin", ratio, 1.0, warming))
+        return rows
+
+    # ------------------------------------------------------------------ snapshot
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {"ph_f": self.ph_f, "ph_i": self.ph_i, "aw_s": self.aw_s,
+                  "aw_counts": self.aw_counts, "ring_values": self.ring_values,
+                  "ring_positions": self.ring_positions, "counters": self.counters}
+        levels = int(self.aw_s[k.AW_LEVELS])
+        arrays["aw_totals"] = self.aw_totals[:levels]
+        arrays["aw_variances"] = self.aw_variances[:levels]
+        if self.warmup_values:
+            arrays["warmup"] = np.concatenate(self.warmup_values)
+        return arrays
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        for key in ("ph_f", "ph_i", "aw_s", "aw_counts", "ring_values", "ring_positions",
+                    "counters"):
+            getattr(self, key)[...] = arrays[key]
+        levels = arrays["aw_totals"].shape[0]
+        self.aw_totals[:levels] = arrays["aw_totals"]
+        self.aw_variances[:levels] = arrays["aw_variances"]
+        if "warmup" in arrays:
+            self.warmup_values = [arrays["warmup"].copy()]
+
+
+class CategoricalChannel:
+    """A categorical signal: two-sided Bernoulli CUSUMs per category bucket."""
+
+    def __init__(self, name: str, settings: DetectorSettings,
+                 reference: CategoricalReference | None) -> None:
+        self.name = name
+        self.settings = settings
+        self.ring_codes = np.zeros(settings.summary_window, dtype=np.int64)
+        self.ring_positions = np.zeros(settings.summary_window, dtype=np.int64)
+        self.counters = np.zeros(2, dtype=np.int64)
+        self.alarm = np.zeros(6)
+        self.start_warmup()
+        if reference is not None:
+            self.set_reference(reference)
+
+    def start_warmup(self) -> None:
+        self.reference: CategoricalReference | None = None
+        self.warmup_names: list[str] = []
+        self.warmup_first: int | None = None
+        self.warmup_last: int | None = None
+        self.new_names: list[tuple[str, int]] = []  # (name, first position), code order
+
+    def set_reference(self, reference: CategoricalReference) -> None:
+        s = self.settings
+        self.reference = reference
+        self.warmup_names, self.warmup_first, self.warmup_last = [], None, None
+        self.new_names = []
+        known = list(reference.shares)[: s.max_categories]
+        self.known = known
+        self.n_known = len(known)
+        self.code_of = {name: i for i, name in enumerate(known)}
+        for name in list(reference.shares)[s.max_categories:]:
+            self.code_of[name] = self.n_known
+        seen = 1.0 - reference.unseen_rate
+        shares = [reference.shares[name] * seen for name in known]
+        other = sum(reference.shares.values()) * seen - sum(shares)
+        self.shares = np.array(shares + [max(other, 0.0), reference.unseen_rate])
+        buckets = self.n_known + 2
+        self.rate_per_test = s.false_alarm_rate / (2 * buckets)
+        self.par = np.array([categorical_threshold(self.rate_per_test), s.category_shift,
+                             s.new_category_share, CATEGORY_REFRESH, 0.0])
+        self.state = np.array([0.0, float(min(reference.n, s.reference_prior_cap)),
+                               float(s.min_instances), float(s.category_relearn_records)])
+        self.counts = np.zeros(buckets)
+        self.llr = np.zeros((4, buckets))
+        self.cusum = np.zeros((2, buckets))
+        self.since_zero = np.full((2, buckets), int(self.counters[k.C_COUNT]), dtype=np.int64)
+
+    def bucket_name(self, bucket: int) -> str:
+        if bucket < self.n_known:
+            return self.known[bucket]
+        return "(other)" if bucket == self.n_known else "(new)"
+
+    def code_name(self, code: int) -> str:
+        if code <= self.n_known:
+            return self.bucket_name(code)
+        new_index = code - self.n_known - 1
+        return self.new_names[new_index][0] if new_index < len(self.new_names) else "(more new)"
+
+    # ------------------------------------------------------------------ feeding
+    def feed(self, column: Any, positions: np.ndarray) -> list[Alarm]:
+        labels, uniques = pd.factorize(np.asarray(column, dtype=object), use_na_sentinel=True)
+        alarms: list[Alarm] = []
+        start = 0
+        if self.reference is None:
+            start = self._warm(labels, uniques, positions)
+            if self.reference is None:
+                return alarms
+        codes = self._codes(labels, uniques, positions, start)
+        while start < codes.shape[0]:
+            start = k.run_categorical(
+                codes, positions, start, self.n_known, self.par, self.state, self.counts,
+                self.shares, self.llr, self.cusum, self.since_zero, self.ring_codes,
+                self.ring_positions, self.counters, self.alarm)
+            if self.alarm[0]:
+                alarms.append(Alarm(start - 1, self._finding()))
+                self.alarm[:] = 0.0
+        return alarms
+
+    def _codes(self, labels: np.ndarray, uniques: Any, positions: np.ndarray,
+               start: int) -> np.ndarray:
+        """Map factorized labels to bucket codes; name never-seen categories in the order
+        they first appear (from ``start`` on), so batching cannot change a code."""
+        first_index = np.full(len(uniques), -1, dtype=np.int64)
+        tail = labels[start:]
+        valid = tail >= 0
+        order = np.flatnonzero(valid)
+        seen_labels, first = np.unique(tail[order], return_index=True)
+        first_index[seen_labels] = order[first] + start
+        mapping = np.full(len(uniques) + 1, -1, dtype=np.int64)  # last slot: missing
+        for label in np.argsort(np.where(first_index < 0, np.iinfo(np.int64).max,
+                                         first_index), kind="stable"):
+            name = str(uniques[label])
+            if name == "" or first_index[label] < 0:
+                continue
+            mapping[label] = self._code_for(name, int(positions[first_index[label]]))
+        return mapping[labels]
+
+    def _code_for(self, name: str, position: int) -> int:
+        code = self.code_of.get(name)
+        if code is not None:
+            return code
+        for index, (known_new, _) in enumerate(self.new_names):
+            if known_new == name:
+                return self.n_known + 1 + index
+        if len(self.new_names) < MAX_NEW_NAMES:
+            self.new_names.append((name, position))
+            return self.n_known + len(self.new_names)
+        return self.n_known + 1 + MAX_NEW_NAMES
+
+    def _warm(self, labels: np.ndarray, uniques: Any, positions: np.ndarray) -> int:
+        need = self.settings.warmup_records - len(self.warmup_names)
+        present = np.flatnonzero(labels >= 0)
+        present = present[[str(uniques[labels[i]]) != "" for i in present]] if len(
+            present) else present
+        take = present[:need]
+        if take.size:
+            self.warmup_names.extend(str(uniques[labels[i]]) for i in take)
+            if self.warmup_first is None:
+                self.warmup_first = int(positions[take[0]])
+            self.warmup_last = int(positions[take[-1]])
+        if len(self.warmup_names) < self.settings.warmup_records:
+            return labels.shape[0]
+        self.set_reference(CategoricalReference.from_values(
+            self.warmup_names, self.warmup_first, self.warmup_last))
+        return int(take[-1]) + 1
+
+    # ------------------------------------------------------------------ explanation
+    def _finding(self) -> SignalFinding:
+        count = int(self.counters[k.C_COUNT])
+        bucket = int(self.alarm[5])
+        n = max(1, count - int(self.alarm[4]))
+        codes, positions = recent(self.ring_codes, self.ring_positions, self.counters, n)
+        names = [self.code_name(int(c)) for c in codes]
+        current_shares = _shares(names)
+        new = tuple(sorted({name for c, name in zip(codes, names, strict=True)
+                            if c > self.n_known}))
+        if bucket == self.n_known + 1:
+            moved = sum(share for name, share in current_shares if name in new)
+            effect = moved - 0.0
+        else:
+            bucket_codes = codes == bucket if bucket < self.n_known else (
+                codes == self.n_known)
+            effect = float(bucket_codes.mean()) - float(self.shares[bucket])
+        firing = DetectorFiring(
+            "category_cusum",
+            (("bucket", self.bucket_name(bucket)), ("shift", float(
+                self.par[k.CP_NEW_SHIFT] if bucket == self.n_known + 1
+                else self.par[k.CP_SHIFT]))),
+            float(self.alarm[1]), float(self.alarm[2]), "up" if self.alarm[3] > 0 else "down")
+        current = WindowSummary(n=n, first_position=_first_position(positions, n),
+                                last_position=int(positions[-1]), summarised=len(codes),
+                                category_shares=tuple(current_shares), new_categories=new)
+        ref = self.reference
+        reference = WindowSummary(n=ref.n, first_position=ref.first_position,
+                                  last_position=ref.last_position, summarised=ref.n,
+                                  category_shares=tuple(list(ref.shares.items())[:20]))
+        return SignalFinding(self.name, (firing,), float(effect), "share_change", reference,
+                             current)
+
+    def status(self) -> list[DetectorStatus]:
+        warming = self.reference is None
+        statistic = float(self.cusum.max()) if not warming else 0.0
+        threshold = float(self.par[k.CP_THRESHOLD]) if not warming else float("nan")
+        return [DetectorStatus(self.name, "category_cusum", statistic, threshold, warming)]
+
+    # ------------------------------------------------------------------ snapshot
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {"ring_codes": self.ring_codes, "ring_positions": self.ring_positions,
+                  "counters": self.counters}
+        if self.reference is not None:
+            arrays.update(state=self.state, counts=self.counts, llr=self.llr,
+                          cusum=self.cusum, since_zero=self.since_zero)
+        return arrays
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        for key, value in arrays.items():
+            getattr(self, key)[...] = value
+
+
+def recent(ring: np.ndarray, ring_positions: np.ndarray, counters: np.ndarray,
+           n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The last min(n, ring size, values seen) values of a ring buffer, oldest first."""
+    size = ring.shape[0]
+    m = int(min(n, size, counters[k.C_COUNT]))
+    head = int(counters[k.C_RING_HEAD])
+    index = (np.arange(head - m, head) % size) if m else np.zeros(0, dtype=np.int64)
+    return ring[index], ring_positions[index]
+
+
+def _first_position(positions: np.ndarray, n: int) -> int | None:
+    """Exact when the whole window is still in the ring; otherwise the earliest position held
+    (the window began at or before it)."""
+    return int(positions[0]) if len(positions) else None
+
+
+def numeric_summary(values: np.ndarray, positions: np.ndarray, n: int) -> WindowSummary:
+    quantiles = np.quantile(values, SUMMARY_PROBABILITIES) if len(values) else []
+    return WindowSummary(
+        n=n, first_position=_first_position(positions, n),
+        last_position=int(positions[-1]) if len(positions) else None,
+        summarised=len(values), mean=float(values.mean()) if len(values) else None,
+        std=float(values.std()) if len(values) else None,
+        quantiles=tuple(zip(SUMMARY_PROBABILITIES, map(float, quantiles), strict=False)))
+
+
+def reference_summary(ref: NumericReference) -> WindowSummary:
+    return WindowSummary(n=ref.n, first_position=ref.first_position,
+                         last_position=ref.last_position, summarised=ref.n, mean=ref.mean,
+                         std=ref.std,
+                         quantiles=tuple(zip(SUMMARY_PROBABILITIES, ref.quantiles,
+                                             strict=True)))
+
+
+def _shares(names: list[str]) -> list[tuple[str, float]]:
+    if not names:
+        return []
+    labels, counts = np.unique(np.asarray(names, dtype=object), return_counts=True)
+    order = np.lexsort((labels.astype(str), -counts))
+    return [(str(labels[i]), float(counts[i] / len(names))) for i in order[:20]]

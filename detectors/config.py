@@ -1,0 +1,134 @@
+"""``DetectorSettings``: the ``[detectors]`` section of the service settings."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from detectors.errors import DetectorConfigError
+
+DEFAULT_NUMERIC = ("assessed_value", "market_value", "exemption_amount", "levy_rate",
+                   "prior_levy_amount", "new_construction_value")
+DEFAULT_CATEGORICAL = ("county", "tax_district", "property_class")
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """Which signals are watched, by which detectors, and how often they may cry wolf.
+
+    ``false_alarm_rate`` is the budget of false alarms per value *per signal*; it is split
+    evenly over the one-sided tests watching that signal (see detectors/CALIBRATION.md).
+    Shift sizes are in reference standard deviations (normal scores).
+    """
+
+    numeric_signals: tuple[str, ...] = DEFAULT_NUMERIC
+    categorical_signals: tuple[str, ...] = DEFAULT_CATEGORICAL
+    prediction_signals: tuple[str, ...] = ("prediction",)
+    performance_signals: tuple[str, ...] = ("abs_error", "relative_error")
+    false_alarm_rate: float = 1e-7
+    cooldown_records: int = 2000
+    warmup_records: int = 5000
+    min_instances: int = 100
+    page_hinkley: bool = True
+    mean_shift_min: float = 0.25
+    mean_shift_max: float = 1.0
+    mean_shift_levels: int = 3
+    spread: bool = True
+    spread_shift_min: float = 0.25
+    spread_shift_max: float = 0.5
+    spread_shift_levels: int = 2
+    adwin: bool = True
+    adwin_clock: int = 32
+    categorical: bool = True
+    category_shift: float = 0.05
+    new_category_share: float = 0.01
+    max_categories: int = 64
+    category_relearn_records: int = 2000
+    performance_upward_only: bool = True
+    summary_window: int = 512
+    reference_prior_cap: int = 50000
+
+    def validate(self) -> None:
+        """Raise ``DetectorConfigError`` with a one-line reason for an invalid combination."""
+        _check_signals(self)
+        _check_numbers(self)
+        _check_detectors(self)
+
+    def all_signals(self) -> tuple[str, ...]:
+        return (self.numeric_signals + self.categorical_signals + self.prediction_signals
+                + self.performance_signals)
+
+    def numeric_like(self) -> tuple[str, ...]:
+        """Signals with numeric values: features, predictions, errors."""
+        return self.numeric_signals + self.prediction_signals + self.performance_signals
+
+    def kind_of(self, signal: str) -> str:
+        if signal in self.prediction_signals:
+            return "prediction"
+        if signal in self.performance_signals:
+            return "performance"
+        return "distribution"
+
+    def to_dict(self) -> dict:
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DetectorSettings:
+        return cls(**{key: tuple(value) if isinstance(value, list) else value
+                      for key, value in data.items()})
+
+
+def _check_signals(s: DetectorSettings) -> None:
+    names = s.all_signals()
+    if not names:
+        raise DetectorConfigError("detectors: no signals configured; list at least one")
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise DetectorConfigError("detectors: signal names must be non-empty strings")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise DetectorConfigError(
+            f"detectors: signal {duplicates[0]!r} is listed twice; each signal has one type")
+
+
+def _check_numbers(s: DetectorSettings) -> None:
+    checks = [
+        (0.0 < s.false_alarm_rate < 0.01, "false_alarm_rate must be within (0, 0.01)"),
+        (s.cooldown_records >= 0, "cooldown_records must be >= 0"),
+        (s.warmup_records >= 200, "warmup_records must be >= 200 (quantiles need data)"),
+        (1 <= s.min_instances <= 100000, "min_instances must be within 1..100000"),
+        (0.0 < s.mean_shift_min <= s.mean_shift_max <= 10.0,
+         "mean_shift_min/max must satisfy 0 < min <= max <= 10"),
+        (0.0 < s.spread_shift_min <= s.spread_shift_max <= 10.0,
+         "spread_shift_min/max must satisfy 0 < min <= max <= 10"),
+        (1 <= s.mean_shift_levels <= 8, "mean_shift_levels must be within 1..8"),
+        (1 <= s.spread_shift_levels <= 8, "spread_shift_levels must be within 1..8"),
+        (1 <= s.adwin_clock <= 1024, "adwin_clock must be within 1..1024"),
+        (0.0 < s.category_shift < 0.5, "category_shift must be within (0, 0.5)"),
+        (0.0 < s.new_category_share < 0.5, "new_category_share must be within (0, 0.5)"),
+        (1 <= s.max_categories <= 1024, "max_categories must be within 1..1024"),
+        (100 <= s.category_relearn_records <= 1000000,
+         "category_relearn_records must be within 100..1000000"),
+        (16 <= s.summary_window <= 65536, "summary_window must be within 16..65536"),
+        (s.reference_prior_cap >= 1, "reference_prior_cap must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise DetectorConfigError(f"detectors.{message}")
+    if s.mean_shift_levels > 1 and s.mean_shift_min == s.mean_shift_max:
+        raise DetectorConfigError(
+            "detectors.mean_shift_levels > 1 needs mean_shift_min < mean_shift_max")
+    if s.spread_shift_levels > 1 and s.spread_shift_min == s.spread_shift_max:
+        raise DetectorConfigError(
+            "detectors.spread_shift_levels > 1 needs spread_shift_min < spread_shift_max")
+
+
+def _check_detectors(s: DetectorSettings) -> None:
+    if s.numeric_like() and not (s.page_hinkley or s.adwin or s.spread):
+        raise DetectorConfigError(
+            "detectors: numeric signals are configured but page_hinkley, adwin and spread "
+            "are all off; enable one or remove the signals")
+    if s.categorical_signals and not s.categorical:
+        raise DetectorConfigError(
+            "detectors: categorical_signals are configured but categorical is off; enable it "
+            "or set categorical_signals = []")

@@ -1,0 +1,80 @@
+"""``DriftDecision``: one drift episode, explained.
+
+Positions are the caller's record positions (Kafka offsets in the consumer, row numbers in
+the batch check). Effect sizes: ``mean_shift`` is the current window's mean normal score
+(reference standard deviations, rank-based so outliers do not dominate); ``std_ratio`` is the
+current window's normal-score std (1.0 = unchanged spread); ``share_change`` is the current
+minus reference share of the bucket that moved (a never-seen category has reference share 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+KINDS = ("distribution", "prediction", "performance")
+
+
+@dataclass(frozen=True)
+class WindowSummary:
+    n: int  # values in the window (a window of the reference: its size)
+    first_position: int | None
+    last_position: int | None
+    summarised: int  # values the statistics below were computed from (<= n, ring-limited)
+    mean: float | None = None
+    std: float | None = None
+    quantiles: tuple[tuple[float, float], ...] = ()  # (probability, value)
+    category_shares: tuple[tuple[str, float], ...] = ()  # most frequent first
+    new_categories: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DetectorFiring:
+    detector: str  # "page_hinkley" | "spread_page_hinkley" | "adwin" | "category_cusum"
+    parameters: tuple[tuple[str, float | str], ...]
+    statistic: float
+    threshold: float
+    direction: str  # "up" | "down"
+
+
+@dataclass(frozen=True)
+class SignalFinding:
+    signal: str
+    firings: tuple[DetectorFiring, ...]
+    effect_size: float
+    effect_measure: str  # "mean_shift" | "std_ratio" | "share_change"
+    reference: WindowSummary
+    current: WindowSummary
+
+
+@dataclass(frozen=True)
+class DriftDecision:
+    kind: str  # one of KINDS
+    detected_at: int  # position of the record at which the detectors fired
+    signals: tuple[SignalFinding, ...]
+
+    @property
+    def signal_names(self) -> tuple[str, ...]:
+        return tuple(finding.signal for finding in self.signals)
+
+    @property
+    def current_positions(self) -> tuple[int | None, int]:
+        """(first, last) positions of the current window over all named signals."""
+        firsts = [f.current.first_position for f in self.signals
+                  if f.current.first_position is not None]
+        return (min(firsts) if firsts else None, self.detected_at)
+
+    @property
+    def reference_positions(self) -> tuple[int | None, int | None]:
+        """(first, last) positions of the reference window; None for training data."""
+        firsts = [f.reference.first_position for f in self.signals
+                  if f.reference.first_position is not None]
+        lasts = [f.reference.last_position for f in self.signals
+                 if f.reference.last_position is not None]
+        return (min(firsts) if firsts else None, max(lasts) if lasts else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["current_positions"] = list(self.current_positions)
+        data["reference_positions"] = list(self.reference_positions)
+        return data

@@ -1,0 +1,470 @@
+"""Compiled per-signal loops: standardisation, Page-Hinkley, ADWIN, categorical CUSUM.
+
+Every loop walks the values of one signal in order and carries its whole state in plain numpy
+arrays, so a batch and the same values fed one at a time run the very same floating-point
+operations (batch invariance), and a snapshot is just those arrays.
+
+Page-Hinkley and ADWIN reproduce ``river.drift.PageHinkley`` and ``river.drift.ADWIN`` (0.26)
+operation for operation; ``tests/unit/test_detectors_river_parity.py`` checks the detections
+are identical on random streams. A river detector resets itself on the update after a
+detection; here the reset happens right after the detection, which is the same thing.
+
+A loop stops right after the first value at which one of the signal's detectors fires and
+returns the index of the next value; the bank records the alarm and calls it again.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+# Page-Hinkley float state columns.
+PH_N, PH_MEAN, PH_SUM_INC, PH_SUM_DEC, PH_MIN_INC, PH_MAX_DEC = range(6)
+PH_FLOAT_COLUMNS = 6
+# Page-Hinkley int state columns: count at which the minimum / maximum was last set.
+PH_CP_INC, PH_CP_DEC = range(2)
+# Page-Hinkley parameter columns.
+PH_DELTA, PH_THRESHOLD, PH_MIN_INSTANCES, PH_ALPHA, PH_MODE, PH_SOURCE = range(6)
+MODE_BOTH, MODE_UP, MODE_DOWN = 0, 1, 2
+SOURCE_LOCATION, SOURCE_SPREAD = 0, 1
+
+# ADWIN scalar state.
+AW_TOTAL, AW_VARIANCE, AW_WIDTH, AW_TICK, AW_LEVELS = range(5)
+AW_SCALARS = 5
+# ADWIN parameters.
+AW_DELTA, AW_CLOCK, AW_MAX_BUCKETS, AW_MIN_WINDOW, AW_GRACE, AW_ENABLED, AW_UP_ONLY = range(7)
+AW_MAX_LEVELS = 48
+
+# Counters shared by both signal types.
+C_COUNT, C_RING_HEAD = range(2)
+
+# Alarm record (float): per detector row -> fired, statistic, threshold, direction, change count.
+AL_FIRED, AL_STAT, AL_THRESHOLD, AL_DIRECTION, AL_CHANGE = range(5)
+AL_COLUMNS = 5
+
+
+# ----------------------------------------------------------------------------- standardisation
+
+@njit(cache=True)
+def normal_quantile(p: float) -> float:
+    """Inverse standard normal CDF: Acklam's rational approximation refined by one Halley
+    step (relative error ~1e-15), so the compiled loop needs no scipy call."""
+    if p <= 0.0:
+        return -math.inf
+    if p >= 1.0:
+        return math.inf
+    p_low = 0.02425
+    if p < p_low:
+        q = math.sqrt(-2.0 * math.log(p))
+        x = ((((((-7.784894002430293e-03 * q - 3.223964580411365e-01) * q
+                 - 2.400758277161838e+00) * q - 2.549732539343734e+00) * q
+               + 4.374664141464968e+00) * q + 2.938163982698783e+00)
+             / ((((7.784695709041462e-03 * q + 3.224671290700398e-01) * q
+                  + 2.445134137142996e+00) * q + 3.754408661907416e+00) * q + 1.0))
+    elif p <= 1.0 - p_low:
+        q = p - 0.5
+        r = q * q
+        x = ((((((-3.969683028665376e+01 * r + 2.209460984245205e+02) * r
+                 - 2.759285104469687e+02) * r + 1.383577518672690e+02) * r
+               - 3.066479806614716e+01) * r + 2.506628277459239e+00) * q
+             / (((((-5.447609879822406e+01 * r + 1.615858368580409e+02) * r
+                   - 1.556989798598866e+02) * r + 6.680131188771972e+01) * r
+                 - 1.328068155288572e+01) * r + 1.0))
+    else:
+        q = math.sqrt(-2.0 * math.log(1.0 - p))
+        x = -((((((-7.784894002430293e-03 * q - 3.223964580411365e-01) * q
+                  - 2.400758277161838e+00) * q - 2.549732539343734e+00) * q
+                + 4.374664141464968e+00) * q + 2.938163982698783e+00)
+              / ((((7.784695709041462e-03 * q + 3.224671290700398e-01) * q
+                   + 2.445134137142996e+00) * q + 3.754408661907416e+00) * q + 1.0))
+    error = 0.5 * math.erfc(-x / math.sqrt(2.0)) - p
+    step = error * math.sqrt(2.0 * math.pi) * math.exp(x * x / 2.0)
+    return x - step / (1.0 + x * step / 2.0)
+
+
+@njit(cache=True)
+def reference_cdf(x: float, knots: np.ndarray, below: np.ndarray, at_or_below: np.ndarray,
+                  u_min: float) -> float:
+    """Reference CDF at ``x``: mid-rank at a knot (atoms such as a zero exemption), linear
+    between knots, clipped to [u_min, 1 - u_min] so one extreme parcel has bounded weight."""
+    n = knots.shape[0]
+    lo, hi = 0, n
+    while lo < hi:  # first knot strictly greater than x
+        mid = (lo + hi) // 2
+        if knots[mid] <= x:
+            lo = mid + 1
+        else:
+            hi = mid
+    j = lo - 1
+    if j < 0:
+        u = 0.0
+    elif knots[j] == x:
+        u = 0.5 * (below[j] + at_or_below[j])
+    elif j == n - 1:
+        u = 1.0
+    else:
+        frac = (x - knots[j]) / (knots[j + 1] - knots[j])
+        u = at_or_below[j] + frac * (below[j + 1] - at_or_below[j])
+    return min(max(u, u_min), 1.0 - u_min)
+
+
+@njit(cache=True)
+def standardise(values: np.ndarray, knots: np.ndarray, below: np.ndarray,
+                at_or_below: np.ndarray, u_min: float) -> tuple[np.ndarray, np.ndarray]:
+    """Normal scores of location (z) and of spread (w) for an array; NaN stays NaN."""
+    z = np.empty(values.shape[0])
+    w = np.empty(values.shape[0])
+    for i in range(values.shape[0]):
+        if math.isnan(values[i]):
+            z[i] = math.nan
+            w[i] = math.nan
+            continue
+        z[i], w[i] = _scores(values[i], knots, below, at_or_below, u_min)
+    return z, w
+
+
+@njit(cache=True)
+def _scores(x: float, knots: np.ndarray, below: np.ndarray, at_or_below: np.ndarray,
+            u_min: float) -> tuple[float, float]:
+    u = reference_cdf(x, knots, below, at_or_below, u_min)
+    folded = min(max(abs(2.0 * u - 1.0), 2.0 * u_min), 1.0 - 2.0 * u_min)
+    return normal_quantile(u), normal_quantile(folded)
+
+
+# ----------------------------------------------------------------------------- Page-Hinkley
+
+@njit(cache=True)
+def ph_reset(f: np.ndarray, i: np.ndarray) -> None:
+    f[PH_N] = 0.0
+    f[PH_MEAN] = 0.0
+    f[PH_SUM_INC] = 0.0
+    f[PH_SUM_DEC] = 0.0
+    f[PH_MIN_INC] = math.inf
+    f[PH_MAX_DEC] = -1.0  # river starts the maximum at -1, not -inf
+    i[PH_CP_INC] = 0
+    i[PH_CP_DEC] = 0
+
+
+@njit(cache=True)
+def ph_update(x: float, par: np.ndarray, f: np.ndarray, i: np.ndarray, count: int) -> int:
+    """One river Page-Hinkley update; returns +1 (increase), -1 (decrease) or 0."""
+    delta = par[PH_DELTA]
+    alpha = par[PH_ALPHA]
+    f[PH_N] += 1.0
+    f[PH_MEAN] += (1.0 / f[PH_N]) * (x - f[PH_MEAN])
+    dev = x - f[PH_MEAN]
+    f[PH_SUM_INC] = alpha * f[PH_SUM_INC] + dev - delta
+    f[PH_SUM_DEC] = alpha * f[PH_SUM_DEC] + dev + delta
+    if f[PH_SUM_INC] < f[PH_MIN_INC]:
+        f[PH_MIN_INC] = f[PH_SUM_INC]
+        i[PH_CP_INC] = count
+    if f[PH_SUM_DEC] > f[PH_MAX_DEC]:
+        f[PH_MAX_DEC] = f[PH_SUM_DEC]
+        i[PH_CP_DEC] = count
+    if f[PH_N] < par[PH_MIN_INSTANCES]:
+        return 0
+    threshold = par[PH_THRESHOLD]
+    mode = par[PH_MODE]
+    if mode != MODE_DOWN and f[PH_SUM_INC] - f[PH_MIN_INC] > threshold:
+        return 1
+    if mode != MODE_UP and f[PH_MAX_DEC] - f[PH_SUM_DEC] > threshold:
+        return -1
+    return 0
+
+
+@njit(cache=True)
+def ph_statistic(par: np.ndarray, f: np.ndarray) -> float:
+    """The larger of the two one-sided statistics the detector is testing."""
+    up = f[PH_SUM_INC] - f[PH_MIN_INC] if par[PH_MODE] != MODE_DOWN else -math.inf
+    down = f[PH_MAX_DEC] - f[PH_SUM_DEC] if par[PH_MODE] != MODE_UP else -math.inf
+    value = max(up, down)
+    return 0.0 if math.isinf(value) or math.isnan(value) else value
+
+
+# ----------------------------------------------------------------------------- ADWIN
+
+@njit(cache=True)
+def adwin_reset(s: np.ndarray, totals: np.ndarray, variances: np.ndarray,
+                counts: np.ndarray) -> None:
+    s[:] = 0.0
+    s[AW_LEVELS] = 1.0
+    totals[:, :] = 0.0
+    variances[:, :] = 0.0
+    counts[:] = 0
+
+
+@njit(cache=True)
+def _adwin_push(level: int, total: float, variance: float, totals: np.ndarray,
+                variances: np.ndarray, counts: np.ndarray) -> None:
+    k = counts[level]
+    totals[level, k] = total
+    variances[level, k] = variance
+    counts[level] = k + 1
+
+
+@njit(cache=True)
+def _adwin_drop_front(level: int, n_drop: int, totals: np.ndarray, variances: np.ndarray,
+                      counts: np.ndarray) -> None:
+    k = counts[level]
+    for j in range(k - n_drop):
+        totals[level, j] = totals[level, j + n_drop]
+        variances[level, j] = variances[level, j + n_drop]
+    for j in range(k - n_drop, k):
+        totals[level, j] = 0.0
+        variances[level, j] = 0.0
+    counts[level] = k - n_drop
+
+
+@njit(cache=True)
+def adwin_insert(x: float, par: np.ndarray, s: np.ndarray, totals: np.ndarray,
+                 variances: np.ndarray, counts: np.ndarray) -> None:
+    """Add one value to the exponential histogram, merging full levels (ADWIN2)."""
+    _adwin_push(0, x, 0.0, totals, variances, counts)
+    s[AW_WIDTH] += 1.0
+    width = s[AW_WIDTH]
+    increment = 0.0
+    if width > 1.0:
+        deviation = x - s[AW_TOTAL] / (width - 1.0)
+        increment = (width - 1.0) * deviation * deviation / width
+    s[AW_VARIANCE] += increment
+    s[AW_TOTAL] += x
+    max_buckets = int(par[AW_MAX_BUCKETS])
+    level = 0
+    while counts[level] == max_buckets + 1:
+        size = float(1 << level)
+        t0, t1 = totals[level, 0], totals[level, 1]
+        mean0, mean1 = t0 / size, t1 / size
+        merged_variance = (variances[level, 0] + variances[level, 1]
+                           + size * 0.5 * (mean0 - mean1) * (mean0 - mean1))
+        if level + 1 >= int(s[AW_LEVELS]):
+            s[AW_LEVELS] += 1.0
+        _adwin_push(level + 1, t0 + t1, merged_variance, totals, variances, counts)
+        _adwin_drop_front(level, 2, totals, variances, counts)
+        if counts[level + 1] <= max_buckets:
+            break
+        level += 1
+
+
+@njit(cache=True)
+def _adwin_epsilon(n0: float, n1: float, par: np.ndarray, s: np.ndarray) -> float:
+    width = s[AW_WIDTH]
+    min_window = par[AW_MIN_WINDOW]
+    log_term = math.log(2.0 * math.log(width) / par[AW_DELTA])
+    m_recip = 1.0 / (n0 - min_window + 1.0) + 1.0 / (n1 - min_window + 1.0)
+    return (math.sqrt(2.0 * m_recip * (s[AW_VARIANCE] / width) * log_term)
+            + 2.0 / 3.0 * log_term * m_recip)
+
+
+@njit(cache=True)
+def adwin_check(par: np.ndarray, s: np.ndarray, totals: np.ndarray, counts: np.ndarray,
+                out: np.ndarray, scan_only: bool) -> bool:
+    """ADWIN's cut test, run every ``clock`` updates unless ``scan_only``. On the first cut
+    whose means differ by more than epsilon, writes (|diff|, epsilon, sign of the newer minus
+    older mean, length of the newer sub-window) into ``out`` and returns True. With
+    ``scan_only`` it writes the largest |diff| / epsilon ratio instead (for status gauges)."""
+    if not scan_only:
+        s[AW_TICK] += 1.0
+        if s[AW_TICK] % par[AW_CLOCK] != 0.0 or not s[AW_WIDTH] > par[AW_GRACE]:
+            return False
+    n0, n1 = 0.0, s[AW_WIDTH]
+    u0, u1 = 0.0, s[AW_TOTAL]
+    min_window = par[AW_MIN_WINDOW]
+    best = 0.0
+    for level in range(int(s[AW_LEVELS]) - 1, -1, -1):
+        size = float(1 << level)
+        k_count = counts[level]
+        for k in range(k_count):
+            n0 += size
+            n1 -= size
+            u0 += totals[level, k]
+            u1 -= totals[level, k]
+            if level == 0 and k == k_count - 1:
+                out[3] = best
+                return False
+            diff = (u0 / n0) - (u1 / n1)
+            if n1 >= min_window and n0 >= min_window:
+                epsilon = _adwin_epsilon(n0, n1, par, s)
+                if scan_only:
+                    best = max(best, abs(diff) / epsilon)
+                elif abs(diff) > epsilon:
+                    out[0] = abs(diff)
+                    out[1] = epsilon
+                    out[2] = -1.0 if diff > 0.0 else 1.0
+                    out[3] = n1
+                    return True
+    out[3] = best
+    return False
+
+
+# ----------------------------------------------------------------------------- numeric signal
+
+@njit(cache=True)
+def run_numeric(values: np.ndarray, positions: np.ndarray, start: int,
+                knots: np.ndarray, below: np.ndarray, at_or_below: np.ndarray, u_min: float,
+                ph_par: np.ndarray, ph_f: np.ndarray, ph_i: np.ndarray,
+                aw_par: np.ndarray, aw_s: np.ndarray, aw_totals: np.ndarray,
+                aw_variances: np.ndarray, aw_counts: np.ndarray,
+                ring_values: np.ndarray, ring_positions: np.ndarray, counters: np.ndarray,
+                alarm: np.ndarray) -> int:
+    """Feed values[start:] to one numeric signal's detectors; stop after the first alarm.
+
+    Rows of ``alarm``: one per Page-Hinkley detector, then ADWIN. After an alarm every
+    detector of the signal restarts, so the next alarm needs fresh evidence.
+    """
+    n_ph = ph_par.shape[0]
+    ring_size = ring_values.shape[0]
+    cut = np.zeros(4)
+    aw_row = n_ph
+    for idx in range(start, values.shape[0]):
+        x = values[idx]
+        if math.isnan(x):
+            continue
+        counters[C_COUNT] += 1
+        count = counters[C_COUNT]
+        head = counters[C_RING_HEAD]
+        ring_values[head] = x
+        ring_positions[head] = positions[idx]
+        counters[C_RING_HEAD] = (head + 1) % ring_size
+        z, w = _scores(x, knots, below, at_or_below, u_min)
+        fired = False
+        for d in range(n_ph):
+            source = z if ph_par[d, PH_SOURCE] == SOURCE_LOCATION else w
+            direction = ph_update(source, ph_par[d], ph_f[d], ph_i[d], count)
+            if direction != 0:
+                fired = True
+                _record_ph_alarm(alarm[d], direction, ph_par[d], ph_f[d], ph_i[d])
+        if aw_par[AW_ENABLED] != 0.0:
+            adwin_insert(z, aw_par, aw_s, aw_totals, aw_variances, aw_counts)
+            if adwin_check(aw_par, aw_s, aw_totals, aw_counts, cut, False):
+                if aw_par[AW_UP_ONLY] == 0.0 or cut[2] > 0.0:
+                    fired = True
+                    alarm[aw_row, AL_FIRED] = 1.0
+                    alarm[aw_row, AL_STAT] = cut[0]
+                    alarm[aw_row, AL_THRESHOLD] = cut[1]
+                    alarm[aw_row, AL_DIRECTION] = cut[2]
+                    alarm[aw_row, AL_CHANGE] = count - cut[3]
+                else:  # a fall in error is no alarm, but river's ADWIN restarts anyway
+                    adwin_reset(aw_s, aw_totals, aw_variances, aw_counts)
+        if fired:
+            for d in range(n_ph):
+                ph_reset(ph_f[d], ph_i[d])
+            adwin_reset(aw_s, aw_totals, aw_variances, aw_counts)
+            return idx + 1
+    return values.shape[0]
+
+
+@njit(cache=True)
+def _record_ph_alarm(row: np.ndarray, direction: int, par: np.ndarray, f: np.ndarray,
+                     i: np.ndarray) -> None:
+    row[AL_FIRED] = 1.0
+    row[AL_THRESHOLD] = par[PH_THRESHOLD]
+    row[AL_DIRECTION] = float(direction)
+    if direction > 0:
+        row[AL_STAT] = f[PH_SUM_INC] - f[PH_MIN_INC]
+        row[AL_CHANGE] = i[PH_CP_INC]
+    else:
+        row[AL_STAT] = f[PH_MAX_DEC] - f[PH_SUM_DEC]
+        row[AL_CHANGE] = i[PH_CP_DEC]
+
+
+# ----------------------------------------------------------------------------- categorical
+
+# Categorical parameters.
+CP_THRESHOLD, CP_SHIFT, CP_NEW_SHIFT, CP_REFRESH, CP_FLOOR = range(5)
+# Categorical scalar state: values since restart, weight of the reference shares, values to
+# count before testing, and that count after an alarm.
+CS_SINCE, CS_PRIOR_WEIGHT, CS_GATE, CS_GATE_AFTER_ALARM = range(4)
+
+
+@njit(cache=True)
+def category_refresh(par: np.ndarray, s: np.ndarray, counts: np.ndarray, shares: np.ndarray,
+                     llr: np.ndarray) -> None:
+    """Bernoulli log-likelihood ratios per bucket for a share rise and a share fall, around
+    the running share (counts since restart plus the reference shares as a prior)."""
+    buckets = counts.shape[0]
+    weight = s[CS_PRIOR_WEIGHT]
+    denominator = s[CS_SINCE] + weight
+    floor = 0.5 / (denominator + 1.0)
+    for j in range(buckets):
+        p0 = (counts[j] + shares[j] * weight) / denominator
+        p0 = min(max(p0, floor), 1.0 - floor)
+        shift = par[CP_NEW_SHIFT] if j == buckets - 1 else par[CP_SHIFT]
+        rise = min(p0 + shift, 1.0 - floor / 2.0)
+        fall = max(p0 - shift, p0 * 0.25)
+        llr[0, j] = math.log(rise / p0)
+        llr[1, j] = math.log((1.0 - rise) / (1.0 - p0))
+        llr[2, j] = math.log(fall / p0)
+        llr[3, j] = math.log((1.0 - fall) / (1.0 - p0))
+
+
+@njit(cache=True)
+def run_categorical(codes: np.ndarray, positions: np.ndarray, start: int, n_known: int,
+                    par: np.ndarray, s: np.ndarray, counts: np.ndarray, shares: np.ndarray,
+                    llr: np.ndarray, cusum: np.ndarray, since_zero: np.ndarray,
+                    ring_codes: np.ndarray, ring_positions: np.ndarray, counters: np.ndarray,
+                    alarm: np.ndarray) -> int:
+    """Feed codes[start:] to one categorical signal's CUSUMs; stop after the first alarm.
+
+    Buckets: 0..n_known-1 the reference's top categories, n_known every other reference
+    category, n_known+1 any category never seen in the reference. ``cusum`` row 0 watches
+    share rises, row 1 falls. ``alarm`` = [fired, statistic, threshold, direction, change
+    count, bucket].
+    """
+    buckets = counts.shape[0]
+    ring_size = ring_codes.shape[0]
+    threshold = par[CP_THRESHOLD]
+    refresh = int(par[CP_REFRESH])
+    for idx in range(start, codes.shape[0]):
+        code = codes[idx]
+        if code < 0:
+            continue
+        bucket = min(code, n_known + 1)
+        counters[C_COUNT] += 1
+        count = counters[C_COUNT]
+        head = counters[C_RING_HEAD]
+        ring_codes[head] = code
+        ring_positions[head] = positions[idx]
+        counters[C_RING_HEAD] = (head + 1) % ring_size
+        counts[bucket] += 1.0
+        s[CS_SINCE] += 1.0
+        if s[CS_SINCE] < s[CS_GATE]:
+            continue  # relearning the shares after a change: no testing, no evidence
+        if int(s[CS_SINCE]) % refresh == 0 or s[CS_SINCE] == s[CS_GATE]:
+            category_refresh(par, s, counts, shares, llr)
+        best, best_bucket, best_side = 0.0, -1, 0
+        for j in range(buckets):
+            hit = j == bucket
+            for side in range(2):
+                step = llr[2 * side, j] if hit else llr[2 * side + 1, j]
+                value = cusum[side, j] + step
+                if value <= 0.0:
+                    value = 0.0
+                    since_zero[side, j] = count
+                cusum[side, j] = value
+                if value > threshold and value > best:
+                    best, best_bucket, best_side = value, j, side
+        if best_bucket >= 0:
+            alarm[0] = 1.0
+            alarm[1] = best
+            alarm[2] = threshold
+            alarm[3] = 1.0 if best_side == 0 else -1.0
+            alarm[4] = since_zero[best_side, best_bucket]
+            alarm[5] = best_bucket
+            category_restart(s, counts, cusum, since_zero, count, 0.0, s[CS_GATE_AFTER_ALARM])
+            return idx + 1
+    return codes.shape[0]
+
+
+@njit(cache=True)
+def category_restart(s: np.ndarray, counts: np.ndarray, cusum: np.ndarray,
+                     since_zero: np.ndarray, count: int, prior_weight: float,
+                     gate: float) -> None:
+    """Forget the shares counted so far; relearn them over ``gate`` values before testing."""
+    counts[:] = 0.0
+    cusum[:, :] = 0.0
+    since_zero[:, :] = count
+    s[CS_SINCE] = 0.0
+    s[CS_PRIOR_WEIGHT] = prior_weight
+    s[CS_GATE] = gate

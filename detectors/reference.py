@@ -1,0 +1,163 @@
+"""``Reference``: what "normal" looks like for each signal.
+
+Built from the champion's training data (``Reference.from_columns``) or from the bank's
+warm-up window. Numeric signals keep a quantile table used for rank-based standardisation
+(heavy-tailed money values become normal scores, so one huge parcel is not a change) plus
+mean/std/quantiles for explanations; categorical signals keep category shares and the
+Good-Turing estimate of how often a never-seen category turns up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from detectors.errors import DetectorConfigError
+
+# Probabilities of the standardisation knots: dense in the tails, 1% steps in the body.
+KNOT_PROBABILITIES = np.concatenate([
+    [0.0, 0.0005, 0.001, 0.002, 0.005], np.linspace(0.01, 0.99, 99),
+    [0.995, 0.998, 0.999, 0.9995, 1.0]])
+SUMMARY_PROBABILITIES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+MAX_STORED_CATEGORIES = 5000
+MIN_REFERENCE_VALUES = 50
+
+
+@dataclass(frozen=True)
+class NumericReference:
+    n: int
+    mean: float
+    std: float
+    quantiles: tuple[float, ...]  # at SUMMARY_PROBABILITIES
+    knots: tuple[float, ...]
+    below: tuple[float, ...]  # reference share strictly below each knot
+    at_or_below: tuple[float, ...]
+    first_position: int | None = None
+    last_position: int | None = None
+
+    @classmethod
+    def from_values(cls, values: np.ndarray, first_position: int | None = None,
+                    last_position: int | None = None) -> NumericReference:
+        data = np.sort(np.asarray(values, dtype=np.float64))
+        data = data[np.isfinite(data)]
+        if data.size < MIN_REFERENCE_VALUES:
+            raise DetectorConfigError(
+                f"reference needs >= {MIN_REFERENCE_VALUES} finite values, got {data.size}")
+        knots = np.unique(np.quantile(data, KNOT_PROBABILITIES, method="inverted_cdf"))
+        n = data.size
+        below = np.searchsorted(data, knots, side="left") / n
+        at_or_below = np.searchsorted(data, knots, side="right") / n
+        quantiles = np.quantile(data, SUMMARY_PROBABILITIES)
+        return cls(n=int(n), mean=float(data.mean()), std=float(data.std()),
+                   quantiles=tuple(map(float, quantiles)), knots=tuple(map(float, knots)),
+                   below=tuple(map(float, below)), at_or_below=tuple(map(float, at_or_below)),
+                   first_position=first_position, last_position=last_position)
+
+    def u_min(self) -> float:
+        """Smallest CDF value a stream value maps to: half a reference observation."""
+        return max(0.5 / (self.n + 1), 1e-6)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (np.asarray(self.knots, dtype=np.float64),
+                np.asarray(self.below, dtype=np.float64),
+                np.asarray(self.at_or_below, dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class CategoricalReference:
+    n: int
+    shares: dict[str, float]  # most frequent first
+    unseen_rate: float
+    first_position: int | None = None
+    last_position: int | None = None
+
+    @classmethod
+    def from_values(cls, values: Any, first_position: int | None = None,
+                    last_position: int | None = None) -> CategoricalReference:
+        names = [str(v) for v in values if not _is_missing(v)]
+        if len(names) < MIN_REFERENCE_VALUES:
+            raise DetectorConfigError(
+                f"reference needs >= {MIN_REFERENCE_VALUES} category values, got {len(names)}")
+        labels, counts = np.unique(np.asarray(names, dtype=object), return_counts=True)
+        order = np.lexsort((labels.astype(str), -counts))[:MAX_STORED_CATEGORIES]
+        n = len(names)
+        singletons = int(np.sum(counts == 1))
+        unseen = min(max(singletons / n, 0.5 / n), 0.05)  # Good-Turing, bounded
+        shares = {str(labels[i]): float(counts[i] / n) for i in order}
+        return cls(n=n, shares=shares, unseen_rate=unseen, first_position=first_position,
+                   last_position=last_position)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Per-signal reference statistics; serialisable with ``to_dict``/``from_dict``."""
+
+    numeric: dict[str, NumericReference] = field(default_factory=dict)
+    categorical: dict[str, CategoricalReference] = field(default_factory=dict)
+
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, Any],
+                     positions: np.ndarray | None = None) -> Reference:
+        """Numeric columns (float/int dtype) get quantile tables, others category shares."""
+        numeric, categorical = {}, {}
+        first = int(positions[0]) if positions is not None and len(positions) else None
+        last = int(positions[-1]) if positions is not None and len(positions) else None
+        for name, column in columns.items():
+            array = np.asarray(column)
+            if array.dtype.kind in "fiub":
+                numeric[name] = NumericReference.from_values(array.astype(np.float64),
+                                                             first, last)
+            else:
+                categorical[name] = CategoricalReference.from_values(array, first, last)
+        return cls(numeric=numeric, categorical=categorical)
+
+    def signals(self) -> set[str]:
+        return set(self.numeric) | set(self.categorical)
+
+    def merged(self, other: Reference) -> Reference:
+        return Reference(numeric={**self.numeric, **other.numeric},
+                         categorical={**self.categorical, **other.categorical})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "numeric": {name: _numeric_dict(ref) for name, ref in self.numeric.items()},
+            "categorical": {name: _categorical_dict(ref)
+                            for name, ref in self.categorical.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Reference:
+        if data.get("version") != 1:
+            raise DetectorConfigError(f"unknown reference version {data.get('version')!r}")
+        numeric = {name: NumericReference(
+            n=int(d["n"]), mean=float(d["mean"]), std=float(d["std"]),
+            quantiles=tuple(d["quantiles"]), knots=tuple(d["knots"]), below=tuple(d["below"]),
+            at_or_below=tuple(d["at_or_below"]), first_position=d.get("first_position"),
+            last_position=d.get("last_position")) for name, d in data["numeric"].items()}
+        categorical = {name: CategoricalReference(
+            n=int(d["n"]), shares={str(k): float(v) for k, v in d["shares"]},
+            unseen_rate=float(d["unseen_rate"]), first_position=d.get("first_position"),
+            last_position=d.get("last_position")) for name, d in data["categorical"].items()}
+        return cls(numeric=numeric, categorical=categorical)
+
+
+def _numeric_dict(ref: NumericReference) -> dict[str, Any]:
+    return {"n": ref.n, "mean": ref.mean, "std": ref.std, "quantiles": list(ref.quantiles),
+            "knots": list(ref.knots), "below": list(ref.below),
+            "at_or_below": list(ref.at_or_below), "first_position": ref.first_position,
+            "last_position": ref.last_position}
+
+
+def _categorical_dict(ref: CategoricalReference) -> dict[str, Any]:
+    # A list of pairs keeps the order (most frequent first) through any JSON library.
+    return {"n": ref.n, "shares": [[k, v] for k, v in ref.shares.items()],
+            "unseen_rate": ref.unseen_rate, "first_position": ref.first_position,
+            "last_position": ref.last_position}
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or value == "" or (isinstance(value, float) and value != value)
