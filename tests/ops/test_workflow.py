@@ -1,0 +1,29 @@
+"""The scheduled retraining workflow: actionlint (with shellcheck on the `run:` scripts when
+installed) and the properties the operations contract asks for."""
+
+from __future__ import annotations
+
+import re
+
+from tests.ops.conftest import REPO, run
+
+WORKFLOW = REPO / ".github" / "workflows" / "auto_retraining.yml"
+
+
+def test_workflow_passes_actionlint(actionlint: str) -> None:
+    result = run([actionlint, "-no-color", str(WORKFLOW.relative_to(REPO))], cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_workflow_schedule_permissions_and_pins() -> None:
+    text = WORKFLOW.read_text()
+    assert re.search(r"^\s+- cron: \"[^\"]+\"", text, re.M)
+    assert re.search(r"^  workflow_dispatch:", text, re.M)
+    assert re.search(r"^permissions:\n  contents: write$", text, re.M)
+    uses = re.findall(r"uses:\s*(\S+)", text)
+    assert uses
+    for action in uses:  # pinned to a full commit SHA, not a movable tag
+        assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", action), action
+    assert "levydrift check --data-path" in text and "--trigger-retraining" in text
+    assert "--report" in text and "actions/upload-artifact@" in text
+    assert "git add --force models/" in text
