@@ -10,6 +10,7 @@ python="${PYTHON:-.venv/bin/python}"
   echo "# Regenerate after changing dependencies: see deploy/ci/lock-requirements.sh."
   "$python" - <<'PY'
 import re
+import tomllib
 from importlib.metadata import PackageNotFoundError, distribution
 
 from packaging.requirements import Requirement
@@ -17,9 +18,11 @@ from packaging.requirements import Requirement
 def canonical(name):
     return re.sub(r"[-_.]+", "-", name).lower()
 
-# Requirements without an extra marker are the runtime ones; follow them transitively.
-pending = [Requirement(r).name for r in distribution("levy-drift").requires or []
-           if "extra" not in r]
+# [project].dependencies are the runtime ones (extras are for tests and benchmarks); follow
+# them transitively through the installed distributions.
+with open("pyproject.toml", "rb") as handle:
+    roots = tomllib.load(handle)["project"]["dependencies"]
+pending = [Requirement(text).name for text in roots]
 pinned = {}
 while pending:
     name = canonical(pending.pop())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import tomllib
 from importlib.metadata import distribution
 
 import pytest
@@ -38,8 +39,9 @@ def _lock() -> dict[str, str]:
 
 def test_lock_pins_every_runtime_dependency_at_the_tested_version() -> None:
     pins = _lock()
-    runtime = [Requirement(text) for text in distribution("levy-drift").requires or []
-               if "extra" not in text]
+    # pyproject.toml, not the installed metadata, which is stale until the next pip install.
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    runtime = [Requirement(text) for text in project["dependencies"]]
     assert runtime
     for requirement in runtime:
         name = _canonical(requirement.name)

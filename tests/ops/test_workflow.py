@@ -19,7 +19,7 @@ def test_workflow_schedule_permissions_and_pins() -> None:
     text = WORKFLOW.read_text()
     assert re.search(r"^\s+- cron: \"[^\"]+\"", text, re.M)
     assert re.search(r"^  workflow_dispatch:", text, re.M)
-    assert re.search(r"^permissions:\n  contents: write$", text, re.M)
+    assert re.search(r"^permissions:\n  contents: write\b", text, re.M)
     uses = re.findall(r"uses:\s*(\S+)", text)
     assert uses
     for action in uses:  # pinned to a full commit SHA, not a movable tag
