@@ -7,6 +7,7 @@ and in a unit test fed with a list.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -99,7 +100,9 @@ class PartitionMonitor:
         self.dirty = True
 
     def statistics(self) -> dict[tuple[str, str], tuple[float, float]]:
-        return self.bank.statistics()
+        """(signal, detector) -> (statistic, threshold), for the Prometheus gauges."""
+        return {(row.signal, row.detector): (row.statistic, row.threshold)
+                for row in self.bank.status()}
 
 
 def process_partition(monitor: PartitionMonitor, messages: Sequence[Message],
@@ -119,14 +122,17 @@ def process_partition(monitor: PartitionMonitor, messages: Sequence[Message],
                               dtype=np.int64, count=len(records))
         columns = signal_columns(levy_records_to_columns(records), champion)
         for decision in monitor.bank.update(columns, offsets):
-            event = decision_to_event(decision, monitor, settings, champion)
+            detected_index = int(np.searchsorted(offsets, decision.detected_at))
+            event = decision_to_event(decision, monitor.topic, monitor.partition, settings,
+                                      monitor.model_version,
+                                      str(columns["event_time"][detected_index]))
             produce(settings.topics.drift_events, event.to_bytes(),
                     key=settings.consumer.model_name.encode())
             for finding in event.signals:
-                metrics.DRIFT_EVENTS.labels(kind=event.kind, signal=finding.name).inc()
+                metrics.DRIFT_EVENTS.labels(kind=event.kind, signal=finding.signal).inc()
             result.drift_events.append(event)
             log.info("drift detected", extra={"event_id": event.event_id, "kind": event.kind,
-                                              "signals": [s.name for s in event.signals],
+                                              "signals": [s.signal for s in event.signals],
                                               "partition": monitor.partition})
     monitor.next_offset = messages[-1].offset() + 1
     monitor.dirty = True
@@ -143,6 +149,8 @@ def signal_columns(columns: dict[str, np.ndarray], champion: Champion | None) ->
     actual = columns["actual_levy_amount"]
     columns["prediction"] = prediction
     columns["abs_error"] = np.abs(prediction - actual)
+    # Relative error keeps a county of mansions from dominating the performance signal.
+    columns["relative_error"] = columns["abs_error"] / np.maximum(actual, 1.0)
     labelled = ~np.isnan(columns["abs_error"])
     if labelled.any():
         metrics.PREDICTION_ABS_ERROR.set(float(columns["abs_error"][labelled].mean()))
@@ -150,9 +158,8 @@ def signal_columns(columns: dict[str, np.ndarray], champion: Champion | None) ->
 
 
 def _dead_letter(message: Message, rejection: Any, topic: str, produce: Produce) -> None:
-    timestamp_type, timestamp = message.timestamp()
     key, value, headers = dead_letter(message.key(), message.value(), message.headers(),
                                       rejection, message.topic(), message.partition(),
-                                      message.offset(), timestamp)
+                                      message.offset(), int(time.time() * 1000))
     produce(topic, value, key=key, headers=headers)
     metrics.DEAD_LETTERS.labels(reason=str(rejection.reason)).inc()

@@ -18,6 +18,7 @@ from levydrift.errors import LevyDriftError
 COMMAND_MODULES = (
     "levydrift.topics",
     "levydrift.simulate_cli",
+    "consumer.cli",
 )
 
 

@@ -1,0 +1,87 @@
+"""Bank decisions to drift events (schema v1), with Kafka offsets for the windows.
+
+The consumer feeds each partition's bank with Kafka offsets as positions, so a decision's window
+positions are already offsets of that partition. The event id and ``detected_at`` (the event time
+of the record at which the detectors fired) depend only on the records, so a replay after a
+crash produces byte-identical events.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from detectors.decision import DetectorFiring, DriftDecision, SignalFinding
+from detectors.decision import WindowSummary as BankWindow
+from schemas.drift_event import (
+    DetectorSpec,
+    DriftEvent,
+    DriftSignal,
+    SourceOffsets,
+    WindowSummary,
+    drift_event_id,
+)
+
+if TYPE_CHECKING:
+    from consumer.config import ConsumerSettings
+
+
+def decision_to_event(decision: DriftDecision, topic: str, partition: int,
+                      settings: ConsumerSettings, model_version: int | None,
+                      detected_at: str) -> DriftEvent:
+    """The drift event of one decision made on ``topic``/``partition``."""
+    group = settings.consumer.group_id
+    model_name = settings.consumer.model_name
+    current_first, current_last = decision.current_positions
+    current_first = current_last if current_first is None else current_first
+    reference_first, reference_last = decision.reference_positions
+    if reference_first is None or reference_last is None:  # reference from training data
+        reference_first = reference_last = current_first
+    return DriftEvent(
+        event_id=drift_event_id(model_name, group, topic, partition, decision.detected_at,
+                                decision.signal_names),
+        model_name=model_name,
+        model_version=model_version,
+        kind=decision.kind,  # type: ignore[arg-type]
+        signals=tuple(_signal(finding) for finding in decision.signals),
+        reference_window=SourceOffsets(topic, partition, reference_first, reference_last),
+        current_window=SourceOffsets(topic, partition, current_first, current_last),
+        detected_at=detected_at,
+        consumer_group=group,
+    )
+
+
+def _signal(finding: SignalFinding) -> DriftSignal:
+    firing = max(finding.firings, key=_strength)
+    return DriftSignal(
+        signal=finding.signal,
+        detector=DetectorSpec(firing.detector, {key: value for key, value in firing.parameters}),
+        statistic=_finite(firing.statistic),
+        threshold=_finite(firing.threshold),
+        effect_size=_finite(finding.effect_size),
+        reference=_window(finding.reference),
+        current=_window(finding.current),
+    )
+
+
+def _strength(firing: DetectorFiring) -> float:
+    return firing.statistic / firing.threshold if firing.threshold else math.inf
+
+
+def _window(window: BankWindow) -> WindowSummary:
+    return WindowSummary(
+        n=window.n,
+        mean=_finite_or_none(window.mean),
+        std=_finite_or_none(window.std),
+        quantiles={f"p{round(probability * 100)}": float(value)
+                   for probability, value in window.quantiles if math.isfinite(value)},
+        category_shares={name[:64]: float(share) for name, share in window.category_shares},
+    )
+
+
+def _finite(value: float) -> float:
+    return float(value) if math.isfinite(value) else 0.0
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
