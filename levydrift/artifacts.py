@@ -28,6 +28,7 @@ ALLOWED_TYPES: tuple[str, ...] = (
     "builtins.slice",
     "builtins.str",
     "builtins.tuple",
+    "functools.partial",
     "levydrift.features.BaseLevyResidualRegressor",
     "levydrift.features.add_levy_terms",
     "numpy.dtype",
@@ -47,7 +48,9 @@ ALLOWED_TYPES: tuple[str, ...] = (
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.pipeline.Pipeline",
     "sklearn.preprocessing._encoders.OneHotEncoder",
+    "sklearn.preprocessing._encoders.OrdinalEncoder",
     "sklearn.preprocessing._function_transformer.FunctionTransformer",
+    "sklearn.utils.validation.check_array",
 )
 
 

@@ -1,0 +1,93 @@
+"""One training run, whatever the data source: split the most recent slice off as holdout, fit
+a candidate, score candidate and champion on the same holdout, gate, and register the version.
+
+Used by the worker (data from Kafka) and by ``levydrift train`` (data from a file).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from levydrift.errors import ArtifactError, TrainingError
+from levydrift.features import TARGET, feature_signature
+from trainer.evaluation import HoldoutMetrics, gate, holdout_metrics
+from trainer.model import ModelParams, fit_model, predict
+from trainer.registry import ModelRegistry, NewVersion, VersionInfo, data_sha256
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """What to train on and why. ``frame`` is a labelled model frame ordered oldest to newest."""
+
+    frame: pd.DataFrame
+    trigger_event_ids: list[str]
+    training_offsets: list[dict[str, Any]]
+    code_version: str
+    holdout_fraction: float = 0.2
+    gate_margin: float = 0.01
+    min_training_records: int = 200
+    params: ModelParams = field(default_factory=ModelParams)
+    extra_lineage: dict[str, Any] = field(default_factory=dict)
+
+
+def train_and_register(registry: ModelRegistry, name: str, request: TrainingRequest) -> VersionInfo:
+    """Train, gate and register one version; raises ``TrainingError`` (nothing registered) when
+    the data cannot produce a candidate."""
+    started = time.perf_counter()
+    frame = request.frame[np.isfinite(request.frame[TARGET].to_numpy(float))]
+    if len(frame) < request.min_training_records:
+        raise TrainingError(f"only {len(frame)} labelled records in the training window; "
+                            f"at least {request.min_training_records} are needed")
+    train, holdout = split_holdout(frame, request.holdout_fraction)
+    candidate = fit_model(train, request.params)
+    actual = holdout[TARGET].to_numpy(float)
+    candidate_metrics = holdout_metrics(actual, predict(candidate, holdout))
+    champion_version = registry.champion(name)
+    champion_metrics, champion_note = _score_champion(registry, name, champion_version, holdout)
+    decision = gate(candidate_metrics, champion_metrics, request.gate_margin)
+    reason = decision.reason + (f"; {champion_note}" if champion_note else "")
+    duration = time.perf_counter() - started
+    info = registry.register(name, NewVersion(
+        estimator=candidate, decision=decision.decision, reason=reason,
+        candidate_metrics=candidate_metrics.to_dict(),
+        champion_metrics=champion_metrics.to_dict() if champion_metrics else None,
+        champion_version=champion_version, holdout_records=len(holdout),
+        training_offsets=request.training_offsets, training_records=len(frame),
+        data_sha256=data_sha256(frame), trigger_event_ids=request.trigger_event_ids,
+        feature_signature=feature_signature(), code_version=request.code_version,
+        duration_s=duration, extra_lineage=request.extra_lineage))
+    log.info("registered a model version", extra={
+        "model": name, "version": info.version, "decision": decision.decision,
+        "reason": reason, "training_records": len(frame), "duration_s": round(duration, 3)})
+    return info
+
+
+def split_holdout(frame: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, holdout): the holdout is the most recent ``fraction`` of the rows (at least 1)."""
+    holdout_rows = max(1, int(round(len(frame) * fraction)))
+    if holdout_rows >= len(frame):
+        raise TrainingError(f"{len(frame)} records leave nothing to train on after the holdout")
+    return frame.iloc[:-holdout_rows], frame.iloc[-holdout_rows:]
+
+
+def _score_champion(registry: ModelRegistry, name: str, version: int | None,
+                    holdout: pd.DataFrame) -> tuple[HoldoutMetrics | None, str]:
+    """The champion's metrics on the holdout. A champion that cannot be loaded or scored
+    cannot block a retrain: it is reported and the candidate is gated as if none existed."""
+    if version is None:
+        return None, ""
+    try:
+        champion = registry.load_model(name, version)
+        return holdout_metrics(holdout[TARGET].to_numpy(float), predict(champion, holdout)), ""
+    except (ArtifactError, ValueError, KeyError) as error:
+        log.error("champion could not be scored", extra={"model": name, "version": version,
+                                                          "error": str(error)})
+        return None, f"champion {version} could not be scored: {error}"
