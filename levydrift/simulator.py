@@ -267,6 +267,7 @@ class LevySimulator:
         self._variance_base_ratio = (self._spread_base_ratio()
                                      if self.config.scenario == "variance" else None)
         self._start_ms = int(self.config.start_time.timestamp() * 1000)
+        self._last_chunk: tuple[tuple[int, bool], dict[str, np.ndarray]] | None = None
 
     # ----------------------------------------------------------------- public API
 
@@ -280,12 +281,12 @@ class LevySimulator:
         for chunk in range(start // CHUNK_RECORDS, -(-stop // CHUNK_RECORDS)):
             chunk_start = chunk * CHUNK_RECORDS
             lo, hi = max(start, chunk_start), min(stop, chunk_start + CHUNK_RECORDS)
-            full = self._chunk(chunk, components)
+            full = self._cached_chunk(chunk, components)
             parts.append({k: v[lo - chunk_start:hi - chunk_start] for k, v in full.items()})
         if not parts:
             return {k: v[:0] for k, v in self._chunk(0, components).items()}
-        if len(parts) == 1:
-            return parts[0]
+        if len(parts) == 1:  # views of the cached chunk: the caller gets its own copy
+            return {k: v.copy() for k, v in parts[0].items()}
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def frame(self, start: int, stop: int, components: bool = False) -> pd.DataFrame:
@@ -338,6 +339,14 @@ class LevySimulator:
             change_event_time=_rfc3339(np.array([change_time]))[0], parameters=parameters)
 
     # ----------------------------------------------------------------- generation
+
+    def _cached_chunk(self, chunk: int, components: bool) -> dict[str, np.ndarray]:
+        """The last chunk is kept: callers reading in small batches would otherwise generate
+        each chunk many times over."""
+        key = (chunk, components)
+        if self._last_chunk is None or self._last_chunk[0] != key:
+            self._last_chunk = (key, self._chunk(chunk, components))
+        return self._last_chunk[1]
 
     def _chunk(self, chunk: int, components: bool) -> dict[str, np.ndarray]:
         config, roll = self.config, self._roll
