@@ -240,7 +240,6 @@ class _Roll:
     market: np.ndarray
     exemption_flat: np.ndarray    # homestead amount, if any
     exemption_share: np.ndarray   # share of assessed value exempt (senior, abatement, exempt)
-    homestead: np.ndarray         # bool
     construction_share: np.ndarray
     prior_levy: np.ndarray
     special: np.ndarray           # special assessments, dollars
@@ -256,13 +255,13 @@ class LevySimulator:
         choice = np.random.default_rng([self.config.seed, 2])
         self.affected_county = int(choice.integers(len(COUNTIES)))
         rng = np.random.default_rng([self.config.seed, 1])
-        self._districts_skeleton = _district_skeleton(rng)
-        county_districts = np.flatnonzero(self._districts_skeleton[1] == self.affected_county)
+        district_names, district_county = _district_layout()
+        county_districts = np.flatnonzero(district_county == self.affected_county)
         self.affected_district_indices = np.sort(
             choice.choice(county_districts, size=3, replace=False))
-        self._roll = _build_roll(rng, self.config.parcels, self._districts_skeleton[1],
+        self._roll = _build_roll(rng, self.config.parcels, district_county,
                                  self.affected_county)
-        self._districts = _build_districts(rng, self._districts_skeleton, self._roll)
+        self._districts = _build_districts(rng, district_names, district_county, self._roll)
         self._roll = _with_prior_levy(rng, self._roll, self._districts)
         self._variance_base_ratio = (self._spread_base_ratio()
                                      if self.config.scenario == "variance" else None)
@@ -284,7 +283,7 @@ class LevySimulator:
             full = self._cached_chunk(chunk, components)
             parts.append({k: v[lo - chunk_start:hi - chunk_start] for k, v in full.items()})
         if not parts:
-            return {k: v[:0] for k, v in self._chunk(0, components).items()}
+            return {k: v[:0].copy() for k, v in self._cached_chunk(0, components).items()}
         if len(parts) == 1:  # views of the cached chunk: the caller gets its own copy
             return {k: v.copy() for k, v in parts[0].items()}
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -354,43 +353,23 @@ class LevySimulator:
         index = np.arange(first, first + CHUNK_RECORDS, dtype=np.int64)
         draws = _draw_chunk(config.seed, chunk)
         active = self._active(index)
-
-        parcel = draws["parcel"] % roll.base_parcels
-        if config.scenario == "new-property-class":
-            switch = active & (draws["new_class"] < config.resolved_magnitude)
-            parcel = np.where(switch, roll.base_parcels + draws["new_parcel"] % _new_parcels(roll),
-                              parcel)
-        county, district, klass = roll.county[parcel], roll.district[parcel], \
-            roll.property_class[parcel]
+        parcel = self._choose_parcels(draws, active)
+        county, district = roll.county[parcel], roll.district[parcel]
 
         value_factor, base_factor = self._value_factors(index, active, parcel, county, district)
         assessed = np.round(roll.assessed[parcel] * value_factor)
         # A revaluation moves the roll towards the market; the market itself does not move.
         market_factor = 1.0 if config.scenario == "reassessment" else value_factor
         market = np.round(roll.market[parcel] * market_factor)
-        exemption = _exemption(roll.exemption_flat[parcel], roll.exemption_share[parcel],
-                               assessed)
-        levy_exemption = exemption
-        if config.scenario == "exemption-policy":
-            raised = _exemption(roll.exemption_flat[parcel] * (1 + config.resolved_magnitude),
-                                roll.exemption_share[parcel], assessed)
-            levy_exemption = np.where(active, raised, exemption)
-            # The assessor's roll lags the new law: few records show the raised exemption yet.
-            exemption = np.where(active & (draws["roll_update"] < UPDATED_ROLL_SHARE),
-                                 raised, exemption)
-        construction = np.round(roll.construction_share[parcel] * assessed)
+        exemption, levy_exemption = self._exemptions(parcel, assessed, active, draws)
         rate = self._levy_rate(district, active, base_factor)
-
         taxable = assessed - levy_exemption
         special = roll.special[parcel]
         formula_levy = taxable * rate + special
-        billed = formula_levy * (1 + draws["noise"]) * np.where(
-            draws["correction"] < CORRECTION_SHARE, 1 + draws["correction_size"], 1.0)
-        actual = np.maximum(billed, 0.0)
-
         money = {"assessed_value": assessed, "market_value": market,
                  "exemption_amount": exemption, "prior_levy_amount": roll.prior_levy[parcel],
-                 "new_construction_value": construction, "actual_levy_amount": actual}
+                 "new_construction_value": np.round(roll.construction_share[parcel] * assessed),
+                 "actual_levy_amount": _billed(formula_levy, draws)}
         extra = {"levy_taxable_value": taxable, "special_assessment": special,
                  "formula_levy_amount": formula_levy}
         if config.scenario == "unit-bug":
@@ -402,24 +381,47 @@ class LevySimulator:
         money = {k: np.round(v, 2) for k, v in money.items()}
         money["actual_levy_amount"] = np.where(draws["labelled"] < config.labelled_share,
                                                money["actual_levy_amount"], np.nan)
+        columns = {**self._descriptive_columns(index, parcel), "levy_rate": rate, **money}
+        ordered = {name: columns[name] for name in RECORD_FIELDS}
+        return {**ordered, **extra} if components else ordered
 
-        columns: dict[str, np.ndarray] = {
-            "schema_version": np.full(CHUNK_RECORDS, SCHEMA_VERSION, dtype=np.int64),
+    def _choose_parcels(self, draws: dict[str, np.ndarray], active: np.ndarray) -> np.ndarray:
+        roll = self._roll
+        parcel = draws["parcel"] % roll.base_parcels
+        if self.config.scenario == "new-property-class":
+            switch = active & (draws["new_class"] < self.config.resolved_magnitude)
+            new_parcel = roll.base_parcels + draws["new_parcel"] % _new_parcels(roll)
+            parcel = np.where(switch, new_parcel, parcel)
+        return parcel
+
+    def _exemptions(self, parcel: np.ndarray, assessed: np.ndarray, active: np.ndarray,
+                    draws: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(exemption on the record, exemption the levy formula applies)."""
+        roll = self._roll
+        recorded = _exemption(roll.exemption_flat[parcel], roll.exemption_share[parcel],
+                              assessed)
+        if self.config.scenario != "exemption-policy":
+            return recorded, recorded
+        raised = _exemption(roll.exemption_flat[parcel] * (1 + self.config.resolved_magnitude),
+                            roll.exemption_share[parcel], assessed)
+        # The assessor's roll lags the new law: few records show the raised exemption yet.
+        shown = active & (draws["roll_update"] < UPDATED_ROLL_SHARE)
+        return np.where(shown, raised, recorded), np.where(active, raised, recorded)
+
+    def _descriptive_columns(self, index: np.ndarray,
+                             parcel: np.ndarray) -> dict[str, np.ndarray]:
+        config, roll = self.config, self._roll
+        return {
+            "schema_version": np.full(len(index), SCHEMA_VERSION, dtype=np.int64),
             "record_id": _record_ids(config.seed, index),
             "parcel_id": roll.parcel_id[parcel],
-            "county": _COUNTY_NAMES[county],
-            "tax_district": self._districts.names[district],
-            "property_class": _CLASS_NAME_ARRAY[klass],
-            "tax_year": np.full(CHUNK_RECORDS, config.resolved_tax_year, dtype=np.int64),
-            "levy_rate": rate,
+            "county": _COUNTY_NAMES[roll.county[parcel]],
+            "tax_district": self._districts.names[roll.district[parcel]],
+            "property_class": _CLASS_NAME_ARRAY[roll.property_class[parcel]],
+            "tax_year": np.full(len(index), config.resolved_tax_year, dtype=np.int64),
             "event_time": (self._start_ms + index * config.event_interval_ms
                            ).astype("datetime64[ms]"),
-            **money,
         }
-        ordered = {name: columns[name] for name in RECORD_FIELDS}
-        if components:
-            ordered.update(extra)
-        return ordered
 
     def _active(self, index: np.ndarray) -> np.ndarray:
         config = self.config
@@ -574,11 +576,19 @@ def _draw_chunk(seed: int, chunk: int) -> dict[str, np.ndarray]:
     }
 
 
+def _billed(formula_levy: np.ndarray, draws: dict[str, np.ndarray]) -> np.ndarray:
+    """The bill: the formula with billing noise, and a few supplemental corrections."""
+    corrected = np.where(draws["correction"] < CORRECTION_SHARE,
+                         1 + draws["correction_size"], 1.0)
+    return np.maximum(formula_levy * (1 + draws["noise"]) * corrected, 0.0)
+
+
 def _new_parcels(roll: _Roll) -> int:
     return len(roll.parcel_id) - roll.base_parcels
 
 
-def _district_skeleton(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _district_layout() -> tuple[np.ndarray, np.ndarray]:
+    """District names and the county index of each."""
     names, counties = [], []
     for county_index, county in enumerate(COUNTIES):
         for number in range(1, county.districts + 1):
@@ -589,15 +599,35 @@ def _district_skeleton(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
 
 def _build_roll(rng: np.random.Generator, parcels: int, district_county: np.ndarray,
                 stale_county: int) -> _Roll:
-    new_parcels = max(parcels // 10, 10)
-    total = parcels + new_parcels
+    """``parcels`` parcels, then a tenth as many of the new class (sampled only by the
+    new-property-class scenario). Prior levies are filled in once district rates exist."""
+    total = parcels + max(parcels // 10, 10)
     shares = np.array([c.share for c in COUNTIES])
     county = rng.choice(len(COUNTIES), size=total, p=shares / shares.sum())
     class_shares = np.array([c.share for c in PROPERTY_CLASSES])
     klass = rng.choice(len(PROPERTY_CLASSES), size=total, p=class_shares / class_shares.sum())
     klass[parcels:] = NEW_CLASS
     district = _pick_districts(rng, county, district_county)
+    z, assessed, market = _roll_values(rng, klass, county, stale_county)
+    exemption_flat, exemption_share = _roll_exemptions(rng, klass)
+    rate_of_class = np.array([c.new_construction_rate for c in _ALL_CLASSES])[klass]
+    construction_share = np.where(rng.random(total) < rate_of_class,
+                                  rng.uniform(0.05, 0.40, total), 0.0)
+    # Special assessments: a flat district charge (weed control, storm water), plus a local
+    # improvement district on a few parcels.
+    flat_charge = rng.uniform(15.0, 250.0, len(district_county))[district]
+    improvement = np.where(rng.random(total) < 0.04, rng.lognormal(6.5, 0.5, total), 0.0)
+    special = np.round(flat_charge + improvement, 2)
+    return _Roll(_parcel_ids(rng, county), county, district, klass, z, assessed, market,
+                 exemption_flat, exemption_share, construction_share, np.zeros(total), special,
+                 parcels)
 
+
+def _roll_values(rng: np.random.Generator, klass: np.ndarray, county: np.ndarray,
+                 stale_county: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Log-normal market values by class and county; assessed values at each class's
+    assessment ratio (the stale county's roll lags). Returns (z, assessed, market)."""
+    total = len(klass)
     # Clipped at 4 sigma so that no value, even widened, gets absurd (a $10B farm).
     z = np.clip(rng.standard_normal(total), -4.0, 4.0)
     median = np.array([c.median_value for c in _ALL_CLASSES])[klass]
@@ -607,29 +637,29 @@ def _build_roll(rng: np.random.Generator, parcels: int, district_county: np.ndar
     ratio = ratio * np.where(county == stale_county, STALE_ASSESSMENT_LEVEL, 1.0)
     assessed = np.round(np.maximum(market_value * ratio, 1000.0))
     market = np.round(market_value * rng.lognormal(0.0, 0.08, total))
+    return z, assessed, market
 
+
+def _roll_exemptions(rng: np.random.Generator,
+                     klass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(flat amount, share of assessed value): homesteads, seniors on top, abated businesses,
+    fully exempt properties."""
+    total = len(klass)
     homestead = (klass == RESIDENTIAL) & (rng.random(total) < 0.65)
     senior = homestead & (rng.random(total) < 0.10)
     abated = np.isin(klass, [COMMERCIAL, INDUSTRIAL]) & (rng.random(total) < 0.06)
-    exemption_flat = np.where(homestead, HOMESTEAD_EXEMPTION, 0.0)
-    exemption_share = np.select(
-        [klass == EXEMPT, senior, abated],
-        [1.0, SENIOR_EXEMPTION_SHARE, rng.uniform(0.25, 0.5, total)], 0.0)
-    rate_of_class = np.array([c.new_construction_rate for c in _ALL_CLASSES])[klass]
-    construction_share = np.where(rng.random(total) < rate_of_class,
-                                  rng.uniform(0.05, 0.40, total), 0.0)
+    flat = np.where(homestead, HOMESTEAD_EXEMPTION, 0.0)
+    share = np.select([klass == EXEMPT, senior, abated],
+                      [1.0, SENIOR_EXEMPTION_SHARE, rng.uniform(0.25, 0.5, total)], 0.0)
+    return flat, share
 
-    flat_charge = rng.uniform(15.0, 250.0, len(district_county))[district]
-    improvement = np.where(rng.random(total) < 0.04, rng.lognormal(6.5, 0.5, total), 0.0)
-    special = np.round(flat_charge + improvement, 2)
+
+def _parcel_ids(rng: np.random.Generator, county: np.ndarray) -> np.ndarray:
     # Parcel numbers: an affine bijection of 0..10**8-1, so unique without a big shuffle.
     offset = int(rng.integers(10**8))
-    numbers = (np.arange(total, dtype=np.int64) * _PARCEL_STRIDE + offset) % 10**8
-    parcel_id = np.array([f"{COUNTIES[c].code}-{n:08d}" for c, n in
-                          zip(county.tolist(), numbers.tolist(), strict=True)], dtype=object)
-    return _Roll(parcel_id, county, district, klass, z, assessed, market, exemption_flat,
-                 exemption_share, homestead, construction_share, np.zeros(total), special,
-                 parcels)
+    numbers = (np.arange(len(county), dtype=np.int64) * _PARCEL_STRIDE + offset) % 10**8
+    return np.array([f"{COUNTIES[c].code}-{n:08d}" for c, n in
+                     zip(county.tolist(), numbers.tolist(), strict=True)], dtype=object)
 
 
 def _pick_districts(rng: np.random.Generator, county: np.ndarray,
@@ -644,9 +674,9 @@ def _pick_districts(rng: np.random.Generator, county: np.ndarray,
     return district
 
 
-def _build_districts(rng: np.random.Generator, skeleton: tuple[np.ndarray, np.ndarray],
+def _build_districts(rng: np.random.Generator, names: np.ndarray, district_county: np.ndarray,
                      roll: _Roll) -> _Districts:
-    names, district_county = skeleton
+    """Voted rates and statutory levy limits, against each district's taxable base."""
     count = len(names)
     base = slice(0, roll.base_parcels)
     taxable = roll.assessed[base] - _exemption(roll.exemption_flat[base],
