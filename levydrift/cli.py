@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "levydrift.topics",
     "levydrift.simulate_cli",
     "consumer.cli",
+    "trainer.cli",
 )
 
 

@@ -27,6 +27,8 @@ class TrainerSection:
     max_iter: int = 100
     # Drift events that arrive together (within this linger) form one retrain (one episode).
     episode_linger_s: float = 2.0
+    # A drift event detected within this many seconds of a retrain's trigger is the same episode.
+    episode_gap_s: float = 300.0
     poll_timeout_s: float = 1.0
     # Training blocks polling; the group must not evict the worker meanwhile.
     max_poll_interval_s: float = 1800.0
@@ -49,8 +51,9 @@ class TrainerSection:
             raise ConfigError("trainer.min_training_records must be >= 10")
         if self.max_iter < 1:
             raise ConfigError("trainer.max_iter must be >= 1")
-        if self.episode_linger_s < 0 or self.poll_timeout_s <= 0:
-            raise ConfigError("trainer.episode_linger_s must be >= 0, poll_timeout_s > 0")
+        if self.episode_linger_s < 0 or self.episode_gap_s < 0 or self.poll_timeout_s <= 0:
+            raise ConfigError("trainer.episode_linger_s and episode_gap_s must be >= 0, "
+                              "poll_timeout_s > 0")
         if self.max_poll_interval_s < 10:
             raise ConfigError("trainer.max_poll_interval_s must be >= 10")
 

@@ -1,0 +1,225 @@
+"""Commands: ``levydrift train``, ``levydrift train-worker`` and ``levydrift registry``.
+
+``registry promote`` and ``registry rollback`` move the champion and publish a model-version
+event (decision ``promoted`` / ``rolled_back``) so consumers swap models. The broker is checked
+*before* the registry changes: when it cannot be reached the command fails and nothing changes,
+unless ``--no-publish`` asks for a registry-only change (consumers then keep their model until
+the next event).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from levydrift import settings as settings_module
+from levydrift.errors import ArtifactError, UsageError
+from levydrift.features import TARGET, to_model_frame
+from levydrift.kafka import admin_client, ensure_reachable
+from levydrift.logs import configure as configure_logging
+from trainer.config import TrainerSettings
+from trainer.events import code_version, registration_event, version_event
+from trainer.model import ModelParams
+from trainer.registry import CHAMPION, ModelRegistry, VersionInfo
+from trainer.training import TrainingRequest, train_and_register
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser(
+        "train", help="train, gate and register a levy model from a CSV/Parquet/JSONL file")
+    train.add_argument("--data-path", required=True, metavar="FILE",
+                       help="levy records with actual_levy_amount (.csv, .parquet, .jsonl)")
+    train.add_argument("--model", help="model name (default: trainer.model_name)")
+    train.add_argument("--registry", metavar="DIR", help="registry root (default: "
+                       "trainer.registry_root)")
+    train.add_argument("--publish", action="store_true",
+                       help="also publish the model-version event to Kafka")
+    train.set_defaults(handler=_run_train)
+
+    worker = subparsers.add_parser(
+        "train-worker", help="retrain on drift events and publish model versions (service)")
+    worker.set_defaults(handler=_run_worker)
+
+    registry = subparsers.add_parser("registry", help="list, show, promote, roll back models")
+    registry.add_argument("--registry", metavar="DIR",
+                          help="registry root (default: trainer.registry_root)")
+    actions = registry.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    listing = actions.add_parser("list", help="models and their versions")
+    listing.add_argument("model", nargs="?", help="only this model")
+    listing.set_defaults(handler=_run_list)
+    show = actions.add_parser("show", help="one version's manifest, metrics and lineage")
+    show.add_argument("reference", help="NAME (champion), NAME@alias or NAME/version")
+    show.set_defaults(handler=_run_show)
+    for name, helptext in (("promote", "make a version the champion"),
+                           ("rollback", "move the champion one step back")):
+        action = actions.add_parser(name, help=helptext)
+        action.add_argument("reference", help="NAME/version" if name == "promote" else "NAME")
+        action.add_argument("--reason", default=f"manual {name}")
+        action.add_argument("--no-publish", action="store_true",
+                            help="change the registry only; publish no model-version event")
+        action.set_defaults(handler=_run_promote if name == "promote" else _run_rollback)
+
+
+def _settings(arguments: argparse.Namespace) -> TrainerSettings:
+    config = settings_module.load(TrainerSettings, arguments.config)
+    configure_logging(config.logging.level)
+    return config
+
+
+def _registry(arguments: argparse.Namespace, config: TrainerSettings) -> ModelRegistry:
+    return ModelRegistry(getattr(arguments, "registry", None) or config.trainer.registry_root)
+
+
+# ---------------------------------------------------------------------- train (from a file)
+
+def _run_train(arguments: argparse.Namespace) -> int:
+    config = _settings(arguments)
+    if arguments.publish:
+        ensure_reachable(admin_client(config.kafka), config.kafka)
+    name = arguments.model or config.trainer.model_name
+    frame = read_training_file(Path(arguments.data_path))
+    section = config.trainer
+    info = train_and_register(_registry(arguments, config), name, TrainingRequest(
+        frame=frame, trigger_event_ids=[], training_offsets=[],
+        code_version=section.code_version or code_version(),
+        holdout_fraction=section.holdout_fraction, gate_margin=section.gate_margin,
+        min_training_records=section.min_training_records,
+        params=ModelParams(max_iter=section.max_iter),
+        extra_lineage={"source_file": str(Path(arguments.data_path).resolve())}))
+    if arguments.publish:
+        _publish(config, registration_event(info))
+    print(_version_line(info))
+    return 0
+
+
+def read_training_file(path: Path) -> pd.DataFrame:
+    """A labelled model frame from CSV, Parquet or JSONL, ordered by event_time when present."""
+    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet,
+               ".jsonl": lambda p: pd.read_json(p, lines=True),
+               ".ndjson": lambda p: pd.read_json(p, lines=True)}
+    reader = readers.get(path.suffix.lower())
+    if reader is None:
+        raise UsageError(f"{path}: unknown file type {path.suffix!r}; use .csv, .parquet or "
+                         ".jsonl")
+    try:
+        raw = reader(path)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except Exception as error:  # noqa: BLE001 - pandas raises many kinds on a bad file
+        raise UsageError(f"{path}: cannot be read: {str(error).splitlines()[0]}") from None
+    if TARGET not in raw.columns:
+        raise UsageError(f"{path}: no {TARGET} column; training needs actual levies")
+    if "event_time" in raw.columns:
+        raw = raw.sort_values("event_time", kind="stable").reset_index(drop=True)
+    try:
+        return to_model_frame(raw, include_target=True)
+    except KeyError as error:
+        raise UsageError(f"{path}: {error.args[0]}") from None
+
+
+# ---------------------------------------------------------------------- the worker
+
+def _run_worker(arguments: argparse.Namespace) -> int:
+    from trainer.metrics import start_metrics_server
+    from trainer.worker import TrainWorker
+
+    config = _settings(arguments)
+    worker = TrainWorker(config)
+    worker.install_signal_handlers()
+    start_metrics_server(config.metrics.port, config.metrics.host)
+    return worker.run()
+
+
+# ---------------------------------------------------------------------- registry
+
+def _run_list(arguments: argparse.Namespace) -> int:
+    config = _settings(arguments)
+    registry = _registry(arguments, config)
+    names = [arguments.model] if arguments.model else registry.model_names()
+    print(f"{'model':<20} {'version':>7} {'status':<9} {'aliases':<12} {'mae':>10} created")
+    for name in names:
+        aliases = registry.aliases(name)
+        for version in registry.versions(name):
+            info = registry.get(name, version)
+            tags = ",".join(a for a, v in sorted(aliases.items()) if v == version)
+            mae = info.metrics.get("candidate", {}).get("mae")
+            print(f"{name:<20} {version:>7} {info.manifest.get('status', '?'):<9} {tags:<12} "
+                  f"{'' if mae is None else f'{mae:.2f}':>10} {info.manifest.get('created_at')}")
+    return 0
+
+
+def _run_show(arguments: argparse.Namespace) -> int:
+    config = _settings(arguments)
+    registry = _registry(arguments, config)
+    info = registry.resolve(arguments.reference)
+    aliases = [a for a, v in registry.aliases(info.name).items() if v == info.version]
+    json.dump({"model": info.name, "version": info.version, "path": str(info.path),
+               "aliases": aliases, "published": info.published, "manifest": info.manifest,
+               "metrics": info.metrics, "lineage": info.lineage}, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def _run_promote(arguments: argparse.Namespace) -> int:
+    config = _settings(arguments)
+    registry = _registry(arguments, config)
+    if "/" not in arguments.reference:
+        raise UsageError(f"{arguments.reference!r}: name the version, as in levy-impact/3")
+    info = registry.resolve(arguments.reference)
+    _verify_artifact(registry, info)
+    if not arguments.no_publish:
+        ensure_reachable(admin_client(config.kafka), config.kafka)
+    previous = registry.set_alias(info.name, CHAMPION, info.version, "promoted",
+                                  arguments.reason)
+    if not arguments.no_publish:
+        _publish(config, version_event(info, "promoted", previous, created_at=_now()))
+    print(f"{info.name}: champion {previous} -> {info.version}")
+    return 0
+
+
+def _run_rollback(arguments: argparse.Namespace) -> int:
+    config = _settings(arguments)
+    registry = _registry(arguments, config)
+    name = arguments.reference
+    if not arguments.no_publish:
+        ensure_reachable(admin_client(config.kafka), config.kafka)
+    restored, replaced = registry.rollback(name, arguments.reason)
+    info = registry.get(name, restored)
+    if not arguments.no_publish:
+        _publish(config, version_event(info, "rolled_back", replaced, created_at=_now()))
+    print(f"{name}: champion {replaced} -> {restored} (rolled back)")
+    return 0
+
+
+def _verify_artifact(registry: ModelRegistry, info: VersionInfo) -> None:
+    """Never promote a version whose artifact would be refused on load."""
+    try:
+        registry.load_model(info.name, info.version)
+    except ArtifactError as error:
+        raise ArtifactError(f"not promoting: {error}") from None
+
+
+def _publish(config: TrainerSettings, event: Any) -> None:
+    from trainer.worker import publish_decision
+
+    publish_decision(config, event)
+
+
+def _version_line(info: VersionInfo) -> str:
+    metrics = info.metrics.get("candidate", {})
+    mae, r2 = metrics.get("mae", float("nan")), metrics.get("r2", float("nan"))
+    reason = info.metrics.get("gate", {}).get("reason", "")
+    return (f"{info.name} version {info.version}: {info.manifest['status']} "
+            f"(MAE {mae:.2f}, R² {r2:.4f}; {reason}) at {info.path}")
+
+
+def _now() -> str:
+    from trainer.registry import utc_now
+
+    return utc_now()
