@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,10 +84,11 @@ def _run_train(arguments: argparse.Namespace) -> int:
     if arguments.publish:
         ensure_reachable(admin_client(config.kafka), config.kafka)
     name = arguments.model or config.trainer.model_name
-    frame = read_training_file(Path(arguments.data_path))
+    path = Path(arguments.data_path)
+    frame = read_training_file(path)
     section = config.trainer
     info = train_and_register(_registry(arguments, config), name, TrainingRequest(
-        frame=frame, trigger_event_ids=[], training_offsets=[],
+        frame=frame, trigger_event_ids=[], training_offsets=[file_window(path, len(frame))],
         code_version=section.code_version or code_version(),
         holdout_fraction=section.holdout_fraction, gate_margin=section.gate_margin,
         min_training_records=section.min_training_records,
@@ -96,6 +98,14 @@ def _run_train(arguments: argparse.Namespace) -> int:
         _publish(config, registration_event(info))
     print(_version_line(info))
     return 0
+
+
+def file_window(path: Path, rows: int) -> dict[str, Any]:
+    """A file's rows as a training window in the offsets shape the model-version event needs:
+    topic ``file.<name>``, partition 0, rows 0..n-1 (the full path is in the lineage)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", path.name)[:240]
+    return {"topic": f"file.{safe}", "partition": 0, "first_offset": 0,
+            "last_offset": max(rows - 1, 0)}
 
 
 def read_training_file(path: Path) -> pd.DataFrame:
@@ -175,10 +185,12 @@ def _run_promote(arguments: argparse.Namespace) -> int:
     _verify_artifact(registry, info)
     if not arguments.no_publish:
         ensure_reachable(admin_client(config.kafka), config.kafka)
+    event = version_event(info, "promoted", registry.champion(info.name), created_at=_now())
+    event.to_bytes()  # refuse before changing anything if the event would break the contract
     previous = registry.set_alias(info.name, CHAMPION, info.version, "promoted",
                                   arguments.reason)
     if not arguments.no_publish:
-        _publish(config, version_event(info, "promoted", previous, created_at=_now()))
+        _publish(config, version_event(info, "promoted", previous, created_at=event.created_at))
     print(f"{info.name}: champion {previous} -> {info.version}")
     return 0
 
@@ -189,10 +201,13 @@ def _run_rollback(arguments: argparse.Namespace) -> int:
     name = arguments.reference
     if not arguments.no_publish:
         ensure_reachable(admin_client(config.kafka), config.kafka)
-    restored, replaced = registry.rollback(name, arguments.reason)
-    info = registry.get(name, restored)
+    restored, replaced = registry.rollback_target(name)
+    event = version_event(registry.get(name, restored), "rolled_back", replaced,
+                          created_at=_now())
+    event.to_bytes()  # refuse before changing anything if the event would break the contract
+    registry.rollback(name, arguments.reason, expected=(restored, replaced))
     if not arguments.no_publish:
-        _publish(config, version_event(info, "rolled_back", replaced, created_at=_now()))
+        _publish(config, event)
     print(f"{name}: champion {replaced} -> {restored} (rolled back)")
     return 0
 

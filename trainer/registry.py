@@ -200,19 +200,30 @@ class ModelRegistry:
         with self._locked(name):
             return self._move_alias(name, alias, version, action, reason, event_ids or [])
 
-    def rollback(self, name: str, reason: str = "manual rollback") -> tuple[int, int]:
+    def rollback_target(self, name: str) -> tuple[int, int]:
+        """``(version a rollback would restore, current champion)``, changing nothing;
+        ``RegistryError`` when there is nothing to go back to."""
+        current = self.champion(name)
+        if current is None:
+            raise RegistryError(f"model {name} has no champion to roll back")
+        previous = self._previous_champion(name, current)
+        if previous is None:
+            raise RegistryError(f"model {name}: champion {current} replaced no earlier "
+                                "version; nothing to roll back to")
+        return previous, current
+
+    def rollback(self, name: str, reason: str = "manual rollback",
+                 expected: tuple[int, int] | None = None) -> tuple[int, int]:
         """Move the champion one step back, to the version it replaced. Returns
-        ``(restored, replaced)``; ``RegistryError`` when there is nothing to go back to."""
+        ``(restored, replaced)``. With ``expected`` (from ``rollback_target``) it refuses
+        when someone else moved the champion in between."""
         with self._locked(name):
-            current = self.champion(name)
-            if current is None:
-                raise RegistryError(f"model {name} has no champion to roll back")
-            previous = self._previous_champion(name, current)
-            if previous is None:
-                raise RegistryError(f"model {name}: champion {current} replaced no earlier "
-                                    "version; nothing to roll back to")
-            self._move_alias(name, CHAMPION, previous, "rolled_back", reason, [])
-            return previous, current
+            target = self.rollback_target(name)
+            if expected is not None and target != expected:
+                raise RegistryError(f"model {name}: the champion changed meanwhile "
+                                    f"(now {target[1]}); run the rollback again")
+            self._move_alias(name, CHAMPION, target[0], "rolled_back", reason, [])
+            return target
 
     def _previous_champion(self, name: str, current: int) -> int | None:
         """The champion before ``current`` took over, following the history (so a second

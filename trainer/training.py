@@ -47,6 +47,8 @@ def train_and_register(registry: ModelRegistry, name: str, request: TrainingRequ
         raise TrainingError(f"only {len(frame)} labelled records in the training window; "
                             f"at least {request.min_training_records} are needed")
     train, holdout = split_holdout(frame, request.holdout_fraction)
+    log.info("fitting a candidate", extra={"model": name, "train_records": len(train),
+                                           "holdout_records": len(holdout)})
     candidate = fit_model(train, request.params)
     actual = holdout[TARGET].to_numpy(float)
     candidate_metrics = holdout_metrics(actual, predict(candidate, holdout))

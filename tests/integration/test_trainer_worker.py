@@ -1,0 +1,294 @@
+"""The trainer worker on a real broker: drift event to exactly one gated, published version."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from levydrift import settings as settings_module
+from levydrift.artifacts import load_version_dir
+from levydrift.simulator import LevySimulator, SimulatorConfig, to_records
+from schemas.drift_event import (
+    DetectorSpec,
+    DriftEvent,
+    DriftSignal,
+    SourceOffsets,
+    WindowSummary,
+)
+from schemas.model_version import ModelVersionEvent
+from tests.kafka_helpers import create_topic, read_all, wait_until
+from trainer.config import TrainerSettings
+from trainer.registry import ModelRegistry
+from trainer.worker import TrainWorker
+
+REPO = Path(__file__).resolve().parents[2]
+NAME = "levy-impact"
+SIMULATOR = LevySimulator(SimulatorConfig(seed=7, labelled_share=0.6, parcels=5_000))
+
+
+class Stack:
+    """Throwaway topics, a registry and a config file for one test."""
+
+    def __init__(self, bootstrap: str, unique: str, tmp_path: Path) -> None:
+        self.bootstrap = bootstrap
+        self.records = f"records-{unique}"
+        self.drift = f"drift-{unique}"
+        self.versions = f"versions-{unique}"
+        self.group = f"trainer-{unique}"
+        self.root = tmp_path / "models"
+        self.unique = unique
+        self.produced = 0
+        create_topic(bootstrap, self.records, partitions=2)
+        create_topic(bootstrap, self.drift)
+        create_topic(bootstrap, self.versions, config={"cleanup.policy": "compact"})
+
+    def config_file(self, tmp_path: Path, max_iter: int = 30) -> Path:
+        path = tmp_path / f"trainer-{max_iter}.toml"
+        path.write_text(f"""
+[kafka]
+bootstrap_servers = "{self.bootstrap}"
+[topics]
+records = "{self.records}"
+drift_events = "{self.drift}"
+model_versions = "{self.versions}"
+[trainer]
+group_id = "{self.group}"
+transactional_id_prefix = "trainer-{self.unique}"
+registry_root = "{self.root}"
+window_records = 2000
+min_training_records = 100
+max_iter = {max_iter}
+episode_linger_s = 0.2
+episode_gap_s = 0.0
+poll_timeout_s = 0.2
+[metrics]
+port = 0
+""")
+        return path
+
+    def produce_records(self, count: int) -> dict[int, int]:
+        """Append ``count`` simulator records; returns {partition: last offset}."""
+        producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+        last: dict[int, int] = {}
+
+        def delivered(error, message) -> None:
+            assert error is None
+            last[message.partition()] = max(last.get(message.partition(), -1), message.offset())
+
+        for record in to_records(SIMULATOR.columns(self.produced, self.produced + count)):
+            producer.produce(self.records, key=record["parcel_id"].encode(),
+                             value=orjson.dumps(record), on_delivery=delivered)
+            producer.poll(0)
+        producer.flush(30)
+        self.produced += count
+        return last
+
+    def send_event(self, last_offsets: dict[int, int], detected_at: str,
+                   event_id: str | None = None) -> DriftEvent:
+        partition = min(last_offsets)
+        end = last_offsets[partition]
+        summary = WindowSummary(n=100, mean=0.0, std=1.0)
+        event = DriftEvent(
+            event_id=event_id or str(uuid.uuid4()), model_name=NAME, model_version=None,
+            kind="performance",
+            signals=(DriftSignal("abs_error", DetectorSpec("page_hinkley", {"delta": 0.1}),
+                                 9.0, 5.0, 1.2, summary, summary),),
+            reference_window=SourceOffsets(self.records, partition, 0, max(0, end - 200)),
+            current_window=SourceOffsets(self.records, partition, max(0, end - 199), end),
+            detected_at=detected_at, consumer_group="levy-drift-monitor")
+        self.send_raw(event.to_bytes())
+        return event
+
+    def send_raw(self, value: bytes) -> None:
+        producer = Producer({"bootstrap.servers": self.bootstrap})
+        producer.produce(self.drift, key=NAME.encode(), value=value)
+        producer.flush(30)
+
+    def committed(self) -> int:
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group})
+        try:
+            offset = consumer.committed([TopicPartition(self.drift, 0)], timeout=10)[0].offset
+        finally:
+            consumer.close()
+        return max(offset, 0)
+
+    def version_events(self) -> list[ModelVersionEvent]:
+        return [ModelVersionEvent.from_bytes(m.value())
+                for m in read_all(self.bootstrap, self.versions)]
+
+
+class RunningWorker:
+    """A TrainWorker in a thread of this process."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.worker = TrainWorker(settings_module.load(TrainerSettings, config_path, environ={}))
+        self.thread = threading.Thread(target=self.worker.run, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def stack(kafka_bootstrap: str, unique: str, tmp_path: Path) -> Stack:
+    return Stack(kafka_bootstrap, unique, tmp_path)
+
+
+def test_drift_event_to_one_published_version_then_a_rejected_one(stack: Stack,
+                                                                  tmp_path: Path) -> None:
+    ends = stack.produce_records(3000)
+    worker = RunningWorker(stack.config_file(tmp_path, max_iter=60))
+    try:
+        event = stack.send_event(ends, "2026-03-01T00:00:00Z")
+        published = wait_until(stack.version_events, 120, "the first model-version event")
+        registry = ModelRegistry(stack.root)
+        assert registry.versions(NAME) == [1]
+        info = registry.get(NAME, 1)
+        assert sorted(p.name for p in info.path.iterdir()) == [
+            "lineage.json", "manifest.json", "metrics.json", "model.skops", "published.json"]
+        assert registry.champion(NAME) == 1
+        history = registry.training_history(NAME)
+        assert [(row["version"], row["outcome"]) for row in history] == [("1", "promoted")]
+        assert history[0]["trigger_event_ids"] == event.event_id
+
+        (message,) = published
+        assert message.decision == "promoted" and message.version == 1
+        assert message.previous_version is None
+        assert message.artifact_sha256 == info.sha256
+        assert message.trigger_event_ids == (event.event_id,)
+        assert message.training_record_count == info.lineage["training_window"]["record_count"]
+        assert [o.last_offset for o in message.training_offsets] == [
+            o["last_offset"] for o in info.lineage["training_window"]["offsets"]]
+        assert message.candidate_metrics.mae == info.metrics["candidate"]["mae"]
+        assert message.feature_signature == info.manifest["feature_signature"]
+        assert load_version_dir(info.path, message.artifact_sha256) is not None
+        read_back = {o.partition: o.last_offset for o in message.training_offsets}
+        assert read_back == ends  # the event's partition ends where the event says
+
+        # The same event again: acknowledged, nothing else changes.
+        stack.send_raw(event.to_bytes())
+        wait_until(lambda: stack.committed() == 2, 60, "the duplicate to be committed")
+        assert registry.versions(NAME) == [1]
+        assert len(stack.version_events()) == 1
+        assert len(registry.training_history(NAME)) == 1
+    finally:
+        worker.stop()
+
+    # A much weaker candidate (2 boosting rounds) on new data is rejected, and published so.
+    ends = stack.produce_records(2000)
+    worker = RunningWorker(stack.config_file(tmp_path, max_iter=2))
+    try:
+        second = stack.send_event(ends, "2026-03-02T00:00:00Z")
+        events = wait_until(lambda: (e := stack.version_events()) and len(e) == 2 and e, 120,
+                            "the second model-version event")
+        rejected = events[-1]
+        assert rejected.decision == "rejected" and rejected.version == 2
+        assert rejected.previous_version == 1
+        assert rejected.trigger_event_ids == (second.event_id,)
+        assert rejected.champion_metrics is not None
+        assert rejected.candidate_metrics.mae > rejected.champion_metrics.mae
+        registry = ModelRegistry(stack.root)
+        assert registry.champion(NAME) == 1
+        assert registry.get(NAME, 2).manifest["status"] == "rejected"
+    finally:
+        worker.stop()
+
+
+def test_a_bad_drift_event_and_a_failed_training_keep_the_worker_serving(
+        stack: Stack, tmp_path: Path) -> None:
+    worker = RunningWorker(stack.config_file(tmp_path))
+    try:
+        stack.send_raw(b"not json")
+        # No records at all: training fails, no version, a failed history row.
+        stack.send_event({0: 0}, "2026-03-01T00:00:00Z")
+        wait_until(lambda: stack.committed() == 2, 60, "both events to be committed")
+        registry = ModelRegistry(stack.root)
+        assert registry.versions(NAME) == []
+        assert [row["outcome"] for row in registry.training_history(NAME)] == ["failed"]
+        assert stack.version_events() == []
+        assert worker.thread.is_alive()
+    finally:
+        worker.stop()
+
+
+def _start_subprocess(config: Path) -> tuple[subprocess.Popen, list[str]]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("LEVYDRIFT_")}
+    process = subprocess.Popen([sys.executable, "-m", "levydrift.cli", "--config", str(config),
+                                "train-worker"], cwd=REPO, env=environment,
+                               stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(process.stderr.readline, "")),
+                     daemon=True).start()
+    return process, lines
+
+
+def test_kill_during_training_then_restart_yields_exactly_one_version(
+        stack: Stack, tmp_path: Path) -> None:
+    ends = stack.produce_records(3000)
+    config = stack.config_file(tmp_path, max_iter=400)  # long enough to be killed mid-fit
+    process, lines = _start_subprocess(config)
+    try:
+        event = stack.send_event(ends, "2026-03-01T00:00:00Z")
+        wait_until(lambda: any("fitting a candidate" in line for line in lines), 120,
+                   "the worker to start fitting")
+        process.kill()  # SIGKILL: no cleanup of any kind
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert ModelRegistry(stack.root).versions(NAME) == []  # nothing visible half-done
+
+    process, lines = _start_subprocess(config)
+    try:
+        wait_until(stack.version_events, 180, "the model-version event after restart")
+        wait_until(lambda: stack.committed() == 1, 60, "the drift event to be committed")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    registry = ModelRegistry(stack.root)
+    (version,) = registry.versions(NAME)
+    assert registry.get(NAME, version).lineage["drift_event_ids"] == [event.event_id]
+    assert [e.version for e in stack.version_events()] == [version]
+    assert list((stack.root / NAME / "staging").iterdir()) == []
+
+
+def test_rollback_restores_the_previous_champion_and_publishes_it(
+        stack: Stack, tmp_path: Path) -> None:
+    from levydrift.features import to_model_frame
+    from trainer.model import ModelParams
+    from trainer.training import TrainingRequest, train_and_register
+
+    registry = ModelRegistry(stack.root)
+    for start in (0, 3000):
+        frame = to_model_frame(SIMULATOR.columns(start, start + 3000), include_target=True)
+        train_and_register(registry, NAME, TrainingRequest(
+            frame=frame, trigger_event_ids=[], code_version="test",
+            training_offsets=[{"topic": stack.records, "partition": 0, "first_offset": start,
+                               "last_offset": start + 2999}],
+            gate_margin=-1.0,  # promote both: the test needs two champions in a row
+            min_training_records=100, params=ModelParams(max_iter=20)))
+    assert registry.champion(NAME) == 2
+    completed = subprocess.run(
+        [sys.executable, "-m", "levydrift.cli", "--config", str(stack.config_file(tmp_path)),
+         "registry", "rollback", NAME], cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("LEVYDRIFT_")})
+    assert completed.returncode == 0, completed.stderr
+    assert "champion 2 -> 1" in completed.stdout
+    assert registry.champion(NAME) == 1
+    assert registry.alias_history(NAME)[-1]["action"] == "rolled_back"
+    (event,) = stack.version_events()
+    assert (event.decision, event.version, event.previous_version) == ("rolled_back", 1, 2)
+    assert event.artifact_sha256 == registry.get(NAME, 1).sha256
