@@ -21,7 +21,7 @@ from detectors.decision import DetectorFiring, SignalFinding, WindowSummary
 from detectors.reference import SUMMARY_PROBABILITIES, CategoricalReference, NumericReference
 
 ADWIN_MAX_BUCKETS, ADWIN_MIN_WINDOW, ADWIN_GRACE = 5, 5, 10  # river's defaults
-CATEGORY_REFRESH = 64  # values between recomputations of the likelihood ratios
+CATEGORY_REFRESH = 512  # values between recomputations of the likelihood ratios
 MAX_NEW_NAMES = 32  # never-seen categories tracked by name; later ones share one code
 
 
@@ -58,7 +58,7 @@ class NumericChannel:
         self.warmup_first: int | None = None
         self.warmup_last: int | None = None
         self.reference: NumericReference | None = None
-        self.reset_detectors()
+        self.start_warmup()
         if reference is not None:
             self.set_reference(reference)
 
@@ -71,7 +71,7 @@ class NumericChannel:
         if s.page_hinkley:
             families += [("page_hinkley", k.SOURCE_LOCATION, shift) for shift in
                          design_shifts(s.mean_shift_min, s.mean_shift_max, s.mean_shift_levels)]
-        if s.spread:
+        if s.spread and not self.upward_only:  # an error can only worsen upwards
             families += [("spread_page_hinkley", k.SOURCE_SPREAD, shift) for shift in
                          design_shifts(s.spread_shift_min, s.spread_shift_max,
                                        s.spread_shift_levels)]
@@ -92,7 +92,7 @@ class NumericChannel:
         self.ph_f = np.zeros((n_ph, k.PH_FLOAT_COLUMNS))
         self.ph_i = np.zeros((n_ph, 2), dtype=np.int64)
         for row in range(n_ph):
-            k.ph_reset(self.ph_f[row], self.ph_i[row])
+            k.ph_reset(self.ph_f, self.ph_i, row)
         self.aw_s = np.zeros(k.AW_SCALARS)
         self.aw_totals = np.zeros((k.AW_MAX_LEVELS, ADWIN_MAX_BUCKETS + 1))
         self.aw_variances = np.zeros((k.AW_MAX_LEVELS, ADWIN_MAX_BUCKETS + 1))
@@ -106,8 +106,11 @@ class NumericChannel:
         self.u_min = reference.u_min()
         self.warmup_values, self.warmup_first, self.warmup_last = [], None, None
 
-    def start_warmup(self) -> None:
+    def start_warmup(self, length: int | None = None) -> None:
+        """Learn a new reference from the next ``length`` values (default: the warm-up
+        length) before detecting again; after an alarm the old reference is stale."""
         self.reference = None
+        self.warmup_target = length or self.settings.warmup_records
         self.warmup_values, self.warmup_first, self.warmup_last = [], None, None
         self.reset_detectors()
 
@@ -116,11 +119,10 @@ class NumericChannel:
         values = np.ascontiguousarray(column, dtype=np.float64)
         alarms: list[Alarm] = []
         start = 0
-        if self.reference is None:
-            start = self._warm(values, positions)
-            if self.reference is None:
-                return alarms
         while start < values.shape[0]:
+            if self.reference is None:
+                start = self._warm(values, positions, start)
+                continue
             start = k.run_numeric(
                 values, positions, start, self.knots, self.below, self.at_or_below,
                 self.u_min, self.ph_par, self.ph_f, self.ph_i, self.aw_par, self.aw_s,
@@ -129,20 +131,21 @@ class NumericChannel:
             if self.alarm[:, k.AL_FIRED].any():
                 alarms.append(Alarm(start - 1, self._finding()))
                 self.alarm[:, :] = 0.0
+                self.start_warmup(self.settings.relearn_records)
         return alarms
 
-    def _warm(self, values: np.ndarray, positions: np.ndarray) -> int:
-        """Collect warm-up values; once there are enough, build the reference. Returns the
-        batch index from which detection starts (len(values) while still warming up)."""
+    def _warm(self, values: np.ndarray, positions: np.ndarray, start: int) -> int:
+        """Collect (re)learning values from ``start``; once there are enough, build the
+        reference. Returns the batch index from which detection resumes."""
         have = sum(chunk.size for chunk in self.warmup_values)
-        present = np.flatnonzero(~np.isnan(values))
-        take = present[: self.settings.warmup_records - have]
+        present = np.flatnonzero(~np.isnan(values[start:])) + start
+        take = present[: self.warmup_target - have]
         if take.size:
             self.warmup_values.append(values[take])
             if self.warmup_first is None:
                 self.warmup_first = int(positions[take[0]])
             self.warmup_last = int(positions[take[-1]])
-        if have + take.size < self.settings.warmup_records:
+        if have + take.size < self.warmup_target:
             return values.shape[0]
         reference = NumericReference.from_values(np.concatenate(self.warmup_values),
                                                  self.warmup_first, self.warmup_last)
@@ -227,7 +230,7 @@ class CategoricalChannel:
         self.settings = settings
         self.ring_codes = np.zeros(settings.summary_window, dtype=np.int64)
         self.ring_positions = np.zeros(settings.summary_window, dtype=np.int64)
-        self.counters = np.zeros(2, dtype=np.int64)
+        self.counters = np.zeros(3, dtype=np.int64)
         self.alarm = np.zeros(6)
         self.start_warmup()
         if reference is not None:
@@ -258,13 +261,16 @@ class CategoricalChannel:
         buckets = self.n_known + 2
         self.rate_per_test = s.false_alarm_rate / (2 * buckets)
         self.par = np.array([categorical_threshold(self.rate_per_test), s.category_shift,
-                             s.new_category_share, CATEGORY_REFRESH, 0.0])
-        self.state = np.array([0.0, float(min(reference.n, s.reference_prior_cap)),
-                               float(s.min_instances), float(s.category_relearn_records)])
+                             s.new_category_share, CATEGORY_REFRESH])
+        self.state = np.zeros(4)
         self.counts = np.zeros(buckets)
         self.llr = np.zeros((4, buckets))
         self.cusum = np.zeros((2, buckets))
-        self.since_zero = np.full((2, buckets), int(self.counters[k.C_COUNT]), dtype=np.int64)
+        self.book = np.zeros((4, buckets), dtype=np.int64)
+        self.state[k.CS_GATE_AFTER_ALARM] = s.relearn_records
+        k.category_restart(self.state, self.counts, self.cusum, self.book, self.counters,
+                           int(self.counters[k.C_COUNT]),
+                           float(min(reference.n, s.reference_prior_cap)), s.min_instances)
 
     def bucket_name(self, bucket: int) -> str:
         if bucket < self.n_known:
@@ -279,41 +285,41 @@ class CategoricalChannel:
 
     # ------------------------------------------------------------------ feeding
     def feed(self, column: Any, positions: np.ndarray) -> list[Alarm]:
-        labels, uniques = pd.factorize(np.asarray(column, dtype=object), use_na_sentinel=True)
+        column = np.asarray(column, dtype=object)
         alarms: list[Alarm] = []
         start = 0
         if self.reference is None:
+            labels, uniques = pd.factorize(column, use_na_sentinel=True)
             start = self._warm(labels, uniques, positions)
             if self.reference is None:
                 return alarms
-        codes = self._codes(labels, uniques, positions, start)
+        codes = np.full(len(column), -1, dtype=np.int64)
+        codes[start:] = self._codes(column[start:], positions[start:])
         while start < codes.shape[0]:
             start = k.run_categorical(
                 codes, positions, start, self.n_known, self.par, self.state, self.counts,
-                self.shares, self.llr, self.cusum, self.since_zero, self.ring_codes,
+                self.shares, self.llr, self.cusum, self.book, self.ring_codes,
                 self.ring_positions, self.counters, self.alarm)
             if self.alarm[0]:
                 alarms.append(Alarm(start - 1, self._finding()))
                 self.alarm[:] = 0.0
         return alarms
 
-    def _codes(self, labels: np.ndarray, uniques: Any, positions: np.ndarray,
-               start: int) -> np.ndarray:
-        """Map factorized labels to bucket codes; name never-seen categories in the order
-        they first appear (from ``start`` on), so batching cannot change a code."""
-        first_index = np.full(len(uniques), -1, dtype=np.int64)
-        tail = labels[start:]
-        valid = tail >= 0
-        order = np.flatnonzero(valid)
-        seen_labels, first = np.unique(tail[order], return_index=True)
-        first_index[seen_labels] = order[first] + start
+    def _codes(self, column: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Bucket codes of a column. factorize numbers categories in order of first
+        appearance, so never-seen names get their codes in stream order whatever the
+        batching."""
+        labels, uniques = pd.factorize(column, use_na_sentinel=True)
         mapping = np.full(len(uniques) + 1, -1, dtype=np.int64)  # last slot: missing
-        for label in np.argsort(np.where(first_index < 0, np.iinfo(np.int64).max,
-                                         first_index), kind="stable"):
-            name = str(uniques[label])
-            if name == "" or first_index[label] < 0:
+        for label, value in enumerate(uniques):
+            name = str(value)
+            if name == "":
                 continue
-            mapping[label] = self._code_for(name, int(positions[first_index[label]]))
+            code = self.code_of.get(name)
+            if code is None:
+                first = int(np.argmax(labels == label))
+                code = self._code_for(name, int(positions[first]))
+            mapping[label] = code
         return mapping[labels]
 
     def _code_for(self, name: str, position: int) -> int:
@@ -380,9 +386,19 @@ class CategoricalChannel:
 
     def status(self) -> list[DetectorStatus]:
         warming = self.reference is None
-        statistic = float(self.cusum.max()) if not warming else 0.0
+        statistic = 0.0 if warming else self._current_statistic()
         threshold = float(self.par[k.CP_THRESHOLD]) if not warming else float("nan")
         return [DetectorStatus(self.name, "category_cusum", statistic, threshold, warming)]
+
+    def _current_statistic(self) -> float:
+        """Largest CUSUM value as if every bucket were brought up to date (read-only: a
+        real catch-up here would change rounding and so future decisions)."""
+        pending = self.counters[k.C_COUNT] - self.book[k.CB_CURRENT]
+        if self.state[k.CS_SINCE] < self.state[k.CS_GATE]:
+            return 0.0
+        rise = np.maximum(self.cusum[0] + pending * self.llr[1], 0.0)
+        fall = self.cusum[1] + pending * self.llr[3]
+        return float(max(rise.max(), fall.max()))
 
     # ------------------------------------------------------------------ snapshot
     def state_arrays(self) -> dict[str, np.ndarray]:
@@ -390,7 +406,7 @@ class CategoricalChannel:
                   "counters": self.counters}
         if self.reference is not None:
             arrays.update(state=self.state, counts=self.counts, llr=self.llr,
-                          cusum=self.cusum, since_zero=self.since_zero)
+                          cusum=self.cusum, book=self.book)
         return arrays
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:

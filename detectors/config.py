@@ -16,15 +16,20 @@ class DetectorSettings:
     """Which signals are watched, by which detectors, and how often they may cry wolf.
 
     ``false_alarm_rate`` is the budget of false alarms per value *per signal*; it is split
-    evenly over the one-sided tests watching that signal (see detectors/CALIBRATION.md).
-    Shift sizes are in reference standard deviations (normal scores).
+    evenly over the one-sided tests watching that signal (see detectors/CALIBRATION.md). The
+    default, 1e-8, is an order below "one per ten million" so that ten million stationary
+    records per signal pass without a false decision with high probability rather than
+    with probability e^-1.
+    Shift sizes are in reference standard deviations (normal scores). After a signal's
+    alarm, it relearns its reference from its next ``relearn_records`` values (the old
+    reference no longer describes the stream), so one change yields one decision.
     """
 
     numeric_signals: tuple[str, ...] = DEFAULT_NUMERIC
     categorical_signals: tuple[str, ...] = DEFAULT_CATEGORICAL
     prediction_signals: tuple[str, ...] = ("prediction",)
     performance_signals: tuple[str, ...] = ("abs_error", "relative_error")
-    false_alarm_rate: float = 1e-7
+    false_alarm_rate: float = 1e-8
     cooldown_records: int = 2000
     warmup_records: int = 5000
     min_instances: int = 100
@@ -42,8 +47,8 @@ class DetectorSettings:
     category_shift: float = 0.05
     new_category_share: float = 0.01
     max_categories: int = 64
-    category_relearn_records: int = 2000
     performance_upward_only: bool = True
+    relearn_records: int = 2000
     summary_window: int = 512
     reference_prior_cap: int = 50000
 
@@ -107,8 +112,7 @@ def _check_numbers(s: DetectorSettings) -> None:
         (0.0 < s.category_shift < 0.5, "category_shift must be within (0, 0.5)"),
         (0.0 < s.new_category_share < 0.5, "new_category_share must be within (0, 0.5)"),
         (1 <= s.max_categories <= 1024, "max_categories must be within 1..1024"),
-        (100 <= s.category_relearn_records <= 1000000,
-         "category_relearn_records must be within 100..1000000"),
+        (200 <= s.relearn_records <= 1000000, "relearn_records must be within 200..1000000"),
         (16 <= s.summary_window <= 65536, "summary_window must be within 16..65536"),
         (s.reference_prior_cap >= 1, "reference_prior_cap must be >= 1"),
     ]

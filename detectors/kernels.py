@@ -37,8 +37,9 @@ AW_SCALARS = 5
 AW_DELTA, AW_CLOCK, AW_MAX_BUCKETS, AW_MIN_WINDOW, AW_GRACE, AW_ENABLED, AW_UP_ONLY = range(7)
 AW_MAX_LEVELS = 48
 
-# Counters shared by both signal types.
-C_COUNT, C_RING_HEAD = range(2)
+# Counters: values seen, ring head, and (categorical) the next count at which a fall-CUSUM
+# crosses its threshold.
+C_COUNT, C_RING_HEAD, C_NEXT_CROSS = range(3)
 
 # Alarm record (float): per detector row -> fired, statistic, threshold, direction, change count.
 AL_FIRED, AL_STAT, AL_THRESHOLD, AL_DIRECTION, AL_CHANGE = range(5)
@@ -47,10 +48,10 @@ AL_COLUMNS = 5
 
 # ----------------------------------------------------------------------------- standardisation
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def normal_quantile(p: float) -> float:
-    """Inverse standard normal CDF: Acklam's rational approximation refined by one Halley
-    step (relative error ~1e-15), so the compiled loop needs no scipy call."""
+    """Inverse standard normal CDF by Acklam's rational approximation (relative error below
+    1.2e-9, ample for standardisation) so the compiled loop needs no scipy call."""
     if p <= 0.0:
         return -math.inf
     if p >= 1.0:
@@ -79,12 +80,10 @@ def normal_quantile(p: float) -> float:
                 + 4.374664141464968e+00) * q + 2.938163982698783e+00)
               / ((((7.784695709041462e-03 * q + 3.224671290700398e-01) * q
                    + 2.445134137142996e+00) * q + 3.754408661907416e+00) * q + 1.0))
-    error = 0.5 * math.erfc(-x / math.sqrt(2.0)) - p
-    step = error * math.sqrt(2.0 * math.pi) * math.exp(x * x / 2.0)
-    return x - step / (1.0 + x * step / 2.0)
+    return x
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def reference_cdf(x: float, knots: np.ndarray, below: np.ndarray, at_or_below: np.ndarray,
                   u_min: float) -> float:
     """Reference CDF at ``x``: mid-rank at a knot (atoms such as a zero exemption), linear
@@ -125,7 +124,7 @@ def standardise(values: np.ndarray, knots: np.ndarray, below: np.ndarray,
     return z, w
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _scores(x: float, knots: np.ndarray, below: np.ndarray, at_or_below: np.ndarray,
             u_min: float) -> tuple[float, float]:
     u = reference_cdf(x, knots, below, at_or_below, u_min)
@@ -135,43 +134,82 @@ def _scores(x: float, knots: np.ndarray, below: np.ndarray, at_or_below: np.ndar
 
 # ----------------------------------------------------------------------------- Page-Hinkley
 
-@njit(cache=True)
-def ph_reset(f: np.ndarray, i: np.ndarray) -> None:
-    f[PH_N] = 0.0
-    f[PH_MEAN] = 0.0
-    f[PH_SUM_INC] = 0.0
-    f[PH_SUM_DEC] = 0.0
-    f[PH_MIN_INC] = math.inf
-    f[PH_MAX_DEC] = -1.0  # river starts the maximum at -1, not -inf
-    i[PH_CP_INC] = 0
-    i[PH_CP_DEC] = 0
+@njit(cache=True, inline="always")
+def ph_reset(f: np.ndarray, i: np.ndarray, d: int) -> None:
+    f[d, PH_N] = 0.0
+    f[d, PH_MEAN] = 0.0
+    f[d, PH_SUM_INC] = 0.0
+    f[d, PH_SUM_DEC] = 0.0
+    f[d, PH_MIN_INC] = math.inf
+    f[d, PH_MAX_DEC] = -1.0  # river starts the maximum at -1, not -inf
+    i[d, PH_CP_INC] = 0
+    i[d, PH_CP_DEC] = 0
 
 
-@njit(cache=True)
-def ph_update(x: float, par: np.ndarray, f: np.ndarray, i: np.ndarray, count: int) -> int:
-    """One river Page-Hinkley update; returns +1 (increase), -1 (decrease) or 0."""
-    delta = par[PH_DELTA]
-    alpha = par[PH_ALPHA]
-    f[PH_N] += 1.0
-    f[PH_MEAN] += (1.0 / f[PH_N]) * (x - f[PH_MEAN])
-    dev = x - f[PH_MEAN]
-    f[PH_SUM_INC] = alpha * f[PH_SUM_INC] + dev - delta
-    f[PH_SUM_DEC] = alpha * f[PH_SUM_DEC] + dev + delta
-    if f[PH_SUM_INC] < f[PH_MIN_INC]:
-        f[PH_MIN_INC] = f[PH_SUM_INC]
-        i[PH_CP_INC] = count
-    if f[PH_SUM_DEC] > f[PH_MAX_DEC]:
-        f[PH_MAX_DEC] = f[PH_SUM_DEC]
-        i[PH_CP_DEC] = count
-    if f[PH_N] < par[PH_MIN_INSTANCES]:
+@njit(cache=True, inline="always")
+def ph_mean_step(x: float, f: np.ndarray, d: int) -> tuple[float, float]:
+    """river's running mean (stats.Mean) of detector row ``d`` after ``x``: (n, mean)."""
+    n = f[d, PH_N] + 1.0
+    return n, f[d, PH_MEAN] + (1.0 / n) * (x - f[d, PH_MEAN])
+
+
+@njit(cache=True, inline="always")
+def ph_update(x: float, n: float, mean: float, par: np.ndarray, f: np.ndarray, i: np.ndarray,
+              d: int, count: int) -> int:
+    """One river Page-Hinkley update of detector row ``d`` given its new running mean;
+    returns +1 (increase), -1 (decrease) or 0. Rows are indexed, not sliced: a view per
+    value costs more than the arithmetic."""
+    dev = x - mean
+    sum_inc = par[d, PH_ALPHA] * f[d, PH_SUM_INC] + dev - par[d, PH_DELTA]
+    sum_dec = par[d, PH_ALPHA] * f[d, PH_SUM_DEC] + dev + par[d, PH_DELTA]
+    f[d, PH_N] = n
+    f[d, PH_MEAN] = mean
+    f[d, PH_SUM_INC] = sum_inc
+    f[d, PH_SUM_DEC] = sum_dec
+    if sum_inc < f[d, PH_MIN_INC]:
+        f[d, PH_MIN_INC] = sum_inc
+        i[d, PH_CP_INC] = count
+    if sum_dec > f[d, PH_MAX_DEC]:
+        f[d, PH_MAX_DEC] = sum_dec
+        i[d, PH_CP_DEC] = count
+    if n < par[d, PH_MIN_INSTANCES]:
         return 0
-    threshold = par[PH_THRESHOLD]
-    mode = par[PH_MODE]
-    if mode != MODE_DOWN and f[PH_SUM_INC] - f[PH_MIN_INC] > threshold:
+    threshold = par[d, PH_THRESHOLD]
+    mode = par[d, PH_MODE]
+    if mode != MODE_DOWN and sum_inc - f[d, PH_MIN_INC] > threshold:
         return 1
-    if mode != MODE_UP and f[PH_MAX_DEC] - f[PH_SUM_DEC] > threshold:
+    if mode != MODE_UP and f[d, PH_MAX_DEC] - sum_dec > threshold:
         return -1
     return 0
+
+
+@njit(cache=True)
+def run_page_hinkley(values: np.ndarray, par: np.ndarray, f: np.ndarray,
+                     i: np.ndarray) -> np.ndarray:
+    """A lone Page-Hinkley (row 0) over raw values, restarting after each detection like
+    river's; returns the indices of detections. For parity tests and baselines."""
+    hits = [np.int64(0) for _ in range(0)]
+    for idx in range(values.shape[0]):
+        n, mean = ph_mean_step(values[idx], f, 0)
+        if ph_update(values[idx], n, mean, par, f, i, 0, idx + 1) != 0:
+            hits.append(idx)
+            ph_reset(f, i, 0)
+    return np.array(hits, dtype=np.int64)
+
+
+@njit(cache=True)
+def run_adwin(values: np.ndarray, par: np.ndarray, s: np.ndarray, totals: np.ndarray,
+              variances: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """A lone ADWIN over raw values, restarting after each detection like river's; returns
+    the indices of detections. For parity tests and baselines."""
+    hits = [np.int64(0) for _ in range(0)]
+    out = np.zeros(4)
+    for idx in range(values.shape[0]):
+        adwin_insert(values[idx], par, s, totals, variances, counts)
+        if adwin_check(par, s, totals, counts, out, False):
+            hits.append(idx)
+            adwin_reset(s, totals, variances, counts)
+    return np.array(hits, dtype=np.int64)
 
 
 @njit(cache=True)
@@ -185,7 +223,7 @@ def ph_statistic(par: np.ndarray, f: np.ndarray) -> float:
 
 # ----------------------------------------------------------------------------- ADWIN
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def adwin_reset(s: np.ndarray, totals: np.ndarray, variances: np.ndarray,
                 counts: np.ndarray) -> None:
     s[:] = 0.0
@@ -195,7 +233,7 @@ def adwin_reset(s: np.ndarray, totals: np.ndarray, variances: np.ndarray,
     counts[:] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _adwin_push(level: int, total: float, variance: float, totals: np.ndarray,
                 variances: np.ndarray, counts: np.ndarray) -> None:
     k = counts[level]
@@ -204,7 +242,7 @@ def _adwin_push(level: int, total: float, variance: float, totals: np.ndarray,
     counts[level] = k + 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _adwin_drop_front(level: int, n_drop: int, totals: np.ndarray, variances: np.ndarray,
                       counts: np.ndarray) -> None:
     k = counts[level]
@@ -217,7 +255,7 @@ def _adwin_drop_front(level: int, n_drop: int, totals: np.ndarray, variances: np
     counts[level] = k - n_drop
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def adwin_insert(x: float, par: np.ndarray, s: np.ndarray, totals: np.ndarray,
                  variances: np.ndarray, counts: np.ndarray) -> None:
     """Add one value to the exponential histogram, merging full levels (ADWIN2)."""
@@ -247,17 +285,15 @@ def adwin_insert(x: float, par: np.ndarray, s: np.ndarray, totals: np.ndarray,
         level += 1
 
 
-@njit(cache=True)
-def _adwin_epsilon(n0: float, n1: float, par: np.ndarray, s: np.ndarray) -> float:
-    width = s[AW_WIDTH]
-    min_window = par[AW_MIN_WINDOW]
-    log_term = math.log(2.0 * math.log(width) / par[AW_DELTA])
+@njit(cache=True, inline="always")
+def _adwin_epsilon(n0: float, n1: float, min_window: float, mean_variance: float,
+                   log_term: float) -> float:
     m_recip = 1.0 / (n0 - min_window + 1.0) + 1.0 / (n1 - min_window + 1.0)
-    return (math.sqrt(2.0 * m_recip * (s[AW_VARIANCE] / width) * log_term)
+    return (math.sqrt(2.0 * m_recip * mean_variance * log_term)
             + 2.0 / 3.0 * log_term * m_recip)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def adwin_check(par: np.ndarray, s: np.ndarray, totals: np.ndarray, counts: np.ndarray,
                 out: np.ndarray, scan_only: bool) -> bool:
     """ADWIN's cut test, run every ``clock`` updates unless ``scan_only``. On the first cut
@@ -271,6 +307,9 @@ def adwin_check(par: np.ndarray, s: np.ndarray, totals: np.ndarray, counts: np.n
     n0, n1 = 0.0, s[AW_WIDTH]
     u0, u1 = 0.0, s[AW_TOTAL]
     min_window = par[AW_MIN_WINDOW]
+    # Loop invariants of river's per-cut bound, computed once (same values, same rounding).
+    log_term = math.log(2.0 * math.log(s[AW_WIDTH]) / par[AW_DELTA])
+    mean_variance = s[AW_VARIANCE] / s[AW_WIDTH]
     best = 0.0
     for level in range(int(s[AW_LEVELS]) - 1, -1, -1):
         size = float(1 << level)
@@ -285,7 +324,7 @@ def adwin_check(par: np.ndarray, s: np.ndarray, totals: np.ndarray, counts: np.n
                 return False
             diff = (u0 / n0) - (u1 / n1)
             if n1 >= min_window and n0 >= min_window:
-                epsilon = _adwin_epsilon(n0, n1, par, s)
+                epsilon = _adwin_epsilon(n0, n1, min_window, mean_variance, log_term)
                 if scan_only:
                     best = max(best, abs(diff) / epsilon)
                 elif abs(diff) > epsilon:
@@ -329,9 +368,16 @@ def run_numeric(values: np.ndarray, positions: np.ndarray, start: int,
         counters[C_RING_HEAD] = (head + 1) % ring_size
         z, w = _scores(x, knots, below, at_or_below, u_min)
         fired = False
+        previous_source = -1.0
+        n, mean = 0.0, 0.0
         for d in range(n_ph):
             source = z if ph_par[d, PH_SOURCE] == SOURCE_LOCATION else w
-            direction = ph_update(source, ph_par[d], ph_f[d], ph_i[d], count)
+            # Rows watching the same source restart together, so they share river's
+            # running mean bit for bit: compute it once per source.
+            if ph_par[d, PH_SOURCE] != previous_source:
+                n, mean = ph_mean_step(source, ph_f, d)
+                previous_source = ph_par[d, PH_SOURCE]
+            direction = ph_update(source, n, mean, ph_par, ph_f, ph_i, d, count)
             if direction != 0:
                 fired = True
                 _record_ph_alarm(alarm[d], direction, ph_par[d], ph_f[d], ph_i[d])
@@ -349,13 +395,13 @@ def run_numeric(values: np.ndarray, positions: np.ndarray, start: int,
                     adwin_reset(aw_s, aw_totals, aw_variances, aw_counts)
         if fired:
             for d in range(n_ph):
-                ph_reset(ph_f[d], ph_i[d])
+                ph_reset(ph_f, ph_i, d)
             adwin_reset(aw_s, aw_totals, aw_variances, aw_counts)
             return idx + 1
     return values.shape[0]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _record_ph_alarm(row: np.ndarray, direction: int, par: np.ndarray, f: np.ndarray,
                      i: np.ndarray) -> None:
     row[AL_FIRED] = 1.0
@@ -370,19 +416,72 @@ def _record_ph_alarm(row: np.ndarray, direction: int, par: np.ndarray, f: np.nda
 
 
 # ----------------------------------------------------------------------------- categorical
+#
+# Each bucket has two Bernoulli log-likelihood-ratio CUSUMs: row 0 for a rise of its share,
+# row 1 for a fall. A value moves every bucket's CUSUMs, but all buckets except the one that
+# occurred move by a constant, so they are updated lazily: a bucket is brought up to date when
+# it occurs, when the ratios are refreshed, or when its fall-CUSUM is due to cross the
+# threshold (a rise-CUSUM only ever grows when its bucket occurs). That makes a value O(1)
+# instead of O(buckets); the lazy updates happen at data-determined counts, so batching still
+# cannot change a result.
 
 # Categorical parameters.
-CP_THRESHOLD, CP_SHIFT, CP_NEW_SHIFT, CP_REFRESH, CP_FLOOR = range(5)
+CP_THRESHOLD, CP_SHIFT, CP_NEW_SHIFT, CP_REFRESH = range(4)
 # Categorical scalar state: values since restart, weight of the reference shares, values to
 # count before testing, and that count after an alarm.
 CS_SINCE, CS_PRIOR_WEIGHT, CS_GATE, CS_GATE_AFTER_ALARM = range(4)
+# Per-bucket integer state rows: count up to which the CUSUMs are current, last count at which
+# each CUSUM was zero (rise, fall), and the count at which the fall-CUSUM will cross.
+CB_CURRENT, CB_ZERO_RISE, CB_ZERO_FALL, CB_CROSS = range(4)
+NEVER = np.iinfo(np.int64).max
+
+
+@njit(cache=True, inline="always")
+def _catch_up(j: int, upto: int, llr: np.ndarray, cusum: np.ndarray, book: np.ndarray) -> None:
+    """Apply the non-occurrences of bucket ``j`` after its current count up to ``upto``."""
+    m = upto - book[CB_CURRENT, j]
+    if m <= 0:
+        return
+    rise = cusum[0, j] + m * llr[1, j]
+    if rise <= 0.0:
+        rise = 0.0
+        book[CB_ZERO_RISE, j] = upto
+    cusum[0, j] = rise
+    cusum[1, j] = cusum[1, j] + m * llr[3, j]
+    book[CB_CURRENT, j] = upto
+
+
+@njit(cache=True, inline="always")
+def _crossing(j: int, threshold: float, llr: np.ndarray, cusum: np.ndarray,
+              book: np.ndarray) -> int:
+    """First count at which bucket ``j``'s fall-CUSUM exceeds the threshold if it does not
+    occur; the same expression as ``_catch_up`` decides it, so the two always agree."""
+    step = llr[3, j]
+    level = cusum[1, j]
+    if step <= 0.0:
+        return NEVER
+    m = max(int((threshold - level) / step), 1)
+    while m > 1 and level + (m - 1) * step > threshold:
+        m -= 1
+    while not level + m * step > threshold:
+        m += 1
+    return book[CB_CURRENT, j] + m
+
+
+@njit(cache=True)
+def _next_cross(book: np.ndarray) -> int:
+    best = NEVER
+    for j in range(book.shape[1]):
+        best = min(best, book[CB_CROSS, j])
+    return best
 
 
 @njit(cache=True)
 def category_refresh(par: np.ndarray, s: np.ndarray, counts: np.ndarray, shares: np.ndarray,
                      llr: np.ndarray) -> None:
     """Bernoulli log-likelihood ratios per bucket for a share rise and a share fall, around
-    the running share (counts since restart plus the reference shares as a prior)."""
+    the running share (counts since restart plus the reference shares as a prior). Rows:
+    rise if it occurs, rise if not, fall if it occurs, fall if not."""
     buckets = counts.shape[0]
     weight = s[CS_PRIOR_WEIGHT]
     denominator = s[CS_SINCE] + weight
@@ -400,19 +499,30 @@ def category_refresh(par: np.ndarray, s: np.ndarray, counts: np.ndarray, shares:
 
 
 @njit(cache=True)
+def _refresh_all(count: int, par: np.ndarray, s: np.ndarray, counts: np.ndarray,
+                 shares: np.ndarray, llr: np.ndarray, cusum: np.ndarray, book: np.ndarray,
+                 counters: np.ndarray) -> None:
+    """Bring every bucket up to ``count`` under the old ratios, then switch ratios."""
+    for j in range(counts.shape[0]):
+        _catch_up(j, count, llr, cusum, book)
+    category_refresh(par, s, counts, shares, llr)
+    for j in range(counts.shape[0]):
+        book[CB_CROSS, j] = _crossing(j, par[CP_THRESHOLD], llr, cusum, book)
+    counters[C_NEXT_CROSS] = _next_cross(book)
+
+
+@njit(cache=True)
 def run_categorical(codes: np.ndarray, positions: np.ndarray, start: int, n_known: int,
                     par: np.ndarray, s: np.ndarray, counts: np.ndarray, shares: np.ndarray,
-                    llr: np.ndarray, cusum: np.ndarray, since_zero: np.ndarray,
+                    llr: np.ndarray, cusum: np.ndarray, book: np.ndarray,
                     ring_codes: np.ndarray, ring_positions: np.ndarray, counters: np.ndarray,
                     alarm: np.ndarray) -> int:
     """Feed codes[start:] to one categorical signal's CUSUMs; stop after the first alarm.
 
     Buckets: 0..n_known-1 the reference's top categories, n_known every other reference
-    category, n_known+1 any category never seen in the reference. ``cusum`` row 0 watches
-    share rises, row 1 falls. ``alarm`` = [fired, statistic, threshold, direction, change
-    count, bucket].
+    category, n_known+1 any category never seen in the reference. ``alarm`` = [fired,
+    statistic, threshold, direction, change count, bucket].
     """
-    buckets = counts.shape[0]
     ring_size = ring_codes.shape[0]
     threshold = par[CP_THRESHOLD]
     refresh = int(par[CP_REFRESH])
@@ -430,41 +540,68 @@ def run_categorical(codes: np.ndarray, positions: np.ndarray, start: int, n_know
         counts[bucket] += 1.0
         s[CS_SINCE] += 1.0
         if s[CS_SINCE] < s[CS_GATE]:
-            continue  # relearning the shares after a change: no testing, no evidence
-        if int(s[CS_SINCE]) % refresh == 0 or s[CS_SINCE] == s[CS_GATE]:
-            category_refresh(par, s, counts, shares, llr)
-        best, best_bucket, best_side = 0.0, -1, 0
-        for j in range(buckets):
-            hit = j == bucket
-            for side in range(2):
-                step = llr[2 * side, j] if hit else llr[2 * side + 1, j]
-                value = cusum[side, j] + step
-                if value <= 0.0:
-                    value = 0.0
-                    since_zero[side, j] = count
-                cusum[side, j] = value
-                if value > threshold and value > best:
-                    best, best_bucket, best_side = value, j, side
+            continue  # relearning the shares: no testing, no evidence
+        if s[CS_SINCE] == s[CS_GATE]:
+            book[CB_CURRENT, :] = count - 1
+            book[CB_ZERO_RISE, :] = count - 1
+            book[CB_ZERO_FALL, :] = count - 1
+            _refresh_all(count - 1, par, s, counts, shares, llr, cusum, book, counters)
+        elif int(s[CS_SINCE]) % refresh == 0:
+            _refresh_all(count - 1, par, s, counts, shares, llr, cusum, book, counters)
+        best, best_bucket, best_side = _occur(bucket, count, threshold, llr, cusum, book)
+        old_cross = book[CB_CROSS, bucket]
+        new_cross = _crossing(bucket, threshold, llr, cusum, book)
+        book[CB_CROSS, bucket] = new_cross
+        if old_cross == counters[C_NEXT_CROSS]:
+            counters[C_NEXT_CROSS] = _next_cross(book)
+        elif new_cross < counters[C_NEXT_CROSS]:
+            counters[C_NEXT_CROSS] = new_cross
+        if count >= counters[C_NEXT_CROSS]:
+            for j in range(book.shape[1]):
+                if book[CB_CROSS, j] <= count:
+                    _catch_up(j, count, llr, cusum, book)
+                    if cusum[1, j] > threshold and cusum[1, j] > best:
+                        best, best_bucket, best_side = cusum[1, j], j, 1
         if best_bucket >= 0:
             alarm[0] = 1.0
             alarm[1] = best
             alarm[2] = threshold
             alarm[3] = 1.0 if best_side == 0 else -1.0
-            alarm[4] = since_zero[best_side, best_bucket]
+            alarm[4] = book[CB_ZERO_RISE + best_side, best_bucket]
             alarm[5] = best_bucket
-            category_restart(s, counts, cusum, since_zero, count, 0.0, s[CS_GATE_AFTER_ALARM])
+            category_restart(s, counts, cusum, book, counters, count, 0.0,
+                             s[CS_GATE_AFTER_ALARM])
             return idx + 1
     return codes.shape[0]
 
 
+@njit(cache=True, inline="always")
+def _occur(j: int, count: int, threshold: float, llr: np.ndarray, cusum: np.ndarray,
+           book: np.ndarray) -> tuple[float, int, int]:
+    """Bucket ``j`` occurred at ``count``: catch up, then apply the occurrence ratios."""
+    _catch_up(j, count - 1, llr, cusum, book)
+    cusum[0, j] = cusum[0, j] + llr[0, j]
+    fall = cusum[1, j] + llr[2, j]
+    if fall <= 0.0:
+        fall = 0.0
+        book[CB_ZERO_FALL, j] = count
+    cusum[1, j] = fall
+    book[CB_CURRENT, j] = count
+    if cusum[0, j] > threshold:
+        return cusum[0, j], j, 0
+    return 0.0, -1, 0
+
+
 @njit(cache=True)
-def category_restart(s: np.ndarray, counts: np.ndarray, cusum: np.ndarray,
-                     since_zero: np.ndarray, count: int, prior_weight: float,
+def category_restart(s: np.ndarray, counts: np.ndarray, cusum: np.ndarray, book: np.ndarray,
+                     counters: np.ndarray, count: int, prior_weight: float,
                      gate: float) -> None:
     """Forget the shares counted so far; relearn them over ``gate`` values before testing."""
     counts[:] = 0.0
     cusum[:, :] = 0.0
-    since_zero[:, :] = count
+    book[:, :] = count
+    book[CB_CROSS, :] = NEVER
     s[CS_SINCE] = 0.0
     s[CS_PRIOR_WEIGHT] = prior_weight
     s[CS_GATE] = gate
+    counters[C_NEXT_CROSS] = NEVER

@@ -59,6 +59,8 @@ def _channel_extras(channel: NumericChannel | CategoricalChannel) -> dict[str, A
     if isinstance(channel, CategoricalChannel):
         extras["warmup_names"] = channel.warmup_names
         extras["new_names"] = [list(item) for item in channel.new_names]
+    else:
+        extras["warmup_target"] = channel.warmup_target
     return extras
 
 
@@ -80,6 +82,8 @@ def decode(data: bytes, settings: DetectorSettings) -> DetectorBank:
         if isinstance(channel, CategoricalChannel):
             channel.warmup_names = list(info["warmup_names"])
             channel.new_names = [(str(n), int(p)) for n, p in info["new_names"]]
+        else:
+            channel.warmup_target = int(info["warmup_target"])
         channel.load_arrays(arrays[name])
     return bank
 

@@ -1,0 +1,108 @@
+"""Standardisation and the lazy categorical CUSUM against plain references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.special import ndtri
+
+from detectors import NumericReference
+from detectors import kernels as k
+
+
+def test_normal_quantile_agrees_with_scipy() -> None:
+    p = np.concatenate([np.linspace(1e-9, 1 - 1e-9, 2001), [1e-6, 0.02425, 0.5, 0.97575]])
+    ours = np.array([k.normal_quantile(v) for v in p])
+    np.testing.assert_allclose(ours, ndtri(p), rtol=1e-8, atol=1e-9)
+
+
+def test_standardised_lognormal_values_are_standard_normal() -> None:
+    rng = np.random.default_rng(1)
+    reference = NumericReference.from_values(rng.lognormal(12, 1.0, 50000))
+    z, w = k.standardise(rng.lognormal(12, 1.0, 200000), *reference.arrays(),
+                         reference.u_min())
+    for scores in (z, w):
+        assert abs(scores.mean()) < 0.02
+        assert abs(scores.std() - 1.0) < 0.02
+    # A parcel a thousand times the usual value has a bounded score, not a huge one.
+    huge, _ = k.standardise(np.array([1e12]), *reference.arrays(), reference.u_min())
+    assert 3.0 < huge[0] < 5.0
+
+
+def test_atoms_get_their_mid_rank() -> None:
+    values = np.concatenate([np.zeros(700), np.arange(1, 301, dtype=float)])
+    reference = NumericReference.from_values(values)
+    z, _ = k.standardise(np.array([0.0, np.nan]), *reference.arrays(), reference.u_min())
+    assert z[0] == pytest.approx(ndtri(0.35), abs=1e-6)
+    assert math.isnan(z[1])
+
+
+def eager_categorical(codes: np.ndarray, n_known: int, par: np.ndarray, shares: np.ndarray,
+                      prior_weight: float, gate: int, relearn: int) -> list[int]:
+    """Textbook CUSUMs updating every bucket on every value; returns alarm indices."""
+    buckets = n_known + 2
+    counts = np.zeros(buckets)
+    cusum = np.zeros((2, buckets))
+    llr = np.zeros((4, buckets))
+    state = np.array([0.0, prior_weight, gate, relearn])
+    hits = []
+    for index, code in enumerate(codes):
+        bucket = min(code, n_known + 1)
+        counts[bucket] += 1
+        state[k.CS_SINCE] += 1
+        if state[k.CS_SINCE] < state[k.CS_GATE]:
+            continue
+        if (state[k.CS_SINCE] == state[k.CS_GATE]
+                or int(state[k.CS_SINCE]) % int(par[k.CP_REFRESH]) == 0):
+            k.category_refresh(par, state, counts, shares, llr)
+        for j in range(buckets):
+            hit = j == bucket
+            cusum[0, j] = max(0.0, cusum[0, j] + (llr[0, j] if hit else llr[1, j]))
+            cusum[1, j] = max(0.0, cusum[1, j] + (llr[2, j] if hit else llr[3, j]))
+        if (cusum > par[k.CP_THRESHOLD]).any():
+            hits.append(index)
+            counts[:] = 0
+            cusum[:] = 0
+            state[:3] = (0.0, 0.0, relearn)
+    return hits
+
+
+def lazy_categorical(codes: np.ndarray, n_known: int, par: np.ndarray, shares: np.ndarray,
+                     prior_weight: float, gate: int, relearn: int) -> list[int]:
+    buckets = n_known + 2
+    state = np.array([0.0, 0.0, 0.0, relearn])
+    counts, cusum = np.zeros(buckets), np.zeros((2, buckets))
+    llr = np.zeros((4, buckets))
+    book = np.zeros((4, buckets), dtype=np.int64)
+    counters = np.zeros(3, dtype=np.int64)
+    k.category_restart(state, counts, cusum, book, counters, 0, prior_weight, gate)
+    ring, ring_positions = np.zeros(64, dtype=np.int64), np.zeros(64, dtype=np.int64)
+    alarm = np.zeros(6)
+    hits, start = [], 0
+    positions = np.arange(len(codes), dtype=np.int64)
+    while start < len(codes):
+        start = k.run_categorical(codes, positions, start, n_known, par, state, counts,
+                                  shares, llr, cusum, book, ring, ring_positions, counters,
+                                  alarm)
+        if alarm[0]:
+            hits.append(start - 1)
+            alarm[:] = 0
+    return hits
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lazy_categorical_cusum_alarms_where_the_eager_one_does(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n_known = 5
+    shares = np.array([0.4, 0.25, 0.15, 0.1, 0.05, 0.04, 0.01])
+    pieces = []
+    for _ in range(4):  # regimes with different shares, some with new categories
+        regime = rng.dirichlet(shares * 40)
+        pieces.append(rng.choice(n_known + 2, 3000, p=regime))
+    codes = np.concatenate(pieces).astype(np.int64)
+    par = np.array([12.0, 0.05, 0.01, 64.0])
+    eager = eager_categorical(codes, n_known, par, shares, 2000.0, 50, 500)
+    assert eager, "the regime changes should raise alarms"
+    assert lazy_categorical(codes, n_known, par, shares, 2000.0, 50, 500) == eager
