@@ -33,6 +33,9 @@ class ConsumerSection:
     restore_timeout_s: float = 60.0
     transaction_timeout_s: float = 60.0
     shutdown_timeout_s: float = 10.0
+    # A crashed member is replaced after this long; with static membership (instance_id) a
+    # restarted instance takes its place at once.
+    session_timeout_s: float = 10.0
 
     def validate(self) -> None:
         if not self.group_id or not self.instance_id or not self.model_name:
@@ -40,7 +43,8 @@ class ConsumerSection:
         if not 1 <= self.batch_size <= 100_000:
             raise ConfigError(f"consumer.batch_size must be 1..100000, got {self.batch_size}")
         for name in ("batch_timeout_s", "checkpoint_interval_s", "revoke_checkpoint_budget_s",
-                     "restore_timeout_s", "transaction_timeout_s", "shutdown_timeout_s"):
+                     "restore_timeout_s", "transaction_timeout_s", "shutdown_timeout_s",
+                     "session_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"consumer.{name} must be > 0")
         if self.checkpoint_interval_s >= self.transaction_timeout_s:

@@ -48,6 +48,8 @@ class ConsumerService:
         self._clock = _Clock()
         kafka = settings.kafka
         self._consumer_config = consumer_config(kafka, self.section.group_id, **{
+            "group.instance.id": self.section.instance_id,  # static membership
+            "session.timeout.ms": int(self.section.session_timeout_s * 1000),
             "max.poll.interval.ms": 300_000, "fetch.max.bytes": 52_428_800,
             "partition.assignment.strategy": "range,roundrobin"})
         self._reader_config = consumer_config(kafka, f"{self.section.group_id}.readers")
@@ -61,8 +63,8 @@ class ConsumerService:
     # -- lifecycle -------------------------------------------------------------------------
 
     def run(self) -> int:
-        ensure_reachable(admin_client(self.settings.kafka), self.settings.kafka)
         self._install_signal_handlers()
+        ensure_reachable(admin_client(self.settings.kafka), self.settings.kafka)
         try:
             self.output.init()
         except TransactionAborted as error:
@@ -78,11 +80,16 @@ class ConsumerService:
             while not self._stopping:
                 self.step()
             self.checkpoint()
+            log.info("final checkpoint committed")
         finally:
             self._close()
+        log.info("stopped cleanly")
         return 0
 
-    def request_stop(self, *_: Any) -> None:
+    def request_stop(self, signal_number: int | None = None, *_: Any) -> None:
+        """Finish the current batch, checkpoint, close (a signal handler, or call directly)."""
+        if not self._stopping:
+            log.info("stop requested", extra={"signal": signal_number})
         self._stopping = True
 
     def step(self) -> BatchResult | None:

@@ -1,0 +1,161 @@
+"""Run ``levydrift consume`` as a real subprocess against a real broker, and observe it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from levydrift.simulator import LevySimulator, SimulatorConfig
+from schemas.drift_event import DriftEvent
+from tests.kafka_helpers import create_topic, read_all, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Topics:
+    """A private set of the project's topics for one test."""
+
+    suffix: str
+    records_partitions: int = 1
+    records_topic: str | None = None  # read an existing records topic instead of a new one
+
+    @property
+    def names(self) -> dict[str, str]:
+        return {"records": self.records_topic or f"rec-{self.suffix}",
+                "dead_letters": f"dlq-{self.suffix}",
+                "drift_events": f"drift-{self.suffix}",
+                "model_versions": f"versions-{self.suffix}",
+                "detector_state": f"state-{self.suffix}"}
+
+    def create(self, bootstrap: str) -> Topics:
+        compacted = {"cleanup.policy": "compact"}
+        if self.records_topic is None:
+            create_topic(bootstrap, self.names["records"], self.records_partitions)
+        create_topic(bootstrap, self.names["dead_letters"])
+        create_topic(bootstrap, self.names["drift_events"])
+        create_topic(bootstrap, self.names["model_versions"], config=compacted)
+        create_topic(bootstrap, self.names["detector_state"], config=compacted)
+        return self
+
+    def environment(self) -> dict[str, str]:
+        return {f"LEVYDRIFT_TOPICS_{key.upper()}": value for key, value in self.names.items()}
+
+
+@dataclass
+class ConsumerRun:
+    """One ``levydrift consume`` process."""
+
+    bootstrap: str
+    topics: Topics
+    group: str
+    instance: str
+    log_path: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ConsumerRun:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LEVYDRIFT_")}
+        env.update({"LEVYDRIFT_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+                    "LEVYDRIFT_CONSUMER_GROUP_ID": self.group,
+                    "LEVYDRIFT_CONSUMER_INSTANCE_ID": self.instance,
+                    "LEVYDRIFT_CONSUMER_CHECKPOINT_INTERVAL_S": "0.3",
+                    "LEVYDRIFT_CONSUMER_BATCH_SIZE": "1000",
+                    "LEVYDRIFT_METRICS_PORT": "0",
+                    **self.topics.environment(), **self.extra_env})
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "levydrift.cli", "consume"],
+                                        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        return self
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+
+    def stop(self, timeout_s: float = 30) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout_s)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def produce_scenario(bootstrap: str, topic: str, scenario: str, records: int, change_at: int,
+                     seed: int = 7, **config: Any) -> LevySimulator:
+    simulator = LevySimulator(SimulatorConfig(seed=seed, scenario=scenario, change_at=change_at,
+                                              **config))
+    produce_values(bootstrap, topic, ((r["parcel_id"].encode(), orjson.dumps(r))
+                                      for r in simulator.records(0, records)))
+    return simulator
+
+
+def produce_values(bootstrap: str, topic: str,
+                   pairs: Iterable[tuple[bytes | None, bytes | None]]) -> int:
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
+                         "linger.ms": 20})
+    count = 0
+    for key, value in pairs:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        count += 1
+    assert producer.flush(60) == 0
+    return count
+
+
+def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    """Sum of the group's committed offsets (records fully processed). Offsets still pending in
+    an open transaction do not count; read_uncommitted keeps the probe from waiting for them."""
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                      "isolation.level": "read_uncommitted", "enable.auto.commit": False})
+    try:
+        offsets = probe.committed([TopicPartition(topic, p) for p in range(partitions)],
+                                  timeout=10)
+    finally:
+        probe.close()
+    return sum(max(position.offset, 0) for position in offsets)
+
+
+def wait_processed(bootstrap: str, group: str, topics: Topics, total: int,
+                   timeout_s: float = 120, runs: Iterable[ConsumerRun] = ()) -> None:
+    """Wait until the group has committed every record of the records topic."""
+    runs = list(runs)
+
+    def done() -> bool:
+        for run in runs:
+            assert run.alive(), f"consumer exited early:\n{run.log()[-3000:]}"
+        return committed_total(bootstrap, group, topics.names["records"],
+                               topics.records_partitions) >= total
+
+    wait_until(done, timeout_s, f"group {group} to commit {total} records", interval_s=0.2)
+
+
+def drift_events(bootstrap: str, topics: Topics) -> list[DriftEvent]:
+    return [DriftEvent.from_bytes(m.value())
+            for m in read_all(bootstrap, topics.names["drift_events"])]
+
+
+def comparable(event: DriftEvent) -> dict[str, Any]:
+    """An event without the fields that name the consumer group (which differs between runs)."""
+    data = event.to_dict()
+    data.pop("event_id")
+    data.pop("consumer_group")
+    return data
