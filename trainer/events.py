@@ -19,7 +19,7 @@ def version_event(info: VersionInfo, decision: Decision, previous_version: int |
     window = info.lineage.get("training_window", {})
     return ModelVersionEvent(
         model_name=info.name, version=info.version, previous_version=previous_version,
-        decision=decision, artifact_uri=str(info.artifact_path),
+        decision=decision, artifact_uri=str(info.artifact_path.resolve()),
         artifact_sha256=info.sha256,
         holdout_records=int(info.metrics.get("holdout_records", 0)),
         candidate_metrics=_metrics(info.metrics["candidate"]),
@@ -33,6 +33,17 @@ def version_event(info: VersionInfo, decision: Decision, previous_version: int |
         code_version=info.lineage.get("code_version") or "unknown",
         created_at=created_at or info.manifest.get("created_at") or utc_now(),
     )
+
+
+def event_key(event: ModelVersionEvent) -> bytes:
+    """The Kafka key of a model-version event on the compacted topic.
+
+    Champion changes (promoted, rolled back) are keyed by the model name, so compaction keeps the
+    current champion of each model. A rejection is keyed per version: keyed by the model name it
+    would, once compacted, hide the champion it did not replace."""
+    if event.decision == "rejected":
+        return f"{event.model_name}/rejected/{event.version}".encode()
+    return event.model_name.encode()
 
 
 def registration_event(info: VersionInfo) -> ModelVersionEvent:

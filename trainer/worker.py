@@ -39,7 +39,7 @@ from schemas.errors import RecordRejected
 from schemas.model_version import ModelVersionEvent
 from trainer import metrics
 from trainer.config import TrainerSettings
-from trainer.events import code_version, registration_event
+from trainer.events import code_version, event_key, registration_event
 from trainer.model import ModelParams
 from trainer.registry import ModelRegistry, VersionInfo
 from trainer.training import TrainingRequest, train_and_register
@@ -257,7 +257,7 @@ class TrainWorker:
             self._producer.begin_transaction()
             for event in events:
                 self._producer.produce(self.settings.topics.model_versions,
-                                       key=self.model_name.encode(), value=event.to_bytes())
+                                       key=event_key(event), value=event.to_bytes())
             self._producer.send_offsets_to_transaction(
                 _next_offsets(messages), self._consumer.consumer_group_metadata(),
                 self.settings.kafka.request_timeout_s * 3)
@@ -326,7 +326,7 @@ def publish_decision(settings: TrainerSettings, event: ModelVersionEvent) -> Non
     try:
         producer.init_transactions(timeout)
         producer.begin_transaction()
-        producer.produce(settings.topics.model_versions, key=event.model_name.encode(),
+        producer.produce(settings.topics.model_versions, key=event_key(event),
                          value=event.to_bytes())
         producer.commit_transaction(timeout)
     except KafkaException as error:
