@@ -21,7 +21,7 @@ from detectors.decision import DetectorFiring, SignalFinding, WindowSummary
 from detectors.reference import SUMMARY_PROBABILITIES, CategoricalReference, NumericReference
 
 ADWIN_MAX_BUCKETS, ADWIN_MIN_WINDOW, ADWIN_GRACE = 5, 5, 10  # river's defaults
-CATEGORY_REFRESH = 512  # values between recomputations of the likelihood ratios
+CATEGORY_REFRESH = 512  # values between recomputations of the ratios; a power of two
 MAX_NEW_NAMES = 32  # never-seen categories tracked by name; later ones share one code
 
 

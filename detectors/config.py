@@ -132,6 +132,11 @@ def _check_detectors(s: DetectorSettings) -> None:
         raise DetectorConfigError(
             "detectors: numeric signals are configured but page_hinkley, adwin and spread "
             "are all off; enable one or remove the signals")
+    if (s.performance_signals and s.performance_upward_only
+            and not (s.page_hinkley or s.adwin)):
+        raise DetectorConfigError(
+            "detectors: performance signals need page_hinkley or adwin (spread is not used "
+            "on upward-only error signals)")
     if s.categorical_signals and not s.categorical:
         raise DetectorConfigError(
             "detectors: categorical_signals are configured but categorical is off; enable it "

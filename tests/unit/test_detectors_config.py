@@ -36,6 +36,7 @@ def test_fields_use_only_toml_friendly_types() -> None:
     ({"category_shift": 0.7}, "category_shift"),
     ({"page_hinkley": False, "adwin": False, "spread": False}, "all off"),
     ({"categorical": False}, "categorical is off"),
+    ({"page_hinkley": False, "adwin": False}, "performance signals need"),
     ({"numeric_signals": ("county",)}, "listed twice"),
     ({"numeric_signals": (), "categorical_signals": (), "prediction_signals": (),
       "performance_signals": ()}, "no signals"),
