@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +63,8 @@ class ConsumerService:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def run(self) -> int:
+    def run(self, stop_when: Callable[[ConsumerService], bool] | None = None) -> int:
+        """Consume until SIGTERM/SIGINT (or until ``stop_when(self)``, for benchmarks)."""
         self._install_signal_handlers()
         ensure_reachable(admin_client(self.settings.kafka), self.settings.kafka)
         try:
@@ -77,7 +79,7 @@ class ConsumerService:
                                      "group": self.section.group_id,
                                      "transactional_id": self.section.transactional_id})
         try:
-            while not self._stopping:
+            while not self._stopping and not (stop_when and stop_when(self)):
                 self.step()
             self.checkpoint()
             log.info("final checkpoint committed")
