@@ -49,6 +49,7 @@ def test_start_status_stop(tmp_path: Path) -> None:
     env = {**os.environ, "LEVYDRIFT_KAFKA_PORT": str(port),
            "LEVYDRIFT_KAFKA_STATE": str(tmp_path / "state")}
     assert script("status", env).returncode != 0
+    assert script("ping", env).returncode != 0
 
     started = script("start", env)
     try:
@@ -57,6 +58,7 @@ def test_start_status_stop(tmp_path: Path) -> None:
         metadata = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=10)
         assert [broker.port for broker in metadata.brokers.values()] == [port]
         assert script("status", env).returncode == 0
+        assert script("ping", env).returncode == 0
         again = script("start", env)
         assert again.returncode == 0
         assert "already running" in again.stdout
@@ -65,6 +67,7 @@ def test_start_status_stop(tmp_path: Path) -> None:
     assert stopped.returncode == 0
     assert not process_alive(pid), "the broker process is still alive after stop"
     assert script("status", env).returncode != 0
+    assert script("ping", env).returncode != 0
 
 
 def test_usage_error_is_one_line() -> None:
