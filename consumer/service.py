@@ -158,9 +158,9 @@ class ConsumerService:
 
     # -- checkpoints -----------------------------------------------------------------------
 
-    def checkpoint(self) -> bool:
-        """Commit everything since the last checkpoint in one transaction. False when the
-        transaction was aborted and the partitions were rewound."""
+    def checkpoint(self, timeout_s: float | None = None) -> bool:
+        """Commit everything since the last checkpoint in one transaction (within ``timeout_s``).
+        False when the transaction was aborted and the partitions were rewound."""
         self._clock.last_checkpoint = time.monotonic()
         moved = [monitor for monitor in self.monitors.values() if monitor.dirty]
         if not moved and not self.output.open:
@@ -173,7 +173,7 @@ class ConsumerService:
         offsets = [TopicPartition(self.settings.topics.records, p, s.next_offset)
                    for p, s in states.items()]
         try:
-            self.output.commit(offsets, self.consumer)
+            self.output.commit(offsets, self.consumer, timeout_s)
         except TransactionAborted as error:
             log.warning("transaction aborted; rewinding to the last checkpoint",
                         extra={"error": str(error)})
@@ -188,8 +188,12 @@ class ConsumerService:
         assert self.consumer is not None
         for monitor in self.monitors.values():
             monitor.rewind(self.settings.detectors)
-            self.consumer.seek(TopicPartition(monitor.topic, monitor.partition,
-                                              monitor.next_offset))
+            try:
+                self.consumer.seek(TopicPartition(monitor.topic, monitor.partition,
+                                                  monitor.next_offset))
+            except KafkaException as error:  # e.g. the partition is being revoked right now
+                log.warning("seek after abort failed", extra={
+                    "partition": monitor.partition, "error": str(error)})
 
     def _export_gauges(self) -> None:
         assert self.consumer is not None
@@ -238,9 +242,7 @@ class ConsumerService:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(kind="revoked").inc()
         try:
-            self.checkpoint()
-        except FatalKafkaError:
-            raise
+            self.checkpoint(self.section.revoke_checkpoint_budget_s)
         finally:
             for position in partitions:
                 self.monitors.pop(position.partition, None)

@@ -54,14 +54,19 @@ class TransactionalOutput:
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.1)
 
-    def commit(self, offsets: list[TopicPartition], consumer: Consumer) -> None:
-        """Send ``offsets`` (next offsets to read) and commit. Raises ``TransactionAborted`` when
-        the transaction had to be aborted, ``FatalKafkaError`` when nothing can be done."""
+    def commit(self, offsets: list[TopicPartition], consumer: Consumer,
+               timeout_s: float | None = None) -> None:
+        """Send ``offsets`` (next offsets to read) and commit within ``timeout_s`` (default the
+        transaction timeout). Raises ``TransactionAborted`` when the transaction had to be
+        aborted, ``FatalKafkaError`` when nothing can be done."""
+        budget = min(timeout_s or self._timeout_s, self._timeout_s)
+        deadline = time.monotonic() + budget
         self._begin_if_needed()
         group = consumer.consumer_group_metadata()
         self._call(lambda: self._producer.send_offsets_to_transaction(
-            offsets, group, self._timeout_s), "send offsets in")
-        self._call(lambda: self._producer.commit_transaction(self._timeout_s), "commit")
+            offsets, group, max(deadline - time.monotonic(), 0.1)), "send offsets in", deadline)
+        self._call(lambda: self._producer.commit_transaction(
+            max(deadline - time.monotonic(), 0.1)), "commit", deadline)
         self.open = False
         metrics.TRANSACTIONS.labels(outcome="committed").inc()
 
@@ -84,8 +89,8 @@ class TransactionalOutput:
             self._call(self._producer.begin_transaction, "begin")
             self.open = True
 
-    def _call(self, operation: Callable[[], T], what: str) -> T:
-        deadline = time.monotonic() + self._timeout_s
+    def _call(self, operation: Callable[[], T], what: str, deadline: float | None = None) -> T:
+        deadline = deadline or time.monotonic() + self._timeout_s
         while True:
             try:
                 return operation()
