@@ -361,9 +361,8 @@ class CategoricalChannel:
         current_shares = _shares(names)
         new = tuple(sorted({name for c, name in zip(codes, names, strict=True)
                             if c > self.n_known}))
-        if bucket == self.n_known + 1:
-            moved = sum(share for name, share in current_shares if name in new)
-            effect = moved - 0.0
+        if bucket == self.n_known + 1:  # reference share of a never-seen category: 0
+            effect = sum(share for name, share in current_shares if name in new)
         else:
             bucket_codes = codes == bucket if bucket < self.n_known else (
                 codes == self.n_known)
@@ -374,7 +373,7 @@ class CategoricalChannel:
                 self.par[k.CP_NEW_SHIFT] if bucket == self.n_known + 1
                 else self.par[k.CP_SHIFT]))),
             float(self.alarm[1]), float(self.alarm[2]), "up" if self.alarm[3] > 0 else "down")
-        current = WindowSummary(n=n, first_position=_first_position(positions, n),
+        current = WindowSummary(n=n, first_position=_first_position(positions),
                                 last_position=int(positions[-1]), summarised=len(codes),
                                 category_shares=tuple(current_shares), new_categories=new)
         ref = self.reference
@@ -424,16 +423,16 @@ def recent(ring: np.ndarray, ring_positions: np.ndarray, counters: np.ndarray,
     return ring[index], ring_positions[index]
 
 
-def _first_position(positions: np.ndarray, n: int) -> int | None:
-    """Exact when the whole window is still in the ring; otherwise the earliest position held
-    (the window began at or before it)."""
+def _first_position(positions: np.ndarray) -> int | None:
+    """Exact when the whole window is still in the ring (n <= summary_window); otherwise the
+    earliest position held: the window began at or before it."""
     return int(positions[0]) if len(positions) else None
 
 
 def numeric_summary(values: np.ndarray, positions: np.ndarray, n: int) -> WindowSummary:
     quantiles = np.quantile(values, SUMMARY_PROBABILITIES) if len(values) else []
     return WindowSummary(
-        n=n, first_position=_first_position(positions, n),
+        n=n, first_position=_first_position(positions),
         last_position=int(positions[-1]) if len(positions) else None,
         summarised=len(values), mean=float(values.mean()) if len(values) else None,
         std=float(values.std()) if len(values) else None,

@@ -17,6 +17,12 @@ KINDS = ("distribution", "prediction", "performance")
 
 @dataclass(frozen=True)
 class WindowSummary:
+    """A window of one signal. The current window runs from the detectors' estimate of the
+    change point to the detection; its statistics come from the last ``summarised`` values
+    (the bank keeps ``summary_window`` per signal), so when ``summarised < n`` the
+    ``first_position`` is the earliest position still held and the window began earlier.
+    Reference windows from training data have no positions (None)."""
+
     n: int  # values in the window (a window of the reference: its size)
     first_position: int | None
     last_position: int | None

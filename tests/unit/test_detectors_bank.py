@@ -201,3 +201,13 @@ def test_positions_must_continue_after_the_last_batch() -> None:
     bank.update({"levy_rate": np.ones(3)}, np.array([5, 6, 7]))
     with pytest.raises(ValueError, match="not after"):
         bank.update({"levy_rate": np.ones(1)}, np.array([7]))
+
+
+def test_lists_with_missing_values_are_accepted() -> None:
+    bank = DetectorBank(SETTINGS, reference())
+    bank.update({"levy_rate": [0.01, None, 0.012], "county": ["county-01", None, ""]},
+                [1, 2, 3])
+    rows = {row.signal: row for row in bank.status()}
+    assert rows["levy_rate"].statistic >= 0.0
+    assert int(bank.channels["levy_rate"].counters[0]) == 2
+    assert int(bank.channels["county"].counters[0]) == 1
