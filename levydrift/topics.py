@@ -45,7 +45,11 @@ def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
         TopicSpec(topics.drift_events, topics.other_partitions,
                   {"cleanup.policy": "delete", "retention.ms": "-1"}),
         TopicSpec(topics.model_versions, topics.other_partitions, compacted),
-        TopicSpec(topics.detector_state, topics.other_partitions, compacted),
+        # A snapshot per partition every checkpoint: small segments keep the uncompacted tail,
+        # which a restore reads, short.
+        TopicSpec(topics.detector_state, topics.other_partitions,
+                  {**compacted, "segment.ms": str(HOUR_MS // 6),
+                   "segment.bytes": str(16 * 1024 * 1024)}),
     ]
 
 
