@@ -28,6 +28,8 @@ import pydantic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from machine import cpu_model  # noqa: E402
+
 from schemas._contract import _rejection_from, load_schema  # noqa: E402
 from schemas._json import parse_json_object  # noqa: E402
 from schemas.errors import RecordRejected  # noqa: E402
@@ -182,15 +184,7 @@ def measure(workloads: dict[str, list[bytes]],
 
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+    return (f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"orjson {orjson.__version__}, msgspec {msgspec.__version__}, "
             f"fastjsonschema {fastjsonschema.VERSION}, pydantic {pydantic.VERSION}")
 

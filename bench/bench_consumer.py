@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import orjson  # noqa: E402
 from confluent_kafka import Consumer, Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+from machine import describe  # noqa: E402
 
-from bench.machine import describe  # noqa: E402
 from consumer.config import ConsumerSection, ConsumerSettings  # noqa: E402
 from consumer.service import ConsumerService  # noqa: E402
 from levydrift.settings import KafkaSettings, MetricsSettings, TopicSettings  # noqa: E402

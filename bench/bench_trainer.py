@@ -24,6 +24,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from machine import cpu_model, load_average
 
 from levydrift import settings as settings_module
 from levydrift.features import to_model_frame
@@ -114,17 +115,9 @@ port = 0
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{model}, {os.cpu_count()} cores visible, OMP_NUM_THREADS="
+    return (f"{cpu_model()}, {os.cpu_count()} cores visible, OMP_NUM_THREADS="
             f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, Python {platform.python_version()}, "
-            f"load average at start {os.getloadavg()[0]:.2f}")
+            f"load average at start {load_average():.2f}")
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The machine a benchmark ran on, printed at the top of every detector benchmark."""
+"""The machine a benchmark ran on, printed at the top of every benchmark."""
 
 from __future__ import annotations
 
@@ -7,19 +7,25 @@ import platform
 import sys
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next(line.split(":", 1)[1].strip() for line in handle
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def load_average() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
 def describe() -> str:
+    """CPU, cores, load and the versions the detector and consumer benchmarks depend on."""
     import numba
     import numpy
     import river
 
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle
-                       if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"CPU: {cpu}, {os.cpu_count()} cores (load average {load:.1f} at start); "
-            f"Python {sys.version.split()[0]}, numpy {numpy.__version__}, "
+    return (f"CPU: {cpu_model()}, {os.cpu_count()} cores (load average {load_average():.1f} "
+            f"at start); Python {sys.version.split()[0]}, numpy {numpy.__version__}, "
             f"river {river.__version__}, numba {numba.__version__}")
