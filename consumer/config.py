@@ -6,7 +6,6 @@ import socket
 from dataclasses import dataclass, field
 
 from detectors.config import DetectorSettings
-from detectors.errors import DetectorConfigError
 from levydrift.errors import ConfigError
 from levydrift.settings import (
     KafkaSettings,
@@ -69,8 +68,5 @@ class ConsumerSettings:
 
 
 def load_consumer_settings(path: str | None) -> ConsumerSettings:
-    """Load and validate; detector configuration errors become one-line ``ConfigError``s."""
-    try:
-        return load(ConsumerSettings, path)
-    except DetectorConfigError as error:
-        raise ConfigError(f"detectors: {error}") from None
+    """Load and validate; any problem is a one-line ``ConfigError``."""
+    return load(ConsumerSettings, path)

@@ -226,7 +226,13 @@ def _build(settings_type: type[T], table: Any, prefix: str) -> T:
         raise ConfigError(f"{prefix.rstrip('.') or 'settings'}: {error}") from None
     validate = getattr(instance, "validate", None)
     if callable(validate):
-        validate()
+        try:
+            validate()
+        except ValueError as error:  # sections outside levydrift/ raise their own ValueErrors
+            message = str(error)
+            if not message.startswith(prefix):
+                message = f"{prefix.rstrip('.') or 'settings'}: {message}"
+            raise ConfigError(message) from None
     return instance
 
 

@@ -103,3 +103,11 @@ def test_example_config_in_deploy_loads() -> None:
         pytest.fail("deploy/levydrift.example.toml is missing")
     settings = load(AdminSettings, example, environ={})
     assert settings.topics.records
+
+
+def test_a_section_validation_error_from_another_package_is_a_config_error() -> None:
+    from consumer.config import ConsumerSettings
+
+    with pytest.raises(ConfigError) as raised:
+        load(ConsumerSettings, None, environ={"LEVYDRIFT_DETECTORS_FALSE_ALARM_RATE": "2"})
+    assert str(raised.value).startswith("detectors.false_alarm_rate")
