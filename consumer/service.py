@@ -66,7 +66,10 @@ class ConsumerService:
     def run(self, stop_when: Callable[[ConsumerService], bool] | None = None) -> int:
         """Consume until SIGTERM/SIGINT (or until ``stop_when(self)``, for benchmarks)."""
         self._install_signal_handlers()
-        ensure_reachable(admin_client(self.settings.kafka), self.settings.kafka)
+        topics = self.settings.topics
+        ensure_reachable(admin_client(self.settings.kafka), self.settings.kafka, [
+            topics.records, topics.dead_letters, topics.drift_events, topics.model_versions,
+            topics.detector_state])
         try:
             self.output.init()
         except TransactionAborted as error:

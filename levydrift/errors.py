@@ -20,6 +20,10 @@ class BrokerUnavailableError(LevyDriftError):
     exit_code = 3
 
 
+class MissingTopicError(LevyDriftError):
+    """A topic the service needs does not exist."""
+
+
 class UsageError(LevyDriftError):
     """Bad command-line arguments or inputs (a file that cannot be read, say)."""
 

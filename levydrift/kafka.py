@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from levydrift.errors import BrokerUnavailableError
+from levydrift.errors import BrokerUnavailableError, MissingTopicError
 from levydrift.settings import KafkaSettings
 
 
@@ -31,8 +32,10 @@ def consumer_config(kafka: KafkaSettings, group_id: str, **overrides: Any) -> di
                                   "logger": _quiet_logger(), **overrides})
 
 
-def ensure_reachable(admin: AdminClient, kafka: KafkaSettings) -> None:
-    """Raise ``BrokerUnavailableError`` unless the cluster answers a metadata request."""
+def ensure_reachable(admin: AdminClient, kafka: KafkaSettings,
+                     topics: Iterable[str] = ()) -> None:
+    """Raise ``BrokerUnavailableError`` unless the cluster answers a metadata request, and
+    ``MissingTopicError`` if any of ``topics`` does not exist."""
     try:
         metadata = admin.list_topics(timeout=kafka.request_timeout_s)
     except KafkaException as error:
@@ -43,6 +46,10 @@ def ensure_reachable(admin: AdminClient, kafka: KafkaSettings) -> None:
         ) from None
     if not metadata.brokers:
         raise BrokerUnavailableError(f"Kafka at {kafka.bootstrap_servers} lists no brokers")
+    missing = sorted(set(topics) - set(metadata.topics))
+    if missing:
+        raise MissingTopicError(f"topic {missing[0]} does not exist on {kafka.bootstrap_servers}; "
+                                "create the project's topics with `levydrift topics create`")
 
 
 def _quiet_logger() -> Any:

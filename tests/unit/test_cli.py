@@ -63,3 +63,13 @@ def test_bad_environment_value_is_one_line(variable: str) -> None:
     result = run_cli("topics", "create", env={variable: "soon"})
     assert result.returncode == 2
     assert result.stderr.strip() == f"levydrift topics: {variable}='soon' is not a number"
+
+
+def test_consume_names_a_missing_topic_in_one_line(kafka_bootstrap: str, unique: str) -> None:
+    result = run_cli("consume", env={"LEVYDRIFT_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+                                     "LEVYDRIFT_TOPICS_RECORDS": f"absent-{unique}",
+                                     "LEVYDRIFT_METRICS_PORT": "0"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"levydrift consume: topic absent-{unique} does not exist on {kafka_bootstrap}; "
+        "create the project's topics with `levydrift topics create`")
