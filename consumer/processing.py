@@ -19,6 +19,7 @@ from consumer import metrics
 from consumer.events import decision_to_event
 from consumer.state import PartitionState
 from detectors.bank import DetectorBank
+from levydrift.signals import signal_columns as model_signal_columns
 from schemas.dead_letter import dead_letter
 from schemas.levy_record import decode_levy_records, levy_records_to_columns
 
@@ -143,14 +144,8 @@ def process_partition(monitor: PartitionMonitor, messages: Sequence[Message],
 
 def signal_columns(columns: dict[str, np.ndarray], champion: Champion | None) -> dict[str,
                                                                                       np.ndarray]:
-    """Record columns plus the model signals: prediction and error (NaN where unknown)."""
-    count = len(next(iter(columns.values())))
-    prediction = np.full(count, np.nan) if champion is None else champion.predict(columns)
-    actual = columns["actual_levy_amount"]
-    columns["prediction"] = prediction
-    columns["abs_error"] = np.abs(prediction - actual)
-    # Relative error keeps a county of mansions from dominating the performance signal.
-    columns["relative_error"] = columns["abs_error"] / np.maximum(actual, 1.0)
+    """Record columns plus the model signals (``levydrift.signals``), and the error gauge."""
+    columns = model_signal_columns(columns, champion)
     labelled = ~np.isnan(columns["abs_error"])
     if labelled.any():
         metrics.PREDICTION_ABS_ERROR.set(float(columns["abs_error"][labelled].mean()))

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "levydrift.simulate_cli",
     "consumer.cli",
     "trainer.cli",
+    "levydrift.check",
 )
 
 

@@ -1,0 +1,235 @@
+"""``levydrift check``: exit codes, the signals each simulator scenario moves, bad files, the
+report. Runs the command in-process (``levydrift.cli.main``) on files the simulator wrote."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from levydrift.cli import main
+from levydrift.features import to_model_frame
+from levydrift.simulate_cli import write_file
+from levydrift.simulator import LevySimulator, SimulatorConfig
+from trainer.model import ModelParams
+from trainer.registry import ModelRegistry
+from trainer.training import TrainingRequest, train_and_register
+
+RECORDS = 24_000
+CHANGE_AT = 12_000  # after the 5,000-row warm-up, with room for labelled error values
+MODEL_SIGNALS = {"prediction", "abs_error", "relative_error"}
+# The signal each scenario must be caught by (what its change moves first).
+EXPECTED_SIGNAL = {
+    "levy-rate-change": "levy_rate",
+    "reassessment": "levy_rate",  # levy limits compress the reassessed districts' rates
+    "exemption-policy": "relative_error",  # invisible in the features, visible in the errors
+    "unit-bug": "prior_levy_amount",
+    "new-property-class": "property_class",
+    "gradual": "levy_rate",
+    "variance": "levy_rate",
+}
+
+
+def scenario_simulator(scenario: str) -> LevySimulator:
+    return LevySimulator(SimulatorConfig(
+        scenario=scenario, change_at=CHANGE_AT, labelled_share=0.5,
+        duration=4_000 if scenario == "unit-bug" else None))
+
+
+def simulated(directory: Path, scenario: str, suffix: str = ".csv",
+              records: int = RECORDS) -> Path:
+    path = directory / f"{scenario}{suffix}"
+    if not path.exists():
+        write_file(scenario_simulator(scenario), records, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("check-files")
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry whose champion was trained on the same simulated world's history."""
+    root = tmp_path_factory.mktemp("registry")
+    history = LevySimulator(SimulatorConfig(labelled_share=1.0)).columns(500_000, 510_000)
+    train_and_register(ModelRegistry(root), "levy-impact", TrainingRequest(
+        frame=to_model_frame(history, include_target=True), trigger_event_ids=[],
+        training_offsets=[], code_version="test", params=ModelParams(max_iter=40)))
+    return root
+
+
+def check(capsys: pytest.CaptureFixture[str], *arguments: str | Path) -> tuple[int, str, str]:
+    code = main(["check", *map(str, arguments)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_no_drift_in_the_none_scenario_exits_0(files: Path, registry: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = check(capsys, "--data-path", simulated(files, "none"),
+                         "--registry", registry)
+    assert code == 0
+    assert "no drift" in out and "levy-impact v1" in out
+
+
+@pytest.mark.parametrize("scenario", sorted(EXPECTED_SIGNAL))
+def test_each_scenario_exits_1_naming_its_signals(scenario: str, files: Path, registry: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    path = simulated(files, scenario)
+    truth = scenario_simulator(scenario).ground_truth(RECORDS)
+    code, out, _ = check(capsys, "--data-path", path, "--registry", registry,
+                         "--report", files / f"{scenario}-report")
+    assert code == 1, out
+    summary = json.loads((files / f"{scenario}-report" / "summary.json").read_text())
+    drifted = summary["drifted_signals"]
+    assert EXPECTED_SIGNAL[scenario] in drifted, drifted
+    # Only signals the scenario really moves (the model signals follow the levy itself).
+    assert set(drifted) <= set(truth.affected_signals) | MODEL_SIGNALS, drifted
+    first = min(episode["detected_at_row"] for episode in summary["episodes"])
+    assert first > truth.change_index, "an alarm before the change is a false alarm"
+    assert f"DRIFT: {len(summary['episodes'])} episode(s)" in out
+    assert re.search(rf"{re.escape(EXPECTED_SIGNAL[scenario])}\s+at row [\d,]+: ", out)
+
+
+def test_report_has_one_plot_per_drifted_signal(files: Path, registry: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    target = files / "unit-bug-report.html"
+    code, out, _ = check(capsys, "--data-path", simulated(files, "unit-bug"),
+                         "--registry", registry, "--report", target)
+    assert code == 1
+    page = target.read_text()
+    summary = json.loads(target.with_suffix(".json").read_text())
+    assert summary["drift"] is True and summary["exit_code"] == 1
+    assert page.count('<img alt="') == len(summary["drifted_signals"]) >= 2
+    assert page.count("data:image/png;base64,iVBOR") == len(summary["drifted_signals"])
+    for signal in summary["drifted_signals"]:
+        assert f"<h2>{signal}</h2>" in page
+    assert f"report: {target}" in out
+
+
+def test_no_drift_report_has_no_plots(files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, _ = check(capsys, "--data-path", simulated(files, "none"),
+                       "--registry", files / "empty-registry", "--report", files / "none-rep")
+    assert code == 0
+    page = (files / "none-rep" / "index.html").read_text()
+    assert "No drift" in page and "<img" not in page
+    assert json.loads((files / "none-rep" / "summary.json").read_text())["drift"] is False
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_parquet_and_jsonl_give_the_same_findings(suffix: str, files: Path, registry: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    _, csv_out, _ = check(capsys, "--data-path", simulated(files, "levy-rate-change"),
+                          "--registry", registry)
+    code, out, _ = check(capsys, "--data-path",
+                         simulated(files, "levy-rate-change", suffix), "--registry", registry)
+    assert code == 1
+    assert out.splitlines()[1:] == csv_out.splitlines()[1:]
+
+
+def test_explicit_reference_file(files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    reference = files / "reference.csv"
+    write_file(LevySimulator(SimulatorConfig(labelled_share=0.5)), 6_000, reference)
+    current = files / "short-rate-change.csv"
+    config = SimulatorConfig(scenario="levy-rate-change", change_at=1_000)
+    write_file(LevySimulator(config), 4_000, current)  # shorter than the warm-up
+    code, out, _ = check(capsys, "--data-path", current, "--reference", reference,
+                         "--registry", files / "empty-registry")
+    assert code == 1, out
+    assert "levy_rate" in out and "(reference file)" in out
+
+
+# ---------------------------------------------------------------------- bad files: exit 2
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], path: Path) -> str:
+    code, out, err = check(capsys, "--data-path", path)
+    assert code == 2, out + err
+    assert err.count("\n") == 1 and err.startswith("levydrift check: "), err
+    return err
+
+
+def _csv_lines(files: Path) -> list[str]:
+    source = simulated(files, "none", records=RECORDS)
+    with source.open() as handle:
+        return [next(handle) for _ in range(4)]
+
+
+def test_missing_column(files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    header, *rows = _csv_lines(files)
+    names = header.strip().split(",")
+    drop = names.index('"levy_rate"') if '"levy_rate"' in names else names.index("levy_rate")
+    path = files / "missing-column.csv"
+    path.write_text("".join(",".join(v for i, v in enumerate(line.strip().split(","))
+                                     if i != drop) + "\n" for line in [header, *rows]))
+    err = _one_line_error(capsys, path)
+    assert "row 1, column levy_rate: missing_field" in err
+
+
+def test_wrong_type_names_row_and_column(files: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    header, *rows = _csv_lines(files)
+    names = [name.strip('"') for name in header.strip().split(",")]
+    column = names.index("assessed_value")
+    cells = rows[2].strip().split(",")
+    cells[column] = "lots"
+    rows[2] = ",".join(cells) + "\n"
+    path = files / "wrong-type.csv"
+    path.write_text(header + "".join(rows))
+    err = _one_line_error(capsys, path)
+    assert "row 3, column assessed_value: wrong_type: expected a number, got string" in err
+
+
+def test_out_of_range_in_jsonl(files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    records = list(LevySimulator(SimulatorConfig()).records(0, 3))
+    records[1]["levy_rate"] = 7.5
+    path = files / "out-of-range.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    err = _one_line_error(capsys, path)
+    assert "row 2, column levy_rate: out_of_range" in err
+
+
+@pytest.mark.parametrize("content", ["", "schema_version,record_id\n"])
+def test_empty_file(content: str, files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = files / f"empty-{len(content)}.csv"
+    path.write_text(content)
+    assert "no records (the file is empty)" in _one_line_error(capsys, path)
+
+
+def test_unreadable_files(files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corrupt = files / "corrupt.parquet"
+    corrupt.write_bytes(b"PAR1 this is not parquet")
+    assert "cannot be read" in _one_line_error(capsys, corrupt)
+    assert "no such file" in _one_line_error(capsys, files / "absent.csv")
+    other = files / "records.xlsx"
+    other.write_text("x")
+    assert "unknown file type" in _one_line_error(capsys, other)
+
+
+def test_usage_errors_exit_2(files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = check(capsys, "--data-path", simulated(files, "none"), "--publish-events")
+    assert code == 2 and "--trigger-retraining" in err
+
+
+def test_trigger_retraining_trains_and_gates_a_candidate(
+        files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEVYDRIFT_TRAINER_WINDOW_RECORDS", "4000")  # keep the fit quick
+    monkeypatch.setenv("LEVYDRIFT_TRAINER_MAX_ITER", "20")
+    root = tmp_path / "models"
+    history = LevySimulator(SimulatorConfig(labelled_share=1.0)).columns(500_000, 502_000)
+    train_and_register(ModelRegistry(root), "levy-impact", TrainingRequest(
+        frame=to_model_frame(history, include_target=True), trigger_event_ids=[],
+        training_offsets=[], code_version="test", params=ModelParams(max_iter=20)))
+    code, out, _ = check(capsys, "--data-path", simulated(files, "exemption-policy"),
+                         "--registry", root, "--trigger-retraining")
+    assert code == 1
+    line = next(line for line in out.splitlines() if line.startswith("retraining: "))
+    assert re.search(r"levy-impact version 2: (promoted|rejected) \(MAE [\d.]+", line), line
+    info = ModelRegistry(root).get("levy-impact", 2)
+    assert info.metrics["champion_version"] == 1  # gated against the champion
+    assert info.lineage["drift_event_ids"]  # the drift events that triggered it
+    assert (root / "levy-impact" / "training_history.csv").read_text().count("\n") == 3
