@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "consumer.cli",
     "trainer.cli",
     "levydrift.check",
+    "levydrift.demo",
 )
 
 
