@@ -10,16 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from consumer import metrics
 from levydrift.artifacts import load_verified_model
 from levydrift.errors import ArtifactError
-from levydrift.features import to_model_frame
+from levydrift.signals import ModelScorer
 from schemas.errors import RecordRejected
 from schemas.model_version import ModelVersionEvent
 
@@ -28,13 +26,8 @@ log = logging.getLogger(__name__)
 CHAMPION_DECISIONS = {"promoted", "rolled_back"}
 
 
-@dataclass(frozen=True)
-class Champion:
-    version: int
-    model: Any
-
-    def predict(self, columns: dict[str, np.ndarray]) -> np.ndarray:
-        return np.asarray(self.model.predict(to_model_frame(columns)), dtype=np.float64)
+# The champion is a model scorer that knows its version.
+Champion = ModelScorer
 
 
 class ChampionTracker:
@@ -83,7 +76,7 @@ class ChampionTracker:
                       extra={"model": event.model_name, "version": event.version,
                              "error": str(error)})
             return False
-        self.champion = Champion(event.version, model)
+        self.champion = Champion(model, event.version)
         metrics.CHAMPION_VERSION.labels(model=event.model_name).set(event.version)
         log.info("champion swapped", extra={"model": event.model_name, "version": event.version,
                                             "decision": event.decision})

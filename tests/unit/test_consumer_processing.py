@@ -1,0 +1,119 @@
+"""The consumer's per-partition processing, fed from a list: dead letters, drift events with
+offsets, and rewinding to the last committed snapshot after an aborted transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+
+from consumer.config import ConsumerSettings
+from consumer.processing import PartitionMonitor, process_partition
+from levydrift.simulator import LevySimulator, SimulatorConfig
+from schemas.dead_letter import source_of
+from schemas.drift_event import DriftEvent
+
+TOPIC = "levy.records"
+SETTINGS = ConsumerSettings()
+
+
+@dataclass
+class ListMessage:
+    """The part of confluent_kafka.Message the processing reads."""
+
+    _offset: int
+    _value: bytes | None
+    _key: bytes | None = b"parcel"
+    _headers: list = field(default_factory=list)
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def offset(self) -> int:
+        return self._offset
+
+    def headers(self) -> list:
+        return self._headers
+
+    def topic(self) -> str:
+        return TOPIC
+
+    def partition(self) -> int:
+        return 0
+
+
+@dataclass
+class Produced:
+    messages: list[tuple[str, bytes | None, dict]] = field(default_factory=list)
+
+    def __call__(self, topic: str, value: bytes | None, **kwargs: object) -> None:
+        self.messages.append((topic, value, kwargs))
+
+    def on(self, topic: str) -> list[tuple[bytes | None, dict]]:
+        return [(value, kwargs) for name, value, kwargs in self.messages if name == topic]
+
+
+def stream(scenario: str, records: int, change_at: int) -> list[ListMessage]:
+    simulator = LevySimulator(SimulatorConfig(seed=3, scenario=scenario, change_at=change_at))
+    return [ListMessage(offset, orjson.dumps(record))
+            for offset, record in enumerate(simulator.records(0, records))]
+
+
+def fresh_monitor() -> PartitionMonitor:
+    return PartitionMonitor.resume(TOPIC, 0, 0, None, SETTINGS.detectors, None)
+
+
+def feed(monitor: PartitionMonitor, messages: list[ListMessage], produce: Produced,
+         batch: int = 1000) -> None:
+    for start in range(0, len(messages), batch):
+        process_partition(monitor, messages[start:start + batch], None, SETTINGS, produce)
+
+
+def test_rejected_records_become_dead_letters_and_the_rest_is_counted() -> None:
+    messages = stream("none", 300, 0)
+    messages[10] = ListMessage(10, b"{not json")
+    messages[20] = ListMessage(20, None)
+    produce = Produced()
+    monitor = fresh_monitor()
+    result = process_partition(monitor, messages, None, SETTINGS, produce)
+    assert (result.valid, result.dead_lettered) == (298, 2)
+    letters = produce.on(SETTINGS.topics.dead_letters)
+    assert [value for value, _ in letters] == [b"{not json", None]
+    sources = [source_of(kwargs["headers"]) for _, kwargs in letters]
+    assert [(s.offset, s.reason) for s in sources] == [(10, "not_json"), (20, "empty")]
+    assert monitor.next_offset == 300 and monitor.dirty
+
+
+def test_a_change_becomes_one_drift_event_with_offsets_around_it() -> None:
+    produce = Produced()
+    monitor = fresh_monitor()
+    feed(monitor, stream("levy-rate-change", 24_000, 14_000), produce)
+    events = [DriftEvent.from_bytes(value)
+              for value, _ in produce.on(SETTINGS.topics.drift_events)]
+    assert len(events) == 1
+    event = events[0]
+    assert "levy_rate" in {signal.signal for signal in event.signals}
+    assert event.current_window.last_offset >= 14_000
+    assert event.reference_window.last_offset < 14_000
+    assert event.current_window.topic == TOPIC
+
+
+def test_rewind_restores_the_committed_state_exactly() -> None:
+    messages = stream("levy-rate-change", 24_000, 14_000)
+    committed_run, produce = fresh_monitor(), Produced()
+    feed(committed_run, messages[:10_000], produce)
+    committed_run.mark_committed(committed_run.state("g"))
+    feed(committed_run, messages[10_000:17_000], produce)  # then the transaction aborts
+    committed_run.rewind(SETTINGS.detectors)
+    assert committed_run.next_offset == 10_000
+    replayed = Produced()
+    feed(committed_run, messages[10_000:], replayed)
+
+    straight, straight_output = fresh_monitor(), Produced()
+    feed(straight, messages, straight_output)
+    assert committed_run.bank.snapshot() == straight.bank.snapshot()
+    assert replayed.on(SETTINGS.topics.drift_events) == \
+        straight_output.on(SETTINGS.topics.drift_events)
