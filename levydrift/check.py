@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -350,18 +351,20 @@ def _run(arguments: argparse.Namespace) -> int:
 
 
 def check_file(path: Path, settings: CheckSettings, reference: Path | None = None,
-               model: str | None = None, registry: str | None = None) -> CheckResult:
+               model: str | None = None, registry: str | None = None,
+               note: Callable[[str], None] = lambda text: print(f"note: {text}")
+               ) -> CheckResult:
     """Read, validate and check one file against the registry's champion."""
     model = model or settings.trainer.model_name
-    scorer, note = load_scorer(registry or settings.trainer.registry_root, model)
-    if note:
-        print(f"note: {note}")
+    scorer, missing_model = load_scorer(registry or settings.trainer.registry_root, model)
+    if missing_model:
+        note(missing_model)
     columns = read_levy_file(path)
     reference_columns = read_levy_file(reference) if reference is not None else None
     if reference_columns is None and len(columns["record_id"]) <= settings.detectors.warmup_records:
-        print(f"note: {len(columns['record_id']):,} rows do not outlast the "
-              f"{settings.detectors.warmup_records:,}-row warm-up; pass --reference to check "
-              "a short file")
+        note(f"{len(columns['record_id']):,} rows do not outlast the "
+             f"{settings.detectors.warmup_records:,}-row warm-up; pass --reference to check "
+             "a short file")
     try:
         return run_check(columns, settings.detectors, scorer, reference_columns,
                          source=str(path), model=model)

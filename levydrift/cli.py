@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "trainer.cli",
     "levydrift.check",
     "levydrift.demo",
+    "levydrift.schedule",
 )
 
 
