@@ -341,9 +341,9 @@ class Demo:
     def wait_drift(self) -> None:
         self.narrator.wait("a drift event", lambda: self.observed.drift_events,
                            BUDGET_S["drift"], self.check_processes)
-        time.sleep(0)  # the other partitions' events are narrated as they arrive below
         seen = 0
-        deadline = time.monotonic() + 4.0  # one change, one event per partition
+        # One change gives one event per partition: narrate the others as they arrive.
+        deadline = time.monotonic() + 4.0
         while time.monotonic() < deadline and seen < PARTITIONS:
             with self.observed.lock:
                 fresh = self.observed.drift_events[seen:]
