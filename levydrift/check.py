@@ -28,7 +28,7 @@ from detectors.decision import DriftDecision, SignalFinding
 from detectors.errors import DetectorConfigError
 from detectors.reference import MIN_REFERENCE_VALUES, Reference
 from levydrift import settings as settings_module
-from levydrift.errors import ConfigError, UsageError
+from levydrift.errors import UsageError
 from levydrift.levyfile import read_levy_file
 from levydrift.logs import configure as configure_logging
 from levydrift.settings import KafkaSettings, LoggingSettings, TopicSettings
@@ -54,10 +54,8 @@ class CheckSettings:
 
 
 def load_check_settings(path: str | None) -> CheckSettings:
-    try:
-        return settings_module.load(CheckSettings, path)
-    except DetectorConfigError as error:
-        raise ConfigError(f"detectors: {error}") from None
+    """Load and validate; any problem is a one-line ``ConfigError``."""
+    return settings_module.load(CheckSettings, path)
 
 
 @dataclass
