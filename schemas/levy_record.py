@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import attrgetter
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -133,10 +134,21 @@ def levy_record_from_dict(document: Mapping[str, Any]) -> LevyRecord:
 def levy_records_to_columns(records: Iterable[LevyRecord]) -> dict[str, np.ndarray]:
     """One array per field, in field order: float64 for numbers (NaN where
     ``actual_levy_amount`` is None), object arrays of str for strings."""
-    rows = [msgspec.structs.astuple(record) for record in records]
-    columns = list(zip(*rows, strict=True)) if rows else [()] * len(FIELDS)
-    return {name: np.array(column, dtype=np.float64 if name in NUMERIC_FIELDS else object)
-            for name, column in zip(FIELDS, columns, strict=True)}
+    records = records if isinstance(records, list) else list(records)
+    count = len(records)
+    columns: dict[str, np.ndarray] = {}
+    for name in FIELDS:  # one pass per field: C-level attribute access, no per-row tuples
+        values = map(attrgetter(name), records)
+        if name == "actual_levy_amount":
+            columns[name] = np.array([np.nan if v is None else v for v in values],
+                                     dtype=np.float64)
+        elif name in NUMERIC_FIELDS:
+            columns[name] = np.fromiter(values, dtype=np.float64, count=count)
+        else:
+            column = np.empty(count, dtype=object)
+            column[:] = list(values)
+            columns[name] = column
+    return columns
 
 
 # --- the careful checks --------------------------------------------------------------------
