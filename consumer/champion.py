@@ -1,8 +1,10 @@
 """The champion model: follow ``levy.model-versions`` and hot-swap between batches.
 
-Only a version whose artifact hashes to the SHA-256 in its event and passes the skops allow-list
-is ever loaded (``levydrift.artifacts``). A refused artifact is logged and counted; the previous
-champion keeps serving.
+The event says which version to serve; the registry says what its bytes must be. A version is
+loaded only from a directory under the configured registry root, only when its manifest's
+SHA-256 matches both the artifact and the event, and only with the skops allow-list
+(``levydrift.artifacts``). A refused artifact is logged and counted and the previous champion
+keeps serving; a file that is merely missing or unreadable (a volume still mounting) is retried.
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from consumer import metrics
-from levydrift.artifacts import load_verified_model
+from levydrift.artifacts import load_version_dir
 from levydrift.errors import ArtifactError
 from levydrift.signals import ModelScorer
 from schemas.errors import RecordRejected
@@ -24,7 +27,7 @@ from schemas.model_version import ModelVersionEvent
 log = logging.getLogger(__name__)
 
 CHAMPION_DECISIONS = {"promoted", "rolled_back"}
-
+RETRY_INTERVAL_S = 10.0
 
 # The champion is a model scorer that knows its version.
 Champion = ModelScorer
@@ -34,13 +37,26 @@ class ChampionTracker:
     """Reads the model-version topic with its own unassigned-group consumer (read committed)."""
 
     def __init__(self, consumer_config: dict[str, Any], topic: str, model_name: str,
-                 loader: Callable[[str, str, str], Any] = load_verified_model) -> None:
+                 registry_root: str | Path,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._consumer = Consumer({**consumer_config, "enable.partition.eof": False})
         self._topic = topic
         self._model_name = model_name
-        self._loader = loader
+        self._registry_root = Path(registry_root).resolve()
+        self._clock = clock
         self.champion: Champion | None = None
         self._pending: ModelVersionEvent | None = None
+        self._retry_at = 0.0
+
+    @property
+    def version(self) -> int | None:
+        """The version being served."""
+        return self.champion.version if self.champion else None
+
+    @property
+    def expected_version(self) -> int | None:
+        """The newest champion the topic names, served or still waiting to load."""
+        return self._pending.version if self._pending else self.version
 
     def start(self, timeout_s: float) -> None:
         """Assign every partition from the start and read to the end, so the first batch is
@@ -63,19 +79,27 @@ class ChampionTracker:
         self._read(0)
 
     def swap_if_pending(self) -> bool:
-        """Load the pending champion, if any; True when the champion changed."""
-        event, self._pending = self._pending, None
-        if event is None or (self.champion and self.champion.version == event.version):
+        """Load the pending champion, if any (and not waiting to retry); True when the champion
+        changed."""
+        event = self._pending
+        if event is None or self._clock() < self._retry_at:
             return False
-        label = f"{event.model_name}/{event.version}"
+        if self.champion and self.champion.version == event.version:
+            self._pending = None
+            return False
         try:
-            model = self._loader(event.artifact_uri, event.artifact_sha256, label)
+            model = self._load(event)
         except ArtifactError as error:
-            metrics.MODEL_LOAD_FAILURES.labels(reason=getattr(error, "reason", "refused")).inc()
-            log.error("refused model version; the previous champion keeps serving",
+            metrics.MODEL_LOAD_FAILURES.labels(reason=error.reason).inc()
+            if error.transient:
+                self._retry_at = self._clock() + RETRY_INTERVAL_S
+            else:
+                self._pending = None
+            log.error("cannot load model version; the previous champion keeps serving",
                       extra={"model": event.model_name, "version": event.version,
-                             "error": str(error)})
+                             "error": str(error), "retrying": error.transient})
             return False
+        self._pending = None
         self.champion = Champion(model, event.version)
         metrics.CHAMPION_VERSION.labels(model=event.model_name).set(event.version)
         log.info("champion swapped", extra={"model": event.model_name, "version": event.version,
@@ -84,6 +108,16 @@ class ChampionTracker:
 
     def close(self) -> None:
         self._consumer.close()
+
+    def _load(self, event: ModelVersionEvent) -> Any:
+        """The event's artifact, checked against its version directory's manifest."""
+        artifact = Path(event.artifact_uri).resolve()
+        if self._registry_root not in artifact.parents:
+            raise ArtifactError(
+                f"model {event.model_name}/{event.version}: artifact {artifact} is outside the "
+                f"registry root {self._registry_root} (consumer.registry_root)",
+                "outside_registry")
+        return load_version_dir(artifact.parent, expected_sha256=event.artifact_sha256)
 
     def _read(self, timeout_s: float) -> None:
         for message in self._consumer.consume(100, timeout_s):
@@ -101,3 +135,4 @@ class ChampionTracker:
                 continue
             if event.model_name == self._model_name and event.decision in CHAMPION_DECISIONS:
                 self._pending = event
+                self._retry_at = 0.0

@@ -25,6 +25,8 @@ class ConsumerSection:
     # predecessor's open transaction at once instead of waiting for the transaction timeout.
     instance_id: str = field(default_factory=socket.gethostname)
     model_name: str = "levy-impact"
+    # Champion artifacts are loaded only from below this directory (the trainer's registry).
+    registry_root: str = "models"
     batch_size: int = 2000
     batch_timeout_s: float = 0.5
     checkpoint_interval_s: float = 2.0

@@ -61,16 +61,12 @@ class PartitionMonitor:
     def resume(cls, topic: str, partition: int, start_offset: int,
                saved: PartitionState | None, detector_settings: DetectorSettings,
                champion_version: int | None) -> PartitionMonitor:
-        """Rebuild from the latest committed snapshot, or start fresh at ``start_offset``."""
+        """Rebuild from ``saved`` (the snapshot of exactly ``start_offset``, see
+        ``consumer.state.resume_point``), or start fresh at ``start_offset``."""
         if saved is None:
             bank = DetectorBank(detector_settings)
             monitor = cls(topic, partition, bank, start_offset, champion_version)
         else:
-            if saved.next_offset != start_offset:
-                log.warning("snapshot offset differs from the committed offset; using the "
-                            "snapshot's state from the committed offset", extra={
-                                "partition": partition, "snapshot_offset": saved.next_offset,
-                                "committed_offset": start_offset})
             bank = DetectorBank.restore(saved.bank, detector_settings)
             monitor = cls(topic, partition, bank, start_offset, saved.model_version)
             if saved.model_version != champion_version:

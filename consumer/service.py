@@ -21,7 +21,13 @@ from consumer import metrics
 from consumer.champion import ChampionTracker
 from consumer.config import ConsumerSettings
 from consumer.processing import BatchResult, PartitionMonitor, process_partition
-from consumer.state import PartitionState, encode_state, read_latest_states, state_key
+from consumer.state import (
+    PartitionState,
+    encode_state,
+    read_latest_states,
+    resume_point,
+    state_key,
+)
 from consumer.transactions import (
     FatalKafkaError,
     TransactionAborted,
@@ -46,6 +52,7 @@ class ConsumerService:
         self.section = settings.consumer
         self.monitors: dict[int, PartitionMonitor] = {}
         self._stopping = False
+        self._failed = False
         self._clock = _Clock()
         kafka = settings.kafka
         self._consumer_config = consumer_config(kafka, self.section.group_id, **{
@@ -59,7 +66,7 @@ class ConsumerService:
         self.output = TransactionalOutput(self._producer, self.section.transaction_timeout_s)
         self.consumer: Consumer | None = None
         self.champion = ChampionTracker(self._reader_config, settings.topics.model_versions,
-                                        self.section.model_name)
+                                        self.section.model_name, self.section.registry_root)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -86,10 +93,24 @@ class ConsumerService:
                 self.step()
             self.checkpoint()
             log.info("final checkpoint committed")
+        except BaseException:
+            self._fail()
+            raise
         finally:
             self._close()
         log.info("stopped cleanly")
         return 0
+
+    def _fail(self) -> None:
+        """After an error mid-batch the open transaction holds part of a batch: abort it and
+        drop the banks, so closing (which revokes) commits nothing. A restart resumes from the
+        last committed checkpoint."""
+        self._failed = True
+        self.monitors.clear()
+        try:
+            self.output.abort()
+        except FatalKafkaError as error:
+            log.error("abort after a failure failed", extra={"error": str(error)})
 
     def request_stop(self, signal_number: int | None = None, *_: Any) -> None:
         """Finish the current batch, checkpoint, close (a signal handler, or call directly)."""
@@ -155,9 +176,9 @@ class ConsumerService:
     def _follow_champion(self) -> None:
         self.champion.poll()
         if self.champion.swap_if_pending():
-            version = self.champion.champion.version if self.champion.champion else None
             for monitor in self.monitors.values():
-                monitor.rebaseline(version)
+                if monitor.model_version != self.champion.version:
+                    monitor.rebaseline(self.champion.version)
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -189,14 +210,18 @@ class ConsumerService:
 
     def _rewind(self) -> None:
         assert self.consumer is not None
+        version = self.champion.expected_version
         for monitor in self.monitors.values():
             monitor.rewind(self.settings.detectors)
+            if monitor.model_version != version:  # a swap happened since the checkpoint
+                monitor.rebaseline(version)
             try:
                 self.consumer.seek(TopicPartition(monitor.topic, monitor.partition,
                                                   monitor.next_offset))
-            except KafkaException as error:  # e.g. the partition is being revoked right now
-                log.warning("seek after abort failed", extra={
-                    "partition": monitor.partition, "error": str(error)})
+            except KafkaException as error:
+                # Carrying on from the fetch position would skip records: start over instead.
+                raise FatalKafkaError(f"cannot rewind partition {monitor.partition} after an "
+                                      f"aborted transaction: {error}") from None
 
     def _export_gauges(self) -> None:
         assert self.consumer is not None
@@ -227,12 +252,21 @@ class ConsumerService:
         latest = read_latest_states(self._reader_config, self.settings.topics.detector_state,
                                     set(keys.values()), timeout)
         committed = consumer.committed(partitions, timeout=timeout)
-        version = self.champion.champion.version if self.champion.champion else None
+        # A snapshot baselined against a champion that is named but not loaded yet stays
+        # valid: the swap re-baselines only banks of another version.
+        version = self.champion.expected_version
         for position in committed:
-            start = position.offset if position.offset >= 0 else consumer.get_watermark_offsets(
-                TopicPartition(position.topic, position.partition), timeout=timeout)[0]
-            monitor = PartitionMonitor.resume(position.topic, position.partition, start,
-                                              latest[keys[position.partition]],
+            low, _ = consumer.get_watermark_offsets(
+                TopicPartition(position.topic, position.partition), timeout=timeout)
+            saved = latest[keys[position.partition]]
+            start, usable = resume_point(position.offset, low, saved)
+            if saved is not None and usable is None:
+                log.warning("detector snapshot does not belong to the committed offset; "
+                            "starting fresh detectors", extra={
+                                "partition": position.partition,
+                                "snapshot_offset": saved.next_offset,
+                                "committed_offset": position.offset})
+            monitor = PartitionMonitor.resume(position.topic, position.partition, start, usable,
                                               self.settings.detectors, version)
             self.monitors[position.partition] = monitor
             position.offset = start
@@ -245,7 +279,8 @@ class ConsumerService:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(kind="revoked").inc()
         try:
-            self.checkpoint(self.section.revoke_checkpoint_budget_s)
+            if not self._failed:
+                self.checkpoint(self.section.revoke_checkpoint_budget_s)
         finally:
             for position in partitions:
                 self.monitors.pop(position.partition, None)

@@ -38,6 +38,25 @@ class PartitionState:
     bank: bytes
 
 
+def resume_point(committed_offset: int, low_watermark: int,
+                 saved: PartitionState | None) -> tuple[int, PartitionState | None]:
+    """Where a newly assigned partition resumes, and the snapshot to resume with (or None for
+    fresh detectors).
+
+    The committed offset rules: the snapshot is used only when it belongs to exactly that
+    offset. They differ when an operator reset the group's offsets, or the offsets expired while
+    the compacted snapshot stayed; then the snapshot describes other records and is dropped. With
+    no committed offset at all, the snapshot's own offset is used while the log still holds it.
+    """
+    if committed_offset >= 0:
+        if saved is not None and saved.next_offset != committed_offset:
+            return committed_offset, None
+        return committed_offset, saved
+    if saved is not None and saved.next_offset >= low_watermark:
+        return saved.next_offset, saved
+    return low_watermark, None
+
+
 def state_key(group: str, topic: str, partition: int) -> bytes:
     return f"{group}|{topic}|{partition}".encode()
 

@@ -76,8 +76,11 @@ class TransactionalOutput:
         try:
             self._producer.abort_transaction(self._timeout_s)
         except KafkaException as error:
-            self._raise_if_fatal(error.args[0], "abort")
-            log.warning("abort failed", extra={"error": error.args[0].str()})
+            # Whether the transaction ended is unknown: only a restart (init_transactions)
+            # settles it, and the restore then reads what really was committed.
+            self.open = False
+            raise FatalKafkaError(f"cannot abort the Kafka transaction: {error.args[0].str()}; "
+                                  "restart to settle it") from None
         self.open = False
         metrics.TRANSACTIONS.labels(outcome="aborted").inc()
 

@@ -81,29 +81,32 @@ def load_verified_model(path: str | Path, expected_sha256: str, label: str | Non
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise ArtifactError(f"model {name}: artifact {path} is missing") from None
+        raise ArtifactError(f"model {name}: artifact {path} is missing", "missing") from None
     except OSError as error:
-        raise ArtifactError(f"model {name}: artifact {path} cannot be read: {error}") from None
+        raise ArtifactError(f"model {name}: artifact {path} cannot be read: {error}",
+                            "unreadable") from None
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected_sha256.lower():
         raise ArtifactError(
             f"model {name}: artifact {path} fails its SHA-256 check "
-            f"(expected {expected_sha256}, file has {actual}); refusing to load it")
+            f"(expected {expected_sha256}, file has {actual}); refusing to load it",
+            "sha256_mismatch")
     # Hash and load the same in-memory bytes, so the file cannot change in between.
     try:
         untrusted = sio.get_untrusted_types(data=data)
     except Exception as error:  # noqa: BLE001 - a corrupt archive raises many kinds
-        raise ArtifactError(f"model {name}: artifact {path} is not a skops archive: {error}") \
-            from None
+        raise ArtifactError(f"model {name}: artifact {path} is not a skops archive: {error}",
+                            "not_skops") from None
     disallowed = sorted(set(untrusted) - set(ALLOWED_TYPES))
     if disallowed:
         raise ArtifactError(
             f"model {name}: artifact {path} holds type(s) outside the allow-list: "
-            + ", ".join(disallowed))
+            + ", ".join(disallowed), "disallowed_type")
     try:
         return sio.loads(data, trusted=list(ALLOWED_TYPES))
     except Exception as error:  # noqa: BLE001
-        raise ArtifactError(f"model {name}: artifact {path} cannot be loaded: {error}") from None
+        raise ArtifactError(f"model {name}: artifact {path} cannot be loaded: {error}",
+                            "not_skops") from None
 
 
 def read_manifest(version_dir: str | Path) -> dict[str, Any]:
@@ -112,10 +115,11 @@ def read_manifest(version_dir: str | Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise ArtifactError(f"model version {version_dir}: {MANIFEST_NAME} is missing") from None
+        raise ArtifactError(f"model version {version_dir}: {MANIFEST_NAME} is missing",
+                            "missing") from None
     except (OSError, ValueError) as error:
-        raise ArtifactError(f"model version {version_dir}: {MANIFEST_NAME} unreadable: {error}") \
-            from None
+        raise ArtifactError(f"model version {version_dir}: {MANIFEST_NAME} unreadable: {error}",
+                            "unreadable") from None
 
 
 def load_version_dir(version_dir: str | Path, expected_sha256: str | None = None) -> Any:
@@ -130,6 +134,6 @@ def load_version_dir(version_dir: str | Path, expected_sha256: str | None = None
     if expected_sha256 and recorded != expected_sha256.lower():
         raise ArtifactError(
             f"model {label}: manifest SHA-256 {recorded} differs from the expected "
-            f"{expected_sha256}; refusing to load it")
+            f"{expected_sha256}; refusing to load it", "sha256_mismatch")
     return load_verified_model(version_dir / manifest.get("artifact", ARTIFACT_NAME), recorded,
                                label=label)

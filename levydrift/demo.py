@@ -220,6 +220,7 @@ class Demo:
             **common, "LEVYDRIFT_METRICS_PORT": str(self.ports["consumer"]),
             "LEVYDRIFT_CONSUMER_GROUP_ID": f"levy-demo-{self.run_id}-monitor",
             "LEVYDRIFT_CONSUMER_INSTANCE_ID": f"demo-{self.run_id}",
+            "LEVYDRIFT_CONSUMER_REGISTRY_ROOT": str(self.registry_root),
             "LEVYDRIFT_CONSUMER_BATCH_SIZE": "1000",
             "LEVYDRIFT_CONSUMER_CHECKPOINT_INTERVAL_S": "0.5"})
         self.spawn("trainer", ["train-worker"], {

@@ -30,7 +30,18 @@ class UsageError(LevyDriftError):
 
 class ArtifactError(LevyDriftError):
     """A model artifact that must not be loaded: missing, tampered with (SHA-256 mismatch), or
-    holding a type outside the allow-list. The message names the version or path and why."""
+    holding a type outside the allow-list. The message names the version or path and why;
+    ``reason`` is a stable code for metrics (missing, unreadable, sha256_mismatch,
+    not_skops, disallowed_type, outside_registry)."""
+
+    def __init__(self, message: str, reason: str = "refused") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    @property
+    def transient(self) -> bool:
+        """A file that may yet appear (a registry volume still mounting), worth retrying."""
+        return self.reason in {"missing", "unreadable"}
 
 
 class RegistryError(LevyDriftError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import urllib.request
 from pathlib import Path
@@ -64,31 +65,50 @@ def publish(bootstrap: str, topic: str, event: ModelVersionEvent) -> None:
     assert producer.flush(30) == 0
 
 
-def test_tampered_artifact_is_refused_and_the_champion_keeps_serving(
+def write_version(registry: Path, version: int, data: bytes, manifest_sha: str) -> Path:
+    """A registry version directory as the trainer lays it out: artifact and manifest."""
+    directory = registry / MODEL / "versions" / str(version)
+    directory.mkdir(parents=True)
+    (directory / "model.skops").write_bytes(data)
+    (directory / "manifest.json").write_text(json.dumps(
+        {"model": MODEL, "version": version, "sha256": manifest_sha, "artifact": "model.skops"}))
+    return directory / "model.skops"
+
+
+def test_tampered_or_foreign_artifacts_are_refused_and_the_champion_keeps_serving(
         kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
     topics = Topics(unique).create(kafka_bootstrap)
     simulator = produce_scenario(kafka_bootstrap, topics.names["records"], "none", 4000, 0,
                                  labelled_share=1.0)
     model = fit_model(to_model_frame(simulator.columns(0, 4000), include_target=True),
                       ModelParams(max_iter=10))
-    good = tmp_path / "v1.skops"
-    sha = save_model(model, good)
+    registry = tmp_path / "models"
+    staging = tmp_path / "v1.skops"
+    sha = save_model(model, staging)
+    good = write_version(registry, 1, staging.read_bytes(), sha)
     publish(kafka_bootstrap, topics.names["model_versions"], version_event(1, good, sha))
 
     port = free_port()
     group = f"g-{unique}"
     run = ConsumerRun(kafka_bootstrap, topics, group, "solo", tmp_path / "consumer.log",
-                      extra_env={"LEVYDRIFT_METRICS_PORT": str(port)}).start()
+                      extra_env={"LEVYDRIFT_METRICS_PORT": str(port),
+                                 "LEVYDRIFT_CONSUMER_REGISTRY_ROOT": str(registry)}).start()
     wait_processed(kafka_bootstrap, group, topics, 4000, runs=[run])
     assert champion_version(port) == 1.0
     assert "champion swapped" in run.log()
 
-    tampered = tmp_path / "v2.skops"
+    # A flipped byte: the manifest and the event still carry the original SHA-256.
     data = bytearray(good.read_bytes())
     data[len(data) // 2] ^= 0x01
-    tampered.write_bytes(bytes(data))
+    tampered = write_version(registry, 2, bytes(data), sha)
     publish(kafka_bootstrap, topics.names["model_versions"], version_event(2, tampered, sha))
     wait_until(lambda: load_failures(port) >= 1, 30, "the tampered version to be refused")
     assert champion_version(port) == 1.0
     assert "fails its SHA-256 check" in run.log()
+
+    # A valid model outside the registry root, announced with its true hash.
+    publish(kafka_bootstrap, topics.names["model_versions"], version_event(3, staging, sha))
+    wait_until(lambda: load_failures(port) >= 2, 30, "the foreign artifact to be refused")
+    assert champion_version(port) == 1.0
+    assert "outside the registry root" in run.log()
     assert run.stop() == 0

@@ -9,6 +9,7 @@ from consumer.state import (
     StateRestoreError,
     decode_state,
     encode_state,
+    resume_point,
     state_key,
 )
 
@@ -39,3 +40,20 @@ def test_future_envelope_version_is_refused() -> None:
     future = encoded.replace(b'"v":1', b'"v":9')
     with pytest.raises(StateRestoreError, match="version 9"):
         decode_state(future)
+
+
+SAVED = PartitionState("g", "t", 0, 500, None, b"bank")
+
+
+@pytest.mark.parametrize(("committed", "low", "saved", "expected"), [
+    (500, 0, SAVED, (500, SAVED)),      # the normal case: snapshot of the committed offset
+    (500, 0, None, (500, None)),        # offsets but no snapshot yet
+    (200, 0, SAVED, (200, None)),       # offsets reset behind the snapshot: fresh detectors
+    (900, 0, SAVED, (900, None)),       # offsets moved past the snapshot: fresh detectors
+    (-1001, 0, SAVED, (500, SAVED)),    # offsets expired, the log still holds the snapshot's
+    (-1001, 700, SAVED, (700, None)),   # ... and when it no longer does
+    (-1001, 40, None, (40, None)),      # a brand-new group
+])
+def test_resume_point(committed: int, low: int, saved: PartitionState | None,
+                      expected: tuple) -> None:
+    assert resume_point(committed, low, saved) == expected
