@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,7 @@ from schemas.levy_record import decode_levy_records, levy_records_to_columns
 
 log = logging.getLogger(__name__)
 
+_IDLE_TIMEOUT_S = 30.0  # no record for this long while reading a window: give up
 _CONSUME_BATCH = 10_000
 
 
@@ -116,12 +118,19 @@ def _read_range(consumer: Consumer, topic: str, partition: int, first: int,
     offsets: list[int] = []
     timestamps: list[int] = []
     done = False
+    idle_deadline = time.monotonic() + _IDLE_TIMEOUT_S
     while not done:
         batch = consumer.consume(_CONSUME_BATCH, timeout=1.0)
         if not batch:
             position = consumer.position([TopicPartition(topic, partition)])[0].offset
             done = position > last  # aborted records and markers are never delivered
+            if not done and time.monotonic() > idle_deadline:
+                # A broker outage, or an open transaction holding the stable offset back.
+                raise BrokerUnavailableError(
+                    f"reading {topic}[{partition}] {first}..{last}: nothing arrived for "
+                    f"{_IDLE_TIMEOUT_S:g}s (stopped at offset {position})")
             continue
+        idle_deadline = time.monotonic() + _IDLE_TIMEOUT_S
         for message in batch:
             error = message.error()
             if error is not None:

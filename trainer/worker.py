@@ -25,7 +25,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -136,7 +136,7 @@ class TrainWorker:
         for event_id, version in plan.already_published.items():
             log.info("drift event already led to a published version", extra={
                 "event_id": event_id, "version": version})
-        to_publish = list(plan.republish.values())
+        to_publish = self._still_true(plan.republish.values())
         if plan.fresh:
             try:
                 info = self._retrain(plan.fresh)
@@ -150,6 +150,23 @@ class TrainWorker:
             if info is not None:
                 to_publish.append(info)
         self._commit(messages, to_publish)
+
+    def _still_true(self, unpublished: Iterable[VersionInfo]) -> list[VersionInfo]:
+        """Versions whose event a crash kept from Kafka, less promotions an operator has
+        rolled back since: announcing those now would swap consumers to a model the registry
+        no longer serves."""
+        current = self.registry.champion(self.model_name)
+        still_true = []
+        for info in unpublished:
+            if info.manifest.get("status") == "promoted" and info.version != current:
+                log.warning("not announcing a promotion the registry no longer holds", extra={
+                    "model": self.model_name, "version": info.version, "champion": current})
+                self.registry.mark_published(self.model_name, info.version,
+                                             {"skipped": "no longer the champion",
+                                              "champion": current})
+                continue
+            still_true.append(info)
+        return still_true
 
     def _decode(self, messages: Sequence[Message]) -> list[DriftEvent]:
         events = []
