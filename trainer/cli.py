@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from levydrift import settings as settings_module
+from levydrift.artifacts import file_sha256
 from levydrift.errors import ArtifactError, UsageError
 from levydrift.features import TARGET, to_model_frame
 from levydrift.kafka import admin_client, ensure_reachable
@@ -102,10 +103,12 @@ def _run_train(arguments: argparse.Namespace) -> int:
 
 def file_window(path: Path, rows: int) -> dict[str, Any]:
     """A file's rows as a training window in the offsets shape the model-version event needs:
-    topic ``file.<name>``, partition 0, rows 0..n-1 (the full path is in the lineage)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", path.name)[:240]
-    return {"topic": f"file.{safe}", "partition": 0, "first_offset": 0,
-            "last_offset": max(rows - 1, 0)}
+    topic ``file.<name>.<content hash>``, partition 0, rows 0..n-1 (the full path is in the
+    lineage). The hash tells today's ``levy.csv`` from yesterday's, so one never counts as the
+    other's already-handled window."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", path.name)[:220]
+    return {"topic": f"file.{safe}.{file_sha256(path)[:12]}", "partition": 0,
+            "first_offset": 0, "last_offset": max(rows - 1, 0)}
 
 
 def read_training_file(path: Path) -> pd.DataFrame:

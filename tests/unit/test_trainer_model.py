@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from levydrift.artifacts import file_sha256
 from levydrift.cli import main
 from levydrift.features import TARGET, base_levy, to_model_frame
 from levydrift.simulator import LevySimulator, SimulatorConfig
@@ -34,8 +35,9 @@ def test_train_command_registers_from_csv_and_parquet(tmp_path, capsys) -> None:
                      "--registry", str(tmp_path / "models")]) == 0
     registry = ModelRegistry(tmp_path / "models")
     assert registry.versions("levy-impact") == [1, 2]
+    content = file_sha256(tmp_path / "levy.csv")[:12]
     assert registry.get("levy-impact", 1).lineage["training_window"]["offsets"][0][
-        "topic"] == "file.levy.csv"
+        "topic"] == f"file.levy.csv.{content}"
     assert "version 1: promoted" in capsys.readouterr().out
     assert np.isfinite(registry.get("levy-impact", 2).metrics["candidate"]["mae"])
 
