@@ -31,7 +31,9 @@ class ConsumerSection:
     batch_timeout_s: float = 0.5
     checkpoint_interval_s: float = 2.0
     revoke_checkpoint_budget_s: float = 10.0
-    restore_timeout_s: float = 60.0
+    # Above the transaction timeout: a dead member's open transaction holds the state topic's
+    # stable offset back until the broker aborts it.
+    restore_timeout_s: float = 90.0
     transaction_timeout_s: float = 60.0
     shutdown_timeout_s: float = 10.0
     # A crashed member is replaced after this long; with static membership (instance_id) a
@@ -48,6 +50,10 @@ class ConsumerSection:
                      "session_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"consumer.{name} must be > 0")
+        if self.restore_timeout_s <= self.transaction_timeout_s:
+            raise ConfigError("consumer.restore_timeout_s must exceed "
+                              "consumer.transaction_timeout_s, or a restore can give up while a "
+                              "dead member's transaction is still open")
         if self.checkpoint_interval_s >= self.transaction_timeout_s:
             raise ConfigError("consumer.checkpoint_interval_s must be below "
                               "consumer.transaction_timeout_s, or transactions time out")

@@ -111,3 +111,12 @@ def test_a_section_validation_error_from_another_package_is_a_config_error() -> 
     with pytest.raises(ConfigError) as raised:
         load(ConsumerSettings, None, environ={"LEVYDRIFT_DETECTORS_FALSE_ALARM_RATE": "2"})
     assert str(raised.value).startswith("detectors.false_alarm_rate")
+
+
+def test_consumer_timeouts_that_cannot_work_together_are_refused() -> None:
+    from consumer.config import ConsumerSettings
+
+    with pytest.raises(ConfigError, match="restore_timeout_s must exceed"):
+        load(ConsumerSettings, None, environ={"LEVYDRIFT_CONSUMER_RESTORE_TIMEOUT_S": "30"})
+    settings = load(ConsumerSettings, None, environ={})
+    assert settings.consumer.restore_timeout_s > settings.consumer.transaction_timeout_s
