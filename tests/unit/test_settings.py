@@ -103,6 +103,13 @@ def test_example_config_in_deploy_loads() -> None:
         pytest.fail("deploy/levydrift.example.toml is missing")
     settings = load(AdminSettings, example, environ={})
     assert settings.topics.records
+    from consumer.config import ConsumerSettings
+    from levydrift.check import CheckSettings
+    from levydrift.simulate_cli import SimulatorSettings
+    from trainer.config import TrainerSettings
+
+    for service in (ConsumerSettings, TrainerSettings, CheckSettings, SimulatorSettings):
+        assert load(service, example, environ={}).kafka.bootstrap_servers
 
 
 def test_a_section_validation_error_from_another_package_is_a_config_error() -> None:
