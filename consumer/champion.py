@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from consumer import metrics
-from levydrift.artifacts import load_version_dir
+from detectors.reference import Reference
+from levydrift.artifacts import load_reference_sample, load_version_dir
 from levydrift.errors import ArtifactError
 from levydrift.signals import ModelScorer
 from schemas.errors import RecordRejected
@@ -37,14 +38,17 @@ class ChampionTracker:
     """Reads the model-version topic with its own unassigned-group consumer (read committed)."""
 
     def __init__(self, consumer_config: dict[str, Any], topic: str, model_name: str,
-                 registry_root: str | Path,
+                 registry_root: str | Path, signals: Collection[str] = (),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._consumer = Consumer({**consumer_config, "enable.partition.eof": False})
         self._topic = topic
         self._model_name = model_name
         self._registry_root = Path(registry_root).resolve()
         self._clock = clock
+        self._signals = set(signals)
         self.champion: Champion | None = None
+        # The champion's holdout statistics for the watched signals, when its version has them.
+        self.reference: Reference | None = None
         self._pending: ModelVersionEvent | None = None
         self._retry_at = 0.0
 
@@ -57,6 +61,11 @@ class ChampionTracker:
     def expected_version(self) -> int | None:
         """The newest champion the topic names, served or still waiting to load."""
         return self._pending.version if self._pending else self.version
+
+    @property
+    def expected_reference(self) -> Reference | None:
+        """The reference that goes with ``expected_version`` (None while it waits to load)."""
+        return None if self._pending else self.reference
 
     def start(self, timeout_s: float) -> None:
         """Assign every partition from the start and read to the end, so the first batch is
@@ -88,7 +97,7 @@ class ChampionTracker:
             self._pending = None
             return False
         try:
-            model = self._load(event)
+            model, reference = self._load(event)
         except ArtifactError as error:
             metrics.MODEL_LOAD_FAILURES.labels(reason=error.reason).inc()
             if error.transient:
@@ -101,6 +110,7 @@ class ChampionTracker:
             return False
         self._pending = None
         self.champion = Champion(model, event.version)
+        self.reference = reference
         metrics.CHAMPION_VERSION.labels(model=event.model_name).set(event.version)
         log.info("champion swapped", extra={"model": event.model_name, "version": event.version,
                                             "decision": event.decision})
@@ -109,15 +119,31 @@ class ChampionTracker:
     def close(self) -> None:
         self._consumer.close()
 
-    def _load(self, event: ModelVersionEvent) -> Any:
-        """The event's artifact, checked against its version directory's manifest."""
+    def _load(self, event: ModelVersionEvent) -> tuple[Any, Reference | None]:
+        """The event's artifact, checked against its version directory's manifest, and the
+        detector reference from the version's holdout sample (None when it has none)."""
         artifact = Path(event.artifact_uri).resolve()
         if self._registry_root not in artifact.parents:
             raise ArtifactError(
                 f"model {event.model_name}/{event.version}: artifact {artifact} is outside the "
                 f"registry root {self._registry_root} (consumer.registry_root)",
                 "outside_registry")
-        return load_version_dir(artifact.parent, expected_sha256=event.artifact_sha256)
+        model = load_version_dir(artifact.parent, expected_sha256=event.artifact_sha256)
+        return model, self._reference(artifact.parent, event)
+
+    def _reference(self, version_dir: Path, event: ModelVersionEvent) -> Reference | None:
+        sample = load_reference_sample(version_dir)
+        if sample is None:
+            return None
+        columns = {name: sample[name].to_numpy() for name in sample.columns
+                   if name in self._signals}
+        try:
+            return Reference.from_columns(columns)
+        except ValueError as error:  # too few holdout records to describe a signal
+            log.warning("holdout sample too small for a reference; detectors will warm up",
+                        extra={"model": event.model_name, "version": event.version,
+                               "error": str(error)})
+            return None
 
     def _read(self, timeout_s: float) -> None:
         for message in self._consumer.consume(100, timeout_s):

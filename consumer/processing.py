@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from consumer.champion import Champion
     from consumer.config import ConsumerSettings
     from detectors.config import DetectorSettings
+    from detectors.reference import Reference
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +61,18 @@ class PartitionMonitor:
     @classmethod
     def resume(cls, topic: str, partition: int, start_offset: int,
                saved: PartitionState | None, detector_settings: DetectorSettings,
-               champion_version: int | None) -> PartitionMonitor:
+               champion_version: int | None,
+               reference: Reference | None = None) -> PartitionMonitor:
         """Rebuild from ``saved`` (the snapshot of exactly ``start_offset``, see
         ``consumer.state.resume_point``), or start fresh at ``start_offset``."""
         if saved is None:
-            bank = DetectorBank(detector_settings)
+            bank = DetectorBank(detector_settings, reference)
             monitor = cls(topic, partition, bank, start_offset, champion_version)
         else:
             bank = DetectorBank.restore(saved.bank, detector_settings)
             monitor = cls(topic, partition, bank, start_offset, saved.model_version)
             if saved.model_version != champion_version:
-                monitor.rebaseline(champion_version)
+                monitor.rebaseline(champion_version, reference)
         monitor.committed = monitor.state(None)
         return monitor
 
@@ -90,9 +92,11 @@ class PartitionMonitor:
         self.model_version = self.committed.model_version
         self.dirty = False
 
-    def rebaseline(self, champion_version: int | None) -> None:
-        """A new champion changes predictions and errors: learn a new reference."""
-        self.bank.rebaseline()
+    def rebaseline(self, champion_version: int | None,
+                   reference: Reference | None = None) -> None:
+        """A new champion changes predictions and errors: take its holdout statistics as the
+        reference, or learn a new one from the records that follow."""
+        self.bank.rebaseline(reference)
         self.model_version = champion_version
         self.dirty = True
 

@@ -66,7 +66,8 @@ class ConsumerService:
         self.output = TransactionalOutput(self._producer, self.section.transaction_timeout_s)
         self.consumer: Consumer | None = None
         self.champion = ChampionTracker(self._reader_config, settings.topics.model_versions,
-                                        self.section.model_name, self.section.registry_root)
+                                        self.section.model_name, self.section.registry_root,
+                                        settings.detectors.all_signals())
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -178,7 +179,7 @@ class ConsumerService:
         if self.champion.swap_if_pending():
             for monitor in self.monitors.values():
                 if monitor.model_version != self.champion.version:
-                    monitor.rebaseline(self.champion.version)
+                    monitor.rebaseline(self.champion.version, self.champion.reference)
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -214,7 +215,7 @@ class ConsumerService:
         for monitor in self.monitors.values():
             monitor.rewind(self.settings.detectors)
             if monitor.model_version != version:  # a swap happened since the checkpoint
-                monitor.rebaseline(version)
+                monitor.rebaseline(version, self.champion.expected_reference)
             try:
                 self.consumer.seek(TopicPartition(monitor.topic, monitor.partition,
                                                   monitor.next_offset))
@@ -267,7 +268,8 @@ class ConsumerService:
                                 "snapshot_offset": saved.next_offset,
                                 "committed_offset": position.offset})
             monitor = PartitionMonitor.resume(position.topic, position.partition, start, usable,
-                                              self.settings.detectors, version)
+                                              self.settings.detectors, version,
+                                              self.champion.expected_reference)
             self.monitors[position.partition] = monitor
             position.offset = start
         consumer.assign(committed)

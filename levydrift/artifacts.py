@@ -13,12 +13,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import skops.io as sio
 
 from levydrift.errors import ArtifactError
 
 ARTIFACT_NAME = "model.skops"
 MANIFEST_NAME = "manifest.json"
+REFERENCE_NAME = "reference.parquet"  # holdout inputs, predictions and errors
 
 # Every type the levy impact pipeline is built from (trainer/model.py), named in full. A new
 # component in the pipeline must be added here on purpose, never trusted wholesale.
@@ -137,3 +139,26 @@ def load_version_dir(version_dir: str | Path, expected_sha256: str | None = None
             f"{expected_sha256}; refusing to load it", "sha256_mismatch")
     return load_verified_model(version_dir / manifest.get("artifact", ARTIFACT_NAME), recorded,
                                label=label)
+
+
+def load_reference_sample(version_dir: str | Path) -> pd.DataFrame | None:
+    """The version's holdout sample (``REFERENCE_NAME``) if its manifest names one, checked
+    against the SHA-256 recorded there; None for versions written without one."""
+    version_dir = Path(version_dir)
+    manifest = read_manifest(version_dir)
+    if "reference" not in manifest:
+        return None
+    path = version_dir / manifest["reference"]
+    if path.parent != version_dir:
+        raise ArtifactError(f"model version {version_dir}: reference {path} is outside it",
+                            "outside_registry")
+    try:
+        actual = file_sha256(path)
+    except FileNotFoundError:
+        raise ArtifactError(f"model version {version_dir}: reference {path} is missing",
+                            "missing") from None
+    if actual != manifest.get("reference_sha256"):
+        raise ArtifactError(f"model version {version_dir}: reference {path} fails its SHA-256 "
+                            f"check (manifest {manifest.get('reference_sha256')}, file {actual})",
+                            "sha256_mismatch")
+    return pd.read_parquet(path)

@@ -42,6 +42,8 @@ from typing import Any
 from levydrift.artifacts import (
     ARTIFACT_NAME,
     MANIFEST_NAME,
+    REFERENCE_NAME,
+    file_sha256,
     load_verified_model,
     save_model,
 )
@@ -87,6 +89,8 @@ class NewVersion:
     code_version: str
     duration_s: float = 0.0
     extra_lineage: dict[str, Any] = field(default_factory=dict)
+    # Holdout inputs, predictions and errors: the detectors' reference while this is champion.
+    reference_sample: Any = None  # pandas.DataFrame
 
 
 @dataclass(frozen=True)
@@ -345,9 +349,14 @@ class ModelRegistry:
                              candidate: NewVersion) -> None:
         sha256 = save_model(candidate.estimator, directory / ARTIFACT_NAME)
         now = utc_now()
+        reference: dict[str, str] = {}
+        if candidate.reference_sample is not None:
+            candidate.reference_sample.to_parquet(directory / REFERENCE_NAME, index=False)
+            reference = {"reference": REFERENCE_NAME,
+                         "reference_sha256": file_sha256(directory / REFERENCE_NAME)}
         _write_json_atomic(directory / MANIFEST_NAME, {
             "model": name, "version": version, "status": candidate.decision,
-            "artifact": ARTIFACT_NAME, "sha256": sha256,
+            "artifact": ARTIFACT_NAME, "sha256": sha256, **reference,
             "feature_signature": candidate.feature_signature,
             "estimator": type(candidate.estimator).__qualname__,
             "library_versions": library_versions(), "created_at": now})

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from levydrift.errors import ArtifactError, TrainingError
-from levydrift.features import TARGET, feature_signature
+from levydrift.features import TARGET, feature_signature, model_columns
+from levydrift.signals import signal_columns
 from trainer.evaluation import HoldoutMetrics, gate, holdout_metrics
 from trainer.model import ModelParams, fit_model, predict
 from trainer.registry import ModelRegistry, NewVersion, VersionInfo, data_sha256
@@ -51,7 +52,8 @@ def train_and_register(registry: ModelRegistry, name: str, request: TrainingRequ
                                            "holdout_records": len(holdout)})
     candidate = fit_model(train, request.params)
     actual = holdout[TARGET].to_numpy(float)
-    candidate_metrics = holdout_metrics(actual, predict(candidate, holdout))
+    predicted = predict(candidate, holdout)
+    candidate_metrics = holdout_metrics(actual, predicted)
     champion_version = registry.champion(name)
     champion_metrics, champion_note = _score_champion(registry, name, champion_version, holdout)
     decision = gate(candidate_metrics, champion_metrics, request.gate_margin)
@@ -65,11 +67,36 @@ def train_and_register(registry: ModelRegistry, name: str, request: TrainingRequ
         training_offsets=request.training_offsets, training_records=len(frame),
         data_sha256=data_sha256(frame), trigger_event_ids=request.trigger_event_ids,
         feature_signature=feature_signature(), code_version=request.code_version,
-        duration_s=duration, extra_lineage=request.extra_lineage))
+        duration_s=duration, extra_lineage=request.extra_lineage,
+        reference_sample=reference_sample(holdout, predicted)))
     log.info("registered a model version", extra={
         "model": name, "version": info.version, "decision": decision.decision,
         "reason": reason, "training_records": len(frame), "duration_s": round(duration, 3)})
     return info
+
+
+def reference_sample(holdout: pd.DataFrame, predicted: np.ndarray) -> pd.DataFrame:
+    """What the model saw and did on its holdout: the inputs, the prediction and its errors.
+
+    The consumer standardises its detectors against this when the version becomes champion,
+    instead of learning a reference from whatever streams in next (which, for the error
+    signals fed only by labelled records, can take tens of thousands of records)."""
+    sample = holdout[list(model_columns())].reset_index(drop=True).copy()
+    columns = signal_columns({TARGET: holdout[TARGET].to_numpy(float)},
+                             _Fixed(np.asarray(predicted, dtype=np.float64)))
+    for name in ("prediction", "abs_error", "relative_error"):
+        sample[name] = columns[name]
+    return sample
+
+
+class _Fixed:
+    """Predictions already made, as a scorer."""
+
+    def __init__(self, predicted: np.ndarray) -> None:
+        self.predicted = predicted
+
+    def predict(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        return self.predicted
 
 
 def split_holdout(frame: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -1,0 +1,66 @@
+"""Every trained version carries its holdout sample, the consumer's detector reference while it
+is champion; the sample is checked against the manifest before use."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from consumer.processing import PartitionMonitor
+from detectors.config import DetectorSettings
+from detectors.reference import Reference
+from levydrift.artifacts import load_reference_sample
+from levydrift.errors import ArtifactError
+from levydrift.features import to_model_frame
+from levydrift.simulator import LevySimulator, SimulatorConfig
+from trainer.model import ModelParams
+from trainer.registry import ModelRegistry
+from trainer.training import TrainingRequest, train_and_register
+
+NAME = "levy-impact"
+
+
+@pytest.fixture(scope="module")
+def version(tmp_path_factory: pytest.TempPathFactory):
+    frame = to_model_frame(LevySimulator(SimulatorConfig(seed=8, labelled_share=1.0)).columns(
+        0, 3000), include_target=True)
+    registry = ModelRegistry(tmp_path_factory.mktemp("registry"))
+    return train_and_register(registry, NAME, TrainingRequest(
+        frame=frame, trigger_event_ids=[], code_version="test", params=ModelParams(max_iter=10),
+        training_offsets=[{"topic": "levy.records", "partition": 0, "first_offset": 0,
+                           "last_offset": 2999}]))
+
+
+def test_the_holdout_sample_is_stored_with_its_hash(version) -> None:
+    sample = load_reference_sample(version.path)
+    assert sample is not None
+    assert len(sample) == version.metrics["holdout_records"]
+    assert {"assessed_value", "county", "prediction", "abs_error", "relative_error"} <= set(
+        sample.columns)
+    assert np.allclose(sample["abs_error"].mean(), version.metrics["candidate"]["mae"])
+    assert version.manifest["reference"] == "reference.parquet"
+
+
+def test_a_tampered_sample_is_refused(version, tmp_path) -> None:
+    copy = tmp_path / "v"
+    copy.mkdir()
+    for item in version.path.iterdir():
+        (copy / item.name).write_bytes(item.read_bytes())
+    data = bytearray((copy / "reference.parquet").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / "reference.parquet").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="fails its SHA-256 check"):
+        load_reference_sample(copy)
+
+
+def test_a_bank_baselined_on_the_sample_does_not_warm_up(version) -> None:
+    settings = DetectorSettings()
+    sample = load_reference_sample(version.path)
+    reference = Reference.from_columns({name: sample[name].to_numpy()
+                                        for name in sample.columns
+                                        if name in settings.all_signals()})
+    with_reference = PartitionMonitor.resume("t", 0, 0, None, settings, 1, reference)
+    without = PartitionMonitor.resume("t", 0, 0, None, settings, 1, None)
+    ready = {row.signal for row in with_reference.bank.status() if not row.warming_up}
+    assert {"abs_error", "relative_error", "prediction", "assessed_value"} <= ready
+    assert not any(not row.warming_up for row in without.bank.status())
