@@ -156,7 +156,8 @@ def test_drift_event_to_one_published_version_then_a_rejected_one(stack: Stack,
         assert registry.versions(NAME) == [1]
         info = registry.get(NAME, 1)
         assert sorted(p.name for p in info.path.iterdir()) == [
-            "lineage.json", "manifest.json", "metrics.json", "model.skops", "published.json"]
+            "lineage.json", "manifest.json", "metrics.json", "model.skops", "published.json",
+            "reference.parquet"]
         assert registry.champion(NAME) == 1
         history = registry.training_history(NAME)
         assert [(row["version"], row["outcome"]) for row in history] == [("1", "promoted")]
