@@ -112,15 +112,14 @@ def process_partition(monitor: PartitionMonitor, messages: Sequence[Message],
     """Process one partition's messages (in offset order) and produce what they lead to."""
     result = BatchResult()
     records, rejections = decode_levy_records([message.value() for message in messages])
-    rejected = set()
     for index, rejection in rejections:
-        rejected.add(index)
         _dead_letter(messages[index], rejection, settings.topics.dead_letters, produce)
     result.dead_lettered = len(rejections)
     result.valid = len(records)
     if records:
-        offsets = np.fromiter((m.offset() for i, m in enumerate(messages) if i not in rejected),
-                              dtype=np.int64, count=len(records))
+        offsets = np.array([message.offset() for message in messages], dtype=np.int64)
+        if rejections:
+            offsets = np.delete(offsets, [index for index, _ in rejections])
         columns = signal_columns(levy_records_to_columns(records), champion)
         for decision in monitor.bank.update(columns, offsets):
             detected_index = int(np.searchsorted(offsets, decision.detected_at))

@@ -12,7 +12,6 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
@@ -22,7 +21,6 @@ from consumer.champion import ChampionTracker
 from consumer.config import ConsumerSettings
 from consumer.processing import BatchResult, PartitionMonitor, process_partition
 from consumer.state import (
-    PartitionState,
     encode_state,
     read_latest_states,
     resume_point,
@@ -39,11 +37,6 @@ from levydrift.kafka import admin_client, consumer_config, ensure_reachable, pro
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class _Clock:
-    last_checkpoint: float = 0.0
-
-
 class ConsumerService:
     """Kafka in, detector banks per partition, drift events and checkpoints out."""
 
@@ -53,7 +46,7 @@ class ConsumerService:
         self.monitors: dict[int, PartitionMonitor] = {}
         self._stopping = False
         self._failed = False
-        self._clock = _Clock()
+        self._last_checkpoint = 0.0
         kafka = settings.kafka
         self._consumer_config = consumer_config(kafka, self.section.group_id, **{
             "group.instance.id": self.section.instance_id,  # static membership
@@ -125,7 +118,7 @@ class ConsumerService:
         self._follow_champion()
         messages = self.consumer.consume(self.section.batch_size, self.section.batch_timeout_s)
         result = self._process(messages) if messages else None
-        if time.monotonic() - self._clock.last_checkpoint >= self.section.checkpoint_interval_s:
+        if time.monotonic() - self._last_checkpoint >= self.section.checkpoint_interval_s:
             self.checkpoint()
         self.output.poll()
         return result
@@ -186,7 +179,7 @@ class ConsumerService:
     def checkpoint(self, timeout_s: float | None = None) -> bool:
         """Commit everything since the last checkpoint in one transaction (within ``timeout_s``).
         False when the transaction was aborted and the partitions were rewound."""
-        self._clock.last_checkpoint = time.monotonic()
+        self._last_checkpoint = time.monotonic()
         moved = [monitor for monitor in self.monitors.values() if monitor.dirty]
         if not moved and not self.output.open:
             return True
@@ -296,5 +289,3 @@ class ConsumerService:
         log.warning("partitions lost; dropped without committing",
                     extra={"partitions": [p.partition for p in partitions]})
 
-
-__all__ = ["ConsumerService", "PartitionState"]
