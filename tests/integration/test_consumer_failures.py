@@ -56,30 +56,29 @@ def test_an_error_mid_batch_commits_nothing_partial(kafka_bootstrap: str, unique
     poison = produce_partitioned(kafka_bootstrap, topics.names["records"])
     group = f"g-{unique}"
     real = service_module.process_partition
-    calls = {"n": 0}
+    calls = {"dead_letters": 0, "failed": False}
 
-    def fail_on_the_second_partition_of_a_late_batch(monitor, messages, champion, settings,
-                                                       produce):
-        """Partition 1 of a late batch fails right after producing a dead letter: the
+    def fail_on_the_third_dead_letter(monitor, messages, champion, settings, produce):
+        """The batch holding the third dead letter fails right after producing it: the
         transaction holds part of a partition's output and none of its offsets."""
-        calls["n"] += 1
-        if calls["n"] < 8 or monitor.partition != 1 or calls.get("failed"):
+        if calls["failed"]:
             return real(monitor, messages, champion, settings, produce)
 
         def produce_then_fail(topic, value, **kwargs):
             produce(topic, value, **kwargs)
             if topic == settings.topics.dead_letters:
-                calls["failed"] = True
-                raise RuntimeError("injected failure after a dead letter")
+                calls["dead_letters"] += 1
+                if calls["dead_letters"] == 3:
+                    calls["failed"] = True
+                    raise RuntimeError("injected failure after a dead letter")
 
         return real(monitor, messages, champion, settings, produce_then_fail)
 
-    monkeypatch.setattr(service_module, "process_partition",
-                        fail_on_the_second_partition_of_a_late_batch)
+    monkeypatch.setattr(service_module, "process_partition", fail_on_the_third_dead_letter)
     with pytest.raises(RuntimeError, match="injected failure"):
         ConsumerService(settings_for(kafka_bootstrap, topics, group)).run(
             stop_when=processed_all)
-    assert calls.get("failed"), "the failure was never injected"
+    assert calls["failed"], "the failure was never injected"
     monkeypatch.setattr(service_module, "process_partition", real)
 
     ConsumerService(settings_for(kafka_bootstrap, topics, group)).run(stop_when=processed_all)
