@@ -65,7 +65,7 @@ def kafka_bootstrap() -> Iterator[str]:
 
 
 def _local_broker() -> Iterator[str]:
-    port = os.environ.get("LEVYDRIFT_KAFKA_PORT", "9092")
+    port = os.environ.get("LOCAL_KAFKA_PORT", "9092")
     bootstrap = f"127.0.0.1:{port}"
     already_running = _broker_answers(bootstrap, timeout_s=3)
     if not already_running:

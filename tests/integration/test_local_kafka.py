@@ -46,8 +46,8 @@ def script(action: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 @pytest.mark.slow
 def test_start_status_stop(tmp_path: Path) -> None:
     port = free_port_pair()
-    env = {**os.environ, "LEVYDRIFT_KAFKA_PORT": str(port),
-           "LEVYDRIFT_KAFKA_STATE": str(tmp_path / "state")}
+    env = {**os.environ, "LOCAL_KAFKA_PORT": str(port),
+           "LOCAL_KAFKA_STATE": str(tmp_path / "state")}
     assert script("status", env).returncode != 0
     assert script("ping", env).returncode != 0
 
