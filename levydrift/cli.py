@@ -3,6 +3,10 @@
 Each subcommand lives in the module that owns the job and exposes ``add_parser(subparsers)``,
 which registers its arguments and sets ``handler`` (a function taking the parsed arguments and
 returning an exit code). Errors a user can fix (``LevyDriftError``) print as one line.
+
+Start-up is kept short: ``COMMANDS`` names each subcommand's module and one-line summary, so
+``levydrift --help`` imports none of them, and a command imports only its own module (which in
+turn imports scikit-learn, skops or numba only where a model or detector is really used).
 """
 
 from __future__ import annotations
@@ -14,16 +18,23 @@ from collections.abc import Sequence
 
 from levydrift.errors import LevyDriftError
 
-# Modules that define subcommands, in the order ``--help`` lists them.
-COMMAND_MODULES = (
-    "levydrift.topics",
-    "levydrift.simulate_cli",
-    "consumer.cli",
-    "trainer.cli",
-    "levydrift.check",
-    "levydrift.demo",
-    "levydrift.schedule",
-)
+# subcommand -> (module that registers it, summary for ``levydrift --help``), in listing order.
+# A module registering several subcommands (trainer.cli) appears once per subcommand.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "topics": ("levydrift.topics", "create the project's Kafka topics"),
+    "simulate": ("levydrift.simulate_cli",
+                 "write a synthetic levy stream with known drift to Kafka or a file"),
+    "consume": ("consumer.cli",
+                "watch levy.records for drift and publish drift events (exactly once)"),
+    "train": ("trainer.cli", "train, gate and register a levy model from a CSV/Parquet/JSONL file"),
+    "train-worker": ("trainer.cli",
+                     "retrain on drift events and publish model versions (service)"),
+    "registry": ("trainer.cli", "list, show, promote, roll back models"),
+    "check": ("levydrift.check", "run the drift detectors over a file of levy records"),
+    "demo": ("levydrift.demo",
+             "the drift -> retrain -> promote -> swap loop on the local broker"),
+    "schedule": ("levydrift.schedule", "run the batch drift check every --interval hours"),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,7 +44,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser, with full arguments for ``command`` (its module is imported) and a summary
+    line for every other subcommand (nothing imported)."""
     parser = _Parser(
         prog="levydrift",
         description="Watch the levy impact model on a live stream and retrain it when it drifts.",
@@ -43,13 +56,29 @@ def build_parser() -> argparse.ArgumentParser:
                              "defaults; LEVYDRIFT_* variables override either)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
-    for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).add_parser(subparsers)
+    chosen = COMMANDS[command][0] if command in COMMANDS else None
+    for name, (module_name, summary) in COMMANDS.items():
+        if module_name != chosen:
+            subparsers.add_parser(name, help=summary, add_help=False)
+    if chosen is not None:
+        importlib.import_module(chosen).add_parser(subparsers)
     return parser
 
 
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is not an option or its value)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--config":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(chosen_command(argv))
     arguments = parser.parse_args(argv)
     try:
         return int(arguments.handler(arguments) or 0)

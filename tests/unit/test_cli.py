@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from levydrift.cli import COMMAND_MODULES, build_parser
+from levydrift.cli import COMMANDS, build_parser
 
 
 def run_cli(*arguments: str, env: dict[str, str] | None = None,
@@ -25,7 +25,7 @@ def test_help_lists_every_subcommand() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
     subcommands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert len(subcommands) >= len(COMMAND_MODULES)
+    assert len(subcommands) >= len(COMMANDS)
     for name in subcommands:
         assert name in result.stdout
 
