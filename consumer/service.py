@@ -52,7 +52,9 @@ class ConsumerService:
             "group.instance.id": self.section.instance_id,  # static membership
             "session.timeout.ms": int(self.section.session_timeout_s * 1000),
             "max.poll.interval.ms": 300_000, "fetch.max.bytes": 52_428_800,
-            "partition.assignment.strategy": "range,roundrobin"})
+            # Incremental rebalancing: a member joining or leaving moves only the partitions
+            # that change owner; the others keep processing and committing.
+            "partition.assignment.strategy": "cooperative-sticky"})
         self._reader_config = consumer_config(kafka, f"{self.section.group_id}.readers")
         self._producer = Producer(producer_config(kafka, **producer_overrides(
             self.section.transactional_id, self.section.transaction_timeout_s)))
@@ -265,13 +267,15 @@ class ConsumerService:
                                               self.champion.expected_reference)
             self.monitors[position.partition] = monitor
             position.offset = start
-        consumer.assign(committed)
+        consumer.incremental_assign(committed)
         metrics.STATE_RESTORE_DURATION.observe(time.perf_counter() - started)
         log.info("partitions assigned", extra={
             "partitions": sorted(keys), "restore_seconds": round(time.perf_counter() - started,
                                                                  3)})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Only the partitions that move are revoked (cooperative rebalancing): checkpoint
+        everything, then let go of those; the others carry on."""
         metrics.REBALANCES.labels(kind="revoked").inc()
         try:
             if not self._failed:
@@ -279,13 +283,20 @@ class ConsumerService:
         finally:
             for position in partitions:
                 self.monitors.pop(position.partition, None)
+            consumer.incremental_unassign(partitions)
         log.info("partitions revoked", extra={"partitions": [p.partition for p in partitions]})
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Lost partitions are dropped without committing. The open transaction is aborted,
+        so partitions still held (if any) rewind to their last checkpoint."""
         metrics.REBALANCES.labels(kind="lost").inc()
-        self.output.abort()
         for position in partitions:
             self.monitors.pop(position.partition, None)
+        consumer.incremental_unassign(partitions)
+        if self.output.open:
+            self.output.abort()
+            if self.monitors:
+                self._rewind()
         log.warning("partitions lost; dropped without committing",
                     extra={"partitions": [p.partition for p in partitions]})
 

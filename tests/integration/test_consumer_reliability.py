@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import orjson
 import pytest
 
 from consumer.state import decode_state
@@ -106,3 +107,48 @@ def test_consumers_joining_and_leaving_give_the_single_consumer_events(
     events = [comparable(e) for e in drift_events(kafka_bootstrap, topics)]
     assert sorted(events, key=repr) == sorted(expected_events, key=repr)
     assert final_banks(kafka_bootstrap, topics) == expected_banks
+
+
+def logged_partitions(log: str, message: str) -> list[list[int]]:
+    """The non-empty ``partitions`` of every JSON log line with this message, in order (a
+    cooperative rebalance has rounds that move nothing)."""
+    found = []
+    for line in log.splitlines():
+        if line.startswith("{") and f'"message":"{message}"' in line:
+            partitions = sorted(orjson.loads(line)["partitions"])
+            if partitions:
+                found.append(partitions)
+    return found
+
+
+@pytest.mark.slow
+def test_a_joining_consumer_moves_only_its_partitions(kafka_bootstrap: str, unique: str,
+                                                      tmp_path: Path) -> None:
+    """Cooperative rebalancing: when a second instance joins, the first gives up exactly the
+    partitions the second takes and keeps processing the rest (an eager rebalance revokes all
+    four, stops them all and restores their state)."""
+    partitions = 4
+    topics = Topics(f"coop-{unique}", partitions).create(kafka_bootstrap)
+    produce_scenario(kafka_bootstrap, topics.names["records"], "none", RECORDS, RECORDS)
+    env = {"LEVYDRIFT_CONSUMER_BATCH_SIZE": "200"}
+    group = f"coop-{unique}"
+
+    def progress() -> int:
+        return committed_total(kafka_bootstrap, group, topics.names["records"], partitions)
+
+    first = ConsumerRun(kafka_bootstrap, topics, group, "first", tmp_path / "first.log",
+                        extra_env=env).start()
+    wait_until(lambda: progress() >= RECORDS * 0.1, 90, "the first consumer to make progress")
+    second = ConsumerRun(kafka_bootstrap, topics, group, "second", tmp_path / "second.log",
+                         extra_env=env).start()
+    wait_until(lambda: logged_partitions(second.log(), "partitions assigned"), 60,
+               "the second to be assigned")
+    wait_processed(kafka_bootstrap, group, topics, RECORDS, runs=[first, second])
+    assert first.stop() == 0, first.log()[-3000:]
+    assert second.stop() == 0, second.log()[-3000:]
+
+    taken = logged_partitions(second.log(), "partitions assigned")[0]
+    assert 0 < len(taken) < partitions
+    first_revokes = logged_partitions(first.log(), "partitions revoked")
+    assert first_revokes[0] == taken, first_revokes
+    assert logged_partitions(first.log(), "partitions assigned") == [list(range(partitions))]
