@@ -1,43 +1,84 @@
-"""End-to-end consumer throughput through a real broker, beside a bare confluent-kafka consumer
-on the same topic in the same run, and memory over the run.
+"""The consumer service as users run it, beside the ceiling: a bare confluent-kafka consume loop.
 
-    python bench/bench_consumer.py [--records 300000] [--bootstrap 127.0.0.1:9092]
+    python bench/bench_consumer.py [--records 1000000] [--repeat 3] [--bootstrap HOST:PORT]
 
-Pre-fills a one-partition topic with simulated levy records, then
-1. reads it with a bare Consumer (consume() in batches, no decoding): the raw rate;
-2. runs the full ``levydrift consume`` service in this process (decode, validate, dead letters,
-   champion scoring when given, the 12-signal detector bank, transactional checkpoints of offsets
-   and detector state) over the same records with a fresh group: the end-to-end rate;
-and samples the resident memory after each quarter of the stream (it must stay flat).
-Runs on one core's worth of Python (the broker shares the machine).
+Pre-fills a one-partition topic with simulated levy records once, then, for each repetition,
+runs both contenders one after the other (interleaved, so machine load hits both alike), each as
+its own process started from this one:
+- bare: a tight ``Consumer.consume(10000)`` loop with generous fetch settings that checks each
+  message's error and takes its value, the least any real consumer does, and decodes nothing:
+  the most a Python consumer of this client can do here;
+- service: ``levydrift consume`` (decode, validate, dead letters, the 12-signal detector bank,
+  transactional checkpoints of offsets and detector state) with a fresh group, observed from
+  outside as a user would: records processed from its /metrics page, done when its committed
+  offset reaches the end of the topic.
+Reported per contender: end to end (from process launch to the last record read / committed)
+and steady state (between 20 % and 90 % of the stream), min / median / max over repetitions,
+and the service's ratio to the bare loop of the same repetition. The service's resident memory
+is sampled while it runs (it must stay flat).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
+import statistics
+import subprocess
 import sys
+import tempfile
+import textwrap
 import time
+import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 import orjson  # noqa: E402
-from confluent_kafka import Consumer, Producer  # noqa: E402
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 from machine import describe  # noqa: E402
 
-from consumer.config import ConsumerSection, ConsumerSettings  # noqa: E402
-from consumer.service import ConsumerService  # noqa: E402
-from levydrift.settings import KafkaSettings, MetricsSettings, TopicSettings  # noqa: E402
 from levydrift.simulator import LevySimulator, SimulatorConfig  # noqa: E402
 
+STEADY_FROM, STEADY_TO = 0.2, 0.9
+POLL_INTERVAL_S = 0.1
 
-def rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("VmRSS"))
-    return int(line.split()[1]) / 1024
+# The bare contender: prints launch-relative times at the steady-state marks and the end.
+BARE_LOOP = textwrap.dedent("""
+    import sys, time, uuid
+    launched = float(sys.argv[3])
+    from confluent_kafka import Consumer
+    bootstrap, topic, total = sys.argv[1], sys.argv[2], int(sys.argv[4])
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bare-{uuid.uuid4()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "fetch.max.bytes": 104857600, "max.partition.fetch.bytes": 104857600,
+                         "queued.max.messages.kbytes": 1048576, "fetch.wait.max.ms": 10})
+    consumer.subscribe([topic])
+    marks = [int(total * STEADY_FROM), int(total * STEADY_TO)]
+    times = []
+    seen = 0
+    while seen < total:
+        for message in consumer.consume(10000, 1.0):
+            if message.error() is None and message.value() is not None:
+                seen += 1
+        while marks and seen >= marks[0]:
+            marks.pop(0)
+            times.append(time.time() - launched)
+    times.append(time.time() - launched)
+    print(" ".join(repr(t) for t in times))
+    consumer.close()
+""").replace("STEADY_FROM", repr(STEADY_FROM)).replace("STEADY_TO", repr(STEADY_TO))
+
+
+@dataclass
+class Timing:
+    end_to_end: float  # records / s from launch to the end
+    steady: float  # records / s between the steady-state marks
+    rss_mib: tuple[float, float] = (0.0, 0.0)  # min, max over the run (service only)
 
 
 def prefill(bootstrap: str, topic: str, records: int) -> None:
@@ -56,63 +97,111 @@ def prefill(bootstrap: str, topic: str, records: int) -> None:
     producer.flush(120)
 
 
-def raw_rate(bootstrap: str, topic: str, records: int) -> float:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"raw-{uuid.uuid4()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "fetch.max.bytes": 52_428_800})
-    consumer.subscribe([topic])
-    seen, started = 0, None
-    while seen < records:
-        messages = consumer.consume(2000, 1.0)
-        if messages and started is None:
-            started = time.perf_counter()
-        seen += sum(1 for message in messages if not message.error())
-    elapsed = time.perf_counter() - started
-    consumer.close()
-    return records / elapsed
+def run_bare(bootstrap: str, topic: str, records: int) -> Timing:
+    launched = time.time()
+    output = subprocess.run([sys.executable, "-c", BARE_LOOP, bootstrap, topic, repr(launched),
+                             str(records)], capture_output=True, text=True, check=True)
+    first, last, end = map(float, output.stdout.split())
+    steady = records * (STEADY_TO - STEADY_FROM) / (last - first)
+    return Timing(records / end, steady)
 
 
-def service_rate(bootstrap: str, names: dict[str, str], records: int) -> tuple[float, list]:
-    settings = ConsumerSettings(
-        kafka=KafkaSettings(bootstrap_servers=bootstrap),
-        topics=TopicSettings(**names),
-        consumer=ConsumerSection(group_id=f"bench-{uuid.uuid4().hex[:8]}", instance_id="bench",
-                                 batch_size=5000),
-        metrics=MetricsSettings(port=0))
-    service = ConsumerService(settings)
-    samples: list[tuple[int, float]] = []
-    marks = [records * q // 4 for q in (1, 2, 3, 4)]
-    timing: dict[str, float] = {}
-
-    def done(current: ConsumerService) -> bool:
-        position = sum(m.next_offset for m in current.monitors.values())
-        if position and "start" not in timing:
-            timing["start"] = time.perf_counter()
-        while marks and position >= marks[0]:
-            samples.append((marks.pop(0), rss_mib()))
-        return position >= records
-
-    service.run(stop_when=done)
-    return records / (time.perf_counter() - timing["start"]), samples
+def committed(probe: Consumer, topic: str) -> int:
+    (position,) = probe.committed([TopicPartition(topic, 0)], timeout=10)
+    return max(position.offset, 0)
 
 
-def warm_up_detector_kernels() -> None:
-    """Compile (or load from cache) the numba kernels before timing anything."""
-    import numpy as np
+def rss_mib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            line = next(line for line in status if line.startswith("VmRSS"))
+    except (OSError, StopIteration):
+        return 0.0
+    return int(line.split()[1]) / 1024
 
-    from consumer.processing import signal_columns
-    from detectors.bank import DetectorBank
-    from detectors.config import DetectorSettings
 
-    simulator = LevySimulator(SimulatorConfig(seed=1))
-    columns = signal_columns(dict(simulator.columns(0, 200)), None)
-    columns["event_time"] = columns["event_time"].astype(str).astype(object)
-    DetectorBank(DetectorSettings()).update(columns, np.arange(200, dtype=np.int64))
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def records_processed(port: int) -> int:
+    """Records the service has processed (valid + dead-lettered), from its /metrics page."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as page:
+            text = page.read().decode()
+    except OSError:
+        return 0
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("levydrift_consumer_records_total{")))
+
+
+def run_service(bootstrap: str, names: dict[str, str], records: int, workdir: Path) -> Timing:
+    group = f"bench-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEVYDRIFT_")}
+    env.update({"LEVYDRIFT_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                "LEVYDRIFT_CONSUMER_GROUP_ID": group, "LEVYDRIFT_CONSUMER_INSTANCE_ID": group,
+                "LEVYDRIFT_CONSUMER_REGISTRY_ROOT": str(workdir / "models"),
+                "LEVYDRIFT_METRICS_PORT": str(port), "LEVYDRIFT_METRICS_HOST": "127.0.0.1",
+                "LEVYDRIFT_LOGGING_LEVEL": "WARNING",
+                **{f"LEVYDRIFT_TOPICS_{key.upper()}": name for key, name in names.items()}})
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                      "enable.auto.commit": False})
+    log = (workdir / f"{group}.log").open("wb")
+    launched = time.monotonic()
+    process = subprocess.Popen([sys.executable, "-m", "levydrift.cli", "consume"], cwd=REPO,
+                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    samples: list[tuple[float, int]] = []
+    memory: list[float] = []
+    try:
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"levydrift consume exited early ({process.returncode}); "
+                                 f"log: {log.name}")
+            processed = records_processed(port)
+            samples.append((time.monotonic() - launched, processed))
+            if processed > records * STEADY_FROM:
+                memory.append(rss_mib(process.pid))
+            if processed >= records and committed(probe, names["records"]) >= records:
+                break
+            time.sleep(POLL_INTERVAL_S)
+    finally:
+        process.terminate()
+        process.wait(60)
+        probe.close()
+    first = next((t, n) for t, n in samples if n >= records * STEADY_FROM)
+    last = next((t, n) for t, n in samples if n >= records * STEADY_TO)
+    steady = (last[1] - first[1]) / (last[0] - first[0]) if last[0] > first[0] else float("nan")
+    end = time.monotonic() - launched  # every record processed and committed
+    return Timing(records / end, steady, (min(memory), max(memory)))
+
+
+def spread(values: list[float]) -> str:
+    return (f"{min(values):>10,.0f} {statistics.median(values):>10,.0f} "
+            f"{max(values):>10,.0f}")
+
+
+def ratio_spread(values: list[float]) -> str:
+    return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
+
+
+def create_topics(bootstrap: str, names: dict[str, str]) -> AdminClient:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    compact = {"cleanup.policy": "compact"}
+    futures = admin.create_topics([
+        NewTopic(name, 1, 1, config=compact if key in ("model_versions", "detector_state")
+                 else {}) for key, name in names.items()])
+    for future in futures.values():
+        future.result()
+    return admin
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=300_000)
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--bootstrap", default=os.environ.get(
         "LEVYDRIFT_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
     arguments = parser.parse_args()
@@ -120,24 +209,30 @@ def main() -> None:
     names = {"records": f"bench-rec-{run}", "dead_letters": f"bench-dlq-{run}",
              "drift_events": f"bench-drift-{run}", "model_versions": f"bench-mv-{run}",
              "detector_state": f"bench-state-{run}"}
-    admin = AdminClient({"bootstrap.servers": arguments.bootstrap})
-    compact = {"cleanup.policy": "compact"}
-    futures = admin.create_topics([
-        NewTopic(name, 1, 1, config=compact if key in ("model_versions", "detector_state")
-                 else {}) for key, name in names.items()])
-    for future in futures.values():
-        future.result()
+    admin = create_topics(arguments.bootstrap, names)
     print(describe())
-    print(f"records: {arguments.records:,} on one partition; broker on the same machine")
+    print(f"records: {arguments.records:,} on one partition; broker on the same machine; "
+          f"{arguments.repeat} interleaved repetitions")
     prefill(arguments.bootstrap, names["records"], arguments.records)
-    warm_up_detector_kernels()
-    raw = raw_rate(arguments.bootstrap, names["records"], arguments.records)
-    service, samples = service_rate(arguments.bootstrap, names, arguments.records)
-    print(f"{'bare confluent-kafka consume':<40} {raw:>12,.0f} records/s")
-    print(f"{'levydrift consume (end to end)':<40} {service:>12,.0f} records/s"
-          f"  ({service / raw:.2f} x raw)")
-    print("resident memory after each quarter: "
-          + ", ".join(f"{count:,}: {mib:.0f} MiB" for count, mib in samples))
+    bare: list[Timing] = []
+    service: list[Timing] = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for _ in range(arguments.repeat):
+            bare.append(run_bare(arguments.bootstrap, names["records"], arguments.records))
+            service.append(run_service(arguments.bootstrap, names, arguments.records,
+                                       Path(workdir)))
+    print(f"\n{'records/s (min median max)':<36} {'end to end':>32}   {'steady state':>32}")
+    for label, timings in (("bare confluent-kafka consume loop", bare),
+                           ("levydrift consume", service)):
+        print(f"{label:<36} {spread([t.end_to_end for t in timings])}   "
+              f"{spread([t.steady for t in timings])}")
+    print("levydrift consume / bare, same repetition (min / median / max): end to end "
+          + ratio_spread([s.end_to_end / b.end_to_end for s, b in zip(service, bare,
+                                                                       strict=True)])
+          + "; steady state "
+          + ratio_spread([s.steady / b.steady for s, b in zip(service, bare, strict=True)]))
+    print("levydrift consume resident memory over each run (MiB, min-max): "
+          + ", ".join(f"{low:.0f}-{high:.0f}" for low, high in (t.rss_mib for t in service)))
     admin.delete_topics(list(names.values()))
 
 
