@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,79 @@ def test_trigger_retraining_trains_and_gates_a_candidate(
     assert info.metrics["champion_version"] == 1  # gated against the champion
     assert info.lineage["drift_event_ids"]  # the drift events that triggered it
     assert (root / "levy-impact" / "training_history.csv").read_text().count("\n") == 3
+
+
+# ---------------------------------------------------------------------- the baseline
+
+def test_the_champions_reference_sample_is_the_baseline(
+        files: Path, registry: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file that drifts inside what would be its warm-up: the warm-up learns the drifted
+    world as normal, the champion's holdout sample does not."""
+    path = files / "drifted-in-the-warm-up.parquet"
+    config = SimulatorConfig(scenario="levy-rate-change", change_at=3_000, labelled_share=0.5)
+    write_file(LevySimulator(config), 9_000, path)
+    code, out, _ = check(capsys, "--data-path", path, "--registry", registry,
+                         "--report", files / "from-start")
+    summary = json.loads((files / "from-start" / "summary.json").read_text())
+    assert code == 1 and "levy_rate" in summary["drifted_signals"], out
+    assert summary["reference_kind"] == "champion"
+    assert "champion levy-impact v1 reference sample (2,000 holdout rows" in out
+    assert "(champion's reference sample)" in out
+    code, out, _ = check(capsys, "--data-path", path, "--registry", files / "empty-registry",
+                         "--report", files / "from-start-warm-up")
+    summary = json.loads((files / "from-start-warm-up" / "summary.json").read_text())
+    assert summary["reference_kind"] == "warm-up" and "warm-up" in summary["reference"]
+    assert "levy_rate" not in summary["drifted_signals"]
+
+
+def test_reference_file_overrides_the_champion(files: Path, registry: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    reference = files / "reference-override.csv"
+    write_file(LevySimulator(SimulatorConfig(labelled_share=0.5)), 6_000, reference)
+    code, out, _ = check(capsys, "--data-path", simulated(files, "none"), "--registry",
+                         registry, "--reference", reference, "--report", files / "override")
+    summary = json.loads((files / "override" / "summary.json").read_text())
+    assert summary["reference_kind"] == "file"
+    assert summary["reference"].startswith(f"{reference} (6,000 rows, --reference)"), out
+
+
+# ---------------------------------------------------------------------- handled once
+
+def test_the_same_drift_is_retrained_once_and_a_new_episode_again(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEVYDRIFT_TRAINER_WINDOW_RECORDS", "4000")  # keep the fit quick
+    monkeypatch.setenv("LEVYDRIFT_TRAINER_MAX_ITER", "20")
+    root = tmp_path / "models"
+    history = LevySimulator(SimulatorConfig(labelled_share=1.0)).columns(500_000, 504_000)
+    train_and_register(ModelRegistry(root), "levy-impact", TrainingRequest(
+        frame=to_model_frame(history, include_target=True), trigger_event_ids=[],
+        training_offsets=[], code_version="test", params=ModelParams(max_iter=20)))
+    january = tmp_path / "january.parquet"
+    write_file(LevySimulator(SimulatorConfig(scenario="levy-rate-change", change_at=4_000,
+                                             labelled_share=0.5)), 10_000, january)
+    outputs = []
+    for _ in range(2):
+        code, out, _ = check(capsys, "--data-path", january, "--registry", root,
+                             "--trigger-retraining")
+        assert code == 1, out  # drift is there both times: the verdict does not change
+        outputs.append(out)
+    registry = ModelRegistry(root)
+    assert registry.versions("levy-impact") == [1, 2]
+    assert len(registry.training_history("levy-impact")) == 2
+    assert "retraining: levy-impact version 2:" in outputs[0]
+    assert "retraining: drift already handled by version(s) 2; nothing retrained" \
+        in outputs[1], outputs[1]
+    lineage = registry.get("levy-impact", 2).lineage
+    assert lineage["training_window"]["offsets"][0]["topic"].startswith("file.january.parquet.")
+    assert [e["event_id"] for e in lineage["drift_events"]] == lineage["drift_event_ids"]
+
+    march = tmp_path / "march.parquet"  # a new file, a new episode two months later
+    write_file(LevySimulator(SimulatorConfig(
+        scenario="levy-rate-change", change_at=4_000, labelled_share=0.5, seed=7,
+        start_time=datetime(2026, 3, 1, tzinfo=UTC))), 10_000, march)
+    code, out, _ = check(capsys, "--data-path", march, "--registry", root,
+                         "--trigger-retraining")
+    assert code == 1, out
+    assert "retraining: levy-impact version 3:" in out, out
+    assert registry.versions("levy-impact") == [1, 2, 3]
