@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "levydrift.check",
     "levydrift.demo",
     "levydrift.schedule",
+    "levydrift.daily",
 )
 
 
