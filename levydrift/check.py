@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from detectors.bank import DetectorBank
+from detectors.bank import DetectorBank, DetectorStatus
 from detectors.config import DetectorSettings
 from detectors.decision import DriftDecision, SignalFinding
 from detectors.errors import DetectorConfigError
@@ -80,6 +80,10 @@ class CheckResult:
     # names the content (file.<name>.<sha256>), so the same data is recognised as handled.
     window: dict[str, Any] = field(default_factory=dict)
     reference_kind: str = "warm-up"  # "file" | "champion" | "warm-up": see ``Baseline``
+    # The baseline's values per signal (the report draws them against the current rows).
+    reference_columns: dict[str, np.ndarray] = field(default_factory=dict)
+    signal_kinds: dict[str, str] = field(default_factory=dict)  # every configured signal
+    detector_status: list[DetectorStatus] = field(default_factory=list)  # at the last row
 
     @property
     def drifted(self) -> bool:
@@ -110,6 +114,7 @@ class Baseline:
     reference: Reference | None
     description: str
     kind: str  # "file" | "champion" | "warm-up"
+    columns: dict[str, np.ndarray] | None = None  # the values it was built from
 
 
 def warmup_baseline(detectors: DetectorSettings) -> Baseline:
@@ -129,9 +134,14 @@ def run_check(columns: dict[str, np.ndarray], detectors: DetectorSettings,
     bank = DetectorBank(detectors, baseline.reference)
     decisions = bank.update({name: columns[name] for name in detectors.all_signals()
                              if name in columns}, np.arange(rows, dtype=np.int64))
-    return CheckResult(source, rows, columns, decisions, model,
-                       scorer.version if scorer else None, baseline.description,
-                       time.perf_counter() - started, dict(window or {}), baseline.kind)
+    reference_columns = baseline.columns if baseline.columns is not None else {
+        name: column[:detectors.warmup_records] for name, column in columns.items()}
+    return CheckResult(
+        source, rows, columns, decisions, model, scorer.version if scorer else None,
+        baseline.description, time.perf_counter() - started, dict(window or {}), baseline.kind,
+        reference_columns=reference_columns,
+        signal_kinds={name: detectors.kind_of(name) for name in detectors.all_signals()},
+        detector_status=bank.status())
 
 
 def file_baseline(path: Path, detectors: DetectorSettings,
@@ -139,7 +149,8 @@ def file_baseline(path: Path, detectors: DetectorSettings,
     """``--reference FILE``: its records (scored by the champion, if any) describe normal."""
     columns = signal_columns(dict(read_levy_file(path)), scorer)
     return Baseline(reference_for_signals(columns, detectors.all_signals()),
-                    f"{path} ({len(columns['record_id']):,} rows, --reference)", "file")
+                    f"{path} ({len(columns['record_id']):,} rows, --reference)", "file",
+                    columns)
 
 
 def champion_baseline(registry_root: str, model: str, version: int,
@@ -156,7 +167,7 @@ def champion_baseline(registry_root: str, model: str, version: int,
     columns = {name: sample[name].to_numpy() for name in sample.columns}
     return Baseline(reference_for_signals(columns, detectors.all_signals()),
                     f"champion {model} v{version} reference sample ({len(sample):,} holdout "
-                    f"rows, {version_dir / 'reference.parquet'})", "champion")
+                    f"rows, {version_dir / 'reference.parquet'})", "champion", columns)
 
 
 def load_scorer(registry_root: str, model: str) -> tuple[ModelScorer | None, str]:
@@ -191,7 +202,7 @@ def describe(result: CheckResult) -> list[str]:
 
 def finding_line(decision: DriftDecision, finding: SignalFinding,
                  reference_kind: str = "file") -> str:
-    firing = max(finding.firings, key=lambda f: f.statistic / f.threshold if f.threshold else 0)
+    firing = _strongest(finding)
     current = rows_text(finding.current.first_position, decision.detected_at)
     reference = rows_text(finding.reference.first_position, finding.reference.last_position,
                           reference_kind)
@@ -201,13 +212,71 @@ def finding_line(decision: DriftDecision, finding: SignalFinding,
 
 
 def effect_text(finding: SignalFinding) -> str:
+    """The effect with its unit: reference standard deviations (rank-based normal scores),
+    a ratio of spreads, or percentage points of a category's share."""
     size = finding.effect_size
     if finding.effect_measure == "mean_shift":
         return f"mean shift {size:+.2f} sd"
     if finding.effect_measure == "std_ratio":
-        return f"spread x{size:.2f}"
+        return f"spread ×{size:.2f}"
     moved = top_category(finding)
-    return f"share of {moved!r} {size:+.1%}" if moved else f"share change {size:+.1%}"
+    points = f"{size * 100:+.1f} pp"
+    return f"share of {moved!r} {points}" if moved else f"share change {points}"
+
+
+def signal_table(result: CheckResult) -> list[dict[str, Any]]:
+    """One row per configured signal: drift (its first finding), clean (the detector nearest
+    its threshold at the last row) or not checked (and why). Rows are 1-based."""
+    findings: dict[str, list[tuple[DriftDecision, SignalFinding]]] = {}
+    for decision, finding in result.findings():
+        findings.setdefault(finding.signal, []).append((decision, finding))
+    statuses: dict[str, list[DetectorStatus]] = {}
+    for status in result.detector_status:
+        statuses.setdefault(status.signal, []).append(status)
+    return [_signal_row(result, name, kind, findings.get(name, []), statuses.get(name, []))
+            for name, kind in result.signal_kinds.items()]
+
+
+def _signal_row(result: CheckResult, name: str, kind: str,
+                found: list[tuple[DriftDecision, SignalFinding]],
+                statuses: list[DetectorStatus]) -> dict[str, Any]:
+    row: dict[str, Any] = {"signal": name, "kind": kind}
+    if found:
+        decision, finding = found[0]
+        firing = _strongest(finding)
+        onset = finding.current.first_position
+        return {**row, "status": "drift", "detector": firing.detector,
+                "direction": firing.direction, "statistic": firing.statistic,
+                "threshold": firing.threshold, "effect": effect_text(finding),
+                "effect_measure": finding.effect_measure, "effect_size": finding.effect_size,
+                "onset_row": None if onset is None else onset + 1,
+                "detected_row": decision.detected_at + 1, "episodes": len(found)}
+    reason = _not_checked(result, name, kind, statuses)
+    if reason:
+        return {**row, "status": "not checked", "reason": reason}
+    nearest = max(statuses, key=lambda s: s.statistic / s.threshold
+                  if s.threshold and np.isfinite(s.threshold) else 0.0)
+    return {**row, "status": "clean", "detector": nearest.detector,
+            "statistic": nearest.statistic, "threshold": nearest.threshold,
+            "reason": "nearest its threshold at the last row"}
+
+
+def _not_checked(result: CheckResult, name: str, kind: str,
+                 statuses: list[DetectorStatus]) -> str:
+    column = result.columns.get(name)
+    if column is None:
+        return "not in the data"
+    if np.asarray(column).dtype.kind == "f" and not np.isfinite(column).any():
+        if kind in ("prediction", "performance") and result.model_version is None:
+            return "no champion model to predict with"
+        return "no labelled rows" if kind == "performance" else "no values"
+    if not statuses or all(status.warming_up for status in statuses):
+        return "still warming up at the last row (too few values for a reference)"
+    return ""
+
+
+def _strongest(finding: SignalFinding) -> Any:
+    return max(finding.firings, key=lambda f: f.statistic / f.threshold if f.threshold else 0)
 
 
 def top_category(finding: SignalFinding) -> str | None:
@@ -236,6 +305,7 @@ def summary(result: CheckResult) -> dict[str, Any]:
         "reference_kind": result.reference_kind, "window": result.window,
         "duration_s": round(result.duration_s, 3),
         "drifted_signals": result.drifted_signals(),
+        "signals": signal_table(result),
         "episodes": [{
             "kind": decision.kind, "detected_at_row": decision.detected_at + 1,
             "signals": [_finding_summary(decision, finding) for finding in decision.signals],
@@ -244,7 +314,7 @@ def summary(result: CheckResult) -> dict[str, Any]:
 
 
 def _finding_summary(decision: DriftDecision, finding: SignalFinding) -> dict[str, Any]:
-    firing = max(finding.firings, key=lambda f: f.statistic / f.threshold if f.threshold else 0)
+    firing = _strongest(finding)
 
     def rows(first: int | None, last: int | None) -> list[int] | None:
         return None if first is None or last is None else [first + 1, last + 1]
@@ -333,6 +403,7 @@ def train_on_result(result: CheckResult, settings: CheckSettings, registry_root:
         params=ModelParams(max_iter=section.max_iter),
         extra_lineage={"source": result.source,
                        "drifted_signals": result.drifted_signals(),
+        "signals": signal_table(result),
                        "drift_events": [event_summary(event) for event in events]}))
 
 
