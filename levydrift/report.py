@@ -296,7 +296,7 @@ def _time_course(axes: plt.Axes, result: CheckResult, signal: str,
     axes.set_title("time course", fontsize=10, loc="left")
     axes.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
     if pairs[0][1].effect_measure == "share_change":
-        axes.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        axes.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))
     else:
         _tick_format(axes, signal, "y")
     axes.grid(alpha=0.25)

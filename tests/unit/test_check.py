@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from detectors.config import DetectorSettings
 from levydrift.cli import main
 from levydrift.features import to_model_frame
 from levydrift.simulate_cli import write_file
@@ -108,8 +109,39 @@ def test_report_has_one_plot_per_drifted_signal(files: Path, registry: Path,
     assert page.count('<img alt="') == len(summary["drifted_signals"]) >= 2
     assert page.count("data:image/png;base64,iVBOR") == len(summary["drifted_signals"])
     for signal in summary["drifted_signals"]:
-        assert f"<h2>{signal}</h2>" in page
+        assert f'<h2 id="{signal}">{signal} ' in page
     assert f"report: {target}" in out
+
+
+def test_report_table_lists_every_configured_signal(
+        files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Drifted, clean and not-checked signals alike, each with its status and the numbers
+    behind it; the signals a file without a model cannot feed say why."""
+    target = files / "table-report"
+    code, _, _ = check(capsys, "--data-path", simulated(files, "levy-rate-change"),
+                       "--registry", files / "empty-registry", "--report", target)
+    assert code == 1
+    page = (target / "index.html").read_text()
+    rows = json.loads((target / "summary.json").read_text())["signals"]
+    configured = DetectorSettings().all_signals()
+    assert [row["signal"] for row in rows] == list(configured)
+    table = page.split('<table class="signals">', 1)[1].split("</table>", 1)[0]
+    assert table.count("<tr class=") == len(configured)
+    by_name = {row["signal"]: row for row in rows}
+    for name, row in by_name.items():
+        assert f"<strong>{name}</strong>" in table
+        assert row["status"] in ("drift", "clean", "not checked")
+    drifted = by_name["levy_rate"]
+    assert drifted["status"] == "drift" and drifted["statistic"] >= drifted["threshold"]
+    assert re.fullmatch(r"mean shift [+-]\d+\.\d\d sd|spread ×\d+\.\d\d", drifted["effect"])
+    assert drifted["onset_row"] <= drifted["detected_row"]
+    assert f"{drifted['detected_row']:,}" in table
+    for name in ("prediction", "abs_error", "relative_error"):
+        assert by_name[name] == {"signal": name, "kind": by_name[name]["kind"],
+                                 "status": "not checked",
+                                 "reason": "no champion model to predict with"}
+    clean = [row for row in rows if row["status"] == "clean"]
+    assert clean and all(row["statistic"] < row["threshold"] for row in clean)
 
 
 def test_no_drift_report_has_no_plots(files: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -118,6 +150,7 @@ def test_no_drift_report_has_no_plots(files: Path, capsys: pytest.CaptureFixture
     assert code == 0
     page = (files / "none-rep" / "index.html").read_text()
     assert "No drift" in page and "<img" not in page
+    assert page.count('<span class="badge clean">') == 9  # every feature checked and clean
     assert json.loads((files / "none-rep" / "summary.json").read_text())["drift"] is False
 
 
