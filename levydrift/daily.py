@@ -322,6 +322,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _run_daily(arguments: argparse.Namespace) -> int:
     if arguments.window_records < 1:
         raise UsageError("--window-records must be >= 1")
+    # An outcome left from an earlier run must not be notified as this one's.
+    (arguments.out / OUTCOME_NAME).unlink(missing_ok=True)
     settings = load_daily_settings(arguments.config)
     configure_logging(settings.logging.level)
     model = arguments.model or settings.trainer.model_name

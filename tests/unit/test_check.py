@@ -15,6 +15,7 @@ from levydrift.cli import main
 from levydrift.features import to_model_frame
 from levydrift.simulate_cli import write_file
 from levydrift.simulator import LevySimulator, SimulatorConfig
+from tests.champions import train_champion
 from trainer.model import ModelParams
 from trainer.registry import ModelRegistry
 from trainer.training import TrainingRequest, train_and_register
@@ -254,10 +255,7 @@ def test_trigger_retraining_trains_and_gates_a_candidate(
     monkeypatch.setenv("LEVYDRIFT_TRAINER_WINDOW_RECORDS", "4000")  # keep the fit quick
     monkeypatch.setenv("LEVYDRIFT_TRAINER_MAX_ITER", "20")
     root = tmp_path / "models"
-    history = LevySimulator(SimulatorConfig(labelled_share=1.0)).columns(500_000, 502_000)
-    train_and_register(ModelRegistry(root), "levy-impact", TrainingRequest(
-        frame=to_model_frame(history, include_target=True), trigger_event_ids=[],
-        training_offsets=[], code_version="test", params=ModelParams(max_iter=20)))
+    train_champion(root)
     code, out, _ = check(capsys, "--data-path", simulated(files, "exemption-policy"),
                          "--registry", root, "--trigger-retraining")
     assert code == 1
@@ -311,10 +309,7 @@ def test_the_same_drift_is_retrained_once_and_a_new_episode_again(
     monkeypatch.setenv("LEVYDRIFT_TRAINER_WINDOW_RECORDS", "4000")  # keep the fit quick
     monkeypatch.setenv("LEVYDRIFT_TRAINER_MAX_ITER", "20")
     root = tmp_path / "models"
-    history = LevySimulator(SimulatorConfig(labelled_share=1.0)).columns(500_000, 504_000)
-    train_and_register(ModelRegistry(root), "levy-impact", TrainingRequest(
-        frame=to_model_frame(history, include_target=True), trigger_event_ids=[],
-        training_offsets=[], code_version="test", params=ModelParams(max_iter=20)))
+    train_champion(root, records=4_000)
     january = tmp_path / "january.parquet"
     write_file(LevySimulator(SimulatorConfig(scenario="levy-rate-change", change_at=4_000,
                                              labelled_share=0.5)), 10_000, january)

@@ -15,12 +15,9 @@ from pathlib import Path
 import pytest
 
 from levydrift.cli import main
-from levydrift.features import to_model_frame
-from levydrift.simulator import LevySimulator, SimulatorConfig
+from tests.champions import train_champion
 from tests.http_receiver import http_receiver
-from trainer.model import ModelParams
 from trainer.registry import ModelRegistry
-from trainer.training import TrainingRequest, train_and_register
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample" / "levy_records.parquet"
@@ -32,10 +29,7 @@ def champion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LEVYDRIFT_TRAINER_WINDOW_RECORDS", "4000")
     monkeypatch.setenv("LEVYDRIFT_TRAINER_MAX_ITER", "20")
-    history = LevySimulator(SimulatorConfig(labelled_share=1.0)).columns(500_000, 504_000)
-    train_and_register(ModelRegistry("models"), "levy-impact", TrainingRequest(
-        frame=to_model_frame(history, include_target=True), trigger_event_ids=[],
-        training_offsets=[], code_version="test", params=ModelParams(max_iter=20)))
+    train_champion("models", records=4_000)
     return tmp_path / "models"
 
 
@@ -101,11 +95,7 @@ def test_a_data_url_is_fetched_and_its_token_never_printed(
 def test_a_rollback_commits_the_alias_files(
         champion: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     registry = ModelRegistry(champion)
-    history = LevySimulator(SimulatorConfig(labelled_share=1.0)).columns(600_000, 603_000)
-    train_and_register(registry, "levy-impact", TrainingRequest(
-        frame=to_model_frame(history, include_target=True), trigger_event_ids=[],
-        training_offsets=[], code_version="test", gate_margin=0.0,
-        params=ModelParams(max_iter=20)))
+    train_champion(champion, records=3_000, start=600_000)  # v2, whatever the gate said
     registry.set_alias("levy-impact", "champion", 2, "promoted", "test")
     code, out = daily(capsys, "--source", SAMPLE, "--out", tmp_path / "rb",
                       "--rollback", "v2 misprices farms")
