@@ -469,9 +469,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="baseline records (default: the champion's reference sample, "
                              "else the first detectors.warmup_records rows of --data-path)")
     parser.add_argument("--report", type=Path, metavar="PATH",
-                        help="write an HTML report with a plot per drifted signal and a JSON "
-                             "summary: PATH.html + PATH.json, or PATH/index.html + "
-                             "PATH/summary.json")
+                        help="write an HTML report (a table of every signal, distributions "
+                             "and time course per drifted one) and a JSON summary: PATH.html "
+                             "+ PATH.json, or PATH/index.html + PATH/summary.json")
     parser.add_argument("--trigger-retraining", action="store_true",
                         help="on drift no version has handled yet, train a candidate on the "
                              "file and gate it against the registry's champion (or, with "
