@@ -68,6 +68,9 @@ def check_source(source: str, settings: CheckSettings, work_dir: Path, model: st
                              f"{topic} (last {len(columns['record_id']):,} records)",
                              topic_window(topic, columns), model=model, registry=registry,
                              note=print)
+    if "://" in source:
+        raise UsageError(f"--source {urllib.parse.urlsplit(source).scheme}://…: only http(s) "
+                         "URLs, file paths and topic:[NAME] are sources")
     return check_file(Path(source), settings, model=model, registry=registry, note=print)
 
 

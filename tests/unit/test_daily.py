@@ -63,8 +63,11 @@ def test_a_rejected_candidate_is_alerted_not_committed(
 
 @contextmanager
 def file_server(directory: Path) -> Iterator[str]:
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(directory))
-    handler.log_message = lambda *_: None  # type: ignore[attr-defined]
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *_: object) -> None:  # its log would print the URL's token
+            pass
+
+    handler = functools.partial(Quiet, directory=str(directory))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -81,14 +84,16 @@ def test_a_data_url_is_fetched_and_its_token_never_printed(
     with file_server(SAMPLE.parent) as base:
         code, out = daily(capsys, "--source", f"{base}/{SAMPLE.name}?token=s3cr3t",
                           "--out", tmp_path / "url", "--check-only")
-        missing, _ = daily(capsys, "--source", f"{base}/absent.csv?token=s3cr3t",
-                           "--out", tmp_path / "missing")
+        missing = main(["daily", "--source", f"{base}/absent.csv?token=s3cr3t",
+                        "--out", str(tmp_path / "missing")])
     outcome = json.loads((tmp_path / "url" / "outcome.json").read_text())
     assert code == 0 and outcome["rows"] == 7_500 and outcome["outcome"] == "drift"
     assert outcome["alert"] is True and not outcome["commit_paths"]
     assert ModelRegistry(champion).versions("levy-impact") == [1]  # --check-only
     err = capsys.readouterr().err
-    assert missing == 2
+    assert missing == 2 and "data URL on 127.0.0.1 answered HTTP 404" in err
+    assert main(["daily", "--source", "ftp://h/x.csv", "--out", str(tmp_path / "ftp")]) == 2
+    assert "only http(s) URLs, file paths and topic:[NAME]" in capsys.readouterr().err
     assert "s3cr3t" not in out + err + json.dumps(outcome)
 
 
