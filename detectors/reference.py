@@ -9,7 +9,7 @@ Good-Turing estimate of how often a never-seen category turns up.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +143,22 @@ class Reference:
             unseen_rate=float(d["unseen_rate"]), first_position=d.get("first_position"),
             last_position=d.get("last_position")) for name, d in data["categorical"].items()}
         return cls(numeric=numeric, categorical=categorical)
+
+
+def reference_for_signals(columns: Mapping[str, Any], signals: Iterable[str]) -> Reference:
+    """A reference for each of ``signals`` that ``columns`` (a sample: the champion's holdout,
+    a reference file) describes with enough values. Signals left out (absent, or too few
+    values, as the error signals of a sample without labels) warm up in the bank instead."""
+    usable: dict[str, Any] = {}
+    for name in signals:
+        if name not in columns:
+            continue
+        column = np.asarray(columns[name])
+        present = (np.isfinite(column).sum() if column.dtype.kind == "f"
+                   else sum(not _is_missing(value) for value in column))
+        if present >= MIN_REFERENCE_VALUES:
+            usable[name] = column
+    return Reference.from_columns(usable)
 
 
 def _numeric_dict(ref: NumericReference) -> dict[str, Any]:

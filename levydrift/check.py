@@ -3,8 +3,14 @@
 The successor of ``python ml/hooks/drift_detector.py --data-path ... --trigger-retraining``.
 Rows are fed in file order (their arrival order) with row positions in place of Kafka offsets,
 through the same ``DetectorBank`` and the same model signals (``levydrift.signals``) as the
-consumer. Without ``--reference`` the bank learns its reference from the first
-``detectors.warmup_records`` rows, as the consumer does from the start of a partition.
+consumer. The baseline is, in order: ``--reference FILE``; the champion's reference sample (its
+holdout, as the consumer uses it); else the first ``detectors.warmup_records`` rows, as the
+consumer does without one. The output and the JSON summary say which.
+
+Handled drift is handled once: with ``--trigger-retraining`` the drift episodes are planned as
+the trainer worker plans them (``TrainWorker.plan``: events already in a version's lineage, or
+covered by a version trained on the same data or within the episode gap, are not retrained), so
+a second run on the same file trains nothing.
 
 Exit codes: 0 no drift, 1 drift, 2 usage error or bad file, 3 broker unreachable
 (``--publish-events``).
@@ -16,17 +22,17 @@ import argparse
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from detectors.bank import DetectorBank
+from detectors.bank import DetectorBank, DetectorStatus
 from detectors.config import DetectorSettings
 from detectors.decision import DriftDecision, SignalFinding
 from detectors.errors import DetectorConfigError
-from detectors.reference import MIN_REFERENCE_VALUES, Reference
+from detectors.reference import Reference, reference_for_signals
 from levydrift import settings as settings_module
 from levydrift.errors import UsageError
 from levydrift.levyfile import read_levy_file
@@ -70,6 +76,14 @@ class CheckResult:
     model_version: int | None
     reference: str
     duration_s: float = 0.0
+    # The data as a training window ({topic, partition, first_offset, last_offset}); the topic
+    # names the content (file.<name>.<sha256>), so the same data is recognised as handled.
+    window: dict[str, Any] = field(default_factory=dict)
+    reference_kind: str = "warm-up"  # "file" | "champion" | "warm-up": see ``Baseline``
+    # The baseline's values per signal (the report draws them against the current rows).
+    reference_columns: dict[str, np.ndarray] = field(default_factory=dict)
+    signal_kinds: dict[str, str] = field(default_factory=dict)  # every configured signal
+    detector_status: list[DetectorStatus] = field(default_factory=list)  # at the last row
 
     @property
     def drifted(self) -> bool:
@@ -93,38 +107,67 @@ class CheckResult:
 
 # ---------------------------------------------------------------------- the check itself
 
+@dataclass(frozen=True)
+class Baseline:
+    """What the current rows are compared against; ``reference`` None means the warm-up."""
+
+    reference: Reference | None
+    description: str
+    kind: str  # "file" | "champion" | "warm-up"
+    columns: dict[str, np.ndarray] | None = None  # the values it was built from
+
+
+def warmup_baseline(detectors: DetectorSettings) -> Baseline:
+    return Baseline(None, f"first {detectors.warmup_records:,} rows (warm-up, no champion "
+                          "reference sample)", "warm-up")
+
+
 def run_check(columns: dict[str, np.ndarray], detectors: DetectorSettings,
-              scorer: ModelScorer | None = None,
-              reference_columns: dict[str, np.ndarray] | None = None,
-              source: str = "", model: str = "") -> CheckResult:
+              scorer: ModelScorer | None = None, baseline: Baseline | None = None,
+              source: str = "", model: str = "",
+              window: dict[str, Any] | None = None) -> CheckResult:
     """Feed ``columns`` (arrival order) through a fresh bank; pure apart from the model."""
     started = time.perf_counter()
     rows = len(columns["record_id"])
     columns = signal_columns(dict(columns), scorer)
-    reference = None
-    reference_text = f"first {detectors.warmup_records:,} rows (warm-up, as the consumer)"
-    if reference_columns is not None:
-        reference = reference_from(signal_columns(dict(reference_columns), scorer), detectors)
-        reference_text = f"{len(reference_columns['record_id']):,} reference rows"
-    bank = DetectorBank(detectors, reference)
+    baseline = baseline or warmup_baseline(detectors)
+    bank = DetectorBank(detectors, baseline.reference)
     decisions = bank.update({name: columns[name] for name in detectors.all_signals()
                              if name in columns}, np.arange(rows, dtype=np.int64))
-    return CheckResult(source, rows, columns, decisions, model,
-                       scorer.version if scorer else None, reference_text,
-                       time.perf_counter() - started)
+    reference_columns = baseline.columns if baseline.columns is not None else {
+        name: column[:detectors.warmup_records] for name, column in columns.items()}
+    return CheckResult(
+        source, rows, columns, decisions, model, scorer.version if scorer else None,
+        baseline.description, time.perf_counter() - started, dict(window or {}), baseline.kind,
+        reference_columns=reference_columns,
+        signal_kinds={name: detectors.kind_of(name) for name in detectors.all_signals()},
+        detector_status=bank.status())
 
 
-def reference_from(columns: dict[str, np.ndarray], detectors: DetectorSettings) -> Reference:
-    """A reference for every watched signal with enough values (errors need labels)."""
-    usable = {}
-    for name in detectors.all_signals():
-        column = columns.get(name)
-        if column is None:
-            continue
-        if column.dtype.kind == "f" and np.isfinite(column).sum() < MIN_REFERENCE_VALUES:
-            continue
-        usable[name] = column
-    return Reference.from_columns(usable)
+def file_baseline(path: Path, detectors: DetectorSettings,
+                  scorer: ModelScorer | None) -> Baseline:
+    """``--reference FILE``: its records (scored by the champion, if any) describe normal."""
+    columns = signal_columns(dict(read_levy_file(path)), scorer)
+    return Baseline(reference_for_signals(columns, detectors.all_signals()),
+                    f"{path} ({len(columns['record_id']):,} rows, --reference)", "file",
+                    columns)
+
+
+def champion_baseline(registry_root: str, model: str, version: int,
+                      detectors: DetectorSettings) -> Baseline | None:
+    """The champion's reference sample (``reference.parquet``, its holdout with predictions
+    and errors), as the consumer uses it; None when the version has none."""
+    from levydrift.artifacts import load_reference_sample
+    from trainer.registry import ModelRegistry
+
+    version_dir = ModelRegistry(registry_root).version_dir(model, version)
+    sample = load_reference_sample(version_dir)
+    if sample is None:
+        return None
+    columns = {name: sample[name].to_numpy() for name in sample.columns}
+    return Baseline(reference_for_signals(columns, detectors.all_signals()),
+                    f"champion {model} v{version} reference sample ({len(sample):,} holdout "
+                    f"rows, {version_dir / 'reference.parquet'})", "champion", columns)
 
 
 def load_scorer(registry_root: str, model: str) -> tuple[ModelScorer | None, str]:
@@ -153,27 +196,87 @@ def describe(result: CheckResult) -> list[str]:
     lines.append(f"DRIFT: {len(result.decisions)} episode(s), signals "
                  + ", ".join(result.drifted_signals()))
     for decision, finding in result.findings():
-        lines.append("  " + finding_line(decision, finding))
+        lines.append("  " + finding_line(decision, finding, result.reference_kind))
     return lines
 
 
-def finding_line(decision: DriftDecision, finding: SignalFinding) -> str:
-    firing = max(finding.firings, key=lambda f: f.statistic / f.threshold if f.threshold else 0)
+def finding_line(decision: DriftDecision, finding: SignalFinding,
+                 reference_kind: str = "file") -> str:
+    firing = _strongest(finding)
     current = rows_text(finding.current.first_position, decision.detected_at)
-    reference = rows_text(finding.reference.first_position, finding.reference.last_position)
+    reference = rows_text(finding.reference.first_position, finding.reference.last_position,
+                          reference_kind)
     return (f"{decision.kind:<12} {finding.signal:<22} at row {decision.detected_at + 1:,}: "
             f"{effect_text(finding)}; rows {current} vs reference {reference} "
             f"({firing.detector} {firing.direction})")
 
 
 def effect_text(finding: SignalFinding) -> str:
+    """The effect with its unit: reference standard deviations (rank-based normal scores),
+    a ratio of spreads, or percentage points of a category's share."""
     size = finding.effect_size
     if finding.effect_measure == "mean_shift":
         return f"mean shift {size:+.2f} sd"
     if finding.effect_measure == "std_ratio":
-        return f"spread x{size:.2f}"
+        return f"spread ×{size:.2f}"
     moved = top_category(finding)
-    return f"share of {moved!r} {size:+.1%}" if moved else f"share change {size:+.1%}"
+    points = f"{size * 100:+.1f} pp"
+    return f"share of {moved!r} {points}" if moved else f"share change {points}"
+
+
+def signal_table(result: CheckResult) -> list[dict[str, Any]]:
+    """One row per configured signal: drift (its first finding), clean (the detector nearest
+    its threshold at the last row) or not checked (and why). Rows are 1-based."""
+    findings: dict[str, list[tuple[DriftDecision, SignalFinding]]] = {}
+    for decision, finding in result.findings():
+        findings.setdefault(finding.signal, []).append((decision, finding))
+    statuses: dict[str, list[DetectorStatus]] = {}
+    for status in result.detector_status:
+        statuses.setdefault(status.signal, []).append(status)
+    return [_signal_row(result, name, kind, findings.get(name, []), statuses.get(name, []))
+            for name, kind in result.signal_kinds.items()]
+
+
+def _signal_row(result: CheckResult, name: str, kind: str,
+                found: list[tuple[DriftDecision, SignalFinding]],
+                statuses: list[DetectorStatus]) -> dict[str, Any]:
+    row: dict[str, Any] = {"signal": name, "kind": kind}
+    if found:
+        decision, finding = found[0]
+        firing = _strongest(finding)
+        onset = finding.current.first_position
+        return {**row, "status": "drift", "detector": firing.detector,
+                "direction": firing.direction, "statistic": firing.statistic,
+                "threshold": firing.threshold, "effect": effect_text(finding),
+                "effect_measure": finding.effect_measure, "effect_size": finding.effect_size,
+                "onset_row": None if onset is None else onset + 1,
+                "detected_row": decision.detected_at + 1, "episodes": len(found)}
+    reason = _not_checked(result, name, kind, statuses)
+    if reason:
+        return {**row, "status": "not checked", "reason": reason}
+    nearest = max(statuses, key=lambda s: s.statistic / s.threshold
+                  if s.threshold and np.isfinite(s.threshold) else 0.0)
+    return {**row, "status": "clean", "detector": nearest.detector,
+            "statistic": nearest.statistic, "threshold": nearest.threshold,
+            "reason": "nearest its threshold at the last row"}
+
+
+def _not_checked(result: CheckResult, name: str, kind: str,
+                 statuses: list[DetectorStatus]) -> str:
+    column = result.columns.get(name)
+    if column is None:
+        return "not in the data"
+    if np.asarray(column).dtype.kind == "f" and not np.isfinite(column).any():
+        if kind in ("prediction", "performance") and result.model_version is None:
+            return "no champion model to predict with"
+        return "no labelled rows" if kind == "performance" else "no values"
+    if not statuses or all(status.warming_up for status in statuses):
+        return "still warming up at the last row (too few values for a reference)"
+    return ""
+
+
+def _strongest(finding: SignalFinding) -> Any:
+    return max(finding.firings, key=lambda f: f.statistic / f.threshold if f.threshold else 0)
 
 
 def top_category(finding: SignalFinding) -> str | None:
@@ -186,9 +289,10 @@ def top_category(finding: SignalFinding) -> str | None:
     return max(sorted(names), key=lambda n: abs(current.get(n, 0.0) - reference.get(n, 0.0)))
 
 
-def rows_text(first: int | None, last: int | None) -> str:
-    if first is None or last is None:
-        return "(reference file)"
+def rows_text(first: int | None, last: int | None, reference_kind: str = "file") -> str:
+    if first is None or last is None:  # a reference not taken from these rows
+        return "(champion's reference sample)" if reference_kind == "champion" \
+            else "(reference file)"
     return f"{first + 1:,}-{last + 1:,}"
 
 
@@ -198,8 +302,10 @@ def summary(result: CheckResult) -> dict[str, Any]:
         "source": result.source, "rows": result.rows, "drift": result.drifted,
         "exit_code": result.exit_code, "model": result.model,
         "model_version": result.model_version, "reference": result.reference,
+        "reference_kind": result.reference_kind, "window": result.window,
         "duration_s": round(result.duration_s, 3),
         "drifted_signals": result.drifted_signals(),
+        "signals": signal_table(result),
         "episodes": [{
             "kind": decision.kind, "detected_at_row": decision.detected_at + 1,
             "signals": [_finding_summary(decision, finding) for finding in decision.signals],
@@ -208,7 +314,7 @@ def summary(result: CheckResult) -> dict[str, Any]:
 
 
 def _finding_summary(decision: DriftDecision, finding: SignalFinding) -> dict[str, Any]:
-    firing = max(finding.firings, key=lambda f: f.statistic / f.threshold if f.threshold else 0)
+    firing = _strongest(finding)
 
     def rows(first: int | None, last: int | None) -> list[int] | None:
         return None if first is None or last is None else [first + 1, last + 1]
@@ -228,54 +334,105 @@ def _finding_summary(decision: DriftDecision, finding: SignalFinding) -> dict[st
 
 # ---------------------------------------------------------------------- retraining
 
-def retrain_on_file(result: CheckResult, path: Path, settings: CheckSettings,
-                    registry_root: str) -> str:
-    """Train a candidate on the file's most recent labelled rows and gate it against the
-    registry's champion (the trainer's own run); returns the version line."""
+@dataclass(frozen=True)
+class RetrainOutcome:
+    """What ``--trigger-retraining`` did: trained a version, found every episode handled
+    already, or handed the events to the trainer worker."""
+
+    action: str  # "trained" | "handled" | "published"
+    line: str
+    version: Any = None  # trainer.registry.VersionInfo when trained
+    handled_by: dict[str, int] = field(default_factory=dict)  # drift event id -> version
+
+
+def retrain_once(result: CheckResult, settings: CheckSettings,
+                 registry_root: str) -> RetrainOutcome:
+    """Retrain on the drift episodes no version has handled yet, planned by the trainer
+    worker's own rules; train nothing when all are handled."""
+    from trainer.cli import _version_line
+    from trainer.registry import ModelRegistry
+
+    events = file_events(result, settings)
+    plan = _worker(settings, registry_root, result.model).plan(events)
+    fresh = {event.event_id for event in plan.fresh}
+    lineage = ModelRegistry(registry_root).handled_event_ids(result.model)
+    handled = {event.event_id: lineage.get(event.event_id, plan.covered.get(event.event_id))
+               for event in events if event.event_id not in fresh}
+    if not plan.fresh:
+        versions = sorted({v for v in handled.values() if v is not None})
+        return RetrainOutcome("handled", "drift already handled by version(s) "
+                              + ", ".join(map(str, versions)) + "; nothing retrained",
+                              handled_by=handled)
+    info = train_on_result(result, settings, registry_root, plan.fresh)
+    return RetrainOutcome("trained", _version_line(info), info, handled)
+
+
+def trained_on_same_data(result: CheckResult, registry_root: str) -> int | None:
+    """The newest version trained on exactly this data (same content hash), if any."""
+    from trainer.registry import ModelRegistry
+
+    registry = ModelRegistry(registry_root)
+    for version in reversed(registry.versions(result.model)):
+        windows = registry.get(result.model, version).lineage.get("training_window", {})
+        if any(w.get("topic") == result.window.get("topic") for w in windows.get("offsets", [])):
+            return version
+    return None
+
+
+def train_on_result(result: CheckResult, settings: CheckSettings, registry_root: str,
+                    events: list[Any]) -> Any:
+    """Train a candidate on the data's most recent labelled rows and gate it against the
+    registry's champion (the trainer's own run); returns the ``VersionInfo``."""
     from levydrift.features import to_model_frame
-    from trainer.cli import _version_line, file_window
     from trainer.events import code_version
     from trainer.model import ModelParams
     from trainer.registry import ModelRegistry
     from trainer.training import TrainingRequest, train_and_register
+    from trainer.worker import event_summary
 
     section = settings.trainer
     frame = to_model_frame(result.columns, include_target=True)
     labelled = frame[np.isfinite(frame["actual_levy_amount"].to_numpy(float))]
     frame = labelled.iloc[-section.window_records:].reset_index(drop=True)
-    event_ids = [event.event_id for event in file_events(result, path, settings)]
-    info = train_and_register(ModelRegistry(registry_root), result.model, TrainingRequest(
-        frame=frame, trigger_event_ids=event_ids,
-        training_offsets=[file_window(path, result.rows)],
+    return train_and_register(ModelRegistry(registry_root), result.model, TrainingRequest(
+        frame=frame, trigger_event_ids=[event.event_id for event in events],
+        training_offsets=[result.window],
         code_version=section.code_version or code_version(),
         holdout_fraction=section.holdout_fraction, gate_margin=section.gate_margin,
         min_training_records=section.min_training_records,
         params=ModelParams(max_iter=section.max_iter),
-        extra_lineage={"source_file": str(path.resolve()),
-                       "drifted_signals": result.drifted_signals()}))
-    return _version_line(info)
+        extra_lineage={"source": result.source,
+                       "drifted_signals": result.drifted_signals(),
+        "signals": signal_table(result),
+                       "drift_events": [event_summary(event) for event in events]}))
 
 
-def file_events(result: CheckResult, path: Path, settings: CheckSettings) -> list[Any]:
-    """Drift events (schema v1) for the decisions, with the file's rows as offsets of a
-    ``file.<name>`` topic (the trainer's convention for file windows)."""
-    from dataclasses import replace
+def _worker(settings: CheckSettings, registry_root: str, model: str) -> Any:
+    """A trainer worker (not started: no Kafka) for its ``plan`` of drift events."""
+    from trainer.config import TrainerSettings
+    from trainer.worker import TrainWorker
 
+    return TrainWorker(TrainerSettings(kafka=settings.kafka, topics=settings.topics,
+                                       trainer=replace(settings.trainer, model_name=model,
+                                                       registry_root=registry_root)))
+
+
+def file_events(result: CheckResult, settings: CheckSettings) -> list[Any]:
+    """Drift events (schema v1) for the decisions, with the rows as offsets of the data's
+    window topic (``file.<name>.<hash>``: the trainer's convention for file windows)."""
     from consumer.config import ConsumerSection, ConsumerSettings
     from consumer.events import decision_to_event
-    from trainer.cli import file_window
 
-    topic = file_window(path, result.rows)["topic"]
     consumer_settings = ConsumerSettings(
         topics=settings.topics, consumer=replace(ConsumerSection(), group_id=CHECK_GROUP,
                                                  model_name=result.model))
     times = result.columns["event_time"]
-    return [decision_to_event(decision, topic, 0, consumer_settings, result.model_version,
-                              str(times[decision.detected_at]))
+    return [decision_to_event(decision, result.window["topic"], 0, consumer_settings,
+                              result.model_version, str(times[decision.detected_at]))
             for decision in result.decisions]
 
 
-def publish_events(result: CheckResult, path: Path, settings: CheckSettings) -> int:
+def publish_events(result: CheckResult, settings: CheckSettings) -> int:
     """Send the drift events to the drift-events topic for the trainer worker."""
     from confluent_kafka import Producer
 
@@ -285,7 +442,7 @@ def publish_events(result: CheckResult, path: Path, settings: CheckSettings) -> 
     ensure_reachable(admin_client(settings.kafka), settings.kafka)
     producer = Producer(producer_config(settings.kafka))
     failures: list[str] = []
-    events = file_events(result, path, settings)
+    events = file_events(result, settings)
     for event in events:
         producer.produce(settings.topics.drift_events, value=event.to_bytes(),
                          key=result.model.encode(),
@@ -309,16 +466,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-path", required=True, type=Path, metavar="FILE",
                         help="levy records (.csv, .parquet, .jsonl) in arrival order")
     parser.add_argument("--reference", type=Path, metavar="FILE",
-                        help="baseline records (default: the first detectors.warmup_records "
-                             "rows of --data-path)")
+                        help="baseline records (default: the champion's reference sample, "
+                             "else the first detectors.warmup_records rows of --data-path)")
     parser.add_argument("--report", type=Path, metavar="PATH",
-                        help="write an HTML report with a plot per drifted signal and a JSON "
-                             "summary: PATH.html + PATH.json, or PATH/index.html + "
-                             "PATH/summary.json")
+                        help="write an HTML report (a table of every signal, distributions "
+                             "and time course per drifted one) and a JSON summary: PATH.html "
+                             "+ PATH.json, or PATH/index.html + PATH/summary.json")
     parser.add_argument("--trigger-retraining", action="store_true",
-                        help="on drift, train a candidate on the file and gate it against the "
-                             "registry's champion (or, with --publish-events, leave that to "
-                             "the trainer worker)")
+                        help="on drift no version has handled yet, train a candidate on the "
+                             "file and gate it against the registry's champion (or, with "
+                             "--publish-events, leave that to the trainer worker)")
     parser.add_argument("--publish-events", action="store_true",
                         help="with --trigger-retraining: publish the drift events to the "
                              "drift-events topic instead of training here")
@@ -343,8 +500,8 @@ def _run(arguments: argparse.Namespace) -> int:
         html, json_path = write_report(result, arguments.report)
         print(f"report: {html} (summary {json_path})")
     if result.drifted and arguments.trigger_retraining:
-        print(trigger_retraining(result, arguments.data_path, settings,
-                                 arguments.registry, arguments.publish_events))
+        print(trigger_retraining(result, settings, arguments.registry,
+                                 arguments.publish_events).line)
     return result.exit_code
 
 
@@ -353,28 +510,55 @@ def check_file(path: Path, settings: CheckSettings, reference: Path | None = Non
                note: Callable[[str], None] = lambda text: print(f"note: {text}")
                ) -> CheckResult:
     """Read, validate and check one file against the registry's champion."""
+    from trainer.cli import file_window
+
+    columns = read_levy_file(path)
+    return check_columns(columns, settings, str(path),
+                         file_window(path, len(columns["record_id"])), reference, model,
+                         registry, note)
+
+
+def check_columns(columns: dict[str, np.ndarray], settings: CheckSettings, source: str,
+                  window: dict[str, Any], reference: Path | None = None,
+                  model: str | None = None, registry: str | None = None,
+                  note: Callable[[str], None] = log.info) -> CheckResult:
+    """Check records (a file's, a topic window's) against the baseline ``choose_baseline``
+    picks, scored by the registry's champion."""
     model = model or settings.trainer.model_name
-    scorer, missing_model = load_scorer(registry or settings.trainer.registry_root, model)
+    registry = registry or settings.trainer.registry_root
+    scorer, missing_model = load_scorer(registry, model)
     if missing_model:
         note(missing_model)
-    columns = read_levy_file(path)
-    reference_columns = read_levy_file(reference) if reference is not None else None
-    if reference_columns is None and len(columns["record_id"]) <= settings.detectors.warmup_records:
-        note(f"{len(columns['record_id']):,} rows do not outlast the "
-             f"{settings.detectors.warmup_records:,}-row warm-up; pass --reference to check "
-             "a short file")
     try:
-        return run_check(columns, settings.detectors, scorer, reference_columns,
-                         source=str(path), model=model)
+        baseline = choose_baseline(settings.detectors, scorer, reference, registry, model)
+        if baseline.kind == "warm-up" and len(columns["record_id"]) <= \
+                settings.detectors.warmup_records:
+            note(f"{len(columns['record_id']):,} rows do not outlast the "
+                 f"{settings.detectors.warmup_records:,}-row warm-up; pass --reference to "
+                 "check a short file")
+        return run_check(columns, settings.detectors, scorer, baseline, source=source,
+                         model=model, window=window)
     except DetectorConfigError as error:  # a reference too small to describe a signal
-        raise UsageError(f"{reference or path}: {error}") from None
+        raise UsageError(f"{reference or source}: {error}") from None
 
 
-def trigger_retraining(result: CheckResult, path: Path, settings: CheckSettings,
-                       registry: str | None, publish: bool) -> str:
+def choose_baseline(detectors: DetectorSettings, scorer: ModelScorer | None,
+                    reference: Path | None, registry: str, model: str) -> Baseline:
+    """``--reference FILE``, else the champion's reference sample, else the warm-up."""
+    if reference is not None:
+        return file_baseline(reference, detectors, scorer)
+    if scorer is not None and scorer.version is not None:
+        baseline = champion_baseline(registry, model, scorer.version, detectors)
+        if baseline is not None:
+            return baseline
+    return warmup_baseline(detectors)
+
+
+def trigger_retraining(result: CheckResult, settings: CheckSettings, registry: str | None,
+                       publish: bool) -> RetrainOutcome:
     if publish:
-        count = publish_events(result, path, settings)
-        return (f"retraining: published {count} drift event(s) to "
-                f"{settings.topics.drift_events} for the trainer worker")
-    line = retrain_on_file(result, path, settings, registry or settings.trainer.registry_root)
-    return f"retraining: {line}"
+        count = publish_events(result, settings)
+        return RetrainOutcome("published", f"retraining: published {count} drift event(s) "
+                              f"to {settings.topics.drift_events} for the trainer worker")
+    outcome = retrain_once(result, settings, registry or settings.trainer.registry_root)
+    return replace(outcome, line=f"retraining: {outcome.line}")

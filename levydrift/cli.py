@@ -34,6 +34,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("levydrift.demo",
              "the drift -> retrain -> promote -> swap loop on the local broker"),
     "schedule": ("levydrift.schedule", "run the batch drift check every --interval hours"),
+    "daily": ("levydrift.daily",
+              "the scheduled batch job: check, retrain unhandled drift, outcome files"),
+    "notify": ("levydrift.daily", "send a daily outcome through the configured [notify] channels"),
 }
 
 

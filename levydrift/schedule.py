@@ -10,6 +10,7 @@ SIGINT stops it between runs (the wait is an ``Event``, so it stops at once).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import math
 import signal
@@ -27,11 +28,11 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from levydrift.check import (
     CheckResult,
     CheckSettings,
+    check_columns,
     check_file,
     load_check_settings,
-    load_scorer,
-    retrain_on_file,
-    run_check,
+    train_on_result,
+    trained_on_same_data,
     trigger_retraining,
 )
 from levydrift.errors import LevyDriftError, UsageError
@@ -83,19 +84,35 @@ class Job:
                               registry=self.registry, note=log.info)
         topic = self.settings.topics.records
         columns = read_topic_window(self.settings, topic, self.window_records)
-        scorer, _ = load_scorer(self.registry, self.model)
-        return run_check(columns, self.settings.detectors, scorer,
-                         source=f"{topic} (last {len(columns['record_id']):,} records)",
-                         model=self.model)
+        return check_columns(columns, self.settings,
+                             f"{topic} (last {len(columns['record_id']):,} records)",
+                             topic_window(topic, columns), model=self.model,
+                             registry=self.registry)
 
     def retrain(self, result: CheckResult, number: int) -> str | None:
-        source = self.data_path or Path(self.settings.topics.records)
+        """Drift no version handled yet retrains (``--trigger-retraining``); so does every
+        ``--retrain-every``-th run, unless a version was trained on exactly this data."""
         if result.drifted and self.trigger_retraining:
-            return trigger_retraining(result, source, self.settings, self.registry,
-                                      self.publish_events)
+            return trigger_retraining(result, self.settings, self.registry,
+                                      self.publish_events).line
         if self.retrain_every and number % self.retrain_every == 0:
-            return "scheduled " + retrain_on_file(result, source, self.settings, self.registry)
+            done = trained_on_same_data(result, self.registry)
+            if done is not None:
+                return f"scheduled: version {done} was trained on the same data; skipped"
+            from trainer.cli import _version_line
+
+            return "scheduled " + _version_line(
+                train_on_result(result, self.settings, self.registry, []))
         return None
+
+
+def topic_window(topic: str, columns: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A topic window as a training window named by its content (the record ids), so the
+    same records read again are recognised as data already trained on."""
+    digest = hashlib.sha256("\n".join(map(str, columns["record_id"])).encode()).hexdigest()
+    rows = len(columns["record_id"])
+    return {"topic": f"window.{topic}.{digest[:12]}", "partition": 0, "first_offset": 0,
+            "last_offset": max(rows - 1, 0)}
 
 
 def schedule_loop(run: Callable[[int], dict[str, Any]], interval_s: float,

@@ -33,7 +33,7 @@ BOOTSTRAP_FALLBACK_VARIABLE = "KAFKA_BOOTSTRAP_SERVERS"
 # Every top-level table any service reads; the shared file may hold all of them.
 KNOWN_SECTIONS = {
     "kafka", "topics", "consumer", "trainer", "detectors", "metrics", "registry",
-    "simulator", "logging", "schedule", "check",
+    "simulator", "logging", "schedule", "check", "notify",
 }
 
 

@@ -209,8 +209,9 @@ _SCENARIO_SIGNALS = {
     "exemption-policy": ["actual_levy_amount", "exemption_amount"],
     "unit-bug": ["assessed_value", "market_value", "exemption_amount", "prior_levy_amount",
                  "new_construction_value", "actual_levy_amount"],
+    # The new class builds six times as often as the rest (new_construction_rate 0.30).
     "new-property-class": ["property_class", "assessed_value", "market_value",
-                           "prior_levy_amount", "actual_levy_amount"],
+                           "prior_levy_amount", "new_construction_value", "actual_levy_amount"],
     "gradual": ["assessed_value", "market_value", "exemption_amount", "new_construction_value",
                 "levy_rate", "actual_levy_amount"],
     "variance": ["assessed_value", "market_value", "exemption_amount", "new_construction_value",

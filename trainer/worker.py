@@ -247,7 +247,7 @@ class TrainWorker:
                 gate_margin=self.section.gate_margin,
                 min_training_records=self.section.min_training_records,
                 params=ModelParams(max_iter=self.section.max_iter),
-                extra_lineage={"drift_events": [_event_summary(e) for e in events],
+                extra_lineage={"drift_events": [event_summary(e) for e in events],
                                "scanned_records": window.scanned_records,
                                "refused_records": window.rejected_records}))
         except (BrokerUnavailableError, KafkaException):
@@ -368,7 +368,8 @@ def _raise_fatal(message: Message) -> bool:
     return False
 
 
-def _event_summary(event: DriftEvent) -> dict[str, Any]:
+def event_summary(event: DriftEvent) -> dict[str, Any]:
+    """A drift event as a version's lineage keeps it (the episode-gap rule reads it back)."""
     window = event.current_window
     return {"event_id": event.event_id, "kind": event.kind, "detected_at": event.detected_at,
             "signals": [signal.signal for signal in event.signals],

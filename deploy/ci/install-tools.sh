@@ -2,7 +2,8 @@
 # Installs the tools the operations tests drive (tests/ops), on Debian as root. Idempotent: each
 # tool is installed only when missing. .ci/run calls it; developers can too.
 #   promtool, prometheus  <- Debian package prometheus
-#   amtool                <- Debian package prometheus-alertmanager
+#   amtool, prometheus-alertmanager <- Debian package prometheus-alertmanager
+#   chromium              <- Debian package chromium (renders the drift report headless)
 #   docker-compose        <- Debian package docker-compose (validates compose files, no engine)
 #   shellcheck            <- Debian package shellcheck (actionlint uses it on `run:` scripts)
 #   actionlint            <- Go module, into $(go env GOPATH)/bin (not packaged by Debian 12)
@@ -17,6 +18,7 @@ command -v prometheus >/dev/null || packages+=(prometheus)
 command -v amtool >/dev/null || packages+=(prometheus-alertmanager)
 command -v docker-compose >/dev/null || packages+=(docker-compose)
 command -v shellcheck >/dev/null || packages+=(shellcheck)
+command -v chromium >/dev/null || packages+=(chromium)
 if ! command -v go >/dev/null && [ ! -x /usr/local/go/bin/go ]; then
   packages+=(golang-go)
 fi
@@ -41,4 +43,5 @@ fi
 promtool --version 2>&1 | head -1
 amtool --version 2>&1 | head -1
 docker-compose version --short 2>/dev/null || docker-compose version | head -1
+chromium --version 2>/dev/null | head -1
 "$gobin/actionlint" -version 2>/dev/null | head -1 || actionlint -version | head -1

@@ -15,6 +15,7 @@ REQUIRED_ALERTS = {
     "LevyDriftConsumerDown", "LevyDriftTrainerDown", "LevyDriftConsumerStalled",
     "LevyDriftConsumerLagHigh", "LevyDriftDeadLetterRateHigh", "LevyDriftDetected",
     "LevyDriftRetrainFailed", "LevyDriftModelStale",
+    "LevyDriftModelPromoted", "LevyDriftCandidateRejected",  # issue 17
 }
 
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from detectors.config import DetectorSettings
 from levydrift.cli import main
 from levydrift.features import to_model_frame
 from levydrift.simulate_cli import write_file
 from levydrift.simulator import LevySimulator, SimulatorConfig
+from tests.champions import train_champion
 from trainer.model import ModelParams
 from trainer.registry import ModelRegistry
 from trainer.training import TrainingRequest, train_and_register
@@ -107,8 +110,39 @@ def test_report_has_one_plot_per_drifted_signal(files: Path, registry: Path,
     assert page.count('<img alt="') == len(summary["drifted_signals"]) >= 2
     assert page.count("data:image/png;base64,iVBOR") == len(summary["drifted_signals"])
     for signal in summary["drifted_signals"]:
-        assert f"<h2>{signal}</h2>" in page
+        assert f'<h2 id="{signal}">{signal} ' in page
     assert f"report: {target}" in out
+
+
+def test_report_table_lists_every_configured_signal(
+        files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Drifted, clean and not-checked signals alike, each with its status and the numbers
+    behind it; the signals a file without a model cannot feed say why."""
+    target = files / "table-report"
+    code, _, _ = check(capsys, "--data-path", simulated(files, "levy-rate-change"),
+                       "--registry", files / "empty-registry", "--report", target)
+    assert code == 1
+    page = (target / "index.html").read_text()
+    rows = json.loads((target / "summary.json").read_text())["signals"]
+    configured = DetectorSettings().all_signals()
+    assert [row["signal"] for row in rows] == list(configured)
+    table = page.split('<table class="signals">', 1)[1].split("</table>", 1)[0]
+    assert table.count("<tr class=") == len(configured)
+    by_name = {row["signal"]: row for row in rows}
+    for name, row in by_name.items():
+        assert f"<strong>{name}</strong>" in table
+        assert row["status"] in ("drift", "clean", "not checked")
+    drifted = by_name["levy_rate"]
+    assert drifted["status"] == "drift" and drifted["statistic"] >= drifted["threshold"]
+    assert re.fullmatch(r"mean shift [+-]\d+\.\d\d sd|spread ×\d+\.\d\d", drifted["effect"])
+    assert drifted["onset_row"] <= drifted["detected_row"]
+    assert f"{drifted['detected_row']:,}" in table
+    for name in ("prediction", "abs_error", "relative_error"):
+        assert by_name[name] == {"signal": name, "kind": by_name[name]["kind"],
+                                 "status": "not checked",
+                                 "reason": "no champion model to predict with"}
+    clean = [row for row in rows if row["status"] == "clean"]
+    assert clean and all(row["statistic"] < row["threshold"] for row in clean)
 
 
 def test_no_drift_report_has_no_plots(files: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -117,6 +151,7 @@ def test_no_drift_report_has_no_plots(files: Path, capsys: pytest.CaptureFixture
     assert code == 0
     page = (files / "none-rep" / "index.html").read_text()
     assert "No drift" in page and "<img" not in page
+    assert page.count('<span class="badge clean">') == 9  # every feature checked and clean
     assert json.loads((files / "none-rep" / "summary.json").read_text())["drift"] is False
 
 
@@ -220,10 +255,7 @@ def test_trigger_retraining_trains_and_gates_a_candidate(
     monkeypatch.setenv("LEVYDRIFT_TRAINER_WINDOW_RECORDS", "4000")  # keep the fit quick
     monkeypatch.setenv("LEVYDRIFT_TRAINER_MAX_ITER", "20")
     root = tmp_path / "models"
-    history = LevySimulator(SimulatorConfig(labelled_share=1.0)).columns(500_000, 502_000)
-    train_and_register(ModelRegistry(root), "levy-impact", TrainingRequest(
-        frame=to_model_frame(history, include_target=True), trigger_event_ids=[],
-        training_offsets=[], code_version="test", params=ModelParams(max_iter=20)))
+    train_champion(root)
     code, out, _ = check(capsys, "--data-path", simulated(files, "exemption-policy"),
                          "--registry", root, "--trigger-retraining")
     assert code == 1
@@ -233,3 +265,76 @@ def test_trigger_retraining_trains_and_gates_a_candidate(
     assert info.metrics["champion_version"] == 1  # gated against the champion
     assert info.lineage["drift_event_ids"]  # the drift events that triggered it
     assert (root / "levy-impact" / "training_history.csv").read_text().count("\n") == 3
+
+
+# ---------------------------------------------------------------------- the baseline
+
+def test_the_champions_reference_sample_is_the_baseline(
+        files: Path, registry: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file that drifts inside what would be its warm-up: the warm-up learns the drifted
+    world as normal, the champion's holdout sample does not."""
+    path = files / "drifted-in-the-warm-up.parquet"
+    config = SimulatorConfig(scenario="levy-rate-change", change_at=3_000, labelled_share=0.5)
+    write_file(LevySimulator(config), 9_000, path)
+    code, out, _ = check(capsys, "--data-path", path, "--registry", registry,
+                         "--report", files / "from-start")
+    summary = json.loads((files / "from-start" / "summary.json").read_text())
+    assert code == 1 and "levy_rate" in summary["drifted_signals"], out
+    assert summary["reference_kind"] == "champion"
+    assert "champion levy-impact v1 reference sample (2,000 holdout rows" in out
+    assert "(champion's reference sample)" in out
+    code, out, _ = check(capsys, "--data-path", path, "--registry", files / "empty-registry",
+                         "--report", files / "from-start-warm-up")
+    summary = json.loads((files / "from-start-warm-up" / "summary.json").read_text())
+    assert summary["reference_kind"] == "warm-up" and "warm-up" in summary["reference"]
+    assert "levy_rate" not in summary["drifted_signals"]
+
+
+def test_reference_file_overrides_the_champion(files: Path, registry: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    reference = files / "reference-override.csv"
+    write_file(LevySimulator(SimulatorConfig(labelled_share=0.5)), 6_000, reference)
+    code, out, _ = check(capsys, "--data-path", simulated(files, "none"), "--registry",
+                         registry, "--reference", reference, "--report", files / "override")
+    summary = json.loads((files / "override" / "summary.json").read_text())
+    assert summary["reference_kind"] == "file"
+    assert summary["reference"].startswith(f"{reference} (6,000 rows, --reference)"), out
+
+
+# ---------------------------------------------------------------------- handled once
+
+def test_the_same_drift_is_retrained_once_and_a_new_episode_again(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEVYDRIFT_TRAINER_WINDOW_RECORDS", "4000")  # keep the fit quick
+    monkeypatch.setenv("LEVYDRIFT_TRAINER_MAX_ITER", "20")
+    root = tmp_path / "models"
+    train_champion(root, records=4_000)
+    january = tmp_path / "january.parquet"
+    write_file(LevySimulator(SimulatorConfig(scenario="levy-rate-change", change_at=4_000,
+                                             labelled_share=0.5)), 10_000, january)
+    outputs = []
+    for _ in range(2):
+        code, out, _ = check(capsys, "--data-path", january, "--registry", root,
+                             "--trigger-retraining")
+        assert code == 1, out  # drift is there both times: the verdict does not change
+        outputs.append(out)
+    registry = ModelRegistry(root)
+    assert registry.versions("levy-impact") == [1, 2]
+    assert len(registry.training_history("levy-impact")) == 2
+    assert "retraining: levy-impact version 2:" in outputs[0]
+    assert "retraining: drift already handled by version(s) 2; nothing retrained" \
+        in outputs[1], outputs[1]
+    lineage = registry.get("levy-impact", 2).lineage
+    assert lineage["training_window"]["offsets"][0]["topic"].startswith("file.january.parquet.")
+    assert [e["event_id"] for e in lineage["drift_events"]] == lineage["drift_event_ids"]
+
+    march = tmp_path / "march.parquet"  # a new file, a new episode two months later
+    write_file(LevySimulator(SimulatorConfig(
+        scenario="levy-rate-change", change_at=4_000, labelled_share=0.5, seed=7,
+        start_time=datetime(2026, 3, 1, tzinfo=UTC))), 10_000, march)
+    code, out, _ = check(capsys, "--data-path", march, "--registry", root,
+                         "--trigger-retraining")
+    assert code == 1, out
+    assert "retraining: levy-impact version 3:" in out, out
+    assert registry.versions("levy-impact") == [1, 2, 3]

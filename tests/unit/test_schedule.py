@@ -49,16 +49,20 @@ def test_two_runs_on_a_short_interval_then_stop(drifting_file: Path, tmp_path: P
 
     def emit(entry: dict[str, Any]) -> None:
         entries.append(entry)
-        if entry.get("run") == 2:
+        if entry.get("run") == 4:
             stop.set()  # as SIGTERM would, while the loop waits out its interval
 
     assert schedule_loop(job.run, 0.2, stop, emit) == 0
     runs = [entry for entry in entries if "run" in entry]
-    assert [entry["run"] for entry in runs] == [1, 2]
-    assert all(entry["drift"] and entry["signals"] == ["levy_rate"] for entry in runs)
+    assert [entry["run"] for entry in runs] == [1, 2, 3, 4]
+    assert all(entry["drift"] and "levy_rate" in entry["signals"] for entry in runs)
     assert runs[0]["retraining"] is None  # the cadence is every 2nd run
     assert runs[1]["retraining"].startswith("scheduled levy-impact version 2:")
-    assert entries[-1]["runs"] == 2 and "stopped_at" in entries[-1]
+    # The same file again: version 2 already learnt it; no second version of the same data.
+    assert runs[3]["retraining"] == ("scheduled: version 2 was trained on the same data; "
+                                     "skipped"), runs[3]
+    assert ModelRegistry(root).versions("levy-impact") == [1, 2]
+    assert entries[-1]["runs"] == 4 and "stopped_at" in entries[-1]
     json.dumps(entries)  # each entry is one JSON line
 
 

@@ -105,10 +105,12 @@ def test_example_config_in_deploy_loads() -> None:
     assert settings.topics.records
     from consumer.config import ConsumerSettings
     from levydrift.check import CheckSettings
+    from levydrift.daily import DailySettings
     from levydrift.simulate_cli import SimulatorSettings
     from trainer.config import TrainerSettings
 
-    for service in (ConsumerSettings, TrainerSettings, CheckSettings, SimulatorSettings):
+    for service in (ConsumerSettings, TrainerSettings, CheckSettings, SimulatorSettings,
+                    DailySettings):
         assert load(service, example, environ={}).kafka.bootstrap_servers
 
 
