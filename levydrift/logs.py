@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -29,7 +30,19 @@ class JsonLineFormatter(logging.Formatter):
                 entry[key] = "***" if _looks_secret(key) else value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        try:
+            return orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        except TypeError:  # a tuple key, an int beyond 64 bits: still a line, never an error
+            return json.dumps(_jsonable(entry), default=str)
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with every mapping key a string, so the standard encoder cannot refuse it."""
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_jsonable(item) for item in value]
+    return value
 
 
 def _looks_secret(key: str) -> bool:

@@ -33,7 +33,10 @@ from trainer.training import TrainingRequest, train_and_register
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
-        "train", help="train, gate and register a levy model from a CSV/Parquet/JSONL file")
+        "train", help="train, gate and register a levy model from a CSV/Parquet/JSONL file",
+        description="Train a candidate on a file of labelled levy records, evaluate it against "
+                    "the champion on the same holdout and register it as a new version "
+                    "(promoted when the gate passes). Prints the version line.")
     train.add_argument("--data-path", required=True, metavar="FILE",
                        help="levy records with actual_levy_amount (.csv, .parquet, .jsonl)")
     train.add_argument("--model", help="model name (default: trainer.model_name)")
@@ -44,23 +47,40 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.set_defaults(handler=_run_train)
 
     worker = subparsers.add_parser(
-        "train-worker", help="retrain on drift events and publish model versions (service)")
+        "train-worker", help="retrain on drift events and publish model versions (service)",
+        description="The retraining service: read drift events, read the training window back "
+                    "from the records topic, train, gate against the champion, register the "
+                    "version and publish its model-version event, exactly once per episode. "
+                    "Prometheus metrics on metrics.port; JSON logs on stderr; SIGTERM or SIGINT "
+                    "stops it.")
     worker.set_defaults(handler=_run_worker)
 
-    registry = subparsers.add_parser("registry", help="list, show, promote, roll back models")
+    registry = subparsers.add_parser(
+        "registry", help="list, show, promote, roll back models",
+        description="The model registry on disk (trainer.registry_root): versions, aliases "
+                    "and their history.")
     registry.add_argument("--registry", metavar="DIR",
                           help="registry root (default: trainer.registry_root)")
     actions = registry.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
-    listing = actions.add_parser("list", help="models and their versions")
+    listing = actions.add_parser(
+        "list", help="models and their versions",
+        description="One line per version: status, aliases, and its holdout MAE next to the "
+                    "champion's on the same holdout.")
     listing.add_argument("model", nargs="?", help="only this model")
     listing.set_defaults(handler=_run_list)
-    show = actions.add_parser("show", help="one version's manifest, metrics and lineage")
+    show = actions.add_parser(
+        "show", help="one version's manifest, metrics and lineage",
+        description="Print one version's manifest, metrics and lineage as JSON.")
     show.add_argument("reference", help="NAME (champion), NAME@alias or NAME/version")
     show.set_defaults(handler=_run_show)
     for name, helptext in (("promote", "make a version the champion"),
                            ("rollback", "move the champion one step back")):
-        action = actions.add_parser(name, help=helptext)
+        action = actions.add_parser(
+            name, help=helptext,
+            description=f"{helptext[0].upper()}{helptext[1:]} and publish a model-version "
+                        "event so consumers swap models (checks the broker first; "
+                        "--no-publish changes the registry only).")
         action.add_argument("reference", help="NAME/version" if name == "promote" else "NAME")
         action.add_argument("--reason", default=f"manual {name}")
         action.add_argument("--no-publish", action="store_true",
@@ -154,6 +174,8 @@ def _run_worker(arguments: argparse.Namespace) -> int:
 def _run_list(arguments: argparse.Namespace) -> int:
     config = _settings(arguments)
     registry = _registry(arguments, config)
+    if arguments.model:
+        registry.require_model(arguments.model)
     names = [arguments.model] if arguments.model else registry.model_names()
     print(f"{'model':<20} {'version':>7} {'status':<9} {'aliases':<12} {'mae':>10} created")
     for name in names:

@@ -234,7 +234,7 @@ class TrainWorker:
             if window.topic == records_topic:
                 ends[window.partition] = max(ends.get(window.partition, -1), window.last_offset)
         log.info("training started", extra={"model": self.model_name, "event_ids": event_ids,
-                                            "window_ends": ends})
+                                            "window_ends": {str(p): o for p, o in ends.items()}})
         try:
             window = read_training_window(self.settings.kafka, records_topic, ends,
                                           self.section.window_records,

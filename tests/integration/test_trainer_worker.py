@@ -234,6 +234,13 @@ def _start_subprocess(config: Path) -> tuple[subprocess.Popen, list[str]]:
     return process, lines
 
 
+def _json_or_none(line: str) -> dict | None:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+
+
 def test_kill_during_training_then_restart_yields_exactly_one_version(
         stack: Stack, tmp_path: Path) -> None:
     ends = stack.produce_records(3000)
@@ -243,6 +250,11 @@ def test_kill_during_training_then_restart_yields_exactly_one_version(
         event = stack.send_event(ends, "2026-03-01T00:00:00Z")
         wait_until(lambda: any("fitting a candidate" in line for line in lines), 120,
                    "the worker to start fitting")
+        # Every log line is one JSON object (partition numbers as keys used to break it).
+        assert not any("Logging error" in line for line in lines), "".join(lines)[-3000:]
+        (started,) = [entry for entry in map(_json_or_none, lines)
+                      if entry and entry["message"] == "training started"]
+        assert started["window_ends"] == {str(p): o for p, o in ends.items()}
         process.kill()  # SIGKILL: no cleanup of any kind
         process.wait(timeout=30)
     finally:
