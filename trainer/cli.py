@@ -177,16 +177,52 @@ def _run_list(arguments: argparse.Namespace) -> int:
     if arguments.model:
         registry.require_model(arguments.model)
     names = [arguments.model] if arguments.model else registry.model_names()
-    print(f"{'model':<20} {'version':>7} {'status':<9} {'aliases':<12} {'mae':>10} created")
+    rows = [("model", "version", "status", "aliases", "holdout", "mae",
+             "champion, same holdout", "created")]
     for name in names:
         aliases = registry.aliases(name)
+        rolled_back = rolled_back_versions(registry.alias_history(name))
         for version in registry.versions(name):
             info = registry.get(name, version)
             tags = ",".join(a for a, v in sorted(aliases.items()) if v == version)
-            mae = info.metrics.get("candidate", {}).get("mae")
-            print(f"{name:<20} {version:>7} {info.manifest.get('status', '?'):<9} {tags:<12} "
-                  f"{'' if mae is None else f'{mae:.2f}':>10} {info.manifest.get('created_at')}")
+            status = info.manifest.get("status", "?")
+            if version in rolled_back:
+                status = "rolled back"
+            rows.append((name, str(version), status, tags or "-", *_holdout_columns(info.metrics),
+                         str(info.manifest.get("created_at", ""))))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    right = {1, 4, 5}  # numbers
+    for row in rows:
+        print("  ".join(cell.rjust(width) if i in right else cell.ljust(width)
+                        for i, (cell, width) in enumerate(zip(row, widths, strict=True)))
+              .rstrip())
+    print("mae: each version on its own holdout (the newest records of its training window); "
+          "compare it with the champion of its time on that same holdout, not across rows")
     return 0
+
+
+def rolled_back_versions(history: list[dict[str, Any]]) -> set[int]:
+    """Versions a rollback took the champion alias away from (and that never got it back)."""
+    rolled_back: set[int] = set()
+    for entry in history:
+        if entry["alias"] != CHAMPION:
+            continue
+        rolled_back.discard(entry["version"])
+        if entry["action"] == "rolled_back" and entry.get("previous_version") is not None:
+            rolled_back.add(entry["previous_version"])
+    return rolled_back
+
+
+def _holdout_columns(metrics: dict[str, Any]) -> tuple[str, str, str]:
+    """(holdout records, the version's MAE on it, ``v<champion> <its MAE on the same holdout>``)."""
+    holdout = metrics.get("holdout_records")
+    mae = (metrics.get("candidate") or {}).get("mae")
+    champion_mae = (metrics.get("champion") or {}).get("mae")
+    champion = metrics.get("champion_version")
+    then = "-" if champion is None else f"v{champion} " + (
+        "not scored" if champion_mae is None else f"{champion_mae:.2f}")
+    return ("?" if holdout is None else f"{holdout:,} rec",
+            "?" if mae is None else f"{mae:.2f}", then)
 
 
 def _run_show(arguments: argparse.Namespace) -> int:

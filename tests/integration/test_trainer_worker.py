@@ -254,7 +254,8 @@ def test_kill_during_training_then_restart_yields_exactly_one_version(
         assert not any("Logging error" in line for line in lines), "".join(lines)[-3000:]
         (started,) = [entry for entry in map(_json_or_none, lines)
                       if entry and entry["message"] == "training started"]
-        assert started["window_ends"] == {str(p): o for p, o in ends.items()}
+        window = event.current_window
+        assert started["window_ends"] == {str(window.partition): window.last_offset}
         process.kill()  # SIGKILL: no cleanup of any kind
         process.wait(timeout=30)
     finally:
@@ -305,3 +306,37 @@ def test_rollback_restores_the_previous_champion_and_publishes_it(
     (event,) = stack.version_events()
     assert (event.decision, event.version, event.previous_version) == ("rolled_back", 1, 2)
     assert event.artifact_sha256 == registry.get(NAME, 1).sha256
+
+
+def test_the_champion_gauge_follows_a_rollback_made_while_the_worker_runs(
+        stack: Stack, tmp_path: Path) -> None:
+    from levydrift.features import to_model_frame
+    from trainer import metrics
+    from trainer.model import ModelParams
+    from trainer.training import TrainingRequest, train_and_register
+
+    registry = ModelRegistry(stack.root)
+    for start in (0, 3000):
+        frame = to_model_frame(SIMULATOR.columns(start, start + 3000), include_target=True)
+        train_and_register(registry, NAME, TrainingRequest(
+            frame=frame, trigger_event_ids=[], code_version="test",
+            training_offsets=[{"topic": stack.records, "partition": 0, "first_offset": start,
+                               "last_offset": start + 2999}],
+            gate_margin=-1.0, min_training_records=100, params=ModelParams(max_iter=20)))
+
+    def gauge() -> float | None:
+        return metrics.REGISTRY.get_sample_value("levydrift_trainer_champion_version",
+                                                 {"model": NAME})
+
+    worker = RunningWorker(stack.config_file(tmp_path))
+    try:
+        wait_until(lambda: gauge() == 2, 60, "the worker to report champion 2")
+        completed = subprocess.run(
+            [sys.executable, "-m", "levydrift.cli", "--config", str(stack.config_file(tmp_path)),
+             "registry", "rollback", "--no-publish", NAME], cwd=REPO, capture_output=True,
+            text=True, timeout=120,
+            env={k: v for k, v in os.environ.items() if not k.startswith("LEVYDRIFT_")})
+        assert completed.returncode == 0, completed.stderr
+        wait_until(lambda: gauge() == 1, 60, "the champion gauge to follow the rollback")
+    finally:
+        worker.stop()

@@ -158,3 +158,28 @@ def test_a_metrics_port_in_use_is_one_line(command: str) -> None:
     assert lines == [f"levydrift {command}: metrics port 127.0.0.1:{port} cannot be used "
                      "(Address already in use); set metrics.port (LEVYDRIFT_METRICS_PORT) to "
                      "a free port, or 0 to disable metrics"]
+
+
+def test_registry_list_shows_rollbacks_and_which_holdout_each_mae_is_on(tmp_path: Path) -> None:
+    import dataclasses
+
+    from tests.unit.test_registry_files import NAME, _candidate
+    from trainer.registry import ModelRegistry
+
+    registry = ModelRegistry(tmp_path)
+    registry.register(NAME, dataclasses.replace(_candidate(mae=47.05), holdout_records=600))
+    champion_then = {"mae": 61.2, "rmse": 70.0, "mape": 0.1, "r2": 0.5}
+    registry.register(NAME, dataclasses.replace(
+        _candidate(events=["e2"], mae=55.01), holdout_records=2000, champion_version=1,
+        champion_metrics=champion_then))
+    registry.rollback(NAME)
+    result = run_cli("registry", "--registry", str(tmp_path), "list")
+    assert result.returncode == 0, result.stderr
+    header, first, second, note = result.stdout.splitlines()
+    assert header.split() == ["model", "version", "status", "aliases", "holdout", "mae",
+                              "champion,", "same", "holdout", "created"]
+    assert first.split()[:7] == [NAME, "1", "promoted", "champion", "600", "rec", "47.05"]
+    assert first.split()[7] == "-"  # no champion before version 1
+    assert second.split()[:10] == [NAME, "2", "rolled", "back", "-", "2,000", "rec", "55.01",
+                                   "v1", "61.20"]
+    assert note.startswith("mae: each version on its own holdout")
