@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -50,9 +50,10 @@ def _looks_secret(key: str) -> bool:
     return any(marker in lowered for marker in _SECRET_MARKERS)
 
 
-def configure(level: str = "INFO") -> None:
-    """Send every logger's records to stderr as JSON lines at ``level``."""
-    handler = logging.StreamHandler(sys.stderr)
+def configure(level: str = "INFO", stream: TextIO | None = None) -> None:
+    """Send every logger's records (librdkafka's too: the Kafka clients log through the
+    ``librdkafka`` logger) to ``stream`` (default stderr) as JSON lines at ``level``."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonLineFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

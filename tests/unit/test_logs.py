@@ -47,3 +47,28 @@ def test_secret_looking_keys_are_masked(log_to_buffer: tuple[logging.Logger, io.
     logger.info("connecting", extra={"sasl.password": "hunter2", "bootstrap": "b:9092"})
     entry = json.loads(stream.getvalue())
     assert entry["sasl.password"] == "***" and entry["bootstrap"] == "b:9092"
+
+
+def test_kafka_client_logs_go_where_the_logs_are_configured_to(tmp_path) -> None:
+    """librdkafka logs through Python logging: with the logs in a file, a client that cannot
+    reach its broker writes nothing raw to the terminal."""
+    import subprocess
+    import sys
+
+    script = f"""
+from confluent_kafka import Producer
+from levydrift.kafka import producer_config
+from levydrift.logs import configure
+from levydrift.settings import KafkaSettings
+configure("INFO", open({str(tmp_path / "out.log")!r}, "a"))
+producer = Producer(producer_config(KafkaSettings(bootstrap_servers="127.0.0.1:1")))
+producer.produce("t", b"x")
+producer.flush(3)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    entries = [json.loads(line) for line in (tmp_path / "out.log").read_text().splitlines()]
+    assert any(entry["logger"] == "librdkafka" and "rdkafka#producer" in entry["message"]
+               for entry in entries), entries
