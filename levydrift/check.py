@@ -31,6 +31,7 @@ from levydrift import settings as settings_module
 from levydrift.errors import UsageError
 from levydrift.levyfile import read_levy_file
 from levydrift.logs import configure as configure_logging
+from levydrift.progress import Progress
 from levydrift.settings import KafkaSettings, LoggingSettings, TopicSettings
 from levydrift.signals import ModelScorer, signal_columns
 from trainer.config import TrainerSection
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 EXIT_NO_DRIFT = 0
 EXIT_DRIFT = 1
+CHECK_SLICE_ROWS = 262_144  # rows fed to the detectors at a time, between progress updates
 CHECK_GROUP = "levydrift-check"  # the "consumer group" named in drift events from a file
 
 
@@ -96,10 +98,13 @@ class CheckResult:
 def run_check(columns: dict[str, np.ndarray], detectors: DetectorSettings,
               scorer: ModelScorer | None = None,
               reference_columns: dict[str, np.ndarray] | None = None,
-              source: str = "", model: str = "") -> CheckResult:
+              source: str = "", model: str = "",
+              progress: Progress | None = None) -> CheckResult:
     """Feed ``columns`` (arrival order) through a fresh bank; pure apart from the model."""
     started = time.perf_counter()
     rows = len(columns["record_id"])
+    if progress is not None:
+        progress.phase(f"scoring {rows:,} rows" if scorer else f"preparing {rows:,} rows")
     columns = signal_columns(dict(columns), scorer)
     reference = None
     reference_text = f"first {detectors.warmup_records:,} rows (warm-up, as the consumer)"
@@ -107,8 +112,17 @@ def run_check(columns: dict[str, np.ndarray], detectors: DetectorSettings,
         reference = reference_from(signal_columns(dict(reference_columns), scorer), detectors)
         reference_text = f"{len(reference_columns['record_id']):,} reference rows"
     bank = DetectorBank(detectors, reference)
-    decisions = bank.update({name: columns[name] for name in detectors.all_signals()
-                             if name in columns}, np.arange(rows, dtype=np.int64))
+    watched = {name: columns[name] for name in detectors.all_signals() if name in columns}
+    if progress is not None:
+        progress.phase("running the detectors")
+    decisions = []
+    # In slices, to show progress: the bank gives the same decisions however a stream is cut.
+    for start in range(0, rows, CHECK_SLICE_ROWS):
+        stop = min(rows, start + CHECK_SLICE_ROWS)
+        decisions.extend(bank.update({name: values[start:stop] for name, values in watched.items()},
+                                     np.arange(start, stop, dtype=np.int64)))
+        if progress is not None:
+            progress.update(stop)
     return CheckResult(source, rows, columns, decisions, model,
                        scorer.version if scorer else None, reference_text,
                        time.perf_counter() - started)
@@ -333,8 +347,9 @@ def _run(arguments: argparse.Namespace) -> int:
         raise UsageError("--publish-events only makes sense with --trigger-retraining")
     settings = load_check_settings(arguments.config)
     configure_logging(settings.logging.level)
-    result = check_file(arguments.data_path, settings, arguments.reference,
-                        arguments.model, arguments.registry)
+    with Progress("check", unit="rows") as progress:
+        result = check_file(arguments.data_path, settings, arguments.reference,
+                            arguments.model, arguments.registry, progress=progress)
     for line in describe(result):
         print(line)
     if arguments.report is not None:
@@ -350,22 +365,26 @@ def _run(arguments: argparse.Namespace) -> int:
 
 def check_file(path: Path, settings: CheckSettings, reference: Path | None = None,
                model: str | None = None, registry: str | None = None,
-               note: Callable[[str], None] = lambda text: print(f"note: {text}")
-               ) -> CheckResult:
+               note: Callable[[str], None] = lambda text: print(f"note: {text}"),
+               progress: Progress | None = None) -> CheckResult:
     """Read, validate and check one file against the registry's champion."""
     model = model or settings.trainer.model_name
     scorer, missing_model = load_scorer(registry or settings.trainer.registry_root, model)
     if missing_model:
         note(missing_model)
-    columns = read_levy_file(path)
+    if progress is not None:
+        progress.phase(f"reading {path}")
+    columns = read_levy_file(path, progress)
     reference_columns = read_levy_file(reference) if reference is not None else None
+    if progress is not None:
+        progress.total = len(columns["record_id"])
     if reference_columns is None and len(columns["record_id"]) <= settings.detectors.warmup_records:
         note(f"{len(columns['record_id']):,} rows do not outlast the "
              f"{settings.detectors.warmup_records:,}-row warm-up; pass --reference to check "
              "a short file")
     try:
         return run_check(columns, settings.detectors, scorer, reference_columns,
-                         source=str(path), model=model)
+                         source=str(path), model=model, progress=progress)
     except DetectorConfigError as error:  # a reference too small to describe a signal
         raise UsageError(f"{reference or path}: {error}") from None
 

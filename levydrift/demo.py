@@ -202,6 +202,8 @@ class Demo:
         from trainer.training import TrainingRequest, train_and_register
         from trainer.worker import publish_decision
 
+        self.narrator.say(f"training version 1 on {HISTORY_RECORDS:,} simulated historical "
+                          "records ...")
         history = LevySimulator(SimulatorConfig(labelled_share=1.0)).columns(
             HISTORY_START, HISTORY_START + HISTORY_RECORDS)
         registry = ModelRegistry(self.registry_root)

@@ -24,6 +24,7 @@ from levydrift.errors import ArtifactError, UsageError
 from levydrift.features import TARGET, to_model_frame
 from levydrift.kafka import admin_client, ensure_reachable
 from levydrift.logs import configure as configure_logging
+from levydrift.progress import Progress
 from trainer.config import TrainerSettings
 from trainer.events import code_version, registration_event, version_event
 from trainer.model import ModelParams
@@ -106,8 +107,19 @@ def _run_train(arguments: argparse.Namespace) -> int:
         ensure_reachable(admin_client(config.kafka), config.kafka)
     name = arguments.model or config.trainer.model_name
     path = Path(arguments.data_path)
+    with Progress("train") as progress:
+        info = _train_file(arguments, config, name, path, progress)
+    print(_version_line(info))
+    return 0
+
+
+def _train_file(arguments: argparse.Namespace, config: TrainerSettings, name: str, path: Path,
+                progress: Progress) -> VersionInfo:
+    progress.phase(f"reading {path}")
     frame = read_training_file(path)
     section = config.trainer
+    progress.phase(f"training {name} on {len(frame):,} records, then gating it against the "
+                   "champion")
     info = train_and_register(_registry(arguments, config), name, TrainingRequest(
         frame=frame, trigger_event_ids=[], training_offsets=[file_window(path, len(frame))],
         code_version=section.code_version or code_version(),
@@ -116,9 +128,9 @@ def _run_train(arguments: argparse.Namespace) -> int:
         params=ModelParams(max_iter=section.max_iter),
         extra_lineage={"source_file": str(Path(arguments.data_path).resolve())}))
     if arguments.publish:
+        progress.phase("publishing the model-version event")
         _publish(config, registration_event(info))
-    print(_version_line(info))
-    return 0
+    return info
 
 
 def file_window(path: Path, rows: int) -> dict[str, Any]:
