@@ -45,10 +45,11 @@ class Pin:
         return marker is None or marker.evaluate()
 
 
-def _pins(path) -> dict[str, Pin]:
-    """A hashed lock file: ``name==version [; marker] --hash=... \\`` entries."""
+def _pins(path) -> list[Pin]:
+    """A hashed lock file: ``name==version [; marker] --hash=... \\`` entries. A universal
+    lock may pin one name twice, for different Pythons (markers)."""
     text = re.sub(r"\\\n", " ", path.read_text())
-    pins = {}
+    pins = []
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
@@ -58,8 +59,13 @@ def _pins(path) -> dict[str, Pin]:
         specifiers = list(requirement.specifier)
         assert len(specifiers) == 1 and specifiers[0].operator == "==", (
             f"{path.name}: {line[:60]!r} is not pinned with ==")
-        pins[_canonical(requirement.name)] = Pin(requirement, hashes)
+        pins.append(Pin(requirement, hashes))
     return pins
+
+
+def _here(pins: list[Pin]) -> dict[str, Pin]:
+    """The pins that apply to this Python and platform, by canonical name."""
+    return {_canonical(pin.requirement.name): pin for pin in pins if pin.applies_here()}
 
 
 def _locked_requirements() -> list[tuple[str, list[Requirement]]]:
@@ -78,30 +84,32 @@ def test_every_dependency_is_locked_within_pyproject_specifier(lock, requirement
     assert requirements
     for requirement in requirements:
         name = _canonical(requirement.name)
-        assert name in pins, f"{name} is a dependency but not in {lock.name}: run make lock"
-        assert requirement.specifier.contains(pins[name].version, prereleases=True), (
-            f"{lock.name} pins {name}=={pins[name].version}, outside pyproject's "
-            f"{requirement}: run make lock")
+        versions = [pin.version for pin in pins if _canonical(pin.requirement.name) == name]
+        assert versions, f"{name} is a dependency but not in {lock.name}: run make lock"
+        for version in versions:
+            assert requirement.specifier.contains(version, prereleases=True), (
+                f"{lock.name} pins {name}=={version}, outside pyproject's {requirement}: "
+                "run make lock")
 
 
 def test_every_pin_carries_hashes_and_the_locks_agree() -> None:
     runtime, build, dev = _pins(LOCK), _pins(BUILD_LOCK), _pins(DEV_LOCK)
-    for name, pin in {**runtime, **build, **dev}.items():
-        assert pin.hashes and all(h.startswith("sha256:") for h in pin.hashes), name
-    for name, pin in [*runtime.items(), *build.items()]:
-        if name in dev:  # make install installs dev + build: one version of everything
-            assert dev[name].version == pin.version, (name, dev[name].version, pin.version)
-    for name in runtime:
-        assert name in dev, f"{name} is in requirements.lock but not in requirements-dev.lock"
+    for pin in runtime + build + dev:
+        assert pin.hashes and all(h.startswith("sha256:") for h in pin.hashes), pin
+    dev_pins = {str(pin.requirement) for pin in dev}
+    for pin in runtime:  # the dev lock is resolved within the runtime one: the same versions
+        assert str(pin.requirement) in dev_pins, f"{pin.requirement} is not in {DEV_LOCK.name}"
+    dev_here = _here(dev)
+    for name, pin in _here(build).items():  # make install installs dev + build together
+        if name in dev_here:
+            assert dev_here[name].version == pin.version, (name, pin.version)
 
 
 def test_the_tests_run_the_locked_versions() -> None:
     """`make install` installs the locks exactly; anything else here means the suite is testing
     versions that are not the ones the image and CI install."""
     for lock in (DEV_LOCK, BUILD_LOCK):
-        for name, pin in _pins(lock).items():
-            if not pin.applies_here():
-                continue
+        for name, pin in _here(_pins(lock)).items():
             try:
                 installed = distribution(name).version
             except PackageNotFoundError:
