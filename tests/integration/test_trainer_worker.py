@@ -279,8 +279,8 @@ def test_kill_during_training_then_restart_yields_exactly_one_version(
     assert list((stack.root / NAME / "staging").iterdir()) == []
 
 
-def test_rollback_restores_the_previous_champion_and_publishes_it(
-        stack: Stack, tmp_path: Path) -> None:
+def _two_champions_in_a_row(stack: Stack) -> ModelRegistry:
+    """Versions 1 and 2, both promoted (no gate), trained in this process."""
     from levydrift.features import to_model_frame
     from trainer.model import ModelParams
     from trainer.training import TrainingRequest, train_and_register
@@ -292,9 +292,14 @@ def test_rollback_restores_the_previous_champion_and_publishes_it(
             frame=frame, trigger_event_ids=[], code_version="test",
             training_offsets=[{"topic": stack.records, "partition": 0, "first_offset": start,
                                "last_offset": start + 2999}],
-            gate_margin=-1.0,  # promote both: the test needs two champions in a row
-            min_training_records=100, params=ModelParams(max_iter=20)))
+            gate_margin=-1.0, min_training_records=100, params=ModelParams(max_iter=20)))
     assert registry.champion(NAME) == 2
+    return registry
+
+
+def test_rollback_restores_the_previous_champion_and_publishes_it(
+        stack: Stack, tmp_path: Path) -> None:
+    registry = _two_champions_in_a_row(stack)
     completed = subprocess.run(
         [sys.executable, "-m", "levydrift.cli", "--config", str(stack.config_file(tmp_path)),
          "registry", "rollback", NAME], cwd=REPO, capture_output=True, text=True, timeout=120,
@@ -310,19 +315,9 @@ def test_rollback_restores_the_previous_champion_and_publishes_it(
 
 def test_the_champion_gauge_follows_a_rollback_made_while_the_worker_runs(
         stack: Stack, tmp_path: Path) -> None:
-    from levydrift.features import to_model_frame
     from trainer import metrics
-    from trainer.model import ModelParams
-    from trainer.training import TrainingRequest, train_and_register
 
-    registry = ModelRegistry(stack.root)
-    for start in (0, 3000):
-        frame = to_model_frame(SIMULATOR.columns(start, start + 3000), include_target=True)
-        train_and_register(registry, NAME, TrainingRequest(
-            frame=frame, trigger_event_ids=[], code_version="test",
-            training_offsets=[{"topic": stack.records, "partition": 0, "first_offset": start,
-                               "last_offset": start + 2999}],
-            gate_margin=-1.0, min_training_records=100, params=ModelParams(max_iter=20)))
+    _two_champions_in_a_row(stack)
 
     def gauge() -> float | None:
         return metrics.REGISTRY.get_sample_value("levydrift_trainer_champion_version",
