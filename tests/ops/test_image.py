@@ -139,8 +139,12 @@ def test_dockerfile_is_slim_non_root_and_runs_levydrift() -> None:
     assert "--require-hashes --no-deps -r /tmp/requirements.lock" in text
     assert "--require-hashes --no-deps -r /tmp/requirements-build.lock" in text
     assert "--no-deps /tmp/wheels/" in text  # the project wheel must not pull unpinned versions
+    # The build context is the repository less deploy/Dockerfile.dockerignore ("*", then
+    # exceptions): whatever the Dockerfile copies must exist and be let through.
+    allowed = re.findall(r"^!(\S+?)/?$", (DEPLOY / "Dockerfile.dockerignore").read_text(), re.M)
     for path in re.findall(r"^COPY\s+(?!--)(\S+)", text, re.M):
         assert (REPO / path).exists(), f"Dockerfile copies {path}, which does not exist"
+        assert path in allowed, f"Dockerfile copies {path}, which the .dockerignore leaves out"
 
 
 def _service_settings() -> list[type]:
