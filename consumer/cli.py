@@ -11,7 +11,12 @@ from levydrift.logs import configure as configure_logging
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "consume", help="watch levy.records for drift and publish drift events (exactly once)")
+        "consume", help="watch levy.records for drift and publish drift events (exactly once)",
+        description="The stream consumer: validate levy records (bad ones to the dead-letter "
+                    "topic), score them with the registry's champion, feed the drift detectors "
+                    "and publish drift events, committing offsets, events and detector state in "
+                    "one Kafka transaction. Prometheus metrics on metrics.port (9108); JSON "
+                    "logs on stderr; SIGTERM or SIGINT finishes the batch and exits 0.")
     parser.set_defaults(handler=_run)
 
 

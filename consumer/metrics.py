@@ -11,7 +11,9 @@ consumer exports exactly these series and tests can read them without cross-talk
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from levydrift.metrics_http import serve_metrics
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -83,7 +85,4 @@ def start_metrics_server(port: int, host: str = "0.0.0.0") -> bool:
     Port 0 means disabled (not "pick a free port"), matching ``metrics.port`` in the settings.
     Returns whether a server was started.
     """
-    if port == 0:
-        return False
-    start_http_server(port, addr=host, registry=REGISTRY)
-    return True
+    return serve_metrics(REGISTRY, port, host)

@@ -37,6 +37,7 @@ from levydrift import settings as settings_module
 from levydrift.errors import UsageError
 from levydrift.levyfile import read_levy_file
 from levydrift.logs import configure as configure_logging
+from levydrift.progress import Progress
 from levydrift.settings import KafkaSettings, LoggingSettings, TopicSettings
 from levydrift.signals import ModelScorer, signal_columns
 from trainer.config import TrainerSection
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 EXIT_NO_DRIFT = 0
 EXIT_DRIFT = 1
+CHECK_SLICE_ROWS = 262_144  # rows fed to the detectors at a time, between progress updates
 CHECK_GROUP = "levydrift-check"  # the "consumer group" named in drift events from a file
 
 
@@ -125,15 +127,27 @@ def warmup_baseline(detectors: DetectorSettings) -> Baseline:
 def run_check(columns: dict[str, np.ndarray], detectors: DetectorSettings,
               scorer: ModelScorer | None = None, baseline: Baseline | None = None,
               source: str = "", model: str = "",
-              window: dict[str, Any] | None = None) -> CheckResult:
+              window: dict[str, Any] | None = None,
+              progress: Progress | None = None) -> CheckResult:
     """Feed ``columns`` (arrival order) through a fresh bank; pure apart from the model."""
     started = time.perf_counter()
     rows = len(columns["record_id"])
+    if progress is not None:
+        progress.phase(f"scoring {rows:,} rows" if scorer else f"preparing {rows:,} rows")
     columns = signal_columns(dict(columns), scorer)
     baseline = baseline or warmup_baseline(detectors)
     bank = DetectorBank(detectors, baseline.reference)
-    decisions = bank.update({name: columns[name] for name in detectors.all_signals()
-                             if name in columns}, np.arange(rows, dtype=np.int64))
+    watched = {name: columns[name] for name in detectors.all_signals() if name in columns}
+    if progress is not None:
+        progress.phase("running the detectors")
+    decisions = []
+    # In slices, to show progress: the bank gives the same decisions however a stream is cut.
+    for start in range(0, rows, CHECK_SLICE_ROWS):
+        stop = min(rows, start + CHECK_SLICE_ROWS)
+        decisions.extend(bank.update({name: values[start:stop] for name, values in watched.items()},
+                                     np.arange(start, stop, dtype=np.int64)))
+        if progress is not None:
+            progress.update(stop)
     reference_columns = baseline.columns if baseline.columns is not None else {
         name: column[:detectors.warmup_records] for name, column in columns.items()}
     return CheckResult(
@@ -490,8 +504,9 @@ def _run(arguments: argparse.Namespace) -> int:
         raise UsageError("--publish-events only makes sense with --trigger-retraining")
     settings = load_check_settings(arguments.config)
     configure_logging(settings.logging.level)
-    result = check_file(arguments.data_path, settings, arguments.reference,
-                        arguments.model, arguments.registry)
+    with Progress("check", unit="rows") as progress:
+        result = check_file(arguments.data_path, settings, arguments.reference,
+                            arguments.model, arguments.registry, progress=progress)
     for line in describe(result):
         print(line)
     if arguments.report is not None:
@@ -507,21 +522,26 @@ def _run(arguments: argparse.Namespace) -> int:
 
 def check_file(path: Path, settings: CheckSettings, reference: Path | None = None,
                model: str | None = None, registry: str | None = None,
-               note: Callable[[str], None] = lambda text: print(f"note: {text}")
-               ) -> CheckResult:
+               note: Callable[[str], None] = lambda text: print(f"note: {text}"),
+               progress: Progress | None = None) -> CheckResult:
     """Read, validate and check one file against the registry's champion."""
     from trainer.cli import file_window
 
-    columns = read_levy_file(path)
+    if progress is not None:
+        progress.phase(f"reading {path}")
+    columns = read_levy_file(path, progress)
+    if progress is not None:
+        progress.total = len(columns["record_id"])
     return check_columns(columns, settings, str(path),
                          file_window(path, len(columns["record_id"])), reference, model,
-                         registry, note)
+                         registry, note, progress)
 
 
 def check_columns(columns: dict[str, np.ndarray], settings: CheckSettings, source: str,
                   window: dict[str, Any], reference: Path | None = None,
                   model: str | None = None, registry: str | None = None,
-                  note: Callable[[str], None] = log.info) -> CheckResult:
+                  note: Callable[[str], None] = log.info,
+                  progress: Progress | None = None) -> CheckResult:
     """Check records (a file's, a topic window's) against the baseline ``choose_baseline``
     picks, scored by the registry's champion."""
     model = model or settings.trainer.model_name
@@ -537,7 +557,7 @@ def check_columns(columns: dict[str, np.ndarray], settings: CheckSettings, sourc
                  f"{settings.detectors.warmup_records:,}-row warm-up; pass --reference to "
                  "check a short file")
         return run_check(columns, settings.detectors, scorer, baseline, source=source,
-                         model=model, window=window)
+                         model=model, window=window, progress=progress)
     except DetectorConfigError as error:  # a reference too small to describe a signal
         raise UsageError(f"{reference or source}: {error}") from None
 

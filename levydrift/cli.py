@@ -2,7 +2,8 @@
 
 Each subcommand lives in the module that owns the job and exposes ``add_parser(subparsers)``,
 which registers its arguments and sets ``handler`` (a function taking the parsed arguments and
-returning an exit code). Errors a user can fix (``LevyDriftError``) print as one line.
+returning an exit code). Errors a user can fix (``LevyDriftError``) print as one line; a reader
+that goes away (``levydrift registry show ... | head``) ends the command quietly.
 
 Start-up is kept short: ``COMMANDS`` names each subcommand's module and one-line summary, so
 ``levydrift --help`` imports none of them, and a command imports only its own module (which in
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 
 from levydrift.errors import LevyDriftError
 
@@ -38,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "the scheduled batch job: check, retrain unhandled drift, outcome files"),
     "notify": ("levydrift.daily", "send a daily outcome through the configured [notify] channels"),
 }
+EXIT_BROKEN_PIPE = 128 + 13  # as if killed by SIGPIPE, like any Unix filter
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,6 +61,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="PATH",
                         help="TOML settings file (default: $LEVYDRIFT_CONFIG, else built-in "
                              "defaults; LEVYDRIFT_* variables override either)")
+    parser.add_argument("--version", action="version", version=f"levydrift {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     chosen = COMMANDS[command][0] if command in COMMANDS else None
@@ -79,7 +84,27 @@ def chosen_command(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _version() -> str:
+    try:
+        return version("levy-drift")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # here, not at exit, so a reader gone by now is caught below
+    except BrokenPipeError:
+        # stdout's reader is gone: say nothing more, and keep the interpreter's final flush of
+        # the buffered rest from printing a traceback of its own.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(chosen_command(argv))
     arguments = parser.parse_args(argv)

@@ -7,6 +7,7 @@ the read with a one-line ``UsageError`` naming the row (1 = the first record) an
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from levydrift.errors import UsageError
+from levydrift.progress import Progress
 from schemas.levy_record import (
     FIELDS,
     NUMERIC_FIELDS,
@@ -28,7 +30,7 @@ FORMATS = (".csv", ".parquet", ".jsonl", ".ndjson")
 _INTEGER_FIELDS = ("schema_version", "tax_year")  # 2026, not 2026.0
 
 
-def read_levy_file(path: Path) -> dict[str, np.ndarray]:
+def read_levy_file(path: Path, progress: Progress | None = None) -> dict[str, np.ndarray]:
     """The file's records as columns (``levy_records_to_columns``), in file order."""
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
@@ -40,7 +42,7 @@ def read_levy_file(path: Path) -> dict[str, np.ndarray]:
         if suffix in (".jsonl", ".ndjson"):
             rows, values = _jsonl_values(path)
         else:
-            rows, values = _table_values(path, suffix)
+            rows, values = _table_values(path, suffix, progress)
     except OSError as error:
         raise UsageError(f"{path}: cannot be read: {error.strerror or error}") from None
     if not values:
@@ -67,7 +69,8 @@ def _jsonl_values(path: Path) -> tuple[list[int], list[bytes]]:
     return rows, values
 
 
-def _table_values(path: Path, suffix: str) -> tuple[list[int], list[bytes]]:
+def _table_values(path: Path, suffix: str,
+                  progress: Progress | None = None) -> tuple[list[int], list[bytes]]:
     table = _read_table(path, suffix)
     names = list(table)
     missing = [name for name in REQUIRED_FIELDS if name not in names]
@@ -75,9 +78,15 @@ def _table_values(path: Path, suffix: str) -> tuple[list[int], list[bytes]]:
     if missing and count:
         raise UsageError(f"{path}: row 1, column {missing[0]}: missing_field: the file has no "
                          f"{missing[0]} column")
+    if progress is not None:
+        progress.total = count
     dumps = orjson.dumps
-    values = [dumps(dict(zip(names, row, strict=True)))
-              for row in zip(*table.values(), strict=True)]
+    values: list[bytes] = []
+    table_rows = zip(*table.values(), strict=True)
+    while chunk := list(itertools.islice(table_rows, 65_536)):  # the slow part of a big file
+        values.extend(dumps(dict(zip(names, row, strict=True))) for row in chunk)
+        if progress is not None:
+            progress.update(len(values))
     return list(range(1, len(values) + 1)), values
 
 

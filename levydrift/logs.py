@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -29,7 +30,19 @@ class JsonLineFormatter(logging.Formatter):
                 entry[key] = "***" if _looks_secret(key) else value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        try:
+            return orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        except TypeError:  # a tuple key, an int beyond 64 bits: still a line, never an error
+            return json.dumps(_jsonable(entry), default=str)
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with every mapping key a string, so the standard encoder cannot refuse it."""
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_jsonable(item) for item in value]
+    return value
 
 
 def _looks_secret(key: str) -> bool:
@@ -37,9 +50,10 @@ def _looks_secret(key: str) -> bool:
     return any(marker in lowered for marker in _SECRET_MARKERS)
 
 
-def configure(level: str = "INFO") -> None:
-    """Send every logger's records to stderr as JSON lines at ``level``."""
-    handler = logging.StreamHandler(sys.stderr)
+def configure(level: str = "INFO", stream: TextIO | None = None) -> None:
+    """Send every logger's records (librdkafka's too: the Kafka clients log through the
+    ``librdkafka`` logger) to ``stream`` (default stderr) as JSON lines at ``level``."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonLineFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -7,7 +7,9 @@ type, and raises ``ConfigError`` with a one-line message naming the bad key.
 
 Sections a service does not use may still appear in the shared file (one file configures the
 whole stack), but a top-level table that no service knows is an error, as is an unknown key inside
-a section the service reads.
+a section the service reads. The same holds for variables: ``LEVYDRIFT_TRAINER_...`` is ignored
+by a service without a trainer section, while ``LEVYDRIFT_METRIC_PORT`` (no such section) is an
+error. ``LEVYDRIFT_CONFIG`` (the file's path) is the one variable that is not a setting.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ T = TypeVar("T")
 ENV_PREFIX = "LEVYDRIFT_"
 CONFIG_PATH_VARIABLE = "LEVYDRIFT_CONFIG"
 BOOTSTRAP_FALLBACK_VARIABLE = "KAFKA_BOOTSTRAP_SERVERS"
+# LEVYDRIFT_* variables that are not <SECTION>_<KEY> settings.
+NON_SETTING_VARIABLES = {CONFIG_PATH_VARIABLE}
+# The local broker script's variables once lived in this namespace (deploy/kafka/local-kafka).
+RENAMED_VARIABLES = {f"LEVYDRIFT_KAFKA_{name}": f"LOCAL_KAFKA_{name}"
+                     for name in ("PORT", "STATE", "CACHE", "HEAP", "START_TIMEOUT")}
 
 # Every top-level table any service reads; the shared file may hold all of them.
 KNOWN_SECTIONS = {
@@ -164,12 +171,11 @@ def _overlay_environment(settings_type: type, document: dict[str, Any],
     if fallback and "kafka" in sections:
         document.setdefault("kafka", {}).setdefault("bootstrap_servers", fallback)
     for variable, raw in environ.items():
-        if not variable.startswith(ENV_PREFIX) or variable == CONFIG_PATH_VARIABLE:
+        if not variable.startswith(ENV_PREFIX) or variable in NON_SETTING_VARIABLES:
             continue
-        rest = variable[len(ENV_PREFIX):].lower()
-        section_name, _, key = rest.partition("_")
-        if section_name not in sections or not key:
-            continue  # a variable for another service, or not a setting at all
+        section_name, key = _split_variable(variable)
+        if section_name not in sections:
+            continue  # a known section another service reads (one environment, many services)
         section_type = _resolve(settings_type, sections[section_name])
         section_fields = {f.name: f for f in dataclasses.fields(section_type)}
         table = document.setdefault(section_name, {})
@@ -186,6 +192,25 @@ def _overlay_environment(settings_type: type, document: dict[str, Any],
         # LEVYDRIFT_KAFKA_CLIENT_SASL_MECHANISM -> kafka.client["sasl.mechanism"]
         property_name = key[len(mapping_field) + 1:].replace("_", ".")
         table.setdefault(mapping_field, {})[property_name] = raw
+
+
+def _split_variable(variable: str) -> tuple[str, str]:
+    """``LEVYDRIFT_<SECTION>_<KEY>`` to (section, key); ``ConfigError`` for a variable in our
+    namespace that names no known section or no key (a typo must not be silently ignored)."""
+    if variable in RENAMED_VARIABLES:
+        raise ConfigError(
+            f"{variable} is now {RENAMED_VARIABLES[variable]} (a variable of "
+            f"deploy/kafka/local-kafka, not a setting): unset {variable} and export "
+            f"{RENAMED_VARIABLES[variable]} instead")
+    section_name, _, key = variable[len(ENV_PREFIX):].lower().partition("_")
+    if section_name not in KNOWN_SECTIONS:
+        raise ConfigError(
+            f"unknown setting {variable}: no section {section_name!r}; known sections: "
+            + ", ".join(sorted(KNOWN_SECTIONS)))
+    if not key:
+        raise ConfigError(f"unknown setting {variable}: name a key, as in "
+                          f"{variable}_<KEY>")
+    return section_name, key
 
 
 def _from_env_string(raw: str, target: Any, variable: str) -> Any:

@@ -22,6 +22,7 @@ from levydrift import settings as settings_module
 from levydrift.errors import BrokerUnavailableError, ConfigError, UsageError
 from levydrift.kafka import admin_client, ensure_reachable, producer_config
 from levydrift.logs import configure as configure_logging
+from levydrift.progress import Progress
 from levydrift.settings import KafkaSettings, LoggingSettings, TopicSettings
 from levydrift.simulator import (
     RECORD_FIELDS,
@@ -106,15 +107,16 @@ def _run(arguments: argparse.Namespace) -> int:
     simulator = LevySimulator(simulator_config)
     records = arguments.records
     started = time.monotonic()
-    if arguments.output is not None:
-        destination = str(arguments.output)
-        write_file(simulator, records, arguments.output)
-        truth_path = arguments.truth or Path(f"{arguments.output}.truth.json")
-    else:
-        topic = arguments.topic or config.topics.records
-        destination = f"topic {topic}"
-        produce_to_kafka(simulator, records, topic, config.kafka, arguments.rate)
-        truth_path = arguments.truth or Path(f"{topic}.truth.json")
+    with Progress("simulate", total=records) as progress:
+        if arguments.output is not None:
+            destination = str(arguments.output)
+            write_file(simulator, records, arguments.output, progress)
+            truth_path = arguments.truth or Path(f"{arguments.output}.truth.json")
+        else:
+            topic = arguments.topic or config.topics.records
+            destination = f"topic {topic}"
+            produce_to_kafka(simulator, records, topic, config.kafka, arguments.rate, progress)
+            truth_path = arguments.truth or Path(f"{topic}.truth.json")
     elapsed = time.monotonic() - started
     write_truth(simulator.ground_truth(records), truth_path)
     change = ("" if simulator_config.scenario == "none"
@@ -174,34 +176,41 @@ def _parse_start_time(text: str) -> datetime:
 
 # --------------------------------------------------------------------- files
 
-def write_file(simulator: LevySimulator, records: int, path: Path) -> None:
+def write_file(simulator: LevySimulator, records: int, path: Path,
+               progress: Progress | None = None) -> None:
     """Write records ``0..records-1`` to ``path`` (format by extension), atomically."""
     suffix = path.suffix.lower()
     if suffix not in FILE_FORMATS:
         raise UsageError(f"--output {path}: unknown format {suffix or '(none)'}; use "
                          + ", ".join(FILE_FORMATS))
+    if progress is not None:
+        progress.phase(f"writing {path}")
     partial = path.with_name(path.name + ".partial")
     try:
         if suffix == ".jsonl":
-            _write_jsonl(simulator, records, partial)
+            _write_jsonl(simulator, records, partial, progress)
         else:
             writer = _write_csv if suffix == ".csv" else _write_parquet
-            writer(_column_chunks(simulator, records), partial)
+            writer(_column_chunks(simulator, records, progress), partial)
         os.replace(partial, path)
     except OSError as error:
         partial.unlink(missing_ok=True)
         raise UsageError(f"cannot write {path}: {error.strerror or error}") from None
 
 
-def _column_chunks(simulator: LevySimulator, records: int,
+def _column_chunks(simulator: LevySimulator, records: int, progress: Progress | None = None,
                    chunk: int = 65_536) -> Iterator[dict[str, Any]]:
     for start in range(0, records, chunk):
         yield string_columns(simulator.columns(start, min(records, start + chunk)))
+        if progress is not None:
+            progress.update(min(records, start + chunk))
     if records == 0:
         yield string_columns(simulator.columns(0, 0))
 
 
-def _write_jsonl(simulator: LevySimulator, records: int, path: Path) -> None:
+def _write_jsonl(simulator: LevySimulator, records: int, path: Path,
+                 progress: Progress | None = None) -> None:
+    written = 0
     with path.open("wb") as handle:
         write = handle.write
         for batch in simulator.record_batches(0, records):
@@ -209,6 +218,9 @@ def _write_jsonl(simulator: LevySimulator, records: int, path: Path) -> None:
                 # One write per record: holding a batch of encoded records first is 4x slower
                 # (tens of thousands of live allocations).
                 write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+            written += len(batch)
+            if progress is not None:
+                progress.update(written)
 
 
 def _arrow_table(columns: dict[str, Any]) -> pa.Table:
@@ -253,7 +265,7 @@ def write_truth(truth: GroundTruth, path: Path) -> None:
 # --------------------------------------------------------------------- Kafka
 
 def produce_to_kafka(simulator: LevySimulator, records: int, topic: str, kafka: KafkaSettings,
-                     rate: float | None = None) -> None:
+                     rate: float | None = None, progress: Progress | None = None) -> None:
     """Send records ``0..records-1`` to ``topic`` keyed by parcel id, idempotently, at
     ``rate`` records/s or as fast as possible; return once every one is acknowledged."""
     admin = admin_client(kafka)
@@ -267,6 +279,8 @@ def produce_to_kafka(simulator: LevySimulator, records: int, topic: str, kafka: 
         if error is not None:
             failures.append(error)
 
+    progress = progress or Progress("simulate", total=records)
+    progress.phase(f"sending to {topic}")
     started = time.monotonic()
     sent = 0
     for batch in simulator.record_batches(0, records, batch_records=8192):
@@ -277,6 +291,8 @@ def produce_to_kafka(simulator: LevySimulator, records: int, topic: str, kafka: 
             sent += 1
         producer.poll(0)
         _raise_first(failures, topic)
+        progress.update(sent)
+    progress.phase(f"waiting for {len(producer):,} acknowledgements from {topic}", done=sent)
     remaining = producer.flush(FLUSH_TIMEOUT_S)
     _raise_first(failures, topic)
     if remaining:

@@ -96,10 +96,17 @@ def _converge_configs(admin: AdminClient, specs: list[TopicSpec], timeout_s: flo
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("topics", help="create the project's Kafka topics")
+    parser = subparsers.add_parser(
+        "topics", help="create the project's Kafka topics",
+        description="Manage the project's Kafka topics (names and layout from the [topics] "
+                    "settings).")
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
-    create = actions.add_parser("create", help="create missing topics, converge existing ones")
+    create = actions.add_parser(
+        "create", help="create missing topics, converge existing ones",
+        description="Create every topic the services use (records, dead letters, drift events, "
+                    "model versions, detector state) where missing; existing ones get the "
+                    "configured partitions and retention. Safe to run again.")
     create.set_defaults(handler=_run_create)
 
 

@@ -24,6 +24,7 @@ from levydrift.errors import ArtifactError, UsageError
 from levydrift.features import TARGET, to_model_frame
 from levydrift.kafka import admin_client, ensure_reachable
 from levydrift.logs import configure as configure_logging
+from levydrift.progress import Progress
 from trainer.config import TrainerSettings
 from trainer.events import code_version, registration_event, version_event
 from trainer.model import ModelParams
@@ -33,7 +34,10 @@ from trainer.training import TrainingRequest, train_and_register
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
-        "train", help="train, gate and register a levy model from a CSV/Parquet/JSONL file")
+        "train", help="train, gate and register a levy model from a CSV/Parquet/JSONL file",
+        description="Train a candidate on a file of labelled levy records, evaluate it against "
+                    "the champion on the same holdout and register it as a new version "
+                    "(promoted when the gate passes). Prints the version line.")
     train.add_argument("--data-path", required=True, metavar="FILE",
                        help="levy records with actual_levy_amount (.csv, .parquet, .jsonl)")
     train.add_argument("--model", help="model name (default: trainer.model_name)")
@@ -44,23 +48,40 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.set_defaults(handler=_run_train)
 
     worker = subparsers.add_parser(
-        "train-worker", help="retrain on drift events and publish model versions (service)")
+        "train-worker", help="retrain on drift events and publish model versions (service)",
+        description="The retraining service: read drift events, read the training window back "
+                    "from the records topic, train, gate against the champion, register the "
+                    "version and publish its model-version event, exactly once per episode. "
+                    "Prometheus metrics on metrics.port; JSON logs on stderr; SIGTERM or SIGINT "
+                    "stops it.")
     worker.set_defaults(handler=_run_worker)
 
-    registry = subparsers.add_parser("registry", help="list, show, promote, roll back models")
+    registry = subparsers.add_parser(
+        "registry", help="list, show, promote, roll back models",
+        description="The model registry on disk (trainer.registry_root): versions, aliases "
+                    "and their history.")
     registry.add_argument("--registry", metavar="DIR",
                           help="registry root (default: trainer.registry_root)")
     actions = registry.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
-    listing = actions.add_parser("list", help="models and their versions")
+    listing = actions.add_parser(
+        "list", help="models and their versions",
+        description="One line per version: status, aliases, and its holdout MAE next to the "
+                    "champion's on the same holdout.")
     listing.add_argument("model", nargs="?", help="only this model")
     listing.set_defaults(handler=_run_list)
-    show = actions.add_parser("show", help="one version's manifest, metrics and lineage")
+    show = actions.add_parser(
+        "show", help="one version's manifest, metrics and lineage",
+        description="Print one version's manifest, metrics and lineage as JSON.")
     show.add_argument("reference", help="NAME (champion), NAME@alias or NAME/version")
     show.set_defaults(handler=_run_show)
     for name, helptext in (("promote", "make a version the champion"),
                            ("rollback", "move the champion one step back")):
-        action = actions.add_parser(name, help=helptext)
+        action = actions.add_parser(
+            name, help=helptext,
+            description=f"{helptext[0].upper()}{helptext[1:]} and publish a model-version "
+                        "event so consumers swap models (checks the broker first; "
+                        "--no-publish changes the registry only).")
         action.add_argument("reference", help="NAME/version" if name == "promote" else "NAME")
         action.add_argument("--reason", default=f"manual {name}")
         action.add_argument("--no-publish", action="store_true",
@@ -86,8 +107,19 @@ def _run_train(arguments: argparse.Namespace) -> int:
         ensure_reachable(admin_client(config.kafka), config.kafka)
     name = arguments.model or config.trainer.model_name
     path = Path(arguments.data_path)
+    with Progress("train") as progress:
+        info = _train_file(arguments, config, name, path, progress)
+    print(_version_line(info))
+    return 0
+
+
+def _train_file(arguments: argparse.Namespace, config: TrainerSettings, name: str, path: Path,
+                progress: Progress) -> VersionInfo:
+    progress.phase(f"reading {path}")
     frame = read_training_file(path)
     section = config.trainer
+    progress.phase(f"training {name} on {len(frame):,} records, then gating it against the "
+                   "champion")
     info = train_and_register(_registry(arguments, config), name, TrainingRequest(
         frame=frame, trigger_event_ids=[], training_offsets=[file_window(path, len(frame))],
         code_version=section.code_version or code_version(),
@@ -96,9 +128,9 @@ def _run_train(arguments: argparse.Namespace) -> int:
         params=ModelParams(max_iter=section.max_iter),
         extra_lineage={"source_file": str(Path(arguments.data_path).resolve())}))
     if arguments.publish:
+        progress.phase("publishing the model-version event")
         _publish(config, registration_event(info))
-    print(_version_line(info))
-    return 0
+    return info
 
 
 def file_window(path: Path, rows: int) -> dict[str, Any]:
@@ -154,17 +186,55 @@ def _run_worker(arguments: argparse.Namespace) -> int:
 def _run_list(arguments: argparse.Namespace) -> int:
     config = _settings(arguments)
     registry = _registry(arguments, config)
+    if arguments.model:
+        registry.require_model(arguments.model)
     names = [arguments.model] if arguments.model else registry.model_names()
-    print(f"{'model':<20} {'version':>7} {'status':<9} {'aliases':<12} {'mae':>10} created")
+    rows = [("model", "version", "status", "aliases", "holdout", "mae",
+             "champion, same holdout", "created")]
     for name in names:
         aliases = registry.aliases(name)
+        rolled_back = rolled_back_versions(registry.alias_history(name))
         for version in registry.versions(name):
             info = registry.get(name, version)
             tags = ",".join(a for a, v in sorted(aliases.items()) if v == version)
-            mae = info.metrics.get("candidate", {}).get("mae")
-            print(f"{name:<20} {version:>7} {info.manifest.get('status', '?'):<9} {tags:<12} "
-                  f"{'' if mae is None else f'{mae:.2f}':>10} {info.manifest.get('created_at')}")
+            status = info.manifest.get("status", "?")
+            if version in rolled_back:
+                status = "rolled back"
+            rows.append((name, str(version), status, tags or "-", *_holdout_columns(info.metrics),
+                         str(info.manifest.get("created_at", ""))))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    right = {1, 4, 5}  # numbers
+    for row in rows:
+        print("  ".join(cell.rjust(width) if i in right else cell.ljust(width)
+                        for i, (cell, width) in enumerate(zip(row, widths, strict=True)))
+              .rstrip())
+    print("mae: each version on its own holdout (the newest records of its training window); "
+          "compare it with the champion of its time on that same holdout, not across rows")
     return 0
+
+
+def rolled_back_versions(history: list[dict[str, Any]]) -> set[int]:
+    """Versions a rollback took the champion alias away from (and that never got it back)."""
+    rolled_back: set[int] = set()
+    for entry in history:
+        if entry["alias"] != CHAMPION:
+            continue
+        rolled_back.discard(entry["version"])
+        if entry["action"] == "rolled_back" and entry.get("previous_version") is not None:
+            rolled_back.add(entry["previous_version"])
+    return rolled_back
+
+
+def _holdout_columns(metrics: dict[str, Any]) -> tuple[str, str, str]:
+    """(holdout records, the version's MAE on it, ``v<champion> <its MAE on the same holdout>``)."""
+    holdout = metrics.get("holdout_records")
+    mae = (metrics.get("candidate") or {}).get("mae")
+    champion_mae = (metrics.get("champion") or {}).get("mae")
+    champion = metrics.get("champion_version")
+    then = "-" if champion is None else f"v{champion} " + (
+        "not scored" if champion_mae is None else f"{champion_mae:.2f}")
+    return ("?" if holdout is None else f"{holdout:,} rec",
+            "?" if mae is None else f"{mae:.2f}", then)
 
 
 def _run_show(arguments: argparse.Namespace) -> int:

@@ -7,7 +7,9 @@ consumer/metrics.py. A private ``REGISTRY`` keeps the exported series to exactly
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from levydrift.metrics_http import serve_metrics
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -45,7 +47,4 @@ def start_metrics_server(port: int, host: str = "0.0.0.0") -> bool:
 
     Returns whether a server was started.
     """
-    if port == 0:
-        return False
-    start_http_server(port, addr=host, registry=REGISTRY)
-    return True
+    return serve_metrics(REGISTRY, port, host)

@@ -143,9 +143,17 @@ class ModelRegistry:
             return []
         return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
+    def require_model(self, name: str) -> None:
+        """``RegistryError`` naming the models there are, when ``name`` is not one of them."""
+        if not (self.model_dir(name) / "versions").is_dir():
+            known = ", ".join(self.model_names()) or "none yet"
+            raise RegistryError(f"no model {name!r} in the registry {self.root} "
+                                f"(models: {known})")
+
     def get(self, name: str, version: int) -> VersionInfo:
         path = self.version_dir(name, version)
         if not path.is_dir():
+            self.require_model(name)
             raise RegistryError(f"model {name} has no version {version} in {self.root}")
         return VersionInfo(name, version, path, _read_json(path / MANIFEST_NAME),
                            _read_json(path / METRICS_NAME), _read_json(path / LINEAGE_NAME))
@@ -161,6 +169,7 @@ class ModelRegistry:
             return self.get(name, int(number))
         else:
             name, alias = reference, CHAMPION
+        self.require_model(name)
         version = self.aliases(name).get(alias)
         if version is None:
             raise RegistryError(f"model {name} has no alias {alias!r} in {self.root}")
@@ -209,6 +218,7 @@ class ModelRegistry:
         ``RegistryError`` when there is nothing to go back to."""
         current = self.champion(name)
         if current is None:
+            self.require_model(name)
             raise RegistryError(f"model {name} has no champion to roll back")
         previous = self._previous_champion(name, current)
         if previous is None:

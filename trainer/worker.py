@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 _BATCH_MESSAGES = 100
 _RETRY_BACKOFF_S = 5.0
+# The champion alias also moves outside this process (`levydrift registry rollback`): re-read it
+# at least this often so the champion gauge follows.
+_CHAMPION_REFRESH_S = 5.0
 
 
 @dataclass
@@ -72,6 +75,7 @@ class TrainWorker:
         self._stopping = threading.Event()
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        self._champion_read_at = float("-inf")
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -103,8 +107,11 @@ class TrainWorker:
             "registry": str(self.registry.root)})
         try:
             while not self._stopping.is_set():
+                if time.monotonic() - self._champion_read_at >= _CHAMPION_REFRESH_S:
+                    self._refresh_champion_metrics()
                 messages = self._next_batch()
                 if messages:
+                    self._refresh_champion_metrics()  # a job starts from the registry's truth
                     self._process(messages)
         finally:
             self._consumer.close()
@@ -234,7 +241,7 @@ class TrainWorker:
             if window.topic == records_topic:
                 ends[window.partition] = max(ends.get(window.partition, -1), window.last_offset)
         log.info("training started", extra={"model": self.model_name, "event_ids": event_ids,
-                                            "window_ends": ends})
+                                            "window_ends": {str(p): o for p, o in ends.items()}})
         try:
             window = read_training_window(self.settings.kafka, records_topic, ends,
                                           self.section.window_records,
@@ -319,6 +326,7 @@ class TrainWorker:
             self._consumer.seek(TopicPartition(committed.topic, committed.partition, offset))
 
     def _refresh_champion_metrics(self) -> None:
+        self._champion_read_at = time.monotonic()
         champion = self.registry.champion(self.model_name)
         if champion is None:
             return

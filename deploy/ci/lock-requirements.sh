@@ -1,44 +1,30 @@
 #!/usr/bin/env bash
-# Regenerate deploy/requirements.lock from the venv: the pinned closure of the runtime
-# dependencies in pyproject.toml (test and bench extras excluded). Usage: deploy/ci/lock-requirements.sh
+# Resolve pyproject.toml's dependencies and lock them, with hashes, for CPython 3.11+ on any
+# platform (uv's universal resolution). `make lock` and `make upgrade` run this:
+#   deploy/requirements.lock        the runtime closure of [project].dependencies (the image)
+#   deploy/requirements-build.lock the build backend, [build-system].requires (image, make install)
+#   deploy/requirements-dev.lock    the runtime versions above plus the test and bench extras
+#                                   (make install, hence make test and CI)
+# Versions already locked are kept; pass --upgrade (or --upgrade-package NAME) to move them.
+# Usage: deploy/ci/lock-requirements.sh [--upgrade | --upgrade-package NAME ...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+
+UV_VERSION=0.13.8  # the resolver; PyPI is all it needs
 python="${PYTHON:-.venv/bin/python}"
-{
-  echo "# Pinned runtime dependencies of levy-drift (the closure of [project].dependencies in"
-  echo "# pyproject.toml), taken from the development venv so the image runs what the tests ran."
-  echo "# Regenerate after changing dependencies: see deploy/ci/lock-requirements.sh."
-  "$python" - <<'PY'
-import re
-import tomllib
-from importlib.metadata import PackageNotFoundError, distribution
+uv="$(dirname "$python")/uv"
+if [ "$("$uv" --version 2>/dev/null)" != "uv $UV_VERSION" ]; then
+  "$python" -m pip install -q --disable-pip-version-check "uv==$UV_VERSION"
+fi
 
-from packaging.requirements import Requirement
-
-def canonical(name):
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-# [project].dependencies are the runtime ones (extras are for tests and benchmarks); follow
-# them transitively through the installed distributions.
-with open("pyproject.toml", "rb") as handle:
-    roots = tomllib.load(handle)["project"]["dependencies"]
-pending = [Requirement(text).name for text in roots]
-pinned = {}
-while pending:
-    name = canonical(pending.pop())
-    if name in pinned:
-        continue
-    try:
-        dist = distribution(name)
-    except PackageNotFoundError:
-        continue  # a dependency for another platform
-    pinned[name] = dist.version
-    for text in dist.requires or []:
-        requirement = Requirement(text)
-        if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-            pending.append(requirement.name)
-for name in sorted(pinned):
-    print(f"{name}=={pinned[name]}")
-PY
-} > deploy/requirements.lock
-echo "wrote deploy/requirements.lock"
+compile() {
+  "$uv" pip compile --universal --python-version 3.11 --generate-hashes --quiet \
+    --custom-compile-command "make lock" "$@"
+}
+compile pyproject.toml -o deploy/requirements.lock "${@}"
+"$python" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))
+                                   ["build-system"]["requires"]))' \
+  | compile - -c deploy/requirements.lock -o deploy/requirements-build.lock "${@}"
+compile pyproject.toml --extra test --extra bench -c deploy/requirements.lock \
+  -o deploy/requirements-dev.lock "${@}"
+echo "locked: deploy/requirements.lock, deploy/requirements-build.lock, deploy/requirements-dev.lock"

@@ -10,6 +10,7 @@ import orjson
 import pandas as pd
 import pytest
 
+from levydrift import progress as progress_module
 from levydrift.cli import main
 from levydrift.simulator import LevySimulator, SimulatorConfig
 from tests.kafka_helpers import create_topic, read_all
@@ -32,6 +33,7 @@ def simulate(*arguments: str) -> int:
 def test_simulate_writes_every_record_to_the_topic_keyed_by_parcel_id(
         kafka_bootstrap, unique, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LEVYDRIFT_KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setattr(progress_module, "DEFAULT_EVERY_S", 0.0)  # show even 400 records
     topic = f"levy.records.sim-{unique}"
     create_topic(kafka_bootstrap, topic, partitions=3)
     truth_path = tmp_path / "truth.json"
@@ -54,8 +56,13 @@ def test_simulate_writes_every_record_to_the_topic_keyed_by_parcel_id(
     assert (truth["scenario"], truth["change_index"], truth["end_index"]) == \
         ("unit-bug", RECORDS // 2, RECORDS // 2 + RECORDS // 10)
     assert truth["change_record_id"] in by_id
-    summary = capsys.readouterr().out
-    assert f"{RECORDS} records" in summary and str(truth_path) in summary
+    captured = capsys.readouterr()
+    assert captured.out.count("\n") == 1  # stdout is the result alone: progress is on stderr
+    assert f"{RECORDS} records" in captured.out and str(truth_path) in captured.out
+    progress = [json.loads(line) for line in captured.err.splitlines()
+                if '"levydrift.progress"' in line]
+    assert [p["message"] for p in progress][:1] == [f"sending to {topic}"]
+    assert (progress[-1]["message"], progress[-1]["done"]) == ("done", RECORDS)
 
 
 def test_simulate_at_a_rate_paces_the_stream(kafka_bootstrap, unique, tmp_path, monkeypatch):

@@ -234,6 +234,13 @@ def _start_subprocess(config: Path) -> tuple[subprocess.Popen, list[str]]:
     return process, lines
 
 
+def _json_or_none(line: str) -> dict | None:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+
+
 def test_kill_during_training_then_restart_yields_exactly_one_version(
         stack: Stack, tmp_path: Path) -> None:
     ends = stack.produce_records(3000)
@@ -243,6 +250,12 @@ def test_kill_during_training_then_restart_yields_exactly_one_version(
         event = stack.send_event(ends, "2026-03-01T00:00:00Z")
         wait_until(lambda: any("fitting a candidate" in line for line in lines), 120,
                    "the worker to start fitting")
+        # Every log line is one JSON object (partition numbers as keys used to break it).
+        assert not any("Logging error" in line for line in lines), "".join(lines)[-3000:]
+        (started,) = [entry for entry in map(_json_or_none, lines)
+                      if entry and entry["message"] == "training started"]
+        window = event.current_window
+        assert started["window_ends"] == {str(window.partition): window.last_offset}
         process.kill()  # SIGKILL: no cleanup of any kind
         process.wait(timeout=30)
     finally:
@@ -266,8 +279,8 @@ def test_kill_during_training_then_restart_yields_exactly_one_version(
     assert list((stack.root / NAME / "staging").iterdir()) == []
 
 
-def test_rollback_restores_the_previous_champion_and_publishes_it(
-        stack: Stack, tmp_path: Path) -> None:
+def _two_champions_in_a_row(stack: Stack) -> ModelRegistry:
+    """Versions 1 and 2, both promoted (no gate), trained in this process."""
     from levydrift.features import to_model_frame
     from trainer.model import ModelParams
     from trainer.training import TrainingRequest, train_and_register
@@ -279,9 +292,14 @@ def test_rollback_restores_the_previous_champion_and_publishes_it(
             frame=frame, trigger_event_ids=[], code_version="test",
             training_offsets=[{"topic": stack.records, "partition": 0, "first_offset": start,
                                "last_offset": start + 2999}],
-            gate_margin=-1.0,  # promote both: the test needs two champions in a row
-            min_training_records=100, params=ModelParams(max_iter=20)))
+            gate_margin=-1.0, min_training_records=100, params=ModelParams(max_iter=20)))
     assert registry.champion(NAME) == 2
+    return registry
+
+
+def test_rollback_restores_the_previous_champion_and_publishes_it(
+        stack: Stack, tmp_path: Path) -> None:
+    registry = _two_champions_in_a_row(stack)
     completed = subprocess.run(
         [sys.executable, "-m", "levydrift.cli", "--config", str(stack.config_file(tmp_path)),
          "registry", "rollback", NAME], cwd=REPO, capture_output=True, text=True, timeout=120,
@@ -293,3 +311,27 @@ def test_rollback_restores_the_previous_champion_and_publishes_it(
     (event,) = stack.version_events()
     assert (event.decision, event.version, event.previous_version) == ("rolled_back", 1, 2)
     assert event.artifact_sha256 == registry.get(NAME, 1).sha256
+
+
+def test_the_champion_gauge_follows_a_rollback_made_while_the_worker_runs(
+        stack: Stack, tmp_path: Path) -> None:
+    from trainer import metrics
+
+    _two_champions_in_a_row(stack)
+
+    def gauge() -> float | None:
+        return metrics.REGISTRY.get_sample_value("levydrift_trainer_champion_version",
+                                                 {"model": NAME})
+
+    worker = RunningWorker(stack.config_file(tmp_path))
+    try:
+        wait_until(lambda: gauge() == 2, 60, "the worker to report champion 2")
+        completed = subprocess.run(
+            [sys.executable, "-m", "levydrift.cli", "--config", str(stack.config_file(tmp_path)),
+             "registry", "rollback", "--no-publish", NAME], cwd=REPO, capture_output=True,
+            text=True, timeout=120,
+            env={k: v for k, v in os.environ.items() if not k.startswith("LEVYDRIFT_")})
+        assert completed.returncode == 0, completed.stderr
+        wait_until(lambda: gauge() == 1, 60, "the champion gauge to follow the rollback")
+    finally:
+        worker.stop()

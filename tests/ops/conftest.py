@@ -9,48 +9,19 @@ that silently stops running is worse than a red build.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.ops.tools import INSTALL_SCRIPT, find_tool
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
-INSTALL_SCRIPT = "deploy/ci/install-tools.sh"
 
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
-
-
-def _go_bin_dirs() -> list[Path]:
-    """Where `go install` puts binaries: $GOBIN, $(go env GOPATH)/bin, else ~/go/bin."""
-    dirs = []
-    if os.environ.get("GOBIN"):
-        dirs.append(Path(os.environ["GOBIN"]))
-    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists()
-                                else None)
-    if go:
-        try:
-            gopath = subprocess.run([go, "env", "GOPATH"], capture_output=True, text=True,
-                                    timeout=30).stdout.strip()
-        except (OSError, subprocess.TimeoutExpired):
-            gopath = ""
-        dirs.extend(Path(part) / "bin" for part in gopath.split(os.pathsep) if part)
-    dirs.append(Path.home() / "go" / "bin")
-    return dirs
-
-
-def find_tool(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for directory in _go_bin_dirs():
-        candidate = directory / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
 
 
 def require_tool(name: str) -> str:

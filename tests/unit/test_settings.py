@@ -92,9 +92,38 @@ def test_missing_file_is_reported(tmp_path: Path) -> None:
 
 
 def test_variables_of_other_services_are_ignored() -> None:
+    # One environment configures the whole stack: a section this service lacks is not its
+    # business; LEVYDRIFT_CONFIG is the config file's path, not a setting.
     settings = load(AdminSettings, None, environ={"LEVYDRIFT_TRAINER_MODEL_NAME": "x",
-                                                  "LEVYDRIFT_CONFIGURED": "1"})
+                                                  "LEVYDRIFT_CONSUMER_BATCH_SIZE": "7",
+                                                  "LEVYDRIFT_CONFIG": ""})
     assert settings.topics.records == "levy.records"
+
+
+@pytest.mark.parametrize("variable", [
+    "LEVYDRIFT_METRIC_PORT", "LEVYDRIFT_TOPIC_RECORDS", "LEVYDRIFT_CONFIGURED", "LEVYDRIFT_X",
+])
+def test_a_variable_naming_no_known_section_is_refused(variable: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load(AdminSettings, None, environ={variable: "9109"})
+    message = str(raised.value)
+    assert message.startswith(f"unknown setting {variable}: no section ")
+    assert "known sections: " in message and "metrics" in message and "topics" in message
+    assert "\n" not in message
+
+
+def test_a_variable_naming_a_section_but_no_key_is_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown setting LEVYDRIFT_METRICS: name a key"):
+        load(AdminSettings, None, environ={"LEVYDRIFT_METRICS": "9109"})
+
+
+@pytest.mark.parametrize("name", ["PORT", "STATE", "CACHE", "HEAP", "START_TIMEOUT"])
+def test_the_old_local_broker_variables_point_to_their_new_names(name: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load(AdminSettings, None, environ={f"LEVYDRIFT_KAFKA_{name}": "x"})
+    message = str(raised.value)
+    assert f"LEVYDRIFT_KAFKA_{name} is now LOCAL_KAFKA_{name}" in message
+    assert "\n" not in message
 
 
 def test_example_config_in_deploy_loads() -> None:
