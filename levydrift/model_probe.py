@@ -77,7 +77,7 @@ class IsolatedProbe:
     def cancel(self) -> None:
         if self._process.poll() is None:
             self._process.kill()
-            self._process.wait()
+        self._process.communicate()  # reaps the child and closes its pipe
         self._stderr.close()
 
     def _stderr_tail(self) -> str:
