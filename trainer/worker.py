@@ -7,25 +7,33 @@ Per batch of drift events (those arriving within ``episode_linger_s`` form one e
 2. Events the registry already covers (their window ends inside an existing version's training
    window, or they were detected within ``episode_gap_s`` of a retrain's trigger) are
    acknowledged without retraining: they belong to an episode that has been handled.
-3. The rest trigger one retrain: window read-back, train, gate, register (version complete on
-   disk before anything is published).
-4. One Kafka transaction produces the model-version event(s) to ``levy.model-versions`` (keyed
-   by model name) and commits the drift-event offsets (``send_offsets_to_transaction``).
-   Only after the commit is the version marked published in the registry.
+3. The rest trigger one retrain: window read-back, train, gate, and the version written
+   complete (staged, renamed into the registry).
+4. Under the registry lock: the registration is finished (history row; for a promoted version
+   the champion move, if the champion is still the one the gate compared against), and one
+   Kafka transaction produces the model-version event(s) to ``levy.model-versions`` and commits
+   the drift-event offsets (``send_offsets_to_transaction``). After the commit the versions
+   are marked published.
 
-A crash before step 3 finishes leaves no version (a claimed number is skipped) and the event
-is retrained after restart; a crash between 3 and 4 is repaired by step 1. A training error
-produces no version, a history row, a ``failed`` metric, and the offsets are committed (the
-same data would fail again); a broker error rewinds and retries.
+Crash anywhere (``levydrift.faults`` names the points; the tests crash at each): before the
+rename there is no version (a claimed number is skipped) and the event is retrained after
+restart; after it, step 1 finishes the registration and announces it in the same transaction
+as the offsets. On start the worker first reconciles the registry with the topic
+(``trainer.announcements``): a champion move whose announcement a crash cut off (here or in
+``levydrift registry``) is announced then. Either way the version ends champion and announced,
+or neither, and the episode is trained once. A training error produces no version, a history
+row, a ``failed`` metric, and the offsets are committed (the same data would fail again); a
+broker error rewinds and retries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -33,13 +41,15 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from levydrift.errors import BrokerUnavailableError, LevyDriftError
+from levydrift.faults import crash_point
 from levydrift.kafka import admin_client, consumer_config, ensure_reachable, producer_config
 from schemas.drift_event import DriftEvent
 from schemas.errors import RecordRejected
 from schemas.model_version import ModelVersionEvent
 from trainer import metrics
+from trainer.announcements import read_model_events, reconcile, registration_announcement
 from trainer.config import TrainerSettings
-from trainer.events import code_version, event_key, registration_event
+from trainer.events import code_version, event_key
 from trainer.model import ModelParams
 from trainer.registry import ModelRegistry, VersionInfo
 from trainer.training import TrainingRequest, train_and_register
@@ -93,6 +103,7 @@ class TrainWorker:
             kafka, **{"transactional.id":
                       f"{self.section.transactional_id_prefix}-{self.model_name}"}))
         self._producer.init_transactions(kafka.request_timeout_s * 3)
+        reconcile(self.registry, self.model_name, self._read_model_events, self._publish_alone)
         self._consumer = Consumer(consumer_config(
             kafka, self.section.group_id,
             **{"max.poll.interval.ms": int(self.section.max_poll_interval_s * 1000)}))
@@ -136,7 +147,7 @@ class TrainWorker:
         for event_id, version in plan.already_published.items():
             log.info("drift event already led to a published version", extra={
                 "event_id": event_id, "version": version})
-        to_publish = self._still_true(plan.republish.values())
+        to_publish = list(plan.republish.values())
         if plan.fresh:
             try:
                 info = self._retrain(plan.fresh)
@@ -150,23 +161,6 @@ class TrainWorker:
             if info is not None:
                 to_publish.append(info)
         self._commit(messages, to_publish)
-
-    def _still_true(self, unpublished: Iterable[VersionInfo]) -> list[VersionInfo]:
-        """Versions whose event a crash kept from Kafka, less promotions an operator has
-        rolled back since: announcing those now would swap consumers to a model the registry
-        no longer serves."""
-        current = self.registry.champion(self.model_name)
-        still_true = []
-        for info in unpublished:
-            if info.manifest.get("status") == "promoted" and info.version != current:
-                log.warning("not announcing a promotion the registry no longer holds", extra={
-                    "model": self.model_name, "version": info.version, "champion": current})
-                self.registry.mark_published(self.model_name, info.version,
-                                             {"skipped": "no longer the champion",
-                                              "champion": current})
-                continue
-            still_true.append(info)
-        return still_true
 
     def _decode(self, messages: Sequence[Message]) -> list[DriftEvent]:
         events = []
@@ -249,7 +243,7 @@ class TrainWorker:
                 params=ModelParams(max_iter=self.section.max_iter),
                 extra_lineage={"drift_events": [_event_summary(e) for e in events],
                                "scanned_records": window.scanned_records,
-                               "refused_records": window.rejected_records}))
+                               "refused_records": window.rejected_records}), finish=False)
         except (BrokerUnavailableError, KafkaException):
             raise
         except (LevyDriftError, ValueError, KeyError, MemoryError) as error:
@@ -267,28 +261,69 @@ class TrainWorker:
         return info
 
     def _commit(self, messages: Sequence[Message], versions: list[VersionInfo]) -> None:
-        """Publish the versions' events and commit the consumed offsets in one transaction."""
+        """Finish the versions' registration, publish their events and commit the consumed
+        offsets in one transaction, all under the registry lock (so a reconcile elsewhere never
+        announces a move this commit is about to)."""
         assert self._consumer is not None and self._producer is not None
-        events = [registration_event(info) for info in versions]
+        with self.registry.locked(self.model_name):
+            settled = [(info, self._settle(info)) for info in versions]
+            events = [event for _, event in settled if event is not None]
+            try:
+                self._producer.begin_transaction()
+                for event in events:
+                    self._producer.produce(self.settings.topics.model_versions,
+                                           key=event_key(event), value=event.to_bytes())
+                self._producer.send_offsets_to_transaction(
+                    _next_offsets(messages), self._consumer.consumer_group_metadata(),
+                    self.settings.kafka.request_timeout_s * 3)
+                self._producer.commit_transaction(self.settings.kafka.request_timeout_s * 3)
+            except KafkaException as error:
+                self._recover(error)
+                return
+            crash_point("after_publish")
+            for info, event in settled:
+                self._mark_published(info, event)
+        self._refresh_champion_metrics()
+
+    def _settle(self, info: VersionInfo) -> ModelVersionEvent | None:
+        """Finish a version's registration; the event it owes the fleet, if any."""
+        self.registry.finish_registration(self.model_name, info.version)
+        event = registration_announcement(self.registry, info)
+        if event is None:
+            log.warning("not announcing a promotion the registry does not hold", extra={
+                "model": self.model_name, "version": info.version,
+                "champion": self.registry.champion(self.model_name)})
+        return event
+
+    def _mark_published(self, info: VersionInfo, event: ModelVersionEvent | None) -> None:
+        if event is None:
+            self.registry.mark_published(self.model_name, info.version, {
+                "skipped": "not the champion", "champion": self.registry.champion(self.model_name)})
+            return
+        self.registry.mark_published(self.model_name, info.version, {
+            "topic": self.settings.topics.model_versions, "decision": event.decision})
+        log.info("model-version event published", extra={
+            "model": self.model_name, "version": info.version, "decision": event.decision})
+
+    def _read_model_events(self) -> list[ModelVersionEvent]:
+        return read_model_events(self.settings.kafka, self.settings.topics.model_versions,
+                                 self.model_name)
+
+    def _publish_alone(self, event: ModelVersionEvent) -> None:
+        """One event in a transaction of its own (a reconciled announcement)."""
+        assert self._producer is not None
+        timeout = self.settings.kafka.request_timeout_s * 3
         try:
             self._producer.begin_transaction()
-            for event in events:
-                self._producer.produce(self.settings.topics.model_versions,
-                                       key=event_key(event), value=event.to_bytes())
-            self._producer.send_offsets_to_transaction(
-                _next_offsets(messages), self._consumer.consumer_group_metadata(),
-                self.settings.kafka.request_timeout_s * 3)
-            self._producer.commit_transaction(self.settings.kafka.request_timeout_s * 3)
+            self._producer.produce(self.settings.topics.model_versions, key=event_key(event),
+                                   value=event.to_bytes())
+            self._producer.commit_transaction(timeout)
         except KafkaException as error:
-            self._recover(error)
-            return
-        for info, event in zip(versions, events, strict=True):
-            self.registry.mark_published(self.model_name, info.version,
-                                         {"topic": self.settings.topics.model_versions,
-                                          "decision": event.decision})
-            log.info("model-version event published", extra={
-                "model": self.model_name, "version": info.version, "decision": event.decision})
-        self._refresh_champion_metrics()
+            with contextlib.suppress(KafkaException):
+                self._producer.abort_transaction(timeout)
+            raise BrokerUnavailableError(
+                f"announcing model version {event.version} failed: {error.args[0].str()}"
+            ) from None
 
     def _recover(self, error: KafkaException) -> None:
         kafka_error = error.args[0]
