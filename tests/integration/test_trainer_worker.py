@@ -290,6 +290,8 @@ def test_rollback_restores_the_previous_champion_and_publishes_it(
     assert "champion 2 -> 1" in completed.stdout
     assert registry.champion(NAME) == 1
     assert registry.alias_history(NAME)[-1]["action"] == "rolled_back"
-    (event,) = stack.version_events()
+    # The rollback first announced what the registry held and the topic lacked: version 2.
+    announced, event = stack.version_events()
+    assert (announced.decision, announced.version) == ("promoted", 2)
     assert (event.decision, event.version, event.previous_version) == ("rolled_back", 1, 2)
     assert event.artifact_sha256 == registry.get(NAME, 1).sha256
