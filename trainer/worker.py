@@ -33,7 +33,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -59,6 +59,11 @@ log = logging.getLogger(__name__)
 
 _BATCH_MESSAGES = 100
 _RETRY_BACKOFF_S = 5.0
+_HEALTH_CHECK_INTERVAL_S = 10.0
+
+
+class _FatalKafkaError(BrokerUnavailableError):
+    """A Kafka error no retry can fix (a fenced producer, a fatal client error)."""
 
 
 @dataclass
@@ -82,6 +87,11 @@ class TrainWorker:
         self._stopping = threading.Event()
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        self._clock = time.monotonic
+        self._outage_since: float | None = None  # when Kafka stopped answering, if it has
+        self._next_health_check = 0.0
+        self._abort_pending = False  # a transaction a broker error left open
+        self._rewind_pending = False  # consumed but uncommitted events to read again
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -93,8 +103,12 @@ class TrainWorker:
         signal.signal(signal.SIGINT, self.stop)
 
     def run(self) -> int:
+        """Serve until ``stop()``. Kafka may go away for up to ``broker_outage_limit_s``: the
+        worker waits, retries and carries on; past the limit (or on a fatal Kafka error) it
+        raises ``BrokerUnavailableError``, whose one line the CLI prints (exit code 3)."""
         kafka = self.settings.kafka
-        ensure_reachable(admin_client(kafka), kafka)
+        if not self._until_done(lambda: ensure_reachable(admin_client(kafka), kafka)):
+            return 0
         removed = self.registry.clean_stale_staging(self.model_name)
         if removed:
             log.info("removed unfinished versions of dead writers", extra={"count": removed})
@@ -102,26 +116,112 @@ class TrainWorker:
         self._producer = Producer(producer_config(
             kafka, **{"transactional.id":
                       f"{self.section.transactional_id_prefix}-{self.model_name}"}))
-        self._producer.init_transactions(kafka.request_timeout_s * 3)
-        reconcile(self.registry, self.model_name, self._read_model_events, self._publish_alone)
-        self._consumer = Consumer(consumer_config(
-            kafka, self.section.group_id,
-            **{"max.poll.interval.ms": int(self.section.max_poll_interval_s * 1000)}))
-        self._consumer.subscribe([self.settings.topics.drift_events])
-        log.info("train-worker started", extra={
-            "model": self.model_name, "group": self.section.group_id,
-            "topic": self.settings.topics.drift_events,
-            "registry": str(self.registry.root)})
         try:
+            if not (self._until_done(lambda: self._producer.init_transactions(
+                        kafka.request_timeout_s * 3))
+                    and self._until_done(lambda: reconcile(
+                        self.registry, self.model_name, self._read_model_events,
+                        self._publish_alone))):
+                return 0
+            self._consumer = Consumer(consumer_config(
+                kafka, self.section.group_id,
+                **{"max.poll.interval.ms": int(self.section.max_poll_interval_s * 1000)}))
+            self._consumer.subscribe([self.settings.topics.drift_events])
+            log.info("train-worker started", extra={
+                "model": self.model_name, "group": self.section.group_id,
+                "topic": self.settings.topics.drift_events,
+                "registry": str(self.registry.root)})
             while not self._stopping.is_set():
-                messages = self._next_batch()
-                if messages:
-                    self._process(messages)
+                self._attempt(self._step)
         finally:
-            self._consumer.close()
-            self._producer.flush(kafka.request_timeout_s)
-            log.info("train-worker stopped", extra={"model": self.model_name})
+            self._close()
         return 0
+
+    def _step(self) -> None:
+        """One batch of drift events, after finishing any recovery a broker error left."""
+        assert self._producer is not None
+        if self._abort_pending:
+            self._abort()
+        if self._rewind_pending:
+            self._rewind()
+            self._rewind_pending = False
+        messages = self._next_batch()
+        if messages:
+            self._process(messages)
+        elif self._outage_since is not None or self._clock() >= self._next_health_check:
+            self._check_broker()
+
+    def _abort(self) -> None:
+        """Abort the transaction a failed commit left; retried while Kafka is away. An abort
+        that is not possible means the transaction is settled already (the commit got through
+        after all): the batch, read again, finds its versions published and commits."""
+        assert self._producer is not None
+        try:
+            self._producer.abort_transaction(self.settings.kafka.request_timeout_s * 3)
+        except KafkaException as error:
+            if error.args[0].retriable() or error.args[0].fatal():
+                raise
+            log.warning("no transaction to abort", extra={"error": error.args[0].str()})
+        self._abort_pending = False
+
+    def _check_broker(self) -> None:
+        """A metadata round trip: the idle worker's evidence that Kafka is still there."""
+        assert self._consumer is not None
+        self._consumer.list_topics(self.settings.topics.drift_events,
+                                   timeout=self.settings.kafka.request_timeout_s)
+        self._next_health_check = self._clock() + _HEALTH_CHECK_INTERVAL_S
+
+    def _until_done(self, operation: Callable[[], object]) -> bool:
+        """Retry ``operation`` through a broker outage; False if stopped meanwhile."""
+        while not self._stopping.is_set():
+            if self._attempt(operation):
+                return True
+        return False
+
+    def _attempt(self, operation: Callable[[], object]) -> bool:
+        """Run ``operation``; on a transient Kafka failure note the outage (raising once it
+        outlasts the limit), wait a little and return False."""
+        try:
+            operation()
+        except (KafkaException, BrokerUnavailableError) as error:
+            if isinstance(error, KafkaException) and _is_fatal(error):
+                raise BrokerUnavailableError(f"Kafka failed fatally: {error.args[0].str()}") \
+                    from None
+            if isinstance(error, _FatalKafkaError):
+                raise
+            self._broker_lost(error)
+            self._stopping.wait(_RETRY_BACKOFF_S)
+            return False
+        if self._outage_since is not None:
+            log.info("Kafka reachable again; carrying on", extra={
+                "outage_seconds": round(self._clock() - self._outage_since, 1)})
+            self._outage_since = None
+        return True
+
+    def _broker_lost(self, error: Exception) -> None:
+        now = self._clock()
+        message = error.args[0].str() if isinstance(error, KafkaException) else str(error)
+        if self._outage_since is None:
+            self._outage_since = now
+            log.warning("Kafka unreachable; retrying", extra={
+                "error": message, "limit_seconds": self.section.broker_outage_limit_s})
+        elif now - self._outage_since > self.section.broker_outage_limit_s:
+            raise BrokerUnavailableError(
+                f"Kafka at {self.settings.kafka.bootstrap_servers} unreachable for "
+                f"{now - self._outage_since:.0f}s, over trainer.broker_outage_limit_s "
+                f"({self.section.broker_outage_limit_s:g}s); last error: {message}")
+
+    def _close(self) -> None:
+        """Close the clients without letting a failure here hide the error that got us here."""
+        timeout = self.settings.kafka.request_timeout_s
+        if self._consumer is not None:
+            try:
+                self._consumer.close()
+            except KafkaException as error:
+                log.warning("drift-event consumer close failed", extra={"error": str(error)})
+        if self._producer is not None and self._producer.flush(timeout) > 0:
+            log.warning("model-version events still unsent at shutdown (never committed)")
+        log.info("train-worker stopped", extra={"model": self.model_name})
 
     def _next_batch(self) -> list[Message]:
         """Drift events that arrive together: the first poll, then whatever follows within
@@ -151,13 +251,11 @@ class TrainWorker:
         if plan.fresh:
             try:
                 info = self._retrain(plan.fresh)
-            except (BrokerUnavailableError, KafkaException) as error:
-                log.error("training window could not be read; retrying", extra={
-                    "error": str(error)})
+            except (BrokerUnavailableError, KafkaException):
+                log.error("training window could not be read; the events are read again")
                 metrics.RETRAINS.labels(outcome="failed").inc()
-                self._rewind()
-                self._stopping.wait(_RETRY_BACKOFF_S)
-                return
+                self._rewind_pending = True
+                raise
             if info is not None:
                 to_publish.append(info)
         self._commit(messages, to_publish)
@@ -279,7 +377,6 @@ class TrainWorker:
                 self._producer.commit_transaction(self.settings.kafka.request_timeout_s * 3)
             except KafkaException as error:
                 self._recover(error)
-                return
             crash_point("after_publish")
             for info, event in settled:
                 self._mark_published(info, event)
@@ -326,20 +423,16 @@ class TrainWorker:
             ) from None
 
     def _recover(self, error: KafkaException) -> None:
+        """After a failed transaction: abort it and read the batch again (both retried, through
+        an outage, by the next ``_step``); a fatal error stops the worker."""
         kafka_error = error.args[0]
-        if kafka_error.fatal() or not (kafka_error.txn_requires_abort()
-                                       or kafka_error.retriable()):
-            raise BrokerUnavailableError(
+        if _is_fatal(error):
+            raise _FatalKafkaError(
                 f"Kafka transaction failed fatally: {kafka_error.str()}") from None
-        log.warning("transaction aborted; rewinding to the committed offsets",
+        log.warning("transaction failed; aborting it and reading the batch again",
                     extra={"error": kafka_error.str()})
-        assert self._producer is not None
-        try:
-            self._producer.abort_transaction(self.settings.kafka.request_timeout_s * 3)
-        except KafkaException as abort_error:
-            raise BrokerUnavailableError(
-                f"Kafka transaction could not be aborted: {abort_error.args[0].str()}") from None
-        self._rewind()
+        self._abort_pending = self._rewind_pending = True
+        raise error
 
     def _rewind(self) -> None:
         """Seek every assigned partition back to its committed offset (the batch is redone;
@@ -396,11 +489,17 @@ def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
 
 
 def _raise_fatal(message: Message) -> bool:
-    """Consumer errors: fatal ones stop the worker; others (partition EOF) are dropped."""
+    """Consumer errors: fatal ones stop the worker; others (partition EOF, a broker that went
+    away: the health check and the next commit see to that) are dropped."""
     error = message.error()
     if error.fatal():
-        raise BrokerUnavailableError(f"drift-event consumer failed: {error.str()}")
+        raise _FatalKafkaError(f"drift-event consumer failed: {error.str()}")
     return False
+
+
+def _is_fatal(error: KafkaException) -> bool:
+    kafka_error = error.args[0] if error.args else None
+    return bool(getattr(kafka_error, "fatal", lambda: False)())
 
 
 def _event_summary(event: DriftEvent) -> dict[str, Any]:
