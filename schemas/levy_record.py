@@ -90,26 +90,25 @@ def decode_levy_record(value: bytes | None) -> LevyRecord:
         else:
             if (record.exemption_amount <= record.assessed_value
                     and _TIMESTAMP.fullmatch(record.event_time) is not None
-                    and _keys_are_unique(value, record)):
+                    and ((quotes := value.count(b'"')) == _QUOTES_UNLABELLED
+                         or _keys_are_unique(value, record, quotes))):
                 return record
     return levy_record_from_dict(parse_json_object(value, MAX_RECORD_BYTES))
 
 
 # Quote bytes in a record: two per key and per text value (msgspec checked every occurrence of a
 # key, so text fields hold strings and the rest numbers or null), plus one per escaped quote.
+# Exactly the 13 required keys and the 6 text values means no key came twice: msgspec, like
+# most parsers, would have kept the last of two quietly.
 _QUOTES_UNLABELLED: Final = 2 * (len(REQUIRED_FIELDS) + len(TEXT_FIELDS))
 _ACTUAL_KEY: Final = re.compile(rb'"actual_levy_amount"[ \t\n\r]*:')
 
 
-def _keys_are_unique(value: bytes, record: LevyRecord) -> bool:
-    """Whether ``value``, which msgspec decoded into ``record``, names each key once: its
-    quotes add up to exactly the keys and text values of ``record``, as a repeated key would
-    add at least two. False (an escaped quote, or a repeat) sends the payload the careful
-    way, which names the key."""
-    quotes = value.count(b'"')
-    if quotes == _QUOTES_UNLABELLED:  # the 13 required keys and 6 text values, no more
-        return True
-    # Two more quotes: the actual levy's key, or (explicit null) possibly a repeated key.
+def _keys_are_unique(value: bytes, record: LevyRecord, quotes: int) -> bool:
+    """Whether ``value`` (decoded into ``record``, holding ``quotes`` quote bytes, not exactly
+    those of the 13 required keys and 6 text values) names each key once. Two more quotes are
+    the actual levy's key, or, when its value is null, possibly a repeated key. False (an
+    escaped quote, or a repeat) sends the payload the careful way, which names the key."""
     return quotes == _QUOTES_UNLABELLED + 2 and (record.actual_levy_amount is not None
                                                  or _ACTUAL_KEY.search(value) is not None)
 
