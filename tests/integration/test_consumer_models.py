@@ -137,6 +137,23 @@ def test_tampered_or_foreign_artifacts_are_refused_and_the_champion_keeps_servin
     assert run.stop() == 0
 
 
+def start_consumer(bootstrap: str, topics: Topics, group: str, registry: Path,
+                   log: Path) -> tuple[ConsumerRun, int]:
+    """A consumer with its metrics on a free port, loading models from ``registry``."""
+    port = free_port()
+    run = ConsumerRun(bootstrap, topics, group, "solo", log,
+                      extra_env={"LEVYDRIFT_METRICS_PORT": str(port),
+                                 "LEVYDRIFT_CONSUMER_REGISTRY_ROOT": str(registry)}).start()
+    return run, port
+
+
+def labelled_stream(bootstrap: str, unique: str, records: int) -> tuple[Topics, LevySimulator]:
+    """Fresh topics and ``records`` stationary, labelled records on them."""
+    topics = Topics(unique).create(bootstrap)
+    return topics, produce_scenario(bootstrap, topics.names["records"], "none", records, 0,
+                                    labelled_share=1.0)
+
+
 def good_model(simulator: LevySimulator, records: int) -> BaseLevyResidualRegressor:
     return fit_model(to_model_frame(simulator.columns(0, records), include_target=True),
                      ModelParams(max_iter=10))
@@ -164,17 +181,12 @@ def fragile_model() -> BaseLevyResidualRegressor:
 
 def test_models_that_would_stop_the_consumer_are_refused_and_a_failing_one_replaced(
         kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
-    topics = Topics(unique).create(kafka_bootstrap)
-    versions = topics.names["model_versions"]
-    simulator = produce_scenario(kafka_bootstrap, topics.names["records"], "none", 3000, 0,
-                                 labelled_share=1.0)
-    registry = tmp_path / "models"
+    topics, simulator = labelled_stream(kafka_bootstrap, unique, 3000)
+    versions, registry = topics.names["model_versions"], tmp_path / "models"
     publish_model(kafka_bootstrap, versions, registry, 1, good_model(simulator, 3000), tmp_path)
-    port = free_port()
     group = f"g-{unique}"
-    run = ConsumerRun(kafka_bootstrap, topics, group, "solo", tmp_path / "consumer.log",
-                      extra_env={"LEVYDRIFT_METRICS_PORT": str(port),
-                                 "LEVYDRIFT_CONSUMER_REGISTRY_ROOT": str(registry)}).start()
+    run, port = start_consumer(kafka_bootstrap, topics, group, registry,
+                               tmp_path / "consumer.log")
     wait_processed(kafka_bootstrap, group, topics, 3000, runs=[run])
     assert champion_version(port) == 1.0
 
@@ -207,11 +219,8 @@ def test_models_that_would_stop_the_consumer_are_refused_and_a_failing_one_repla
 
 def test_a_restart_serves_the_newest_version_that_loads_and_snapshots_name_it(
         kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
-    topics = Topics(unique).create(kafka_bootstrap)
-    versions = topics.names["model_versions"]
-    simulator = produce_scenario(kafka_bootstrap, topics.names["records"], "none", 2000, 0,
-                                 labelled_share=1.0)
-    registry = tmp_path / "models"
+    topics, simulator = labelled_stream(kafka_bootstrap, unique, 2000)
+    versions, registry = topics.names["model_versions"], tmp_path / "models"
     model = good_model(simulator, 2000)
     publish_model(kafka_bootstrap, versions, registry, 1, model, tmp_path)
     # The newest event names a version whose bytes no longer match their hash.
@@ -225,10 +234,8 @@ def test_a_restart_serves_the_newest_version_that_loads_and_snapshots_name_it(
     for restart, records in enumerate((2000, 3000)):
         if restart:
             produce_scenario(kafka_bootstrap, topics.names["records"], "none", 1000, 0, seed=9)
-        port = free_port()
-        run = ConsumerRun(kafka_bootstrap, topics, group, "solo", tmp_path / "consumer.log",
-                          extra_env={"LEVYDRIFT_METRICS_PORT": str(port),
-                                     "LEVYDRIFT_CONSUMER_REGISTRY_ROOT": str(registry)}).start()
+        run, port = start_consumer(kafka_bootstrap, topics, group, registry,
+                                   tmp_path / "consumer.log")
         wait_processed(kafka_bootstrap, group, topics, records, runs=[run])
         assert champion_version(port) == 1.0
         assert load_failures(port, "sha256_mismatch") == 1

@@ -16,7 +16,7 @@ import pytest
 
 from levydrift.faults import CRASH_EXIT_CODE, CRASH_VARIABLE
 from schemas.model_version import ModelVersionEvent
-from tests.integration.test_trainer_worker import NAME, REPO, SIMULATOR, Stack
+from tests.integration.test_trainer_worker import NAME, REPO, Stack, two_promoted_versions
 from tests.kafka_helpers import wait_until
 from trainer.registry import ModelRegistry
 
@@ -107,19 +107,7 @@ def test_a_worker_crash_at_any_step_ends_champion_and_announced_once(
 
 def two_announced_champions(stack: Stack, tmp_path: Path) -> tuple[ModelRegistry, Path]:
     """Versions 1 and 2, both promoted, and the topic saying version 2 is champion."""
-    from levydrift.features import to_model_frame
-    from trainer.model import ModelParams
-    from trainer.training import TrainingRequest, train_and_register
-
-    registry = ModelRegistry(stack.root)
-    for start in (0, 3000):
-        frame = to_model_frame(SIMULATOR.columns(start, start + 3000), include_target=True)
-        train_and_register(registry, NAME, TrainingRequest(
-            frame=frame, trigger_event_ids=[], code_version="test",
-            training_offsets=[{"topic": stack.records, "partition": 0, "first_offset": start,
-                               "last_offset": start + 2999}],
-            gate_margin=-1.0,  # promote both
-            min_training_records=100, params=ModelParams(max_iter=10)))
+    registry = two_promoted_versions(stack)
     config = stack.config_file(tmp_path)
     code, output = Run(config, "registry", "reconcile", NAME).finished()
     assert code == 0, output

@@ -266,8 +266,8 @@ def test_kill_during_training_then_restart_yields_exactly_one_version(
     assert list((stack.root / NAME / "staging").iterdir()) == []
 
 
-def test_rollback_restores_the_previous_champion_and_publishes_it(
-        stack: Stack, tmp_path: Path) -> None:
+def two_promoted_versions(stack: Stack) -> ModelRegistry:
+    """Versions 1 and 2 trained from files and both promoted, none announced."""
     from levydrift.features import to_model_frame
     from trainer.model import ModelParams
     from trainer.training import TrainingRequest, train_and_register
@@ -282,6 +282,12 @@ def test_rollback_restores_the_previous_champion_and_publishes_it(
             gate_margin=-1.0,  # promote both: the test needs two champions in a row
             min_training_records=100, params=ModelParams(max_iter=20)))
     assert registry.champion(NAME) == 2
+    return registry
+
+
+def test_rollback_restores_the_previous_champion_and_publishes_it(
+        stack: Stack, tmp_path: Path) -> None:
+    registry = two_promoted_versions(stack)
     completed = subprocess.run(
         [sys.executable, "-m", "levydrift.cli", "--config", str(stack.config_file(tmp_path)),
          "registry", "rollback", NAME], cwd=REPO, capture_output=True, text=True, timeout=120,
