@@ -301,3 +301,14 @@ def test_rollback_restores_the_previous_champion_and_publishes_it(
     assert (announced.decision, announced.version) == ("promoted", 2)
     assert (event.decision, event.version, event.previous_version) == ("rolled_back", 1, 2)
     assert event.artifact_sha256 == registry.get(NAME, 1).sha256
+
+
+def test_a_missing_records_topic_is_a_setting_to_fix_not_an_outage_to_wait_out(
+        kafka_bootstrap: str, unique: str) -> None:
+    from levydrift.errors import MissingTopicError
+    from levydrift.settings import KafkaSettings
+    from trainer.window import read_training_window
+
+    with pytest.raises(MissingTopicError, match=f"records-{unique}-absent"):
+        read_training_window(KafkaSettings(bootstrap_servers=kafka_bootstrap),
+                             f"records-{unique}-absent", {0: 10}, 100, 1000)
