@@ -169,7 +169,7 @@ class ChampionTracker:
             self._serve(event, model, reference, probe.seconds)
             return
         self.champion, self.reference = None, None
-        metrics.CHAMPION_VERSION.clear()
+        metrics.CHAMPION_VERSION.labels(model=self._model_name).set(0)
         log.warning("no model version passes; scoring without a model",
                     extra={"model": self._model_name, "announced": len(self._history)})
 

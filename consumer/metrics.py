@@ -45,7 +45,8 @@ DETECTOR_THRESHOLD = Gauge(
     "levydrift_detector_threshold", "Threshold above which the detector reports drift.",
     ["signal", "detector"], registry=REGISTRY)
 CHAMPION_VERSION = Gauge(
-    "levydrift_consumer_champion_version", "Model version the consumer is scoring with.",
+    "levydrift_consumer_champion_version",
+    "Model version the consumer is scoring with (0: none passes, it scores without a model).",
     ["model"], registry=REGISTRY)
 TRANSACTIONS = Counter(
     "levydrift_consumer_transactions", "Kafka transactions, by outcome (committed or aborted).",
