@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from consumer import metrics
 from detectors.reference import Reference
-from levydrift.artifacts import load_reference_sample, load_version_dir
+from levydrift.artifacts import load_reference_sample, load_version_dir, verify_version_dir
 from levydrift.errors import ArtifactError
 from levydrift.model_probe import IsolatedProbe
 from levydrift.signals import ModelScorer
@@ -131,7 +131,7 @@ class ChampionTracker:
             return False
         if self._probe is None:
             try:
-                self._probe = IsolatedProbe(self._version_dir(event), event.artifact_sha256)
+                self._probe = self._start_probe(event)
             except ArtifactError as error:
                 self._refuse(event, error)
             return False
@@ -158,7 +158,7 @@ class ChampionTracker:
         no model. A newer version that is only missing for now stays pending, for a retry."""
         for event in self._candidates():
             try:
-                probe = IsolatedProbe(self._version_dir(event), event.artifact_sha256)
+                probe = self._start_probe(event)
                 probe.result()
                 model, reference = self._load(event)
             except ArtifactError as error:
@@ -219,6 +219,13 @@ class ChampionTracker:
         log.error("model version refused; it does not serve", extra={
             "model": event.model_name, "version": event.version, "reason": error.reason,
             "error": str(error), "retrying": error.transient, "serving": self.version})
+
+    def _start_probe(self, event: ModelVersionEvent) -> IsolatedProbe:
+        """The child-process probe of the event's version, once the checks that need no
+        unpacking (registry root, hashes, types) passed here."""
+        version_dir = self._version_dir(event)
+        verify_version_dir(version_dir, event.artifact_sha256)
+        return IsolatedProbe(version_dir, event.artifact_sha256)
 
     def _version_dir(self, event: ModelVersionEvent) -> Path:
         artifact = Path(event.artifact_uri).resolve()

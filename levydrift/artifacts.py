@@ -86,25 +86,8 @@ def load_verified_model(path: str | Path, expected_sha256: str, label: str | Non
     type in it is in ``ALLOWED_TYPES`` and it passes ``check_model``; otherwise raise
     ``ArtifactError`` naming ``label`` (e.g. ``levy-impact/3``, default the path) and why."""
     name = label or str(path)
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ArtifactError(f"model {name}: artifact {path} is missing", "missing") from None
-    except OSError as error:
-        raise ArtifactError(f"model {name}: artifact {path} cannot be read: {error}",
-                            "unreadable") from None
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != expected_sha256.lower():
-        raise ArtifactError(
-            f"model {name}: artifact {path} fails its SHA-256 check "
-            f"(expected {expected_sha256}, file has {actual}); refusing to load it",
-            "sha256_mismatch")
-    # Hash and load the same in-memory bytes, so the file cannot change in between.
-    disallowed = sorted(archive_types(data, name) - set(ALLOWED_TYPES))
-    if disallowed:
-        raise ArtifactError(
-            f"model {name}: artifact {path} holds type(s) outside the allow-list: "
-            + ", ".join(disallowed), "disallowed_type")
+    # Verify and load the same in-memory bytes, so the file cannot change in between.
+    data = verified_bytes(path, expected_sha256, name)
     try:
         model = sio.loads(data, trusted=list(ALLOWED_TYPES))
     except Exception as error:  # noqa: BLE001 - a corrupt archive raises many kinds
@@ -112,6 +95,30 @@ def load_verified_model(path: str | Path, expected_sha256: str, label: str | Non
                             "not_skops") from None
     check_model(model, name)
     return model
+
+
+def verified_bytes(path: str | Path, expected_sha256: str, label: str) -> bytes:
+    """The artifact's bytes, if they hash to ``expected_sha256`` and name only allow-listed
+    types; nothing is built from them here."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"model {label}: artifact {path} is missing", "missing") from None
+    except OSError as error:
+        raise ArtifactError(f"model {label}: artifact {path} cannot be read: {error}",
+                            "unreadable") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected_sha256.lower():
+        raise ArtifactError(
+            f"model {label}: artifact {path} fails its SHA-256 check "
+            f"(expected {expected_sha256}, file has {actual}); refusing to load it",
+            "sha256_mismatch")
+    disallowed = sorted(archive_types(data, label) - set(ALLOWED_TYPES))
+    if disallowed:
+        raise ArtifactError(
+            f"model {label}: artifact {path} holds type(s) outside the allow-list: "
+            + ", ".join(disallowed), "disallowed_type")
+    return data
 
 
 def archive_types(data: bytes, label: str = "artifact") -> set[str]:
@@ -158,6 +165,18 @@ def load_version_dir(version_dir: str | Path, expected_sha256: str | None = None
     """Load the model of a registry version directory (``<root>/<name>/versions/<n>``), verified
     against its manifest's SHA-256 and, when given, ``expected_sha256`` (from a model-version
     event) too. For the consumer, which must not import ``trainer/``."""
+    return load_verified_model(*_version_artifact(version_dir, expected_sha256))
+
+
+def verify_version_dir(version_dir: str | Path, expected_sha256: str | None = None) -> None:
+    """What ``load_version_dir`` checks before it builds anything (manifest, hashes, types):
+    cheap, and safe to run in the service itself."""
+    verified_bytes(*_version_artifact(version_dir, expected_sha256))
+
+
+def _version_artifact(version_dir: str | Path,
+                      expected_sha256: str | None) -> tuple[Path, str, str]:
+    """(artifact path, its SHA-256 from the manifest, label) of a version directory."""
     version_dir = Path(version_dir)
     manifest = read_manifest(version_dir)
     label = f"{manifest.get('model', version_dir.parent.parent.name)}/" \
@@ -167,8 +186,7 @@ def load_version_dir(version_dir: str | Path, expected_sha256: str | None = None
         raise ArtifactError(
             f"model {label}: manifest SHA-256 {recorded} differs from the expected "
             f"{expected_sha256}; refusing to load it", "sha256_mismatch")
-    return load_verified_model(version_dir / manifest.get("artifact", ARTIFACT_NAME), recorded,
-                               label=label)
+    return version_dir / manifest.get("artifact", ARTIFACT_NAME), recorded, label
 
 
 def load_reference_sample(version_dir: str | Path) -> pd.DataFrame | None:
