@@ -1,26 +1,36 @@
 """The champion model: follow ``levy.model-versions`` and hot-swap between batches.
 
 The event says which version to serve; the registry says what its bytes must be. A version is
-loaded only from a directory under the configured registry root, only when its manifest's
-SHA-256 matches both the artifact and the event, and only with the skops allow-list
-(``levydrift.artifacts``). A refused artifact is logged and counted and the previous champion
-keeps serving; a file that is merely missing or unreadable (a volume still mounting) is retried.
+served only from a directory under the configured registry root, only when its manifest's
+SHA-256 matches both the artifact and the event, only with the skops allow-list, and only
+after it passed ``levydrift.model_checks`` in a child process (``levydrift.model_probe``) and
+then here: a model that would crash, hang or fail to predict is refused, logged and counted
+(``levydrift_consumer_model_load_failures_total{reason}``) and never served.
+
+What serves is the newest champion event (promoted or rolled back) whose model passes. On start
+the events are tried newest first, skipping refused ones and versions a later rollback moved
+away from; at run time a newer event is probed off the loop and swapped in once it passes,
+while the current champion keeps serving. A champion whose ``predict`` fails at run time
+scores that batch without a model, is dropped, and the newest other version that passes takes
+over. A file that is merely missing or unreadable (a volume still mounting) is retried.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from consumer import metrics
 from detectors.reference import Reference
-from levydrift.artifacts import load_reference_sample, load_version_dir
+from levydrift.artifacts import load_reference_sample, load_version_dir, verify_version_dir
 from levydrift.errors import ArtifactError
+from levydrift.model_probe import IsolatedProbe
 from levydrift.signals import ModelScorer
 from schemas.errors import RecordRejected
 from schemas.model_version import ModelVersionEvent
@@ -29,9 +39,34 @@ log = logging.getLogger(__name__)
 
 CHAMPION_DECISIONS = {"promoted", "rolled_back"}
 RETRY_INTERVAL_S = 10.0
+MAX_HISTORY = 64  # champion events remembered to fall back on
 
-# The champion is a model scorer that knows its version.
-Champion = ModelScorer
+
+class Champion(ModelScorer):
+    """The served model. A ``predict`` that raises, or returns anything but one finite levy
+    per record, scores the batch as no model (NaN) and marks the champion failed, for the
+    tracker to replace it: one bad model never stops the consumer."""
+
+    def __init__(self, model: Any, version: int) -> None:
+        super().__init__(model, version)
+        self.failure: str | None = None
+
+    def predict(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        count = len(next(iter(columns.values())))
+        if self.failure is None:
+            try:
+                predicted = super().predict(columns)
+            except Exception as error:  # noqa: BLE001 - whatever a model raises, it fails
+                self.failure = f"{type(error).__name__}: {error}"
+            else:
+                if predicted.shape == (count,) and np.isfinite(predicted).all():
+                    return predicted
+                self.failure = f"predicted {predicted.shape} values for {count} records, " \
+                               "not one finite levy each"
+            metrics.PREDICTION_FAILURES.inc()
+            log.error("champion failed to predict; this batch is scored without a model",
+                      extra={"version": self.version, "error": self.failure})
+        return np.full(count, np.nan)
 
 
 class ChampionTracker:
@@ -49,27 +84,20 @@ class ChampionTracker:
         self.champion: Champion | None = None
         # The champion's holdout statistics for the watched signals, when its version has them.
         self.reference: Reference | None = None
-        self._pending: ModelVersionEvent | None = None
+        self._history: list[ModelVersionEvent] = []  # champion events, oldest first
+        self._refused: set[int] = set()  # versions refused for good, until announced again
+        self._pending: ModelVersionEvent | None = None  # newer than the champion, not yet in
+        self._probe: IsolatedProbe | None = None  # the pending version's child-process probe
         self._retry_at = 0.0
 
     @property
     def version(self) -> int | None:
-        """The version being served."""
+        """The version being served: the one snapshots and drift events name."""
         return self.champion.version if self.champion else None
 
-    @property
-    def expected_version(self) -> int | None:
-        """The newest champion the topic names, served or still waiting to load."""
-        return self._pending.version if self._pending else self.version
-
-    @property
-    def expected_reference(self) -> Reference | None:
-        """The reference that goes with ``expected_version`` (None while it waits to load)."""
-        return None if self._pending else self.reference
-
     def start(self, timeout_s: float) -> None:
-        """Assign every partition from the start and read to the end, so the first batch is
-        scored with the current champion."""
+        """Assign every partition from the start, read to the end, and serve the newest
+        version that passes, so the first batch is scored with it."""
         metadata = self._consumer.list_topics(self._topic, timeout=timeout_s).topics[self._topic]
         partitions = [TopicPartition(self._topic, p, -2) for p in metadata.partitions]
         ends = {p.partition: self._consumer.get_watermark_offsets(p, timeout=timeout_s)[1]
@@ -81,55 +109,139 @@ class ChampionTracker:
             for position in self._consumer.position(partitions):
                 if position.offset >= ends[position.partition]:
                     ends[position.partition] = 0
-        self.swap_if_pending()
+        self._pending = None
+        self._serve_newest()
 
     def poll(self) -> None:
         """Non-blocking: note the newest champion event, if any arrived."""
         self._read(0)
 
     def swap_if_pending(self) -> bool:
-        """Load the pending champion, if any (and not waiting to retry); True when the champion
+        """Between batches: replace a champion that failed to predict, or swap in a newer
+        version once its probe passed (never waiting for the probe). True when the champion
         changed."""
+        if self.champion is not None and self.champion.failure is not None:
+            self._replace_failed_champion()
+            return True
         event = self._pending
         if event is None or self._clock() < self._retry_at:
             return False
         if self.champion and self.champion.version == event.version:
             self._pending = None
             return False
+        if self._probe is None:
+            try:
+                self._probe = self._start_probe(event)
+            except ArtifactError as error:
+                self._refuse(event, error)
+            return False
+        if not self._probe.finished():
+            return False
+        probe, self._probe = self._probe, None
         try:
+            probe.result()
             model, reference = self._load(event)
         except ArtifactError as error:
-            metrics.MODEL_LOAD_FAILURES.labels(reason=error.reason).inc()
-            if error.transient:
-                self._retry_at = self._clock() + RETRY_INTERVAL_S
-            else:
-                self._pending = None
-            log.error("cannot load model version; the previous champion keeps serving",
-                      extra={"model": event.model_name, "version": event.version,
-                             "error": str(error), "retrying": error.transient})
+            self._refuse(event, error)
             return False
+        self._serve(event, model, reference, probe.seconds)
+        return True
+
+    def close(self) -> None:
+        self._cancel_probe()
+        self._consumer.close()
+
+    # -- choosing and loading ---------------------------------------------------------------
+
+    def _serve_newest(self) -> None:
+        """Serve the newest champion event whose model passes (blocking on each probe), or
+        no model. A newer version that is only missing for now stays pending, for a retry."""
+        for event in self._candidates():
+            try:
+                probe = self._start_probe(event)
+                probe.result()
+                model, reference = self._load(event)
+            except ArtifactError as error:
+                if error.transient and self._pending is None:
+                    self._pending = event
+                self._refuse(event, error)
+                continue
+            self._serve(event, model, reference, probe.seconds)
+            return
+        self.champion, self.reference = None, None
+        metrics.CHAMPION_VERSION.labels(model=self._model_name).set(0)
+        log.warning("no model version passes; scoring without a model",
+                    extra={"model": self._model_name, "announced": len(self._history)})
+
+    def _candidates(self) -> Iterator[ModelVersionEvent]:
+        """Champion events newest first, once per version, less refused versions and those a
+        later rollback moved away from."""
+        seen: set[int] = set()
+        rolled_back_from: set[int] = set()
+        for event in reversed(self._history):
+            usable = not ({event.version} & (seen | self._refused | rolled_back_from))
+            seen.add(event.version)
+            if event.decision == "rolled_back" and event.previous_version is not None:
+                rolled_back_from.add(event.previous_version)
+            if usable:
+                yield event
+
+    def _replace_failed_champion(self) -> None:
+        failed = self.champion
+        assert failed is not None
+        self._refused.add(failed.version)
+        log.error("champion dropped after failing to predict", extra={
+            "model": self._model_name, "version": failed.version, "error": failed.failure})
+        metrics.MODEL_LOAD_FAILURES.labels(reason="predict_failed").inc()
+        self._cancel_probe()
         self._pending = None
+        self._serve_newest()
+
+    def _serve(self, event: ModelVersionEvent, model: Any, reference: Reference | None,
+               probe_s: float | None) -> None:
+        if self._pending is event:
+            self._pending = None
         self.champion = Champion(model, event.version)
         self.reference = reference
         metrics.CHAMPION_VERSION.labels(model=event.model_name).set(event.version)
         log.info("champion swapped", extra={"model": event.model_name, "version": event.version,
-                                            "decision": event.decision})
-        return True
+                                            "decision": event.decision,
+                                            "probe_seconds": round(probe_s or 0.0, 3)})
 
-    def close(self) -> None:
-        self._consumer.close()
+    def _refuse(self, event: ModelVersionEvent, error: ArtifactError) -> None:
+        metrics.MODEL_LOAD_FAILURES.labels(reason=error.reason).inc()
+        if error.transient:
+            self._retry_at = self._clock() + RETRY_INTERVAL_S
+        else:
+            self._refused.add(event.version)
+            if self._pending is event:
+                self._pending = None
+        log.error("model version refused; it does not serve", extra={
+            "model": event.model_name, "version": event.version, "reason": error.reason,
+            "error": str(error), "retrying": error.transient, "serving": self.version})
 
-    def _load(self, event: ModelVersionEvent) -> tuple[Any, Reference | None]:
-        """The event's artifact, checked against its version directory's manifest, and the
-        detector reference from the version's holdout sample (None when it has none)."""
+    def _start_probe(self, event: ModelVersionEvent) -> IsolatedProbe:
+        """The child-process probe of the event's version, once the checks that need no
+        unpacking (registry root, hashes, types) passed here."""
+        version_dir = self._version_dir(event)
+        verify_version_dir(version_dir, event.artifact_sha256)
+        return IsolatedProbe(version_dir, event.artifact_sha256)
+
+    def _version_dir(self, event: ModelVersionEvent) -> Path:
         artifact = Path(event.artifact_uri).resolve()
         if self._registry_root not in artifact.parents:
             raise ArtifactError(
                 f"model {event.model_name}/{event.version}: artifact {artifact} is outside the "
                 f"registry root {self._registry_root} (consumer.registry_root)",
                 "outside_registry")
-        model = load_version_dir(artifact.parent, expected_sha256=event.artifact_sha256)
-        return model, self._reference(artifact.parent, event)
+        return artifact.parent
+
+    def _load(self, event: ModelVersionEvent) -> tuple[Any, Reference | None]:
+        """The event's model, checked against its version directory's manifest, and the
+        detector reference from the version's holdout sample (None when it has none)."""
+        version_dir = self._version_dir(event)
+        model = load_version_dir(version_dir, expected_sha256=event.artifact_sha256)
+        return model, self._reference(version_dir, event)
 
     def _reference(self, version_dir: Path, event: ModelVersionEvent) -> Reference | None:
         sample = load_reference_sample(version_dir)
@@ -145,6 +257,13 @@ class ChampionTracker:
                                "error": str(error)})
             return None
 
+    def _cancel_probe(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
+
+    # -- reading the topic ------------------------------------------------------------------
+
     def _read(self, timeout_s: float) -> None:
         for message in self._consumer.consume(100, timeout_s):
             if message.error():
@@ -156,9 +275,17 @@ class ChampionTracker:
             try:
                 event = ModelVersionEvent.from_bytes(message.value())
             except RecordRejected as rejected:
-                log.error("unreadable model-version event", extra={
-                    "offset": message.offset(), "reason": str(rejected)})
+                metrics.MODEL_LOAD_FAILURES.labels(reason="malformed_event").inc()
+                log.error("unreadable model-version event; skipped", extra={
+                    "partition": message.partition(), "offset": message.offset(),
+                    "reason": str(rejected)})
                 continue
             if event.model_name == self._model_name and event.decision in CHAMPION_DECISIONS:
-                self._pending = event
-                self._retry_at = 0.0
+                self._announce(event)
+
+    def _announce(self, event: ModelVersionEvent) -> None:
+        self._history = [*self._history, event][-MAX_HISTORY:]
+        self._refused.discard(event.version)  # announced again: worth another try
+        self._cancel_probe()
+        self._pending = event
+        self._retry_at = 0.0

@@ -47,7 +47,8 @@ DETECTOR_THRESHOLD = Gauge(
     "levydrift_detector_threshold", "Threshold above which the detector reports drift.",
     ["signal", "detector"], registry=REGISTRY)
 CHAMPION_VERSION = Gauge(
-    "levydrift_consumer_champion_version", "Model version the consumer is scoring with.",
+    "levydrift_consumer_champion_version",
+    "Model version the consumer is scoring with (0: none passes, it scores without a model).",
     ["model"], registry=REGISTRY)
 TRANSACTIONS = Counter(
     "levydrift_consumer_transactions", "Kafka transactions, by outcome (committed or aborted).",
@@ -60,8 +61,13 @@ STATE_RESTORE_DURATION = Histogram(
     "Time to restore detector state after a partition assignment.",
     buckets=_RESTORE_BUCKETS, registry=REGISTRY)
 MODEL_LOAD_FAILURES = Counter(
-    "levydrift_consumer_model_load_failures", "Failures to load a champion model, by reason.",
-    ["reason"], registry=REGISTRY)
+    "levydrift_consumer_model_load_failures",
+    "Model versions refused (or dropped after failing to predict) and unreadable model-version "
+    "events, by reason.", ["reason"], registry=REGISTRY)
+PREDICTION_FAILURES = Counter(
+    "levydrift_consumer_prediction_failures",
+    "Champion predictions that raised or returned non-finite levies; the batch was scored "
+    "without a model and the champion replaced.", registry=REGISTRY)
 PREDICTION_ABS_ERROR = Gauge(
     "levydrift_consumer_prediction_abs_error",
     "Recent mean absolute prediction error on labelled records.", registry=REGISTRY)

@@ -206,11 +206,11 @@ class ConsumerService:
 
     def _rewind(self) -> None:
         assert self.consumer is not None
-        version = self.champion.expected_version
+        version = self.champion.version
         for monitor in self.monitors.values():
             monitor.rewind(self.settings.detectors)
             if monitor.model_version != version:  # a swap happened since the checkpoint
-                monitor.rebaseline(version, self.champion.expected_reference)
+                monitor.rebaseline(version, self.champion.reference)
             try:
                 self.consumer.seek(TopicPartition(monitor.topic, monitor.partition,
                                                   monitor.next_offset))
@@ -248,9 +248,7 @@ class ConsumerService:
         latest = read_latest_states(self._reader_config, self.settings.topics.detector_state,
                                     set(keys.values()), timeout)
         committed = consumer.committed(partitions, timeout=timeout)
-        # A snapshot baselined against a champion that is named but not loaded yet stays
-        # valid: the swap re-baselines only banks of another version.
-        version = self.champion.expected_version
+        version = self.champion.version  # the one serving, never one still being probed
         for position in committed:
             low, _ = consumer.get_watermark_offsets(
                 TopicPartition(position.topic, position.partition), timeout=timeout)
@@ -264,7 +262,7 @@ class ConsumerService:
                                 "committed_offset": position.offset})
             monitor = PartitionMonitor.resume(position.topic, position.partition, start, usable,
                                               self.settings.detectors, version,
-                                              self.champion.expected_reference)
+                                              self.champion.reference)
             self.monitors[position.partition] = monitor
             position.offset = start
         consumer.incremental_assign(committed)

@@ -1,15 +1,21 @@
 """Model artifacts: write with skops, load only verified bytes with an explicit type allow-list.
 
 Shared by the trainer (which writes) and the consumer (which loads). Nothing here unpickles:
-skops rebuilds objects from a schema and refuses any type not named in ``ALLOWED_TYPES``, and
-the bytes are checked against the SHA-256 recorded at training time before skops sees them.
+skops rebuilds objects from a schema, the bytes are checked against the SHA-256 recorded at
+training time before skops sees them, and every type the archive names must be in
+``ALLOWED_TYPES`` (exclusively: skops' own default trust, which covers every scikit-learn
+estimator, does not count). A loaded model must then pass ``levydrift.model_checks``: a levy
+model, fitted, with tree arrays that cannot send native code out of bounds, and predicting
+finite levies for a probe batch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +23,15 @@ import pandas as pd
 import skops.io as sio
 
 from levydrift.errors import ArtifactError
+from levydrift.model_checks import check_model
 
 ARTIFACT_NAME = "model.skops"
 MANIFEST_NAME = "manifest.json"
 REFERENCE_NAME = "reference.parquet"  # holdout inputs, predictions and errors
 
-# Every type the levy impact pipeline is built from (trainer/model.py), named in full. A new
-# component in the pipeline must be added here on purpose, never trusted wholesale.
+# Every type the levy impact pipeline (trainer/model.py) is built from, named in full, and
+# nothing else: a new component must be added here on purpose. tests/unit check that a fitted
+# pipeline needs exactly these.
 ALLOWED_TYPES: tuple[str, ...] = (
     "builtins.dict",
     "builtins.list",
@@ -33,12 +41,9 @@ ALLOWED_TYPES: tuple[str, ...] = (
     "functools.partial",
     "levydrift.features.BaseLevyResidualRegressor",
     "levydrift.features.add_levy_terms",
-    "numpy.dtype",
     "numpy.float64",
-    "numpy.int64",
     "numpy.ndarray",
     "numpy.random._generator.Generator",
-    "numpy.random.mtrand.RandomState",
     "numpy.uint64",
     "sklearn._loss._loss.CyHalfSquaredError",
     "sklearn._loss.link.IdentityLink",
@@ -49,11 +54,12 @@ ALLOWED_TYPES: tuple[str, ...] = (
     "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingRegressor",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.pipeline.Pipeline",
-    "sklearn.preprocessing._encoders.OneHotEncoder",
     "sklearn.preprocessing._encoders.OrdinalEncoder",
     "sklearn.preprocessing._function_transformer.FunctionTransformer",
     "sklearn.utils.validation.check_array",
 )
+_SCHEMA_MEMBER = "schema.json"
+_MAX_SCHEMA_BYTES = 64 << 20  # a levy model's schema is ~100 KB; refuse a decompression bomb
 
 
 def file_sha256(path: str | Path) -> str:
@@ -76,39 +82,70 @@ def save_model(estimator: Any, path: str | Path) -> str:
 
 
 def load_verified_model(path: str | Path, expected_sha256: str, label: str | None = None) -> Any:
-    """Load the estimator at ``path`` only if its bytes hash to ``expected_sha256`` and every
-    type in it is in ``ALLOWED_TYPES``; otherwise raise ``ArtifactError`` naming ``label``
-    (e.g. ``levy-impact/3``, default the path) and the mismatch."""
+    """Load the estimator at ``path`` only if its bytes hash to ``expected_sha256``, every
+    type in it is in ``ALLOWED_TYPES`` and it passes ``check_model``; otherwise raise
+    ``ArtifactError`` naming ``label`` (e.g. ``levy-impact/3``, default the path) and why."""
     name = label or str(path)
+    # Verify and load the same in-memory bytes, so the file cannot change in between.
+    data = verified_bytes(path, expected_sha256, name)
+    try:
+        model = sio.loads(data, trusted=list(ALLOWED_TYPES))
+    except Exception as error:  # noqa: BLE001 - a corrupt archive raises many kinds
+        raise ArtifactError(f"model {name}: artifact {path} cannot be loaded: {error}",
+                            "not_skops") from None
+    check_model(model, name)
+    return model
+
+
+def verified_bytes(path: str | Path, expected_sha256: str, label: str) -> bytes:
+    """The artifact's bytes, if they hash to ``expected_sha256`` and name only allow-listed
+    types; nothing is built from them here."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise ArtifactError(f"model {name}: artifact {path} is missing", "missing") from None
+        raise ArtifactError(f"model {label}: artifact {path} is missing", "missing") from None
     except OSError as error:
-        raise ArtifactError(f"model {name}: artifact {path} cannot be read: {error}",
+        raise ArtifactError(f"model {label}: artifact {path} cannot be read: {error}",
                             "unreadable") from None
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected_sha256.lower():
         raise ArtifactError(
-            f"model {name}: artifact {path} fails its SHA-256 check "
+            f"model {label}: artifact {path} fails its SHA-256 check "
             f"(expected {expected_sha256}, file has {actual}); refusing to load it",
             "sha256_mismatch")
-    # Hash and load the same in-memory bytes, so the file cannot change in between.
-    try:
-        untrusted = sio.get_untrusted_types(data=data)
-    except Exception as error:  # noqa: BLE001 - a corrupt archive raises many kinds
-        raise ArtifactError(f"model {name}: artifact {path} is not a skops archive: {error}",
-                            "not_skops") from None
-    disallowed = sorted(set(untrusted) - set(ALLOWED_TYPES))
+    disallowed = sorted(archive_types(data, label) - set(ALLOWED_TYPES))
     if disallowed:
         raise ArtifactError(
-            f"model {name}: artifact {path} holds type(s) outside the allow-list: "
+            f"model {label}: artifact {path} holds type(s) outside the allow-list: "
             + ", ".join(disallowed), "disallowed_type")
+    return data
+
+
+def archive_types(data: bytes, label: str = "artifact") -> set[str]:
+    """Every type a skops archive names (``module.Class``), from its schema: each object node
+    there carries ``__module__`` and ``__class__``, type references included."""
     try:
-        return sio.loads(data, trusted=list(ALLOWED_TYPES))
-    except Exception as error:  # noqa: BLE001
-        raise ArtifactError(f"model {name}: artifact {path} cannot be loaded: {error}",
-                            "not_skops") from None
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            if archive.getinfo(_SCHEMA_MEMBER).file_size > _MAX_SCHEMA_BYTES:
+                raise ArtifactError(f"model {label}: its {_SCHEMA_MEMBER} is over "
+                                    f"{_MAX_SCHEMA_BYTES} bytes", "not_skops")
+            schema = json.loads(archive.read(_SCHEMA_MEMBER))
+    except ArtifactError:
+        raise
+    except Exception as error:  # noqa: BLE001 - zipfile and json raise many kinds
+        raise ArtifactError(f"model {label}: not a skops archive: {error}", "not_skops") from None
+    types: set[str] = set()
+    pending = [schema]
+    while pending:  # iterative: the nesting depth is the archive's choice
+        node = pending.pop()
+        if isinstance(node, dict):
+            module, cls = node.get("__module__"), node.get("__class__")
+            if module is not None or cls is not None:
+                types.add(f"{module}.{cls}")
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return types
 
 
 def read_manifest(version_dir: str | Path) -> dict[str, Any]:
@@ -128,6 +165,18 @@ def load_version_dir(version_dir: str | Path, expected_sha256: str | None = None
     """Load the model of a registry version directory (``<root>/<name>/versions/<n>``), verified
     against its manifest's SHA-256 and, when given, ``expected_sha256`` (from a model-version
     event) too. For the consumer, which must not import ``trainer/``."""
+    return load_verified_model(*_version_artifact(version_dir, expected_sha256))
+
+
+def verify_version_dir(version_dir: str | Path, expected_sha256: str | None = None) -> None:
+    """What ``load_version_dir`` checks before it builds anything (manifest, hashes, types):
+    cheap, and safe to run in the service itself."""
+    verified_bytes(*_version_artifact(version_dir, expected_sha256))
+
+
+def _version_artifact(version_dir: str | Path,
+                      expected_sha256: str | None) -> tuple[Path, str, str]:
+    """(artifact path, its SHA-256 from the manifest, label) of a version directory."""
     version_dir = Path(version_dir)
     manifest = read_manifest(version_dir)
     label = f"{manifest.get('model', version_dir.parent.parent.name)}/" \
@@ -137,8 +186,7 @@ def load_version_dir(version_dir: str | Path, expected_sha256: str | None = None
         raise ArtifactError(
             f"model {label}: manifest SHA-256 {recorded} differs from the expected "
             f"{expected_sha256}; refusing to load it", "sha256_mismatch")
-    return load_verified_model(version_dir / manifest.get("artifact", ARTIFACT_NAME), recorded,
-                               label=label)
+    return version_dir / manifest.get("artifact", ARTIFACT_NAME), recorded, label
 
 
 def load_reference_sample(version_dir: str | Path) -> pd.DataFrame | None:

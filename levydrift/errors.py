@@ -29,10 +29,11 @@ class UsageError(LevyDriftError):
 
 
 class ArtifactError(LevyDriftError):
-    """A model artifact that must not be loaded: missing, tampered with (SHA-256 mismatch), or
-    holding a type outside the allow-list. The message names the version or path and why;
-    ``reason`` is a stable code for metrics (missing, unreadable, sha256_mismatch,
-    not_skops, disallowed_type, outside_registry)."""
+    """A model artifact that must not be loaded: missing, tampered with (SHA-256 mismatch),
+    holding a type outside the allow-list, damaged, or unable to predict. The message names the
+    version or path and why; ``reason`` is a stable code for metrics (missing, unreadable,
+    sha256_mismatch, not_skops, disallowed_type, outside_registry, invalid_model,
+    probe_failed, probe_crashed, probe_timeout)."""
 
     def __init__(self, message: str, reason: str = "refused") -> None:
         super().__init__(message)

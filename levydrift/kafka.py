@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from levydrift.errors import BrokerUnavailableError, MissingTopicError
@@ -50,6 +51,41 @@ def ensure_reachable(admin: AdminClient, kafka: KafkaSettings,
     if missing:
         raise MissingTopicError(f"topic {missing[0]} does not exist on {kafka.bootstrap_servers}; "
                                 "create the project's topics with `levydrift topics create`")
+
+
+def read_to_end(reader: Consumer, topic: str, timeout_s: float) -> Iterator[Message]:
+    """Every message of ``topic`` (all partitions) from its start to the end it has when the
+    read starts. It stops on the reader's position, not on a last offset, so aborted
+    transactions, their markers and compacted gaps never leave it waiting. Raises
+    ``BrokerUnavailableError`` on a read error or after ``timeout_s``."""
+    try:
+        metadata = reader.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            raise MissingTopicError(f"topic {topic} does not exist; create the project's "
+                                    "topics with `levydrift topics create`")
+        ends = {}
+        for partition in metadata.partitions:
+            low, high = reader.get_watermark_offsets(TopicPartition(topic, partition),
+                                                     timeout=timeout_s)
+            if high > low:
+                ends[partition] = high
+        assignment = [TopicPartition(topic, partition, 0) for partition in ends]
+        reader.assign([TopicPartition(topic, partition, -2) for partition in ends])  # -2: start
+        deadline = time.monotonic() + timeout_s
+        while ends:
+            if time.monotonic() > deadline:
+                raise BrokerUnavailableError(f"reading {topic} to its end took over "
+                                             f"{timeout_s:g}s")
+            for message in reader.consume(500, 0.2):
+                if message.error() is None:
+                    yield message
+                elif message.error().code() != KafkaError._PARTITION_EOF:
+                    raise BrokerUnavailableError(f"reading {topic}: {message.error().str()}")
+            for position in reader.position(assignment):
+                if position.offset >= ends.get(position.partition, 0):
+                    ends.pop(position.partition, None)
+    except KafkaException as error:
+        raise BrokerUnavailableError(f"reading {topic}: {error.args[0].str()}") from None
 
 
 def _quiet_logger() -> Any:

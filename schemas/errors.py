@@ -18,6 +18,7 @@ class Reason(StrEnum):
     BAD_ENCODING = "bad_encoding"  # not UTF-8, or a string with an unpaired surrogate
     NOT_JSON = "not_json"  # not a JSON document (syntax error, truncated)
     NOT_OBJECT = "not_object"  # JSON, but not an object at the top level
+    DUPLICATE_KEY = "duplicate_key"  # one object names a key twice (parsers disagree which wins)
     UNKNOWN_SCHEMA_VERSION = "unknown_schema_version"  # schema_version present but not ours
     UNKNOWN_FIELD = "unknown_field"  # a field the schema does not define
     MISSING_FIELD = "missing_field"  # a required field is absent

@@ -5,7 +5,8 @@ paths that must agree (tests check they do):
 
 * the fast path: msgspec decodes and checks types and ranges in C, straight into the frozen
   ``LevyRecord`` struct; two rules it cannot express (the timestamp's calendar pattern and
-  exemption <= assessed) follow in Python;
+  exemption <= assessed) follow in Python, and so does the proof that no key came twice
+  (msgspec, like most parsers, keeps the last of duplicated keys);
 * the careful path, taken only when the fast path refuses: hand-written checks on the parsed
   object, in a fixed order, that name the reason code and the field. It is the authority on
   *why*; it also accepts the few valid inputs msgspec is stricter about (``"tax_year": 2024.0``
@@ -18,6 +19,7 @@ and pydantic v2; see bench/RESULTS-codec.md.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import attrgetter
 from typing import Annotated, Any, Final, Literal
@@ -87,9 +89,28 @@ def decode_levy_record(value: bytes | None) -> LevyRecord:
             pass
         else:
             if (record.exemption_amount <= record.assessed_value
-                    and _TIMESTAMP.fullmatch(record.event_time) is not None):
+                    and _TIMESTAMP.fullmatch(record.event_time) is not None
+                    and ((quotes := value.count(b'"')) == _QUOTES_UNLABELLED
+                         or _keys_are_unique(value, record, quotes))):
                 return record
     return levy_record_from_dict(parse_json_object(value, MAX_RECORD_BYTES))
+
+
+# Quote bytes in a record: two per key and per text value (msgspec checked every occurrence of a
+# key, so text fields hold strings and the rest numbers or null), plus one per escaped quote.
+# Exactly the 13 required keys and the 6 text values means no key came twice: msgspec, like
+# most parsers, would have kept the last of two quietly.
+_QUOTES_UNLABELLED: Final = 2 * (len(REQUIRED_FIELDS) + len(TEXT_FIELDS))
+_ACTUAL_KEY: Final = re.compile(rb'"actual_levy_amount"[ \t\n\r]*:')
+
+
+def _keys_are_unique(value: bytes, record: LevyRecord, quotes: int) -> bool:
+    """Whether ``value`` (decoded into ``record``, holding ``quotes`` quote bytes, not exactly
+    those of the 13 required keys and 6 text values) names each key once. Two more quotes are
+    the actual levy's key, or, when its value is null, possibly a repeated key. False (an
+    escaped quote, or a repeat) sends the payload the careful way, which names the key."""
+    return quotes == _QUOTES_UNLABELLED + 2 and (record.actual_levy_amount is not None
+                                                 or _ACTUAL_KEY.search(value) is not None)
 
 
 def decode_levy_records(

@@ -3,8 +3,11 @@
 ``registry promote`` and ``registry rollback`` move the champion and publish a model-version
 event (decision ``promoted`` / ``rolled_back``) so consumers swap models. The broker is checked
 *before* the registry changes: when it cannot be reached the command fails and nothing changes,
-unless ``--no-publish`` asks for a registry-only change (consumers then keep their model until
-the next event).
+unless ``--no-publish`` asks for a registry-only change now. Each first reconciles the registry
+with the topic (``trainer.announcements``) and holds the registry lock from the move to the
+announcement; a move whose announcement failed or was cut short by a crash is announced by the
+next reconcile: ``registry reconcile``, the next promote or rollback, or the trainer worker's
+start (so a ``--no-publish`` change reaches the fleet then, too).
 """
 
 from __future__ import annotations
@@ -20,15 +23,22 @@ import pandas as pd
 
 from levydrift import settings as settings_module
 from levydrift.artifacts import file_sha256
-from levydrift.errors import ArtifactError, UsageError
+from levydrift.errors import ArtifactError, BrokerUnavailableError, UsageError
+from levydrift.faults import crash_point
 from levydrift.features import TARGET, to_model_frame
 from levydrift.kafka import admin_client, ensure_reachable
 from levydrift.logs import configure as configure_logging
 from levydrift.progress import Progress
+from trainer.announcements import (
+    move_event,
+    read_model_events,
+    reconcile,
+    registration_announcement,
+)
 from trainer.config import TrainerSettings
-from trainer.events import code_version, registration_event, version_event
+from trainer.events import code_version, version_event
 from trainer.model import ModelParams
-from trainer.registry import CHAMPION, ModelRegistry, VersionInfo
+from trainer.registry import CHAMPION, ModelRegistry, VersionInfo, utc_now
 from trainer.training import TrainingRequest, train_and_register
 
 
@@ -75,6 +85,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Print one version's manifest, metrics and lineage as JSON.")
     show.add_argument("reference", help="NAME (champion), NAME@alias or NAME/version")
     show.set_defaults(handler=_run_show)
+    settle = actions.add_parser(
+        "reconcile", help="announce champion moves a crash or a broker outage kept from Kafka")
+    settle.add_argument("model", nargs="?", help="only this model")
+    settle.set_defaults(handler=_run_reconcile)
     for name, helptext in (("promote", "make a version the champion"),
                            ("rollback", "move the champion one step back")):
         action = actions.add_parser(
@@ -118,9 +132,10 @@ def _train_file(arguments: argparse.Namespace, config: TrainerSettings, name: st
     progress.phase(f"reading {path}")
     frame = read_training_file(path)
     section = config.trainer
+    registry = _registry(arguments, config)
     progress.phase(f"training {name} on {len(frame):,} records, then gating it against the "
                    "champion")
-    info = train_and_register(_registry(arguments, config), name, TrainingRequest(
+    info = train_and_register(registry, name, TrainingRequest(
         frame=frame, trigger_event_ids=[], training_offsets=[file_window(path, len(frame))],
         code_version=section.code_version or code_version(),
         holdout_fraction=section.holdout_fraction, gate_margin=section.gate_margin,
@@ -129,7 +144,12 @@ def _train_file(arguments: argparse.Namespace, config: TrainerSettings, name: st
         extra_lineage={"source_file": str(Path(arguments.data_path).resolve())}))
     if arguments.publish:
         progress.phase("publishing the model-version event")
-        _publish(config, registration_event(info))
+        with registry.locked(name):
+            _reconcile(config, registry, name)
+            event = registration_announcement(registry, info)
+            if event is not None and not registry.get(name, info.version).published:
+                _announce(config, event, f"version {info.version} is registered")
+                registry.mark_published(name, info.version, {"decision": event.decision})
     return info
 
 
@@ -256,15 +276,20 @@ def _run_promote(arguments: argparse.Namespace) -> int:
         raise UsageError(f"{arguments.reference!r}: name the version, as in levy-impact/3")
     info = registry.resolve(arguments.reference)
     _verify_artifact(registry, info)
-    if not arguments.no_publish:
+    publish = not arguments.no_publish
+    if publish:
         ensure_reachable(admin_client(config.kafka), config.kafka)
-    event = version_event(info, "promoted", registry.champion(info.name), created_at=_now())
-    event.to_bytes()  # refuse before changing anything if the event would break the contract
-    previous = registry.set_alias(info.name, CHAMPION, info.version, "promoted",
+    # Refuse before changing anything if the event would break the contract.
+    version_event(info, "promoted", registry.champion(info.name), created_at=utc_now()).to_bytes()
+    with registry.locked(info.name):
+        if publish:
+            _reconcile(config, registry, info.name)
+        move = registry.set_alias(info.name, CHAMPION, info.version, "promoted",
                                   arguments.reason)
-    if not arguments.no_publish:
-        _publish(config, version_event(info, "promoted", previous, created_at=event.created_at))
-    print(f"{info.name}: champion {previous} -> {info.version}")
+        if publish:
+            _announce(config, move_event(registry, info.name, move),
+                      f"the champion of {info.name} is now {info.version} in the registry")
+    print(f"{info.name}: champion {move['previous_version']} -> {info.version}")
     return 0
 
 
@@ -272,17 +297,53 @@ def _run_rollback(arguments: argparse.Namespace) -> int:
     config = _settings(arguments)
     registry = _registry(arguments, config)
     name = arguments.reference
-    if not arguments.no_publish:
+    publish = not arguments.no_publish
+    if publish:
         ensure_reachable(admin_client(config.kafka), config.kafka)
-    restored, replaced = registry.rollback_target(name)
-    event = version_event(registry.get(name, restored), "rolled_back", replaced,
-                          created_at=_now())
-    event.to_bytes()  # refuse before changing anything if the event would break the contract
-    registry.rollback(name, arguments.reason, expected=(restored, replaced))
-    if not arguments.no_publish:
-        _publish(config, event)
+    with registry.locked(name):
+        if publish:
+            _reconcile(config, registry, name)
+        restored, replaced = registry.rollback_target(name)
+        # Refuse before changing anything if the event would break the contract.
+        version_event(registry.get(name, restored), "rolled_back", replaced,
+                      created_at=utc_now()).to_bytes()
+        registry.rollback(name, arguments.reason, expected=(restored, replaced))
+        if publish:
+            _announce(config, move_event(registry, name, registry.last_champion_move(name)),
+                      f"the champion of {name} is now {restored} in the registry")
     print(f"{name}: champion {replaced} -> {restored} (rolled back)")
     return 0
+
+
+def _run_reconcile(arguments: argparse.Namespace) -> int:
+    config = _settings(arguments)
+    registry = _registry(arguments, config)
+    ensure_reachable(admin_client(config.kafka), config.kafka)
+    for name in [arguments.model] if arguments.model else registry.model_names():
+        event = _reconcile(config, registry, name)
+        if event is None:
+            print(f"{name}: registry and {config.topics.model_versions} agree")
+        else:
+            print(f"{name}: announced {event.decision} version {event.version}")
+    return 0
+
+
+def _reconcile(config: TrainerSettings, registry: ModelRegistry, name: str) -> Any:
+    return reconcile(registry, name, lambda: read_model_events(
+        config.kafka, config.topics.model_versions, name),
+        lambda event: _publish(config, event))
+
+
+def _announce(config: TrainerSettings, event: Any, done: str) -> None:
+    """Publish ``event`` after the registry changed; a failure says the change stands and how
+    it will reach the fleet."""
+    try:
+        _publish(config, event)
+    except BrokerUnavailableError as error:
+        raise BrokerUnavailableError(
+            f"{done}, but announcing it failed ({error}); `levydrift registry reconcile` "
+            "announces it, as does the trainer worker's next start") from None
+    crash_point("after_publish")
 
 
 def _verify_artifact(registry: ModelRegistry, info: VersionInfo) -> None:
@@ -305,9 +366,3 @@ def _version_line(info: VersionInfo) -> str:
     reason = info.metrics.get("gate", {}).get("reason", "")
     return (f"{info.name} version {info.version}: {info.manifest['status']} "
             f"(MAE {mae:.2f}, R² {r2:.4f}; {reason}) at {info.path}")
-
-
-def _now() -> str:
-    from trainer.registry import utc_now
-
-    return utc_now()

@@ -32,6 +32,8 @@ class TrainerSection:
     poll_timeout_s: float = 1.0
     # Training blocks polling; the group must not evict the worker meanwhile.
     max_poll_interval_s: float = 1800.0
+    # How long the worker waits out a Kafka outage (retrying) before it exits with an error.
+    broker_outage_limit_s: float = 300.0
     code_version: str = ""  # default: the package version and git commit, when known
 
     def validate(self) -> None:
@@ -56,6 +58,9 @@ class TrainerSection:
                               "poll_timeout_s > 0")
         if self.max_poll_interval_s < 10:
             raise ConfigError("trainer.max_poll_interval_s must be >= 10")
+        if self.broker_outage_limit_s <= 0:
+            raise ConfigError(f"trainer.broker_outage_limit_s must be > 0, got "
+                              f"{self.broker_outage_limit_s}")
 
 
 @dataclass(frozen=True)

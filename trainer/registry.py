@@ -16,9 +16,17 @@ without a server. Layout under the registry root::
 A version number is claimed with ``os.mkdir`` (atomic, so two writers never share one), the
 version is built in ``staging/`` and renamed into ``versions/`` complete: a reader never sees a
 half-written version. A number claimed by a writer that died is never reused (a gap).
-Alias changes and history appends run under an exclusive ``flock`` on ``<name>/.lock``.
+Alias changes and history appends run under an exclusive ``flock`` on ``<name>/.lock``
+(``locked``, re-entrant in the thread that holds it).
 The manifest's ``status`` is the gate decision at registration and never changes; which
 version serves now is ``aliases.json``, and which served at time T is in the alias history.
+
+Registering is a sequence a crash can cut anywhere: stage, rename, then (``finish_registration``)
+the training history row and, for a promoted version, the champion move. The files after the
+rename say everything the later steps need, so ``finish_registration`` is idempotent and a
+restart simply runs it again; the move happens only if the champion is still the one the gate
+compared against. Each champion move is announced on Kafka by whoever made it, and
+``trainer.announcements.reconcile`` repairs a move whose announcement a crash prevented.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import json
 import os
 import platform
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +57,7 @@ from levydrift.artifacts import (
     save_model,
 )
 from levydrift.errors import RegistryError
+from levydrift.faults import crash_point
 
 CHAMPION = "champion"
 METRICS_NAME = "metrics.json"
@@ -122,6 +132,7 @@ class ModelRegistry:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
+        self._held = threading.local()  # per thread: how deep each model's lock is held
 
     # ------------------------------------------------------------------ paths and listing
 
@@ -183,6 +194,11 @@ class ModelRegistry:
     # ------------------------------------------------------------------ aliases and history
 
     def aliases(self, name: str) -> dict[str, int]:
+        """Where each alias points: the alias history replayed (the source of truth, one
+        atomic append per move); ``aliases.json`` is its snapshot for readers of the files."""
+        history = self.alias_history(name)
+        if history:
+            return {entry["alias"]: int(entry["version"]) for entry in history}
         path = self.model_dir(name) / ALIASES_NAME
         if not path.exists():
             return {}
@@ -192,11 +208,20 @@ class ModelRegistry:
         return self.aliases(name).get(CHAMPION)
 
     def alias_history(self, name: str) -> list[dict[str, Any]]:
+        """Every alias move, oldest first. A last line cut short (a crash mid-append) is no
+        move: it is ignored; damage anywhere else is a ``RegistryError``."""
         path = self.model_dir(name) / ALIAS_HISTORY_NAME
         if not path.exists():
             return []
-        with path.open() as handle:
-            return [json.loads(line) for line in handle if line.strip()]
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        history = []
+        for number, line in enumerate(lines, 1):
+            try:
+                history.append(json.loads(line))
+            except ValueError:
+                if number < len(lines):
+                    raise RegistryError(f"{path} line {number} is not valid JSON") from None
+        return history
 
     def champion_at(self, name: str, when: str) -> int | None:
         """The champion version at RFC 3339 UTC time ``when`` (None if none yet)."""
@@ -207,11 +232,17 @@ class ModelRegistry:
         return current
 
     def set_alias(self, name: str, alias: str, version: int, action: str, reason: str,
-                  event_ids: list[str] | None = None) -> int | None:
-        """Point ``alias`` at ``version``; returns the version it pointed at before."""
+                  event_ids: list[str] | None = None) -> dict[str, Any]:
+        """Point ``alias`` at ``version``; returns the alias-history entry (``previous_version``
+        is where it pointed before)."""
         self.get(name, version)  # must exist
-        with self._locked(name):
+        with self.locked(name):
             return self._move_alias(name, alias, version, action, reason, event_ids or [])
+
+    def last_champion_move(self, name: str) -> dict[str, Any] | None:
+        """The newest alias-history entry that moved the champion (None if none did)."""
+        moves = [entry for entry in self.alias_history(name) if entry["alias"] == CHAMPION]
+        return moves[-1] if moves else None
 
     def rollback_target(self, name: str) -> tuple[int, int]:
         """``(version a rollback would restore, current champion)``, changing nothing;
@@ -231,7 +262,7 @@ class ModelRegistry:
         """Move the champion one step back, to the version it replaced. Returns
         ``(restored, replaced)``. With ``expected`` (from ``rollback_target``) it refuses
         when someone else moved the champion in between."""
-        with self._locked(name):
+        with self.locked(name):
             target = self.rollback_target(name)
             if expected is not None and target != expected:
                 raise RegistryError(f"model {name}: the champion changed meanwhile "
@@ -258,23 +289,26 @@ class ModelRegistry:
         return stack[-2]
 
     def _move_alias(self, name: str, alias: str, version: int, action: str, reason: str,
-                    event_ids: list[str]) -> int | None:
+                    event_ids: list[str]) -> dict[str, Any]:
         model_dir = self.model_dir(name)
         aliases = self.aliases(name)
-        previous = aliases.get(alias)
+        entry = {"time": utc_now(), "alias": alias, "version": version,
+                 "previous_version": aliases.get(alias), "action": action, "reason": reason,
+                 "drift_event_ids": event_ids}
         aliases[alias] = version
-        now = utc_now()
-        _write_json_atomic(model_dir / ALIASES_NAME, {"aliases": aliases, "updated_at": now})
-        _append_line(model_dir / ALIAS_HISTORY_NAME, json.dumps({
-            "time": now, "alias": alias, "version": version, "previous_version": previous,
-            "action": action, "reason": reason, "drift_event_ids": event_ids}))
-        return previous
+        # The history line is the move (one atomic append); aliases.json follows as a snapshot.
+        _append_line(model_dir / ALIAS_HISTORY_NAME, json.dumps(entry))
+        _write_json_atomic(model_dir / ALIASES_NAME,
+                           {"aliases": aliases, "updated_at": entry["time"]})
+        crash_point("after_alias")
+        return entry
 
     # ------------------------------------------------------------------ registering
 
-    def register(self, name: str, candidate: NewVersion) -> VersionInfo:
-        """Write a complete version (claimed number, staged, renamed), move the champion alias
-        when promoted, and append a training history row. Returns the new version."""
+    def register(self, name: str, candidate: NewVersion, finish: bool = True) -> VersionInfo:
+        """Write a complete version (claimed number, staged, renamed) and, with ``finish``,
+        finish its registration at once (``finish_registration``). The trainer worker finishes
+        it later, together with announcing it. Returns the new version."""
         model_dir = self.model_dir(name)
         (model_dir / "versions").mkdir(parents=True, exist_ok=True)
         version = self._claim_version(name)
@@ -283,17 +317,36 @@ class ModelRegistry:
         try:
             self._write_version_files(staging, name, version, candidate)
             _fsync_dir(staging)
+            crash_point("after_stage")
             os.rename(staging, self.version_dir(name, version))
             _fsync_dir(model_dir / "versions")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        with self._locked(name):
-            if candidate.decision == "promoted":
-                self._move_alias(name, CHAMPION, version, "promoted", candidate.reason,
-                                 candidate.trigger_event_ids)
-            self._append_training_row(name, version, candidate)
+        crash_point("after_rename")
+        if finish:
+            self.finish_registration(name, version)
         return self.get(name, version)
+
+    def finish_registration(self, name: str, version: int) -> bool:
+        """The steps after the rename, safe to run again after a crash: the training history
+        row, and for a version the gate promoted, the champion move, unless it happened already
+        or the champion is no longer the one the gate compared against (the version then
+        stays registered, not champion). True when the version is the champion."""
+        with self.locked(name):
+            info = self.get(name, version)
+            if not any(row["version"] == str(version) for row in self.training_history(name)):
+                self._append_training_row(name, info)
+            if info.manifest.get("status") != "promoted":
+                return False
+            promoted_before = any(
+                entry["alias"] == CHAMPION and entry["version"] == version
+                and entry["action"] == "promoted" for entry in self.alias_history(name))
+            if not promoted_before and self.champion(name) == info.metrics.get("champion_version"):
+                self._move_alias(name, CHAMPION, version, "promoted",
+                                 info.metrics.get("gate", {}).get("reason", ""),
+                                 list(info.lineage.get("drift_event_ids", [])))
+            return self.champion(name) == version
 
     def record_failure(self, name: str, reason: str, trigger_event_ids: list[str],
                        training_records: int = 0, duration_s: float = 0.0,
@@ -304,7 +357,7 @@ class ModelRegistry:
                "training_records": training_records, "duration_s": f"{duration_s:.3f}",
                "code_version": code_version}
         self.model_dir(name).mkdir(parents=True, exist_ok=True)
-        with self._locked(name):
+        with self.locked(name):
             self._append_csv_row(name, row)
 
     def mark_published(self, name: str, version: int, where: dict[str, Any]) -> None:
@@ -384,19 +437,22 @@ class ModelRegistry:
             "training_duration_s": round(candidate.duration_s, 3),
             **candidate.extra_lineage})
 
-    def _append_training_row(self, name: str, version: int, candidate: NewVersion) -> None:
+    def _append_training_row(self, name: str, info: VersionInfo) -> None:
+        """The version's training history row, from its files (all of it is there)."""
+        window = info.lineage.get("training_window", {})
         row: dict[str, Any] = {
-            "run_at": utc_now(), "model": name, "version": version,
-            "outcome": candidate.decision, "reason": candidate.reason,
-            "trigger_event_ids": ";".join(candidate.trigger_event_ids),
-            "training_records": candidate.training_records,
-            "holdout_records": candidate.holdout_records,
-            "champion_version": candidate.champion_version or "",
-            "duration_s": f"{candidate.duration_s:.3f}", "data_sha256": candidate.data_sha256,
-            "code_version": candidate.code_version}
-        for prefix, metrics in (("candidate", candidate.candidate_metrics),
-                                ("champion", candidate.champion_metrics or {})):
-            for key, value in metrics.items():
+            "run_at": utc_now(), "model": name, "version": info.version,
+            "outcome": info.manifest.get("status", ""),
+            "reason": info.metrics.get("gate", {}).get("reason", ""),
+            "trigger_event_ids": ";".join(info.lineage.get("drift_event_ids", [])),
+            "training_records": window.get("record_count", ""),
+            "holdout_records": info.metrics.get("holdout_records", ""),
+            "champion_version": info.metrics.get("champion_version") or "",
+            "duration_s": f"{float(info.lineage.get('training_duration_s', 0.0)):.3f}",
+            "data_sha256": info.lineage.get("data_sha256", ""),
+            "code_version": info.lineage.get("code_version", "")}
+        for prefix in ("candidate", "champion"):
+            for key, value in (info.metrics.get(prefix) or {}).items():
                 row[f"{prefix}_{key}"] = repr(float(value))
         self._append_csv_row(name, row)
 
@@ -418,13 +474,25 @@ class ModelRegistry:
             return list(csv.DictReader(handle))
 
     @contextmanager
-    def _locked(self, name: str) -> Iterator[None]:
-        self.model_dir(name).mkdir(parents=True, exist_ok=True)
-        with open(self.model_dir(name) / ".lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+    def locked(self, name: str) -> Iterator[None]:
+        """Exclusive use of model ``name`` across processes (``flock``) and threads; re-entrant
+        in the thread that holds it, so a holder can call any method."""
+        depth = getattr(self._held, name, 0)
+        if depth:
+            setattr(self._held, name, depth + 1)
             try:
                 yield
             finally:
+                setattr(self._held, name, depth)
+            return
+        self.model_dir(name).mkdir(parents=True, exist_ok=True)
+        with open(self.model_dir(name) / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            setattr(self._held, name, 1)
+            try:
+                yield
+            finally:
+                setattr(self._held, name, 0)
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 

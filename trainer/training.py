@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from levydrift.errors import ArtifactError, TrainingError
+from levydrift.faults import crash_point
 from levydrift.features import TARGET, feature_signature, model_columns
 from levydrift.signals import signal_columns
 from trainer.evaluation import HoldoutMetrics, gate, holdout_metrics
@@ -39,9 +40,11 @@ class TrainingRequest:
     extra_lineage: dict[str, Any] = field(default_factory=dict)
 
 
-def train_and_register(registry: ModelRegistry, name: str, request: TrainingRequest) -> VersionInfo:
+def train_and_register(registry: ModelRegistry, name: str, request: TrainingRequest,
+                       finish: bool = True) -> VersionInfo:
     """Train, gate and register one version; raises ``TrainingError`` (nothing registered) when
-    the data cannot produce a candidate."""
+    the data cannot produce a candidate. Without ``finish`` the version is left for the caller
+    to finish (``ModelRegistry.finish_registration``: history row, champion move)."""
     started = time.perf_counter()
     frame = request.frame[np.isfinite(request.frame[TARGET].to_numpy(float))]
     if len(frame) < request.min_training_records:
@@ -59,6 +62,7 @@ def train_and_register(registry: ModelRegistry, name: str, request: TrainingRequ
     decision = gate(candidate_metrics, champion_metrics, request.gate_margin)
     reason = decision.reason + (f"; {champion_note}" if champion_note else "")
     duration = time.perf_counter() - started
+    crash_point("after_train")
     info = registry.register(name, NewVersion(
         estimator=candidate, decision=decision.decision, reason=reason,
         candidate_metrics=candidate_metrics.to_dict(),
@@ -68,7 +72,7 @@ def train_and_register(registry: ModelRegistry, name: str, request: TrainingRequ
         data_sha256=data_sha256(frame), trigger_event_ids=request.trigger_event_ids,
         feature_signature=feature_signature(), code_version=request.code_version,
         duration_s=duration, extra_lineage=request.extra_lineage,
-        reference_sample=reference_sample(holdout, predicted)))
+        reference_sample=reference_sample(holdout, predicted)), finish=finish)
     log.info("registered a model version", extra={
         "model": name, "version": info.version, "decision": decision.decision,
         "reason": reason, "training_records": len(frame), "duration_s": round(duration, 3)})

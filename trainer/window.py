@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from levydrift.errors import BrokerUnavailableError
+from levydrift.errors import BrokerUnavailableError, MissingTopicError
 from levydrift.features import TARGET, to_model_frame
 from levydrift.kafka import consumer_config
 from levydrift.settings import KafkaSettings
@@ -77,8 +77,13 @@ def read_training_window(kafka: KafkaSettings, topic: str, event_ends: dict[int,
 
 def _partitions(consumer: Consumer, topic: str, timeout_s: float) -> list[int]:
     metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-    if metadata is None or metadata.error is not None or not metadata.partitions:
-        raise BrokerUnavailableError(f"topic {topic} does not exist or has no partitions")
+    if metadata is None or (metadata.error is not None
+                            and metadata.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+        # Not an outage to wait out: a setting to fix.
+        raise MissingTopicError(f"topic {topic} does not exist; create the project's topics "
+                                "with `levydrift topics create` or fix topics.records")
+    if metadata.error is not None or not metadata.partitions:
+        raise BrokerUnavailableError(f"topic {topic} has no partitions available")
     return sorted(metadata.partitions)
 
 

@@ -7,25 +7,33 @@ Per batch of drift events (those arriving within ``episode_linger_s`` form one e
 2. Events the registry already covers (their window ends inside an existing version's training
    window, or they were detected within ``episode_gap_s`` of a retrain's trigger) are
    acknowledged without retraining: they belong to an episode that has been handled.
-3. The rest trigger one retrain: window read-back, train, gate, register (version complete on
-   disk before anything is published).
-4. One Kafka transaction produces the model-version event(s) to ``levy.model-versions`` (keyed
-   by model name) and commits the drift-event offsets (``send_offsets_to_transaction``).
-   Only after the commit is the version marked published in the registry.
+3. The rest trigger one retrain: window read-back, train, gate, and the version written
+   complete (staged, renamed into the registry).
+4. Under the registry lock: the registration is finished (history row; for a promoted version
+   the champion move, if the champion is still the one the gate compared against), and one
+   Kafka transaction produces the model-version event(s) to ``levy.model-versions`` and commits
+   the drift-event offsets (``send_offsets_to_transaction``). After the commit the versions
+   are marked published.
 
-A crash before step 3 finishes leaves no version (a claimed number is skipped) and the event
-is retrained after restart; a crash between 3 and 4 is repaired by step 1. A training error
-produces no version, a history row, a ``failed`` metric, and the offsets are committed (the
-same data would fail again); a broker error rewinds and retries.
+Crash anywhere (``levydrift.faults`` names the points; the tests crash at each): before the
+rename there is no version (a claimed number is skipped) and the event is retrained after
+restart; after it, step 1 finishes the registration and announces it in the same transaction
+as the offsets. On start the worker first reconciles the registry with the topic
+(``trainer.announcements``): a champion move whose announcement a crash cut off (here or in
+``levydrift registry``) is announced then. Either way the version ends champion and announced,
+or neither, and the episode is trained once. A training error produces no version, a history
+row, a ``failed`` metric, and the offsets are committed (the same data would fail again); a
+broker error rewinds and retries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -33,13 +41,15 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from levydrift.errors import BrokerUnavailableError, LevyDriftError
+from levydrift.faults import crash_point
 from levydrift.kafka import admin_client, consumer_config, ensure_reachable, producer_config
 from schemas.drift_event import DriftEvent
 from schemas.errors import RecordRejected
 from schemas.model_version import ModelVersionEvent
 from trainer import metrics
+from trainer.announcements import read_model_events, reconcile, registration_announcement
 from trainer.config import TrainerSettings
-from trainer.events import code_version, event_key, registration_event
+from trainer.events import code_version, event_key
 from trainer.model import ModelParams
 from trainer.registry import ModelRegistry, VersionInfo
 from trainer.training import TrainingRequest, train_and_register
@@ -52,6 +62,11 @@ _RETRY_BACKOFF_S = 5.0
 # The champion alias also moves outside this process (`levydrift registry rollback`): re-read it
 # at least this often so the champion gauge follows.
 _CHAMPION_REFRESH_S = 5.0
+_HEALTH_CHECK_INTERVAL_S = 10.0
+
+
+class _FatalKafkaError(BrokerUnavailableError):
+    """A Kafka error no retry can fix (a fenced producer, a fatal client error)."""
 
 
 @dataclass
@@ -76,6 +91,11 @@ class TrainWorker:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._champion_read_at = float("-inf")
+        self._clock = time.monotonic
+        self._outage_since: float | None = None  # when Kafka stopped answering, if it has
+        self._next_health_check = 0.0
+        self._abort_pending = False  # a transaction a broker error left open
+        self._rewind_pending = False  # consumed but uncommitted events to read again
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -87,8 +107,12 @@ class TrainWorker:
         signal.signal(signal.SIGINT, self.stop)
 
     def run(self) -> int:
+        """Serve until ``stop()``. Kafka may go away for up to ``broker_outage_limit_s``: the
+        worker waits, retries and carries on; past the limit (or on a fatal Kafka error) it
+        raises ``BrokerUnavailableError``, whose one line the CLI prints (exit code 3)."""
         kafka = self.settings.kafka
-        ensure_reachable(admin_client(kafka), kafka)
+        if not self._until_done(lambda: ensure_reachable(admin_client(kafka), kafka)):
+            return 0
         removed = self.registry.clean_stale_staging(self.model_name)
         if removed:
             log.info("removed unfinished versions of dead writers", extra={"count": removed})
@@ -96,28 +120,115 @@ class TrainWorker:
         self._producer = Producer(producer_config(
             kafka, **{"transactional.id":
                       f"{self.section.transactional_id_prefix}-{self.model_name}"}))
-        self._producer.init_transactions(kafka.request_timeout_s * 3)
-        self._consumer = Consumer(consumer_config(
-            kafka, self.section.group_id,
-            **{"max.poll.interval.ms": int(self.section.max_poll_interval_s * 1000)}))
-        self._consumer.subscribe([self.settings.topics.drift_events])
-        log.info("train-worker started", extra={
-            "model": self.model_name, "group": self.section.group_id,
-            "topic": self.settings.topics.drift_events,
-            "registry": str(self.registry.root)})
         try:
+            if not (self._until_done(lambda: self._producer.init_transactions(
+                        kafka.request_timeout_s * 3))
+                    and self._until_done(lambda: reconcile(
+                        self.registry, self.model_name, self._read_model_events,
+                        self._publish_alone))):
+                return 0
+            self._consumer = Consumer(consumer_config(
+                kafka, self.section.group_id,
+                **{"max.poll.interval.ms": int(self.section.max_poll_interval_s * 1000)}))
+            self._consumer.subscribe([self.settings.topics.drift_events])
+            log.info("train-worker started", extra={
+                "model": self.model_name, "group": self.section.group_id,
+                "topic": self.settings.topics.drift_events,
+                "registry": str(self.registry.root)})
             while not self._stopping.is_set():
-                if time.monotonic() - self._champion_read_at >= _CHAMPION_REFRESH_S:
-                    self._refresh_champion_metrics()
-                messages = self._next_batch()
-                if messages:
-                    self._refresh_champion_metrics()  # a job starts from the registry's truth
-                    self._process(messages)
+                self._attempt(self._step)
         finally:
-            self._consumer.close()
-            self._producer.flush(kafka.request_timeout_s)
-            log.info("train-worker stopped", extra={"model": self.model_name})
+            self._close()
         return 0
+
+    def _step(self) -> None:
+        """One batch of drift events, after finishing any recovery a broker error left."""
+        assert self._producer is not None
+        if self._abort_pending:
+            self._abort()
+        if self._rewind_pending:
+            self._rewind()
+            self._rewind_pending = False
+        if self._clock() - self._champion_read_at >= _CHAMPION_REFRESH_S:
+            self._refresh_champion_metrics()
+        messages = self._next_batch()
+        if messages:
+            self._refresh_champion_metrics()  # a job starts from the registry's truth
+            self._process(messages)
+        elif self._outage_since is not None or self._clock() >= self._next_health_check:
+            self._check_broker()
+
+    def _abort(self) -> None:
+        """Abort the transaction a failed commit left; retried while Kafka is away. An abort
+        that is not possible means the transaction is settled already (the commit got through
+        after all): the batch, read again, finds its versions published and commits."""
+        assert self._producer is not None
+        try:
+            self._producer.abort_transaction(self.settings.kafka.request_timeout_s * 3)
+        except KafkaException as error:
+            if error.args[0].retriable() or error.args[0].fatal():
+                raise
+            log.warning("no transaction to abort", extra={"error": error.args[0].str()})
+        self._abort_pending = False
+
+    def _check_broker(self) -> None:
+        """A metadata round trip: the idle worker's evidence that Kafka is still there."""
+        assert self._consumer is not None
+        self._consumer.list_topics(self.settings.topics.drift_events,
+                                   timeout=self.settings.kafka.request_timeout_s)
+        self._next_health_check = self._clock() + _HEALTH_CHECK_INTERVAL_S
+
+    def _until_done(self, operation: Callable[[], object]) -> bool:
+        """Retry ``operation`` through a broker outage; False if stopped meanwhile."""
+        while not self._stopping.is_set():
+            if self._attempt(operation):
+                return True
+        return False
+
+    def _attempt(self, operation: Callable[[], object]) -> bool:
+        """Run ``operation``; on a transient Kafka failure note the outage (raising once it
+        outlasts the limit), wait a little and return False."""
+        try:
+            operation()
+        except (KafkaException, BrokerUnavailableError) as error:
+            if isinstance(error, KafkaException) and _is_fatal(error):
+                raise BrokerUnavailableError(f"Kafka failed fatally: {error.args[0].str()}") \
+                    from None
+            if isinstance(error, _FatalKafkaError):
+                raise
+            self._broker_lost(error)
+            self._stopping.wait(_RETRY_BACKOFF_S)
+            return False
+        if self._outage_since is not None:
+            log.info("Kafka reachable again; carrying on", extra={
+                "outage_seconds": round(self._clock() - self._outage_since, 1)})
+            self._outage_since = None
+        return True
+
+    def _broker_lost(self, error: Exception) -> None:
+        now = self._clock()
+        message = error.args[0].str() if isinstance(error, KafkaException) else str(error)
+        if self._outage_since is None:
+            self._outage_since = now
+            log.warning("Kafka unreachable; retrying", extra={
+                "error": message, "limit_seconds": self.section.broker_outage_limit_s})
+        elif now - self._outage_since > self.section.broker_outage_limit_s:
+            raise BrokerUnavailableError(
+                f"Kafka at {self.settings.kafka.bootstrap_servers} unreachable for "
+                f"{now - self._outage_since:.0f}s, over trainer.broker_outage_limit_s "
+                f"({self.section.broker_outage_limit_s:g}s); last error: {message}")
+
+    def _close(self) -> None:
+        """Close the clients without letting a failure here hide the error that got us here."""
+        timeout = self.settings.kafka.request_timeout_s
+        if self._consumer is not None:
+            try:
+                self._consumer.close()
+            except KafkaException as error:
+                log.warning("drift-event consumer close failed", extra={"error": str(error)})
+        if self._producer is not None and self._producer.flush(timeout) > 0:
+            log.warning("model-version events still unsent at shutdown (never committed)")
+        log.info("train-worker stopped", extra={"model": self.model_name})
 
     def _next_batch(self) -> list[Message]:
         """Drift events that arrive together: the first poll, then whatever follows within
@@ -143,37 +254,18 @@ class TrainWorker:
         for event_id, version in plan.already_published.items():
             log.info("drift event already led to a published version", extra={
                 "event_id": event_id, "version": version})
-        to_publish = self._still_true(plan.republish.values())
+        to_publish = list(plan.republish.values())
         if plan.fresh:
             try:
                 info = self._retrain(plan.fresh)
-            except (BrokerUnavailableError, KafkaException) as error:
-                log.error("training window could not be read; retrying", extra={
-                    "error": str(error)})
+            except (BrokerUnavailableError, KafkaException):
+                log.error("training window could not be read; the events are read again")
                 metrics.RETRAINS.labels(outcome="failed").inc()
-                self._rewind()
-                self._stopping.wait(_RETRY_BACKOFF_S)
-                return
+                self._rewind_pending = True
+                raise
             if info is not None:
                 to_publish.append(info)
         self._commit(messages, to_publish)
-
-    def _still_true(self, unpublished: Iterable[VersionInfo]) -> list[VersionInfo]:
-        """Versions whose event a crash kept from Kafka, less promotions an operator has
-        rolled back since: announcing those now would swap consumers to a model the registry
-        no longer serves."""
-        current = self.registry.champion(self.model_name)
-        still_true = []
-        for info in unpublished:
-            if info.manifest.get("status") == "promoted" and info.version != current:
-                log.warning("not announcing a promotion the registry no longer holds", extra={
-                    "model": self.model_name, "version": info.version, "champion": current})
-                self.registry.mark_published(self.model_name, info.version,
-                                             {"skipped": "no longer the champion",
-                                              "champion": current})
-                continue
-            still_true.append(info)
-        return still_true
 
     def _decode(self, messages: Sequence[Message]) -> list[DriftEvent]:
         events = []
@@ -256,7 +348,7 @@ class TrainWorker:
                 params=ModelParams(max_iter=self.section.max_iter),
                 extra_lineage={"drift_events": [event_summary(e) for e in events],
                                "scanned_records": window.scanned_records,
-                               "refused_records": window.rejected_records}))
+                               "refused_records": window.rejected_records}), finish=False)
         except (BrokerUnavailableError, KafkaException):
             raise
         except (LevyDriftError, ValueError, KeyError, MemoryError) as error:
@@ -274,44 +366,80 @@ class TrainWorker:
         return info
 
     def _commit(self, messages: Sequence[Message], versions: list[VersionInfo]) -> None:
-        """Publish the versions' events and commit the consumed offsets in one transaction."""
+        """Finish the versions' registration, publish their events and commit the consumed
+        offsets in one transaction, all under the registry lock (so a reconcile elsewhere never
+        announces a move this commit is about to)."""
         assert self._consumer is not None and self._producer is not None
-        events = [registration_event(info) for info in versions]
-        try:
-            self._producer.begin_transaction()
-            for event in events:
-                self._producer.produce(self.settings.topics.model_versions,
-                                       key=event_key(event), value=event.to_bytes())
-            self._producer.send_offsets_to_transaction(
-                _next_offsets(messages), self._consumer.consumer_group_metadata(),
-                self.settings.kafka.request_timeout_s * 3)
-            self._producer.commit_transaction(self.settings.kafka.request_timeout_s * 3)
-        except KafkaException as error:
-            self._recover(error)
-            return
-        for info, event in zip(versions, events, strict=True):
-            self.registry.mark_published(self.model_name, info.version,
-                                         {"topic": self.settings.topics.model_versions,
-                                          "decision": event.decision})
-            log.info("model-version event published", extra={
-                "model": self.model_name, "version": info.version, "decision": event.decision})
+        with self.registry.locked(self.model_name):
+            settled = [(info, self._settle(info)) for info in versions]
+            events = [event for _, event in settled if event is not None]
+            try:
+                self._producer.begin_transaction()
+                for event in events:
+                    self._producer.produce(self.settings.topics.model_versions,
+                                           key=event_key(event), value=event.to_bytes())
+                self._producer.send_offsets_to_transaction(
+                    _next_offsets(messages), self._consumer.consumer_group_metadata(),
+                    self.settings.kafka.request_timeout_s * 3)
+                self._producer.commit_transaction(self.settings.kafka.request_timeout_s * 3)
+            except KafkaException as error:
+                self._recover(error)
+            crash_point("after_publish")
+            for info, event in settled:
+                self._mark_published(info, event)
         self._refresh_champion_metrics()
 
-    def _recover(self, error: KafkaException) -> None:
-        kafka_error = error.args[0]
-        if kafka_error.fatal() or not (kafka_error.txn_requires_abort()
-                                       or kafka_error.retriable()):
-            raise BrokerUnavailableError(
-                f"Kafka transaction failed fatally: {kafka_error.str()}") from None
-        log.warning("transaction aborted; rewinding to the committed offsets",
-                    extra={"error": kafka_error.str()})
+    def _settle(self, info: VersionInfo) -> ModelVersionEvent | None:
+        """Finish a version's registration; the event it owes the fleet, if any."""
+        self.registry.finish_registration(self.model_name, info.version)
+        event = registration_announcement(self.registry, info)
+        if event is None:
+            log.warning("not announcing a promotion the registry does not hold", extra={
+                "model": self.model_name, "version": info.version,
+                "champion": self.registry.champion(self.model_name)})
+        return event
+
+    def _mark_published(self, info: VersionInfo, event: ModelVersionEvent | None) -> None:
+        if event is None:
+            self.registry.mark_published(self.model_name, info.version, {
+                "skipped": "not the champion", "champion": self.registry.champion(self.model_name)})
+            return
+        self.registry.mark_published(self.model_name, info.version, {
+            "topic": self.settings.topics.model_versions, "decision": event.decision})
+        log.info("model-version event published", extra={
+            "model": self.model_name, "version": info.version, "decision": event.decision})
+
+    def _read_model_events(self) -> list[ModelVersionEvent]:
+        return read_model_events(self.settings.kafka, self.settings.topics.model_versions,
+                                 self.model_name)
+
+    def _publish_alone(self, event: ModelVersionEvent) -> None:
+        """One event in a transaction of its own (a reconciled announcement)."""
         assert self._producer is not None
+        timeout = self.settings.kafka.request_timeout_s * 3
         try:
-            self._producer.abort_transaction(self.settings.kafka.request_timeout_s * 3)
-        except KafkaException as abort_error:
+            self._producer.begin_transaction()
+            self._producer.produce(self.settings.topics.model_versions, key=event_key(event),
+                                   value=event.to_bytes())
+            self._producer.commit_transaction(timeout)
+        except KafkaException as error:
+            with contextlib.suppress(KafkaException):
+                self._producer.abort_transaction(timeout)
             raise BrokerUnavailableError(
-                f"Kafka transaction could not be aborted: {abort_error.args[0].str()}") from None
-        self._rewind()
+                f"announcing model version {event.version} failed: {error.args[0].str()}"
+            ) from None
+
+    def _recover(self, error: KafkaException) -> None:
+        """After a failed transaction: abort it and read the batch again (both retried, through
+        an outage, by the next ``_step``); a fatal error stops the worker."""
+        kafka_error = error.args[0]
+        if _is_fatal(error):
+            raise _FatalKafkaError(
+                f"Kafka transaction failed fatally: {kafka_error.str()}") from None
+        log.warning("transaction failed; aborting it and reading the batch again",
+                    extra={"error": kafka_error.str()})
+        self._abort_pending = self._rewind_pending = True
+        raise error
 
     def _rewind(self) -> None:
         """Seek every assigned partition back to its committed offset (the batch is redone;
@@ -326,7 +454,7 @@ class TrainWorker:
             self._consumer.seek(TopicPartition(committed.topic, committed.partition, offset))
 
     def _refresh_champion_metrics(self) -> None:
-        self._champion_read_at = time.monotonic()
+        self._champion_read_at = self._clock()
         champion = self.registry.champion(self.model_name)
         if champion is None:
             return
@@ -369,11 +497,17 @@ def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
 
 
 def _raise_fatal(message: Message) -> bool:
-    """Consumer errors: fatal ones stop the worker; others (partition EOF) are dropped."""
+    """Consumer errors: fatal ones stop the worker; others (partition EOF, a broker that went
+    away: the health check and the next commit see to that) are dropped."""
     error = message.error()
     if error.fatal():
-        raise BrokerUnavailableError(f"drift-event consumer failed: {error.str()}")
+        raise _FatalKafkaError(f"drift-event consumer failed: {error.str()}")
     return False
+
+
+def _is_fatal(error: KafkaException) -> bool:
+    kafka_error = error.args[0] if error.args else None
+    return bool(getattr(kafka_error, "fatal", lambda: False)())
 
 
 def event_summary(event: DriftEvent) -> dict[str, Any]:

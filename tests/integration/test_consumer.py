@@ -77,7 +77,9 @@ def test_poison_records_reach_the_dead_letter_topic_and_the_rest_is_processed(
     simulator = produce_scenario(kafka_bootstrap, topics.names["records"], "none", 0, 0)
     good = [(r["parcel_id"].encode(), orjson.dumps(r)) for r in simulator.records(0, 3000)]
     bad_numbers = {**orjson.loads(good[10][1]), "levy_rate": 0.7}
-    poison = [*POISON, (orjson.dumps(bad_numbers), "out_of_range")]
+    repeated_key = b'{"assessed_value":-5,' + good[11][1][1:]  # the second one is valid
+    poison = [*POISON, (orjson.dumps(bad_numbers), "out_of_range"),
+              (repeated_key, "duplicate_key")]
     mixed = good[:1000] + [(b"poison", value) for value, _ in poison] + good[1000:]
     produce_values(kafka_bootstrap, topics.names["records"], mixed)
 
@@ -96,6 +98,7 @@ def test_poison_records_reach_the_dead_letter_topic_and_the_rest_is_processed(
         assert source.topic == topics.names["records"]
         assert source.offset == 1000 + index
         assert letter.key() == b"poison"
+    assert source_of(letters[-1].headers()).field == "assessed_value"
 
 
 def test_sigterm_finishes_the_batch_commits_and_exits_zero(

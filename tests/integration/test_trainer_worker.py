@@ -279,8 +279,8 @@ def test_kill_during_training_then_restart_yields_exactly_one_version(
     assert list((stack.root / NAME / "staging").iterdir()) == []
 
 
-def _two_champions_in_a_row(stack: Stack) -> ModelRegistry:
-    """Versions 1 and 2, both promoted (no gate), trained in this process."""
+def two_promoted_versions(stack: Stack) -> ModelRegistry:
+    """Versions 1 and 2 trained from files and both promoted, none announced."""
     from levydrift.features import to_model_frame
     from trainer.model import ModelParams
     from trainer.training import TrainingRequest, train_and_register
@@ -299,7 +299,7 @@ def _two_champions_in_a_row(stack: Stack) -> ModelRegistry:
 
 def test_rollback_restores_the_previous_champion_and_publishes_it(
         stack: Stack, tmp_path: Path) -> None:
-    registry = _two_champions_in_a_row(stack)
+    registry = two_promoted_versions(stack)
     completed = subprocess.run(
         [sys.executable, "-m", "levydrift.cli", "--config", str(stack.config_file(tmp_path)),
          "registry", "rollback", NAME], cwd=REPO, capture_output=True, text=True, timeout=120,
@@ -308,7 +308,9 @@ def test_rollback_restores_the_previous_champion_and_publishes_it(
     assert "champion 2 -> 1" in completed.stdout
     assert registry.champion(NAME) == 1
     assert registry.alias_history(NAME)[-1]["action"] == "rolled_back"
-    (event,) = stack.version_events()
+    # The rollback first announced what the registry held and the topic lacked: version 2.
+    announced, event = stack.version_events()
+    assert (announced.decision, announced.version) == ("promoted", 2)
     assert (event.decision, event.version, event.previous_version) == ("rolled_back", 1, 2)
     assert event.artifact_sha256 == registry.get(NAME, 1).sha256
 
@@ -317,7 +319,7 @@ def test_the_champion_gauge_follows_a_rollback_made_while_the_worker_runs(
         stack: Stack, tmp_path: Path) -> None:
     from trainer import metrics
 
-    _two_champions_in_a_row(stack)
+    two_promoted_versions(stack)
 
     def gauge() -> float | None:
         return metrics.REGISTRY.get_sample_value("levydrift_trainer_champion_version",
@@ -335,3 +337,14 @@ def test_the_champion_gauge_follows_a_rollback_made_while_the_worker_runs(
         wait_until(lambda: gauge() == 1, 60, "the champion gauge to follow the rollback")
     finally:
         worker.stop()
+
+
+def test_a_missing_records_topic_is_a_setting_to_fix_not_an_outage_to_wait_out(
+        kafka_bootstrap: str, unique: str) -> None:
+    from levydrift.errors import MissingTopicError
+    from levydrift.settings import KafkaSettings
+    from trainer.window import read_training_window
+
+    with pytest.raises(MissingTopicError, match=f"records-{unique}-absent"):
+        read_training_window(KafkaSettings(bootstrap_servers=kafka_bootstrap),
+                             f"records-{unique}-absent", {0: 10}, 100, 1000)

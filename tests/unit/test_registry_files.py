@@ -15,6 +15,7 @@ from trainer.registry import (
     CHAMPION,
     ModelRegistry,
     NewVersion,
+    VersionInfo,
     utc_now,
 )
 
@@ -22,21 +23,28 @@ NAME = "levy-impact"
 
 
 def _candidate(decision: str = "promoted", events: list[str] | None = None,
-               mae: float = 10.0) -> NewVersion:
+               mae: float = 10.0, champion_version: int | None = None) -> NewVersion:
     estimator = DummyRegressor(constant=1.0, strategy="constant").fit([[0.0]], [1.0])
     metrics = {"mae": mae, "rmse": mae, "mape": 0.01, "r2": 0.9}
     return NewVersion(
         estimator=estimator, decision=decision, reason="test", candidate_metrics=metrics,
-        champion_metrics=None, champion_version=None, holdout_records=20,
+        champion_metrics=None, champion_version=champion_version, holdout_records=20,
         training_offsets=[{"topic": "levy.records", "partition": 0, "first_offset": 0,
                            "last_offset": 99}],
         training_records=100, data_sha256="ab" * 32, trigger_event_ids=events or ["e1"],
         feature_signature="sha256:test", code_version="test")
 
 
+def _register(registry: ModelRegistry, decision: str = "promoted",
+              events: list[str] | None = None) -> VersionInfo:
+    """Register a candidate gated against the current champion, as training does."""
+    return registry.register(NAME, _candidate(decision, events,
+                                              champion_version=registry.champion(NAME)))
+
+
 def test_a_version_has_all_its_files_and_moves_the_champion(tmp_path) -> None:
     registry = ModelRegistry(tmp_path)
-    info = registry.register(NAME, _candidate())
+    info = _register(registry)
     assert info.version == 1
     assert sorted(p.name for p in info.path.iterdir()) == [
         "lineage.json", "manifest.json", "metrics.json", "model.skops"]
@@ -54,8 +62,8 @@ def test_a_version_has_all_its_files_and_moves_the_champion(tmp_path) -> None:
 
 def test_a_rejected_version_leaves_the_champion(tmp_path) -> None:
     registry = ModelRegistry(tmp_path)
-    registry.register(NAME, _candidate(events=["e1"]))
-    rejected = registry.register(NAME, _candidate("rejected", events=["e2"]))
+    _register(registry, events=["e1"])
+    rejected = _register(registry, "rejected", events=["e2"])
     assert rejected.manifest["status"] == "rejected"
     assert registry.champion(NAME) == 1
     assert registry.handled_event_ids(NAME) == {"e1": 1, "e2": 2}
@@ -65,7 +73,7 @@ def test_concurrent_registrations_get_distinct_numbers(tmp_path) -> None:
     registry = ModelRegistry(tmp_path)
     results: list[int] = []
     threads = [threading.Thread(target=lambda i=i: results.append(
-        registry.register(NAME, _candidate(events=[f"e{i}"])).version)) for i in range(6)]
+        _register(registry, events=[f"e{i}"]).version)) for i in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -76,16 +84,16 @@ def test_concurrent_registrations_get_distinct_numbers(tmp_path) -> None:
 
 def test_a_claimed_but_unfinished_number_is_skipped_not_reused(tmp_path) -> None:
     registry = ModelRegistry(tmp_path)
-    registry.register(NAME, _candidate())
+    _register(registry)
     os.mkdir(tmp_path / NAME / "claims" / "2")  # a writer that died mid-training
     assert registry.versions(NAME) == [1]
-    assert registry.register(NAME, _candidate(events=["e2"])).version == 3
+    assert _register(registry, events=["e2"]).version == 3
 
 
 def test_rollback_goes_one_step_back_each_time(tmp_path) -> None:
     registry = ModelRegistry(tmp_path)
     for event in ("e1", "e2", "e3"):
-        registry.register(NAME, _candidate(events=[event]))
+        _register(registry, events=[event])
     assert registry.rollback(NAME) == (2, 3)
     assert registry.rollback(NAME) == (1, 2)
     with pytest.raises(RegistryError, match="nothing to roll back"):
@@ -97,9 +105,9 @@ def test_rollback_goes_one_step_back_each_time(tmp_path) -> None:
 def test_champion_at_a_time_comes_from_the_history(tmp_path) -> None:
     registry = ModelRegistry(tmp_path)
     before = utc_now()
-    registry.register(NAME, _candidate(events=["e1"]))
+    _register(registry, events=["e1"])
     between = utc_now()
-    registry.register(NAME, _candidate(events=["e2"]))
+    _register(registry, events=["e2"])
     assert registry.champion_at(NAME, "2000-01-01T00:00:00.000Z") is None
     assert registry.champion_at(NAME, between) == 1
     assert registry.champion_at(NAME, utc_now()) == 2
@@ -108,8 +116,8 @@ def test_champion_at_a_time_comes_from_the_history(tmp_path) -> None:
 
 def test_resolve_references(tmp_path) -> None:
     registry = ModelRegistry(tmp_path)
-    registry.register(NAME, _candidate(events=["e1"]))
-    registry.register(NAME, _candidate("rejected", events=["e2"]))
+    _register(registry, events=["e1"])
+    _register(registry, "rejected", events=["e2"])
     assert registry.resolve(NAME).version == 1
     assert registry.resolve(f"{NAME}@{CHAMPION}").version == 1
     assert registry.resolve(f"{NAME}/2").version == 2
@@ -121,9 +129,9 @@ def test_resolve_references(tmp_path) -> None:
 
 def test_aliases_file_is_replaced_not_rewritten(tmp_path) -> None:
     registry = ModelRegistry(tmp_path)
-    registry.register(NAME, _candidate(events=["e1"]))
+    _register(registry, events=["e1"])
     inode = (tmp_path / NAME / "aliases.json").stat().st_ino
-    registry.register(NAME, _candidate(events=["e2"]))
+    _register(registry, events=["e2"])
     assert (tmp_path / NAME / "aliases.json").stat().st_ino != inode
     assert json.loads((tmp_path / NAME / "aliases.json").read_text())["aliases"] == {
         CHAMPION: 2}
@@ -131,7 +139,7 @@ def test_aliases_file_is_replaced_not_rewritten(tmp_path) -> None:
 
 def test_a_tampered_artifact_is_refused_naming_the_version(tmp_path) -> None:
     registry = ModelRegistry(tmp_path)
-    info = registry.register(NAME, _candidate())
+    info = _register(registry)
     data = bytearray(info.artifact_path.read_bytes())
     data[100] ^= 0xFF
     info.artifact_path.write_bytes(bytes(data))
@@ -143,7 +151,7 @@ def test_a_tampered_artifact_is_refused_naming_the_version(tmp_path) -> None:
 
 def test_a_missing_artifact_is_refused(tmp_path) -> None:
     registry = ModelRegistry(tmp_path)
-    info = registry.register(NAME, _candidate())
+    info = _register(registry)
     info.artifact_path.unlink()
     with pytest.raises(ArtifactError, match=rf"{NAME}/1.*missing"):
         registry.load_model(NAME, 1)

@@ -186,3 +186,34 @@ def test_bad_model_version_events_are_refused_with_reason_and_field(
         ModelVersionEvent.from_bytes(json.dumps(document).encode())
     assert (caught.value.reason, caught.value.field) == (reason, field)
     assert not Draft202012Validator(load_schema("model-version.v1.json")).is_valid(document)
+
+
+EVENT_DECODERS = {"drift event": (DriftEvent.from_bytes, EVENT.to_bytes()),
+                  "model version": (ModelVersionEvent.from_bytes, MODEL_VERSION.to_bytes())}
+
+
+@pytest.mark.parametrize(("name", "key", "path"), [
+    ("drift event", b'"kind":', "kind"),
+    ("drift event", b'"statistic":', "signals[0].statistic"),
+    ("model version", b'"version":', "version"),
+    ("model version", b'"mae":', "metrics.candidate.mae"),
+])
+def test_events_refuse_a_repeated_key_naming_it(name: str, key: bytes, path: str) -> None:
+    """The first of two equal keys would win in some reader and the last in ours."""
+    decode, good = EVENT_DECODERS[name]
+    start = good.index(key)
+    end = good.index(b",", start)
+    value = good[:end] + b"," + good[start:end] + good[end:]
+    with pytest.raises(RecordRejected) as caught:
+        decode(value)
+    assert (caught.value.reason, caught.value.field) == (Reason.DUPLICATE_KEY, path)
+
+
+@pytest.mark.parametrize("name", list(EVENT_DECODERS))
+def test_events_nested_beyond_reason_are_a_rejection_not_a_crash(name: str) -> None:
+    decode, good = EVENT_DECODERS[name]
+    value = good[:-1] + b',"x":' + b"[" * 1000 + b"]" * 1000 + b"}"  # orjson parses it
+    with pytest.raises(RecordRejected) as caught:
+        decode(value)
+    assert caught.value.reason == Reason.NOT_JSON
+    assert decode(good) is not None

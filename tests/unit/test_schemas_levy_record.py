@@ -11,13 +11,14 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from schemas._contract import load_schema
 from schemas.errors import Reason, RecordRejected
 from schemas.levy_record import (
+    _QUOTES_UNLABELLED,
     FIELDS,
     LEVY_RATE_MAX,
     MAX_RECORD_BYTES,
@@ -26,6 +27,7 @@ from schemas.levy_record import (
     TAX_YEAR_MIN,
     TEXT_MAX_CHARS,
     LevyRecord,
+    _keys_are_unique,
     decode_levy_record,
     decode_levy_records,
     encode_levy_record,
@@ -51,12 +53,20 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON")
 
 
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) < len(pairs):
+        raise ValueError("duplicate key")
+    return document
+
+
 def oracle_accepts(value: bytes) -> bool:
     """The contract as other teams read it: I-JSON (RFC 7493: UTF-8, no NaN/Infinity, no
-    unpaired surrogates), the JSON Schema file, and the one rule the file documents but cannot
-    express (exemption <= assessed)."""
+    unpaired surrogates, no duplicate keys), the JSON Schema file, and the one rule the file
+    documents but cannot express (exemption <= assessed)."""
     try:
-        document = json.loads(value.decode("utf-8"), parse_constant=_refuse_constant)
+        document = json.loads(value.decode("utf-8"), parse_constant=_refuse_constant,
+                              object_pairs_hook=_refuse_duplicates)
         json.dumps(document, ensure_ascii=False).encode("utf-8")  # refuses lone surrogates
     except ValueError:
         return False
@@ -142,6 +152,25 @@ def test_fast_and_careful_paths_agree(document: dict[str, Any]) -> None:
 
 
 @settings(max_examples=300, deadline=None)
+@given(levy_documents(), st.data())
+def test_a_repeated_key_is_refused_whatever_its_values(document: dict[str, Any],
+                                                       data: st.DataObject) -> None:
+    """Parsers disagree on which of two equal keys wins; the codec accepts neither."""
+    assume(isinstance(outcome(encode(document)), LevyRecord))
+    name = data.draw(st.sampled_from(sorted(document)))
+    repeat = data.draw(st.one_of(st.just(document[name]), field_values.get(name, numbers)))
+    text = encode(document).decode()
+    fragment = f"{json.dumps(name)}: {json.dumps(repeat, allow_nan=True)}"
+    first = data.draw(st.booleans())  # the repeat before or after the original
+    value = (f"{{{fragment}, {text[1:]}" if first else f"{text[:-1]}, {fragment}}}").encode()
+    assert outcome(value) == Reason.DUPLICATE_KEY
+    assert not oracle_accepts(value)
+    with pytest.raises(RecordRejected) as caught:
+        decode_levy_record(value)
+    assert caught.value.field == name
+
+
+@settings(max_examples=300, deadline=None)
 @given(st.one_of(st.binary(max_size=300),
                  levy_documents().map(lambda d: encode(d)[: len(encode(d)) // 2])))
 def test_arbitrary_bytes_never_raise_anything_but_a_rejection(value: bytes) -> None:
@@ -157,6 +186,14 @@ def with_(**changes: Any) -> bytes:
 
 def without(name: str) -> bytes:
     return encode({key: item for key, item in GOOD.items() if key != name})
+
+
+def repeated(fragment: str, document: dict[str, Any] = GOOD) -> bytes:
+    """``document`` with ``fragment`` (``"key": value``, verbatim) as its first member."""
+    return ("{" + fragment + ", " + encode(document).decode()[1:]).encode()
+
+
+UNLABELLED = {key: item for key, item in GOOD.items() if key != "actual_levy_amount"}
 
 
 def raw(fragment: str, field: str) -> bytes:
@@ -230,6 +267,21 @@ BAD_CASES: list[tuple[str, bytes | None, Reason, str | None]] = [
     ("epoch number", with_(event_time=1709294400), Reason.WRONG_TYPE, "event_time"),
     ("trailing newline", with_(event_time="2024-03-01T12:00:00Z\n"), Reason.BAD_TIMESTAMP,
      "event_time"),
+    ("repeated key, first out of range", repeated('"assessed_value": -5'),
+     Reason.DUPLICATE_KEY, "assessed_value"),
+    ("repeated key, both valid", repeated('"assessed_value": 1.0'), Reason.DUPLICATE_KEY,
+     "assessed_value"),
+    ("repeated text", repeated('"county": "Lincoln"'), Reason.DUPLICATE_KEY, "county"),
+    ("repeated key, escaped", repeated('"\\u0061ssessed_value": 1.0'), Reason.DUPLICATE_KEY,
+     "assessed_value"),
+    ("repeated key beside a missing actual", repeated('"levy_rate": 0.02', UNLABELLED),
+     Reason.DUPLICATE_KEY, "levy_rate"),
+    ("repeated key, a text value naming the actual", repeated(
+        '"levy_rate": 0.02', {**UNLABELLED, "county": "actual_levy_amount"}),
+     Reason.DUPLICATE_KEY, "levy_rate"),
+    ("repeated null actual", repeated('"actual_levy_amount": null',
+                                      {**GOOD, "actual_levy_amount": None}),
+     Reason.DUPLICATE_KEY, "actual_levy_amount"),
     ("exemption above assessed", with_(exemption_amount=312500.01), Reason.INCONSISTENT,
      "exemption_amount"),
 ]
@@ -275,6 +327,8 @@ GOOD_CASES = {
     "new property class": {**GOOD, "property_class": "data-center"},
     "64 non-ASCII chars": {**GOOD, "county": "\u00e9" * 64},
     "whitespace": GOOD,
+    "null actual, spaced": {**GOOD, "actual_levy_amount": None},
+    "escaped text": {**GOOD, "county": "O\u2019Brien \"North\""},
 }
 
 
@@ -282,6 +336,8 @@ GOOD_CASES = {
 def test_good_input_is_accepted_by_codec_and_json_schema(name: str) -> None:
     document = GOOD_CASES[name]
     value = json.dumps(document, indent=4).encode() if name == "whitespace" else encode(document)
+    if name == "null actual, spaced":
+        value = value.replace(b'"actual_levy_amount": null', b'"actual_levy_amount" :\tnull')
     assert oracle_accepts(value)
     record = decode_levy_record(value)
     assert record.tax_year == 2024 or record.tax_year == document["tax_year"]
@@ -343,3 +399,16 @@ def test_python_constants_match_the_schema_file() -> None:
         TAX_YEAR_MIN, TAX_YEAR_MAX)
     assert all(spec.get("description") for spec in properties.values())
     assert SCHEMA["additionalProperties"] is False
+
+
+@pytest.mark.parametrize("name", [name for name in GOOD_CASES if name != "escaped text"])
+@pytest.mark.parametrize("ascii_only", [True, False], ids=["escaped", "utf-8"])
+def test_valid_records_stay_on_the_fast_path(name: str, ascii_only: bool) -> None:
+    """The duplicate-key proof costs a quote count, not the careful parse (only an escaped
+    quote in a text value takes the careful way)."""
+    value = json.dumps(GOOD_CASES[name], ensure_ascii=ascii_only).encode()
+    if name == "null actual, spaced":
+        value = value.replace(b'"actual_levy_amount": null', b'"actual_levy_amount" :\tnull')
+    record = decode_levy_record(value)
+    quotes = value.count(b'"')
+    assert quotes == _QUOTES_UNLABELLED or _keys_are_unique(value, record, quotes)
