@@ -25,6 +25,12 @@ RECORDS = Counter(
 DEAD_LETTERS = Counter(
     "levydrift_consumer_dead_letters", "Records sent to the dead-letter topic, by reason.",
     ["reason"], registry=REGISTRY)
+DEAD_LETTERS_INCOMPLETE = Counter(
+    "levydrift_consumer_dead_letters_incomplete",
+    "Dead letters that are not a whole copy of the refused record, by form: truncated (a "
+    "bounded copy of an oversized record), pointer (headers only: Kafka refused the copy), "
+    "dropped (Kafka refused even that; the log names the source offset).",
+    ["form"], registry=REGISTRY)
 LAG = Gauge(
     "levydrift_consumer_lag_records",
     "Records between the committed offset and the end of the partition.",
@@ -69,12 +75,15 @@ PREDICTION_ABS_ERROR = Gauge(
 RECORD_OUTCOMES = ("valid", "dead_lettered")
 TRANSACTION_OUTCOMES = ("committed", "aborted")
 REBALANCE_KINDS = ("assigned", "revoked", "lost")
+INCOMPLETE_FORMS = ("truncated", "pointer", "dropped")
 for _outcome in RECORD_OUTCOMES:
     RECORDS.labels(outcome=_outcome)
 for _outcome in TRANSACTION_OUTCOMES:
     TRANSACTIONS.labels(outcome=_outcome)
 for _kind in REBALANCE_KINDS:
     REBALANCES.labels(kind=_kind)
+for _form in INCOMPLETE_FORMS:
+    DEAD_LETTERS_INCOMPLETE.labels(form=_form)
 
 
 def start_metrics_server(port: int, host: str = "0.0.0.0") -> bool:

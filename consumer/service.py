@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 from consumer import metrics
 from consumer.champion import ChampionTracker
 from consumer.config import ConsumerSettings
+from consumer.dead_letters import DeadLetterWriter
 from consumer.processing import BatchResult, PartitionMonitor, process_partition
 from consumer.state import (
     encode_state,
@@ -57,6 +58,7 @@ class ConsumerService:
         self._producer = Producer(producer_config(kafka, **producer_overrides(
             self.section.transactional_id, self.section.transaction_timeout_s)))
         self.output = TransactionalOutput(self._producer, self.section.transaction_timeout_s)
+        self.dead_letters = DeadLetterWriter(self.output, settings.topics.dead_letters)
         self.consumer: Consumer | None = None
         self.champion = ChampionTracker(self._reader_config, settings.topics.model_versions,
                                         self.section.model_name, self.section.registry_root,
@@ -154,11 +156,20 @@ class ConsumerService:
             if monitor is None:
                 continue  # revoked while the batch was in flight
             result = process_partition(monitor, partition_messages, champion, self.settings,
-                                       self.output.produce)
+                                       self._produce)
             total.merge(result)
         metrics.BATCH_DURATION.observe(time.perf_counter() - started)
         metrics.LAST_BATCH.set(time.time())
         return total
+
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None = None,
+                 headers: list[tuple[str, bytes]] | None = None) -> None:
+        """What processing produces; dead letters go through the writer that steps down when
+        Kafka refuses one, so a dead letter can never hold its partition back."""
+        if topic == self.settings.topics.dead_letters:
+            self.dead_letters.produce((key, value, headers or []))
+        else:
+            self.output.produce(topic, value, key=key, headers=headers)
 
     @staticmethod
     def _raise_if_fatal_message(message: Message) -> None:
@@ -197,6 +208,7 @@ class ConsumerService:
                         extra={"error": str(error)})
             self._rewind()
             return False
+        self.dead_letters.committed()
         for monitor in moved:
             monitor.mark_committed(states[monitor.partition])
         self._export_gauges()

@@ -26,6 +26,26 @@ class TransactionAborted(Exception):
     """The open transaction was aborted; the caller must rewind to the last committed state."""
 
 
+class MessageRefused(Exception):
+    """Kafka refused this one message (too large, invalid); other messages are unaffected."""
+
+    def __init__(self, error: KafkaError) -> None:
+        super().__init__(error.str())
+        self.error = error
+
+
+# Errors that concern one message, not the connection or the transaction: retrying cannot
+# help, a smaller or different message may.
+REFUSALS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE,
+                      KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG,
+                      KafkaError.INVALID_MSG_SIZE, KafkaError.POLICY_VIOLATION,
+                      KafkaError._INVALID_ARG})
+
+
+def is_refusal(error: KafkaError) -> bool:
+    return error.code() in REFUSALS
+
+
 class FatalKafkaError(LevyDriftError):
     """An error the service cannot recover from (fenced by a newer instance, misconfiguration)."""
 
@@ -45,14 +65,22 @@ class TransactionalOutput:
         self._call(lambda: self._producer.init_transactions(self._timeout_s), "initialise")
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
-                headers: list[tuple[str, bytes]] | None = None) -> None:
+                headers: list[tuple[str, bytes]] | None = None,
+                on_delivery: Callable[[KafkaError | None, Any], None] | None = None) -> None:
+        """Queue a message in the open transaction. Raises ``MessageRefused`` when the client
+        refuses it outright (too large); refusals by the broker arrive at ``on_delivery``."""
         self._begin_if_needed()
+        extra = {"on_delivery": on_delivery} if on_delivery is not None else {}
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers)
+                self._producer.produce(topic, value=value, key=key, headers=headers, **extra)
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.1)
+            except KafkaException as exception:
+                if is_refusal(exception.args[0]):
+                    raise MessageRefused(exception.args[0]) from None
+                raise
 
     def commit(self, offsets: list[TopicPartition], consumer: Consumer,
                timeout_s: float | None = None) -> None:
