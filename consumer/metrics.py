@@ -35,6 +35,10 @@ LAG = Gauge(
     "levydrift_consumer_lag_records",
     "Records between the committed offset and the end of the partition.",
     ["topic", "partition"], registry=REGISTRY)
+LAG_TIMESTAMP = Gauge(
+    "levydrift_consumer_lag_timestamp_seconds",
+    "Unix time the lag was last measured; it stops advancing while the brokers do not answer, "
+    "and the lag is then stale.", registry=REGISTRY)
 BATCH_DURATION = Histogram(
     "levydrift_consumer_batch_duration_seconds", "Time to process one consumed batch.",
     buckets=_BATCH_BUCKETS, registry=REGISTRY)
@@ -56,6 +60,10 @@ CHAMPION_VERSION = Gauge(
 TRANSACTIONS = Counter(
     "levydrift_consumer_transactions", "Kafka transactions, by outcome (committed or aborted).",
     ["outcome"], registry=REGISTRY)
+PRODUCER_RESETS = Counter(
+    "levydrift_consumer_producer_resets",
+    "Transactional producers replaced after Kafka was unreachable mid-transaction.",
+    registry=REGISTRY)
 REBALANCES = Counter(
     "levydrift_consumer_rebalances", "Consumer group rebalance callbacks, by kind.",
     ["kind"], registry=REGISTRY)

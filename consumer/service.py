@@ -4,6 +4,11 @@ Per checkpoint (every ``checkpoint_interval_s``, on revoke and on shutdown) one 
 carries the dead letters and drift events produced since the last one, a detector-state snapshot
 of every partition that moved, and the consumed offsets. An aborted transaction rewinds each
 partition to its last committed snapshot and offset, so nothing is counted twice.
+
+When Kafka goes away the service waits for it: a transaction whose outcome is unknown leaves the
+producer broken, nothing is consumed while it is, and once Kafka answers a new producer settles
+that transaction and every partition is restored from what Kafka holds, exactly as after a
+restart. Past ``consumer.outage_limit_s`` without a commit it exits with code 3.
 """
 
 from __future__ import annotations
@@ -33,9 +38,14 @@ from consumer.transactions import (
     TransactionalOutput,
     producer_overrides,
 )
+from levydrift.errors import BrokerUnavailableError
 from levydrift.kafka import admin_client, consumer_config, ensure_reachable, producer_config
 
 log = logging.getLogger(__name__)
+
+LAG_REFRESH_S = 2.0  # how often the lag gauge asks the brokers for the partitions' ends
+LAG_QUERY_TIMEOUT_S = 1.0
+RESET_TIMEOUT_S = 5.0  # one attempt to restart transactions while Kafka is away
 
 
 class ConsumerService:
@@ -48,6 +58,9 @@ class ConsumerService:
         self._stopping = False
         self._failed = False
         self._last_checkpoint = 0.0
+        self._lag_refreshed = 0.0
+        self._stalled_since: float | None = None  # start of the first checkpoint that failed
+        self._stall_reason = ""
         kafka = settings.kafka
         self._consumer_config = consumer_config(kafka, self.section.group_id, **{
             "group.instance.id": self.section.instance_id,  # static membership
@@ -55,9 +68,8 @@ class ConsumerService:
             "max.poll.interval.ms": 300_000, "fetch.max.bytes": 52_428_800,
             "partition.assignment.strategy": "range,roundrobin"})
         self._reader_config = consumer_config(kafka, f"{self.section.group_id}.readers")
-        self._producer = Producer(producer_config(kafka, **producer_overrides(
-            self.section.transactional_id, self.section.transaction_timeout_s)))
-        self.output = TransactionalOutput(self._producer, self.section.transaction_timeout_s)
+        self.output = TransactionalOutput(self._new_producer, self.section.transaction_timeout_s,
+                                          on_wait=self._refresh_lag)
         self.dead_letters = DeadLetterWriter(self.output, settings.topics.dead_letters)
         self.consumer: Consumer | None = None
         self.champion = ChampionTracker(self._reader_config, settings.topics.model_versions,
@@ -97,16 +109,17 @@ class ConsumerService:
         log.info("stopped cleanly")
         return 0
 
+    def _new_producer(self) -> Producer:
+        return Producer(producer_config(self.settings.kafka, **producer_overrides(
+            self.section.transactional_id, self.section.transaction_timeout_s)))
+
     def _fail(self) -> None:
         """After an error mid-batch the open transaction holds part of a batch: abort it and
         drop the banks, so closing (which revokes) commits nothing. A restart resumes from the
         last committed checkpoint."""
         self._failed = True
         self.monitors.clear()
-        try:
-            self.output.abort()
-        except FatalKafkaError as error:
-            log.error("abort after a failure failed", extra={"error": str(error)})
+        self.output.abort()  # if Kafka cannot confirm it, the restart's init_transactions will
 
     def request_stop(self, signal_number: int | None = None, *_: Any) -> None:
         """Finish the current batch, checkpoint, close (a signal handler, or call directly)."""
@@ -117,23 +130,30 @@ class ConsumerService:
     def step(self) -> BatchResult | None:
         """One iteration: follow the champion, consume a batch, process it, maybe checkpoint."""
         assert self.consumer is not None
+        if not self._transactions_ready():
+            return None
         self._follow_champion()
         messages = self.consumer.consume(self.section.batch_size, self.section.batch_timeout_s)
         result = self._process(messages) if messages else None
         if time.monotonic() - self._last_checkpoint >= self.section.checkpoint_interval_s:
             self.checkpoint()
+        self._refresh_lag()
         self.output.poll()
+        self._check_outage_limit()
         return result
 
     def _close(self) -> None:
+        """Never raises: an error on the way out must not hide the one that ended the run."""
         if self.consumer is not None:
             try:
                 self.consumer.close()  # runs on_revoke, which checkpoints what is left
-            except KafkaException as error:
+            except Exception as error:
                 log.warning("consumer close failed", extra={"error": str(error)})
-        self.output.abort()
-        self._producer.flush(self.section.shutdown_timeout_s)
-        self.champion.close()
+        self.output.close(self.section.shutdown_timeout_s)
+        try:
+            self.champion.close()
+        except Exception as error:
+            log.warning("champion reader close failed", extra={"error": str(error)})
 
     def _install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
@@ -185,14 +205,61 @@ class ConsumerService:
                 if monitor.model_version != self.champion.version:
                     monitor.rebaseline(self.champion.version, self.champion.reference)
 
+    # -- Kafka outages ---------------------------------------------------------------------
+
+    def _transactions_ready(self) -> bool:
+        """False while the transactional producer is broken and Kafka does not answer; then
+        nothing is consumed, since nothing could be committed."""
+        if self.output.broken is None:
+            return True
+        if self.output.reset(min(RESET_TIMEOUT_S, self.section.transaction_timeout_s)):
+            log.info("Kafka transactions restarted; restoring partitions from Kafka")
+            self._restore_assignment()
+            return True
+        self._refresh_lag()
+        self._check_outage_limit()
+        return False
+
+    def _check_outage_limit(self) -> None:
+        if self._stalled_since is None:
+            return
+        stalled = time.monotonic() - self._stalled_since
+        if stalled > self.section.outage_limit_s:
+            raise BrokerUnavailableError(
+                f"no checkpoint committed for {stalled:.0f}s (consumer.outage_limit_s = "
+                f"{self.section.outage_limit_s:g}); Kafka at "
+                f"{self.settings.kafka.bootstrap_servers}: {self._stall_reason}. The last "
+                "committed checkpoint stands; a restart resumes from it")
+
+    def _refresh_lag(self) -> None:
+        """Lag = partition end - committed offset, asked of the brokers every LAG_REFRESH_S,
+        also while a commit is stalled. While they do not answer, the gauge keeps its last
+        value and levydrift_consumer_lag_timestamp_seconds stops advancing (stale)."""
+        now = time.monotonic()
+        if self.consumer is None or not self.monitors or now - self._lag_refreshed < LAG_REFRESH_S:
+            return
+        self._lag_refreshed = now
+        for monitor in list(self.monitors.values()):
+            try:
+                _, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(monitor.topic, monitor.partition),
+                    timeout=LAG_QUERY_TIMEOUT_S, cached=False)
+            except KafkaException:
+                return
+            committed = monitor.committed.next_offset if monitor.committed else monitor.next_offset
+            metrics.LAG.labels(topic=monitor.topic, partition=str(monitor.partition)).set(
+                max(high - committed, 0))
+        metrics.LAG_TIMESTAMP.set(time.time())
+
     # -- checkpoints -----------------------------------------------------------------------
 
     def checkpoint(self, timeout_s: float | None = None) -> bool:
         """Commit everything since the last checkpoint in one transaction (within ``timeout_s``).
         False when the transaction was aborted and the partitions were rewound."""
-        self._last_checkpoint = time.monotonic()
+        started = self._last_checkpoint = time.monotonic()
         moved = [monitor for monitor in self.monitors.values() if monitor.dirty]
         if not moved and not self.output.open:
+            self._stalled_since = None
             return True
         assert self.consumer is not None
         states = {monitor.partition: monitor.state(self.section.group_id) for monitor in moved}
@@ -204,10 +271,18 @@ class ConsumerService:
         try:
             self.output.commit(offsets, self.consumer, timeout_s)
         except TransactionAborted as error:
-            log.warning("transaction aborted; rewinding to the last checkpoint",
-                        extra={"error": str(error)})
-            self._rewind()
+            self._stalled_since = self._stalled_since or started
+            self._stall_reason = str(error)
+            if self.output.broken is None:
+                log.warning("transaction aborted; rewinding to the last checkpoint",
+                            extra={"error": str(error)})
+                self._rewind()
+            else:  # committed or not, only Kafka knows: restore from it once it answers
+                log.warning("transaction outcome unknown until Kafka answers; waiting for it",
+                            extra={"error": str(error)})
+                self.monitors.clear()
             return False
+        self._stalled_since = None
         self.dead_letters.committed()
         for monitor in moved:
             monitor.mark_committed(states[monitor.partition])
@@ -230,13 +305,6 @@ class ConsumerService:
                                       f"aborted transaction: {error}") from None
 
     def _export_gauges(self) -> None:
-        assert self.consumer is not None
-        for monitor in self.monitors.values():
-            _, high = self.consumer.get_watermark_offsets(
-                TopicPartition(monitor.topic, monitor.partition), cached=True) or (0, 0)
-            if high >= 0:
-                metrics.LAG.labels(topic=monitor.topic, partition=str(monitor.partition)).set(
-                    max(high - monitor.next_offset, 0))
         statistics: dict[tuple[str, str], tuple[float, float]] = {}
         for monitor in self.monitors.values():
             for (signal_name, detector), (value, threshold) in monitor.statistics().items():
@@ -252,6 +320,27 @@ class ConsumerService:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(kind="assigned").inc()
         started = time.perf_counter()
+        consumer.assign(self._restore(consumer, partitions))
+        metrics.STATE_RESTORE_DURATION.observe(time.perf_counter() - started)
+        log.info("partitions assigned", extra={
+            "partitions": sorted(p.partition for p in partitions),
+            "restore_seconds": round(time.perf_counter() - started, 3)})
+
+    def _restore_assignment(self) -> None:
+        """After transactions restarted: every assigned partition from what Kafka holds."""
+        assert self.consumer is not None
+        self.monitors.clear()
+        for position in self._restore(self.consumer, self.consumer.assignment()):
+            try:
+                self.consumer.seek(position)
+            except KafkaException as error:
+                raise FatalKafkaError(f"cannot resume partition {position.partition} after "
+                                      f"Kafka came back: {error}") from None
+
+    def _restore(self, consumer: Consumer,
+                 partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """Monitors for ``partitions`` from their committed offsets and latest snapshots;
+        returns the positions to consume from."""
         timeout = self.section.restore_timeout_s
         keys = {p.partition: state_key(self.section.group_id, p.topic, p.partition)
                 for p in partitions}
@@ -277,11 +366,7 @@ class ConsumerService:
                                               self.champion.expected_reference)
             self.monitors[position.partition] = monitor
             position.offset = start
-        consumer.assign(committed)
-        metrics.STATE_RESTORE_DURATION.observe(time.perf_counter() - started)
-        log.info("partitions assigned", extra={
-            "partitions": sorted(keys), "restore_seconds": round(time.perf_counter() - started,
-                                                                 3)})
+        return committed
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(kind="revoked").inc()
@@ -298,6 +383,8 @@ class ConsumerService:
         self.output.abort()
         for position in partitions:
             self.monitors.pop(position.partition, None)
+        if self.output.broken is not None:  # the others' uncommitted work is in doubt too
+            self.monitors.clear()
         log.warning("partitions lost; dropped without committing",
                     extra={"partitions": [p.partition for p in partitions]})
 

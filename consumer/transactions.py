@@ -3,12 +3,14 @@ consumed offsets commit together or not at all (``send_offsets_to_transaction``)
 
 Error handling follows the transactional producer's contract: retriable errors are retried,
 errors that require an abort abort (the caller then rewinds to the last committed state), and
-anything else is fatal.
+anything else is fatal, except what a broker outage leaves behind: see ``TransactionalOutput``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -53,22 +55,63 @@ class FatalKafkaError(LevyDriftError):
 
 
 class TransactionalOutput:
-    """A transactional producer whose transaction opens on the first write after a commit."""
+    """A transactional producer whose transaction opens on the first write after a commit.
 
-    def __init__(self, producer: Producer, timeout_s: float) -> None:
-        self._producer = producer
+    When Kafka goes away mid-transaction the producer can end up where no call settles it: an
+    abort that cannot reach the coordinator, a transaction the coordinator aborted on timeout
+    (the producer is then fenced), or ``send_offsets_to_transaction`` blocking far past its
+    timeout while the group coordinator is unreachable (librdkafka#5456, #5511). Then the
+    output is ``broken``: every call is bounded by a deadline, and ``reset`` replaces the
+    producer with a new one of the same transactional id, whose ``init_transactions`` fences
+    the old one and settles its transaction (completing a commit that had reached the
+    coordinator, aborting anything else). Until then the caller must not read what the open
+    transaction held as either committed or aborted; after it, only what Kafka says.
+    """
+
+    def __init__(self, make_producer: Callable[[], Producer], timeout_s: float,
+                 on_wait: Callable[[], None] | None = None) -> None:
+        self._make_producer = make_producer
+        self._producer = make_producer()
         self._timeout_s = timeout_s
+        self._on_wait = on_wait or (lambda: None)
         self.open = False
+        self.broken: str | None = None  # why the producer must be replaced before any use
+        # Kafka timed out or was unreachable since the last commit: a fencing error may then
+        # mean the coordinator aborted our transaction on timeout, not that another instance
+        # took over, and a new producer recovers from it.
+        self._troubled = False
 
     def init(self) -> None:
         """Register the transactional id; aborts whatever a crashed predecessor left open."""
         self._call(lambda: self._producer.init_transactions(self._timeout_s), "initialise")
+
+    def reset(self, timeout_s: float) -> bool:
+        """Replace a broken producer (see the class docstring). False while Kafka does not
+        answer within ``timeout_s``: try again later."""
+        if self.broken is None:
+            return True
+        producer = self._make_producer()
+        try:
+            call_within(lambda: producer.init_transactions(timeout_s), timeout_s, self._on_wait)
+        except CallStuck:
+            return False
+        except KafkaException as exception:
+            error: KafkaError = exception.args[0]
+            if error.fatal() or not (error.retriable() or _is_timeout(error)):
+                raise FatalKafkaError(f"cannot restart Kafka transactions: {error.str()}") from None
+            return False
+        self._producer = producer
+        self.broken = None
+        self.open = self._troubled = False
+        metrics.PRODUCER_RESETS.inc()
+        return True
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
                 headers: list[tuple[str, bytes]] | None = None,
                 on_delivery: Callable[[KafkaError | None, Any], None] | None = None) -> None:
         """Queue a message in the open transaction. Raises ``MessageRefused`` when the client
         refuses it outright (too large); refusals by the broker arrive at ``on_delivery``."""
+        assert self.broken is None, "produce on a broken transactional producer"
         self._begin_if_needed()
         extra = {"on_delivery": on_delivery} if on_delivery is not None else {}
         while True:
@@ -85,8 +128,10 @@ class TransactionalOutput:
     def commit(self, offsets: list[TopicPartition], consumer: Consumer,
                timeout_s: float | None = None) -> None:
         """Send ``offsets`` (next offsets to read) and commit within ``timeout_s`` (default the
-        transaction timeout). Raises ``TransactionAborted`` when the transaction had to be
-        aborted, ``FatalKafkaError`` when nothing can be done."""
+        transaction timeout). Raises ``TransactionAborted`` when the transaction was aborted or
+        the output broke (see ``broken``), ``FatalKafkaError`` when nothing can be done."""
+        if self.broken is not None:
+            raise TransactionAborted(self.broken)
         budget = min(timeout_s or self._timeout_s, self._timeout_s)
         deadline = time.monotonic() + budget
         self._begin_if_needed()
@@ -95,25 +140,47 @@ class TransactionalOutput:
             offsets, group, max(deadline - time.monotonic(), 0.1)), "send offsets in", deadline)
         self._call(lambda: self._producer.commit_transaction(
             max(deadline - time.monotonic(), 0.1)), "commit", deadline)
-        self.open = False
+        self.open = self._troubled = False
         metrics.TRANSACTIONS.labels(outcome="committed").inc()
 
-    def abort(self) -> None:
-        if not self.open:
+    def abort(self, timeout_s: float | None = None) -> None:
+        """Abort the open transaction (within ``timeout_s``, default the transaction timeout).
+        When Kafka cannot confirm the abort, the output breaks instead: whether the
+        transaction ended is unknown until ``reset`` settles it."""
+        if not self.open or self.broken is not None:
             return
+        timeout_s = timeout_s or self._timeout_s
         try:
-            self._producer.abort_transaction(self._timeout_s)
-        except KafkaException as error:
-            # Whether the transaction ended is unknown: only a restart (init_transactions)
-            # settles it, and the restore then reads what really was committed.
-            self.open = False
-            raise FatalKafkaError(f"cannot abort the Kafka transaction: {error.args[0].str()}; "
-                                  "restart to settle it") from None
+            call_within(lambda: self._producer.abort_transaction(timeout_s), timeout_s,
+                     self._on_wait)
+        except (KafkaException, CallStuck) as error:
+            self._break(f"cannot abort the Kafka transaction: {_describe(error)}")
+            return
         self.open = False
         metrics.TRANSACTIONS.labels(outcome="aborted").inc()
 
     def poll(self) -> None:
-        self._producer.poll(0)
+        if self.broken is None:
+            self._producer.poll(0)
+
+    def close(self, timeout_s: float) -> None:
+        """Abort what is open and deliver what is queued; logs instead of raising, so an
+        error on the way out never hides the one that ended the run."""
+        self.abort()
+        if self.broken is not None:
+            return
+        try:
+            call_within(lambda: self._producer.flush(timeout_s), timeout_s, self._on_wait)
+        except (KafkaException, CallStuck) as error:
+            log.warning("producer flush on shutdown failed", extra={"error": _describe(error)})
+
+    def _break(self, reason: str) -> None:
+        log.warning("transactional producer must be replaced", extra={"reason": reason})
+        self.broken = reason
+        self.open = False
+        # Drop what the abandoned producer still holds; the reset fences it anyway.
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self._producer.purge(blocking=False)
 
     def _begin_if_needed(self) -> None:
         if not self.open:
@@ -124,25 +191,94 @@ class TransactionalOutput:
         deadline = deadline or time.monotonic() + self._timeout_s
         while True:
             try:
-                return operation()
+                return call_within(operation, deadline - time.monotonic(), self._on_wait)
+            except CallStuck:
+                self._troubled = True
+                self._break(f"{what} the transaction did not return in time (Kafka unreachable)")
+                raise TransactionAborted(self.broken) from None
             except KafkaException as exception:
                 error: KafkaError = exception.args[0]
-                self._raise_if_fatal(error, what)
+                if _is_fencing(error):
+                    self._fenced(error, what)
+                    raise TransactionAborted(self.broken) from None
+                if error.retriable() or _is_timeout(error):
+                    self._troubled = True
                 if error.retriable() and time.monotonic() < deadline:
                     log.warning("retrying transaction step",
                                 extra={"step": what, "error": error.str()})
+                    _pause(min(RETRY_PAUSE_S, deadline - time.monotonic()), self._on_wait)
                     continue
                 log.warning("aborting transaction", extra={"step": what, "error": error.str()})
-                self.abort()
+                # Within what is left of the deadline: a reachable coordinator aborts at once,
+                # an unreachable one is settled by ``reset`` anyway.
+                self.abort(max(deadline - time.monotonic(), MIN_ABORT_S))
                 raise TransactionAborted(f"{what} failed: {error.str()}") from None
 
-    @staticmethod
-    def _raise_if_fatal(error: KafkaError, what: str) -> None:
-        if error.fatal() or error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
-                                             KafkaError.INVALID_PRODUCER_EPOCH):
+    def _fenced(self, error: KafkaError, what: str) -> None:
+        if not self._troubled:
             raise FatalKafkaError(
                 f"cannot {what} the Kafka transaction: {error.str()} (another instance with the "
                 "same consumer.instance_id may be running)")
+        self._break(f"{what} the transaction: {error.str()} after Kafka was unreachable")
+
+
+RETRY_PAUSE_S = 0.5
+MIN_ABORT_S = 2.0
+STUCK_GRACE_S = 2.0  # beyond a call's own timeout, before it counts as stuck
+
+
+class CallStuck(Exception):
+    """A librdkafka call did not return within its timeout (it goes on in its thread)."""
+
+
+def call_within(operation: Callable[[], T], timeout_s: float,
+             on_wait: Callable[[], None]) -> T:
+    """Run ``operation`` in a daemon thread and wait at most ``timeout_s`` + a grace period,
+    calling ``on_wait`` about once a second meanwhile. A call that overstays is left to finish
+    on its own (its producer is abandoned) and ``CallStuck`` is raised."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = operation()
+        except BaseException as error:  # handed to the waiting thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run, name="levydrift-transaction", daemon=True)
+    worker.start()
+    deadline = time.monotonic() + max(timeout_s, 0.0) + STUCK_GRACE_S
+    while worker.is_alive() and time.monotonic() < deadline:
+        worker.join(min(1.0, max(deadline - time.monotonic(), 0.0)))
+        if worker.is_alive():
+            on_wait()
+    if worker.is_alive():
+        raise CallStuck()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _pause(seconds: float, on_wait: Callable[[], None]) -> None:
+    if seconds > 0:
+        time.sleep(seconds)
+        on_wait()
+
+
+def _is_fencing(error: KafkaError) -> bool:
+    return error.fatal() or error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
+                                             KafkaError.INVALID_PRODUCER_EPOCH)
+
+
+def _is_timeout(error: KafkaError) -> bool:
+    return error.code() in (KafkaError._TIMED_OUT, KafkaError._TRANSPORT,
+                            KafkaError._ALL_BROKERS_DOWN, KafkaError.REQUEST_TIMED_OUT,
+                            KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, KafkaException) and error.args:
+        return error.args[0].str()
+    return "no answer within the timeout" if isinstance(error, CallStuck) else str(error)
 
 
 def producer_overrides(transactional_id: str, transaction_timeout_s: float) -> dict[str, Any]:
