@@ -71,6 +71,10 @@ STATE_RESTORE_DURATION = Histogram(
     "levydrift_consumer_state_restore_duration_seconds",
     "Time to restore detector state after a partition assignment.",
     buckets=_RESTORE_BUCKETS, registry=REGISTRY)
+STATE_RESTORE_FAILURES = Counter(
+    "levydrift_consumer_state_restore_failures",
+    "Detector snapshots refused on restore (the partition started fresh detectors), by reason.",
+    ["reason"], registry=REGISTRY)
 MODEL_LOAD_FAILURES = Counter(
     "levydrift_consumer_model_load_failures", "Failures to load a champion model, by reason.",
     ["reason"], registry=REGISTRY)
@@ -84,6 +88,9 @@ RECORD_OUTCOMES = ("valid", "dead_lettered")
 TRANSACTION_OUTCOMES = ("committed", "aborted")
 REBALANCE_KINDS = ("assigned", "revoked", "lost")
 INCOMPLETE_FORMS = ("truncated", "pointer", "dropped")
+# Envelope problems (consumer.state) and snapshot problems (detectors.errors.SnapshotError).
+STATE_REFUSALS = ("envelope", "version", "foreign", "magic", "corrupt", "too_large", "header",
+                  "shape")
 for _outcome in RECORD_OUTCOMES:
     RECORDS.labels(outcome=_outcome)
 for _outcome in TRANSACTION_OUTCOMES:
@@ -92,6 +99,8 @@ for _kind in REBALANCE_KINDS:
     REBALANCES.labels(kind=_kind)
 for _form in INCOMPLETE_FORMS:
     DEAD_LETTERS_INCOMPLETE.labels(form=_form)
+for _reason in STATE_REFUSALS:
+    STATE_RESTORE_FAILURES.labels(reason=_reason)
 
 
 def start_metrics_server(port: int, host: str = "0.0.0.0") -> bool:

@@ -17,6 +17,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
@@ -25,10 +26,14 @@ from consumer import metrics
 from consumer.champion import ChampionTracker
 from consumer.config import ConsumerSettings
 from consumer.dead_letters import DeadLetterWriter
+from consumer.lag import LagProbe
 from consumer.processing import BatchResult, PartitionMonitor, process_partition
 from consumer.state import (
+    StoredState,
     encode_state,
     read_latest_states,
+    refuse_state,
+    restorable_state,
     resume_point,
     state_key,
 )
@@ -38,13 +43,12 @@ from consumer.transactions import (
     TransactionalOutput,
     producer_overrides,
 )
+from detectors.errors import SnapshotError
 from levydrift.errors import BrokerUnavailableError
 from levydrift.kafka import admin_client, consumer_config, ensure_reachable, producer_config
 
 log = logging.getLogger(__name__)
 
-LAG_REFRESH_S = 2.0  # how often the lag gauge asks the brokers for the partitions' ends
-LAG_QUERY_TIMEOUT_S = 1.0
 RESET_TIMEOUT_S = 5.0  # one attempt to restart transactions while Kafka is away
 
 
@@ -58,7 +62,6 @@ class ConsumerService:
         self._stopping = False
         self._failed = False
         self._last_checkpoint = 0.0
-        self._lag_refreshed = 0.0
         self._stalled_since: float | None = None  # start of the first checkpoint that failed
         self._stall_reason = ""
         kafka = settings.kafka
@@ -68,8 +71,8 @@ class ConsumerService:
             "max.poll.interval.ms": 300_000, "fetch.max.bytes": 52_428_800,
             "partition.assignment.strategy": "range,roundrobin"})
         self._reader_config = consumer_config(kafka, f"{self.section.group_id}.readers")
-        self.output = TransactionalOutput(self._new_producer, self.section.transaction_timeout_s,
-                                          on_wait=self._refresh_lag)
+        self.output = TransactionalOutput(self._new_producer, self.section.transaction_timeout_s)
+        self.lag = LagProbe(self._reader_config)
         self.dead_letters = DeadLetterWriter(self.output, settings.topics.dead_letters)
         self.consumer: Consumer | None = None
         self.champion = ChampionTracker(self._reader_config, settings.topics.model_versions,
@@ -93,6 +96,7 @@ class ConsumerService:
         self.consumer = Consumer(self._consumer_config)
         self.consumer.subscribe([self.settings.topics.records], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self.lag.start()
         log.info("consuming", extra={"topic": self.settings.topics.records,
                                      "group": self.section.group_id,
                                      "transactional_id": self.section.transactional_id})
@@ -137,7 +141,6 @@ class ConsumerService:
         result = self._process(messages) if messages else None
         if time.monotonic() - self._last_checkpoint >= self.section.checkpoint_interval_s:
             self.checkpoint()
-        self._refresh_lag()
         self.output.poll()
         self._check_outage_limit()
         return result
@@ -150,6 +153,7 @@ class ConsumerService:
             except Exception as error:
                 log.warning("consumer close failed", extra={"error": str(error)})
         self.output.close(self.section.shutdown_timeout_s)
+        self.lag.close()
         try:
             self.champion.close()
         except Exception as error:
@@ -216,7 +220,6 @@ class ConsumerService:
             log.info("Kafka transactions restarted; restoring partitions from Kafka")
             self._restore_assignment()
             return True
-        self._refresh_lag()
         self._check_outage_limit()
         return False
 
@@ -230,26 +233,6 @@ class ConsumerService:
                 f"{self.section.outage_limit_s:g}); Kafka at "
                 f"{self.settings.kafka.bootstrap_servers}: {self._stall_reason}. The last "
                 "committed checkpoint stands; a restart resumes from it")
-
-    def _refresh_lag(self) -> None:
-        """Lag = partition end - committed offset, asked of the brokers every LAG_REFRESH_S,
-        also while a commit is stalled. While they do not answer, the gauge keeps its last
-        value and levydrift_consumer_lag_timestamp_seconds stops advancing (stale)."""
-        now = time.monotonic()
-        if self.consumer is None or not self.monitors or now - self._lag_refreshed < LAG_REFRESH_S:
-            return
-        self._lag_refreshed = now
-        for monitor in list(self.monitors.values()):
-            try:
-                _, high = self.consumer.get_watermark_offsets(
-                    TopicPartition(monitor.topic, monitor.partition),
-                    timeout=LAG_QUERY_TIMEOUT_S, cached=False)
-            except KafkaException:
-                return
-            committed = monitor.committed.next_offset if monitor.committed else monitor.next_offset
-            metrics.LAG.labels(topic=monitor.topic, partition=str(monitor.partition)).set(
-                max(high - committed, 0))
-        metrics.LAG_TIMESTAMP.set(time.time())
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -286,6 +269,8 @@ class ConsumerService:
         self.dead_letters.committed()
         for monitor in moved:
             monitor.mark_committed(states[monitor.partition])
+            self.lag.committed(monitor.topic, monitor.partition,
+                               states[monitor.partition].next_offset)
         self._export_gauges()
         return True
 
@@ -349,24 +334,40 @@ class ConsumerService:
         committed = consumer.committed(partitions, timeout=timeout)
         # A snapshot baselined against a champion that is named but not loaded yet stays
         # valid: the swap re-baselines only banks of another version.
-        version = self.champion.expected_version
         for position in committed:
             low, _ = consumer.get_watermark_offsets(
                 TopicPartition(position.topic, position.partition), timeout=timeout)
-            saved = latest[keys[position.partition]]
-            start, usable = resume_point(position.offset, low, saved)
-            if saved is not None and usable is None:
-                log.warning("detector snapshot does not belong to the committed offset; "
-                            "starting fresh detectors", extra={
-                                "partition": position.partition,
-                                "snapshot_offset": saved.next_offset,
-                                "committed_offset": position.offset})
-            monitor = PartitionMonitor.resume(position.topic, position.partition, start, usable,
-                                              self.settings.detectors, version,
-                                              self.champion.expected_reference)
+            position.offset, monitor = self._resume(position, low,
+                                                    latest[keys[position.partition]])
             self.monitors[position.partition] = monitor
-            position.offset = start
+            self.lag.committed(position.topic, position.partition, position.offset)
         return committed
+
+    def _resume(self, position: TopicPartition, low_watermark: int,
+                stored: StoredState | None) -> tuple[int, PartitionMonitor]:
+        """Where the partition resumes, and its monitor: from its snapshot when that is the
+        snapshot of exactly the committed offset and passes every check, else fresh."""
+        saved = restorable_state(stored, self.section.group_id, position.topic,
+                                 position.partition)
+        start, usable = resume_point(position.offset, low_watermark, saved)
+        if saved is not None and usable is None:
+            log.warning("detector snapshot does not belong to the committed offset; "
+                        "starting fresh detectors", extra={
+                            "partition": position.partition,
+                            "snapshot_offset": saved.next_offset,
+                            "committed_offset": position.offset})
+        # A snapshot baselined against a champion that is named but not loaded yet stays
+        # valid: the swap re-baselines only banks of another version.
+        resume = partial(PartitionMonitor.resume, position.topic, position.partition, start,
+                         detector_settings=self.settings.detectors,
+                         champion_version=self.champion.expected_version,
+                         reference=self.champion.expected_reference)
+        try:
+            return start, resume(usable)
+        except SnapshotError as error:
+            assert stored is not None
+            refuse_state(stored, error.reason, str(error))
+            return start, resume(None)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(kind="revoked").inc()
@@ -376,6 +377,7 @@ class ConsumerService:
         finally:
             for position in partitions:
                 self.monitors.pop(position.partition, None)
+                self.lag.forget(position.topic, position.partition)
         log.info("partitions revoked", extra={"partitions": [p.partition for p in partitions]})
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -383,6 +385,7 @@ class ConsumerService:
         self.output.abort()
         for position in partitions:
             self.monitors.pop(position.partition, None)
+            self.lag.forget(position.topic, position.partition)
         if self.output.broken is not None:  # the others' uncommitted work is in doubt too
             self.monitors.clear()
         log.warning("partitions lost; dropped without committing",

@@ -68,12 +68,10 @@ class TransactionalOutput:
     transaction held as either committed or aborted; after it, only what Kafka says.
     """
 
-    def __init__(self, make_producer: Callable[[], Producer], timeout_s: float,
-                 on_wait: Callable[[], None] | None = None) -> None:
+    def __init__(self, make_producer: Callable[[], Producer], timeout_s: float) -> None:
         self._make_producer = make_producer
         self._producer = make_producer()
         self._timeout_s = timeout_s
-        self._on_wait = on_wait or (lambda: None)
         self.open = False
         self.broken: str | None = None  # why the producer must be replaced before any use
         # Kafka timed out or was unreachable since the last commit: a fencing error may then
@@ -92,7 +90,7 @@ class TransactionalOutput:
             return True
         producer = self._make_producer()
         try:
-            call_within(lambda: producer.init_transactions(timeout_s), timeout_s, self._on_wait)
+            call_within(lambda: producer.init_transactions(timeout_s), timeout_s)
         except CallStuck:
             return False
         except KafkaException as exception:
@@ -151,8 +149,7 @@ class TransactionalOutput:
             return
         timeout_s = timeout_s or self._timeout_s
         try:
-            call_within(lambda: self._producer.abort_transaction(timeout_s), timeout_s,
-                     self._on_wait)
+            call_within(lambda: self._producer.abort_transaction(timeout_s), timeout_s)
         except (KafkaException, CallStuck) as error:
             self._break(f"cannot abort the Kafka transaction: {_describe(error)}")
             return
@@ -170,7 +167,7 @@ class TransactionalOutput:
         if self.broken is not None:
             return
         try:
-            call_within(lambda: self._producer.flush(timeout_s), timeout_s, self._on_wait)
+            call_within(lambda: self._producer.flush(timeout_s), timeout_s)
         except (KafkaException, CallStuck) as error:
             log.warning("producer flush on shutdown failed", extra={"error": _describe(error)})
 
@@ -191,7 +188,7 @@ class TransactionalOutput:
         deadline = deadline or time.monotonic() + self._timeout_s
         while True:
             try:
-                return call_within(operation, deadline - time.monotonic(), self._on_wait)
+                return call_within(operation, deadline - time.monotonic())
             except CallStuck:
                 self._troubled = True
                 self._break(f"{what} the transaction did not return in time (Kafka unreachable)")
@@ -206,7 +203,7 @@ class TransactionalOutput:
                 if error.retriable() and time.monotonic() < deadline:
                     log.warning("retrying transaction step",
                                 extra={"step": what, "error": error.str()})
-                    _pause(min(RETRY_PAUSE_S, deadline - time.monotonic()), self._on_wait)
+                    time.sleep(max(min(RETRY_PAUSE_S, deadline - time.monotonic()), 0.0))
                     continue
                 log.warning("aborting transaction", extra={"step": what, "error": error.str()})
                 # Within what is left of the deadline: a reachable coordinator aborts at once,
@@ -231,11 +228,10 @@ class CallStuck(Exception):
     """A librdkafka call did not return within its timeout (it goes on in its thread)."""
 
 
-def call_within(operation: Callable[[], T], timeout_s: float,
-             on_wait: Callable[[], None]) -> T:
-    """Run ``operation`` in a daemon thread and wait at most ``timeout_s`` + a grace period,
-    calling ``on_wait`` about once a second meanwhile. A call that overstays is left to finish
-    on its own (its producer is abandoned) and ``CallStuck`` is raised."""
+def call_within(operation: Callable[[], T], timeout_s: float) -> T:
+    """Run ``operation`` in a daemon thread and wait at most ``timeout_s`` + a grace period.
+    A call that overstays is left to finish on its own (its producer is abandoned) and
+    ``CallStuck`` is raised."""
     outcome: dict[str, Any] = {}
 
     def run() -> None:
@@ -246,22 +242,12 @@ def call_within(operation: Callable[[], T], timeout_s: float,
 
     worker = threading.Thread(target=run, name="levydrift-transaction", daemon=True)
     worker.start()
-    deadline = time.monotonic() + max(timeout_s, 0.0) + STUCK_GRACE_S
-    while worker.is_alive() and time.monotonic() < deadline:
-        worker.join(min(1.0, max(deadline - time.monotonic(), 0.0)))
-        if worker.is_alive():
-            on_wait()
+    worker.join(max(timeout_s, 0.0) + STUCK_GRACE_S)
     if worker.is_alive():
         raise CallStuck()
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
-
-
-def _pause(seconds: float, on_wait: Callable[[], None]) -> None:
-    if seconds > 0:
-        time.sleep(seconds)
-        on_wait()
 
 
 def _is_fencing(error: KafkaError) -> bool:

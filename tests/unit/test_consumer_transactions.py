@@ -11,18 +11,16 @@ from consumer.transactions import STUCK_GRACE_S, CallStuck, call_within
 
 
 def test_a_call_that_returns_gives_its_value_or_its_error() -> None:
-    assert call_within(lambda: 42, 5, lambda: None) == 42
+    assert call_within(lambda: 42, 5) == 42
     with pytest.raises(ZeroDivisionError):
-        call_within(lambda: 1 / 0, 5, lambda: None)
+        call_within(lambda: 1 / 0, 5)
 
 
-def test_a_call_that_overstays_is_left_behind_and_waiting_keeps_the_loop_alive() -> None:
+def test_a_call_that_overstays_is_left_behind() -> None:
     release = threading.Event()
-    waits = []
     started = time.monotonic()
     with pytest.raises(CallStuck):
-        call_within(release.wait, 1.0, lambda: waits.append(time.monotonic()))
+        call_within(release.wait, 1.0)
     elapsed = time.monotonic() - started
     release.set()
     assert 1.0 + STUCK_GRACE_S - 0.1 <= elapsed < 1.0 + STUCK_GRACE_S + 1.0
-    assert len(waits) >= 2, "on_wait runs about once a second while the call is out"
