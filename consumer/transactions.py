@@ -74,6 +74,8 @@ class TransactionalOutput:
         self._timeout_s = timeout_s
         self.open = False
         self.broken: str | None = None  # why the producer must be replaced before any use
+        self._replacement: Producer | None = None
+        self._initialising: Call | None = None
         # Kafka timed out or was unreachable since the last commit: a fencing error may then
         # mean the coordinator aborted our transaction on timeout, not that another instance
         # took over, and a new producer recovers from it.
@@ -85,22 +87,32 @@ class TransactionalOutput:
 
     def reset(self, timeout_s: float) -> bool:
         """Replace a broken producer (see the class docstring). False while Kafka does not
-        answer within ``timeout_s``: try again later."""
+        answer within ``timeout_s``: try again later.
+
+        One replacement at a time, retried until it answers: an abandoned replacement would
+        still register when Kafka comes back, and fence the one that came after it."""
         if self.broken is None:
             return True
-        producer = self._make_producer()
+        if self._replacement is None:
+            self._replacement = self._make_producer()
+        if self._initialising is None:
+            replacement = self._replacement
+            self._initialising = Call(lambda: replacement.init_transactions(timeout_s))
+        if not self._initialising.wait(timeout_s + STUCK_GRACE_S):
+            return False  # still trying: the same call is waited for next time
+        initialising, self._initialising = self._initialising, None
         try:
-            call_within(lambda: producer.init_transactions(timeout_s), timeout_s)
-        except CallStuck:
-            return False
+            initialising.result()
         except KafkaException as exception:
             error: KafkaError = exception.args[0]
             if error.fatal() or not (error.retriable() or _is_timeout(error)):
                 raise FatalKafkaError(f"cannot restart Kafka transactions: {error.str()}") from None
             return False
-        self._producer = producer
+        self._producer, self._replacement = self._replacement, None
         self.broken = None
-        self.open = self._troubled = False
+        self.open = False
+        # Until it commits, a fencing error may still be the outage's aftermath.
+        self._troubled = True
         metrics.PRODUCER_RESETS.inc()
         return True
 
@@ -228,26 +240,40 @@ class CallStuck(Exception):
     """A librdkafka call did not return within its timeout (it goes on in its thread)."""
 
 
+class Call:
+    """An operation running in a daemon thread, and its outcome once it has finished."""
+
+    def __init__(self, operation: Callable[[], Any]) -> None:
+        self._outcome: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._run, args=(operation,), daemon=True,
+                                        name="levydrift-transaction")
+        self._thread.start()
+
+    def _run(self, operation: Callable[[], Any]) -> None:
+        try:
+            self._outcome["value"] = operation()
+        except BaseException as error:  # handed to the waiting thread
+            self._outcome["error"] = error
+
+    def wait(self, timeout_s: float) -> bool:
+        """Whether it finished within ``timeout_s``."""
+        self._thread.join(max(timeout_s, 0.0))
+        return not self._thread.is_alive()
+
+    def result(self) -> Any:
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["value"]
+
+
 def call_within(operation: Callable[[], T], timeout_s: float) -> T:
     """Run ``operation`` in a daemon thread and wait at most ``timeout_s`` + a grace period.
     A call that overstays is left to finish on its own (its producer is abandoned) and
     ``CallStuck`` is raised."""
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = operation()
-        except BaseException as error:  # handed to the waiting thread
-            outcome["error"] = error
-
-    worker = threading.Thread(target=run, name="levydrift-transaction", daemon=True)
-    worker.start()
-    worker.join(max(timeout_s, 0.0) + STUCK_GRACE_S)
-    if worker.is_alive():
+    call = Call(operation)
+    if not call.wait(timeout_s + STUCK_GRACE_S):
         raise CallStuck()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+    return call.result()
 
 
 def _is_fencing(error: KafkaError) -> bool:
