@@ -89,8 +89,8 @@ TRANSACTION_OUTCOMES = ("committed", "aborted")
 REBALANCE_KINDS = ("assigned", "revoked", "lost")
 INCOMPLETE_FORMS = ("truncated", "pointer", "dropped")
 # Envelope problems (consumer.state) and snapshot problems (detectors.errors.SnapshotError).
-STATE_REFUSALS = ("envelope", "version", "foreign", "magic", "corrupt", "too_large", "header",
-                  "shape")
+STATE_REFUSALS = ("envelope", "version", "foreign", "inconsistent", "magic", "corrupt",
+                  "too_large", "header", "shape")
 for _outcome in RECORD_OUTCOMES:
     RECORDS.labels(outcome=_outcome)
 for _outcome in TRANSACTION_OUTCOMES:

@@ -363,11 +363,18 @@ class ConsumerService:
                          champion_version=self.champion.expected_version,
                          reference=self.champion.expected_reference)
         try:
-            return start, resume(usable)
+            monitor = resume(usable)
         except SnapshotError as error:
             assert stored is not None
             refuse_state(stored, error.reason, str(error))
             return start, resume(None)
+        last = monitor.bank.last_position
+        if usable is not None and last is not None and last >= start:
+            assert stored is not None  # a bank that saw offsets it claims not to have reached
+            refuse_state(stored, "inconsistent", f"the bank has seen offset {last}, the "
+                                                 f"snapshot belongs to offset {start}")
+            return start, resume(None)
+        return start, monitor
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(kind="revoked").inc()

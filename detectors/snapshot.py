@@ -45,6 +45,9 @@ FORMAT_VERSION = 1
 DTYPES = {"float64": "<f8", "int64": "<i8"}
 MAX_NAME_BYTES = 256  # per category name in the header, JSON escapes included
 MAX_KNOTS = len(KNOT_PROBABILITIES)
+# State arrays that only ever hold finite numbers (Page-Hinkley's minimum starts at infinity).
+FINITE_ARRAYS = frozenset({"aw_s", "aw_totals", "aw_variances", "state", "counts", "llr",
+                           "cusum"})
 
 
 def encode(bank: DetectorBank) -> bytes:
@@ -254,6 +257,7 @@ def _check_shape(channel: NumericChannel | CategoricalChannel, key: str, dtype: 
 def _load_channel(channel: NumericChannel | CategoricalChannel, info: dict[str, Any],
                   arrays: dict[str, np.ndarray]) -> None:
     _check_ring(channel, arrays)
+    _check_numbers(channel.name, arrays)
     channel.warmup_first = _optional_int(info.get("warmup_first"), "warmup_first")
     channel.warmup_last = _optional_int(info.get("warmup_last"), "warmup_last")
     if isinstance(channel, CategoricalChannel):
@@ -280,6 +284,17 @@ def _check_ring(channel: NumericChannel | CategoricalChannel,
     size = arrays["ring_positions"].shape[0]
     if not 0 <= counters[k.C_RING_HEAD] < size or counters[k.C_COUNT] < 0:
         raise SnapshotError(f"channel {channel.name}: ring position out of range", "shape")
+
+
+def _check_numbers(name: str, arrays: dict[str, np.ndarray]) -> None:
+    """No NaN anywhere (a NaN CUSUM sends the categorical crossing search into an endless
+    loop), and no infinity where the detectors never put one."""
+    for key, array in arrays.items():
+        if array.dtype.kind != "f":
+            continue
+        if np.isnan(array).any() or (key in FINITE_ARRAYS and not np.isfinite(array).all()):
+            raise SnapshotError(f"channel {name}: array {key} holds NaN or infinite values",
+                                "shape")
 
 
 def _check_adwin(name: str, arrays: dict[str, np.ndarray]) -> None:

@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+import numpy as np
 import orjson
 import pytest
 from confluent_kafka import Producer
@@ -73,6 +74,27 @@ def mistyped(bank: bytes) -> bytes:
     return forge_bank(header, arrays)
 
 
+def nan_cusum(bank: bytes) -> bytes:
+    """Well-formed, but a NaN CUSUM would loop the compiled crossing search for ever."""
+    header, arrays = snapshot_parts(bank)
+    offset = 0
+    for name, info in header["channels"].items():
+        for key, _, shape in info["arrays"]:
+            size = 8 * int(np.prod(shape))
+            if (name, key) == ("county", "cusum"):
+                nan = np.full(shape, np.nan).tobytes()
+                return forge_bank(header, arrays[:offset] + nan + arrays[offset + size:])
+            offset += size
+    raise AssertionError("no county CUSUM in the snapshot")
+
+
+def ahead(bank: bytes) -> bytes:
+    """A bank claiming to have seen offsets beyond the one its envelope names."""
+    header, arrays = snapshot_parts(bank)
+    header["last_position"] += 1000
+    return forge_bank(header, arrays)
+
+
 def envelope_with(good: bytes, **fields: object) -> bytes:
     length = struct.unpack_from(">I", good)[0]
     header = {**orjson.loads(good[4:4 + length]), **fields}
@@ -113,6 +135,9 @@ CASES = {
     "tombstone after a good value": Case(10, lambda good: [None], None, True),
     "newer valid after a bad one": Case(11, lambda good: [b"\xff garbage", good[11]], None,
                                         False),
+    "NaN in a detector": Case(12, lambda good: with_bank(good[12], nan_cusum), "shape", True),
+    "bank ahead of its offset": Case(13, lambda good: with_bank(good[13], ahead),
+                                     "inconsistent", True),
 }
 PARTITIONS = len(CASES) + 1  # the last partition is left alone
 

@@ -209,6 +209,9 @@ def test_arrays_that_do_not_fit_the_detectors_are_refused() -> None:
                        np.array([5, -1, 0], dtype="<i8")), "shape")
     buckets = np.full(48, 99, dtype="<i8")
     refused(with_array(header, arrays, "levy_rate", "aw_counts", buckets), "shape")
+    # A NaN CUSUM would send the categorical crossing search into an endless loop.
+    [shape] = [s for key, _, s in header["channels"]["county"]["arrays"] if key == "cusum"]
+    refused(with_array(header, arrays, "county", "cusum", np.full(shape, np.nan)), "shape")
 
 
 def json_values() -> st.SearchStrategy:
