@@ -135,9 +135,8 @@ def write_and_commit(bootstrap: str, unique: str, topic: str, letters: list,
                      **client: object) -> int:
     """Produce ``letters`` through a writer and commit the way the service does: after an
     aborted transaction, produce them again. Returns how many attempts were aborted."""
-    producer = Producer({"bootstrap.servers": bootstrap,
-                         **producer_overrides(f"tx-{unique}", 30), **client})
-    output = TransactionalOutput(producer, 30)
+    output = TransactionalOutput(lambda: Producer({
+        "bootstrap.servers": bootstrap, **producer_overrides(f"tx-{unique}", 30), **client}), 30)
     output.init()
     writer = DeadLetterWriter(output, topic)
     group = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{unique}"})
