@@ -103,8 +103,10 @@ class ConsumerService:
         try:
             while not self._stopping and not (stop_when and stop_when(self)):
                 self.step()
-            self.checkpoint()
-            log.info("final checkpoint committed")
+            if self.checkpoint():
+                log.info("final checkpoint committed")
+            else:
+                log.warning("final checkpoint not committed; a restart resumes from the last one")
         except BaseException:
             self._fail()
             raise
@@ -240,6 +242,8 @@ class ConsumerService:
         """Commit everything since the last checkpoint in one transaction (within ``timeout_s``).
         False when the transaction was aborted and the partitions were rewound."""
         started = self._last_checkpoint = time.monotonic()
+        if self.output.broken is not None:
+            return False  # nothing to commit until Kafka answers (see _transactions_ready)
         moved = [monitor for monitor in self.monitors.values() if monitor.dirty]
         if not moved and not self.output.open:
             self._stalled_since = None
@@ -332,8 +336,6 @@ class ConsumerService:
         latest = read_latest_states(self._reader_config, self.settings.topics.detector_state,
                                     set(keys.values()), timeout)
         committed = consumer.committed(partitions, timeout=timeout)
-        # A snapshot baselined against a champion that is named but not loaded yet stays
-        # valid: the swap re-baselines only banks of another version.
         for position in committed:
             low, _ = consumer.get_watermark_offsets(
                 TopicPartition(position.topic, position.partition), timeout=timeout)

@@ -175,7 +175,7 @@ class TransactionalOutput:
     def close(self, timeout_s: float) -> None:
         """Abort what is open and deliver what is queued; logs instead of raising, so an
         error on the way out never hides the one that ended the run."""
-        self.abort()
+        self.abort(timeout_s)
         if self.broken is not None:
             return
         try:
