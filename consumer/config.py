@@ -36,6 +36,9 @@ class ConsumerSection:
     restore_timeout_s: float = 90.0
     transaction_timeout_s: float = 60.0
     shutdown_timeout_s: float = 10.0
+    # How long the consumer waits for Kafka without committing a checkpoint (broker outage,
+    # coordinator moves) before it exits with code 3; a restart resumes from the last one.
+    outage_limit_s: float = 600.0
     # A crashed member is replaced after this long; with static membership (instance_id) a
     # restarted instance takes its place at once.
     session_timeout_s: float = 10.0
@@ -47,7 +50,7 @@ class ConsumerSection:
             raise ConfigError(f"consumer.batch_size must be 1..100000, got {self.batch_size}")
         for name in ("batch_timeout_s", "checkpoint_interval_s", "revoke_checkpoint_budget_s",
                      "restore_timeout_s", "transaction_timeout_s", "shutdown_timeout_s",
-                     "session_timeout_s"):
+                     "session_timeout_s", "outage_limit_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"consumer.{name} must be > 0")
         if self.restore_timeout_s <= self.transaction_timeout_s:

@@ -27,10 +27,20 @@ RECORDS = Counter(
 DEAD_LETTERS = Counter(
     "levydrift_consumer_dead_letters", "Records sent to the dead-letter topic, by reason.",
     ["reason"], registry=REGISTRY)
+DEAD_LETTERS_INCOMPLETE = Counter(
+    "levydrift_consumer_dead_letters_incomplete",
+    "Dead letters that are not a whole copy of the refused record, by form: truncated (a "
+    "bounded copy of an oversized record), pointer (headers only: Kafka refused the copy), "
+    "dropped (Kafka refused even that; the log names the source offset).",
+    ["form"], registry=REGISTRY)
 LAG = Gauge(
     "levydrift_consumer_lag_records",
     "Records between the committed offset and the end of the partition.",
     ["topic", "partition"], registry=REGISTRY)
+LAG_TIMESTAMP = Gauge(
+    "levydrift_consumer_lag_timestamp_seconds",
+    "Unix time the lag was last measured; it stops advancing while the brokers do not answer, "
+    "and the lag is then stale.", registry=REGISTRY)
 BATCH_DURATION = Histogram(
     "levydrift_consumer_batch_duration_seconds", "Time to process one consumed batch.",
     buckets=_BATCH_BUCKETS, registry=REGISTRY)
@@ -53,6 +63,10 @@ CHAMPION_VERSION = Gauge(
 TRANSACTIONS = Counter(
     "levydrift_consumer_transactions", "Kafka transactions, by outcome (committed or aborted).",
     ["outcome"], registry=REGISTRY)
+PRODUCER_RESETS = Counter(
+    "levydrift_consumer_producer_resets",
+    "Transactional producers replaced after Kafka was unreachable mid-transaction.",
+    registry=REGISTRY)
 REBALANCES = Counter(
     "levydrift_consumer_rebalances", "Consumer group rebalance callbacks, by kind.",
     ["kind"], registry=REGISTRY)
@@ -60,6 +74,10 @@ STATE_RESTORE_DURATION = Histogram(
     "levydrift_consumer_state_restore_duration_seconds",
     "Time to restore detector state after a partition assignment.",
     buckets=_RESTORE_BUCKETS, registry=REGISTRY)
+STATE_RESTORE_FAILURES = Counter(
+    "levydrift_consumer_state_restore_failures",
+    "Detector snapshots refused on restore (the partition started fresh detectors), by reason.",
+    ["reason"], registry=REGISTRY)
 MODEL_LOAD_FAILURES = Counter(
     "levydrift_consumer_model_load_failures",
     "Model versions refused (or dropped after failing to predict) and unreadable model-version "
@@ -77,12 +95,20 @@ PREDICTION_ABS_ERROR = Gauge(
 RECORD_OUTCOMES = ("valid", "dead_lettered")
 TRANSACTION_OUTCOMES = ("committed", "aborted")
 REBALANCE_KINDS = ("assigned", "revoked", "lost")
+INCOMPLETE_FORMS = ("truncated", "pointer", "dropped")
+# Envelope problems (consumer.state) and snapshot problems (detectors.errors.SnapshotError).
+STATE_REFUSALS = ("envelope", "version", "foreign", "inconsistent", "magic", "corrupt",
+                  "too_large", "header", "shape")
 for _outcome in RECORD_OUTCOMES:
     RECORDS.labels(outcome=_outcome)
 for _outcome in TRANSACTION_OUTCOMES:
     TRANSACTIONS.labels(outcome=_outcome)
 for _kind in REBALANCE_KINDS:
     REBALANCES.labels(kind=_kind)
+for _form in INCOMPLETE_FORMS:
+    DEAD_LETTERS_INCOMPLETE.labels(form=_form)
+for _reason in STATE_REFUSALS:
+    STATE_RESTORE_FAILURES.labels(reason=_reason)
 
 
 def start_metrics_server(port: int, host: str = "0.0.0.0") -> bool:

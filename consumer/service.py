@@ -4,6 +4,11 @@ Per checkpoint (every ``checkpoint_interval_s``, on revoke and on shutdown) one 
 carries the dead letters and drift events produced since the last one, a detector-state snapshot
 of every partition that moved, and the consumed offsets. An aborted transaction rewinds each
 partition to its last committed snapshot and offset, so nothing is counted twice.
+
+When Kafka goes away the service waits for it: a transaction whose outcome is unknown leaves the
+producer broken, nothing is consumed while it is, and once Kafka answers a new producer settles
+that transaction and every partition is restored from what Kafka holds, exactly as after a
+restart. Past ``consumer.outage_limit_s`` without a commit it exits with code 3.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
@@ -19,10 +25,15 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 from consumer import metrics
 from consumer.champion import ChampionTracker
 from consumer.config import ConsumerSettings
+from consumer.dead_letters import DeadLetterWriter
+from consumer.lag import LagProbe
 from consumer.processing import BatchResult, PartitionMonitor, process_partition
 from consumer.state import (
+    StoredState,
     encode_state,
     read_latest_states,
+    refuse_state,
+    restorable_state,
     resume_point,
     state_key,
 )
@@ -32,9 +43,13 @@ from consumer.transactions import (
     TransactionalOutput,
     producer_overrides,
 )
+from detectors.errors import SnapshotError
+from levydrift.errors import BrokerUnavailableError
 from levydrift.kafka import admin_client, consumer_config, ensure_reachable, producer_config
 
 log = logging.getLogger(__name__)
+
+RESET_TIMEOUT_S = 5.0  # one attempt to restart transactions while Kafka is away
 
 
 class ConsumerService:
@@ -47,6 +62,8 @@ class ConsumerService:
         self._stopping = False
         self._failed = False
         self._last_checkpoint = 0.0
+        self._stalled_since: float | None = None  # start of the first checkpoint that failed
+        self._stall_reason = ""
         kafka = settings.kafka
         self._consumer_config = consumer_config(kafka, self.section.group_id, **{
             "group.instance.id": self.section.instance_id,  # static membership
@@ -56,9 +73,9 @@ class ConsumerService:
             # that change owner; the others keep processing and committing.
             "partition.assignment.strategy": "cooperative-sticky"})
         self._reader_config = consumer_config(kafka, f"{self.section.group_id}.readers")
-        self._producer = Producer(producer_config(kafka, **producer_overrides(
-            self.section.transactional_id, self.section.transaction_timeout_s)))
-        self.output = TransactionalOutput(self._producer, self.section.transaction_timeout_s)
+        self.output = TransactionalOutput(self._new_producer, self.section.transaction_timeout_s)
+        self.lag = LagProbe(self._reader_config)
+        self.dead_letters = DeadLetterWriter(self.output, settings.topics.dead_letters)
         self.consumer: Consumer | None = None
         self.champion = ChampionTracker(self._reader_config, settings.topics.model_versions,
                                         self.section.model_name, self.section.registry_root,
@@ -81,14 +98,17 @@ class ConsumerService:
         self.consumer = Consumer(self._consumer_config)
         self.consumer.subscribe([self.settings.topics.records], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self.lag.start()
         log.info("consuming", extra={"topic": self.settings.topics.records,
                                      "group": self.section.group_id,
                                      "transactional_id": self.section.transactional_id})
         try:
             while not self._stopping and not (stop_when and stop_when(self)):
                 self.step()
-            self.checkpoint()
-            log.info("final checkpoint committed")
+            if self.checkpoint():
+                log.info("final checkpoint committed")
+            else:
+                log.warning("final checkpoint not committed; a restart resumes from the last one")
         except BaseException:
             self._fail()
             raise
@@ -97,16 +117,17 @@ class ConsumerService:
         log.info("stopped cleanly")
         return 0
 
+    def _new_producer(self) -> Producer:
+        return Producer(producer_config(self.settings.kafka, **producer_overrides(
+            self.section.transactional_id, self.section.transaction_timeout_s)))
+
     def _fail(self) -> None:
         """After an error mid-batch the open transaction holds part of a batch: abort it and
         drop the banks, so closing (which revokes) commits nothing. A restart resumes from the
         last committed checkpoint."""
         self._failed = True
         self.monitors.clear()
-        try:
-            self.output.abort()
-        except FatalKafkaError as error:
-            log.error("abort after a failure failed", extra={"error": str(error)})
+        self.output.abort()  # if Kafka cannot confirm it, the restart's init_transactions will
 
     def request_stop(self, signal_number: int | None = None, *_: Any) -> None:
         """Finish the current batch, checkpoint, close (a signal handler, or call directly)."""
@@ -117,23 +138,30 @@ class ConsumerService:
     def step(self) -> BatchResult | None:
         """One iteration: follow the champion, consume a batch, process it, maybe checkpoint."""
         assert self.consumer is not None
+        if not self._transactions_ready():
+            return None
         self._follow_champion()
         messages = self.consumer.consume(self.section.batch_size, self.section.batch_timeout_s)
         result = self._process(messages) if messages else None
         if time.monotonic() - self._last_checkpoint >= self.section.checkpoint_interval_s:
             self.checkpoint()
         self.output.poll()
+        self._check_outage_limit()
         return result
 
     def _close(self) -> None:
+        """Never raises: an error on the way out must not hide the one that ended the run."""
         if self.consumer is not None:
             try:
                 self.consumer.close()  # runs on_revoke, which checkpoints what is left
-            except KafkaException as error:
+            except Exception as error:
                 log.warning("consumer close failed", extra={"error": str(error)})
-        self.output.abort()
-        self._producer.flush(self.section.shutdown_timeout_s)
-        self.champion.close()
+        self.output.close(self.section.shutdown_timeout_s)
+        self.lag.close()
+        try:
+            self.champion.close()
+        except Exception as error:
+            log.warning("champion reader close failed", extra={"error": str(error)})
 
     def _install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
@@ -156,11 +184,20 @@ class ConsumerService:
             if monitor is None:
                 continue  # revoked while the batch was in flight
             result = process_partition(monitor, partition_messages, champion, self.settings,
-                                       self.output.produce)
+                                       self._produce)
             total.merge(result)
         metrics.BATCH_DURATION.observe(time.perf_counter() - started)
         metrics.LAST_BATCH.set(time.time())
         return total
+
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None = None,
+                 headers: list[tuple[str, bytes]] | None = None) -> None:
+        """What processing produces; dead letters go through the writer that steps down when
+        Kafka refuses one, so a dead letter can never hold its partition back."""
+        if topic == self.settings.topics.dead_letters:
+            self.dead_letters.produce((key, value, headers or []))
+        else:
+            self.output.produce(topic, value, key=key, headers=headers)
 
     @staticmethod
     def _raise_if_fatal_message(message: Message) -> None:
@@ -176,14 +213,42 @@ class ConsumerService:
                 if monitor.model_version != self.champion.version:
                     monitor.rebaseline(self.champion.version, self.champion.reference)
 
+    # -- Kafka outages ---------------------------------------------------------------------
+
+    def _transactions_ready(self) -> bool:
+        """False while the transactional producer is broken and Kafka does not answer; then
+        nothing is consumed, since nothing could be committed."""
+        if self.output.broken is None:
+            return True
+        if self.output.reset(min(RESET_TIMEOUT_S, self.section.transaction_timeout_s)):
+            log.info("Kafka transactions restarted; restoring partitions from Kafka")
+            self._restore_assignment()
+            return True
+        self._check_outage_limit()
+        return False
+
+    def _check_outage_limit(self) -> None:
+        if self._stalled_since is None:
+            return
+        stalled = time.monotonic() - self._stalled_since
+        if stalled > self.section.outage_limit_s:
+            raise BrokerUnavailableError(
+                f"no checkpoint committed for {stalled:.0f}s (consumer.outage_limit_s = "
+                f"{self.section.outage_limit_s:g}); Kafka at "
+                f"{self.settings.kafka.bootstrap_servers}: {self._stall_reason}. The last "
+                "committed checkpoint stands; a restart resumes from it")
+
     # -- checkpoints -----------------------------------------------------------------------
 
     def checkpoint(self, timeout_s: float | None = None) -> bool:
         """Commit everything since the last checkpoint in one transaction (within ``timeout_s``).
         False when the transaction was aborted and the partitions were rewound."""
-        self._last_checkpoint = time.monotonic()
+        started = self._last_checkpoint = time.monotonic()
+        if self.output.broken is not None:
+            return False  # nothing to commit until Kafka answers (see _transactions_ready)
         moved = [monitor for monitor in self.monitors.values() if monitor.dirty]
         if not moved and not self.output.open:
+            self._stalled_since = None
             return True
         assert self.consumer is not None
         states = {monitor.partition: monitor.state(self.section.group_id) for monitor in moved}
@@ -195,12 +260,23 @@ class ConsumerService:
         try:
             self.output.commit(offsets, self.consumer, timeout_s)
         except TransactionAborted as error:
-            log.warning("transaction aborted; rewinding to the last checkpoint",
-                        extra={"error": str(error)})
-            self._rewind()
+            self._stalled_since = self._stalled_since or started
+            self._stall_reason = str(error)
+            if self.output.broken is None:
+                log.warning("transaction aborted; rewinding to the last checkpoint",
+                            extra={"error": str(error)})
+                self._rewind()
+            else:  # committed or not, only Kafka knows: restore from it once it answers
+                log.warning("transaction outcome unknown until Kafka answers; waiting for it",
+                            extra={"error": str(error)})
+                self.monitors.clear()
             return False
+        self._stalled_since = None
+        self.dead_letters.committed()
         for monitor in moved:
             monitor.mark_committed(states[monitor.partition])
+            self.lag.committed(monitor.topic, monitor.partition,
+                               states[monitor.partition].next_offset)
         self._export_gauges()
         return True
 
@@ -220,13 +296,6 @@ class ConsumerService:
                                       f"aborted transaction: {error}") from None
 
     def _export_gauges(self) -> None:
-        assert self.consumer is not None
-        for monitor in self.monitors.values():
-            _, high = self.consumer.get_watermark_offsets(
-                TopicPartition(monitor.topic, monitor.partition), cached=True) or (0, 0)
-            if high >= 0:
-                metrics.LAG.labels(topic=monitor.topic, partition=str(monitor.partition)).set(
-                    max(high - monitor.next_offset, 0))
         statistics: dict[tuple[str, str], tuple[float, float]] = {}
         for monitor in self.monitors.values():
             for (signal_name, detector), (value, threshold) in monitor.statistics().items():
@@ -242,34 +311,74 @@ class ConsumerService:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(kind="assigned").inc()
         started = time.perf_counter()
+        consumer.incremental_assign(self._restore(consumer, partitions))
+        metrics.STATE_RESTORE_DURATION.observe(time.perf_counter() - started)
+        log.info("partitions assigned", extra={
+            "partitions": sorted(p.partition for p in partitions),
+            "restore_seconds": round(time.perf_counter() - started, 3)})
+
+    def _restore_assignment(self) -> None:
+        """After transactions restarted: every assigned partition from what Kafka holds."""
+        assert self.consumer is not None
+        self.monitors.clear()
+        for position in self._restore(self.consumer, self.consumer.assignment()):
+            try:
+                self.consumer.seek(position)
+            except KafkaException as error:
+                raise FatalKafkaError(f"cannot resume partition {position.partition} after "
+                                      f"Kafka came back: {error}") from None
+
+    def _restore(self, consumer: Consumer,
+                 partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """Monitors for ``partitions`` from their committed offsets and latest snapshots;
+        returns the positions to consume from."""
         timeout = self.section.restore_timeout_s
         keys = {p.partition: state_key(self.section.group_id, p.topic, p.partition)
                 for p in partitions}
         latest = read_latest_states(self._reader_config, self.settings.topics.detector_state,
                                     set(keys.values()), timeout)
         committed = consumer.committed(partitions, timeout=timeout)
-        version = self.champion.version  # the one serving, never one still being probed
         for position in committed:
             low, _ = consumer.get_watermark_offsets(
                 TopicPartition(position.topic, position.partition), timeout=timeout)
-            saved = latest[keys[position.partition]]
-            start, usable = resume_point(position.offset, low, saved)
-            if saved is not None and usable is None:
-                log.warning("detector snapshot does not belong to the committed offset; "
-                            "starting fresh detectors", extra={
-                                "partition": position.partition,
-                                "snapshot_offset": saved.next_offset,
-                                "committed_offset": position.offset})
-            monitor = PartitionMonitor.resume(position.topic, position.partition, start, usable,
-                                              self.settings.detectors, version,
-                                              self.champion.reference)
+            position.offset, monitor = self._resume(position, low,
+                                                    latest[keys[position.partition]])
             self.monitors[position.partition] = monitor
-            position.offset = start
-        consumer.incremental_assign(committed)
-        metrics.STATE_RESTORE_DURATION.observe(time.perf_counter() - started)
-        log.info("partitions assigned", extra={
-            "partitions": sorted(keys), "restore_seconds": round(time.perf_counter() - started,
-                                                                 3)})
+            self.lag.committed(position.topic, position.partition, position.offset)
+        return committed
+
+    def _resume(self, position: TopicPartition, low_watermark: int,
+                stored: StoredState | None) -> tuple[int, PartitionMonitor]:
+        """Where the partition resumes, and its monitor: from its snapshot when that is the
+        snapshot of exactly the committed offset and passes every check, else fresh."""
+        saved = restorable_state(stored, self.section.group_id, position.topic,
+                                 position.partition)
+        start, usable = resume_point(position.offset, low_watermark, saved)
+        if saved is not None and usable is None:
+            log.warning("detector snapshot does not belong to the committed offset; "
+                        "starting fresh detectors", extra={
+                            "partition": position.partition,
+                            "snapshot_offset": saved.next_offset,
+                            "committed_offset": position.offset})
+        # The version serving, never one still being probed: a snapshot of another version is
+        # re-baselined against it.
+        resume = partial(PartitionMonitor.resume, position.topic, position.partition, start,
+                         detector_settings=self.settings.detectors,
+                         champion_version=self.champion.version,
+                         reference=self.champion.reference)
+        try:
+            monitor = resume(usable)
+        except SnapshotError as error:
+            assert stored is not None
+            refuse_state(stored, error.reason, str(error))
+            return start, resume(None)
+        last = monitor.bank.last_position
+        if usable is not None and last is not None and last >= start:
+            assert stored is not None  # a bank that saw offsets it claims not to have reached
+            refuse_state(stored, "inconsistent", f"the bank has seen offset {last}, the "
+                                                 f"snapshot belongs to offset {start}")
+            return start, resume(None)
+        return start, monitor
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Only the partitions that move are revoked (cooperative rebalancing): checkpoint
@@ -281,6 +390,7 @@ class ConsumerService:
         finally:
             for position in partitions:
                 self.monitors.pop(position.partition, None)
+                self.lag.forget(position.topic, position.partition)
             consumer.incremental_unassign(partitions)
         log.info("partitions revoked", extra={"partitions": [p.partition for p in partitions]})
 
@@ -290,8 +400,11 @@ class ConsumerService:
         metrics.REBALANCES.labels(kind="lost").inc()
         for position in partitions:
             self.monitors.pop(position.partition, None)
+            self.lag.forget(position.topic, position.partition)
         consumer.incremental_unassign(partitions)
-        if self.output.open:
+        if self.output.broken is not None:  # the others' uncommitted work is in doubt too
+            self.monitors.clear()
+        elif self.output.open:
             self.output.abort()
             if self.monitors:
                 self._rewind()

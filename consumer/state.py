@@ -5,25 +5,55 @@ envelope: a 4-byte header length, a JSON header (format version, the offset the 
 the champion version the bank was baselined against), then the bank's own snapshot bytes. The
 snapshot is produced in the same transaction that commits the consumed offsets, so the latest
 committed snapshot always belongs to the committed offset.
+
+Only the latest value of a key counts, and a tombstone clears it. That value is decoded only
+when it is needed, and trusted in nothing: a value that cannot be read, fails its bounds or
+names another group, topic or partition is refused with one log line naming its key and
+offset, counted in ``levydrift_consumer_state_restore_failures_total{reason}``, and the
+partition starts fresh detectors from its committed offset.
 """
 
 from __future__ import annotations
 
+import logging
 import struct
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from consumer import metrics
 from levydrift.errors import LevyDriftError
 
+log = logging.getLogger(__name__)
+
 ENVELOPE_VERSION = 1
+MAX_ENVELOPE_HEADER_BYTES = 4096  # the header is a handful of short fields
 _HEADER_LENGTH = struct.Struct(">I")
 
 
 class StateRestoreError(LevyDriftError):
     """The state topic could not be read to its end in time, or holds an unreadable snapshot."""
+
+
+class StateRefused(StateRestoreError):
+    """A detector-state value that must not be restored; ``reason`` is a stable metric label."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """The latest value of one key on the state topic, not decoded yet."""
+
+    key: bytes
+    partition: int  # of the state topic
+    offset: int
+    value: bytes
 
 
 @dataclass(frozen=True)
@@ -69,22 +99,72 @@ def encode_state(state: PartitionState) -> bytes:
 
 
 def decode_state(value: bytes) -> PartitionState:
+    """The envelope, every field checked; raises ``StateRefused``."""
+    if len(value) < _HEADER_LENGTH.size:
+        raise StateRefused("unreadable detector-state record: shorter than its header length",
+                           "envelope")
+    (length,) = _HEADER_LENGTH.unpack_from(value)
+    if length > min(MAX_ENVELOPE_HEADER_BYTES, len(value) - _HEADER_LENGTH.size):
+        raise StateRefused(f"unreadable detector-state record: header of {length} bytes "
+                           f"declared in a record of {len(value)}", "envelope")
     try:
-        (length,) = _HEADER_LENGTH.unpack_from(value)
         header = orjson.loads(value[4:4 + length])
-        if header["v"] != ENVELOPE_VERSION:
-            raise StateRestoreError(f"detector-state envelope version {header['v']} is not "
-                                    f"supported (expected {ENVELOPE_VERSION})")
-        return PartitionState(header["group"], header["topic"], int(header["partition"]),
-                              int(header["next_offset"]), header["model_version"],
-                              value[4 + length:])
-    except (struct.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise StateRestoreError(f"unreadable detector-state record: {error}") from None
+    except orjson.JSONDecodeError as error:
+        raise StateRefused(f"unreadable detector-state record: {error}", "envelope") from None
+    if not isinstance(header, dict):
+        raise StateRefused("unreadable detector-state record: header is not an object",
+                           "envelope")
+    version = header.get("v")
+    if version != ENVELOPE_VERSION:
+        raise StateRefused(f"detector-state envelope version {str(version)[:20]} is not "
+                           f"supported (expected {ENVELOPE_VERSION})", "version")
+    return PartitionState(_field(header, "group", str), _field(header, "topic", str),
+                          _field(header, "partition", int), _field(header, "next_offset", int),
+                          _field(header, "model_version", int, optional=True),
+                          value[4 + length:])
+
+
+def _field(header: dict[str, Any], name: str, kind: type, optional: bool = False) -> Any:
+    value = header.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+        raise StateRefused(f"unreadable detector-state record: {name} is "
+                           f"{type(value).__name__}, expected {kind.__name__}", "envelope")
+    return value
+
+
+def restorable_state(stored: StoredState | None, group: str, topic: str,
+                     partition: int) -> PartitionState | None:
+    """The envelope of ``stored`` if it can be used for ``group``/``topic``/``partition``,
+    else None (refused: logged and counted)."""
+    if stored is None:
+        return None
+    try:
+        state = decode_state(stored.value)
+    except StateRefused as refusal:
+        refuse_state(stored, refusal.reason, str(refusal))
+        return None
+    if (state.group, state.topic, state.partition) != (group, topic, partition):
+        refuse_state(stored, "foreign", f"the snapshot belongs to {state.group}|{state.topic}|"
+                                        f"{state.partition}"[:300])
+        return None
+    return state
+
+
+def refuse_state(stored: StoredState, reason: str, message: str) -> None:
+    """One log line naming the key and offset, and a count by reason."""
+    metrics.STATE_RESTORE_FAILURES.labels(reason=reason).inc()
+    log.warning("detector state refused; starting fresh detectors", extra={
+        "key": stored.key.decode("utf-8", "backslashreplace")[:300],
+        "state_partition": stored.partition, "offset": stored.offset, "reason": reason,
+        "error": message[:300]})
 
 
 def read_latest_states(consumer_config: dict, state_topic: str, keys: set[bytes],
-                       timeout_s: float) -> dict[bytes, PartitionState | None]:
-    """The latest committed snapshot for each key (``None`` where there is none).
+                       timeout_s: float) -> dict[bytes, StoredState | None]:
+    """The latest committed value of each key, undecoded (``None`` where there is none or a
+    tombstone came last).
 
     Reads the state topic from its start to its end. The end is the high watermark seen when the
     read starts; the read stops once the consumer's *position* reaches it, so aborted
@@ -99,8 +179,8 @@ def read_latest_states(consumer_config: dict, state_topic: str, keys: set[bytes]
 
 
 def _read_to_end(reader: Consumer, topic: str, keys: set[bytes],
-                 timeout_s: float) -> dict[bytes, PartitionState | None]:
-    latest: dict[bytes, PartitionState | None] = dict.fromkeys(keys)
+                 timeout_s: float) -> dict[bytes, StoredState | None]:
+    latest: dict[bytes, StoredState | None] = dict.fromkeys(keys)
     metadata = reader.list_topics(topic, timeout=timeout_s).topics.get(topic)
     if metadata is None or metadata.error is not None:
         raise StateRestoreError(f"detector-state topic {topic} does not exist; "
@@ -125,8 +205,10 @@ def _read_to_end(reader: Consumer, topic: str, keys: set[bytes],
                 if message.error().code() == KafkaError._PARTITION_EOF:
                     continue
                 raise StateRestoreError(f"reading {topic}: {message.error().str()}")
-            if message.key() in latest and message.value() is not None:
-                latest[message.key()] = decode_state(message.value())
+            key, value = message.key(), message.value()
+            if key in latest:
+                latest[key] = None if value is None else StoredState(
+                    key, message.partition(), message.offset(), value)
         for position in reader.position(assignment):
             if position.offset >= ends.get(position.partition, 0):
                 ends.pop(position.partition, None)

@@ -3,12 +3,14 @@ consumed offsets commit together or not at all (``send_offsets_to_transaction``)
 
 Error handling follows the transactional producer's contract: retriable errors are retried,
 errors that require an abort abort (the caller then rewinds to the last committed state), and
-anything else is fatal.
+anything else is fatal, except what a broker outage leaves behind: see ``TransactionalOutput``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -26,6 +28,26 @@ class TransactionAborted(Exception):
     """The open transaction was aborted; the caller must rewind to the last committed state."""
 
 
+class MessageRefused(Exception):
+    """Kafka refused this one message (too large, invalid); other messages are unaffected."""
+
+    def __init__(self, error: KafkaError) -> None:
+        super().__init__(error.str())
+        self.error = error
+
+
+# Errors that concern one message, not the connection or the transaction: retrying cannot
+# help, a smaller or different message may.
+REFUSALS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE,
+                      KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG,
+                      KafkaError.INVALID_MSG_SIZE, KafkaError.POLICY_VIOLATION,
+                      KafkaError._INVALID_ARG})
+
+
+def is_refusal(error: KafkaError) -> bool:
+    return error.code() in REFUSALS
+
+
 class FatalKafkaError(LevyDriftError):
     """An error the service cannot recover from (fenced by a newer instance, misconfiguration)."""
 
@@ -33,32 +55,93 @@ class FatalKafkaError(LevyDriftError):
 
 
 class TransactionalOutput:
-    """A transactional producer whose transaction opens on the first write after a commit."""
+    """A transactional producer whose transaction opens on the first write after a commit.
 
-    def __init__(self, producer: Producer, timeout_s: float) -> None:
-        self._producer = producer
+    When Kafka goes away mid-transaction the producer can end up where no call settles it: an
+    abort that cannot reach the coordinator, a transaction the coordinator aborted on timeout
+    (the producer is then fenced), or ``send_offsets_to_transaction`` blocking far past its
+    timeout while the group coordinator is unreachable (librdkafka#5456, #5511). Then the
+    output is ``broken``: every call is bounded by a deadline, and ``reset`` replaces the
+    producer with a new one of the same transactional id, whose ``init_transactions`` fences
+    the old one and settles its transaction (completing a commit that had reached the
+    coordinator, aborting anything else). Until then the caller must not read what the open
+    transaction held as either committed or aborted; after it, only what Kafka says.
+    """
+
+    def __init__(self, make_producer: Callable[[], Producer], timeout_s: float) -> None:
+        self._make_producer = make_producer
+        self._producer = make_producer()
         self._timeout_s = timeout_s
         self.open = False
+        self.broken: str | None = None  # why the producer must be replaced before any use
+        self._replacement: Producer | None = None
+        self._initialising: Call | None = None
+        # Kafka timed out or was unreachable since the last commit: a fencing error may then
+        # mean the coordinator aborted our transaction on timeout, not that another instance
+        # took over, and a new producer recovers from it.
+        self._troubled = False
 
     def init(self) -> None:
         """Register the transactional id; aborts whatever a crashed predecessor left open."""
         self._call(lambda: self._producer.init_transactions(self._timeout_s), "initialise")
 
+    def reset(self, timeout_s: float) -> bool:
+        """Replace a broken producer (see the class docstring). False while Kafka does not
+        answer within ``timeout_s``: try again later.
+
+        One replacement at a time, retried until it answers: an abandoned replacement would
+        still register when Kafka comes back, and fence the one that came after it."""
+        if self.broken is None:
+            return True
+        if self._replacement is None:
+            self._replacement = self._make_producer()
+        if self._initialising is None:
+            replacement = self._replacement
+            self._initialising = Call(lambda: replacement.init_transactions(timeout_s))
+        if not self._initialising.wait(timeout_s + STUCK_GRACE_S):
+            return False  # still trying: the same call is waited for next time
+        initialising, self._initialising = self._initialising, None
+        try:
+            initialising.result()
+        except KafkaException as exception:
+            error: KafkaError = exception.args[0]
+            if error.fatal() or not (error.retriable() or _is_timeout(error)):
+                raise FatalKafkaError(f"cannot restart Kafka transactions: {error.str()}") from None
+            return False
+        self._producer, self._replacement = self._replacement, None
+        self.broken = None
+        self.open = False
+        # Until it commits, a fencing error may still be the outage's aftermath.
+        self._troubled = True
+        metrics.PRODUCER_RESETS.inc()
+        return True
+
     def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
-                headers: list[tuple[str, bytes]] | None = None) -> None:
+                headers: list[tuple[str, bytes]] | None = None,
+                on_delivery: Callable[[KafkaError | None, Any], None] | None = None) -> None:
+        """Queue a message in the open transaction. Raises ``MessageRefused`` when the client
+        refuses it outright (too large); refusals by the broker arrive at ``on_delivery``."""
+        assert self.broken is None, "produce on a broken transactional producer"
         self._begin_if_needed()
+        extra = {"on_delivery": on_delivery} if on_delivery is not None else {}
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers)
+                self._producer.produce(topic, value=value, key=key, headers=headers, **extra)
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.1)
+            except KafkaException as exception:
+                if is_refusal(exception.args[0]):
+                    raise MessageRefused(exception.args[0]) from None
+                raise
 
     def commit(self, offsets: list[TopicPartition], consumer: Consumer,
                timeout_s: float | None = None) -> None:
         """Send ``offsets`` (next offsets to read) and commit within ``timeout_s`` (default the
-        transaction timeout). Raises ``TransactionAborted`` when the transaction had to be
-        aborted, ``FatalKafkaError`` when nothing can be done."""
+        transaction timeout). Raises ``TransactionAborted`` when the transaction was aborted or
+        the output broke (see ``broken``), ``FatalKafkaError`` when nothing can be done."""
+        if self.broken is not None:
+            raise TransactionAborted(self.broken)
         budget = min(timeout_s or self._timeout_s, self._timeout_s)
         deadline = time.monotonic() + budget
         self._begin_if_needed()
@@ -67,25 +150,46 @@ class TransactionalOutput:
             offsets, group, max(deadline - time.monotonic(), 0.1)), "send offsets in", deadline)
         self._call(lambda: self._producer.commit_transaction(
             max(deadline - time.monotonic(), 0.1)), "commit", deadline)
-        self.open = False
+        self.open = self._troubled = False
         metrics.TRANSACTIONS.labels(outcome="committed").inc()
 
-    def abort(self) -> None:
-        if not self.open:
+    def abort(self, timeout_s: float | None = None) -> None:
+        """Abort the open transaction (within ``timeout_s``, default the transaction timeout).
+        When Kafka cannot confirm the abort, the output breaks instead: whether the
+        transaction ended is unknown until ``reset`` settles it."""
+        if not self.open or self.broken is not None:
             return
+        timeout_s = timeout_s or self._timeout_s
         try:
-            self._producer.abort_transaction(self._timeout_s)
-        except KafkaException as error:
-            # Whether the transaction ended is unknown: only a restart (init_transactions)
-            # settles it, and the restore then reads what really was committed.
-            self.open = False
-            raise FatalKafkaError(f"cannot abort the Kafka transaction: {error.args[0].str()}; "
-                                  "restart to settle it") from None
+            call_within(lambda: self._producer.abort_transaction(timeout_s), timeout_s)
+        except (KafkaException, CallStuck) as error:
+            self._break(f"cannot abort the Kafka transaction: {_describe(error)}")
+            return
         self.open = False
         metrics.TRANSACTIONS.labels(outcome="aborted").inc()
 
     def poll(self) -> None:
-        self._producer.poll(0)
+        if self.broken is None:
+            self._producer.poll(0)
+
+    def close(self, timeout_s: float) -> None:
+        """Abort what is open and deliver what is queued; logs instead of raising, so an
+        error on the way out never hides the one that ended the run."""
+        self.abort(timeout_s)
+        if self.broken is not None:
+            return
+        try:
+            call_within(lambda: self._producer.flush(timeout_s), timeout_s)
+        except (KafkaException, CallStuck) as error:
+            log.warning("producer flush on shutdown failed", extra={"error": _describe(error)})
+
+    def _break(self, reason: str) -> None:
+        log.warning("transactional producer must be replaced", extra={"reason": reason})
+        self.broken = reason
+        self.open = False
+        # Drop what the abandoned producer still holds; the reset fences it anyway.
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self._producer.purge(blocking=False)
 
     def _begin_if_needed(self) -> None:
         if not self.open:
@@ -96,25 +200,97 @@ class TransactionalOutput:
         deadline = deadline or time.monotonic() + self._timeout_s
         while True:
             try:
-                return operation()
+                return call_within(operation, deadline - time.monotonic())
+            except CallStuck:
+                self._troubled = True
+                self._break(f"{what} the transaction did not return in time (Kafka unreachable)")
+                raise TransactionAborted(self.broken) from None
             except KafkaException as exception:
                 error: KafkaError = exception.args[0]
-                self._raise_if_fatal(error, what)
+                if _is_fencing(error):
+                    self._fenced(error, what)
+                    raise TransactionAborted(self.broken) from None
+                if error.retriable() or _is_timeout(error):
+                    self._troubled = True
                 if error.retriable() and time.monotonic() < deadline:
                     log.warning("retrying transaction step",
                                 extra={"step": what, "error": error.str()})
+                    time.sleep(max(min(RETRY_PAUSE_S, deadline - time.monotonic()), 0.0))
                     continue
                 log.warning("aborting transaction", extra={"step": what, "error": error.str()})
-                self.abort()
+                # Within what is left of the deadline: a reachable coordinator aborts at once,
+                # an unreachable one is settled by ``reset`` anyway.
+                self.abort(max(deadline - time.monotonic(), MIN_ABORT_S))
                 raise TransactionAborted(f"{what} failed: {error.str()}") from None
 
-    @staticmethod
-    def _raise_if_fatal(error: KafkaError, what: str) -> None:
-        if error.fatal() or error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
-                                             KafkaError.INVALID_PRODUCER_EPOCH):
+    def _fenced(self, error: KafkaError, what: str) -> None:
+        if not self._troubled:
             raise FatalKafkaError(
                 f"cannot {what} the Kafka transaction: {error.str()} (another instance with the "
                 "same consumer.instance_id may be running)")
+        self._break(f"{what} the transaction: {error.str()} after Kafka was unreachable")
+
+
+RETRY_PAUSE_S = 0.5
+MIN_ABORT_S = 2.0
+STUCK_GRACE_S = 2.0  # beyond a call's own timeout, before it counts as stuck
+
+
+class CallStuck(Exception):
+    """A librdkafka call did not return within its timeout (it goes on in its thread)."""
+
+
+class Call:
+    """An operation running in a daemon thread, and its outcome once it has finished."""
+
+    def __init__(self, operation: Callable[[], Any]) -> None:
+        self._outcome: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._run, args=(operation,), daemon=True,
+                                        name="levydrift-transaction")
+        self._thread.start()
+
+    def _run(self, operation: Callable[[], Any]) -> None:
+        try:
+            self._outcome["value"] = operation()
+        except BaseException as error:  # handed to the waiting thread
+            self._outcome["error"] = error
+
+    def wait(self, timeout_s: float) -> bool:
+        """Whether it finished within ``timeout_s``."""
+        self._thread.join(max(timeout_s, 0.0))
+        return not self._thread.is_alive()
+
+    def result(self) -> Any:
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["value"]
+
+
+def call_within(operation: Callable[[], T], timeout_s: float) -> T:
+    """Run ``operation`` in a daemon thread and wait at most ``timeout_s`` + a grace period.
+    A call that overstays is left to finish on its own (its producer is abandoned) and
+    ``CallStuck`` is raised."""
+    call = Call(operation)
+    if not call.wait(timeout_s + STUCK_GRACE_S):
+        raise CallStuck()
+    return call.result()
+
+
+def _is_fencing(error: KafkaError) -> bool:
+    return error.fatal() or error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
+                                             KafkaError.INVALID_PRODUCER_EPOCH)
+
+
+def _is_timeout(error: KafkaError) -> bool:
+    return error.code() in (KafkaError._TIMED_OUT, KafkaError._TRANSPORT,
+                            KafkaError._ALL_BROKERS_DOWN, KafkaError.REQUEST_TIMED_OUT,
+                            KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, KafkaException) and error.args:
+        return error.args[0].str()
+    return "no answer within the timeout" if isinstance(error, CallStuck) else str(error)
 
 
 def producer_overrides(transactional_id: str, transaction_timeout_s: float) -> dict[str, Any]:

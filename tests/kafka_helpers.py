@@ -1,9 +1,15 @@
-"""Helpers for integration tests: create throwaway topics, read a topic to its end."""
+"""Helpers for integration tests: create throwaway topics, read a topic to its end, run a
+private broker that a test may stop and start."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
@@ -66,3 +72,51 @@ def read_all(bootstrap: str, topic: str, isolation: str = "read_committed",
         return messages
     finally:
         consumer.close()
+
+
+LOCAL_KAFKA = Path(__file__).resolve().parent.parent / "deploy" / "kafka" / "local-kafka"
+
+
+def free_port_pair() -> int:
+    """A port whose successor (the controller port) is free too."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        with socket.socket() as successor:
+            try:
+                successor.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no free port pair")
+
+
+@dataclass
+class PrivateBroker:
+    """A broker of this test's own (deploy/kafka/local-kafka on a free port, its own state
+    directory), so the test can stop and start it. Never the shared one."""
+
+    state: Path
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self.port = self.port or free_port_pair()
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> PrivateBroker:
+        self._script("start")
+        return self
+
+    def stop(self) -> None:
+        self._script("stop")
+
+    def _script(self, action: str) -> None:
+        env = {**os.environ, "LOCAL_KAFKA_PORT": str(self.port),
+               "LOCAL_KAFKA_STATE": str(self.state)}
+        result = subprocess.run([str(LOCAL_KAFKA), action], capture_output=True, text=True,
+                                env=env, timeout=180)
+        assert result.returncode == 0, f"local-kafka {action}: {result.stderr}{result.stdout}"

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from consumer.state import decode_state
 from levydrift.simulator import LevySimulator, SimulatorConfig
 from schemas.drift_event import DriftEvent
 from tests.kafka_helpers import create_topic, read_all, wait_until
@@ -126,12 +127,27 @@ def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> 
     an open transaction do not count; read_uncommitted keeps the probe from waiting for them."""
     probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
                       "isolation.level": "read_uncommitted", "enable.auto.commit": False})
+    wanted = [TopicPartition(topic, p) for p in range(partitions)]
     try:
-        offsets = probe.committed([TopicPartition(topic, p) for p in range(partitions)],
-                                  timeout=10)
+        # A broker that just started answers "not coordinator" until it has loaded the group.
+        offsets = wait_until(lambda: _committed_or_none(probe, wanted), 60,
+                             f"the coordinator of group {group}")
     finally:
         probe.close()
     return sum(max(position.offset, 0) for position in offsets)
+
+
+def _committed_or_none(probe: Consumer, partitions: list[TopicPartition]) -> list | None:
+    try:
+        return probe.committed(partitions, timeout=10)
+    except KafkaException as error:
+        if error.args[0].retriable() or error.args[0].code() in _NOT_READY:
+            return None
+        raise
+
+
+_NOT_READY = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+              KafkaError.COORDINATOR_NOT_AVAILABLE)
 
 
 def wait_processed(bootstrap: str, group: str, topics: Topics, total: int,
@@ -146,6 +162,15 @@ def wait_processed(bootstrap: str, group: str, topics: Topics, total: int,
                                topics.records_partitions) >= total
 
     wait_until(done, timeout_s, f"group {group} to commit {total} records", interval_s=0.2)
+
+
+def final_banks(bootstrap: str, topics: Topics) -> dict[int, tuple[int, bytes]]:
+    """partition -> (next offset, bank bytes) of the latest committed snapshot."""
+    latest: dict[int, tuple[int, bytes]] = {}
+    for message in read_all(bootstrap, topics.names["detector_state"]):
+        state = decode_state(message.value())
+        latest[state.partition] = (state.next_offset, state.bank)
+    return latest
 
 
 def drift_events(bootstrap: str, topics: Topics) -> list[DriftEvent]:

@@ -9,30 +9,21 @@ from pathlib import Path
 import orjson
 import pytest
 
-from consumer.state import decode_state
 from tests.integration.consumer_harness import (
     ConsumerRun,
     Topics,
     committed_total,
     comparable,
     drift_events,
+    final_banks,
     produce_scenario,
     wait_processed,
 )
-from tests.kafka_helpers import read_all, wait_until
+from tests.kafka_helpers import wait_until
 
 RECORDS = 30_000
 CHANGE_AT = 16_000
 PARTITIONS = 2
-
-
-def final_banks(bootstrap: str, topics: Topics) -> dict[int, tuple[int, bytes]]:
-    """partition -> (next offset, bank bytes) of the latest committed snapshot."""
-    latest: dict[int, tuple[int, bytes]] = {}
-    for message in read_all(bootstrap, topics.names["detector_state"]):
-        state = decode_state(message.value())
-        latest[state.partition] = (state.next_offset, state.bank)
-    return latest
 
 
 def reference_run(bootstrap: str, unique: str, tmp_path: Path) -> tuple[str, list, dict]:

@@ -3,29 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from tests.kafka_helpers import free_port_pair
+
 LOCAL_KAFKA = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "local-kafka"
-
-
-def free_port_pair() -> int:
-    """A port whose successor (the controller port) is free too."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        with socket.socket() as successor:
-            try:
-                successor.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no free port pair")
 
 
 def process_alive(pid: int) -> bool:

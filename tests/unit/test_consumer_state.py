@@ -1,14 +1,24 @@
-"""The detector-state envelope: round trip, version check, unreadable bytes."""
+"""The detector-state envelope: round trip, every field checked, snapshots of others refused."""
 
 from __future__ import annotations
 
-import pytest
+import contextlib
+import struct
 
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consumer import metrics
 from consumer.state import (
     PartitionState,
+    StateRefused,
     StateRestoreError,
+    StoredState,
     decode_state,
     encode_state,
+    restorable_state,
     resume_point,
     state_key,
 )
@@ -57,3 +67,62 @@ SAVED = PartitionState("g", "t", 0, 500, None, b"bank")
 def test_resume_point(committed: int, low: int, saved: PartitionState | None,
                       expected: tuple) -> None:
     assert resume_point(committed, low, saved) == expected
+
+
+def envelope(header: dict, bank: bytes = b"bank") -> bytes:
+    raw = orjson.dumps(header)
+    return struct.pack(">I", len(raw)) + raw + bank
+
+
+GOOD_HEADER = {"v": 1, "group": "g", "topic": "t", "partition": 0, "next_offset": 5,
+               "model_version": None}
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    (b"\x00\x00\x00", "envelope"),
+    (struct.pack(">I", 0xFFFFFFF0) + b"{}", "envelope"),       # header longer than the record
+    (struct.pack(">I", 5000) + b" " * 6000, "envelope"),       # header beyond any real one
+    (envelope(GOOD_HEADER)[:4] + b"{not json" + b" " * 200, "envelope"),
+    (envelope({**GOOD_HEADER, "v": 2}), "version"),
+    (envelope({**GOOD_HEADER, "v": "1"}), "version"),
+    (envelope({**GOOD_HEADER, "partition": "0"}), "envelope"),
+    (envelope({**GOOD_HEADER, "partition": True}), "envelope"),
+    (envelope({**GOOD_HEADER, "next_offset": -3}), "envelope"),
+    (envelope({**GOOD_HEADER, "model_version": 1.5}), "envelope"),
+    (envelope({k: v for k, v in GOOD_HEADER.items() if k != "group"}), "envelope"),
+    (envelope([1, 2]), "envelope"),
+])
+def test_every_envelope_field_is_checked(value: bytes, reason: str) -> None:
+    with pytest.raises(StateRefused) as refused:
+        decode_state(value)
+    assert refused.value.reason == reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.binary(max_size=64))
+def test_random_envelopes_raise_only_state_refused(value: bytes) -> None:
+    with contextlib.suppress(StateRefused):
+        decode_state(value)
+
+
+def stored(value: bytes | None) -> StoredState:
+    return StoredState(b"g|t|0", 0, 41, value)
+
+
+def test_a_snapshot_of_another_group_topic_or_partition_is_refused_and_counted(
+        caplog: pytest.LogCaptureFixture) -> None:
+    before = metrics.REGISTRY.get_sample_value(
+        "levydrift_consumer_state_restore_failures_total", {"reason": "foreign"})
+    for other in ({"group": "x"}, {"topic": "x"}, {"partition": 1}):
+        assert restorable_state(stored(envelope({**GOOD_HEADER, **other})), "g", "t", 0) is None
+    after = metrics.REGISTRY.get_sample_value(
+        "levydrift_consumer_state_restore_failures_total", {"reason": "foreign"})
+    assert after - before == 3
+    lines = [r for r in caplog.records if r.getMessage().startswith("detector state refused")]
+    assert [(r.key, r.offset, r.reason) for r in lines] == [("g|t|0", 41, "foreign")] * 3
+
+
+def test_the_own_snapshot_is_restorable() -> None:
+    state = restorable_state(stored(envelope(GOOD_HEADER)), "g", "t", 0)
+    assert state == PartitionState("g", "t", 0, 5, None, b"bank")
+    assert restorable_state(None, "g", "t", 0) is None  # nothing, or a tombstone came last

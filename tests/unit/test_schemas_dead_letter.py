@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from schemas.dead_letter import (
+    MAX_COPIED_KEY_BYTES,
+    MAX_DEAD_LETTER_BYTES,
     REASON,
     SOURCE_OFFSET,
     dead_letter,
     original_headers,
+    pointer_only,
     source_of,
 )
 from schemas.errors import Reason, Rejection
@@ -61,3 +64,67 @@ def test_long_messages_are_cut_and_odd_text_survives() -> None:
     _, _, headers = dead_letter(b"k", b"v", [], rejection, "t", 0, 1, now_ms=0)
     message = dict(headers)["levydrift.dlq.message"]
     assert message.startswith(b"\\udc80") and len(message) <= 512 + 5
+
+
+TOO_LARGE = Rejection(Reason.TOO_LARGE, None, "1000100 bytes, the limit is 65536")
+
+
+def _size(dead: tuple) -> int:
+    key, value, headers = dead
+    return (len(key or b"") + len(value or b"")
+            + sum(len(name) + len(data or b"") + 8 for name, data in headers))
+
+
+def test_a_value_too_large_to_copy_becomes_a_prefix_with_its_size() -> None:
+    value = b"{" + b"x" * 1_000_099
+    dead = dead_letter(b"P-1", value, HEADERS, TOO_LARGE, "levy.records", 3, 77, now_ms=0)
+    key, copied, headers = dead
+    assert _size(dead) <= MAX_DEAD_LETTER_BYTES
+    assert key == b"P-1"
+    assert value.startswith(copied) and 0.9 * MAX_DEAD_LETTER_BYTES < len(copied) < len(value)
+    assert original_headers(headers) == HEADERS  # small headers are kept
+    source = source_of(headers)
+    assert (source.topic, source.partition, source.offset) == ("levy.records", 3, 77)
+    assert (source.reason, source.truncated) == ("too_large", ("value",))
+    assert source.original_value_bytes == 1_000_100
+    assert dict(headers)["levydrift.dlq.original.key.bytes"] == b"3"
+
+
+def test_a_huge_key_and_huge_headers_are_cut_too() -> None:
+    huge_headers = [("trace", b"t" * 300_000), ("source-system", b"assessor-7")]
+    dead = dead_letter(b"k" * 500_000, b"{bad", huge_headers, REJECTION, "t", 0, 1, now_ms=0)
+    key, value, headers = dead
+    assert _size(dead) <= MAX_DEAD_LETTER_BYTES
+    assert key == b"k" * MAX_COPIED_KEY_BYTES
+    assert value == b"{bad"
+    assert original_headers(headers) == []
+    source = source_of(headers)
+    assert source.truncated == ("key", "headers")
+    assert source.original_value_bytes == 4
+    assert int(dict(headers)["levydrift.dlq.original.headers.bytes"]) > 300_000
+
+
+def test_a_message_that_fits_is_copied_whole_with_no_size_headers() -> None:
+    value = b"x" * (MAX_DEAD_LETTER_BYTES - 2000)
+    key, copied, headers = dead_letter(b"k", value, HEADERS, TOO_LARGE, "t", 0, 1, now_ms=0)
+    assert copied == value
+    assert source_of(headers).truncated == ()
+    assert not any(name.startswith("levydrift.dlq.original") for name, _ in headers)
+
+
+def test_pointer_only_keeps_the_reason_the_source_and_the_sizes() -> None:
+    whole = dead_letter(b"P-1", b"\xff not json", HEADERS, REJECTION, "levy.records", 2, 4711,
+                        now_ms=0)
+    key, value, headers = pointer_only(whole)
+    assert (key, value, original_headers(headers)) == (None, None, [])
+    source = source_of(headers)
+    assert (source.topic, source.partition, source.offset, source.reason) == (
+        "levy.records", 2, 4711, "out_of_range")
+    assert source.truncated == ("key", "value", "headers")
+    assert source.original_value_bytes == len(b"\xff not json")
+
+    bounded = dead_letter(b"P-1", b"x" * 1_000_000, HEADERS, TOO_LARGE, "t", 0, 5, now_ms=0)
+    _, _, headers = pointer_only(bounded)
+    assert [name for name, _ in headers].count("levydrift.dlq.truncated") == 1
+    assert source_of(headers).original_value_bytes == 1_000_000
+    assert source_of(headers).truncated == ("key", "value", "headers")
