@@ -20,10 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import skops.io as sio
 
 from levydrift.errors import ArtifactError
-from levydrift.model_checks import check_model
 
 ARTIFACT_NAME = "model.skops"
 MANIFEST_NAME = "manifest.json"
@@ -73,7 +71,7 @@ def file_sha256(path: str | Path) -> str:
 
 def save_model(estimator: Any, path: str | Path) -> str:
     """Write ``estimator`` to ``path`` with skops (flushed to disk); return the hex SHA-256."""
-    data = sio.dumps(estimator)
+    data = _skops().dumps(estimator)
     with open(path, "wb") as handle:
         handle.write(data)
         handle.flush()
@@ -89,10 +87,12 @@ def load_verified_model(path: str | Path, expected_sha256: str, label: str | Non
     # Verify and load the same in-memory bytes, so the file cannot change in between.
     data = verified_bytes(path, expected_sha256, name)
     try:
-        model = sio.loads(data, trusted=list(ALLOWED_TYPES))
+        model = _skops().loads(data, trusted=list(ALLOWED_TYPES))
     except Exception as error:  # noqa: BLE001 - a corrupt archive raises many kinds
         raise ArtifactError(f"model {name}: artifact {path} cannot be loaded: {error}",
                             "not_skops") from None
+    from levydrift.model_checks import check_model  # scikit-learn: only with a model
+
     check_model(model, name)
     return model
 
@@ -210,3 +210,11 @@ def load_reference_sample(version_dir: str | Path) -> pd.DataFrame | None:
                             f"check (manifest {manifest.get('reference_sha256')}, file {actual})",
                             "sha256_mismatch")
     return pd.read_parquet(path)
+
+
+def _skops() -> Any:
+    """skops.io, imported on first use: importing it scans every scikit-learn estimator (seconds),
+    which a command that never loads or saves a model should not pay for."""
+    import skops.io
+
+    return skops.io

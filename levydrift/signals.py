@@ -8,8 +8,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from levydrift.features import to_model_frame
-
 
 class Scorer(Protocol):
     """Anything that predicts levies from record columns (the consumer's ``Champion``)."""
@@ -25,6 +23,8 @@ class ModelScorer:
         self.version = version
 
     def predict(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        from levydrift.features import to_model_frame  # scikit-learn: only with a model
+
         return np.asarray(self.model.predict(to_model_frame(columns)), dtype=np.float64)
 
 

@@ -63,3 +63,10 @@ def test_chosen_command_skips_options_and_the_config_value() -> None:
     assert chosen_command(["--config", "check", "consume"]) == "consume"
     assert chosen_command(["--config=x.toml", "check", "--data-path", "f"]) == "check"
     assert chosen_command(["--help"]) is None
+
+
+def test_the_consumer_service_loads_scikit_learn_only_with_a_model() -> None:
+    """``levydrift consume`` imports the service at start; skops (seconds: it scans every
+    estimator) and scikit-learn wait until a champion is loaded."""
+    loaded = imported_after("import consumer.service")
+    assert not loaded & {"sklearn", "skops"}, sorted(loaded & {"sklearn", "skops"})
