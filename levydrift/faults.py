@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-CRASH_VARIABLE = "LEVYDRIFT_CRASH_AT"  # not a setting: the settings loader skips it
+CRASH_VARIABLE = "LEVYDRIFT_CRASH_AT"  # not a setting: settings.NON_SETTING_VARIABLES skips it
 CRASH_EXIT_CODE = 70
 
 

@@ -32,7 +32,8 @@ ENV_PREFIX = "LEVYDRIFT_"
 CONFIG_PATH_VARIABLE = "LEVYDRIFT_CONFIG"
 BOOTSTRAP_FALLBACK_VARIABLE = "KAFKA_BOOTSTRAP_SERVERS"
 # LEVYDRIFT_* variables that are not <SECTION>_<KEY> settings.
-NON_SETTING_VARIABLES = {CONFIG_PATH_VARIABLE}
+# (LEVYDRIFT_CRASH_AT: the fault-injection point of levydrift.faults, set only by tests.)
+NON_SETTING_VARIABLES = {CONFIG_PATH_VARIABLE, "LEVYDRIFT_CRASH_AT"}
 # The local broker script's variables once lived in this namespace (deploy/kafka/local-kafka).
 RENAMED_VARIABLES = {f"LEVYDRIFT_KAFKA_{name}": f"LOCAL_KAFKA_{name}"
                      for name in ("PORT", "STATE", "CACHE", "HEAP", "START_TIMEOUT")}

@@ -86,7 +86,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("reference", help="NAME (champion), NAME@alias or NAME/version")
     show.set_defaults(handler=_run_show)
     settle = actions.add_parser(
-        "reconcile", help="announce champion moves a crash or a broker outage kept from Kafka")
+        "reconcile", help="announce champion moves a crash or a broker outage kept from Kafka",
+        description="Compare the registry's champion moves with the model-version topic and "
+                    "publish, exactly once, every move a crash or a broker outage kept from "
+                    "Kafka (the worker and the registry commands also do this on start).")
     settle.add_argument("model", nargs="?", help="only this model")
     settle.set_defaults(handler=_run_reconcile)
     for name, helptext in (("promote", "make a version the champion"),
