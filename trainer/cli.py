@@ -29,6 +29,7 @@ from levydrift.features import TARGET, to_model_frame
 from levydrift.kafka import admin_client, ensure_reachable
 from levydrift.logs import configure as configure_logging
 from levydrift.progress import Progress
+from schemas.model_version import ModelVersionEvent
 from trainer.announcements import (
     move_event,
     read_model_events,
@@ -331,13 +332,14 @@ def _run_reconcile(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _reconcile(config: TrainerSettings, registry: ModelRegistry, name: str) -> Any:
+def _reconcile(config: TrainerSettings, registry: ModelRegistry,
+               name: str) -> ModelVersionEvent | None:
     return reconcile(registry, name, lambda: read_model_events(
         config.kafka, config.topics.model_versions, name),
         lambda event: _publish(config, event))
 
 
-def _announce(config: TrainerSettings, event: Any, done: str) -> None:
+def _announce(config: TrainerSettings, event: ModelVersionEvent, done: str) -> None:
     """Publish ``event`` after the registry changed; a failure says the change stands and how
     it will reach the fleet."""
     try:

@@ -38,7 +38,12 @@ class Run:
         return self.log.read_text(errors="replace")
 
     def finished(self, timeout_s: float = 180) -> tuple[int, str]:
-        return self.process.wait(timeout_s), self.output()
+        try:
+            return self.process.wait(timeout_s), self.output()
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # never leave a process behind a failed test
+            self.process.wait()
+            raise
 
     def stop(self) -> None:
         """SIGTERM once the service runs; it must exit 0."""
