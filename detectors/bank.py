@@ -42,10 +42,13 @@ class DetectorBank:
             self._apply_reference(reference)
 
     # ------------------------------------------------------------------ feeding
-    def update(self, columns: Mapping[str, Any], positions: Any) -> list[DriftDecision]:
+    def update(self, columns: Mapping[str, Any], positions: Any,
+               scores: Mapping[str, np.ndarray] | None = None) -> list[DriftDecision]:
         """Feed one batch: one array per signal (NaN / None = no value for that record) and
         the records' strictly increasing positions. Returns the decisions it produced, in
-        order. A signal missing from ``columns`` has no value in this batch."""
+        order. A signal missing from ``columns`` has no value in this batch. ``scores``
+        (optional, numeric signals): NaN-filled arrays that receive each value's location
+        score (see ``NumericChannel.feed``)."""
         positions = np.ascontiguousarray(positions, dtype=np.int64)
         self._check_positions(positions)
         alarms: list[tuple[int, int, str, Alarm]] = []
@@ -57,7 +60,11 @@ class DetectorBank:
             if len(column) != len(positions):
                 raise ValueError(f"column {name!r} has {len(column)} values for "
                                  f"{len(positions)} positions")
-            for alarm in channel.feed(column, positions):
+            if isinstance(channel, NumericChannel) and scores is not None:
+                fired = channel.feed(column, positions, scores.get(name))
+            else:
+                fired = channel.feed(column, positions)
+            for alarm in fired:
                 alarms.append((alarm.index, order[name], name, alarm))
         alarms.sort(key=lambda item: (item[0], item[1]))
         decisions = self._episodes(alarms, positions)

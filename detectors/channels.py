@@ -115,7 +115,11 @@ class NumericChannel:
         self.reset_detectors()
 
     # ------------------------------------------------------------------ feeding
-    def feed(self, column: Any, positions: np.ndarray) -> list[Alarm]:
+    def feed(self, column: Any, positions: np.ndarray,
+             scores: np.ndarray | None = None) -> list[Alarm]:
+        """Feed one batch. With ``scores`` (same length, NaN-filled by the caller), also
+        write each value's location score against the reference that judged it
+        (``kernels.pooled_scores``; NaN while warming up): the segment layer pools them, exactly, whatever the batching."""
         values = np.ascontiguousarray(column, dtype=np.float64)
         alarms: list[Alarm] = []
         start = 0
@@ -123,11 +127,16 @@ class NumericChannel:
             if self.reference is None:
                 start = self._warm(values, positions, start)
                 continue
+            judged_from = start
             start = k.run_numeric(
                 values, positions, start, self.knots, self.below, self.at_or_below,
                 self.u_min, self.ph_par, self.ph_f, self.ph_i, self.aw_par, self.aw_s,
                 self.aw_totals, self.aw_variances, self.aw_counts, self.ring_values,
                 self.ring_positions, self.counters, self.alarm)
+            if scores is not None:
+                scores[judged_from:start] = k.pooled_scores(
+                    values[judged_from:start], positions[judged_from:start], self.knots,
+                    self.below, self.at_or_below, self.u_min)
             if self.alarm[:, k.AL_FIRED].any():
                 alarms.append(Alarm(start - 1, self._finding()))
                 self.alarm[:, :] = 0.0

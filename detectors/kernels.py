@@ -122,6 +122,38 @@ def standardise(values: np.ndarray, knots: np.ndarray, below: np.ndarray,
     return z, w
 
 
+@njit(cache=True)
+def pooled_scores(values: np.ndarray, positions: np.ndarray, knots: np.ndarray,
+                  below: np.ndarray, at_or_below: np.ndarray, u_min: float) -> np.ndarray:
+    """Location scores for pooling across segments: like ``standardise``, but a value on an
+    atom (a district's levy rate, a zero exemption) gets a uniform draw within the atom's CDF
+    jump instead of its mid-rank (a randomised probability integral transform), so scores
+    are N(0, 1) even for discrete signals. The draw is a hash of the record's position:
+    deterministic, whatever the batching."""
+    out = np.empty(values.shape[0])
+    for i in range(values.shape[0]):
+        x = values[i]
+        if math.isnan(x):
+            out[i] = math.nan
+            continue
+        u = reference_cdf(x, knots, below, at_or_below, u_min)
+        n = knots.shape[0]
+        below_or_at = 0
+        for index in range(n):
+            below_or_at += knots[index] <= x
+        j = below_or_at - 1
+        if j >= 0 and knots[j] == x:
+            h = np.uint64(positions[i]) * np.uint64(0x9E3779B97F4A7C15)
+            h ^= h >> np.uint64(31)
+            h *= np.uint64(0xBF58476D1CE4E5B9)
+            h ^= h >> np.uint64(29)
+            frac = float(h >> np.uint64(11)) / 9007199254740992.0
+            u = below[j] + frac * (at_or_below[j] - below[j])
+            u = min(max(u, u_min), 1.0 - u_min)
+        out[i] = normal_quantile(u)
+    return out
+
+
 @njit(cache=True, inline="always")
 def _scores(x: float, knots: np.ndarray, below: np.ndarray, at_or_below: np.ndarray,
             u_min: float) -> tuple[float, float]:

@@ -499,6 +499,60 @@ class LevySimulator:
         }[self.config.scenario]
 
 
+# --------------------------------------------------------------------- arrival orders
+
+ORDERS = ("time", "shuffled", "county-batches", "district-sorted", "roll-cycle")
+ORDER_BLOCK_MS = 86_400_000  # records are re-ordered within each day of event time
+COUNTY_SLICE_RECORDS = 2000
+
+
+def arrival_order(columns: dict[str, np.ndarray], order: str, seed: int = 0,
+                  slice_records: int = COUNTY_SLICE_RECORDS) -> np.ndarray:
+    """A permutation of ``columns``' rows (one event-time block: the caller cuts the stream
+    into days) as they would arrive:
+
+    * ``time``: event-time order, as generated;
+    * ``shuffled``: any order;
+    * ``county-batches``: each county uploads its roll in slices of ``slice_records`` rows,
+      the slices of all counties interleaved at random;
+    * ``district-sorted``: districts certify one after another (stable within a district);
+    * ``roll-cycle``: the assessor walks the roll county by county, parcel by parcel.
+
+    Values, counts and event times are untouched; only the order changes."""
+    n = len(columns["record_id"])
+    rng = np.random.default_rng([seed, 7, n])
+    if order == "time":
+        return np.arange(n)
+    if order == "shuffled":
+        return rng.permutation(n)
+    if order == "district-sorted":
+        return np.argsort(columns["tax_district"].astype(str), kind="stable")
+    if order == "roll-cycle":
+        return np.argsort(columns["parcel_id"].astype(str), kind="stable")
+    if order == "county-batches":
+        counties = columns["county"].astype(str)
+        slices = []
+        for name in sorted(set(counties.tolist())):
+            rows = np.flatnonzero(counties == name)
+            slices += [rows[i:i + slice_records] for i in range(0, rows.size, slice_records)]
+        picked = rng.permutation(len(slices))
+        return np.concatenate([slices[i] for i in picked]) if slices else np.arange(0)
+    raise ValueError(f"unknown order {order!r}; choose from " + ", ".join(ORDERS))
+
+
+def ordered_blocks(simulator: LevySimulator, records: int, order: str
+                   ) -> Iterator[dict[str, np.ndarray]]:
+    """Records ``0..records-1`` as columns in ``order``: re-ordered within each day of event
+    time (a day's uploads arrive before the next day's), one block at a time."""
+    interval = simulator.config.event_interval_ms
+    block = records if interval <= 0 else max(1, ORDER_BLOCK_MS // interval)
+    for start in range(0, records, max(block, 1)):
+        stop = min(records, start + block)
+        columns = simulator.columns(start, stop)
+        permutation = arrival_order(columns, order, simulator.config.seed + start)
+        yield {name: values[permutation] for name, values in columns.items()}
+
+
 def record_id(seed: int, index: int) -> str:
     """The record id of record ``index`` of the stream of ``seed``."""
     return f"sim-{seed}-{index:010d}"

@@ -1,0 +1,412 @@
+"""``SegmentedBank``: drift detection that holds whatever order records arrive in.
+
+Records are routed by their segment key (``detectors.segment_by``, default county) to that
+segment's ``DetectorBank``, which watches the numeric, prediction and performance signals
+against the segment's own reference, in the records' original relative order. Three layers
+make one decision stream:
+
+* **segments**: one ``DetectorBank`` per segment (numeric-like signals only), so a county
+  that uploads its roll in slices is compared with its own past, not with the mix;
+* **pooled**: one ``DetectorBank`` (Page-Hinkley only) over every record's location score
+  against its own segment's reference. Those scores are N(0, 1) under no change whatever the
+  arrival order, and a change of the whole stream moves all of them, so it is found as fast
+  as by one stream-wide bank. A segment decision whose change began before the pooled
+  detectors decided the same signal and direction is that same change: absorbed;
+* **composition** (``detectors.composition``): which counties, districts and classes make
+  up the stream, judged per closed event-time window.
+
+Decisions name their segment (``county=Yakima``; empty for the pooled and composition
+layers), the estimated onset and an episode identity. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Mapping
+from dataclasses import replace
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from detectors.bank import DetectorBank
+from detectors.channels import DetectorStatus
+from detectors.composition import CompositionMonitor, event_times_ms
+from detectors.config import DetectorSettings
+from detectors.decision import KINDS, DriftDecision
+from detectors.errors import SnapshotError
+from detectors.reference import KNOT_PROBABILITIES, NumericReference, Reference
+
+__all__ = ["OTHER_SEGMENT", "SegmentedBank", "is_single_bank_snapshot"]
+
+MAGIC = b"LDSEGS"
+FORMAT_VERSION = 1
+SINGLE_BANK_MAGIC = b"LDSNAP"
+OTHER_SEGMENT = "(other)"  # segments beyond max_segments share one bank
+MISSING = "(missing)"
+TIME_RING = 4096  # recent (position, event time) pairs, to date an onset
+MAX_HEADER_BYTES = 16 << 20
+MAX_NAME_CHARS = 512
+
+
+def standard_normal_reference() -> NumericReference:
+    """The pooled layer's reference: N(0, 1) itself (its input is already normal scores)."""
+    normal = NormalDist()
+    probabilities = np.clip(KNOT_PROBABILITIES, 1e-7, 1 - 1e-7)
+    knots = [normal.inv_cdf(float(p)) for p in probabilities]
+    return NumericReference(n=10_000_000, mean=0.0, std=1.0,
+                            quantiles=tuple(normal.inv_cdf(p) for p in
+                                            (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)),
+                            knots=tuple(knots), below=tuple(map(float, probabilities)),
+                            at_or_below=tuple(map(float, probabilities)))
+
+
+class SegmentedBank:
+    """Per-segment banks, a pooled bank and event-time composition, fed like a
+    ``DetectorBank``: ``update(columns, positions)`` -> ``DriftDecision``s."""
+
+    def __init__(self, settings: DetectorSettings, reference: Reference | None = None) -> None:
+        settings.validate()
+        self.settings = settings
+        share = 2.0 if settings.pooled and settings.page_hinkley else 1.0
+        # Each value is judged by its segment's tests and the pooled tests: half the budget
+        # each keeps the union bound per value at false_alarm_rate (CALIBRATION.md 7).
+        self.segment_settings = replace(settings, categorical_signals=(),
+                                        false_alarm_rate=settings.false_alarm_rate / share)
+        self.pool: DetectorBank | None = None
+        if share == 2.0:
+            pool_settings = replace(self.segment_settings, adwin=False)
+            normal = standard_normal_reference()
+            self.pool = DetectorBank(pool_settings, Reference(
+                numeric={name: normal for name in settings.numeric_like()}))
+        self.segments: dict[str, DetectorBank] = {}
+        self.composition = CompositionMonitor(settings, self._composition_signals())
+        if reference is not None:
+            self.composition.set_reference(reference.categorical)
+        self.records_seen = 0
+        self.last_position: int | None = None
+        self.pooled_marks: dict[str, list[int]] = {}  # "signal/direction" -> [detected_at]
+        self.absorbed = 0
+        self.time_positions = np.full(TIME_RING, -1, dtype=np.int64)
+        self.time_values = np.full(TIME_RING, -1, dtype=np.int64)
+        self.time_head = 0
+
+    def _composition_signals(self) -> tuple[str, ...]:
+        signals = tuple(self.settings.categorical_signals)
+        if len(self.settings.segment_by) > 1:
+            signals += ("+".join(self.settings.segment_by),)
+        return signals
+
+    # ------------------------------------------------------------------ feeding
+    def update(self, columns: Mapping[str, Any], positions: Any) -> list[DriftDecision]:
+        """Feed one batch (arrival order): one array per signal, the segment fields and
+        ``event_time`` (datetime64, int ms or RFC 3339 strings), and strictly increasing
+        positions. Returns the decisions, in order of detection."""
+        positions = np.ascontiguousarray(positions, dtype=np.int64)
+        self._check_positions(positions)
+        n = len(positions)
+        times = (event_times_ms(columns["event_time"]) if columns.get("event_time") is not None
+                 else np.full(n, -1, dtype=np.int64))
+        if len(times) != n:
+            raise ValueError(f"event_time has {len(times)} values for {n} positions")
+        keys = self.segment_keys(columns, n)
+        composition_columns = dict(columns)
+        if len(self.settings.segment_by) > 1:
+            composition_columns["+".join(self.settings.segment_by)] = keys
+        found = self._feed_segments(columns, positions, keys)
+        found += [("composition", d)
+                  for d in self.composition.update(composition_columns, positions, times)]
+        self._remember_times(positions, times)
+        self.records_seen += n
+        if n:
+            self.last_position = int(positions[-1])
+        return self._episodes(found, positions, times)
+
+    def segment_keys(self, columns: Mapping[str, Any], n: int) -> np.ndarray:
+        """Each record's segment label, e.g. ``county=Yakima`` (empty: no segmentation)."""
+        fields = self.settings.segment_by
+        if not fields:
+            return np.full(n, "", dtype=object)
+        parts = []
+        for name in fields:
+            column = columns.get(name)
+            values = (pd.Series(np.asarray(column, dtype=object)).fillna(MISSING)
+                      .astype(str).replace("", MISSING).to_numpy(dtype=object)
+                      if column is not None else np.full(n, MISSING, dtype=object))
+            parts.append(name + "=" + values)
+        keys = parts[0]
+        for part in parts[1:]:
+            keys = keys + "," + part
+        return keys
+
+    def _feed_segments(self, columns: Mapping[str, Any], positions: np.ndarray,
+                       keys: np.ndarray) -> list[tuple[str, DriftDecision]]:
+        """Each segment's records to its bank (relative order kept), then every record's
+        score to the pooled bank. Returns (layer, decision) pairs."""
+        signals = [name for name in self.settings.numeric_like() if columns.get(name) is not None]
+        arrays = {name: np.asarray(columns[name], dtype=np.float64) for name in signals}
+        scores = {name: np.full(len(positions), np.nan) for name in signals}
+        codes, uniques = pd.factorize(keys)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
+        found: list[tuple[str, DriftDecision]] = []
+        routed: dict[str, list[np.ndarray]] = {}
+        for code, label in enumerate(uniques):
+            routed.setdefault(self._segment_for(str(label)), []).append(
+                order[bounds[code]:bounds[code + 1]])
+        for label, parts in routed.items():
+            rows = parts[0] if len(parts) == 1 else np.sort(np.concatenate(parts))
+            bank = self.segments[label]
+            out = {name: np.full(rows.size, np.nan) for name in signals}
+            for decision in bank.update({name: arrays[name][rows] for name in signals},
+                                        positions[rows], out):
+                found.append(("segment", replace(decision, segment=label)))
+            for name in signals:
+                scores[name][rows] = out[name]
+        if self.pool is not None and signals:
+            found += [("pooled", d) for d in self.pool.update(scores, positions)]
+        return found
+
+    def _segment_for(self, label: str) -> str:
+        if label in self.segments:
+            return label
+        if len(self.segments) >= self.settings.max_segments:
+            label = OTHER_SEGMENT
+            if label in self.segments:
+                return label
+        self.segments[label] = DetectorBank(self.segment_settings)
+        return label
+
+    def _check_positions(self, positions: np.ndarray) -> None:
+        if positions.ndim != 1:
+            raise ValueError("positions must be a one-dimensional array")
+        if len(positions) > 1 and not np.all(np.diff(positions) > 0):
+            raise ValueError("positions must be strictly increasing")
+        if len(positions) and self.last_position is not None and (
+                positions[0] <= self.last_position):
+            raise ValueError(f"position {int(positions[0])} is not after the last position "
+                             f"seen ({self.last_position})")
+
+    # ------------------------------------------------------------------ episodes
+    def _episodes(self, found: list[tuple[str, DriftDecision]], positions: np.ndarray,
+                  times: np.ndarray) -> list[DriftDecision]:
+        """Date each decision's onset, absorb segment decisions the pooled layer already
+        made, in detection order (so batching never changes the outcome)."""
+        found.sort(key=lambda item: (item[1].detected_at, KINDS.index(item[1].kind),
+                                     item[0], item[1].segment))
+        decisions = []
+        window_ms = self.settings.composition_window_s * 1000
+        for layer, decision in found:
+            onset = decision.onset_at
+            if onset is None:
+                onset = decision.current_positions[0]
+                onset = decision.detected_at if onset is None else onset
+            if layer == "segment":
+                kept = tuple(f for f in decision.signals if not self._absorbed(f, onset))
+                if not kept:
+                    self.absorbed += 1
+                    continue
+                decision = replace(decision, signals=kept)
+            elif layer == "pooled":
+                for finding in decision.signals:
+                    direction = _direction(finding)
+                    self.pooled_marks.setdefault(f"{finding.signal}/{direction}", []).append(
+                        decision.detected_at)
+                    del self.pooled_marks[f"{finding.signal}/{direction}"][:-4]
+            onset_time = decision.onset_time_ms
+            if onset_time is None:
+                onset_time = self._time_at(onset, positions, times)
+            decisions.append(replace(
+                decision, onset_at=onset, onset_time_ms=onset_time,
+                onset_window_ms=None if onset_time is None
+                else onset_time // window_ms * window_ms))
+        return decisions
+
+    def _absorbed(self, finding: Any, onset: int) -> bool:
+        marks = self.pooled_marks.get(f"{finding.signal}/{_direction(finding)}", [])
+        return any(onset <= mark for mark in marks)
+
+    def _remember_times(self, positions: np.ndarray, times: np.ndarray) -> None:
+        keep = min(len(positions), TIME_RING)
+        for position, time_ms in zip(positions[-keep:].tolist(), times[-keep:].tolist(),
+                                     strict=True):
+            self.time_positions[self.time_head] = position
+            self.time_values[self.time_head] = time_ms
+            self.time_head = (self.time_head + 1) % TIME_RING
+
+    def _time_at(self, position: int, positions: np.ndarray, times: np.ndarray) -> int | None:
+        """Event time of the record at ``position`` (the earliest remembered one if it is
+        older than the ring): from this batch, else from the recent-times ring."""
+        index = int(np.searchsorted(positions, position))
+        if index < len(positions) and positions[index] == position and times[index] >= 0:
+            return int(times[index])
+        held = self.time_positions >= 0
+        if not held.any():
+            return None
+        ring_positions, ring_times = self.time_positions[held], self.time_values[held]
+        at_or_after = ring_positions >= position
+        candidates = np.flatnonzero(at_or_after) if at_or_after.any() else np.arange(
+            ring_positions.size)
+        best = candidates[np.argmin(ring_positions[candidates])]
+        return int(ring_times[best]) if ring_times[best] >= 0 else None
+
+    # ------------------------------------------------------------------ re-baselining
+    def rebaseline(self, reference: Reference | None = None) -> None:
+        """A new champion: every segment re-learns (a stream-wide reference would make every
+        segment whose level differs from the mix alarm, CALIBRATION.md 7); composition takes
+        the champion's category shares when it has them."""
+        for bank in self.segments.values():
+            bank.rebaseline(None)
+        if self.pool is not None:
+            self.pool.rebaseline(self.pool.reference())
+        if reference is not None:
+            self.composition.set_reference(reference.categorical)
+        self.pooled_marks = {}
+
+    # ------------------------------------------------------------------ observation
+    def status(self) -> list[DetectorStatus]:
+        """Per (signal, detector): the row with the largest statistic/threshold over the
+        segments and the pooled layer (bounded labels for Prometheus)."""
+        best: dict[tuple[str, str], DetectorStatus] = {}
+        banks = list(self.segments.values()) + ([self.pool] if self.pool else [])
+        for bank in banks:
+            for row in bank.status():
+                key = (row.signal, row.detector)
+                ratio = row.statistic / row.threshold if row.threshold else 0.0
+                held = best.get(key)
+                if held is None or ratio > (held.statistic / held.threshold
+                                            if held.threshold else 0.0):
+                    best[key] = row
+        return list(best.values())
+
+    # ------------------------------------------------------------------ snapshot
+    def snapshot(self) -> bytes:
+        """``LDSEGS | u16 version | u32 header length | header JSON | bank snapshots``; each
+        bank's bytes are ``DetectorBank.snapshot()``, their lengths in the header."""
+        blobs = [(label, bank.snapshot()) for label, bank in self.segments.items()]
+        pool = self.pool.snapshot() if self.pool is not None else b""
+        header = orjson.dumps({
+            "settings": self.settings.to_dict(), "records_seen": self.records_seen,
+            "last_position": self.last_position,
+            "segments": [[label, len(blob)] for label, blob in blobs],
+            "pool": len(pool), "composition": self.composition.state(),
+            "pooled_marks": self.pooled_marks, "absorbed": self.absorbed,
+            "time_positions": self.time_positions.tolist(),
+            "time_values": self.time_values.tolist(), "time_head": self.time_head})
+        header = zlib.compress(header, 6)
+        return (MAGIC + struct.pack("<HI", FORMAT_VERSION, len(header)) + header
+                + pool + b"".join(blob for _, blob in blobs))
+
+    @classmethod
+    def restore(cls, data: bytes, settings: DetectorSettings) -> SegmentedBank:
+        """Rebuild from ``snapshot()`` bytes; any malformed input raises ``SnapshotError``.
+        Under other settings, the banks restore their references only and the window state
+        starts afresh."""
+        header, offset = _parse_header(data)
+        try:
+            bank = cls(settings)
+            saved_settings = DetectorSettings.from_dict(header["settings"])
+            entries = _segment_entries(header["segments"], settings.max_segments + 1)
+            pool_length = _length(header["pool"])
+            if offset + pool_length + sum(length for _, length in entries) != len(data):
+                raise SnapshotError("segmented snapshot: bank sizes do not add up to the "
+                                    "snapshot length (truncated or padded)")
+            segment_settings = bank.segment_settings
+            if pool_length:
+                pool = DetectorBank.restore(data[offset:offset + pool_length],
+                                            bank.pool.settings if bank.pool else
+                                            segment_settings)
+                if bank.pool is not None:
+                    bank.pool = pool
+            offset += pool_length
+            for label, length in entries:
+                bank.segments[label] = DetectorBank.restore(data[offset:offset + length],
+                                                            segment_settings)
+                offset += length
+            if saved_settings == settings:
+                bank._load_state(header)
+            return bank
+        except SnapshotError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError,
+                struct.error) as error:
+            raise SnapshotError(f"corrupt segmented snapshot: {type(error).__name__}: "
+                                f"{error}") from None
+
+    def _load_state(self, header: Mapping[str, Any]) -> None:
+        self.records_seen = int(header["records_seen"])
+        last = header["last_position"]
+        self.last_position = None if last is None else int(last)
+        self.composition.load(header["composition"])
+        self.pooled_marks = {str(k): [int(v) for v in marks]
+                             for k, marks in header["pooled_marks"].items()}
+        self.absorbed = int(header["absorbed"])
+        positions = np.asarray(header["time_positions"], dtype=np.int64)
+        values = np.asarray(header["time_values"], dtype=np.int64)
+        if positions.shape != (TIME_RING,) or values.shape != (TIME_RING,):
+            raise SnapshotError("segmented snapshot: recent-times ring has the wrong size")
+        self.time_positions, self.time_values = positions, values
+        self.time_head = int(header["time_head"]) % TIME_RING
+
+
+def is_single_bank_snapshot(data: bytes) -> bool:
+    """A snapshot from before segments (one ``DetectorBank`` per partition)."""
+    return data.startswith(SINGLE_BANK_MAGIC)
+
+
+def _parse_header(data: bytes) -> tuple[dict[str, Any], int]:
+    if is_single_bank_snapshot(data):
+        raise SnapshotError("single-bank detector snapshot (from before segment-aware "
+                            "detection); it cannot seed segments")
+    if not data.startswith(MAGIC):
+        raise SnapshotError("not a segmented detector snapshot (bad magic bytes)")
+    fixed = len(MAGIC) + struct.calcsize("<HI")
+    if len(data) < fixed:
+        raise SnapshotError("segmented snapshot truncated in its header")
+    version, length = struct.unpack_from("<HI", data, len(MAGIC))
+    if version != FORMAT_VERSION:
+        raise SnapshotError(f"segmented snapshot format {version} is not supported (this "
+                            f"build reads {FORMAT_VERSION})")
+    if length > MAX_HEADER_BYTES or fixed + length > len(data):
+        raise SnapshotError(f"segmented snapshot header length {length} exceeds the data")
+    try:
+        inflate = zlib.decompressobj()
+        text = inflate.decompress(data[fixed:fixed + length], MAX_HEADER_BYTES)
+        if inflate.unconsumed_tail:
+            raise SnapshotError("segmented snapshot header inflates beyond "
+                                f"{MAX_HEADER_BYTES} bytes")
+        header = orjson.loads(text)
+    except (zlib.error, orjson.JSONDecodeError) as error:
+        raise SnapshotError(f"corrupt segmented snapshot header: {error}") from None
+    if not isinstance(header, dict):
+        raise SnapshotError("corrupt segmented snapshot header: not an object")
+    return header, fixed + length
+
+
+def _segment_entries(entries: Any, limit: int) -> list[tuple[str, int]]:
+    if not isinstance(entries, list) or len(entries) > limit:
+        raise SnapshotError(f"segmented snapshot: segment list malformed or longer than "
+                            f"{limit}")
+    out = []
+    for entry in entries:
+        if (not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], str)
+                or len(entry[0]) > MAX_NAME_CHARS):
+            raise SnapshotError("segmented snapshot: malformed segment entry")
+        out.append((entry[0], _length(entry[1])))
+    if len({label for label, _ in out}) != len(out):
+        raise SnapshotError("segmented snapshot: a segment is listed twice")
+    return out
+
+
+def _length(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise SnapshotError(f"segmented snapshot: bad length {value!r}")
+    return value
+
+
+def _direction(finding: Any) -> str:
+    return max(finding.firings, key=lambda f: f.statistic / f.threshold if f.threshold
+               else 0.0).direction
