@@ -119,7 +119,8 @@ class NumericChannel:
              scores: np.ndarray | None = None) -> list[Alarm]:
         """Feed one batch. With ``scores`` (same length, NaN-filled by the caller), also
         write each value's location score against the reference that judged it
-        (``kernels.pooled_scores``; NaN while warming up): the segment layer pools them, exactly, whatever the batching."""
+        (``kernels.pooled_scores``; NaN while warming up): the segment layer pools them,
+        exactly, whatever the batching."""
         values = np.ascontiguousarray(column, dtype=np.float64)
         alarms: list[Alarm] = []
         start = 0

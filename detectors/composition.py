@@ -118,6 +118,12 @@ class CompositionMonitor:
                                        ) else OTHER
                     into[key] = into.get(key, 0) + int(count)
 
+    def close_all(self, position: int) -> list[DriftDecision]:
+        """End of input: judge every open window (decisions at ``position``)."""
+        if not self.open:
+            return []
+        return self._close_below(max(self.open) + 1, position)
+
     def _close_below(self, bound: int, position: int) -> list[DriftDecision]:
         decisions = []
         for index in sorted(i for i in self.open if i < bound):

@@ -54,6 +54,7 @@ class DetectorSettings:
     # Segments (detectors/segments.py): numeric signals are judged per segment, the mix of
     # categories per closed event-time window (see detectors/CALIBRATION.md section 7).
     segment_by: tuple[str, ...] = ("county",)
+    segment_warmup_records: int = 1000
     max_segments: int = 64
     pooled: bool = True
     composition_window_s: int = 86400
@@ -130,6 +131,8 @@ def _check_numbers(s: DetectorSettings) -> None:
         (200 <= s.relearn_records <= 1000000, "relearn_records must be within 200..1000000"),
         (16 <= s.summary_window <= 65536, "summary_window must be within 16..65536"),
         (s.reference_prior_cap >= 1, "reference_prior_cap must be >= 1"),
+        (200 <= s.segment_warmup_records <= 1000000,
+         "segment_warmup_records must be within 200..1000000"),
         (1 <= s.max_segments <= 4096, "max_segments must be within 1..4096"),
         (60 <= s.composition_window_s <= 366 * 86400,
          "composition_window_s must be within 60..31622400 (one minute to a year)"),

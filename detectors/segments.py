@@ -74,8 +74,10 @@ class SegmentedBank:
         share = 2.0 if settings.pooled and settings.page_hinkley else 1.0
         # Each value is judged by its segment's tests and the pooled tests: half the budget
         # each keeps the union bound per value at false_alarm_rate (CALIBRATION.md 7).
-        self.segment_settings = replace(settings, categorical_signals=(),
-                                        false_alarm_rate=settings.false_alarm_rate / share)
+        self.segment_settings = replace(
+            settings, categorical_signals=(), false_alarm_rate=settings.false_alarm_rate / share,
+            warmup_records=settings.segment_warmup_records,
+            relearn_records=min(settings.relearn_records, settings.segment_warmup_records))
         self.pool: DetectorBank | None = None
         if share == 2.0:
             pool_settings = replace(self.segment_settings, adwin=False)
@@ -124,6 +126,26 @@ class SegmentedBank:
         if n:
             self.last_position = int(positions[-1])
         return self._episodes(found, positions, times)
+
+    def finish(self) -> list[DriftDecision]:
+        """End of input (a file): close every open event-time window and judge it, as if
+        the watermark had passed them all; decisions are placed at the last position."""
+        if self.last_position is None:
+            return []
+        found = [("composition", d) for d in self.composition.close_all(self.last_position)]
+        empty = np.zeros(0, dtype=np.int64)
+        return self._episodes(found, empty, empty)
+
+    def learn(self, columns: Mapping[str, Any]) -> None:
+        """Warm every segment up on reference rows (e.g. a baseline file) before the stream:
+        they are fed at negative positions and their decisions dropped; the composition
+        reference comes from the ``Reference`` given to the constructor."""
+        n = len(next(iter(columns.values()))) if columns else 0
+        if self.last_position is not None or n == 0:
+            return
+        positions = np.arange(-n - 1, -1, dtype=np.int64)
+        self._feed_segments(columns, positions, self.segment_keys(columns, n))
+        self.pooled_marks = {}
 
     def segment_keys(self, columns: Mapping[str, Any], n: int) -> np.ndarray:
         """Each record's segment label, e.g. ``county=Yakima`` (empty: no segmentation)."""
@@ -271,15 +293,17 @@ class SegmentedBank:
         """Per (signal, detector): the row with the largest statistic/threshold over the
         segments and the pooled layer (bounded labels for Prometheus)."""
         best: dict[tuple[str, str], DetectorStatus] = {}
-        banks = list(self.segments.values()) + ([self.pool] if self.pool else [])
-        for bank in banks:
-            for row in bank.status():
-                key = (row.signal, row.detector)
-                ratio = row.statistic / row.threshold if row.threshold else 0.0
-                held = best.get(key)
-                if held is None or ratio > (held.statistic / held.threshold
-                                            if held.threshold else 0.0):
-                    best[key] = row
+        rows = [row for bank in self.segments.values() for row in bank.status()]
+        judged = {row.signal for row in rows if not row.warming_up}
+        if self.pool is not None:  # the pooled layer only judges what some segment scores
+            rows += [replace(row, detector="pooled_" + row.detector,
+                             warming_up=row.warming_up or row.signal not in judged)
+                     for row in self.pool.status()]
+        for row in rows:
+            key = (row.signal, row.detector)
+            held = best.get(key)
+            if held is None or _ratio(row) > _ratio(held):
+                best[key] = row
         return list(best.values())
 
     # ------------------------------------------------------------------ snapshot
@@ -405,6 +429,10 @@ def _length(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise SnapshotError(f"segmented snapshot: bad length {value!r}")
     return value
+
+
+def _ratio(row: DetectorStatus) -> float:
+    return row.statistic / row.threshold if row.threshold else 0.0
 
 
 def _direction(finding: Any) -> str:

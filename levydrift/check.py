@@ -2,9 +2,11 @@
 
 The successor of ``python ml/hooks/drift_detector.py --data-path ... --trigger-retraining``.
 Rows are fed in file order (their arrival order) with row positions in place of Kafka offsets,
-through the same ``DetectorBank`` and the same model signals (``levydrift.signals``) as the
-consumer. Without ``--reference`` the bank learns its reference from the first
-``detectors.warmup_records`` rows, as the consumer does from the start of a partition.
+through the same ``SegmentedBank`` and the same model signals (``levydrift.signals``) as the
+consumer. Without ``--reference`` each segment learns its reference from its first
+``detectors.warmup_records`` rows, as the consumer does from the start of a partition; a file
+no longer than that warm-up cannot be judged (exit 2). With ``--reference`` the reference rows
+warm every segment up first.
 
 Exit codes: 0 no drift, 1 drift, 2 usage error or bad file, 3 broker unreachable
 (``--publish-events``).
@@ -22,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from detectors.bank import DetectorBank
 from detectors.config import DetectorSettings
 from detectors.decision import DriftDecision, SignalFinding
 from detectors.errors import DetectorConfigError
 from detectors.reference import MIN_REFERENCE_VALUES, Reference
+from detectors.segments import SegmentedBank
 from levydrift import settings as settings_module
 from levydrift.errors import UsageError
 from levydrift.levyfile import read_levy_file
@@ -101,14 +103,15 @@ def run_check(columns: dict[str, np.ndarray], detectors: DetectorSettings,
     started = time.perf_counter()
     rows = len(columns["record_id"])
     columns = signal_columns(dict(columns), scorer)
-    reference = None
-    reference_text = f"first {detectors.warmup_records:,} rows (warm-up, as the consumer)"
+    reference_text = (f"each segment's first {detectors.warmup_records:,} values (warm-up, "
+                      "as the consumer)")
+    bank = SegmentedBank(detectors)
     if reference_columns is not None:
-        reference = reference_from(signal_columns(dict(reference_columns), scorer), detectors)
+        scored = signal_columns(dict(reference_columns), scorer)
+        bank = SegmentedBank(detectors, reference_from(scored, detectors))
+        bank.learn(scored)
         reference_text = f"{len(reference_columns['record_id']):,} reference rows"
-    bank = DetectorBank(detectors, reference)
-    decisions = bank.update({name: columns[name] for name in detectors.all_signals()
-                             if name in columns}, np.arange(rows, dtype=np.int64))
+    decisions = bank.update(columns, np.arange(rows, dtype=np.int64)) + bank.finish()
     return CheckResult(source, rows, columns, decisions, model,
                        scorer.version if scorer else None, reference_text,
                        time.perf_counter() - started)
@@ -187,7 +190,7 @@ def top_category(finding: SignalFinding) -> str | None:
 
 
 def rows_text(first: int | None, last: int | None) -> str:
-    if first is None or last is None:
+    if first is None or last is None or first < 0:  # reference rows sit before row 1
         return "(reference file)"
     return f"{first + 1:,}-{last + 1:,}"
 
@@ -359,15 +362,21 @@ def check_file(path: Path, settings: CheckSettings, reference: Path | None = Non
         note(missing_model)
     columns = read_levy_file(path)
     reference_columns = read_levy_file(reference) if reference is not None else None
-    if reference_columns is None and len(columns["record_id"]) <= settings.detectors.warmup_records:
-        note(f"{len(columns['record_id']):,} rows do not outlast the "
-             f"{settings.detectors.warmup_records:,}-row warm-up; pass --reference to check "
-             "a short file")
+    rows = len(columns["record_id"])
+    if reference_columns is None and rows <= settings.detectors.warmup_records:
+        raise ShortInputError(
+            f"{path}: {rows:,} rows cannot be judged: the detectors learn their reference "
+            f"from the first {settings.detectors.warmup_records:,} values and there is no "
+            "reference; pass --reference FILE (baseline rows) or a longer file")
     try:
         return run_check(columns, settings.detectors, scorer, reference_columns,
                          source=str(path), model=model)
     except DetectorConfigError as error:  # a reference too small to describe a signal
         raise UsageError(f"{reference or path}: {error}") from None
+
+
+class ShortInputError(UsageError):
+    """Too few rows to judge, and no reference: exit 2, never a silent "no drift"."""
 
 
 def trigger_retraining(result: CheckResult, path: Path, settings: CheckSettings,

@@ -516,7 +516,8 @@ def arrival_order(columns: dict[str, np.ndarray], order: str, seed: int = 0,
     * ``county-batches``: each county uploads its roll in slices of ``slice_records`` rows,
       the slices of all counties interleaved at random;
     * ``district-sorted``: districts certify one after another (stable within a district);
-    * ``roll-cycle``: the assessor walks the roll county by county, parcel by parcel.
+    * ``roll-cycle``: the assessor's batch job walks the counties in turn (a different
+      county first each day), each county's records together in event-time order.
 
     Values, counts and event times are untouched; only the order changes."""
     n = len(columns["record_id"])
@@ -528,7 +529,11 @@ def arrival_order(columns: dict[str, np.ndarray], order: str, seed: int = 0,
     if order == "district-sorted":
         return np.argsort(columns["tax_district"].astype(str), kind="stable")
     if order == "roll-cycle":
-        return np.argsort(columns["parcel_id"].astype(str), kind="stable")
+        counties = columns["county"].astype(str)
+        names = sorted(set(counties.tolist()))
+        first = int(rng.integers(len(names))) if names else 0
+        turn = {name: (i - first) % len(names) for i, name in enumerate(names)}
+        return np.argsort(np.array([turn[c] for c in counties.tolist()]), kind="stable")
     if order == "county-batches":
         counties = columns["county"].astype(str)
         slices = []

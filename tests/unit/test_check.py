@@ -33,8 +33,10 @@ EXPECTED_SIGNAL = {
 
 
 def scenario_simulator(scenario: str) -> LevySimulator:
+    # 30 s apart, the rows span 8 days: the mix of categories is judged per closed day of
+    # event time (detectors/composition.py), so a file within one day has no mix to compare.
     return LevySimulator(SimulatorConfig(
-        scenario=scenario, change_at=CHANGE_AT, labelled_share=0.5,
+        scenario=scenario, change_at=CHANGE_AT, labelled_share=0.5, event_interval_ms=30_000,
         duration=4_000 if scenario == "unit-bug" else None))
 
 
