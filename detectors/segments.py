@@ -11,7 +11,9 @@ make one decision stream:
   against its own segment's reference. Those scores are N(0, 1) under no change whatever the
   arrival order, and a change of the whole stream moves all of them, so it is found as fast
   as by one stream-wide bank. A segment decision whose change began before the pooled
-  detectors decided the same signal and direction is that same change: absorbed;
+  detectors decided the same signal and direction (or within ``cooldown_records`` after) is
+  that same change: absorbed. A pooled decision whose evidence since its onset is one
+  segment's is named after that segment;
 * **composition** (``detectors.composition``): which counties, districts and classes make
   up the stream, judged per closed event-time window.
 
@@ -38,6 +40,7 @@ from detectors.composition import CompositionMonitor, event_times_ms
 from detectors.config import DetectorSettings
 from detectors.decision import KINDS, DriftDecision
 from detectors.errors import SnapshotError
+from detectors.recent import Batch, RecentRecords
 from detectors.reference import KNOT_PROBABILITIES, NumericReference, Reference
 
 __all__ = ["OTHER_SEGMENT", "SegmentedBank", "is_single_bank_snapshot"]
@@ -47,7 +50,9 @@ FORMAT_VERSION = 1
 SINGLE_BANK_MAGIC = b"LDSNAP"
 OTHER_SEGMENT = "(other)"  # segments beyond max_segments share one bank
 MISSING = "(missing)"
-TIME_RING = 4096  # recent (position, event time) pairs, to date an onset
+# A pooled decision is one segment's when that segment's scores since the onset are shifted
+# (|z| of their sum >= 3 in the decision's direction) and the other segments' are not (< 2).
+ATTRIBUTE_SEGMENT_Z, ATTRIBUTE_REST_Z = 3.0, 2.0
 MAX_HEADER_BYTES = 16 << 20
 MAX_NAME_CHARS = 512
 
@@ -90,11 +95,11 @@ class SegmentedBank:
             self.composition.set_reference(reference.categorical)
         self.records_seen = 0
         self.last_position: int | None = None
-        self.pooled_marks: dict[str, list[int]] = {}  # "signal/direction" -> [detected_at]
+        # "segment/signal/direction" -> detections of the pooled layer (segment "" = all)
+        self.pooled_marks: dict[str, list[int]] = {}
         self.absorbed = 0
-        self.time_positions = np.full(TIME_RING, -1, dtype=np.int64)
-        self.time_values = np.full(TIME_RING, -1, dtype=np.int64)
-        self.time_head = 0
+        self.codes: dict[str, int] = {}  # segment -> code in the recent-records ring
+        self.recent = RecentRecords(settings.numeric_like())
 
     def _composition_signals(self) -> tuple[str, ...]:
         signals = tuple(self.settings.categorical_signals)
@@ -118,14 +123,16 @@ class SegmentedBank:
         composition_columns = dict(columns)
         if len(self.settings.segment_by) > 1:
             composition_columns["+".join(self.settings.segment_by)] = keys
-        found = self._feed_segments(columns, positions, keys)
+        found, codes, scores = self._feed_segments(columns, positions, keys)
         found += [("composition", d)
                   for d in self.composition.update(composition_columns, positions, times)]
-        self._remember_times(positions, times)
+        batch = Batch(positions, times, codes, scores)
+        decisions = self._episodes(found, batch)
+        self.recent.push(batch)
         self.records_seen += n
         if n:
             self.last_position = int(positions[-1])
-        return self._episodes(found, positions, times)
+        return decisions
 
     def finish(self) -> list[DriftDecision]:
         """End of input (a file): close every open event-time window and judge it, as if
@@ -134,7 +141,7 @@ class SegmentedBank:
             return []
         found = [("composition", d) for d in self.composition.close_all(self.last_position)]
         empty = np.zeros(0, dtype=np.int64)
-        return self._episodes(found, empty, empty)
+        return self._episodes(found, Batch(empty, empty, empty.astype(np.int32), {}))
 
     def learn(self, columns: Mapping[str, Any]) -> None:
         """Warm every segment up on reference rows (e.g. a baseline file) before the stream:
@@ -165,9 +172,11 @@ class SegmentedBank:
         return keys
 
     def _feed_segments(self, columns: Mapping[str, Any], positions: np.ndarray,
-                       keys: np.ndarray) -> list[tuple[str, DriftDecision]]:
+                       keys: np.ndarray) -> tuple[list[tuple[str, DriftDecision]], np.ndarray,
+                                                  dict[str, np.ndarray]]:
         """Each segment's records to its bank (relative order kept), then every record's
-        score to the pooled bank. Returns (layer, decision) pairs."""
+        score to the pooled bank. Returns (layer, decision) pairs, each record's segment
+        code and the pooled scores."""
         signals = [name for name in self.settings.numeric_like() if columns.get(name) is not None]
         arrays = {name: np.asarray(columns[name], dtype=np.float64) for name in signals}
         scores = {name: np.full(len(positions), np.nan) for name in signals}
@@ -175,6 +184,7 @@ class SegmentedBank:
         order = np.argsort(codes, kind="stable")
         bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
         found: list[tuple[str, DriftDecision]] = []
+        segment_codes = np.full(len(positions), -1, dtype=np.int32)
         routed: dict[str, list[np.ndarray]] = {}
         for code, label in enumerate(uniques):
             routed.setdefault(self._segment_for(str(label)), []).append(
@@ -182,6 +192,7 @@ class SegmentedBank:
         for label, parts in routed.items():
             rows = parts[0] if len(parts) == 1 else np.sort(np.concatenate(parts))
             bank = self.segments[label]
+            segment_codes[rows] = self.codes[label]
             out = {name: np.full(rows.size, np.nan) for name in signals}
             for decision in bank.update({name: arrays[name][rows] for name in signals},
                                         positions[rows], out):
@@ -190,7 +201,7 @@ class SegmentedBank:
                 scores[name][rows] = out[name]
         if self.pool is not None and signals:
             found += [("pooled", d) for d in self.pool.update(scores, positions)]
-        return found
+        return found, segment_codes, scores
 
     def _segment_for(self, label: str) -> str:
         if label in self.segments:
@@ -200,6 +211,7 @@ class SegmentedBank:
             if label in self.segments:
                 return label
         self.segments[label] = DetectorBank(self.segment_settings)
+        self.codes[label] = len(self.codes)
         return label
 
     def _check_positions(self, positions: np.ndarray) -> None:
@@ -213,67 +225,77 @@ class SegmentedBank:
                              f"seen ({self.last_position})")
 
     # ------------------------------------------------------------------ episodes
-    def _episodes(self, found: list[tuple[str, DriftDecision]], positions: np.ndarray,
-                  times: np.ndarray) -> list[DriftDecision]:
-        """Date each decision's onset, absorb segment decisions the pooled layer already
-        made, in detection order (so batching never changes the outcome)."""
+    def _episodes(self, found: list[tuple[str, DriftDecision]],
+                  batch: Batch) -> list[DriftDecision]:
+        """In detection order (so batching never changes the outcome): name the segment of
+        each pooled decision whose evidence is one segment's, absorb segment decisions of a
+        change the pooled layer already reported, date each onset."""
         found.sort(key=lambda item: (item[1].detected_at, KINDS.index(item[1].kind),
                                      item[0], item[1].segment))
         decisions = []
         window_ms = self.settings.composition_window_s * 1000
+        known: Batch | None = None
         for layer, decision in found:
+            if known is None:
+                known = self.recent.with_batch(batch)
             onset = decision.onset_at
             if onset is None:
                 onset = decision.current_positions[0]
                 onset = decision.detected_at if onset is None else onset
-            if layer == "segment":
-                kept = tuple(f for f in decision.signals if not self._absorbed(f, onset))
+            if layer == "pooled":
+                decision = replace(decision, segment=self._attribute(decision, onset, known))
+                for finding in decision.signals:
+                    key = f"{decision.segment}/{finding.signal}/{_direction(finding)}"
+                    self.pooled_marks[key] = (self.pooled_marks.get(key, []) + [
+                        decision.detected_at])[-4:]
+            elif layer == "segment":
+                kept = tuple(f for f in decision.signals
+                             if not self._absorbed(decision.segment, f, onset))
                 if not kept:
                     self.absorbed += 1
                     continue
                 decision = replace(decision, signals=kept)
-            elif layer == "pooled":
-                for finding in decision.signals:
-                    direction = _direction(finding)
-                    self.pooled_marks.setdefault(f"{finding.signal}/{direction}", []).append(
-                        decision.detected_at)
-                    del self.pooled_marks[f"{finding.signal}/{direction}"][:-4]
             onset_time = decision.onset_time_ms
             if onset_time is None:
-                onset_time = self._time_at(onset, positions, times)
+                onset_time = _time_at(onset, known)
             decisions.append(replace(
                 decision, onset_at=onset, onset_time_ms=onset_time,
                 onset_window_ms=None if onset_time is None
                 else onset_time // window_ms * window_ms))
         return decisions
 
-    def _absorbed(self, finding: Any, onset: int) -> bool:
-        marks = self.pooled_marks.get(f"{finding.signal}/{_direction(finding)}", [])
-        return any(onset <= mark for mark in marks)
+    def _attribute(self, decision: DriftDecision, onset: int, known: Batch) -> str:
+        """The segment a pooled decision belongs to, or "" for the whole stream: one
+        segment's scores since the onset carry the shift and the rest's do not."""
+        if not decision.signals or len(self.codes) < 2:
+            return ""
+        finding = decision.signals[0]
+        scores = known.scores.get(finding.signal)
+        if scores is None:
+            return ""
+        sign = 1.0 if _direction(finding) == "up" else -1.0
+        inside = ((known.positions >= onset) & (known.positions <= decision.detected_at)
+                  & np.isfinite(scores) & (known.codes >= 0))
+        codes, values = known.codes[inside], scores[inside] * sign
+        if not codes.size:
+            return ""
+        sums = np.bincount(codes, weights=values, minlength=len(self.codes))
+        counts = np.bincount(codes, minlength=len(self.codes))
+        strength = np.where(counts > 0, sums / np.sqrt(np.maximum(counts, 1)), 0.0)
+        top = int(np.argmax(strength))
+        rest_count = codes.size - counts[top]
+        rest = (values.sum() - sums[top]) / np.sqrt(rest_count) if rest_count else 0.0
+        if strength[top] >= ATTRIBUTE_SEGMENT_Z and rest < ATTRIBUTE_REST_Z:
+            return next(label for label, code in self.codes.items() if code == top)
+        return ""
 
-    def _remember_times(self, positions: np.ndarray, times: np.ndarray) -> None:
-        keep = min(len(positions), TIME_RING)
-        for position, time_ms in zip(positions[-keep:].tolist(), times[-keep:].tolist(),
-                                     strict=True):
-            self.time_positions[self.time_head] = position
-            self.time_values[self.time_head] = time_ms
-            self.time_head = (self.time_head + 1) % TIME_RING
-
-    def _time_at(self, position: int, positions: np.ndarray, times: np.ndarray) -> int | None:
-        """Event time of the record at ``position`` (the earliest remembered one if it is
-        older than the ring): from this batch, else from the recent-times ring."""
-        index = int(np.searchsorted(positions, position))
-        if index < len(positions) and positions[index] == position and times[index] >= 0:
-            return int(times[index])
-        held = self.time_positions >= 0
-        if not held.any():
-            return None
-        ring_positions, ring_times = self.time_positions[held], self.time_values[held]
-        at_or_after = ring_positions >= position
-        candidates = np.flatnonzero(at_or_after) if at_or_after.any() else np.arange(
-            ring_positions.size)
-        best = candidates[np.argmin(ring_positions[candidates])]
-        return int(ring_times[best]) if ring_times[best] >= 0 else None
+    def _absorbed(self, segment: str, finding: Any, onset: int) -> bool:
+        direction = _direction(finding)
+        marks = (self.pooled_marks.get(f"/{finding.signal}/{direction}", [])
+                 + self.pooled_marks.get(f"{segment}/{finding.signal}/{direction}", []))
+        # The segment's own onset estimate is noisy by tens of records: within the cooldown
+        # after the pooled detection it is the same change.
+        return any(onset <= mark + self.settings.cooldown_records for mark in marks)
 
     # ------------------------------------------------------------------ re-baselining
     def rebaseline(self, reference: Reference | None = None) -> None:
@@ -308,21 +330,22 @@ class SegmentedBank:
 
     # ------------------------------------------------------------------ snapshot
     def snapshot(self) -> bytes:
-        """``LDSEGS | u16 version | u32 header length | header JSON | bank snapshots``; each
-        bank's bytes are ``DetectorBank.snapshot()``, their lengths in the header."""
+        """``LDSEGS | u16 version | u32 length | zlib(header JSON) | recent-records ring |
+        pooled bank | segment banks``. Each bank's bytes are ``DetectorBank.snapshot()``;
+        every part's length is in the header."""
         blobs = [(label, bank.snapshot()) for label, bank in self.segments.items()]
         pool = self.pool.snapshot() if self.pool is not None else b""
+        ring = self.recent.to_bytes()
         header = orjson.dumps({
             "settings": self.settings.to_dict(), "records_seen": self.records_seen,
             "last_position": self.last_position,
             "segments": [[label, len(blob)] for label, blob in blobs],
             "pool": len(pool), "composition": self.composition.state(),
             "pooled_marks": self.pooled_marks, "absorbed": self.absorbed,
-            "time_positions": self.time_positions.tolist(),
-            "time_values": self.time_values.tolist(), "time_head": self.time_head})
+            "ring": len(ring), "ring_held": self.recent.held})
         header = zlib.compress(header, 6)
         return (MAGIC + struct.pack("<HI", FORMAT_VERSION, len(header)) + header
-                + pool + b"".join(blob for _, blob in blobs))
+                + ring + pool + b"".join(blob for _, blob in blobs))
 
     @classmethod
     def restore(cls, data: bytes, settings: DetectorSettings) -> SegmentedBank:
@@ -335,10 +358,14 @@ class SegmentedBank:
             saved_settings = DetectorSettings.from_dict(header["settings"])
             entries = _segment_entries(header["segments"], settings.max_segments + 1)
             pool_length = _length(header["pool"])
-            if offset + pool_length + sum(length for _, length in entries) != len(data):
+            ring_length = _length(header["ring"])
+            if offset + ring_length + pool_length + sum(
+                    length for _, length in entries) != len(data):
                 raise SnapshotError("segmented snapshot: bank sizes do not add up to the "
                                     "snapshot length (truncated or padded)")
             segment_settings = bank.segment_settings
+            ring = data[offset:offset + ring_length]
+            offset += ring_length
             if pool_length:
                 pool = DetectorBank.restore(data[offset:offset + pool_length],
                                             bank.pool.settings if bank.pool else
@@ -349,9 +376,11 @@ class SegmentedBank:
             for label, length in entries:
                 bank.segments[label] = DetectorBank.restore(data[offset:offset + length],
                                                             segment_settings)
+                bank.codes[label] = len(bank.codes)
                 offset += length
             if saved_settings == settings:
                 bank._load_state(header)
+                bank.recent.load(ring, _length(header["ring_held"]))
             return bank
         except SnapshotError:
             raise
@@ -368,12 +397,6 @@ class SegmentedBank:
         self.pooled_marks = {str(k): [int(v) for v in marks]
                              for k, marks in header["pooled_marks"].items()}
         self.absorbed = int(header["absorbed"])
-        positions = np.asarray(header["time_positions"], dtype=np.int64)
-        values = np.asarray(header["time_values"], dtype=np.int64)
-        if positions.shape != (TIME_RING,) or values.shape != (TIME_RING,):
-            raise SnapshotError("segmented snapshot: recent-times ring has the wrong size")
-        self.time_positions, self.time_values = positions, values
-        self.time_head = int(header["time_head"]) % TIME_RING
 
 
 def is_single_bank_snapshot(data: bytes) -> bool:
@@ -429,6 +452,17 @@ def _length(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise SnapshotError(f"segmented snapshot: bad length {value!r}")
     return value
+
+
+def _time_at(position: int, known: Batch) -> int | None:
+    """Event time of the record at ``position``, or of the earliest known record after it
+    when it is older than what is remembered."""
+    index = int(np.searchsorted(known.positions, position))
+    if index >= len(known.positions):
+        return None
+    later = known.times[index:]
+    dated = np.flatnonzero(later >= 0)
+    return int(later[dated[0]]) if dated.size else None
 
 
 def _ratio(row: DetectorStatus) -> float:
