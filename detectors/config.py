@@ -54,7 +54,7 @@ class DetectorSettings:
     # Segments (detectors/segments.py): numeric signals are judged per segment, the mix of
     # categories per closed event-time window (see detectors/CALIBRATION.md section 7).
     segment_by: tuple[str, ...] = ("county",)
-    segment_warmup_records: int = 1000
+    segment_warmup_records: int = 2000
     max_segments: int = 64
     pooled: bool = True
     composition_window_s: int = 86400

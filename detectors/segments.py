@@ -35,7 +35,7 @@ import orjson
 import pandas as pd
 
 from detectors.bank import DetectorBank
-from detectors.channels import DetectorStatus
+from detectors.channels import DetectorStatus, NumericChannel
 from detectors.composition import CompositionMonitor, event_times_ms
 from detectors.config import DetectorSettings
 from detectors.decision import KINDS, DriftDecision
@@ -53,6 +53,7 @@ MISSING = "(missing)"
 # A pooled decision is one segment's when that segment's scores since the onset are shifted
 # (|z| of their sum >= 3 in the decision's direction) and the other segments' are not (< 2).
 ATTRIBUTE_SEGMENT_Z, ATTRIBUTE_REST_Z = 3.0, 2.0
+MIN_LEARNED_VALUES = 200  # a baseline file's segment with fewer values keeps warming up
 MAX_HEADER_BYTES = 16 << 20
 MAX_NAME_CHARS = 512
 
@@ -145,14 +146,25 @@ class SegmentedBank:
 
     def learn(self, columns: Mapping[str, Any]) -> None:
         """Warm every segment up on reference rows (e.g. a baseline file) before the stream:
-        they are fed at negative positions and their decisions dropped; the composition
-        reference comes from the ``Reference`` given to the constructor."""
+        they are fed at negative positions and their decisions dropped; a segment with at
+        least ``MIN_LEARNED_VALUES`` baseline values takes them as its reference even if
+        that is fewer than its warm-up. The composition reference comes from the
+        ``Reference`` given to the constructor."""
         n = len(next(iter(columns.values()))) if columns else 0
         if self.last_position is not None or n == 0:
             return
         positions = np.arange(-n - 1, -1, dtype=np.int64)
         self._feed_segments(columns, positions, self.segment_keys(columns, n))
         self.pooled_marks = {}
+        for bank in self.segments.values():  # a short baseline still sets each reference
+            for channel in bank.channels.values():
+                if isinstance(channel, NumericChannel) and channel.reference is None:
+                    collected = (np.concatenate(channel.warmup_values)
+                                 if channel.warmup_values else np.zeros(0))
+                    if collected.size >= MIN_LEARNED_VALUES:
+                        channel.reset_detectors()
+                        channel.set_reference(NumericReference.from_values(
+                            collected, channel.warmup_first, channel.warmup_last))
 
     def segment_keys(self, columns: Mapping[str, Any], n: int) -> np.ndarray:
         """Each record's segment label, e.g. ``county=Yakima`` (empty: no segmentation)."""

@@ -103,8 +103,8 @@ def run_check(columns: dict[str, np.ndarray], detectors: DetectorSettings,
     started = time.perf_counter()
     rows = len(columns["record_id"])
     columns = signal_columns(dict(columns), scorer)
-    reference_text = (f"each segment's first {detectors.warmup_records:,} values (warm-up, "
-                      "as the consumer)")
+    reference_text = (f"each segment's first {detectors.segment_warmup_records:,} values "
+                      "(warm-up, as the consumer)")
     bank = SegmentedBank(detectors)
     if reference_columns is not None:
         scored = signal_columns(dict(reference_columns), scorer)
