@@ -23,6 +23,7 @@ from detectors.reference import SUMMARY_PROBABILITIES, CategoricalReference, Num
 ADWIN_MAX_BUCKETS, ADWIN_MIN_WINDOW, ADWIN_GRACE = 5, 5, 10  # river's defaults
 CATEGORY_REFRESH = 512  # values between recomputations of the ratios; a power of two
 MAX_NEW_NAMES = 32  # never-seen categories tracked by name; later ones share one code
+NO_SCORES = np.zeros(0)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class NumericChannel:
         self.upward_only = (settings.performance_upward_only
                             and name in settings.performance_signals)
         self._build_parameters()
+        self.scoring = {"mid_rank": k.SCORE_MID_RANK, "randomised": k.SCORE_RANDOMISED,
+                        "given": k.SCORE_GIVEN}[settings.scoring]
         self.ring_values = np.zeros(settings.summary_window)
         self.ring_positions = np.zeros(settings.summary_window, dtype=np.int64)
         self.counters = np.zeros(2, dtype=np.int64)
@@ -118,9 +121,8 @@ class NumericChannel:
     def feed(self, column: Any, positions: np.ndarray,
              scores: np.ndarray | None = None) -> list[Alarm]:
         """Feed one batch. With ``scores`` (same length, NaN-filled by the caller), also
-        write each value's location score against the reference that judged it
-        (``kernels.pooled_scores``; NaN while warming up): the segment layer pools them,
-        exactly, whatever the batching."""
+        write each value's location score against the reference that judged it (NaN while
+        warming up): the segment layer pools them, exactly, whatever the batching."""
         values = np.ascontiguousarray(column, dtype=np.float64)
         alarms: list[Alarm] = []
         start = 0
@@ -128,16 +130,12 @@ class NumericChannel:
             if self.reference is None:
                 start = self._warm(values, positions, start)
                 continue
-            judged_from = start
             start = k.run_numeric(
                 values, positions, start, self.knots, self.below, self.at_or_below,
                 self.u_min, self.ph_par, self.ph_f, self.ph_i, self.aw_par, self.aw_s,
                 self.aw_totals, self.aw_variances, self.aw_counts, self.ring_values,
-                self.ring_positions, self.counters, self.alarm)
-            if scores is not None:
-                scores[judged_from:start] = k.pooled_scores(
-                    values[judged_from:start], positions[judged_from:start], self.knots,
-                    self.below, self.at_or_below, self.u_min)
+                self.ring_positions, self.counters, self.alarm,
+                self.scoring, NO_SCORES if scores is None else scores)
             if self.alarm[:, k.AL_FIRED].any():
                 alarms.append(Alarm(start - 1, self._finding()))
                 self.alarm[:, :] = 0.0

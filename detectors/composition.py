@@ -110,10 +110,13 @@ class CompositionMonitor:
                 column = columns.get(name)
                 if column is None:
                     continue
-                values = pd.Series(np.asarray(column, dtype=object)[members])
-                counts = values.fillna(MISSING).astype(str).value_counts(sort=False)
+                codes, uniques = pd.factorize(np.asarray(column, dtype=object)[members])
+                tally = np.bincount(codes + 1, minlength=len(uniques) + 1)  # slot 0: missing
+                names = [MISSING] + [str(u) if str(u) else MISSING for u in uniques]
                 into = state["counts"][name]
-                for category, count in counts.items():
+                for category, count in zip(names, tally.tolist(), strict=True):
+                    if not count:
+                        continue
                     key = category if (category in into or len(into) < MAX_TRACKED_CATEGORIES
                                        ) else OTHER
                     into[key] = into.get(key, 0) + int(count)

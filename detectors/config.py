@@ -53,6 +53,12 @@ class DetectorSettings:
     reference_prior_cap: int = 50000
     # Segments (detectors/segments.py): numeric signals are judged per segment, the mix of
     # categories per closed event-time window (see detectors/CALIBRATION.md section 7).
+    # How numeric values become normal scores: "mid_rank" (a value on an atom of the
+    # reference, such as a district's levy rate, gets the atom's mid-rank), "randomised" (a
+    # uniform draw within the atom: N(0, 1) scores even for a signal with a handful of
+    # values; the segment banks use it) or "given" (values are scores already: the segment
+    # layer's pooled bank).
+    scoring: str = "mid_rank"
     segment_by: tuple[str, ...] = ("county",)
     segment_warmup_records: int = 2000
     max_segments: int = 64
@@ -133,6 +139,9 @@ def _check_numbers(s: DetectorSettings) -> None:
         (s.reference_prior_cap >= 1, "reference_prior_cap must be >= 1"),
         (200 <= s.segment_warmup_records <= 1000000,
          "segment_warmup_records must be within 200..1000000"),
+        (s.scoring in ("mid_rank", "randomised", "given"),
+         "scoring must be one of mid_rank, randomised, given"),
+        (s.scoring != "given" or not s.spread, "scoring = given needs spread = false"),
         (1 <= s.max_segments <= 4096, "max_segments must be within 1..4096"),
         (60 <= s.composition_window_s <= 366 * 86400,
          "composition_window_s must be within 60..31622400 (one minute to a year)"),

@@ -7,7 +7,7 @@ make one decision stream:
 
 * **segments**: one ``DetectorBank`` per segment (numeric-like signals only), so a county
   that uploads its roll in slices is compared with its own past, not with the mix;
-* **pooled**: one ``DetectorBank`` (Page-Hinkley only) over every record's location score
+* **pooled**: one ``DetectorBank`` (location Page-Hinkley) over every record's location score
   against its own segment's reference. Those scores are N(0, 1) under no change whatever the
   arrival order, and a change of the whole stream moves all of them, so it is found as fast
   as by one stream-wide bank. A segment decision whose change began before the pooled
@@ -82,11 +82,15 @@ class SegmentedBank:
         # each keeps the union bound per value at false_alarm_rate (CALIBRATION.md 7).
         self.segment_settings = replace(
             settings, categorical_signals=(), false_alarm_rate=settings.false_alarm_rate / share,
+            scoring="randomised",
             warmup_records=settings.segment_warmup_records,
             relearn_records=min(settings.relearn_records, settings.segment_warmup_records))
         self.pool: DetectorBank | None = None
         if share == 2.0:
-            pool_settings = replace(self.segment_settings, adwin=False)
+            # Location Page-Hinkley only: a change of spread is each segment's to find, and
+            # the pooled layer must stay cheap (it sees every record again).
+            pool_settings = replace(self.segment_settings, adwin=False, spread=False,
+                                    scoring="given")
             normal = standard_normal_reference()
             self.pool = DetectorBank(pool_settings, Reference(
                 numeric={name: normal for name in settings.numeric_like()}))
@@ -171,16 +175,17 @@ class SegmentedBank:
         fields = self.settings.segment_by
         if not fields:
             return np.full(n, "", dtype=object)
-        parts = []
-        for name in fields:
+        keys = np.full(n, "", dtype=object)
+        for number, name in enumerate(fields):
             column = columns.get(name)
-            values = (pd.Series(np.asarray(column, dtype=object)).fillna(MISSING)
-                      .astype(str).replace("", MISSING).to_numpy(dtype=object)
-                      if column is not None else np.full(n, MISSING, dtype=object))
-            parts.append(name + "=" + values)
-        keys = parts[0]
-        for part in parts[1:]:
-            keys = keys + "," + part
+            if column is None:
+                codes, labels = np.zeros(n, dtype=np.int64), np.array([MISSING], dtype=object)
+            else:  # label the few distinct values, not every record
+                codes, uniques = pd.factorize(np.asarray(column, dtype=object))
+                labels = np.array([str(u) if str(u) else MISSING for u in uniques] + [MISSING],
+                                  dtype=object)
+            prefix = ("," if number else "") + name + "="
+            keys = keys + (prefix + labels)[codes]
         return keys
 
     def _feed_segments(self, columns: Mapping[str, Any], positions: np.ndarray,
