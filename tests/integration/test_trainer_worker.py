@@ -293,3 +293,20 @@ def test_rollback_restores_the_previous_champion_and_publishes_it(
     (event,) = stack.version_events()
     assert (event.decision, event.version, event.previous_version) == ("rolled_back", 1, 2)
     assert event.artifact_sha256 == registry.get(NAME, 1).sha256
+
+
+def test_the_training_window_starts_at_the_onset(stack: Stack) -> None:
+    from levydrift.settings import KafkaSettings
+    from trainer.window import read_training_window
+
+    last = stack.produce_records(3_000)
+    onsets = {partition: end // 2 for partition, end in last.items()}
+    kafka = KafkaSettings(bootstrap_servers=stack.bootstrap)
+    since_onset = read_training_window(kafka, stack.records, dict(last), 10_000, 100_000,
+                                       onsets)
+    whole = read_training_window(kafka, stack.records, dict(last), 10_000, 100_000)
+    for window in since_onset.offsets:
+        assert window["first_offset"] >= onsets[window["partition"]]
+    assert {w["partition"]: w["first_offset"] for w in whole.offsets} != {
+        w["partition"]: w["first_offset"] for w in since_onset.offsets}
+    assert 0 < len(since_onset.frame) < len(whole.frame)
