@@ -31,7 +31,7 @@ class RecentRecords:
         self.positions = np.full(size, -1, dtype=np.int64)
         self.times = np.full(size, -1, dtype=np.int64)
         self.codes = np.full(size, -1, dtype=np.int32)
-        self.scores = np.full((len(signals), size), np.nan, dtype=np.float32)
+        self.scores = np.full((len(signals), size), np.nan, dtype=np.float16)  # attribution only
         self.head = 0
         self.held = 0
 
@@ -55,7 +55,9 @@ class RecentRecords:
         scores = {}
         for row, name in enumerate(self.signals):
             column = batch.scores.get(name)
-            tail = np.full(len(batch.positions), np.nan) if column is None else column
+            # Rounded as the ring stores them, so a restored bank attributes identically.
+            tail = (np.full(len(batch.positions), np.nan) if column is None
+                    else column.astype(np.float16).astype(np.float64))
             scores[name] = np.concatenate([self.scores[row, order].astype(np.float64), tail])
         return Batch(np.concatenate([self.positions[order], batch.positions]),
                      np.concatenate([self.times[order], batch.times]),
@@ -67,14 +69,14 @@ class RecentRecords:
         parts = [self.positions[order].astype("<i8").tobytes(),
                  self.times[order].astype("<i8").tobytes(),
                  self.codes[order].astype("<i4").tobytes(),
-                 self.scores[:, order].astype("<f4").tobytes()]
+                 self.scores[:, order].astype("<f2").tobytes()]
         return zlib.compress(b"".join(parts), 6)
 
     def load(self, data: bytes, held: int) -> None:
         """Restore ``to_bytes()`` of ``held`` records; sizes are checked."""
         if not 0 <= held <= self.size:
             raise SnapshotError(f"recent-records ring of {held} records (at most {self.size})")
-        expected = held * (8 + 8 + 4 + 4 * len(self.signals))
+        expected = held * (8 + 8 + 4 + 2 * len(self.signals))
         try:
             inflate = zlib.decompressobj()
             raw = inflate.decompress(data, expected + 1)
@@ -93,7 +95,7 @@ class RecentRecords:
         self.positions[:held] = take("<i8", held)
         self.times[:held] = take("<i8", held)
         self.codes[:held] = take("<i4", held)
-        self.scores[:, :held] = take("<f4", held * len(self.signals)).reshape(
+        self.scores[:, :held] = take("<f2", held * len(self.signals)).reshape(
             len(self.signals), held)
         self.head = held % self.size
         self.held = held

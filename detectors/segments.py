@@ -51,8 +51,10 @@ SINGLE_BANK_MAGIC = b"LDSNAP"
 OTHER_SEGMENT = "(other)"  # segments beyond max_segments share one bank
 MISSING = "(missing)"
 # A pooled decision is one segment's when that segment's scores since the onset are shifted
-# (|z| of their sum >= 3 in the decision's direction) and the other segments' are not (< 2).
+# (|z| of their sum >= 3 in the decision's direction) and the other segments' are not (< 2)...
 ATTRIBUTE_SEGMENT_Z, ATTRIBUTE_REST_Z = 3.0, 2.0
+# ... or when that segment's records are nearly all the evidence (its slice was arriving).
+ATTRIBUTE_ALONE_SHARE = 0.9
 MIN_LEARNED_VALUES = 200  # a baseline file's segment with fewer values keeps warming up
 MAX_HEADER_BYTES = 16 << 20
 MAX_NAME_CHARS = 512
@@ -302,7 +304,8 @@ class SegmentedBank:
         top = int(np.argmax(strength))
         rest_count = codes.size - counts[top]
         rest = (values.sum() - sums[top]) / np.sqrt(rest_count) if rest_count else 0.0
-        if strength[top] >= ATTRIBUTE_SEGMENT_Z and rest < ATTRIBUTE_REST_Z:
+        alone = counts[top] >= ATTRIBUTE_ALONE_SHARE * codes.size  # a slice of one segment
+        if strength[top] >= ATTRIBUTE_SEGMENT_Z and (rest < ATTRIBUTE_REST_Z or alone):
             return next(label for label, code in self.codes.items() if code == top)
         return ""
 
