@@ -374,3 +374,21 @@ def test_one_county_scenarios_name_their_segment(scenario: str) -> None:
 def test_an_unknown_county_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown county 'Atlantis'"):
         SimulatorConfig(county="Atlantis").validate()
+
+
+def test_simulate_command_writes_the_same_records_in_another_order(tmp_path) -> None:
+    from levydrift.cli import main
+    from levydrift.levyfile import read_levy_file
+
+    paths = {}
+    for order in ("time", "county-batches"):
+        paths[order] = tmp_path / f"{order}.jsonl"
+        assert main(["simulate", "--order", order, "--records", "5000", "--county", "Grant",
+                     "--scenario", "reassessment", "--output", str(paths[order])]) == 0
+    timed, batched = (read_levy_file(paths[o]) for o in ("time", "county-batches"))
+    assert list(timed["record_id"]) != list(batched["record_id"])
+    order = np.argsort(batched["record_id"])
+    for name in ("record_id", "county", "assessed_value", "event_time"):
+        assert list(batched[name][order]) == list(timed[name])
+    truth = json.loads((tmp_path / "county-batches.jsonl.truth.json").read_text())
+    assert truth["segment"] == "county=Grant"
