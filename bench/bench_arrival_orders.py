@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_levy_scenarios import consumer_columns  # noqa: E402
+from bench_levy_scenarios import write_results as write_section  # noqa: E402
 from machine import describe  # noqa: E402
 
 from consumer.champion import Champion  # noqa: E402
@@ -262,17 +263,6 @@ def scenario_table(seeds: int, records: int) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: Path, section: str) -> None:
-    text = path.read_text()
-    start = text.find(HEADING)
-    if start < 0:
-        path.write_text(text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n")
-        return
-    following = text.find("\n## ", start + len(HEADING))
-    rest = text[following + 1:] if following >= 0 else ""
-    path.write_text(text[:start] + section.rstrip("\n") + "\n" + ("\n" + rest if rest else ""))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
@@ -307,7 +297,7 @@ def main() -> None:
                   "[county, tax_district]):", "", table, ""]
     print(f"\n{time.perf_counter() - started:.0f} s wall")
     if args.write:
-        write_results(args.write, "\n".join(parts))
+        write_section(args.write, "\n".join(parts), HEADING)
 
 
 if __name__ == "__main__":

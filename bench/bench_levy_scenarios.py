@@ -336,14 +336,14 @@ def all_decisions(runs: Sequence[Run]) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: Path, section: str) -> None:
-    """Replace (or append) the "Levy scenarios" section; keep the rest of the file."""
+def write_results(path: Path, section: str, heading: str = RESULTS_HEADING) -> None:
+    """Replace (or append) the section under ``heading``; keep the rest of the file."""
     text = path.read_text()
-    start = text.find(RESULTS_HEADING)
+    start = text.find(heading)
     if start < 0:
         path.write_text(text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n")
         return
-    following = text.find("\n## ", start + len(RESULTS_HEADING))
+    following = text.find("\n## ", start + len(heading))
     rest = text[following + 1:] if following >= 0 else ""
     path.write_text(text[:start] + section.rstrip("\n") + "\n" + ("\n" + rest if rest else ""))
 

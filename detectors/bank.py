@@ -20,7 +20,18 @@ from detectors.config import DetectorSettings
 from detectors.decision import KINDS, DriftDecision
 from detectors.reference import Reference
 
-__all__ = ["DetectorBank", "DetectorStatus"]
+__all__ = ["DetectorBank", "DetectorStatus", "check_positions"]
+
+
+def check_positions(positions: np.ndarray, last_position: int | None) -> None:
+    """Positions of a batch: one-dimensional, strictly increasing, after ``last_position``."""
+    if positions.ndim != 1:
+        raise ValueError("positions must be a one-dimensional array")
+    if len(positions) > 1 and not np.all(np.diff(positions) > 0):
+        raise ValueError("positions must be strictly increasing")
+    if len(positions) and last_position is not None and positions[0] <= last_position:
+        raise ValueError(f"position {int(positions[0])} is not after the last position "
+                         f"seen ({last_position})")
 
 
 class DetectorBank:
@@ -74,14 +85,7 @@ class DetectorBank:
         return decisions
 
     def _check_positions(self, positions: np.ndarray) -> None:
-        if positions.ndim != 1:
-            raise ValueError("positions must be a one-dimensional array")
-        if len(positions) > 1 and not np.all(np.diff(positions) > 0):
-            raise ValueError("positions must be strictly increasing")
-        if len(positions) and self.last_position is not None and (
-                positions[0] <= self.last_position):
-            raise ValueError(f"position {int(positions[0])} is not after the last position "
-                             f"seen ({self.last_position})")
+        check_positions(positions, self.last_position)
 
     def _episodes(self, alarms: list[tuple[int, int, str, Alarm]],
                   positions: np.ndarray) -> list[DriftDecision]:

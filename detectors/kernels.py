@@ -45,6 +45,8 @@ C_COUNT, C_RING_HEAD, C_NEXT_CROSS = range(3)
 AL_FIRED, AL_STAT, AL_THRESHOLD, AL_DIRECTION, AL_CHANGE = range(5)
 AL_COLUMNS = 5
 
+MID_RANK = -1.0  # ``_cdf``'s atom_fraction for the mid-rank
+
 # How run_numeric scores a value (see there).
 SCORE_MID_RANK, SCORE_RANDOMISED, SCORE_GIVEN = 0, 1, 2
 
@@ -91,6 +93,14 @@ def reference_cdf(x: float, knots: np.ndarray, below: np.ndarray, at_or_below: n
                   u_min: float) -> float:
     """Reference CDF at ``x``: mid-rank at a knot (atoms such as a zero exemption), linear
     between knots, clipped to [u_min, 1 - u_min] so one extreme parcel has bounded weight."""
+    return _cdf(x, knots, below, at_or_below, u_min, MID_RANK)
+
+
+@njit(cache=True, inline="always")
+def _cdf(x: float, knots: np.ndarray, below: np.ndarray, at_or_below: np.ndarray,
+         u_min: float, atom_fraction: float) -> float:
+    """The reference CDF with a value on an atom placed ``atom_fraction`` of the way up the
+    atom's jump (``MID_RANK``: the mid-rank, computed as it always was)."""
     n = knots.shape[0]
     # Count the knots <= x rather than binary-search them: with ~110 knots the count
     # vectorises and beats a search's unpredictable jumps by 2-3x.
@@ -101,7 +111,10 @@ def reference_cdf(x: float, knots: np.ndarray, below: np.ndarray, at_or_below: n
     if j < 0:
         u = 0.0
     elif knots[j] == x:
-        u = 0.5 * (below[j] + at_or_below[j])
+        if atom_fraction < 0.0:
+            u = 0.5 * (below[j] + at_or_below[j])
+        else:
+            u = below[j] + atom_fraction * (at_or_below[j] - below[j])
     elif j == n - 1:
         u = 1.0
     else:
@@ -143,21 +156,7 @@ def randomised_cdf(x: float, position: int, knots: np.ndarray, below: np.ndarray
     gets a uniform draw within the atom's CDF jump instead of its mid-rank (a randomised
     probability integral transform): the scores are then N(0, 1) even for a signal with a
     handful of distinct values, as the detectors' calibration assumes."""
-    n = knots.shape[0]
-    below_or_at = 0
-    for index in range(n):
-        below_or_at += knots[index] <= x
-    j = below_or_at - 1
-    if j < 0:
-        u = 0.0
-    elif knots[j] == x:
-        u = below[j] + _atom_draw(position) * (at_or_below[j] - below[j])
-    elif j == n - 1:
-        u = 1.0
-    else:
-        frac = (x - knots[j]) / (knots[j + 1] - knots[j])
-        u = at_or_below[j] + frac * (below[j + 1] - at_or_below[j])
-    return min(max(u, u_min), 1.0 - u_min)
+    return _cdf(x, knots, below, at_or_below, u_min, _atom_draw(position))
 
 
 @njit(cache=True, inline="always")
@@ -169,9 +168,7 @@ def _scores_of(u: float, u_min: float) -> tuple[float, float]:
 @njit(cache=True, inline="always")
 def _scores(x: float, knots: np.ndarray, below: np.ndarray, at_or_below: np.ndarray,
             u_min: float) -> tuple[float, float]:
-    u = reference_cdf(x, knots, below, at_or_below, u_min)
-    folded = min(max(abs(2.0 * u - 1.0), 2.0 * u_min), 1.0 - 2.0 * u_min)
-    return normal_quantile(u), normal_quantile(folded)
+    return _scores_of(reference_cdf(x, knots, below, at_or_below, u_min), u_min)
 
 
 # ----------------------------------------------------------------------------- Page-Hinkley

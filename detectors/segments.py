@@ -34,7 +34,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from detectors.bank import DetectorBank
+from detectors.bank import DetectorBank, check_positions
 from detectors.channels import DetectorStatus, NumericChannel
 from detectors.composition import CompositionMonitor, event_times_ms
 from detectors.config import DetectorSettings
@@ -120,7 +120,7 @@ class SegmentedBank:
         ``event_time`` (datetime64, int ms or RFC 3339 strings), and strictly increasing
         positions. Returns the decisions, in order of detection."""
         positions = np.ascontiguousarray(positions, dtype=np.int64)
-        self._check_positions(positions)
+        check_positions(positions, self.last_position)
         n = len(positions)
         times = (event_times_ms(columns["event_time"]) if columns.get("event_time") is not None
                  else np.full(n, -1, dtype=np.int64))
@@ -232,16 +232,6 @@ class SegmentedBank:
         self.segments[label] = DetectorBank(self.segment_settings)
         self.codes[label] = len(self.codes)
         return label
-
-    def _check_positions(self, positions: np.ndarray) -> None:
-        if positions.ndim != 1:
-            raise ValueError("positions must be a one-dimensional array")
-        if len(positions) > 1 and not np.all(np.diff(positions) > 0):
-            raise ValueError("positions must be strictly increasing")
-        if len(positions) and self.last_position is not None and (
-                positions[0] <= self.last_position):
-            raise ValueError(f"position {int(positions[0])} is not after the last position "
-                             f"seen ({self.last_position})")
 
     # ------------------------------------------------------------------ episodes
     def _episodes(self, found: list[tuple[str, DriftDecision]],
