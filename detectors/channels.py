@@ -24,6 +24,7 @@ ADWIN_MAX_BUCKETS, ADWIN_MIN_WINDOW, ADWIN_GRACE = 5, 5, 10  # river's defaults
 CATEGORY_REFRESH = 512  # values between recomputations of the ratios; a power of two
 MAX_NEW_NAMES = 32  # never-seen categories tracked by name; later ones share one code
 NO_SCORES = np.zeros(0)
+MIN_SPREAD_VALUES = 20  # distinct reference values below which a segment has no spread test
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class NumericChannel:
             delta = shift / 2.0
             self.ph_par[row] = (delta, page_hinkley_threshold(delta, 1.0 / self.rate_per_test),
                                 s.min_instances, 1.0, mode, source)
+        self.ph_thresholds = self.ph_par[:, k.PH_THRESHOLD].copy()
         self.aw_par = np.array([adwin_delta(self.rate_per_test, s.adwin_clock), s.adwin_clock,
                                 ADWIN_MAX_BUCKETS, ADWIN_MIN_WINDOW, ADWIN_GRACE,
                                 1.0 if s.adwin else 0.0, 1.0 if self.upward_only else 0.0])
@@ -108,6 +110,14 @@ class NumericChannel:
         self.knots, self.below, self.at_or_below = reference.arrays()
         self.u_min = reference.u_min()
         self.warmup_values, self.warmup_first, self.warmup_last = [], None, None
+        # A segment's signal with a handful of values (a county's levy rate: one per
+        # district) has no spread of its own: its "spread" is the district mix, which
+        # composition judges per event-time window. Spread detectors stay silent on it.
+        discrete = (self.scoring == k.SCORE_RANDOMISED
+                    and len(reference.knots) < MIN_SPREAD_VALUES)
+        spread_rows = self.ph_par[:, k.PH_SOURCE] == k.SOURCE_SPREAD
+        self.ph_par[:, k.PH_THRESHOLD] = np.where(discrete & spread_rows, np.inf,
+                                                  self.ph_thresholds)
 
     def start_warmup(self, length: int | None = None) -> None:
         """Learn a new reference from the next ``length`` values (default: the warm-up

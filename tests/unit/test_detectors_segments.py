@@ -249,3 +249,21 @@ def test_bad_segment_settings_are_one_line_errors() -> None:
         DetectorSettings(segment_by=("county", "county")).validate()
     with pytest.raises(DetectorConfigError, match="composition_window_s"):
         DetectorSettings(composition_window_s=1).validate()
+
+
+def test_a_segment_signal_with_a_handful_of_values_has_no_spread_test() -> None:
+    from detectors.channels import NumericChannel
+    from detectors.reference import NumericReference
+
+    rng = np.random.default_rng(9)
+    settings = DetectorSettings(scoring="randomised")
+    rates = NumericReference.from_values(rng.choice([0.008, 0.01, 0.012, 0.016, 0.017], 2000))
+    values = NumericReference.from_values(rng.lognormal(12, 0.5, 2000))
+    spread = [row for row, name in enumerate(NumericChannel("x", settings, None).ph_names)
+              if name == "spread_page_hinkley"]
+    assert spread
+    discrete = NumericChannel("levy_rate", settings, rates).ph_par[spread, 1]
+    continuous = NumericChannel("assessed_value", settings, values).ph_par[spread, 1]
+    mid_rank = NumericChannel("levy_rate", DetectorSettings(), rates).ph_par[spread, 1]
+    assert np.all(np.isinf(discrete)) and np.all(np.isfinite(continuous))
+    assert np.all(np.isfinite(mid_rank))  # one stream-wide bank keeps its spread tests
