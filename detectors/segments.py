@@ -39,7 +39,7 @@ from detectors.channels import DetectorStatus, NumericChannel
 from detectors.composition import CompositionMonitor, event_times_ms
 from detectors.config import DetectorSettings
 from detectors.decision import KINDS, DriftDecision
-from detectors.errors import SnapshotError
+from detectors.errors import DetectorConfigError, SnapshotError
 from detectors.recent import Batch, RecentRecords
 from detectors.reference import KNOT_PROBABILITIES, NumericReference, Reference
 
@@ -394,8 +394,8 @@ class SegmentedBank:
             return bank
         except SnapshotError:
             raise
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError,
-                struct.error) as error:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError,
+                DetectorConfigError, struct.error) as error:
             raise SnapshotError(f"corrupt segmented snapshot: {type(error).__name__}: "
                                 f"{error}") from None
 

@@ -4,6 +4,7 @@ event-time window, and snapshots are framed and bounds-checked."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 import zlib
@@ -267,3 +268,16 @@ def test_a_segment_signal_with_a_handful_of_values_has_no_spread_test() -> None:
     mid_rank = NumericChannel("levy_rate", DetectorSettings(), rates).ph_par[spread, 1]
     assert np.all(np.isinf(discrete)) and np.all(np.isfinite(continuous))
     assert np.all(np.isfinite(mid_rank))  # one stream-wide bank keeps its spread tests
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_flipped_bytes_anywhere_restore_or_raise_snapshot_error(data) -> None:
+    bank = SegmentedBank(SMALL)
+    feed(bank, stream({"A": 0.0, "B": 2.0}, 1500, np.random.default_rng(10)))
+    snapshot = bytearray(bank.snapshot())
+    for _ in range(data.draw(st.integers(1, 4))):
+        index = data.draw(st.integers(0, len(snapshot) - 1))
+        snapshot[index] ^= data.draw(st.integers(1, 255))
+    with contextlib.suppress(SnapshotError):  # anything else fails the test
+        SegmentedBank.restore(bytes(snapshot), SMALL)
