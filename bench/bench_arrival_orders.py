@@ -19,6 +19,7 @@ labelled rows of the first 20,000 records of the same world.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import time
@@ -152,27 +153,35 @@ def throughput(kept: dict[str, dict[str, np.ndarray]], repeats: int) -> str:
     return "\n".join(lines)
 
 
-def footprint(columns: dict[str, np.ndarray]) -> str:
-    """Memory of one segment's bank once warmed up (tracemalloc), and snapshot sizes."""
-    settings = DetectorSettings()
-    county = columns["county"] == COUNTY
-    one = {name: values[county][:20_000] for name, values in columns.items()}
+def _traced(make, columns: dict[str, np.ndarray]) -> tuple[int, object]:
+    gc.collect()
     tracemalloc.start()
     baseline = tracemalloc.get_traced_memory()[0]
-    bank = SegmentedBank(settings)
-    feed(bank, one)
-    per_segment = tracemalloc.get_traced_memory()[0] - baseline
+    bank = make()
+    feed(bank, columns)
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0] - baseline
     tracemalloc.stop()
-    segmented = SegmentedBank(settings)
-    feed(segmented, columns)
-    today = DetectorBank(settings)
-    feed(today, columns)
+    return used, bank
+
+
+def footprint(columns: dict[str, np.ndarray]) -> str:
+    """Memory (tracemalloc, after a warm-up run) of the layer with one segment and with all,
+    the marginal cost of a segment, and snapshot sizes."""
+    settings = DetectorSettings()
+    one = {name: values[columns["county"] == COUNTY] for name, values in columns.items()}
+    feed(SegmentedBank(settings), one)  # compiled and cached before measuring
+    single, _ = _traced(lambda: SegmentedBank(settings), one)
+    every, segmented = _traced(lambda: SegmentedBank(settings), columns)
+    today_bytes, today = _traced(lambda: DetectorBank(settings), columns)
+    count = len(segmented.segments)
+    marginal = (every - single) / max(count - 1, 1)
     snapshot = segmented.snapshot()
-    return (f"Memory: one segment (its bank warmed up on 20,000 of its records, with the "
-            f"pooled bank, composition and recent-records ring of a one-segment layer): "
-            f"{per_segment / 1024:,.0f} KiB by tracemalloc. Snapshot per partition after "
-            f"{len(columns['index']):,} records ({len(segmented.segments)} segments): "
-            f"{len(snapshot) / 1024:,.0f} KiB (today's single bank: "
+    return (f"Memory (tracemalloc) after {len(columns['index']):,} records: the segment layer "
+            f"with one segment {single / 1024:,.0f} KiB, with all {count} "
+            f"{every / 1024:,.0f} KiB, so {marginal / 1024:,.0f} KiB per segment; today's "
+            f"bank {today_bytes / 1024:,.0f} KiB. Snapshot per partition: "
+            f"{len(snapshot) / 1024:,.0f} KiB ({count} segments; today's single bank: "
             f"{len(today.snapshot()) / 1024:,.0f} KiB); per segment bank "
             f"{len(segmented.segments[f'county={COUNTY}'].snapshot()) / 1024:,.0f} KiB.")
 
@@ -282,7 +291,7 @@ def main() -> None:
         table, kept = none_table(args.records, 0)
         speed = throughput({k: {n: v[:500_000] for n, v in c.items()} for k, c in kept.items()},
                            args.repeats)
-        memory = footprint(kept["time"])
+        memory = footprint({n: v[:100_000] for n, v in kept["time"].items()})
         print(memory, flush=True)
         parts += [f"`none`, {args.records:,} records per order, decisions (all false):", "",
                   table, "", "Throughput (the first 500,000 records of each order, batches "
