@@ -55,6 +55,7 @@ MISSING = "(missing)"
 ATTRIBUTE_SEGMENT_Z, ATTRIBUTE_REST_Z = 3.0, 2.0
 # ... or when that segment's records are nearly all the evidence (its slice was arriving).
 ATTRIBUTE_ALONE_SHARE = 0.9
+ATTRIBUTE_REST_SHARE = 0.2
 MIN_LEARNED_VALUES = 200  # a baseline file's segment with fewer values keeps warming up
 MAX_HEADER_BYTES = 16 << 20
 MAX_NAME_CHARS = 512
@@ -295,7 +296,11 @@ class SegmentedBank:
         rest_count = codes.size - counts[top]
         rest = (values.sum() - sums[top]) / np.sqrt(rest_count) if rest_count else 0.0
         alone = counts[top] >= ATTRIBUTE_ALONE_SHARE * codes.size  # a slice of one segment
-        if strength[top] >= ATTRIBUTE_SEGMENT_Z and (rest < ATTRIBUTE_REST_Z or alone):
+        # Long windows make a segment reference's own small bias (~0.05 sd) "significant":
+        # the rest also counts as unshifted when its mean moved a fifth of the top's or less.
+        rest_mean = (values.sum() - sums[top]) / rest_count if rest_count else 0.0
+        minor = rest_mean <= ATTRIBUTE_REST_SHARE * sums[top] / counts[top]
+        if strength[top] >= ATTRIBUTE_SEGMENT_Z and (rest < ATTRIBUTE_REST_Z or alone or minor):
             return next(label for label, code in self.codes.items() if code == top)
         return ""
 
