@@ -103,7 +103,7 @@ class SegmentedBank:
             self.composition.set_reference(reference.categorical)
         self.records_seen = 0
         self.last_position: int | None = None
-        # "segment/signal/direction" -> detections of the pooled layer (segment "" = all)
+        # "segment/signal/direction" -> recent detections (segment "" = the whole stream)
         self.pooled_marks: dict[str, list[int]] = {}
         self.absorbed = 0
         self.codes: dict[str, int] = {}  # segment -> code in the recent-records ring
@@ -254,17 +254,27 @@ class SegmentedBank:
                 onset = decision.detected_at if onset is None else onset
             if layer == "pooled":
                 decision = replace(decision, segment=self._attribute(decision, onset, known))
-                for finding in decision.signals:
-                    key = f"{decision.segment}/{finding.signal}/{_direction(finding)}"
-                    self.pooled_marks[key] = (self.pooled_marks.get(key, []) + [
-                        decision.detected_at])[-4:]
-            elif layer == "segment":
-                kept = tuple(f for f in decision.signals
-                             if not self._absorbed(decision.segment, f, onset))
+            if layer == "segment" or (layer == "pooled" and decision.segment):
+                # The same change, already reported by the other layer (same signal and
+                # direction, or same kind within the cooldown): absorbed.
+                kind_key = f"kind:{decision.segment}/{decision.kind}"
+                recent = (self.pooled_marks.get(kind_key, [])
+                          + self.pooled_marks.get(f"kind:/{decision.kind}", []))
+                same_episode = any(decision.detected_at <= mark + self.settings.cooldown_records
+                                   for mark in recent)
+                kept = () if same_episode else tuple(
+                    f for f in decision.signals
+                    if not self._absorbed(decision.segment, f, onset))
+                self._mark(decision)
+                if not same_episode:
+                    self.pooled_marks[kind_key] = [decision.detected_at]
                 if not kept:
                     self.absorbed += 1
                     continue
                 decision = replace(decision, signals=kept)
+            elif layer == "pooled":
+                self._mark(decision)
+                self.pooled_marks[f"kind:/{decision.kind}"] = [decision.detected_at]
             onset_time = decision.onset_time_ms
             if onset_time is None:
                 onset_time = _time_at(onset, known)
@@ -303,6 +313,12 @@ class SegmentedBank:
         if strength[top] >= ATTRIBUTE_SEGMENT_Z and (rest < ATTRIBUTE_REST_Z or alone or minor):
             return next(label for label, code in self.codes.items() if code == top)
         return ""
+
+    def _mark(self, decision: DriftDecision) -> None:
+        for finding in decision.signals:
+            key = f"{decision.segment}/{finding.signal}/{_direction(finding)}"
+            self.pooled_marks[key] = (self.pooled_marks.get(key, []) + [
+                decision.detected_at])[-4:]
 
     def _absorbed(self, segment: str, finding: Any, onset: int) -> bool:
         direction = _direction(finding)

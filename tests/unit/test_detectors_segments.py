@@ -281,3 +281,25 @@ def test_flipped_bytes_anywhere_restore_or_raise_snapshot_error(data) -> None:
         snapshot[index] ^= data.draw(st.integers(1, 255))
     with contextlib.suppress(SnapshotError):  # anything else fails the test
         SegmentedBank.restore(bytes(snapshot), SMALL)
+
+
+@pytest.mark.parametrize("seed", [1, 4, 5])
+def test_one_change_in_one_segment_is_one_decision_across_layers(seed: int) -> None:
+    """Segment and pooled detectors see the same values: when one fires on some signals and
+    the other on others for the same change (Grant's unit bug, its roll arriving as one
+    slice), that is still one episode of that kind."""
+    from levydrift.simulator import LevySimulator, SimulatorConfig, ordered_blocks, string_columns
+
+    config = SimulatorConfig(seed=seed, county="Grant", scenario="unit-bug", change_at=17_280,
+                             duration=100_000, event_interval_ms=10_000)
+    blocks = list(ordered_blocks(LevySimulator(config), 30_000, "roll-cycle"))
+    merged = string_columns({k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]})
+    columns = {k: v.astype(np.float64) if v.dtype.kind in "fiub" else v.astype(object)
+               for k, v in merged.items()}  # as the consumer decodes them
+    columns["x"] = columns["assessed_value"]  # ``feed`` counts records by x
+    decisions = [d for d in feed(SegmentedBank(DetectorSettings()), columns, batch=2000)
+                 if d.kind == "distribution"]
+    first = decisions[0]
+    episode = [d for d in decisions
+               if d.detected_at <= first.detected_at + DetectorSettings().cooldown_records]
+    assert episode == [first], [(d.segment, d.detected_at, d.signal_names) for d in episode]
