@@ -303,6 +303,8 @@ class SegmentedBank:
         counts = np.bincount(codes, minlength=len(self.codes))
         strength = np.where(counts > 0, sums / np.sqrt(np.maximum(counts, 1)), 0.0)
         top = int(np.argmax(strength))
+        if counts[top] == 0:  # no segment's scores moved in the decision's direction
+            return ""
         rest_count = codes.size - counts[top]
         rest = (values.sum() - sums[top]) / np.sqrt(rest_count) if rest_count else 0.0
         alone = counts[top] >= ATTRIBUTE_ALONE_SHARE * codes.size  # a slice of one segment
