@@ -36,6 +36,7 @@ from consumer.processing import signal_columns  # noqa: E402
 from detectors import DetectorBank, DetectorSettings, DriftDecision  # noqa: E402
 from detectors.kernels import standardise  # noqa: E402
 from detectors.reference import NumericReference  # noqa: E402
+from detectors.segments import SegmentedBank  # noqa: E402
 from levydrift.features import to_model_frame  # noqa: E402
 from levydrift.simulator import (  # noqa: E402
     RECORD_FIELDS,
@@ -187,14 +188,15 @@ def train_champion(seed: int, config: RunConfig) -> Champion:
 
 
 def run_scenario(scenario: str, seed: int, champion: Champion, config: RunConfig,
-                 settings: DetectorSettings | None = None) -> Run:
-    """Feed one scenario's stream through a fresh bank in consumer-sized batches."""
+                 settings: DetectorSettings | None = None, segmented: bool = False) -> Run:
+    """Feed one scenario's stream through a fresh bank (or, with ``segmented``, the
+    consumer's ``SegmentedBank``) in consumer-sized batches."""
     simulator = LevySimulator(SimulatorConfig(seed=seed, scenario=scenario,
                                               change_at=config.change_at,
                                               labelled_share=config.labelled_share))
     truth = simulator.ground_truth(config.records)
     settings = settings or DetectorSettings()
-    bank = DetectorBank(settings)
+    bank = SegmentedBank(settings) if segmented else DetectorBank(settings)
     decisions: list[DriftDecision] = []
     watched: dict[str, list[np.ndarray]] = {name: [] for name in settings.all_signals()}
     for start in range(0, config.records, config.batch_records):
@@ -334,14 +336,14 @@ def all_decisions(runs: Sequence[Run]) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: Path, section: str) -> None:
-    """Replace (or append) the "Levy scenarios" section; keep the rest of the file."""
+def write_results(path: Path, section: str, heading: str = RESULTS_HEADING) -> None:
+    """Replace (or append) the section under ``heading``; keep the rest of the file."""
     text = path.read_text()
-    start = text.find(RESULTS_HEADING)
+    start = text.find(heading)
     if start < 0:
         path.write_text(text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n")
         return
-    following = text.find("\n## ", start + len(RESULTS_HEADING))
+    following = text.find("\n## ", start + len(heading))
     rest = text[following + 1:] if following >= 0 else ""
     path.write_text(text[:start] + section.rstrip("\n") + "\n" + ("\n" + rest if rest else ""))
 
@@ -353,6 +355,9 @@ def main() -> None:
     parser.add_argument("--change-at", type=int, default=30_000)
     parser.add_argument("--train", type=int, default=20_000)
     parser.add_argument("--scenarios", nargs="*", default=list(SCENARIOS))
+    parser.add_argument("--segmented", action="store_true",
+                        help="feed the SegmentedBank (what the consumer runs) instead of "
+                             "one DetectorBank")
     parser.add_argument("--write", type=Path, default=None,
                         help="append/replace the Levy scenarios section of this file")
     args = parser.parse_args()
@@ -370,7 +375,7 @@ def main() -> None:
     for seed in range(args.seeds):
         champion = train_champion(seed, config)
         for scenario in args.scenarios:
-            run = run_scenario(scenario, seed, champion, config)
+            run = run_scenario(scenario, seed, champion, config, segmented=args.segmented)
             rows[scenario].runs.append(run)
             runs.append(run)
             print(f"seed {seed} {scenario}: " + all_decisions([run]).split(": ", 1)[1],

@@ -1,14 +1,17 @@
 """Bank decisions to drift events (schema v1), with Kafka offsets for the windows.
 
 The consumer feeds each partition's bank with Kafka offsets as positions, so a decision's window
-positions are already offsets of that partition. The event id and ``detected_at`` (the event time
-of the record at which the detectors fired) depend only on the records, so a replay after a
-crash produces byte-identical events.
+positions are already offsets of that partition. Each event names its segment, the estimated
+onset (offset and event time) and the episode identity (segment, primary signal, direction,
+onset window), the same on every partition that sees the same change. The event id and
+``detected_at`` (the event time of the record at which the detectors fired) depend only on the
+records, so a replay after a crash produces byte-identical events.
 """
 
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from detectors.decision import DetectorFiring, DriftDecision, SignalFinding
@@ -17,10 +20,15 @@ from schemas.drift_event import (
     DetectorSpec,
     DriftEvent,
     DriftSignal,
+    Episode,
+    Onset,
     SourceOffsets,
     WindowSummary,
+    drift_episode_id,
     drift_event_id,
 )
+
+EFFECT_UNITS = {"mean_shift": "sd", "std_ratio": "ratio", "share_change": "share"}
 
 if TYPE_CHECKING:
     from consumer.config import ConsumerSettings
@@ -48,7 +56,39 @@ def decision_to_event(decision: DriftDecision, topic: str, partition: int,
         current_window=SourceOffsets(topic, partition, current_first, current_last),
         detected_at=detected_at,
         consumer_group=group,
+        segment=decision.segment,
+        onset=_onset(decision, current_first, current_last),
+        episode=_episode(decision, model_name),
     )
+
+
+def _onset(decision: DriftDecision, first: int, last: int) -> Onset | None:
+    """The estimated onset, within the current window (a change that began before the bank
+    saw any record of this partition starts at the window's first offset)."""
+    if decision.onset_at is None:
+        return None
+    offset = min(max(decision.onset_at, first, 0), last)
+    return Onset(offset, _rfc3339(decision.onset_time_ms))
+
+
+def _episode(decision: DriftDecision, model_name: str) -> Episode:
+    segment, signal, direction, window_ms = decision.episode
+    onset_window = _rfc3339(window_ms)
+    return Episode(drift_episode_id(model_name, segment, signal, direction, onset_window),
+                   segment, signal, direction, onset_window)
+
+
+def _rfc3339(milliseconds: int | None) -> str | None:
+    """RFC 3339 (UTC, milliseconds) for the contract's years 1900-2199; None otherwise."""
+    if milliseconds is None:
+        return None
+    try:
+        moment = datetime.fromtimestamp(milliseconds / 1000, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+    if not 1900 <= moment.year <= 2199:
+        return None
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def _signal(finding: SignalFinding) -> DriftSignal:
@@ -61,6 +101,8 @@ def _signal(finding: SignalFinding) -> DriftSignal:
         effect_size=_finite(finding.effect_size),
         reference=_window(finding.reference),
         current=_window(finding.current),
+        effect_measure=finding.effect_measure,
+        effect_unit=EFFECT_UNITS.get(finding.effect_measure),
     )
 
 

@@ -18,7 +18,7 @@ from confluent_kafka import Message
 from consumer import metrics
 from consumer.events import decision_to_event
 from consumer.state import PartitionState
-from detectors.bank import DetectorBank
+from detectors.segments import SegmentedBank, is_single_bank_snapshot
 from levydrift.signals import signal_columns as model_signal_columns
 from schemas.dead_letter import dead_letter
 from schemas.levy_record import decode_levy_records, levy_records_to_columns
@@ -48,11 +48,11 @@ class BatchResult:
 
 @dataclass
 class PartitionMonitor:
-    """The detector bank of one partition and where it stands in the stream."""
+    """The segmented detector bank of one partition and where it stands in the stream."""
 
     topic: str
     partition: int
-    bank: DetectorBank
+    bank: SegmentedBank
     next_offset: int
     model_version: int | None
     committed: PartitionState | None = None
@@ -65,11 +65,18 @@ class PartitionMonitor:
                reference: Reference | None = None) -> PartitionMonitor:
         """Rebuild from ``saved`` (the snapshot of exactly ``start_offset``, see
         ``consumer.state.resume_point``), or start fresh at ``start_offset``."""
+        if saved is not None and is_single_bank_snapshot(saved.bank):
+            log.warning("detector state of %s[%d] is a single-bank snapshot from before "
+                        "segment-aware detection; starting fresh segmented detectors at "
+                        "offset %d", topic, partition, start_offset,
+                        extra={"topic": topic, "partition": partition,
+                               "offset": start_offset})
+            saved = None
         if saved is None:
-            bank = DetectorBank(detector_settings, reference)
+            bank = SegmentedBank(detector_settings, reference)
             monitor = cls(topic, partition, bank, start_offset, champion_version)
         else:
-            bank = DetectorBank.restore(saved.bank, detector_settings)
+            bank = SegmentedBank.restore(saved.bank, detector_settings)
             monitor = cls(topic, partition, bank, start_offset, saved.model_version)
             if saved.model_version != champion_version:
                 monitor.rebaseline(champion_version, reference)
@@ -87,7 +94,7 @@ class PartitionMonitor:
     def rewind(self, detector_settings: DetectorSettings) -> None:
         """Back to the last committed snapshot after an aborted transaction."""
         assert self.committed is not None
-        self.bank = DetectorBank.restore(self.committed.bank, detector_settings)
+        self.bank = SegmentedBank.restore(self.committed.bank, detector_settings)
         self.next_offset = self.committed.next_offset
         self.model_version = self.committed.model_version
         self.dirty = False

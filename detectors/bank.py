@@ -20,7 +20,18 @@ from detectors.config import DetectorSettings
 from detectors.decision import KINDS, DriftDecision
 from detectors.reference import Reference
 
-__all__ = ["DetectorBank", "DetectorStatus"]
+__all__ = ["DetectorBank", "DetectorStatus", "check_positions"]
+
+
+def check_positions(positions: np.ndarray, last_position: int | None) -> None:
+    """Positions of a batch: one-dimensional, strictly increasing, after ``last_position``."""
+    if positions.ndim != 1:
+        raise ValueError("positions must be a one-dimensional array")
+    if len(positions) > 1 and not np.all(np.diff(positions) > 0):
+        raise ValueError("positions must be strictly increasing")
+    if len(positions) and last_position is not None and positions[0] <= last_position:
+        raise ValueError(f"position {int(positions[0])} is not after the last position "
+                         f"seen ({last_position})")
 
 
 class DetectorBank:
@@ -42,10 +53,13 @@ class DetectorBank:
             self._apply_reference(reference)
 
     # ------------------------------------------------------------------ feeding
-    def update(self, columns: Mapping[str, Any], positions: Any) -> list[DriftDecision]:
+    def update(self, columns: Mapping[str, Any], positions: Any,
+               scores: Mapping[str, np.ndarray] | None = None) -> list[DriftDecision]:
         """Feed one batch: one array per signal (NaN / None = no value for that record) and
         the records' strictly increasing positions. Returns the decisions it produced, in
-        order. A signal missing from ``columns`` has no value in this batch."""
+        order. A signal missing from ``columns`` has no value in this batch. ``scores``
+        (optional, numeric signals): NaN-filled arrays that receive each value's location
+        score (see ``NumericChannel.feed``)."""
         positions = np.ascontiguousarray(positions, dtype=np.int64)
         self._check_positions(positions)
         alarms: list[tuple[int, int, str, Alarm]] = []
@@ -57,7 +71,11 @@ class DetectorBank:
             if len(column) != len(positions):
                 raise ValueError(f"column {name!r} has {len(column)} values for "
                                  f"{len(positions)} positions")
-            for alarm in channel.feed(column, positions):
+            if isinstance(channel, NumericChannel) and scores is not None:
+                fired = channel.feed(column, positions, scores.get(name))
+            else:
+                fired = channel.feed(column, positions)
+            for alarm in fired:
                 alarms.append((alarm.index, order[name], name, alarm))
         alarms.sort(key=lambda item: (item[0], item[1]))
         decisions = self._episodes(alarms, positions)
@@ -67,14 +85,7 @@ class DetectorBank:
         return decisions
 
     def _check_positions(self, positions: np.ndarray) -> None:
-        if positions.ndim != 1:
-            raise ValueError("positions must be a one-dimensional array")
-        if len(positions) > 1 and not np.all(np.diff(positions) > 0):
-            raise ValueError("positions must be strictly increasing")
-        if len(positions) and self.last_position is not None and (
-                positions[0] <= self.last_position):
-            raise ValueError(f"position {int(positions[0])} is not after the last position "
-                             f"seen ({self.last_position})")
+        check_positions(positions, self.last_position)
 
     def _episodes(self, alarms: list[tuple[int, int, str, Alarm]],
                   positions: np.ndarray) -> list[DriftDecision]:

@@ -23,6 +23,8 @@ from detectors.reference import SUMMARY_PROBABILITIES, CategoricalReference, Num
 ADWIN_MAX_BUCKETS, ADWIN_MIN_WINDOW, ADWIN_GRACE = 5, 5, 10  # river's defaults
 CATEGORY_REFRESH = 512  # values between recomputations of the ratios; a power of two
 MAX_NEW_NAMES = 32  # never-seen categories tracked by name; later ones share one code
+NO_SCORES = np.zeros(0)
+MIN_SPREAD_VALUES = 20  # distinct reference values below which a segment has no spread test
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class NumericChannel:
         self.upward_only = (settings.performance_upward_only
                             and name in settings.performance_signals)
         self._build_parameters()
+        self.scoring = {"mid_rank": k.SCORE_MID_RANK, "randomised": k.SCORE_RANDOMISED,
+                        "given": k.SCORE_GIVEN}[settings.scoring]
         self.ring_values = np.zeros(settings.summary_window)
         self.ring_positions = np.zeros(settings.summary_window, dtype=np.int64)
         self.counters = np.zeros(2, dtype=np.int64)
@@ -83,6 +87,7 @@ class NumericChannel:
             delta = shift / 2.0
             self.ph_par[row] = (delta, page_hinkley_threshold(delta, 1.0 / self.rate_per_test),
                                 s.min_instances, 1.0, mode, source)
+        self.ph_thresholds = self.ph_par[:, k.PH_THRESHOLD].copy()
         self.aw_par = np.array([adwin_delta(self.rate_per_test, s.adwin_clock), s.adwin_clock,
                                 ADWIN_MAX_BUCKETS, ADWIN_MIN_WINDOW, ADWIN_GRACE,
                                 1.0 if s.adwin else 0.0, 1.0 if self.upward_only else 0.0])
@@ -105,6 +110,14 @@ class NumericChannel:
         self.knots, self.below, self.at_or_below = reference.arrays()
         self.u_min = reference.u_min()
         self.warmup_values, self.warmup_first, self.warmup_last = [], None, None
+        # A segment's signal with a handful of values (a county's levy rate: one per
+        # district) has no spread of its own: its "spread" is the district mix, which
+        # composition judges per event-time window. Spread detectors stay silent on it.
+        discrete = (self.scoring == k.SCORE_RANDOMISED
+                    and len(reference.knots) < MIN_SPREAD_VALUES)
+        spread_rows = self.ph_par[:, k.PH_SOURCE] == k.SOURCE_SPREAD
+        self.ph_par[:, k.PH_THRESHOLD] = np.where(discrete & spread_rows, np.inf,
+                                                  self.ph_thresholds)
 
     def start_warmup(self, length: int | None = None) -> None:
         """Learn a new reference from the next ``length`` values (default: the warm-up
@@ -115,7 +128,11 @@ class NumericChannel:
         self.reset_detectors()
 
     # ------------------------------------------------------------------ feeding
-    def feed(self, column: Any, positions: np.ndarray) -> list[Alarm]:
+    def feed(self, column: Any, positions: np.ndarray,
+             scores: np.ndarray | None = None) -> list[Alarm]:
+        """Feed one batch. With ``scores`` (same length, NaN-filled by the caller), also
+        write each value's location score against the reference that judged it (NaN while
+        warming up): the segment layer pools them, exactly, whatever the batching."""
         values = np.ascontiguousarray(column, dtype=np.float64)
         alarms: list[Alarm] = []
         start = 0
@@ -127,7 +144,8 @@ class NumericChannel:
                 values, positions, start, self.knots, self.below, self.at_or_below,
                 self.u_min, self.ph_par, self.ph_f, self.ph_i, self.aw_par, self.aw_s,
                 self.aw_totals, self.aw_variances, self.aw_counts, self.ring_values,
-                self.ring_positions, self.counters, self.alarm)
+                self.ring_positions, self.counters, self.alarm,
+                self.scoring, NO_SCORES if scores is None else scores)
             if self.alarm[:, k.AL_FIRED].any():
                 alarms.append(Alarm(start - 1, self._finding()))
                 self.alarm[:, :] = 0.0

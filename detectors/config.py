@@ -51,6 +51,22 @@ class DetectorSettings:
     relearn_records: int = 2000
     summary_window: int = 512
     reference_prior_cap: int = 50000
+    # Segments (detectors/segments.py): numeric signals are judged per segment, the mix of
+    # categories per closed event-time window (see detectors/CALIBRATION.md section 7).
+    # How numeric values become normal scores: "mid_rank" (a value on an atom of the
+    # reference, such as a district's levy rate, gets the atom's mid-rank), "randomised" (a
+    # uniform draw within the atom: N(0, 1) scores even for a signal with a handful of
+    # values; the segment banks use it) or "given" (values are scores already: the segment
+    # layer's pooled bank).
+    scoring: str = "mid_rank"
+    segment_by: tuple[str, ...] = ("county",)
+    segment_warmup_records: int = 2000
+    max_segments: int = 64
+    pooled: bool = True
+    composition_window_s: int = 86400
+    composition_lateness_s: int = 3600
+    composition_sustain: int = 2
+    composition_min_change: float = 0.02
 
     def validate(self) -> None:
         """Raise ``DetectorConfigError`` with a one-line reason for an invalid combination."""
@@ -84,6 +100,12 @@ class DetectorSettings:
 
 
 def _check_signals(s: DetectorSettings) -> None:
+    if not isinstance(s.segment_by, tuple) or not all(
+            isinstance(f, str) and f.strip() for f in s.segment_by):
+        raise DetectorConfigError("detectors.segment_by must be a list of field names "
+                                  "(e.g. [\"county\"]; [] = one segment)")
+    if len(set(s.segment_by)) != len(s.segment_by) or len(s.segment_by) > 4:
+        raise DetectorConfigError("detectors.segment_by: at most 4 distinct fields")
     names = s.all_signals()
     if not names:
         raise DetectorConfigError("detectors: no signals configured; list at least one")
@@ -115,6 +137,18 @@ def _check_numbers(s: DetectorSettings) -> None:
         (200 <= s.relearn_records <= 1000000, "relearn_records must be within 200..1000000"),
         (16 <= s.summary_window <= 65536, "summary_window must be within 16..65536"),
         (s.reference_prior_cap >= 1, "reference_prior_cap must be >= 1"),
+        (200 <= s.segment_warmup_records <= 1000000,
+         "segment_warmup_records must be within 200..1000000"),
+        (s.scoring in ("mid_rank", "randomised", "given"),
+         "scoring must be one of mid_rank, randomised, given"),
+        (s.scoring != "given" or not s.spread, "scoring = given needs spread = false"),
+        (1 <= s.max_segments <= 4096, "max_segments must be within 1..4096"),
+        (60 <= s.composition_window_s <= 366 * 86400,
+         "composition_window_s must be within 60..31622400 (one minute to a year)"),
+        (0 <= s.composition_lateness_s <= 366 * 86400,
+         "composition_lateness_s must be within 0..31622400"),
+        (1 <= s.composition_sustain <= 100, "composition_sustain must be within 1..100"),
+        (0.0 < s.composition_min_change < 0.5, "composition_min_change must be within (0, 0.5)"),
     ]
     for ok, message in checks:
         if not ok:

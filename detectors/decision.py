@@ -55,13 +55,39 @@ class SignalFinding:
 
 @dataclass(frozen=True)
 class DriftDecision:
+    """One episode. The segment layer (``detectors.segments``) fills in where and since
+    when: ``segment`` (``"county=Yakima"``; empty = the whole stream), ``onset_at`` (the
+    position where the change is estimated to begin), ``onset_time_ms`` (its event time) and
+    ``onset_window_ms`` (start of the event-time window holding it). ``episode`` is the
+    identity downstream consumers group by: the same change seen on several partitions has
+    the same episode."""
+
     kind: str  # one of KINDS
     detected_at: int  # position of the record at which the detectors fired
     signals: tuple[SignalFinding, ...]
+    segment: str = ""
+    onset_at: int | None = None
+    onset_time_ms: int | None = None
+    onset_window_ms: int | None = None
 
     @property
     def signal_names(self) -> tuple[str, ...]:
         return tuple(finding.signal for finding in self.signals)
+
+    @property
+    def direction(self) -> str:
+        """Direction of the strongest firing of the first (primary) signal."""
+        firings = self.signals[0].firings if self.signals else ()
+        if not firings:
+            return "up"
+        return max(firings, key=lambda f: f.statistic / f.threshold if f.threshold
+                   else 0.0).direction
+
+    @property
+    def episode(self) -> tuple[str, str, str, int | None]:
+        """(segment, primary signal, direction, onset window start in ms)."""
+        signal = self.signals[0].signal if self.signals else ""
+        return (self.segment, signal, self.direction, self.onset_window_ms)
 
     @property
     def current_positions(self) -> tuple[int | None, int]:

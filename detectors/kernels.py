@@ -45,6 +45,11 @@ C_COUNT, C_RING_HEAD, C_NEXT_CROSS = range(3)
 AL_FIRED, AL_STAT, AL_THRESHOLD, AL_DIRECTION, AL_CHANGE = range(5)
 AL_COLUMNS = 5
 
+MID_RANK = -1.0  # ``_cdf``'s atom_fraction for the mid-rank
+
+# How run_numeric scores a value (see there).
+SCORE_MID_RANK, SCORE_RANDOMISED, SCORE_GIVEN = 0, 1, 2
+
 
 # ----------------------------------------------------------------------------- standardisation
 
@@ -88,6 +93,14 @@ def reference_cdf(x: float, knots: np.ndarray, below: np.ndarray, at_or_below: n
                   u_min: float) -> float:
     """Reference CDF at ``x``: mid-rank at a knot (atoms such as a zero exemption), linear
     between knots, clipped to [u_min, 1 - u_min] so one extreme parcel has bounded weight."""
+    return _cdf(x, knots, below, at_or_below, u_min, MID_RANK)
+
+
+@njit(cache=True, inline="always")
+def _cdf(x: float, knots: np.ndarray, below: np.ndarray, at_or_below: np.ndarray,
+         u_min: float, atom_fraction: float) -> float:
+    """The reference CDF with a value on an atom placed ``atom_fraction`` of the way up the
+    atom's jump (``MID_RANK``: the mid-rank, computed as it always was)."""
     n = knots.shape[0]
     # Count the knots <= x rather than binary-search them: with ~110 knots the count
     # vectorises and beats a search's unpredictable jumps by 2-3x.
@@ -98,7 +111,10 @@ def reference_cdf(x: float, knots: np.ndarray, below: np.ndarray, at_or_below: n
     if j < 0:
         u = 0.0
     elif knots[j] == x:
-        u = 0.5 * (below[j] + at_or_below[j])
+        if atom_fraction < 0.0:
+            u = 0.5 * (below[j] + at_or_below[j])
+        else:
+            u = below[j] + atom_fraction * (at_or_below[j] - below[j])
     elif j == n - 1:
         u = 1.0
     else:
@@ -123,11 +139,36 @@ def standardise(values: np.ndarray, knots: np.ndarray, below: np.ndarray,
 
 
 @njit(cache=True, inline="always")
-def _scores(x: float, knots: np.ndarray, below: np.ndarray, at_or_below: np.ndarray,
-            u_min: float) -> tuple[float, float]:
-    u = reference_cdf(x, knots, below, at_or_below, u_min)
+def _atom_draw(position: int) -> float:
+    """A uniform number in [0, 1) from a record's position (splitmix64): deterministic,
+    whatever the batching."""
+    h = np.uint64(position) * np.uint64(0x9E3779B97F4A7C15)
+    h ^= h >> np.uint64(31)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(29)
+    return float(h >> np.uint64(11)) / 9007199254740992.0
+
+
+@njit(cache=True, inline="always")
+def randomised_cdf(x: float, position: int, knots: np.ndarray, below: np.ndarray,
+                   at_or_below: np.ndarray, u_min: float) -> float:
+    """``reference_cdf``, but a value on an atom (a district's levy rate, a zero exemption)
+    gets a uniform draw within the atom's CDF jump instead of its mid-rank (a randomised
+    probability integral transform): the scores are then N(0, 1) even for a signal with a
+    handful of distinct values, as the detectors' calibration assumes."""
+    return _cdf(x, knots, below, at_or_below, u_min, _atom_draw(position))
+
+
+@njit(cache=True, inline="always")
+def _scores_of(u: float, u_min: float) -> tuple[float, float]:
     folded = min(max(abs(2.0 * u - 1.0), 2.0 * u_min), 1.0 - 2.0 * u_min)
     return normal_quantile(u), normal_quantile(folded)
+
+
+@njit(cache=True, inline="always")
+def _scores(x: float, knots: np.ndarray, below: np.ndarray, at_or_below: np.ndarray,
+            u_min: float) -> tuple[float, float]:
+    return _scores_of(reference_cdf(x, knots, below, at_or_below, u_min), u_min)
 
 
 # ----------------------------------------------------------------------------- Page-Hinkley
@@ -348,8 +389,13 @@ def run_numeric(values: np.ndarray, positions: np.ndarray, start: int,
                 aw_par: np.ndarray, aw_s: np.ndarray, aw_totals: np.ndarray,
                 aw_variances: np.ndarray, aw_counts: np.ndarray,
                 ring_values: np.ndarray, ring_positions: np.ndarray, counters: np.ndarray,
-                alarm: np.ndarray) -> int:
+                alarm: np.ndarray, scoring: int, scores_out: np.ndarray) -> int:
     """Feed values[start:] to one numeric signal's detectors; stop after the first alarm.
+    ``scoring``: SCORE_MID_RANK (values on an atom of the reference get its mid-rank),
+    SCORE_RANDOMISED (``randomised_cdf``) or SCORE_GIVEN (the values are location scores
+    already; no spread score, so spread detectors must be off). A non-empty ``scores_out`` (same
+    length as ``values``; empty = none wanted) receives each judged value's location
+    score.
 
     Rows of ``alarm``: one per Page-Hinkley detector, then ADWIN. After an alarm every
     detector of the signal restarts, so the next alarm needs fresh evidence.
@@ -368,7 +414,15 @@ def run_numeric(values: np.ndarray, positions: np.ndarray, start: int,
         ring_values[head] = x
         ring_positions[head] = positions[idx]
         counters[C_RING_HEAD] = head + 1 if head + 1 < ring_size else 0
-        z, w = _scores(x, knots, below, at_or_below, u_min)
+        if scoring == SCORE_GIVEN:
+            z, w = x, 0.0
+        elif scoring == SCORE_RANDOMISED:
+            z, w = _scores_of(randomised_cdf(x, positions[idx], knots, below, at_or_below,
+                                             u_min), u_min)
+        else:
+            z, w = _scores(x, knots, below, at_or_below, u_min)
+        if scores_out.shape[0]:
+            scores_out[idx] = z
         fired = False
         previous_source = -1.0
         n, mean = 0.0, 0.0

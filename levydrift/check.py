@@ -2,10 +2,13 @@
 
 The successor of ``python ml/hooks/drift_detector.py --data-path ... --trigger-retraining``.
 Rows are fed in file order (their arrival order) with row positions in place of Kafka offsets,
-through the same ``DetectorBank`` and the same model signals (``levydrift.signals``) as the
+through the same ``SegmentedBank`` and the same model signals (``levydrift.signals``) as the
 consumer. The baseline is, in order: ``--reference FILE``; the champion's reference sample (its
-holdout, as the consumer uses it); else the first ``detectors.warmup_records`` rows, as the
-consumer does without one. The output and the JSON summary say which.
+holdout, as the consumer uses it); else each segment learns its reference from its first
+``detectors.segment_warmup_records`` values, as the consumer does from the start of a partition.
+The output and the JSON summary say which. A file no longer than ``detectors.warmup_records``
+rows with no reference cannot be judged (exit 2). A reference (file or champion sample) warms
+every segment up before the file's rows.
 
 Handled drift is handled once: with ``--trigger-retraining`` the drift episodes are planned as
 the trainer worker plans them (``TrainWorker.plan``: events already in a version's lineage, or
@@ -28,11 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from detectors.bank import DetectorBank, DetectorStatus
+from detectors.bank import DetectorStatus
 from detectors.config import DetectorSettings
 from detectors.decision import DriftDecision, SignalFinding
 from detectors.errors import DetectorConfigError
 from detectors.reference import Reference, reference_for_signals
+from detectors.segments import SegmentedBank
 from levydrift import settings as settings_module
 from levydrift.errors import UsageError
 from levydrift.levyfile import read_levy_file
@@ -120,8 +124,8 @@ class Baseline:
 
 
 def warmup_baseline(detectors: DetectorSettings) -> Baseline:
-    return Baseline(None, f"first {detectors.warmup_records:,} rows (warm-up, no champion "
-                          "reference sample)", "warm-up")
+    return Baseline(None, f"each segment's first {detectors.segment_warmup_records:,} values "
+                          "(warm-up, no champion reference sample)", "warm-up")
 
 
 def run_check(columns: dict[str, np.ndarray], detectors: DetectorSettings,
@@ -136,18 +140,20 @@ def run_check(columns: dict[str, np.ndarray], detectors: DetectorSettings,
         progress.phase(f"scoring {rows:,} rows" if scorer else f"preparing {rows:,} rows")
     columns = signal_columns(dict(columns), scorer)
     baseline = baseline or warmup_baseline(detectors)
-    bank = DetectorBank(detectors, baseline.reference)
-    watched = {name: columns[name] for name in detectors.all_signals() if name in columns}
+    bank = SegmentedBank(detectors, baseline.reference)
+    if baseline.columns is not None:
+        bank.learn(baseline.columns)
     if progress is not None:
         progress.phase("running the detectors")
     decisions = []
     # In slices, to show progress: the bank gives the same decisions however a stream is cut.
     for start in range(0, rows, CHECK_SLICE_ROWS):
         stop = min(rows, start + CHECK_SLICE_ROWS)
-        decisions.extend(bank.update({name: values[start:stop] for name, values in watched.items()},
+        decisions.extend(bank.update({name: values[start:stop] for name, values in columns.items()},
                                      np.arange(start, stop, dtype=np.int64)))
         if progress is not None:
             progress.update(stop)
+    decisions.extend(bank.finish())  # end of input closes every event-time window
     reference_columns = baseline.columns if baseline.columns is not None else {
         name: column[:detectors.warmup_records] for name, column in columns.items()}
     return CheckResult(
@@ -304,7 +310,7 @@ def top_category(finding: SignalFinding) -> str | None:
 
 
 def rows_text(first: int | None, last: int | None, reference_kind: str = "file") -> str:
-    if first is None or last is None:  # a reference not taken from these rows
+    if first is None or last is None or first < 0:  # a reference not taken from these rows
         return "(champion's reference sample)" if reference_kind == "champion" \
             else "(reference file)"
     return f"{first + 1:,}-{last + 1:,}"
@@ -551,11 +557,13 @@ def check_columns(columns: dict[str, np.ndarray], settings: CheckSettings, sourc
         note(missing_model)
     try:
         baseline = choose_baseline(settings.detectors, scorer, reference, registry, model)
-        if baseline.kind == "warm-up" and len(columns["record_id"]) <= \
-                settings.detectors.warmup_records:
-            note(f"{len(columns['record_id']):,} rows do not outlast the "
-                 f"{settings.detectors.warmup_records:,}-row warm-up; pass --reference to "
-                 "check a short file")
+        rows = len(columns["record_id"])
+        if baseline.kind == "warm-up" and rows <= settings.detectors.warmup_records:
+            raise ShortInputError(
+                f"{source}: {rows:,} rows cannot be judged: the detectors learn their "
+                f"reference from the first {settings.detectors.warmup_records:,} values and "
+                "there is no reference; pass --reference FILE (baseline rows) or a longer "
+                "file")
         return run_check(columns, settings.detectors, scorer, baseline, source=source,
                          model=model, window=window, progress=progress)
     except DetectorConfigError as error:  # a reference too small to describe a signal
@@ -572,6 +580,10 @@ def choose_baseline(detectors: DetectorSettings, scorer: ModelScorer | None,
         if baseline is not None:
             return baseline
     return warmup_baseline(detectors)
+
+
+class ShortInputError(UsageError):
+    """Too few rows to judge, and no reference: exit 2, never a silent "no drift"."""
 
 
 def trigger_retraining(result: CheckResult, settings: CheckSettings, registry: str | None,

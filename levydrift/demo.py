@@ -51,6 +51,9 @@ from schemas.model_version import ModelVersionEvent
 MODEL = "levy-impact"
 SCENARIO = "reassessment"
 MAGNITUDE = 0.5  # assessed values of one county x 1.5: a re-valuation the detectors must see
+# The county re-valued: Benton (28 % of records) has each partition's 2,000-value segment
+# warm-up behind it by the change (detectors.segment_warmup_records).
+COUNTY = "Benton"
 HISTORY_RECORDS = 3_000  # the first model's (small) training set
 HISTORY_START = 1_000_000  # history drawn from the same simulated roll, apart from the stream
 BASELINE_RECORDS = 16_000  # > partitions x the detectors' 5,000-record warm-up
@@ -153,7 +156,7 @@ class Demo:
 
     def simulator(self) -> LevySimulator:
         return LevySimulator(SimulatorConfig(scenario=SCENARIO, change_at=BASELINE_RECORDS,
-                                             magnitude=MAGNITUDE,
+                                             magnitude=MAGNITUDE, county=COUNTY,
                                              labelled_share=LABELLED_SHARE))
 
     # ------------------------------------------------------------------ the story

@@ -25,12 +25,16 @@ from levydrift.logs import configure as configure_logging
 from levydrift.progress import Progress
 from levydrift.settings import KafkaSettings, LoggingSettings, TopicSettings
 from levydrift.simulator import (
+    COUNTIES,
+    ORDERS,
     RECORD_FIELDS,
     SCENARIOS,
     GroundTruth,
     LevySimulator,
     SimulatorConfig,
+    ordered_blocks,
     string_columns,
+    to_records,
 )
 
 FILE_FORMATS = (".csv", ".jsonl", ".parquet")
@@ -80,6 +84,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "of --records) or the gradual ramp takes (default: to the end)")
     parser.add_argument("--magnitude", type=float,
                         help="scenario strength (see levydrift.simulator.DEFAULT_MAGNITUDE)")
+    parser.add_argument("--order", choices=ORDERS, default="time",
+                        help="arrival order within each day of event time: time (as "
+                             "generated), shuffled, county-batches (counties upload in slices "
+                             "of 2,000 rows), district-sorted (districts certify in turn), "
+                             "roll-cycle (counties in turn); values, counts and event times "
+                             "are unchanged")
+    parser.add_argument("--county", choices=[c.name for c in COUNTIES],
+                        help="the county a one-county scenario (reassessment, unit-bug, "
+                             "levy-rate-change, district-levy-change) hits (default: by seed)")
     parser.add_argument("--seed", type=int, help="random seed (default [simulator] seed)")
     parser.add_argument("--labelled-share", type=float, metavar="SHARE",
                         help="share of records carrying actual_levy_amount (0..1)")
@@ -110,17 +123,20 @@ def _run(arguments: argparse.Namespace) -> int:
     with Progress("simulate", total=records) as progress:
         if arguments.output is not None:
             destination = str(arguments.output)
-            write_file(simulator, records, arguments.output, progress)
+            write_file(simulator, records, arguments.output, progress, arguments.order)
             truth_path = arguments.truth or Path(f"{arguments.output}.truth.json")
         else:
             topic = arguments.topic or config.topics.records
             destination = f"topic {topic}"
-            produce_to_kafka(simulator, records, topic, config.kafka, arguments.rate, progress)
+            produce_to_kafka(simulator, records, topic, config.kafka, arguments.rate, progress,
+                             arguments.order)
             truth_path = arguments.truth or Path(f"{topic}.truth.json")
     elapsed = time.monotonic() - started
     write_truth(simulator.ground_truth(records), truth_path)
     change = ("" if simulator_config.scenario == "none"
               else f", change at {simulator_config.change_at}")
+    if arguments.order != "time":
+        change += f", order {arguments.order}"
     print(f"simulate: {records} records (scenario {simulator_config.scenario}{change}) to "
           f"{destination} in {elapsed:.1f}s ({records / max(elapsed, 1e-9):,.0f} records/s); "
           f"truth: {truth_path}")
@@ -149,7 +165,8 @@ def simulator_config_from(arguments: argparse.Namespace,
         "start_time": _parse_start_time(_pick(arguments.start_time, defaults.start_time)),
     }
     config = SimulatorConfig(scenario=arguments.scenario, change_at=change_at, duration=duration,
-                             magnitude=arguments.magnitude, **chosen)
+                             magnitude=arguments.magnitude,
+                             county=getattr(arguments, "county", None), **chosen)
     try:
         config.validate()
     except ValueError as error:
@@ -177,8 +194,9 @@ def _parse_start_time(text: str) -> datetime:
 # --------------------------------------------------------------------- files
 
 def write_file(simulator: LevySimulator, records: int, path: Path,
-               progress: Progress | None = None) -> None:
-    """Write records ``0..records-1`` to ``path`` (format by extension), atomically."""
+               progress: Progress | None = None, order: str = "time") -> None:
+    """Write records ``0..records-1`` to ``path`` (format by extension) in ``order``
+    (``levydrift.simulator.ORDERS``), atomically."""
     suffix = path.suffix.lower()
     if suffix not in FILE_FORMATS:
         raise UsageError(f"--output {path}: unknown format {suffix or '(none)'}; use "
@@ -188,10 +206,10 @@ def write_file(simulator: LevySimulator, records: int, path: Path,
     partial = path.with_name(path.name + ".partial")
     try:
         if suffix == ".jsonl":
-            _write_jsonl(simulator, records, partial, progress)
+            _write_jsonl(_record_batches(simulator, records, order), partial, progress)
         else:
             writer = _write_csv if suffix == ".csv" else _write_parquet
-            writer(_column_chunks(simulator, records, progress), partial)
+            writer(_column_chunks(simulator, records, progress, order), partial)
         os.replace(partial, path)
     except OSError as error:
         partial.unlink(missing_ok=True)
@@ -199,7 +217,14 @@ def write_file(simulator: LevySimulator, records: int, path: Path,
 
 
 def _column_chunks(simulator: LevySimulator, records: int, progress: Progress | None = None,
+                   order: str = "time",
                    chunk: int = 65_536) -> Iterator[dict[str, Any]]:
+    if order != "time":
+        for block in ordered_blocks(simulator, records, order):
+            yield string_columns(block)
+        if records == 0:
+            yield string_columns(simulator.columns(0, 0))
+        return
     for start in range(0, records, chunk):
         yield string_columns(simulator.columns(start, min(records, start + chunk)))
         if progress is not None:
@@ -208,12 +233,22 @@ def _column_chunks(simulator: LevySimulator, records: int, progress: Progress | 
         yield string_columns(simulator.columns(0, 0))
 
 
-def _write_jsonl(simulator: LevySimulator, records: int, path: Path,
+def _record_batches(simulator: LevySimulator, records: int,
+                    order: str) -> Iterator[list[dict[str, Any]]]:
+    if order == "time":
+        yield from simulator.record_batches(0, records)
+        return
+    for block in ordered_blocks(simulator, records, order):
+        for start in range(0, len(block["record_id"]), 8192):
+            yield to_records({k: v[start:start + 8192] for k, v in block.items()})
+
+
+def _write_jsonl(batches: Iterator[list[dict[str, Any]]], path: Path,
                  progress: Progress | None = None) -> None:
     written = 0
     with path.open("wb") as handle:
         write = handle.write
-        for batch in simulator.record_batches(0, records):
+        for batch in batches:
             for record in batch:
                 # One write per record: holding a batch of encoded records first is 4x slower
                 # (tens of thousands of live allocations).
@@ -265,7 +300,8 @@ def write_truth(truth: GroundTruth, path: Path) -> None:
 # --------------------------------------------------------------------- Kafka
 
 def produce_to_kafka(simulator: LevySimulator, records: int, topic: str, kafka: KafkaSettings,
-                     rate: float | None = None, progress: Progress | None = None) -> None:
+                     rate: float | None = None, progress: Progress | None = None,
+                     order: str = "time") -> None:
     """Send records ``0..records-1`` to ``topic`` keyed by parcel id, idempotently, at
     ``rate`` records/s or as fast as possible; return once every one is acknowledged."""
     admin = admin_client(kafka)
@@ -283,7 +319,9 @@ def produce_to_kafka(simulator: LevySimulator, records: int, topic: str, kafka: 
     progress.phase(f"sending to {topic}")
     started = time.monotonic()
     sent = 0
-    for batch in simulator.record_batches(0, records, batch_records=8192):
+    batches = (simulator.record_batches(0, records, batch_records=8192) if order == "time"
+               else _record_batches(simulator, records, order))
+    for batch in batches:
         for record in batch:
             if rate is not None:
                 _pace(started, sent, rate)

@@ -49,8 +49,11 @@ COMPONENT_FIELDS = ("levy_taxable_value", "special_assessment", "formula_levy_am
 
 SCENARIOS = (
     "none", "reassessment", "levy-rate-change", "exemption-policy", "unit-bug",
-    "new-property-class", "gradual", "variance",
+    "new-property-class", "gradual", "variance", "district-levy-change",
 )
+# Scenarios confined to one county: their ground truth names it as the segment.
+ONE_COUNTY_SCENARIOS = frozenset({"reassessment", "levy-rate-change", "unit-bug",
+                                  "district-levy-change"})
 TEMPORARY_SCENARIOS = frozenset({"unit-bug"})
 # What ``magnitude`` means for each scenario, and its default.
 DEFAULT_MAGNITUDE = {
@@ -62,6 +65,7 @@ DEFAULT_MAGNITUDE = {
     "new-property-class": 0.10,  # share of records from the new class
     "gradual": 0.30,             # values x (1 + m) at the end of the ramp
     "variance": 0.6,             # log-spread of values x (1 + m)
+    "district-levy-change": 0.004,  # voted rate + m in one district
 }
 DEFAULT_DURATION = 10_000  # records: a temporary scenario's length, the gradual ramp's length
 
@@ -130,6 +134,7 @@ class SimulatorConfig:
     start_time: datetime = datetime(2026, 1, 1, tzinfo=UTC)
     event_interval_ms: int = 1000
     tax_year: int | None = None   # default: the year of start_time
+    county: str | None = None     # the county a one-county scenario hits (default: by seed)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad setting."""
@@ -154,6 +159,9 @@ class SimulatorConfig:
             raise ValueError(f"tax year must be within 1900..2100, got {self.resolved_tax_year}")
         if self.magnitude is not None and not np.isfinite(self.magnitude):
             raise ValueError("magnitude must be a finite number")
+        if self.county is not None and self.county not in {c.name for c in COUNTIES}:
+            raise ValueError(f"unknown county {self.county!r}; choose from "
+                             + ", ".join(c.name for c in COUNTIES))
         if self.scenario == "unit-bug" and self.resolved_magnitude <= 0:
             raise ValueError("unit-bug magnitude (the divisor) must be > 0")
 
@@ -195,6 +203,7 @@ class GroundTruth:
     change_record_id: str | None = None
     change_event_time: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    segment: str | None = None        # "county=Yakima" for a one-county scenario
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -216,6 +225,7 @@ _SCENARIO_SIGNALS = {
                 "levy_rate", "actual_levy_amount"],
     "variance": ["assessed_value", "market_value", "exemption_amount", "new_construction_value",
                  "levy_rate", "actual_levy_amount"],
+    "district-levy-change": ["levy_rate", "actual_levy_amount"],
 }
 
 
@@ -255,6 +265,8 @@ class LevySimulator:
         self.config.validate()
         choice = np.random.default_rng([self.config.seed, 2])
         self.affected_county = int(choice.integers(len(COUNTIES)))
+        if self.config.county is not None:
+            self.affected_county = [c.name for c in COUNTIES].index(self.config.county)
         rng = np.random.default_rng([self.config.seed, 1])
         district_names, district_county = _district_layout()
         county_districts = np.flatnonzero(district_county == self.affected_county)
@@ -315,10 +327,9 @@ class LevySimulator:
             return GroundTruth("none", None, None, [], [], [], [], "no change", config.seed,
                                0.0, records)
         county = COUNTIES[self.affected_county].name
-        counties = {"reassessment": [county], "unit-bug": [county],
-                    "levy-rate-change": [county]}.get(scenario, [c.name for c in COUNTIES])
-        districts = ([str(self._districts.names[d]) for d in self.affected_district_indices]
-                     if scenario == "levy-rate-change" else [])
+        one_county = scenario in ONE_COUNTY_SCENARIOS
+        counties = [county] if one_county else [c.name for c in COUNTIES]
+        districts = [str(self._districts.names[d]) for d in self._rate_districts()]
         kinds = ["performance"] if scenario == "exemption-policy" else list(_FEATURE_SHIFT)
         parameters: dict[str, Any] = {"labelled_share": config.labelled_share,
                                       "parcels": config.parcels,
@@ -336,7 +347,8 @@ class LevySimulator:
             description=self._describe(county, districts), seed=config.seed,
             magnitude=config.resolved_magnitude, records=records,
             change_record_id=record_id(config.seed, config.change_at),
-            change_event_time=_rfc3339(np.array([change_time]))[0], parameters=parameters)
+            change_event_time=_rfc3339(np.array([change_time]))[0], parameters=parameters,
+            segment=f"county={county}" if one_county else None)
 
     # ----------------------------------------------------------------- generation
 
@@ -461,14 +473,22 @@ class LevySimulator:
         districts = self._districts
         voted = districts.voted_rate[district]
         limit = districts.levy_limit[district]
-        if self.config.scenario == "levy-rate-change":
+        if self.config.scenario in ("levy-rate-change", "district-levy-change"):
             # A voted levy (lid lift): the rate and the limit rise together.
-            voted_in = active & np.isin(district, self.affected_district_indices)
+            voted_in = active & np.isin(district, self._rate_districts())
             raised = voted + self.config.resolved_magnitude
             limit = np.where(voted_in, limit * raised / voted, limit)
             voted = np.where(voted_in, raised, voted)
         rate = np.minimum(voted, limit / (districts.taxable_base[district] * base_factor))
         return np.clip(np.round(rate, RATE_DECIMALS), 10.0 ** -RATE_DECIMALS, 0.1)
+
+    def _rate_districts(self) -> np.ndarray:
+        """Districts whose voters approve a levy: three of the county, or one."""
+        if self.config.scenario == "levy-rate-change":
+            return self.affected_district_indices
+        if self.config.scenario == "district-levy-change":
+            return self.affected_district_indices[:1]
+        return self.affected_district_indices[:0]
 
     def _spread_base_ratio(self) -> np.ndarray:
         """variance: each district's taxable base after the spread widens, over before."""
@@ -489,6 +509,8 @@ class LevySimulator:
                             "values unchanged; levy limits compress its district rates",
             "levy-rate-change": f"voters approve a levy of +{m * 1000:g} mills in "
                                 + ", ".join(districts),
+            "district-levy-change": f"voters of {', '.join(districts)} ({county}) approve a "
+                                    f"levy of +{m * 1000:g} mills",
             "exemption-policy": f"homestead exemption raised x{1 + m:g} in the levy formula; "
                                 f"only {UPDATED_ROLL_SHARE:.0%} of records show it yet",
             "unit-bug": f"{county} county's system sends money fields divided by {m:g}",
@@ -498,6 +520,65 @@ class LevySimulator:
                        f"{self.config.resolved_duration} records, then stay",
             "variance": f"log-spread of values widens x{1 + m:g} (medians unchanged)",
         }[self.config.scenario]
+
+
+# --------------------------------------------------------------------- arrival orders
+
+ORDERS = ("time", "shuffled", "county-batches", "district-sorted", "roll-cycle")
+ORDER_BLOCK_MS = 86_400_000  # records are re-ordered within each day of event time
+COUNTY_SLICE_RECORDS = 2000
+
+
+def arrival_order(columns: dict[str, np.ndarray], order: str, seed: int = 0,
+                  slice_records: int = COUNTY_SLICE_RECORDS) -> np.ndarray:
+    """A permutation of ``columns``' rows (one event-time block: the caller cuts the stream
+    into days) as they would arrive:
+
+    * ``time``: event-time order, as generated;
+    * ``shuffled``: any order;
+    * ``county-batches``: each county uploads its roll in slices of ``slice_records`` rows,
+      the slices of all counties interleaved at random;
+    * ``district-sorted``: districts certify one after another (stable within a district);
+    * ``roll-cycle``: the assessor's batch job walks the counties in turn (a different
+      county first each day), each county's records together in event-time order.
+
+    Values, counts and event times are untouched; only the order changes."""
+    n = len(columns["record_id"])
+    rng = np.random.default_rng([seed, 7, n])
+    if order == "time":
+        return np.arange(n)
+    if order == "shuffled":
+        return rng.permutation(n)
+    if order == "district-sorted":
+        return np.argsort(columns["tax_district"].astype(str), kind="stable")
+    if order == "roll-cycle":
+        counties = columns["county"].astype(str)
+        names = sorted(set(counties.tolist()))
+        first = int(rng.integers(len(names))) if names else 0
+        turn = {name: (i - first) % len(names) for i, name in enumerate(names)}
+        return np.argsort(np.array([turn[c] for c in counties.tolist()]), kind="stable")
+    if order == "county-batches":
+        counties = columns["county"].astype(str)
+        slices = []
+        for name in sorted(set(counties.tolist())):
+            rows = np.flatnonzero(counties == name)
+            slices += [rows[i:i + slice_records] for i in range(0, rows.size, slice_records)]
+        picked = rng.permutation(len(slices))
+        return np.concatenate([slices[i] for i in picked]) if slices else np.arange(0)
+    raise ValueError(f"unknown order {order!r}; choose from " + ", ".join(ORDERS))
+
+
+def ordered_blocks(simulator: LevySimulator, records: int, order: str
+                   ) -> Iterator[dict[str, np.ndarray]]:
+    """Records ``0..records-1`` as columns in ``order``: re-ordered within each day of event
+    time (a day's uploads arrive before the next day's), one block at a time."""
+    interval = simulator.config.event_interval_ms
+    block = records if interval <= 0 else max(1, ORDER_BLOCK_MS // interval)
+    for start in range(0, records, max(block, 1)):
+        stop = min(records, start + block)
+        columns = simulator.columns(start, stop)
+        permutation = arrival_order(columns, order, simulator.config.seed + start)
+        yield {name: values[permutation] for name, values in columns.items()}
 
 
 def record_id(seed: int, index: int) -> str:

@@ -1,7 +1,10 @@
 """Drift event v1: what the consumer publishes when a detector bank sees drift.
 
-Validated against ``drift-event.v1.json`` itself (see ``schemas._contract``), plus one rule the
-schema cannot state: each window's first_offset is not above its last_offset.
+Validated against ``drift-event.v1.json`` itself (see ``schemas._contract``), plus rules the
+schema cannot state: each window's first_offset is not above its last_offset, and an onset
+is not after the detection. The optional fields (segment, onset, episode, a signal's
+effect_measure / effect_unit) are written only when set, so an event without them is the
+same document as before they existed.
 """
 
 from __future__ import annotations
@@ -59,6 +62,27 @@ class DriftSignal:
     effect_size: float | None
     reference: WindowSummary
     current: WindowSummary
+    effect_measure: str | None = None  # mean_shift | std_ratio | share_change
+    effect_unit: str | None = None  # sd | ratio | share
+
+
+@dataclass(frozen=True, slots=True)
+class Onset:
+    """Where the change is estimated to begin: an offset of the current window's partition."""
+
+    offset: int
+    event_time: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Episode:
+    """The identity of one change, shared by every event that reports it."""
+
+    id: str
+    segment: str
+    signal: str
+    direction: str  # up | down
+    onset_window: str | None  # RFC 3339 start of the event-time window holding the onset
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +97,12 @@ class DriftEvent:
     detected_at: str
     consumer_group: str
     schema_version: int = 1
+    segment: str | None = None  # "county=Yakima"; "" = the whole stream
+    onset: Onset | None = None
+    episode: Episode | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        document = {
             "schema_version": self.schema_version, "event_id": self.event_id,
             "model_name": self.model_name, "model_version": self.model_version,
             "kind": self.kind, "signals": [_signal_to_dict(s) for s in self.signals],
@@ -83,6 +110,17 @@ class DriftEvent:
             "current_window": offsets_to_dict(self.current_window),
             "detected_at": self.detected_at, "consumer_group": self.consumer_group,
         }
+        if self.segment is not None:
+            document["segment"] = self.segment
+        if self.onset is not None:
+            document["onset"] = {"offset": self.onset.offset,
+                                 "event_time": self.onset.event_time}
+        if self.episode is not None:
+            document["episode"] = {"id": self.episode.id, "segment": self.episode.segment,
+                                   "signal": self.episode.signal,
+                                   "direction": self.episode.direction,
+                                   "onset_window": self.episode.onset_window}
+        return document
 
     def to_bytes(self) -> bytes:
         """Validated compact JSON; raises ``RecordRejected`` if the event breaks the contract."""
@@ -103,6 +141,9 @@ class DriftEvent:
             reference_window=offsets_from_dict(checked["reference_window"]),
             current_window=offsets_from_dict(checked["current_window"]),
             detected_at=checked["detected_at"], consumer_group=checked["consumer_group"],
+            segment=checked.get("segment"),
+            onset=Onset(**checked["onset"]) if "onset" in checked else None,
+            episode=Episode(**checked["episode"]) if "episode" in checked else None,
         )
 
     @classmethod
@@ -139,6 +180,19 @@ def check_offset_range(document: Mapping[str, Any], field_path: str) -> None:
 def _check_windows(document: Mapping[str, Any]) -> None:
     for name in ("reference_window", "current_window"):
         check_offset_range(document[name], name)
+    onset = document.get("onset")
+    if onset is not None and onset["offset"] > document["current_window"]["last_offset"]:
+        raise reject(Reason.INCONSISTENT, "onset.offset",
+                     f"onset offset {onset['offset']} is after the detection offset "
+                     f"{document['current_window']['last_offset']}")
+
+
+def drift_episode_id(model_name: str, segment: str, signal: str, direction: str,
+                     onset_window: str | None) -> str:
+    """Deterministic episode id (UUIDv5): no partition or offset in it, so every partition
+    and consumer reporting the same change names the same episode."""
+    parts = ["episode", model_name, segment, signal, direction, onset_window or ""]
+    return str(uuid.uuid5(DRIFT_EVENT_NAMESPACE, "\x1f".join(parts)))
 
 
 def _window_to_dict(window: WindowSummary) -> dict[str, Any]:
@@ -152,12 +206,18 @@ def _window_from_dict(document: Mapping[str, Any]) -> WindowSummary:
 
 
 def _signal_to_dict(signal: DriftSignal) -> dict[str, Any]:
-    return {"signal": signal.signal,
-            "detector": {"name": signal.detector.name, "params": dict(signal.detector.params)},
-            "statistic": signal.statistic, "threshold": signal.threshold,
-            "effect_size": signal.effect_size,
-            "reference": _window_to_dict(signal.reference),
-            "current": _window_to_dict(signal.current)}
+    document = {"signal": signal.signal,
+                "detector": {"name": signal.detector.name,
+                             "params": dict(signal.detector.params)},
+                "statistic": signal.statistic, "threshold": signal.threshold,
+                "effect_size": signal.effect_size,
+                "reference": _window_to_dict(signal.reference),
+                "current": _window_to_dict(signal.current)}
+    if signal.effect_measure is not None:
+        document["effect_measure"] = signal.effect_measure
+    if signal.effect_unit is not None:
+        document["effect_unit"] = signal.effect_unit
+    return document
 
 
 def _signal_from_dict(document: Mapping[str, Any]) -> DriftSignal:
@@ -165,4 +225,5 @@ def _signal_from_dict(document: Mapping[str, Any]) -> DriftSignal:
     return DriftSignal(document["signal"], DetectorSpec(detector["name"], dict(detector["params"])),
                        document["statistic"], document["threshold"], document["effect_size"],
                        _window_from_dict(document["reference"]),
-                       _window_from_dict(document["current"]))
+                       _window_from_dict(document["current"]),
+                       document.get("effect_measure"), document.get("effect_unit"))

@@ -1,7 +1,9 @@
 """Read a training window back from ``levy.records``: labelled records, most recent first.
 
 The window ends, per partition, at the last offset a drift event names for it (the records the
-detectors saw drift in); partitions no event names end at their high watermark. Each partition
+detectors saw drift in); partitions no event names end at their high watermark. When an event
+names the estimated onset of the change, that partition's window is the post-change records:
+from the onset to the high watermark, never before the onset. Each partition
 contributes up to ``window_records / partitions`` labelled records, read backwards in chunks
 from its end, scanning at most ``max_scan_records / partitions`` records. Reads are
 ``read_committed`` and never join a group or commit.
@@ -48,8 +50,12 @@ class _Chunk:
 
 
 def read_training_window(kafka: KafkaSettings, topic: str, event_ends: dict[int, int],
-                         window_records: int, max_scan_records: int) -> TrainingWindow:
-    """The training window of ``topic`` ending at ``event_ends`` ({partition: last offset})."""
+                         window_records: int, max_scan_records: int,
+                         event_starts: dict[int, int] | None = None) -> TrainingWindow:
+    """The training window of ``topic`` ending at ``event_ends`` ({partition: last offset}),
+    or, for the partitions in ``event_starts`` ({partition: onset offset}), running from the
+    onset to the newest record."""
+    starts = event_starts or {}
     consumer = Consumer(consumer_config(kafka, group_id="levy-trainer-window-reader",
                                         **{"enable.partition.eof": True}))
     try:
@@ -63,6 +69,8 @@ def read_training_window(kafka: KafkaSettings, topic: str, event_ends: dict[int,
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
                                                        timeout=kafka.request_timeout_s)
             end = min(event_ends.get(partition, high - 1), high - 1)
+            if partition in starts:  # post-change records only
+                low, end = max(low, starts[partition]), high - 1
             chunk, first, read, refused = _read_partition_backwards(
                 consumer, topic, partition, low, end, quota, scan_limit)
             scanned, rejected = scanned + read, rejected + refused

@@ -328,16 +328,23 @@ class TrainWorker:
         started = time.perf_counter()
         records_topic = self.settings.topics.records
         ends: dict[int, int] = {}
+        starts: dict[int, int] = {}  # the estimated onset: train on the records after it
         for event in events:
             window = event.current_window
             if window.topic == records_topic:
                 ends[window.partition] = max(ends.get(window.partition, -1), window.last_offset)
+                if event.onset is not None:
+                    starts[window.partition] = min(starts.get(window.partition,
+                                                              event.onset.offset),
+                                                   event.onset.offset)
         log.info("training started", extra={"model": self.model_name, "event_ids": event_ids,
-                                            "window_ends": {str(p): o for p, o in ends.items()}})
+                                            "window_ends": {str(p): o for p, o in ends.items()},
+                                            "window_starts": {str(p): o
+                                                              for p, o in starts.items()}})
         try:
             window = read_training_window(self.settings.kafka, records_topic, ends,
                                           self.section.window_records,
-                                          self.section.max_scan_records)
+                                          self.section.max_scan_records, starts)
             metrics.TRAINING_RECORDS.set(len(window.frame))
             info = train_and_register(self.registry, self.model_name, TrainingRequest(
                 frame=window.frame, trigger_event_ids=event_ids,

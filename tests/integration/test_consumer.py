@@ -48,6 +48,13 @@ def test_reassessment_yields_one_event_naming_the_changed_signal(
     assert "levy_rate" in {s.signal for s in event.signals}
     assert event.current_window.last_offset >= CHANGE_AT
     assert event.reference_window.last_offset < CHANGE_AT
+    # Where and since when: the county the levy changed in, an onset at or after the change
+    # (one partition: offsets are record indexes) and the episode identity.
+    assert event.segment == truth.segment == f"county={truth.affected_counties[0]}"
+    assert event.onset is not None
+    assert CHANGE_AT - 200 <= event.onset.offset <= event.current_window.last_offset
+    assert event.episode is not None and event.episode.segment == event.segment
+    assert event.episode.signal == event.signals[0].signal
 
 
 @pytest.mark.slow

@@ -29,7 +29,9 @@ PARTITIONS = 2
 def reference_run(bootstrap: str, unique: str, tmp_path: Path) -> tuple[str, list, dict]:
     """Produce the stream once and process it without interruption."""
     topics = Topics(f"ref-{unique}", PARTITIONS).create(bootstrap)
-    produce_scenario(bootstrap, topics.names["records"], "levy-rate-change", RECORDS, CHANGE_AT)
+    # Benton (28 % of rows): each partition has its own 2,000 Benton values before the change.
+    produce_scenario(bootstrap, topics.names["records"], "levy-rate-change", RECORDS, CHANGE_AT,
+                     county="Benton")
     run = ConsumerRun(bootstrap, topics, f"ref-{unique}", "ref", tmp_path / "ref.log").start()
     wait_processed(bootstrap, f"ref-{unique}", topics, RECORDS, runs=[run])
     assert run.stop() == 0

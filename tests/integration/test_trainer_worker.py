@@ -348,3 +348,20 @@ def test_a_missing_records_topic_is_a_setting_to_fix_not_an_outage_to_wait_out(
     with pytest.raises(MissingTopicError, match=f"records-{unique}-absent"):
         read_training_window(KafkaSettings(bootstrap_servers=kafka_bootstrap),
                              f"records-{unique}-absent", {0: 10}, 100, 1000)
+
+
+def test_the_training_window_starts_at_the_onset(stack: Stack) -> None:
+    from levydrift.settings import KafkaSettings
+    from trainer.window import read_training_window
+
+    last = stack.produce_records(3_000)
+    onsets = {partition: end // 2 for partition, end in last.items()}
+    kafka = KafkaSettings(bootstrap_servers=stack.bootstrap)
+    since_onset = read_training_window(kafka, stack.records, dict(last), 10_000, 100_000,
+                                       onsets)
+    whole = read_training_window(kafka, stack.records, dict(last), 10_000, 100_000)
+    for window in since_onset.offsets:
+        assert window["first_offset"] >= onsets[window["partition"]]
+    assert {w["partition"]: w["first_offset"] for w in whole.offsets} != {
+        w["partition"]: w["first_offset"] for w in since_onset.offsets}
+    assert 0 < len(since_onset.frame) < len(whole.frame)

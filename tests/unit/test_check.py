@@ -36,8 +36,14 @@ EXPECTED_SIGNAL = {
 
 
 def scenario_simulator(scenario: str) -> LevySimulator:
+    # 30 s apart, the rows span 8 days: the mix of categories is judged per closed day of
+    # event time (detectors/composition.py), so a file within one day has no mix to compare.
+    # Each county learns its own reference from its first 2,000 values (labelled ones for the
+    # errors: every row is labelled); the one-county scenarios hit Grant (20 % of rows), which
+    # has them by row 10,000, before the change at 12,000.
     return LevySimulator(SimulatorConfig(
-        scenario=scenario, change_at=CHANGE_AT, labelled_share=0.5,
+        scenario=scenario, change_at=CHANGE_AT, labelled_share=1.0, event_interval_ms=30_000,
+        county="Grant",
         duration=4_000 if scenario == "unit-bug" else None))
 
 
@@ -338,3 +344,30 @@ def test_the_same_drift_is_retrained_once_and_a_new_episode_again(
     assert code == 1, out
     assert "retraining: levy-impact version 3:" in out, out
     assert registry.versions("levy-impact") == [1, 2, 3]
+
+
+def test_a_file_shorter_than_the_warm_up_exits_2_even_with_a_unit_bug(
+        files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = files / "short-unit-bug.csv"
+    config = SimulatorConfig(scenario="unit-bug", change_at=2_500, duration=2_500)
+    write_file(LevySimulator(config), 5_000, path)
+    code, out, err = check(capsys, "--data-path", path, "--registry", files / "empty-registry")
+    assert code == 2, out
+    assert "5,000 rows cannot be judged" in err and "--reference" in err
+
+
+@pytest.mark.parametrize("order", ["county-batches", "district-sorted", "roll-cycle"])
+def test_realistic_arrival_orders_of_a_stationary_file_are_no_drift(
+        order: str, files: Path, registry: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = files / f"none-{order}.csv"
+    simulator = LevySimulator(SimulatorConfig(labelled_share=0.5, event_interval_ms=5_000))
+    write_file(simulator, 60_000, path, order)
+    settings = files / f"segments-{order}.toml"
+    # Districts certify in turn, and a district's levy rate is its own: sorted by district,
+    # the district is the segment.
+    key = '["tax_district"]' if order == "district-sorted" else '["county"]'
+    settings.write_text(f"[detectors]\nsegment_by = {key}\n")
+    code = main(["--config", str(settings), "check", "--data-path", str(path),
+                 "--registry", str(registry)])
+    out = capsys.readouterr().out
+    assert code == 0, out

@@ -15,8 +15,11 @@ from schemas.drift_event import (
     DetectorSpec,
     DriftEvent,
     DriftSignal,
+    Episode,
+    Onset,
     SourceOffsets,
     WindowSummary,
+    drift_episode_id,
     drift_event_id,
 )
 from schemas.errors import Reason, RecordRejected
@@ -217,3 +220,60 @@ def test_events_nested_beyond_reason_are_a_rejection_not_a_crash(name: str) -> N
         decode(value)
     assert caught.value.reason == Reason.NOT_JSON
     assert decode(good) is not None
+
+
+# ---------------------------------------------------------------------- where and since when
+
+def _located(partition: int = 3, onset: int = 119_500) -> DriftEvent:
+    episode_id = drift_episode_id("levy-impact", "county=Yakima", "assessed_value", "up",
+                                  "2024-03-01T00:00:00.000Z")
+    return replace(
+        EVENT, current_window=SourceOffsets("levy.records", partition, 119_201, 120_000),
+        signals=(replace(SIGNAL, effect_measure="mean_shift", effect_unit="sd"),),
+        segment="county=Yakima", onset=Onset(onset, "2024-03-01T11:40:00.000Z"),
+        episode=Episode(episode_id, "county=Yakima", "assessed_value", "up",
+                        "2024-03-01T00:00:00.000Z"))
+
+
+def test_segment_onset_and_episode_round_trip_under_both_validators() -> None:
+    event = _located()
+    data = event.to_bytes()
+    assert DriftEvent.from_bytes(data) == event
+    document = orjson.loads(data)
+    assert not list(Draft202012Validator(load_schema("drift-event.v1.json")).iter_errors(
+        document))
+    assert document["segment"] == "county=Yakima" and document["onset"]["offset"] == 119_500
+    assert document["signals"][0]["effect_unit"] == "sd"
+
+
+def test_an_event_without_the_optional_fields_is_the_same_document_as_before() -> None:
+    document = orjson.loads(EVENT.to_bytes())
+    assert not {"segment", "onset", "episode"} & set(document)
+    assert not {"effect_measure", "effect_unit"} & set(document["signals"][0])
+    assert DriftEvent.from_bytes(EVENT.to_bytes()) == EVENT
+
+
+def test_the_episode_id_is_the_same_on_every_partition() -> None:
+    one, other = _located(partition=0), _located(partition=5, onset=119_300)
+    assert one.event_id != drift_event_id("levy-impact", "levy-drift-monitor", "levy.records",
+                                          5, 120_000, ["assessed_value"])
+    assert one.episode == other.episode
+    assert one.episode.id != drift_episode_id("levy-impact", "county=Grant", "assessed_value",
+                                              "up", "2024-03-01T00:00:00.000Z")
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    (lambda d: d["onset"].update(offset=120_001), "onset.offset"),
+    (lambda d: d["episode"].update(direction="sideways"), "episode.direction"),
+    (lambda d: d["signals"][0].update(effect_unit="furlongs"), "signals[0].effect_unit"),
+    (lambda d: d.update(segment=7), "segment"),
+])
+def test_bad_located_events_are_refused_by_codec_and_schema(change, field: str) -> None:
+    document = _located().to_dict()
+    change(document)
+    with pytest.raises(RecordRejected) as caught:
+        DriftEvent.from_dict(document)
+    assert field.split("[")[0].split(".")[0] in caught.value.field
+    if field != "onset.offset":  # the onset/detection order is the codec's rule alone
+        assert list(Draft202012Validator(load_schema("drift-event.v1.json")).iter_errors(
+            document))

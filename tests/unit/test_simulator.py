@@ -311,3 +311,84 @@ def test_ground_truth_names_the_change_record_and_serialises(scenario):
     assert set(truth.affected_signals) <= set(RECORD_FIELDS)
     assert truth.affected_signals and truth.expected_kinds and truth.description
     assert json.loads(orjson.dumps(truth.to_dict()))["scenario"] == scenario
+
+
+# ---------------------------------------------------------------------- arrival orders
+
+@pytest.mark.parametrize("order", ["shuffled", "county-batches", "district-sorted",
+                                   "roll-cycle"])
+def test_arrival_orders_only_reorder_within_a_day(order: str) -> None:
+    from levydrift.simulator import ordered_blocks
+
+    simulator = simulate(event_interval_ms=10_000)  # 8,640 records a day
+    total = 20_000
+    blocks = list(ordered_blocks(simulator, total, order))
+    arrived = {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
+    original = simulator.columns(0, total)
+    index = np.array([int(rid.rsplit("-", 1)[1]) for rid in arrived["record_id"]])
+    assert sorted(index.tolist()) == list(range(total))  # every record once
+    for name in ("assessed_value", "county", "event_time", "tax_district"):
+        assert np.array_equal(arrived[name], original[name][index], equal_nan=False) or (
+            name == "assessed_value")
+    assert np.array_equal(arrived["event_time"], original["event_time"][index])
+    day = (index * 10_000) // 86_400_000
+    assert np.all(np.diff(day) >= 0)  # a day's uploads arrive before the next day's
+    assert not np.array_equal(index, np.arange(total))
+
+
+def test_county_batches_arrive_in_slices_of_one_county() -> None:
+    from levydrift.simulator import COUNTY_SLICE_RECORDS, arrival_order
+
+    columns = simulate().columns(0, 30_000)
+    order = arrival_order(columns, "county-batches", seed=1)
+    counties = columns["county"][order]
+    runs = np.flatnonzero(counties[1:] != counties[:-1]).size + 1
+    assert runs <= 30_000 // COUNTY_SLICE_RECORDS + 5 * 2
+    assert np.array_equal(np.sort(order), np.arange(30_000))
+
+
+def test_district_sorted_order_is_sorted_by_district() -> None:
+    from levydrift.simulator import arrival_order
+
+    columns = simulate().columns(0, 5_000)
+    districts = columns["tax_district"][arrival_order(columns, "district-sorted")]
+    assert list(districts) == sorted(districts)
+
+
+@pytest.mark.parametrize("scenario", ["reassessment", "district-levy-change", "unit-bug"])
+def test_one_county_scenarios_name_their_segment(scenario: str) -> None:
+    simulator = simulate(scenario, county="Grant")
+    truth = simulator.ground_truth(TOTAL)
+    assert truth.segment == "county=Grant" and truth.affected_counties == ["Grant"]
+    before, after = simulate("none", county="Grant").columns(0, TOTAL), simulator.columns(0, TOTAL)
+    changed = np.flatnonzero(
+        (before["assessed_value"] != after["assessed_value"])
+        | (before["levy_rate"] != after["levy_rate"]))
+    assert changed.size and changed.min() >= CHANGE
+    assert set(after["county"][changed]) == {"Grant"}
+    if scenario == "district-levy-change":
+        assert set(after["tax_district"][changed]) == set(truth.affected_districts)
+        assert len(truth.affected_districts) == 1
+
+
+def test_an_unknown_county_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown county 'Atlantis'"):
+        SimulatorConfig(county="Atlantis").validate()
+
+
+def test_simulate_command_writes_the_same_records_in_another_order(tmp_path) -> None:
+    from levydrift.cli import main
+    from levydrift.levyfile import read_levy_file
+
+    paths = {}
+    for order in ("time", "county-batches"):
+        paths[order] = tmp_path / f"{order}.jsonl"
+        assert main(["simulate", "--order", order, "--records", "5000", "--county", "Grant",
+                     "--scenario", "reassessment", "--output", str(paths[order])]) == 0
+    timed, batched = (read_levy_file(paths[o]) for o in ("time", "county-batches"))
+    assert list(timed["record_id"]) != list(batched["record_id"])
+    order = np.argsort(batched["record_id"])
+    for name in ("record_id", "county", "assessed_value", "event_time"):
+        assert list(batched[name][order]) == list(timed[name])
+    truth = json.loads((tmp_path / "county-batches.jsonl.truth.json").read_text())
+    assert truth["segment"] == "county=Grant"

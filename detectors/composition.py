@@ -1,0 +1,313 @@
+"""``CompositionMonitor``: which categories (counties, districts, classes...) make up the
+stream, judged per closed event-time window, never by arrival order.
+
+Each record counts in the window of its event time (``composition_window_s`` long). A window
+closes once the largest event time seen is ``composition_lateness_s`` past its end; records
+of an already closed window are late (counted, not judged). At each close, every categorical
+signal's window shares are compared with the reference shares (a two-sample test per
+category, Bonferroni over categories; see detectors/CALIBRATION.md section 7). A window
+deviates when that test rejects and one category's share moved by at least
+``composition_min_change``; ``composition_sustain`` deviating windows in a row make one
+decision, after which the signal's reference becomes those windows (one change, one
+decision). A category the reference never saw, once it holds ``new_category_share`` of a
+closed window, is one decision on its own (a new county is a finding, once).
+
+Only counts per window enter a decision, so any order of the records within a window gives
+the same decisions. Pure: no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from detectors.config import DetectorSettings
+from detectors.decision import DetectorFiring, DriftDecision, SignalFinding, WindowSummary
+from detectors.reference import CategoricalReference
+
+MISSING = "(missing)"
+MAX_TRACKED_CATEGORIES = 5000  # per signal and window; rarer ones count as "(other)"
+OTHER = "(other)"
+
+
+class CompositionMonitor:
+    """Event-time windows of category counts for ``signals``."""
+
+    def __init__(self, settings: DetectorSettings, signals: tuple[str, ...]) -> None:
+        self.settings = settings
+        self.signals = signals
+        self.window_ms = settings.composition_window_s * 1000
+        self.lateness_ms = settings.composition_lateness_s * 1000
+        self.watermark: int | None = None  # largest event time seen (ms)
+        self.closed_below: int | None = None  # windows with index < this are closed
+        # open windows: index -> {"n", "first", "last", "counts": {signal: {name: count}}}
+        self.open: dict[int, dict[str, Any]] = {}
+        self.reference: dict[str, dict[str, float]] = {}  # signal -> counts
+        self.streak: dict[str, list[dict[str, Any]]] = {name: [] for name in signals}
+        self.reported_new: dict[str, list[str]] = {name: [] for name in signals}
+        self.late_records = 0
+        self.windows_closed = 0
+
+    # ------------------------------------------------------------------ reference
+    def set_reference(self, references: Mapping[str, CategoricalReference]) -> None:
+        """Reference shares from training data (counts = shares x n)."""
+        for name, ref in references.items():
+            if name in self.signals:
+                self.reference[name] = {k: v * ref.n for k, v in ref.shares.items()}
+                self.streak[name] = []
+
+    # ------------------------------------------------------------------ feeding
+    def update(self, columns: Mapping[str, Any], positions: np.ndarray,
+               times_ms: np.ndarray) -> list[DriftDecision]:
+        """Count one batch (``times_ms``: event time per record, int64 ms; negative = none)
+        and judge every window it closes."""
+        n = len(positions)
+        if n == 0:
+            return []
+        valid = times_ms >= 0
+        previous = -1 if self.watermark is None else self.watermark
+        running = np.maximum.accumulate(np.where(valid, times_ms, -1))
+        running = np.maximum(running, previous)
+        bound = np.where(running >= 0, (running - self.lateness_ms) // self.window_ms, -1)
+        window = np.where(valid, times_ms // self.window_ms, -1)
+        late = valid & (window < bound)
+        self.late_records += int(late.sum())
+        counted = valid & ~late
+        before = -1 if self.closed_below is None else self.closed_below
+        raises = np.flatnonzero(np.diff(np.concatenate([[before], bound])) > 0)
+        decisions: list[DriftDecision] = []
+        start = 0
+        for index in list(raises) + [n]:
+            self._count(columns, positions, window, counted, start, index)
+            if index < n:
+                decisions += self._close_below(int(bound[index]), int(positions[index]))
+            start = index
+        if running[-1] >= 0:
+            self.watermark = int(running[-1])
+        return decisions
+
+    def _count(self, columns: Mapping[str, Any], positions: np.ndarray, window: np.ndarray,
+               counted: np.ndarray, start: int, stop: int) -> None:
+        if stop <= start:
+            return
+        rows = np.flatnonzero(counted[start:stop]) + start
+        if not rows.size:
+            return
+        for index in np.unique(window[rows]):
+            members = rows[window[rows] == index]
+            state = self.open.setdefault(int(index), {
+                "n": 0, "first": int(positions[members[0]]), "last": 0,
+                "counts": {name: {} for name in self.signals}})
+            state["n"] += int(members.size)
+            state["first"] = min(state["first"], int(positions[members[0]]))
+            state["last"] = max(state["last"], int(positions[members[-1]]))
+            for name in self.signals:
+                column = columns.get(name)
+                if column is None:
+                    continue
+                codes, uniques = pd.factorize(np.asarray(column, dtype=object)[members])
+                tally = np.bincount(codes + 1, minlength=len(uniques) + 1)  # slot 0: missing
+                names = [MISSING] + [str(u) if str(u) else MISSING for u in uniques]
+                into = state["counts"][name]
+                for category, count in zip(names, tally.tolist(), strict=True):
+                    if not count:
+                        continue
+                    key = category if (category in into or len(into) < MAX_TRACKED_CATEGORIES
+                                       ) else OTHER
+                    into[key] = into.get(key, 0) + int(count)
+
+    def close_all(self, position: int) -> list[DriftDecision]:
+        """End of input: judge every open window (decisions at ``position``)."""
+        if not self.open:
+            return []
+        return self._close_below(max(self.open) + 1, position)
+
+    def _close_below(self, bound: int, position: int) -> list[DriftDecision]:
+        decisions = []
+        for index in sorted(i for i in self.open if i < bound):
+            decisions += self._judge(index, self.open.pop(index), position)
+            self.windows_closed += 1
+        self.closed_below = bound if self.closed_below is None else max(self.closed_below,
+                                                                        bound)
+        return decisions
+
+    # ------------------------------------------------------------------ judging
+    def _judge(self, index: int, state: dict[str, Any], position: int) -> list[DriftDecision]:
+        decisions = []
+        for name in self.signals:
+            counts = state["counts"][name]
+            total = sum(counts.values())
+            if total < self.settings.min_instances:
+                continue
+            reference = self.reference.get(name)
+            if reference is None:  # the first closed window is the reference
+                self.reference[name] = dict(counts)
+                continue
+            window = {"index": index, "n": total, "first": state["first"],
+                      "last": state["last"], "counts": counts}
+            decision = self._new_categories(name, window, position)
+            if decision is None:
+                decision = self._share_change(name, window, position)
+            if decision is not None:
+                decisions.append(decision)
+        return decisions
+
+    def _new_categories(self, name: str, window: dict[str, Any],
+                        position: int) -> DriftDecision | None:
+        reference = self.reference[name]
+        total = window["n"]
+        new = sorted(category for category, count in window["counts"].items()
+                     if category not in reference and category not in self.reported_new[name]
+                     and count / total >= self.settings.new_category_share)
+        if not new:
+            return None
+        self.reported_new[name].extend(new)
+        share = sum(window["counts"][c] for c in new) / total
+        firing = DetectorFiring("new_category", (("categories", ",".join(new)[:256]),
+                                                 ("min_share",
+                                                  self.settings.new_category_share)),
+                                share, self.settings.new_category_share, "up")
+        for category in new:  # part of the mix from now on
+            reference[category] = float(window["counts"][category])
+        return self._decision(name, [window], firing, share, position, tuple(new))
+
+    def _share_change(self, name: str, window: dict[str, Any],
+                      position: int) -> DriftDecision | None:
+        statistic, threshold, moved, change = self._test(self.reference[name],
+                                                         window["counts"], window["n"])
+        streak = self.streak[name]
+        deviates = statistic > threshold and abs(change) >= self.settings.composition_min_change
+        if not deviates or (streak and math.copysign(1, change) != streak[-1]["sign"]):
+            streak.clear()
+        if not deviates:
+            return None
+        streak.append({**window, "sign": math.copysign(1, change), "statistic": statistic,
+                       "threshold": threshold, "moved": moved, "change": change})
+        if len(streak) < self.settings.composition_sustain:
+            return None
+        windows = list(streak)
+        streak.clear()
+        merged: dict[str, float] = {}
+        for item in windows:
+            for category, count in item["counts"].items():
+                merged[category] = merged.get(category, 0) + count
+        self.reference[name] = merged  # the new normal
+        last = windows[-1]
+        firing = DetectorFiring(
+            "composition_share_test",
+            (("category", str(moved)[:256]), ("window_s", self.settings.composition_window_s),
+             ("sustain", self.settings.composition_sustain),
+             ("min_change", self.settings.composition_min_change)),
+            float(last["statistic"]), float(last["threshold"]), "up" if change > 0 else "down")
+        return self._decision(name, windows, firing, float(change), position)
+
+    def _test(self, reference: dict[str, float], counts: dict[str, int],
+              total: int) -> tuple[float, float, str, float]:
+        """Largest two-sample z over categories, its Bonferroni threshold, the category and
+        its share change. The per-window budget is the per-value rate times the window's
+        values (see CALIBRATION.md section 7)."""
+        ref_total = sum(reference.values())
+        categories = sorted(set(reference) | set(counts))
+        alpha = min(self.settings.false_alarm_rate * total, 0.01)
+        threshold = NormalDist().inv_cdf(1.0 - alpha / (2 * max(len(categories), 1)))
+        best = (0.0, "", 0.0)
+        for category in categories:
+            p_ref = reference.get(category, 0.0) / ref_total
+            p_win = counts.get(category, 0) / total
+            pooled = (reference.get(category, 0.0) + counts.get(category, 0)) / (
+                ref_total + total)
+            spread = math.sqrt(max(pooled * (1 - pooled), 1e-12) * (1 / ref_total + 1 / total))
+            z = (p_win - p_ref) / spread
+            if abs(z) > abs(best[0]):
+                best = (z, category, p_win - p_ref)
+        return abs(best[0]), threshold, best[1], best[2]
+
+    def _decision(self, name: str, windows: list[dict[str, Any]], firing: DetectorFiring,
+                  effect: float, position: int, new: tuple[str, ...] = ()) -> DriftDecision:
+        reference = self.reference_summary(name)
+        merged: dict[str, int] = {}
+        for item in windows:
+            for category, count in item["counts"].items():
+                merged[category] = merged.get(category, 0) + count
+        n = sum(merged.values())
+        current = WindowSummary(
+            n=n, first_position=min(w["first"] for w in windows),
+            last_position=max(w["last"] for w in windows), summarised=n,
+            category_shares=_top_shares(merged, n), new_categories=new)
+        first = windows[0]
+        finding = SignalFinding(name, (firing,), effect, "share_change", reference, current)
+        return DriftDecision(kind="distribution", detected_at=position, signals=(finding,),
+                             onset_at=first["first"], onset_time_ms=first["index"]
+                             * self.window_ms, onset_window_ms=first["index"] * self.window_ms)
+
+    def reference_summary(self, name: str) -> WindowSummary:
+        counts = self.reference.get(name, {})
+        n = int(round(sum(counts.values())))
+        return WindowSummary(n=n, first_position=None, last_position=None, summarised=n,
+                             category_shares=_top_shares(counts, max(n, 1)))
+
+    # ------------------------------------------------------------------ snapshot
+    def state(self) -> dict[str, Any]:
+        return {"watermark": self.watermark, "closed_below": self.closed_below,
+                "open": [[index, {**w, "counts": {k: list(v.items())
+                                                  for k, v in w["counts"].items()}}]
+                         for index, w in sorted(self.open.items())],
+                "reference": {k: list(v.items()) for k, v in self.reference.items()},
+                "streak": {k: [{**w, "counts": list(w["counts"].items())} for w in v]
+                           for k, v in self.streak.items()},
+                "reported_new": self.reported_new, "late_records": self.late_records,
+                "windows_closed": self.windows_closed}
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        """Restore ``state()``; a malformed state raises ``ValueError``/``KeyError``/
+        ``TypeError`` (the segment layer turns them into ``SnapshotError``)."""
+        self.watermark = _optional_int(state["watermark"])
+        self.closed_below = _optional_int(state["closed_below"])
+        self.open = {}
+        for index, window in state["open"]:
+            self.open[int(index)] = {
+                "n": int(window["n"]), "first": int(window["first"]),
+                "last": int(window["last"]),
+                "counts": {str(k): {str(c): int(n) for c, n in v}
+                           for k, v in window["counts"].items()}}
+        self.reference = {str(k): {str(c): float(n) for c, n in v}
+                          for k, v in state["reference"].items()}
+        self.streak = {name: [] for name in self.signals}
+        for name, items in state["streak"].items():
+            if name in self.streak:
+                self.streak[name] = [{**w, "counts": {str(c): int(n) for c, n in w["counts"]}}
+                                     for w in items]
+        self.reported_new = {name: [str(c) for c in state["reported_new"].get(name, [])]
+                             for name in self.signals}
+        self.late_records = int(state["late_records"])
+        self.windows_closed = int(state["windows_closed"])
+
+
+def _top_shares(counts: Mapping[str, float], n: float) -> tuple[tuple[str, float], ...]:
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:20]
+    return tuple((name, float(count) / n) for name, count in ordered)
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def event_times_ms(column: Any) -> np.ndarray:
+    """Event times as int64 epoch milliseconds (-1 where missing or unparseable): from
+    datetime64 values, integer milliseconds, or RFC 3339 strings."""
+    array = np.asarray(column)
+    if array.dtype.kind == "M":
+        values = array.astype("datetime64[ms]").astype(np.int64)
+        return np.where(np.isnat(array), -1, values)
+    if array.dtype.kind in "iu":
+        return array.astype(np.int64)
+    parsed = pd.to_datetime(pd.Series(array, dtype=object), utc=True, format="ISO8601",
+                            errors="coerce")
+    values = parsed.to_numpy(dtype="datetime64[ns]")
+    out = values.astype("datetime64[ms]").astype(np.int64)
+    return np.where(np.isnat(values), -1, out)

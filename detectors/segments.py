@@ -1,0 +1,507 @@
+"""``SegmentedBank``: drift detection that holds whatever order records arrive in.
+
+Records are routed by their segment key (``detectors.segment_by``, default county) to that
+segment's ``DetectorBank``, which watches the numeric, prediction and performance signals
+against the segment's own reference, in the records' original relative order. Three layers
+make one decision stream:
+
+* **segments**: one ``DetectorBank`` per segment (numeric-like signals only), so a county
+  that uploads its roll in slices is compared with its own past, not with the mix;
+* **pooled**: one ``DetectorBank`` (location Page-Hinkley) over every record's location score
+  against its own segment's reference. Those scores are N(0, 1) under no change whatever the
+  arrival order, and a change of the whole stream moves all of them, so it is found as fast
+  as by one stream-wide bank. A segment decision whose change began before the pooled
+  detectors decided the same signal and direction (or within ``cooldown_records`` after) is
+  that same change: absorbed. A pooled decision whose evidence since its onset is one
+  segment's is named after that segment;
+* **composition** (``detectors.composition``): which counties, districts and classes make
+  up the stream, judged per closed event-time window.
+
+Decisions name their segment (``county=Yakima``; empty for the pooled and composition
+layers), the estimated onset and an episode identity. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Mapping
+from dataclasses import replace
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from detectors.bank import DetectorBank, check_positions
+from detectors.channels import DetectorStatus, NumericChannel
+from detectors.composition import CompositionMonitor, event_times_ms
+from detectors.config import DetectorSettings
+from detectors.decision import KINDS, DriftDecision
+from detectors.errors import DetectorConfigError, SnapshotError
+from detectors.recent import Batch, RecentRecords
+from detectors.reference import KNOT_PROBABILITIES, NumericReference, Reference
+
+__all__ = ["OTHER_SEGMENT", "SegmentedBank", "is_single_bank_snapshot"]
+
+MAGIC = b"LDSEGS"
+FORMAT_VERSION = 1
+SINGLE_BANK_MAGIC = b"LDSNAP"
+OTHER_SEGMENT = "(other)"  # segments beyond max_segments share one bank
+MISSING = "(missing)"
+# A pooled decision is one segment's when that segment's scores since the onset are shifted
+# (|z| of their sum >= 3 in the decision's direction) and the other segments' are not (< 2)...
+ATTRIBUTE_SEGMENT_Z, ATTRIBUTE_REST_Z = 3.0, 2.0
+# ... or when that segment's records are nearly all the evidence (its slice was arriving).
+ATTRIBUTE_ALONE_SHARE = 0.9
+ATTRIBUTE_REST_SHARE = 0.2
+MIN_LEARNED_VALUES = 200  # a baseline file's segment with fewer values keeps warming up
+MAX_HEADER_BYTES = 16 << 20
+MAX_NAME_CHARS = 512
+
+
+def standard_normal_reference() -> NumericReference:
+    """The pooled layer's reference: N(0, 1) itself (its input is already normal scores)."""
+    normal = NormalDist()
+    probabilities = np.clip(KNOT_PROBABILITIES, 1e-7, 1 - 1e-7)
+    knots = [normal.inv_cdf(float(p)) for p in probabilities]
+    return NumericReference(n=10_000_000, mean=0.0, std=1.0,
+                            quantiles=tuple(normal.inv_cdf(p) for p in
+                                            (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)),
+                            knots=tuple(knots), below=tuple(map(float, probabilities)),
+                            at_or_below=tuple(map(float, probabilities)))
+
+
+class SegmentedBank:
+    """Per-segment banks, a pooled bank and event-time composition, fed like a
+    ``DetectorBank``: ``update(columns, positions)`` -> ``DriftDecision``s."""
+
+    def __init__(self, settings: DetectorSettings, reference: Reference | None = None) -> None:
+        settings.validate()
+        self.settings = settings
+        share = 2.0 if settings.pooled and settings.page_hinkley else 1.0
+        # Each value is judged by its segment's tests and the pooled tests: half the budget
+        # each keeps the union bound per value at false_alarm_rate (CALIBRATION.md 7).
+        self.segment_settings = replace(
+            settings, categorical_signals=(), false_alarm_rate=settings.false_alarm_rate / share,
+            scoring="randomised",
+            warmup_records=settings.segment_warmup_records,
+            relearn_records=min(settings.relearn_records, settings.segment_warmup_records))
+        self.pool: DetectorBank | None = None
+        if share == 2.0:
+            # Location Page-Hinkley only: a change of spread is each segment's to find, and
+            # the pooled layer must stay cheap (it sees every record again).
+            pool_settings = replace(self.segment_settings, adwin=False, spread=False,
+                                    scoring="given")
+            normal = standard_normal_reference()
+            self.pool = DetectorBank(pool_settings, Reference(
+                numeric={name: normal for name in settings.numeric_like()}))
+        self.segments: dict[str, DetectorBank] = {}
+        self.composition = CompositionMonitor(settings, self._composition_signals())
+        if reference is not None:
+            self.composition.set_reference(reference.categorical)
+        self.records_seen = 0
+        self.last_position: int | None = None
+        # "segment/signal/direction" -> recent detections (segment "" = the whole stream)
+        self.pooled_marks: dict[str, list[int]] = {}
+        self.absorbed = 0
+        self.codes: dict[str, int] = {}  # segment -> code in the recent-records ring
+        self.recent = RecentRecords(settings.numeric_like())
+
+    def _composition_signals(self) -> tuple[str, ...]:
+        signals = tuple(self.settings.categorical_signals)
+        if len(self.settings.segment_by) > 1:
+            signals += ("+".join(self.settings.segment_by),)
+        return signals
+
+    # ------------------------------------------------------------------ feeding
+    def update(self, columns: Mapping[str, Any], positions: Any) -> list[DriftDecision]:
+        """Feed one batch (arrival order): one array per signal, the segment fields and
+        ``event_time`` (datetime64, int ms or RFC 3339 strings), and strictly increasing
+        positions. Returns the decisions, in order of detection."""
+        positions = np.ascontiguousarray(positions, dtype=np.int64)
+        check_positions(positions, self.last_position)
+        n = len(positions)
+        times = (event_times_ms(columns["event_time"]) if columns.get("event_time") is not None
+                 else np.full(n, -1, dtype=np.int64))
+        if len(times) != n:
+            raise ValueError(f"event_time has {len(times)} values for {n} positions")
+        keys = self.segment_keys(columns, n)
+        composition_columns = dict(columns)
+        if len(self.settings.segment_by) > 1:
+            composition_columns["+".join(self.settings.segment_by)] = keys
+        found, codes, scores = self._feed_segments(columns, positions, keys)
+        found += [("composition", d)
+                  for d in self.composition.update(composition_columns, positions, times)]
+        batch = Batch(positions, times, codes, scores)
+        decisions = self._episodes(found, batch)
+        self.recent.push(batch)
+        self.records_seen += n
+        if n:
+            self.last_position = int(positions[-1])
+        return decisions
+
+    def finish(self) -> list[DriftDecision]:
+        """End of input (a file): close every open event-time window and judge it, as if
+        the watermark had passed them all; decisions are placed at the last position."""
+        if self.last_position is None:
+            return []
+        found = [("composition", d) for d in self.composition.close_all(self.last_position)]
+        empty = np.zeros(0, dtype=np.int64)
+        return self._episodes(found, Batch(empty, empty, empty.astype(np.int32), {}))
+
+    def learn(self, columns: Mapping[str, Any]) -> None:
+        """Warm every segment up on reference rows (e.g. a baseline file) before the stream:
+        they are fed at negative positions and their decisions dropped; a segment with at
+        least ``MIN_LEARNED_VALUES`` baseline values takes them as its reference even if
+        that is fewer than its warm-up. The composition reference comes from the
+        ``Reference`` given to the constructor."""
+        n = len(next(iter(columns.values()))) if columns else 0
+        if self.last_position is not None or n == 0:
+            return
+        positions = np.arange(-n - 1, -1, dtype=np.int64)
+        self._feed_segments(columns, positions, self.segment_keys(columns, n))
+        self.pooled_marks = {}
+        for bank in self.segments.values():  # a short baseline still sets each reference
+            for channel in bank.channels.values():
+                if isinstance(channel, NumericChannel) and channel.reference is None:
+                    collected = (np.concatenate(channel.warmup_values)
+                                 if channel.warmup_values else np.zeros(0))
+                    if collected.size >= MIN_LEARNED_VALUES:
+                        channel.reset_detectors()
+                        channel.set_reference(NumericReference.from_values(
+                            collected, channel.warmup_first, channel.warmup_last))
+
+    def segment_keys(self, columns: Mapping[str, Any], n: int) -> np.ndarray:
+        """Each record's segment label, e.g. ``county=Yakima`` (empty: no segmentation)."""
+        fields = self.settings.segment_by
+        if not fields:
+            return np.full(n, "", dtype=object)
+        keys = np.full(n, "", dtype=object)
+        for number, name in enumerate(fields):
+            column = columns.get(name)
+            if column is None:
+                codes, labels = np.zeros(n, dtype=np.int64), np.array([MISSING], dtype=object)
+            else:  # label the few distinct values, not every record
+                codes, uniques = pd.factorize(np.asarray(column, dtype=object))
+                labels = np.array([str(u) if str(u) else MISSING for u in uniques] + [MISSING],
+                                  dtype=object)
+            prefix = ("," if number else "") + name + "="
+            keys = keys + (prefix + labels)[codes]
+        return keys
+
+    def _feed_segments(self, columns: Mapping[str, Any], positions: np.ndarray,
+                       keys: np.ndarray) -> tuple[list[tuple[str, DriftDecision]], np.ndarray,
+                                                  dict[str, np.ndarray]]:
+        """Each segment's records to its bank (relative order kept), then every record's
+        score to the pooled bank. Returns (layer, decision) pairs, each record's segment
+        code and the pooled scores."""
+        signals = [name for name in self.settings.numeric_like() if columns.get(name) is not None]
+        arrays = {name: np.asarray(columns[name], dtype=np.float64) for name in signals}
+        scores = {name: np.full(len(positions), np.nan) for name in signals}
+        codes, uniques = pd.factorize(keys)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
+        found: list[tuple[str, DriftDecision]] = []
+        segment_codes = np.full(len(positions), -1, dtype=np.int32)
+        routed: dict[str, list[np.ndarray]] = {}
+        for code, label in enumerate(uniques):
+            routed.setdefault(self._segment_for(str(label)), []).append(
+                order[bounds[code]:bounds[code + 1]])
+        for label, parts in routed.items():
+            rows = parts[0] if len(parts) == 1 else np.sort(np.concatenate(parts))
+            bank = self.segments[label]
+            segment_codes[rows] = self.codes[label]
+            out = {name: np.full(rows.size, np.nan) for name in signals}
+            for decision in bank.update({name: arrays[name][rows] for name in signals},
+                                        positions[rows], out):
+                found.append(("segment", replace(decision, segment=label)))
+            for name in signals:
+                scores[name][rows] = out[name]
+        if self.pool is not None and signals:
+            found += [("pooled", d) for d in self.pool.update(scores, positions)]
+        return found, segment_codes, scores
+
+    def _segment_for(self, label: str) -> str:
+        if label in self.segments:
+            return label
+        if len(self.segments) >= self.settings.max_segments:
+            label = OTHER_SEGMENT
+            if label in self.segments:
+                return label
+        self.segments[label] = DetectorBank(self.segment_settings)
+        self.codes[label] = len(self.codes)
+        return label
+
+    # ------------------------------------------------------------------ episodes
+    def _episodes(self, found: list[tuple[str, DriftDecision]],
+                  batch: Batch) -> list[DriftDecision]:
+        """In detection order (so batching never changes the outcome): name the segment of
+        each pooled decision whose evidence is one segment's, absorb segment decisions of a
+        change the pooled layer already reported, date each onset."""
+        found.sort(key=lambda item: (item[1].detected_at, KINDS.index(item[1].kind),
+                                     item[0], item[1].segment))
+        decisions = []
+        window_ms = self.settings.composition_window_s * 1000
+        known: Batch | None = None
+        for layer, decision in found:
+            if known is None:
+                known = self.recent.with_batch(batch)
+            onset = decision.onset_at
+            if onset is None:
+                onset = decision.current_positions[0]
+                onset = decision.detected_at if onset is None else onset
+            if layer == "pooled":
+                decision = replace(decision, segment=self._attribute(decision, onset, known))
+            if layer == "segment" or (layer == "pooled" and decision.segment):
+                # The same change, already reported by the other layer (same signal and
+                # direction, or same kind within the cooldown): absorbed.
+                kind_key = f"kind:{decision.segment}/{decision.kind}"
+                recent = (self.pooled_marks.get(kind_key, [])
+                          + self.pooled_marks.get(f"kind:/{decision.kind}", []))
+                same_episode = any(decision.detected_at <= mark + self.settings.cooldown_records
+                                   for mark in recent)
+                kept = () if same_episode else tuple(
+                    f for f in decision.signals
+                    if not self._absorbed(decision.segment, f, onset))
+                self._mark(decision)
+                if not same_episode:
+                    self.pooled_marks[kind_key] = [decision.detected_at]
+                if not kept:
+                    self.absorbed += 1
+                    continue
+                decision = replace(decision, signals=kept)
+            elif layer == "pooled":
+                self._mark(decision)
+                self.pooled_marks[f"kind:/{decision.kind}"] = [decision.detected_at]
+            onset_time = decision.onset_time_ms
+            if onset_time is None:
+                onset_time = _time_at(onset, known)
+            decisions.append(replace(
+                decision, onset_at=onset, onset_time_ms=onset_time,
+                onset_window_ms=None if onset_time is None
+                else onset_time // window_ms * window_ms))
+        return decisions
+
+    def _attribute(self, decision: DriftDecision, onset: int, known: Batch) -> str:
+        """The segment a pooled decision belongs to, or "" for the whole stream: one
+        segment's scores since the onset carry the shift and the rest's do not."""
+        if not decision.signals or len(self.codes) < 2:
+            return ""
+        finding = decision.signals[0]
+        scores = known.scores.get(finding.signal)
+        if scores is None:
+            return ""
+        sign = 1.0 if _direction(finding) == "up" else -1.0
+        inside = ((known.positions >= onset) & (known.positions <= decision.detected_at)
+                  & np.isfinite(scores) & (known.codes >= 0))
+        codes, values = known.codes[inside], scores[inside] * sign
+        if not codes.size:
+            return ""
+        sums = np.bincount(codes, weights=values, minlength=len(self.codes))
+        counts = np.bincount(codes, minlength=len(self.codes))
+        strength = np.where(counts > 0, sums / np.sqrt(np.maximum(counts, 1)), 0.0)
+        top = int(np.argmax(strength))
+        if counts[top] == 0:  # no segment's scores moved in the decision's direction
+            return ""
+        rest_count = codes.size - counts[top]
+        rest = (values.sum() - sums[top]) / np.sqrt(rest_count) if rest_count else 0.0
+        alone = counts[top] >= ATTRIBUTE_ALONE_SHARE * codes.size  # a slice of one segment
+        # Long windows make a segment reference's own small bias (~0.05 sd) "significant":
+        # the rest also counts as unshifted when its mean moved a fifth of the top's or less.
+        rest_mean = (values.sum() - sums[top]) / rest_count if rest_count else 0.0
+        minor = rest_mean <= ATTRIBUTE_REST_SHARE * sums[top] / counts[top]
+        if strength[top] >= ATTRIBUTE_SEGMENT_Z and (rest < ATTRIBUTE_REST_Z or alone or minor):
+            return next(label for label, code in self.codes.items() if code == top)
+        return ""
+
+    def _mark(self, decision: DriftDecision) -> None:
+        for finding in decision.signals:
+            key = f"{decision.segment}/{finding.signal}/{_direction(finding)}"
+            self.pooled_marks[key] = (self.pooled_marks.get(key, []) + [
+                decision.detected_at])[-4:]
+
+    def _absorbed(self, segment: str, finding: Any, onset: int) -> bool:
+        direction = _direction(finding)
+        marks = (self.pooled_marks.get(f"/{finding.signal}/{direction}", [])
+                 + self.pooled_marks.get(f"{segment}/{finding.signal}/{direction}", []))
+        # The segment's own onset estimate is noisy by tens of records: within the cooldown
+        # after the pooled detection it is the same change.
+        return any(onset <= mark + self.settings.cooldown_records for mark in marks)
+
+    # ------------------------------------------------------------------ re-baselining
+    def rebaseline(self, reference: Reference | None = None) -> None:
+        """A new champion: every segment re-learns (a stream-wide reference would make every
+        segment whose level differs from the mix alarm, CALIBRATION.md 7); composition takes
+        the champion's category shares when it has them."""
+        for bank in self.segments.values():
+            bank.rebaseline(None)
+        if self.pool is not None:
+            self.pool.rebaseline(self.pool.reference())
+        if reference is not None:
+            self.composition.set_reference(reference.categorical)
+        self.pooled_marks = {}
+
+    # ------------------------------------------------------------------ observation
+    def status(self) -> list[DetectorStatus]:
+        """Per (signal, detector): the row with the largest statistic/threshold over the
+        segments and the pooled layer (bounded labels for Prometheus)."""
+        best: dict[tuple[str, str], DetectorStatus] = {}
+        rows = [row for bank in self.segments.values() for row in bank.status()]
+        judged = {row.signal for row in rows if not row.warming_up}
+        if self.pool is not None:  # the pooled layer only judges what some segment scores
+            rows += [replace(row, detector="pooled_" + row.detector,
+                             warming_up=row.warming_up or row.signal not in judged)
+                     for row in self.pool.status()]
+        for row in rows:
+            key = (row.signal, row.detector)
+            held = best.get(key)
+            if held is None or _ratio(row) > _ratio(held):
+                best[key] = row
+        return list(best.values())
+
+    # ------------------------------------------------------------------ snapshot
+    def snapshot(self) -> bytes:
+        """``LDSEGS | u16 version | u32 length | zlib(header JSON) | recent-records ring |
+        pooled bank | segment banks``. Each bank's bytes are ``DetectorBank.snapshot()``;
+        every part's length is in the header."""
+        blobs = [(label, bank.snapshot()) for label, bank in self.segments.items()]
+        pool = self.pool.snapshot() if self.pool is not None else b""
+        ring = self.recent.to_bytes()
+        header = orjson.dumps({
+            "settings": self.settings.to_dict(), "records_seen": self.records_seen,
+            "last_position": self.last_position,
+            "segments": [[label, len(blob)] for label, blob in blobs],
+            "pool": len(pool), "composition": self.composition.state(),
+            "pooled_marks": self.pooled_marks, "absorbed": self.absorbed,
+            "ring": len(ring), "ring_held": self.recent.held})
+        header = zlib.compress(header, 6)
+        return (MAGIC + struct.pack("<HI", FORMAT_VERSION, len(header)) + header
+                + ring + pool + b"".join(blob for _, blob in blobs))
+
+    @classmethod
+    def restore(cls, data: bytes, settings: DetectorSettings) -> SegmentedBank:
+        """Rebuild from ``snapshot()`` bytes; any malformed input raises ``SnapshotError``.
+        Under other settings, the banks restore their references only and the window state
+        starts afresh."""
+        header, offset = _parse_header(data)
+        try:
+            bank = cls(settings)
+            saved_settings = DetectorSettings.from_dict(header["settings"])
+            entries = _segment_entries(header["segments"], settings.max_segments + 1)
+            pool_length = _length(header["pool"])
+            ring_length = _length(header["ring"])
+            if offset + ring_length + pool_length + sum(
+                    length for _, length in entries) != len(data):
+                raise SnapshotError("segmented snapshot: bank sizes do not add up to the "
+                                    "snapshot length (truncated or padded)")
+            segment_settings = bank.segment_settings
+            ring = data[offset:offset + ring_length]
+            offset += ring_length
+            if pool_length:
+                pool = DetectorBank.restore(data[offset:offset + pool_length],
+                                            bank.pool.settings if bank.pool else
+                                            segment_settings)
+                if bank.pool is not None:
+                    bank.pool = pool
+            offset += pool_length
+            for label, length in entries:
+                bank.segments[label] = DetectorBank.restore(data[offset:offset + length],
+                                                            segment_settings)
+                bank.codes[label] = len(bank.codes)
+                offset += length
+            if saved_settings == settings:
+                bank._load_state(header)
+                bank.recent.load(ring, _length(header["ring_held"]))
+            return bank
+        except SnapshotError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError,
+                DetectorConfigError, struct.error) as error:
+            raise SnapshotError(f"corrupt segmented snapshot: {type(error).__name__}: "
+                                f"{error}") from None
+
+    def _load_state(self, header: Mapping[str, Any]) -> None:
+        self.records_seen = int(header["records_seen"])
+        last = header["last_position"]
+        self.last_position = None if last is None else int(last)
+        self.composition.load(header["composition"])
+        self.pooled_marks = {str(k): [int(v) for v in marks]
+                             for k, marks in header["pooled_marks"].items()}
+        self.absorbed = int(header["absorbed"])
+
+
+def is_single_bank_snapshot(data: bytes) -> bool:
+    """A snapshot from before segments (one ``DetectorBank`` per partition)."""
+    return data.startswith(SINGLE_BANK_MAGIC)
+
+
+def _parse_header(data: bytes) -> tuple[dict[str, Any], int]:
+    if is_single_bank_snapshot(data):
+        raise SnapshotError("single-bank detector snapshot (from before segment-aware "
+                            "detection); it cannot seed segments")
+    if not data.startswith(MAGIC):
+        raise SnapshotError("not a segmented detector snapshot (bad magic bytes)")
+    fixed = len(MAGIC) + struct.calcsize("<HI")
+    if len(data) < fixed:
+        raise SnapshotError("segmented snapshot truncated in its header")
+    version, length = struct.unpack_from("<HI", data, len(MAGIC))
+    if version != FORMAT_VERSION:
+        raise SnapshotError(f"segmented snapshot format {version} is not supported (this "
+                            f"build reads {FORMAT_VERSION})")
+    if length > MAX_HEADER_BYTES or fixed + length > len(data):
+        raise SnapshotError(f"segmented snapshot header length {length} exceeds the data")
+    try:
+        inflate = zlib.decompressobj()
+        text = inflate.decompress(data[fixed:fixed + length], MAX_HEADER_BYTES)
+        if inflate.unconsumed_tail:
+            raise SnapshotError("segmented snapshot header inflates beyond "
+                                f"{MAX_HEADER_BYTES} bytes")
+        header = orjson.loads(text)
+    except (zlib.error, orjson.JSONDecodeError) as error:
+        raise SnapshotError(f"corrupt segmented snapshot header: {error}") from None
+    if not isinstance(header, dict):
+        raise SnapshotError("corrupt segmented snapshot header: not an object")
+    return header, fixed + length
+
+
+def _segment_entries(entries: Any, limit: int) -> list[tuple[str, int]]:
+    if not isinstance(entries, list) or len(entries) > limit:
+        raise SnapshotError(f"segmented snapshot: segment list malformed or longer than "
+                            f"{limit}")
+    out = []
+    for entry in entries:
+        if (not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], str)
+                or len(entry[0]) > MAX_NAME_CHARS):
+            raise SnapshotError("segmented snapshot: malformed segment entry")
+        out.append((entry[0], _length(entry[1])))
+    if len({label for label, _ in out}) != len(out):
+        raise SnapshotError("segmented snapshot: a segment is listed twice")
+    return out
+
+
+def _length(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise SnapshotError(f"segmented snapshot: bad length {value!r}")
+    return value
+
+
+def _time_at(position: int, known: Batch) -> int | None:
+    """Event time of the record at ``position``, or of the earliest known record after it
+    when it is older than what is remembered."""
+    index = int(np.searchsorted(known.positions, position))
+    if index >= len(known.positions):
+        return None
+    later = known.times[index:]
+    dated = np.flatnonzero(later >= 0)
+    return int(later[dated[0]]) if dated.size else None
+
+
+def _ratio(row: DetectorStatus) -> float:
+    return row.statistic / row.threshold if row.threshold else 0.0
+
+
+def _direction(finding: Any) -> str:
+    return max(finding.firings, key=lambda f: f.statistic / f.threshold if f.threshold
+               else 0.0).direction
