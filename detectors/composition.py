@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from detectors.channels import DetectorStatus
 from detectors.config import DetectorSettings
 from detectors.decision import DetectorFiring, DriftDecision, SignalFinding, WindowSummary
 from detectors.reference import CategoricalReference
@@ -52,6 +53,8 @@ class CompositionMonitor:
         self.reported_new: dict[str, list[str]] = {name: [] for name in signals}
         self.late_records = 0
         self.windows_closed = 0
+        # signal -> (statistic, threshold) of its last judged window: for status() only
+        self.last_test: dict[str, tuple[float, float]] = {}
 
     # ------------------------------------------------------------------ reference
     def set_reference(self, references: Mapping[str, CategoricalReference]) -> None:
@@ -150,6 +153,8 @@ class CompositionMonitor:
                 continue
             window = {"index": index, "n": total, "first": state["first"],
                       "last": state["last"], "counts": counts}
+            statistic, threshold, _, _ = self._test(reference, counts, total)
+            self.last_test[name] = (statistic, threshold)
             decision = self._new_categories(name, window, position)
             if decision is None:
                 decision = self._share_change(name, window, position)
@@ -244,6 +249,16 @@ class CompositionMonitor:
         return DriftDecision(kind="distribution", detected_at=position, signals=(finding,),
                              onset_at=first["first"], onset_time_ms=first["index"]
                              * self.window_ms, onset_window_ms=first["index"] * self.window_ms)
+
+    def status(self) -> list[DetectorStatus]:
+        """Per signal: the two-sample statistic of its last judged window against its
+        threshold; warming up until a window was judged against a reference."""
+        rows = []
+        for name in self.signals:
+            statistic, threshold = self.last_test.get(name, (0.0, float("nan")))
+            rows.append(DetectorStatus(name, "composition", statistic, threshold,
+                                       name not in self.last_test))
+        return rows
 
     def reference_summary(self, name: str) -> WindowSummary:
         counts = self.reference.get(name, {})

@@ -354,6 +354,7 @@ class SegmentedBank:
             rows += [replace(row, detector="pooled_" + row.detector,
                              warming_up=row.warming_up or row.signal not in judged)
                      for row in self.pool.status()]
+        rows += self.composition.status()
         for row in rows:
             key = (row.signal, row.detector)
             held = best.get(key)

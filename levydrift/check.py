@@ -141,8 +141,9 @@ def run_check(columns: dict[str, np.ndarray], detectors: DetectorSettings,
     columns = signal_columns(dict(columns), scorer)
     baseline = baseline or warmup_baseline(detectors)
     bank = SegmentedBank(detectors, baseline.reference)
-    if baseline.columns is not None:
-        bank.learn(baseline.columns)
+    if baseline.kind == "file":  # baseline rows seed every segment; the champion's holdout
+        bank.learn(baseline.columns)  # sample is used as the consumer uses it
+
     if progress is not None:
         progress.phase("running the detectors")
     decisions = []
@@ -226,9 +227,39 @@ def finding_line(decision: DriftDecision, finding: SignalFinding,
     current = rows_text(finding.current.first_position, decision.detected_at)
     reference = rows_text(finding.reference.first_position, finding.reference.last_position,
                           reference_kind)
+    where = f" in {decision.segment}" if decision.segment else ""
     return (f"{decision.kind:<12} {finding.signal:<22} at row {decision.detected_at + 1:,}: "
             f"{effect_text(finding)}; rows {current} vs reference {reference} "
-            f"({firing.detector} {firing.direction})")
+            f"({firing.detector} {firing.direction}){where}")
+
+
+def segment_name(decision: DriftDecision) -> str:
+    """Where a decision was made: its segment (``county=Grant``) or the whole stream."""
+    return decision.segment or "whole stream"
+
+
+def onset_row(decision: DriftDecision, finding: SignalFinding) -> int | None:
+    """1-based row where the change is estimated to begin: the segment layer's onset, else the
+    start of the finding's current window."""
+    onset = decision.onset_at if decision.onset_at is not None else finding.current.first_position
+    return None if onset is None or onset < 0 else onset + 1
+
+
+def segment_table(result: CheckResult) -> list[dict[str, Any]]:
+    """One row per segment (or the whole stream) with drift: its signals, first onset and
+    first detection (1-based rows), in order of first detection."""
+    rows: dict[str, dict[str, Any]] = {}
+    for decision, finding in result.findings():
+        row = rows.setdefault(segment_name(decision), {
+            "segment": segment_name(decision), "signals": [], "kinds": [],
+            "onset_row": onset_row(decision, finding),
+            "detected_row": decision.detected_at + 1, "episodes": 0})
+        if finding.signal not in row["signals"]:
+            row["signals"].append(finding.signal)
+        if decision.kind not in row["kinds"]:
+            row["kinds"].append(decision.kind)
+        row["episodes"] += 1
+    return sorted(rows.values(), key=lambda row: row["detected_row"])
 
 
 def effect_text(finding: SignalFinding) -> str:
@@ -264,12 +295,12 @@ def _signal_row(result: CheckResult, name: str, kind: str,
     if found:
         decision, finding = found[0]
         firing = _strongest(finding)
-        onset = finding.current.first_position
+        segments = sorted({segment_name(d) for d, _ in found})
         return {**row, "status": "drift", "detector": firing.detector,
                 "direction": firing.direction, "statistic": firing.statistic,
                 "threshold": firing.threshold, "effect": effect_text(finding),
                 "effect_measure": finding.effect_measure, "effect_size": finding.effect_size,
-                "onset_row": None if onset is None else onset + 1,
+                "onset_row": onset_row(decision, finding), "segments": segments,
                 "detected_row": decision.detected_at + 1, "episodes": len(found)}
     reason = _not_checked(result, name, kind, statuses)
     if reason:
@@ -326,8 +357,12 @@ def summary(result: CheckResult) -> dict[str, Any]:
         "duration_s": round(result.duration_s, 3),
         "drifted_signals": result.drifted_signals(),
         "signals": signal_table(result),
+        "segments": segment_table(result),
         "episodes": [{
             "kind": decision.kind, "detected_at_row": decision.detected_at + 1,
+            "segment": segment_name(decision),
+            "onset_row": (decision.onset_at + 1 if decision.onset_at is not None
+                          and decision.onset_at >= 0 else None),
             "signals": [_finding_summary(decision, finding) for finding in decision.signals],
         } for decision in result.decisions],
     }

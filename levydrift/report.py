@@ -28,6 +28,7 @@ from detectors.decision import DriftDecision, SignalFinding
 from levydrift.check import (
     CheckResult,
     finding_line,
+    segment_table,
     signal_table,
     summary,
     top_category,
@@ -103,6 +104,7 @@ def render_html(result: CheckResult, summary_name: str = "summary.json") -> str:
     model = (f"{result.model} v{result.model_version}" if result.model_version
              else "none (prediction and error signals not checked)")
     sections = "".join(_signal_section(result, name) for name in result.drifted_signals())
+    segments = _segment_section(segment_table(result))
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -124,6 +126,7 @@ deviations (rank-based, so one huge parcel is not a change); <em>spread ×</em> 
 the current to the reference spread; <em>pp</em> percentage points of a category's share.
 Rows count from 1 in arrival order; the onset is the detectors' estimate of where the change
 began.</p>
+{segments}
 {sections}
 <footer>Generated {generated} by levydrift. Machine-readable summary:
 <a href="{_e(summary_name)}">{_e(summary_name)}</a>.</footer>
@@ -134,7 +137,7 @@ began.</p>
 def _table(rows: list[dict[str, Any]]) -> str:
     head = ("<tr><th>signal</th><th>kind</th><th>status</th><th>detector</th>"
             "<th>statistic / threshold<br><span class=muted>(clean: at the last row)</span>"
-            "</th><th>effect</th><th>onset row</th>"
+            "</th><th>effect</th><th>where</th><th>onset row</th>"
             "<th>detected at row</th></tr>")
     return f'<table class="signals">{head}{"".join(_table_row(row) for row in rows)}</table>'
 
@@ -145,7 +148,7 @@ def _table_row(row: dict[str, Any]) -> str:
     cells = [f"<td><strong>{_e(row['signal'])}</strong></td>", f"<td>{_e(row['kind'])}</td>",
              f'<td><span class="badge {badge}">{_e(status)}</span></td>']
     if status == "not checked":
-        cells.append(f'<td colspan="5" class="muted">{_e(row["reason"])}</td>')
+        cells.append(f'<td colspan="6" class="muted">{_e(row["reason"])}</td>')
     else:
         ratio = (f"{row['statistic']:.3g} / {row['threshold']:.3g}"
                  if np.isfinite(row["threshold"]) else "")
@@ -154,9 +157,26 @@ def _table_row(row: dict[str, Any]) -> str:
         effect = _e(row["effect"]) + episodes if status == "drift" else ""
         cells += [f"<td>{_e(row['detector'])}</td>", f'<td class="num">{ratio}</td>',
                   f'<td class="effect">{effect}</td>',
+                  f'<td>{_e(", ".join(row.get("segments", [])))}</td>',
                   f'<td class="num">{_row_number(row.get("onset_row"))}</td>',
                   f'<td class="num">{_row_number(row.get("detected_row"))}</td>']
     return f'<tr class="{badge}">' + "".join(cells) + "</tr>"
+
+
+def _segment_section(rows: list[dict[str, Any]]) -> str:
+    """Where the drift is: one row per segment (county, or the configured segment key) with
+    drift, or nothing when the file is clean."""
+    if not rows:
+        return ""
+    body = "".join(
+        f"<tr><td><strong>{_e(row['segment'])}</strong></td>"
+        f"<td>{_e(', '.join(row['signals']))}</td><td>{_e(', '.join(row['kinds']))}</td>"
+        f'<td class="num">{_row_number(row["onset_row"])}</td>'
+        f'<td class="num">{_row_number(row["detected_row"])}</td>'
+        f'<td class="num">{row["episodes"]}</td></tr>' for row in rows)
+    return ('<h2>Where</h2><table class="signals"><tr><th>segment</th><th>drifted signals'
+            '</th><th>kind</th><th>onset row</th><th>first detected at row</th>'
+            f'<th>episodes</th></tr>{body}</table>')
 
 
 def _row_number(row: int | None) -> str:

@@ -123,13 +123,13 @@ def _run(arguments: argparse.Namespace) -> int:
     with Progress("simulate", total=records) as progress:
         if arguments.output is not None:
             destination = str(arguments.output)
-            write_file(simulator, records, arguments.output, progress, arguments.order)
+            write_file(simulator, records, arguments.output, arguments.order, progress)
             truth_path = arguments.truth or Path(f"{arguments.output}.truth.json")
         else:
             topic = arguments.topic or config.topics.records
             destination = f"topic {topic}"
-            produce_to_kafka(simulator, records, topic, config.kafka, arguments.rate, progress,
-                             arguments.order)
+            produce_to_kafka(simulator, records, topic, config.kafka, arguments.rate,
+                             arguments.order, progress)
             truth_path = arguments.truth or Path(f"{topic}.truth.json")
     elapsed = time.monotonic() - started
     write_truth(simulator.ground_truth(records), truth_path)
@@ -193,8 +193,8 @@ def _parse_start_time(text: str) -> datetime:
 
 # --------------------------------------------------------------------- files
 
-def write_file(simulator: LevySimulator, records: int, path: Path,
-               progress: Progress | None = None, order: str = "time") -> None:
+def write_file(simulator: LevySimulator, records: int, path: Path, order: str = "time",
+               progress: Progress | None = None) -> None:
     """Write records ``0..records-1`` to ``path`` (format by extension) in ``order``
     (``levydrift.simulator.ORDERS``), atomically."""
     suffix = path.suffix.lower()
@@ -300,8 +300,8 @@ def write_truth(truth: GroundTruth, path: Path) -> None:
 # --------------------------------------------------------------------- Kafka
 
 def produce_to_kafka(simulator: LevySimulator, records: int, topic: str, kafka: KafkaSettings,
-                     rate: float | None = None, progress: Progress | None = None,
-                     order: str = "time") -> None:
+                     rate: float | None = None, order: str = "time",
+                     progress: Progress | None = None) -> None:
     """Send records ``0..records-1`` to ``topic`` keyed by parcel id, idempotently, at
     ``rate`` records/s or as fast as possible; return once every one is acknowledged."""
     admin = admin_client(kafka)

@@ -39,8 +39,10 @@ def test_the_report_renders_in_headless_chromium(
     data = SAMPLE
     if scenario != "sample":
         data = output / f"{scenario}.parquet"
-        write_file(LevySimulator(SimulatorConfig(scenario=scenario, change_at=6_000,
-                                                 labelled_share=0.5)), 9_000, data)
+        # 30 s apart, the rows span 8 days: a new class shows in the mix of closed days.
+        write_file(LevySimulator(SimulatorConfig(scenario=scenario, change_at=12_000,
+                                                 labelled_share=0.5,
+                                                 event_interval_ms=30_000)), 24_000, data)
     assert main(["check", "--data-path", str(data), "--registry", str(output / "no-models"),
                  "--report", str(output / "report")]) == 1
     page = output / "report" / "index.html"

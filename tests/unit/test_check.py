@@ -277,23 +277,21 @@ def test_trigger_retraining_trains_and_gates_a_candidate(
 
 def test_the_champions_reference_sample_is_the_baseline(
         files: Path, registry: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A file that drifts inside what would be its warm-up: the warm-up learns the drifted
-    world as normal, the champion's holdout sample does not."""
-    path = files / "drifted-in-the-warm-up.parquet"
-    config = SimulatorConfig(scenario="levy-rate-change", change_at=3_000, labelled_share=0.5)
-    write_file(LevySimulator(config), 9_000, path)
+    """With a champion, its holdout sample is the baseline, as in the consumer (it sets the
+    reference mix of categories; each segment still learns its own numeric reference, see
+    detectors/CALIBRATION.md section 7); without one, the warm-up. The output and the JSON
+    summary say which."""
+    path = simulated(files, "levy-rate-change")
     code, out, _ = check(capsys, "--data-path", path, "--registry", registry,
-                         "--report", files / "from-start")
-    summary = json.loads((files / "from-start" / "summary.json").read_text())
+                         "--report", files / "from-champion")
+    summary = json.loads((files / "from-champion" / "summary.json").read_text())
     assert code == 1 and "levy_rate" in summary["drifted_signals"], out
     assert summary["reference_kind"] == "champion"
     assert "champion levy-impact v1 reference sample (2,000 holdout rows" in out
-    assert "(champion's reference sample)" in out
     code, out, _ = check(capsys, "--data-path", path, "--registry", files / "empty-registry",
-                         "--report", files / "from-start-warm-up")
-    summary = json.loads((files / "from-start-warm-up" / "summary.json").read_text())
+                         "--report", files / "from-warm-up")
+    summary = json.loads((files / "from-warm-up" / "summary.json").read_text())
     assert summary["reference_kind"] == "warm-up" and "warm-up" in summary["reference"]
-    assert "levy_rate" not in summary["drifted_signals"]
 
 
 def test_reference_file_overrides_the_champion(files: Path, registry: Path,
@@ -316,9 +314,10 @@ def test_the_same_drift_is_retrained_once_and_a_new_episode_again(
     monkeypatch.setenv("LEVYDRIFT_TRAINER_MAX_ITER", "20")
     root = tmp_path / "models"
     train_champion(root, records=4_000)
-    january = tmp_path / "january.parquet"
-    write_file(LevySimulator(SimulatorConfig(scenario="levy-rate-change", change_at=4_000,
-                                             labelled_share=0.5)), 10_000, january)
+    january = tmp_path / "january.parquet"  # long enough for every county's own warm-up
+    write_file(LevySimulator(SimulatorConfig(scenario="levy-rate-change", change_at=12_000,
+                                             labelled_share=0.5, county="Grant")), 16_000,
+               january)
     outputs = []
     for _ in range(2):
         code, out, _ = check(capsys, "--data-path", january, "--registry", root,
@@ -337,8 +336,8 @@ def test_the_same_drift_is_retrained_once_and_a_new_episode_again(
 
     march = tmp_path / "march.parquet"  # a new file, a new episode two months later
     write_file(LevySimulator(SimulatorConfig(
-        scenario="levy-rate-change", change_at=4_000, labelled_share=0.5, seed=7,
-        start_time=datetime(2026, 3, 1, tzinfo=UTC))), 10_000, march)
+        scenario="levy-rate-change", change_at=12_000, labelled_share=0.5, seed=7,
+        county="Grant", start_time=datetime(2026, 3, 1, tzinfo=UTC))), 16_000, march)
     code, out, _ = check(capsys, "--data-path", march, "--registry", root,
                          "--trigger-retraining")
     assert code == 1, out
@@ -371,3 +370,23 @@ def test_realistic_arrival_orders_of_a_stationary_file_are_no_drift(
                  "--registry", str(registry)])
     out = capsys.readouterr().out
     assert code == 0, out
+
+
+def test_the_report_says_where_a_one_county_change_happened(
+        files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The scenario moves Grant's levy rates only: the line, the table, the JSON summary and
+    the HTML name county=Grant, with the onset before the detection."""
+    code, out, _ = check(capsys, "--data-path", simulated(files, "levy-rate-change"),
+                         "--registry", files / "empty-registry", "--report",
+                         files / "where")
+    assert code == 1, out
+    assert re.search(r"levy_rate\s+at row [\d,]+: .* in county=Grant$", out, re.M), out
+    summary = json.loads((files / "where" / "summary.json").read_text())
+    (where,) = summary["segments"]
+    assert where["segment"] == "county=Grant" and where["signals"] == ["levy_rate"]
+    assert where["onset_row"] <= where["detected_row"]
+    row = next(r for r in summary["signals"] if r["signal"] == "levy_rate")
+    assert row["segments"] == ["county=Grant"]
+    assert {e["segment"] for e in summary["episodes"]} == {"county=Grant"}
+    html = (files / "where" / "index.html").read_text()
+    assert "<h2>Where</h2>" in html and "<strong>county=Grant</strong>" in html

@@ -87,7 +87,7 @@ def test_a_data_url_is_fetched_and_its_token_never_printed(
         missing = main(["daily", "--source", f"{base}/absent.csv?token=s3cr3t",
                         "--out", str(tmp_path / "missing")])
     outcome = json.loads((tmp_path / "url" / "outcome.json").read_text())
-    assert code == 0 and outcome["rows"] == 7_500 and outcome["outcome"] == "drift"
+    assert code == 0 and outcome["rows"] == 16_000 and outcome["outcome"] == "drift"
     assert outcome["alert"] is True and not outcome["commit_paths"]
     assert ModelRegistry(champion).versions("levy-impact") == [1]  # --check-only
     err = capsys.readouterr().err
