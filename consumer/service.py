@@ -142,7 +142,11 @@ class ConsumerService:
             return None
         self._follow_champion()
         messages = self.consumer.consume(self.section.batch_size, self.section.batch_timeout_s)
-        result = self._process(messages) if messages else None
+        try:
+            result = self._process(messages) if messages else None
+        except TransactionAborted as error:  # a produce found the transaction failed
+            self._after_abort(error, time.monotonic())
+            return None
         if time.monotonic() - self._last_checkpoint >= self.section.checkpoint_interval_s:
             self.checkpoint()
         self.output.poll()
@@ -252,24 +256,15 @@ class ConsumerService:
             return True
         assert self.consumer is not None
         states = {monitor.partition: monitor.state(self.section.group_id) for monitor in moved}
-        for state in states.values():
-            self.output.produce(self.settings.topics.detector_state, encode_state(state),
-                                key=state_key(state.group, state.topic, state.partition))
         offsets = [TopicPartition(self.settings.topics.records, p, s.next_offset)
                    for p, s in states.items()]
         try:
+            for state in states.values():
+                self.output.produce(self.settings.topics.detector_state, encode_state(state),
+                                    key=state_key(state.group, state.topic, state.partition))
             self.output.commit(offsets, self.consumer, timeout_s)
         except TransactionAborted as error:
-            self._stalled_since = self._stalled_since or started
-            self._stall_reason = str(error)
-            if self.output.broken is None:
-                log.warning("transaction aborted; rewinding to the last checkpoint",
-                            extra={"error": str(error)})
-                self._rewind()
-            else:  # committed or not, only Kafka knows: restore from it once it answers
-                log.warning("transaction outcome unknown until Kafka answers; waiting for it",
-                            extra={"error": str(error)})
-                self.monitors.clear()
+            self._after_abort(error, started)
             return False
         self._stalled_since = None
         self.dead_letters.committed()
@@ -279,6 +274,20 @@ class ConsumerService:
                                states[monitor.partition].next_offset)
         self._export_gauges()
         return True
+
+    def _after_abort(self, error: TransactionAborted, started: float) -> None:
+        """The open transaction was aborted: rewind every partition to its last checkpoint,
+        or, when its outcome is unknown, wait for Kafka and restore from what it holds."""
+        self._stalled_since = self._stalled_since or started
+        self._stall_reason = str(error)
+        if self.output.broken is None:
+            log.warning("transaction aborted; rewinding to the last checkpoint",
+                        extra={"error": str(error)})
+            self._rewind()
+        else:  # committed or not, only Kafka knows: restore from it once it answers
+            log.warning("transaction outcome unknown until Kafka answers; waiting for it",
+                        extra={"error": str(error)})
+            self.monitors.clear()
 
     def _rewind(self) -> None:
         assert self.consumer is not None

@@ -131,8 +131,14 @@ class TransactionalOutput:
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.1)
             except KafkaException as exception:
-                if is_refusal(exception.args[0]):
-                    raise MessageRefused(exception.args[0]) from None
+                error = exception.args[0]
+                if is_refusal(error):
+                    raise MessageRefused(error) from None
+                if error.code() == KafkaError._STATE or error.txn_requires_abort():
+                    # An earlier message of this transaction failed at the broker (a delivery
+                    # report not polled yet): it can only be aborted now.
+                    self.abort()
+                    raise TransactionAborted(f"produce to {topic} failed: {error.str()}") from None
                 raise
 
     def commit(self, offsets: list[TopicPartition], consumer: Consumer,
