@@ -21,8 +21,9 @@ def test_the_last_window_of_the_topic_is_checked_and_retrained_once(
     monkeypatch.chdir(tmp_path)
     topic = f"levy.records.daily-{unique}"
     create_topic(kafka_bootstrap, topic, partitions=2)
-    assert main(["simulate", "--topic", topic, "--records", "7500", "--change-at", "5500",
-                 "--scenario", "levy-rate-change", "--magnitude", "0.008",
+    # As the shipped sample: long enough for every county's own warm-up before the change.
+    assert main(["simulate", "--topic", topic, "--records", "16000", "--change-at", "11000",
+                 "--scenario", "levy-rate-change", "--magnitude", "0.008", "--county", "Benton",
                  "--labelled-share", "0.5", "--seed", "2026",
                  "--truth", str(tmp_path / "truth.json")]) == 0
     outcomes = []
@@ -31,7 +32,7 @@ def test_the_last_window_of_the_topic_is_checked_and_retrained_once(
                      "--window-records", "20000"]) == 0  # all of it
         outcomes.append(json.loads((tmp_path / run / "outcome.json").read_text()))
     capsys.readouterr()
-    assert outcomes[0]["rows"] == 7500 and outcomes[0]["source"].startswith(topic)
+    assert outcomes[0]["rows"] == 16000 and outcomes[0]["source"].startswith(topic)
     assert outcomes[0]["outcome"] == "promoted" and "levy_rate" in outcomes[0]["signals"]
     assert outcomes[1]["outcome"] == "drift_handled", outcomes[1]
     lineage = ModelRegistry("models").get("levy-impact", 1).lineage
