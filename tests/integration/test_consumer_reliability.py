@@ -58,7 +58,9 @@ def test_kill_minus_nine_at_random_points_loses_and_duplicates_nothing(
     for attempt in range(4):
         run = ConsumerRun(kafka_bootstrap, topics, group, "crashy",
                           tmp_path / f"crash-{attempt}.log", extra_env=env).start()
-        target = RECORDS * (0.15 * (attempt + 1) + randomness.uniform(0.0, 0.08))
+        # Kill points by 45 % at the latest: a loaded machine polls progress slowly, and the
+        # stream must not end before the last kill.
+        target = RECORDS * (0.1 * (attempt + 1) + randomness.uniform(0.0, 0.05))
         wait_until(lambda run=run, target=target: progress() >= target or not run.alive(), 90,
                    f"progress past {target:.0f} records")
         assert run.alive(), run.log()[-3000:]
