@@ -155,6 +155,10 @@ def wrong_shape(bank: bytes) -> bytes:
     return forge_bank(header, arrays + bytes(8 * manifest[0][2][1]))
 
 
+def huge_bank_header(bank: bytes) -> bytes:
+    return forge_bank(*snapshot_parts(bank), declared=0xFFFFFFF0)
+
+
 def mistyped(bank: bytes) -> bytes:
     header, arrays = snapshot_parts(bank)
     header["records_seen"] = "many"
@@ -194,40 +198,41 @@ class Case:
     write: Callable[[dict[int, bytes]], list[bytes | None]]
     reason: str | None
     fresh: bool
+    says: str = ""  # in the refusal's error: the check that refused it
 
 
 CASES = {
     # The segmented frame.
     "truncated": Case(0, lambda good: with_bank(good[0], lambda b: b[: len(b) // 2]),
-                      "corrupt", True),
+                      "corrupt", True, says="do not add up"),
     "bad magic": Case(1, lambda good: with_bank(good[1], lambda b: b"PKZIP!" + b[6:]),
-                      "magic", True),
+                      "magic", True, says="bad magic"),
     "bad version": Case(2, lambda good: with_bank(good[2], lambda b: b[:6] + b"\x09\x00"
-                                                  + b[8:]), "version", True),
+                                                  + b[8:]), "version", True, says="format 9"),
     "zip bomb in the frame header": Case(3, lambda good: with_bank(
-        good[3], in_frame(header_bomb)), "too_large", True),
+        good[3], in_frame(header_bomb)), "too_large", True, says="inflates beyond"),
     "huge declared header length": Case(4, lambda good: with_bank(
-        good[4], in_frame(huge_frame_header)), "too_large", True),
+        good[4], in_frame(huge_frame_header)), "too_large", True, says="bytes allowed"),
     "huge declared bank length": Case(5, lambda good: with_bank(
-        good[5], in_frame(huge_segment)), "corrupt", True),
+        good[5], in_frame(huge_segment)), "corrupt", True, says="do not add up"),
     "wrong types in header": Case(6, lambda good: with_bank(good[6], in_frame(mistyped_frame)),
-                                  "header", True),
+                                  "header", True, says="'many'"),
     "bank ahead of its offset": Case(7, lambda good: with_bank(good[7], in_frame(ahead)),
-                                     "inconsistent", True),
+                                     "inconsistent", True, says="has seen offset"),
     "single-bank snapshot from before segments": Case(8, lambda good: with_bank(
         good[8], lambda b: Frame.parse(b).pool), None, True),  # a warning, not a refusal
     # One inner bank, re-framed with correct lengths.
     "zip bomb in a bank": Case(9, lambda good: with_bank(good[9], in_pool(zip_bomb)),
-                               "corrupt", True),
-    "huge declared lengths in a bank": Case(10, lambda good: with_bank(good[10], in_pool(
-        lambda b: forge_bank(*snapshot_parts(b), declared=0xFFFFFFF0))), "too_large", True),
+                               "corrupt", True, says="after the last array"),
+    "huge declared lengths in a bank": Case(10, lambda good: with_bank(
+        good[10], in_pool(huge_bank_header)), "too_large", True, says="header declares"),
     "wrong shapes": Case(11, lambda good: with_bank(good[11], in_pool(wrong_shape)), "shape",
-                         True),
+                         True, says="does not fit"),
     "NaN in a detector": Case(12, lambda good: with_bank(
-        good[12], in_pool(nan_in("levy_rate", "ph_f"))), "shape", True),
+        good[12], in_pool(nan_in("levy_rate", "ph_f"))), "shape", True, says="ph_f holds NaN"),
     "wrong types in a bank header": Case(13, lambda good: with_bank(good[13],
                                                                     in_pool(mistyped)),
-                                         "header", True),
+                                         "header", True, says="records_seen must be"),
     # The envelope.
     "non-JSON header": Case(14, lambda good: [struct.pack(">I", 9) + b"{not json" + good[14]],
                             "envelope", True),
@@ -346,6 +351,7 @@ def test_hostile_state_is_refused_and_the_partition_starts_fresh(outcome: dict,
         [line] = lines  # exactly one line per refused value
         assert line.getMessage().startswith("detector state refused")
         assert (line.reason, isinstance(line.offset, int)) == (case.reason, True)
+        assert case.says in line.error, line.error
     expected_seen = SECOND if case.fresh else FIRST + SECOND
     assert outcome["records_seen"][case.partition] == expected_seen
 
