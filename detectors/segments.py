@@ -447,7 +447,7 @@ def _parse_header(data: bytes) -> tuple[dict[str, Any], int]:
         raise SnapshotError("not a segmented detector snapshot (bad magic bytes)", "magic")
     fixed = len(MAGIC) + struct.calcsize("<HI")
     if len(data) < fixed:
-        raise SnapshotError("segmented snapshot truncated in its header")
+        raise SnapshotError("segmented snapshot truncated in its header", "corrupt")
     version, length = struct.unpack_from("<HI", data, len(MAGIC))
     if version != FORMAT_VERSION:
         raise SnapshotError(f"segmented snapshot format {version} is not supported (this "
