@@ -396,7 +396,7 @@ class SegmentedBank:
             if offset + ring_length + pool_length + sum(
                     length for _, length in entries) != len(data):
                 raise SnapshotError("segmented snapshot: bank sizes do not add up to the "
-                                    "snapshot length (truncated or padded)")
+                                    "snapshot length (truncated or padded)", "corrupt")
             segment_settings = bank.segment_settings
             ring = data[offset:offset + ring_length]
             offset += ring_length
@@ -420,8 +420,10 @@ class SegmentedBank:
             raise
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError,
                 DetectorConfigError, struct.error) as error:
-            raise SnapshotError(f"corrupt segmented snapshot: {type(error).__name__}: "
-                                f"{error}") from None
+            # Everything binary is checked above or by the banks: what is left is a header
+            # field that is missing or of the wrong type.
+            raise SnapshotError(f"segmented snapshot header: {type(error).__name__}: "
+                                f"{error}", "header") from None
 
     def _load_state(self, header: Mapping[str, Any]) -> None:
         self.records_seen = int(header["records_seen"])
@@ -441,50 +443,63 @@ def is_single_bank_snapshot(data: bytes) -> bool:
 def _parse_header(data: bytes) -> tuple[dict[str, Any], int]:
     if is_single_bank_snapshot(data):
         raise SnapshotError("single-bank detector snapshot (from before segment-aware "
-                            "detection); it cannot seed segments")
+                            "detection); it cannot seed segments", "version")
     if not data.startswith(MAGIC):
-        raise SnapshotError("not a segmented detector snapshot (bad magic bytes)")
+        raise SnapshotError("not a segmented detector snapshot (bad magic bytes)", "magic")
     fixed = len(MAGIC) + struct.calcsize("<HI")
     if len(data) < fixed:
-        raise SnapshotError("segmented snapshot truncated in its header")
+        raise SnapshotError("segmented snapshot truncated in its header", "corrupt")
     version, length = struct.unpack_from("<HI", data, len(MAGIC))
     if version != FORMAT_VERSION:
         raise SnapshotError(f"segmented snapshot format {version} is not supported (this "
-                            f"build reads {FORMAT_VERSION})")
-    if length > MAX_HEADER_BYTES or fixed + length > len(data):
-        raise SnapshotError(f"segmented snapshot header length {length} exceeds the data")
+                            f"build reads {FORMAT_VERSION})", "version")
+    if length > MAX_HEADER_BYTES:
+        raise SnapshotError(f"segmented snapshot header length {length} exceeds the "
+                            f"{MAX_HEADER_BYTES} bytes allowed", "too_large")
+    if fixed + length > len(data):
+        raise SnapshotError(f"segmented snapshot header length {length} exceeds the data",
+                            "corrupt")
     try:
         inflate = zlib.decompressobj()
         text = inflate.decompress(data[fixed:fixed + length], MAX_HEADER_BYTES)
         if inflate.unconsumed_tail:
             raise SnapshotError("segmented snapshot header inflates beyond "
-                                f"{MAX_HEADER_BYTES} bytes")
+                                f"{MAX_HEADER_BYTES} bytes", "too_large")
+        if not inflate.eof or inflate.unused_data:
+            raise SnapshotError("segmented snapshot header is not one whole zlib stream",
+                                "corrupt")
+    except zlib.error as error:
+        raise SnapshotError(f"corrupt segmented snapshot header: {error}", "corrupt") from None
+    try:
         header = orjson.loads(text)
-    except (zlib.error, orjson.JSONDecodeError) as error:
-        raise SnapshotError(f"corrupt segmented snapshot header: {error}") from None
+    except orjson.JSONDecodeError as error:
+        raise SnapshotError(f"segmented snapshot header is not JSON: {error}",
+                            "header") from None
     if not isinstance(header, dict):
-        raise SnapshotError("corrupt segmented snapshot header: not an object")
+        raise SnapshotError("segmented snapshot header is not an object", "header")
     return header, fixed + length
 
 
 def _segment_entries(entries: Any, limit: int) -> list[tuple[str, int]]:
-    if not isinstance(entries, list) or len(entries) > limit:
-        raise SnapshotError(f"segmented snapshot: segment list malformed or longer than "
-                            f"{limit}")
+    if not isinstance(entries, list):
+        raise SnapshotError("segmented snapshot: segment list is not a list", "header")
+    if len(entries) > limit:
+        raise SnapshotError(f"segmented snapshot lists {len(entries)} segments, more than the "
+                            f"{limit} these settings allow", "too_large")
     out = []
     for entry in entries:
         if (not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], str)
                 or len(entry[0]) > MAX_NAME_CHARS):
-            raise SnapshotError("segmented snapshot: malformed segment entry")
+            raise SnapshotError("segmented snapshot: malformed segment entry", "header")
         out.append((entry[0], _length(entry[1])))
     if len({label for label, _ in out}) != len(out):
-        raise SnapshotError("segmented snapshot: a segment is listed twice")
+        raise SnapshotError("segmented snapshot: a segment is listed twice", "header")
     return out
 
 
 def _length(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise SnapshotError(f"segmented snapshot: bad length {value!r}")
+        raise SnapshotError(f"segmented snapshot: bad length {str(value)[:40]}", "header")
     return value
 
 

@@ -24,7 +24,8 @@ from consumer import metrics
 from consumer.config import ConsumerSection, ConsumerSettings
 from consumer.service import ConsumerService
 from consumer.state import decode_state, encode_state, state_key
-from detectors import DetectorBank, DetectorSettings
+from detectors import DetectorSettings
+from detectors.segments import SegmentedBank
 from levydrift.settings import KafkaSettings, MetricsSettings, TopicSettings
 from levydrift.simulator import LevySimulator, SimulatorConfig
 from tests.integration.consumer_harness import Topics, committed_total
@@ -32,6 +33,64 @@ from tests.kafka_helpers import read_all
 
 DETECTORS = DetectorSettings(warmup_records=200, relearn_records=200, min_instances=30)
 FIRST, SECOND = 400, 100  # records per partition in each run
+# A segmented snapshot (detectors.segments): b"LDSEGS" | u16 version | u32 length |
+# zlib(header JSON) | ring | pooled bank | segment banks, each bank an LDSNAP blob.
+FRAME = struct.Struct("<6sHI")
+
+
+@dataclass
+class Frame:
+    """A segmented snapshot taken apart; ``framed()`` puts it back with correct lengths."""
+
+    header: dict
+    ring: bytes
+    pool: bytes
+    segments: list[tuple[str, bytes]]
+
+    @classmethod
+    def parse(cls, data: bytes) -> Frame:
+        _, _, length = FRAME.unpack_from(data)
+        header = orjson.loads(zlib.decompress(data[FRAME.size:FRAME.size + length]))
+        offset = FRAME.size + length
+        ring = data[offset:offset + header["ring"]]
+        offset += header["ring"]
+        pool = data[offset:offset + header["pool"]]
+        offset += header["pool"]
+        segments = []
+        for label, size in header["segments"]:
+            segments.append((label, data[offset:offset + size]))
+            offset += size
+        assert offset == len(data)
+        return cls(header, ring, pool, segments)
+
+    def framed(self, packed_header: bytes | None = None, **declared: object) -> bytes:
+        """The frame with its true part lengths, or the ``declared`` ones."""
+        header = {**self.header, "ring": len(self.ring), "pool": len(self.pool),
+                  "segments": [[label, len(blob)] for label, blob in self.segments],
+                  **declared}
+        packed = (zlib.compress(orjson.dumps(header), 6) if packed_header is None
+                  else packed_header)
+        return (FRAME.pack(b"LDSEGS", 1, len(packed)) + packed + self.ring + self.pool
+                + b"".join(blob for _, blob in self.segments))
+
+
+def in_frame(change: Callable[[Frame], bytes | None]) -> Callable[[bytes], bytes]:
+    """A change of the unpacked frame: it edits the frame in place (re-framed with correct
+    lengths) or returns the bytes to write itself."""
+    def make(data: bytes) -> bytes:
+        frame = Frame.parse(data)
+        forged = change(frame)
+        return frame.framed() if forged is None else forged
+    return make
+
+
+def in_pool(make_bank: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+    """ONE inner bank transformed (the pooled bank: its detectors have a reference from the
+    start, so all their arrays exist while the segment banks still warm up), re-framed."""
+    def change(frame: Frame) -> None:
+        assert frame.pool.startswith(b"LDSNAP")
+        frame.pool = make_bank(frame.pool)
+    return in_frame(change)
 
 
 def snapshot_parts(bank: bytes) -> tuple[dict, bytes]:
@@ -61,11 +120,43 @@ def zip_bomb(bank: bytes) -> bytes:
     return b"".join(chunks) + packer.flush()
 
 
+def header_bomb(frame: Frame) -> bytes:
+    """The frame header followed by 64 MB of zeros inside its zlib stream."""
+    packer = zlib.compressobj(9)
+    chunks = [packer.compress(orjson.dumps(frame.header))]
+    chunks += [packer.compress(bytes(1 << 20)) for _ in range(64)]
+    return frame.framed(b"".join(chunks) + packer.flush())
+
+
+def huge_frame_header(frame: Frame) -> bytes:
+    data = frame.framed()
+    return data[:8] + struct.pack("<I", 0xFFFFFFF0) + data[12:]
+
+
+def huge_segment(frame: Frame) -> bytes:
+    """A segment bank declared 2**62 bytes long."""
+    [label, _], *rest = [[name, len(blob)] for name, blob in frame.segments]
+    return frame.framed(segments=[[label, 1 << 62], *rest])
+
+
+def mistyped_frame(frame: Frame) -> None:
+    frame.header["records_seen"] = "many"
+
+
+def ahead(frame: Frame) -> None:
+    """A bank claiming to have seen offsets beyond the one its envelope names."""
+    frame.header["last_position"] += 1000
+
+
 def wrong_shape(bank: bytes) -> bytes:
     header, arrays = snapshot_parts(bank)
     manifest = header["channels"]["levy_rate"]["arrays"]
     manifest[0][2] = [manifest[0][2][0] + 1, manifest[0][2][1]]
     return forge_bank(header, arrays + bytes(8 * manifest[0][2][1]))
+
+
+def huge_bank_header(bank: bytes) -> bytes:
+    return forge_bank(*snapshot_parts(bank), declared=0xFFFFFFF0)
 
 
 def mistyped(bank: bytes) -> bytes:
@@ -74,25 +165,20 @@ def mistyped(bank: bytes) -> bytes:
     return forge_bank(header, arrays)
 
 
-def nan_cusum(bank: bytes) -> bytes:
-    """Well-formed, but a NaN CUSUM would loop the compiled crossing search for ever."""
-    header, arrays = snapshot_parts(bank)
-    offset = 0
-    for name, info in header["channels"].items():
-        for key, _, shape in info["arrays"]:
-            size = 8 * int(np.prod(shape))
-            if (name, key) == ("county", "cusum"):
-                nan = np.full(shape, np.nan).tobytes()
-                return forge_bank(header, arrays[:offset] + nan + arrays[offset + size:])
-            offset += size
-    raise AssertionError("no county CUSUM in the snapshot")
-
-
-def ahead(bank: bytes) -> bytes:
-    """A bank claiming to have seen offsets beyond the one its envelope names."""
-    header, arrays = snapshot_parts(bank)
-    header["last_position"] += 1000
-    return forge_bank(header, arrays)
+def nan_in(signal: str, array: str) -> Callable[[bytes], bytes]:
+    """Well-formed, but a NaN in detector state would poison (or loop) the compiled code."""
+    def make(bank: bytes) -> bytes:
+        header, arrays = snapshot_parts(bank)
+        offset = 0
+        for name, info in header["channels"].items():
+            for key, _, shape in info["arrays"]:
+                size = 8 * int(np.prod(shape))
+                if (name, key) == (signal, array):
+                    nan = np.full(shape, np.nan).tobytes()
+                    return forge_bank(header, arrays[:offset] + nan + arrays[offset + size:])
+                offset += size
+        raise AssertionError(f"no {signal} {array} in the snapshot")
+    return make
 
 
 def envelope_with(good: bytes, **fields: object) -> bytes:
@@ -112,32 +198,50 @@ class Case:
     write: Callable[[dict[int, bytes]], list[bytes | None]]
     reason: str | None
     fresh: bool
+    says: str = ""  # in the refusal's error: the check that refused it
 
 
 CASES = {
+    # The segmented frame.
     "truncated": Case(0, lambda good: with_bank(good[0], lambda b: b[: len(b) // 2]),
-                      "corrupt", True),
+                      "corrupt", True, says="do not add up"),
     "bad magic": Case(1, lambda good: with_bank(good[1], lambda b: b"PKZIP!" + b[6:]),
-                      "magic", True),
+                      "magic", True, says="bad magic"),
     "bad version": Case(2, lambda good: with_bank(good[2], lambda b: b[:6] + b"\x09\x00"
-                                                  + b[8:]), "version", True),
-    "zip bomb": Case(3, lambda good: with_bank(good[3], zip_bomb), "corrupt", True),
-    "wrong shapes": Case(4, lambda good: with_bank(good[4], wrong_shape), "shape", True),
-    "huge declared lengths": Case(5, lambda good: with_bank(good[5], lambda b: forge_bank(
-        *snapshot_parts(b), declared=0xFFFFFFF0)), "too_large", True),
-    "non-JSON header": Case(6, lambda good: [struct.pack(">I", 9) + b"{not json" + good[6]],
+                                                  + b[8:]), "version", True, says="format 9"),
+    "zip bomb in the frame header": Case(3, lambda good: with_bank(
+        good[3], in_frame(header_bomb)), "too_large", True, says="inflates beyond"),
+    "huge declared header length": Case(4, lambda good: with_bank(
+        good[4], in_frame(huge_frame_header)), "too_large", True, says="bytes allowed"),
+    "huge declared bank length": Case(5, lambda good: with_bank(
+        good[5], in_frame(huge_segment)), "corrupt", True, says="do not add up"),
+    "wrong types in header": Case(6, lambda good: with_bank(good[6], in_frame(mistyped_frame)),
+                                  "header", True, says="'many'"),
+    "bank ahead of its offset": Case(7, lambda good: with_bank(good[7], in_frame(ahead)),
+                                     "inconsistent", True, says="has seen offset"),
+    "single-bank snapshot from before segments": Case(8, lambda good: with_bank(
+        good[8], lambda b: Frame.parse(b).pool), None, True),  # a warning, not a refusal
+    # One inner bank, re-framed with correct lengths.
+    "zip bomb in a bank": Case(9, lambda good: with_bank(good[9], in_pool(zip_bomb)),
+                               "corrupt", True, says="after the last array"),
+    "huge declared lengths in a bank": Case(10, lambda good: with_bank(
+        good[10], in_pool(huge_bank_header)), "too_large", True, says="header declares"),
+    "wrong shapes": Case(11, lambda good: with_bank(good[11], in_pool(wrong_shape)), "shape",
+                         True, says="does not fit"),
+    "NaN in a detector": Case(12, lambda good: with_bank(
+        good[12], in_pool(nan_in("levy_rate", "ph_f"))), "shape", True, says="ph_f holds NaN"),
+    "wrong types in a bank header": Case(13, lambda good: with_bank(good[13],
+                                                                    in_pool(mistyped)),
+                                         "header", True, says="records_seen must be"),
+    # The envelope.
+    "non-JSON header": Case(14, lambda good: [struct.pack(">I", 9) + b"{not json" + good[14]],
                             "envelope", True),
-    "wrong types in header": Case(7, lambda good: with_bank(good[7], mistyped), "header",
-                                  True),
-    "relabelled partition": Case(8, lambda good: [good[9]], "foreign", True),
-    "other group": Case(9, lambda good: [envelope_with(good[9], group="someone-else")],
+    "relabelled partition": Case(15, lambda good: [good[16]], "foreign", True),
+    "other group": Case(16, lambda good: [envelope_with(good[16], group="someone-else")],
                         "foreign", True),
-    "tombstone after a good value": Case(10, lambda good: [None], None, True),
-    "newer valid after a bad one": Case(11, lambda good: [b"\xff garbage", good[11]], None,
+    "tombstone after a good value": Case(17, lambda good: [None], None, True),
+    "newer valid after a bad one": Case(18, lambda good: [b"\xff garbage", good[18]], None,
                                         False),
-    "NaN in a detector": Case(12, lambda good: with_bank(good[12], nan_cusum), "shape", True),
-    "bank ahead of its offset": Case(13, lambda good: with_bank(good[13], ahead),
-                                     "inconsistent", True),
 }
 PARTITIONS = len(CASES) + 1  # the last partition is left alone
 
@@ -194,6 +298,9 @@ def outcome(kafka_bootstrap: str) -> dict:
     keys = {p: state_key(group, records_topic, p) for p in range(PARTITIONS)}
     values = latest_values(kafka_bootstrap, state_topic)
     good = {p: values[keys[p]] for p in range(PARTITIONS)}
+    for value in good.values():  # the forger rebuilds a frame byte for byte
+        bank = decode_state(value).bank
+        assert Frame.parse(bank).framed() == bank
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 2_000_000})
     for case in CASES.values():
         for value in case.write(good):
@@ -215,8 +322,8 @@ def outcome(kafka_bootstrap: str) -> dict:
     return {
         "keys": keys, "lines": capture.records, "grown_kib": grown_kib,
         "counted": {reason: after[reason] - before[reason] for reason in after},
-        "records_seen": {p: DetectorBank.restore(decode_state(final[keys[p]]).bank,
-                                                 DETECTORS).records_seen
+        "records_seen": {p: SegmentedBank.restore(decode_state(final[keys[p]]).bank,
+                                                  DETECTORS).records_seen
                          for p in range(PARTITIONS)},
         "committed": committed_total(kafka_bootstrap, group, records_topic, PARTITIONS),
     }
@@ -244,6 +351,7 @@ def test_hostile_state_is_refused_and_the_partition_starts_fresh(outcome: dict,
         [line] = lines  # exactly one line per refused value
         assert line.getMessage().startswith("detector state refused")
         assert (line.reason, isinstance(line.offset, int)) == (case.reason, True)
+        assert case.says in line.error, line.error
     expected_seen = SECOND if case.fresh else FIRST + SECOND
     assert outcome["records_seen"][case.partition] == expected_seen
 

@@ -4,12 +4,12 @@ event-time window, and snapshots are framed and bounds-checked."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import struct
 import zlib
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -228,6 +228,65 @@ def test_truncated_or_corrupt_snapshots_raise_snapshot_error_only() -> None:
     assert header_length > 0
 
 
+REASONS = {"magic", "version", "corrupt", "too_large", "header", "shape"}
+
+
+def reframed(data: bytes, header: bytes | None = None, **fields: object) -> bytes:
+    """``data`` with its frame header replaced (``header`` as packed) or edited (``fields``)."""
+    length = struct.unpack_from("<I", data, 8)[0]
+    if header is None:
+        header = zlib.compress(orjson.dumps({**orjson.loads(zlib.decompress(
+            data[12:12 + length])), **fields}))
+    return data[:8] + struct.pack("<I", len(header)) + header + data[12 + length:]
+
+
+def bomb() -> bytes:
+    packer = zlib.compressobj(9)
+    return b"".join(packer.compress(bytes(1 << 20)) for _ in range(20)) + packer.flush()
+
+
+def pool_magic(data: bytes) -> bytes:
+    """The pooled bank (right after the ring) with bad magic bytes."""
+    length = struct.unpack_from("<I", data, 8)[0]
+    start = 12 + length + orjson.loads(zlib.decompress(data[12:12 + length]))["ring"]
+    assert data[start:start + 6] == b"LDSNAP"
+    return data[:start] + b"PKZIP!" + data[start + 6:]
+
+
+REFUSALS = {
+    "single-bank snapshot": (lambda d: DetectorBank(SMALL).snapshot(), "version"),
+    "bad magic": (lambda d: b"PKZIP!" + d[6:], "magic"),
+    "bad version": (lambda d: d[:6] + struct.pack("<H", 9) + d[8:], "version"),
+    "header length beyond the limit": (lambda d: d[:8] + struct.pack("<I", 1 << 30) + d[12:],
+                                       "too_large"),
+    "header length beyond the data": (lambda d: d[:8] + struct.pack("<I", len(d)) + d[12:],
+                                      "corrupt"),
+    "header not zlib": (lambda d: reframed(d, b"not zlib at all"), "corrupt"),
+    "header inflates beyond its limit": (lambda d: reframed(d, bomb()), "too_large"),
+    "header not JSON": (lambda d: reframed(d, zlib.compress(b"{not json")), "header"),
+    "header not an object": (lambda d: reframed(d, zlib.compress(b"[1, 2]")), "header"),
+    "negative bank length": (lambda d: reframed(d, pool=-5), "header"),
+    "mistyped segment list": (lambda d: reframed(d, segments={"a": 1}), "header"),
+    "too many segments": (lambda d: reframed(d, segments=[[f"s{i}", 0] for i in range(99)]),
+                          "too_large"),
+    "mistyped counter": (lambda d: reframed(d, records_seen="many"), "header"),
+    "missing field": (lambda d: reframed(d, settings=None), "header"),
+    "truncated": (lambda d: d[:-1], "corrupt"),
+    "padded": (lambda d: d + b"\0", "corrupt"),
+    "inner bank refused": (pool_magic, "magic"),  # an inner bank keeps its own reason
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSALS))
+def test_every_refusal_names_its_reason(name: str) -> None:
+    bank = SegmentedBank(SMALL)
+    feed(bank, stream({"A": 0.0, "B": 2.0}, 1500, np.random.default_rng(11)))
+    forge, reason = REFUSALS[name]
+    with pytest.raises(SnapshotError) as refused:
+        SegmentedBank.restore(forge(bank.snapshot()), SMALL)
+    assert refused.value.reason == reason, str(refused.value)
+
+
 def test_a_single_bank_snapshot_is_refused_by_name() -> None:
     old = DetectorBank(SMALL).snapshot()
     with pytest.raises(SnapshotError, match="single-bank"):
@@ -279,8 +338,10 @@ def test_flipped_bytes_anywhere_restore_or_raise_snapshot_error(data) -> None:
     for _ in range(data.draw(st.integers(1, 4))):
         index = data.draw(st.integers(0, len(snapshot) - 1))
         snapshot[index] ^= data.draw(st.integers(1, 255))
-    with contextlib.suppress(SnapshotError):  # anything else fails the test
+    try:  # anything but SnapshotError fails the test
         SegmentedBank.restore(bytes(snapshot), SMALL)
+    except SnapshotError as error:
+        assert error.reason in REASONS
 
 
 @pytest.mark.parametrize("seed", [1, 4, 5])
