@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import logging
 import struct
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer
 
 from consumer import metrics
-from levydrift.errors import LevyDriftError
+from levydrift.errors import BrokerUnavailableError, LevyDriftError, MissingTopicError
+from levydrift.kafka import read_to_end
 
 log = logging.getLogger(__name__)
 
@@ -181,35 +181,16 @@ def read_latest_states(consumer_config: dict, state_topic: str, keys: set[bytes]
 def _read_to_end(reader: Consumer, topic: str, keys: set[bytes],
                  timeout_s: float) -> dict[bytes, StoredState | None]:
     latest: dict[bytes, StoredState | None] = dict.fromkeys(keys)
-    metadata = reader.list_topics(topic, timeout=timeout_s).topics.get(topic)
-    if metadata is None or metadata.error is not None:
-        raise StateRestoreError(f"detector-state topic {topic} does not exist; "
-                                "create it with `levydrift topics create`")
-    ends = {}
-    for partition in metadata.partitions:
-        low, high = reader.get_watermark_offsets(TopicPartition(topic, partition),
-                                                 timeout=timeout_s)
-        if high > low:
-            ends[partition] = high
-    if not ends:
-        return latest
-    assignment = [TopicPartition(topic, p, 0) for p in ends]
-    reader.assign([TopicPartition(topic, p, -2) for p in ends])  # -2: from the beginning
-    deadline = time.monotonic() + timeout_s
-    while ends:
-        if time.monotonic() > deadline:
-            raise StateRestoreError(f"reading detector state from {topic} took more than "
-                                    f"{timeout_s:g}s; raise consumer.restore_timeout_s")
-        for message in reader.consume(1000, 0.2):
-            if message.error():
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise StateRestoreError(f"reading {topic}: {message.error().str()}")
+    try:
+        for message in read_to_end(reader, topic, timeout_s):
             key, value = message.key(), message.value()
             if key in latest:
                 latest[key] = None if value is None else StoredState(
                     key, message.partition(), message.offset(), value)
-        for position in reader.position(assignment):
-            if position.offset >= ends.get(position.partition, 0):
-                ends.pop(position.partition, None)
+    except MissingTopicError:
+        raise StateRestoreError(f"detector-state topic {topic} does not exist; "
+                                "create it with `levydrift topics create`") from None
+    except BrokerUnavailableError as error:
+        raise StateRestoreError(f"detector state: {error}; if the topic is just large, raise "
+                                "consumer.restore_timeout_s") from None
     return latest
