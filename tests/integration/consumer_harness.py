@@ -178,6 +178,15 @@ def drift_events(bootstrap: str, topics: Topics) -> list[DriftEvent]:
             for m in read_all(bootstrap, topics.names["drift_events"])]
 
 
+def per_partition(events: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """Comparable events by the source partition they describe, in order within each: the order
+    a partition's events are produced in is guaranteed; the interleaving of partitions is not."""
+    grouped: dict[int, list[dict[str, Any]]] = {}
+    for event in events:
+        grouped.setdefault(event["current_window"]["partition"], []).append(event)
+    return grouped
+
+
 def comparable(event: DriftEvent) -> dict[str, Any]:
     """An event without the fields that name the consumer group (which differs between runs)."""
     data = event.to_dict()
