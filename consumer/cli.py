@@ -21,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(arguments: argparse.Namespace) -> int:
-    from consumer.service import ConsumerService  # heavy imports only when consuming
+    from consumer.service import ConsumerService  # lazy: heavy imports only when consuming
 
     settings = load_consumer_settings(arguments.config)
     configure_logging(settings.logging.level)

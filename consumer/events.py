@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from detectors.decision import DetectorFiring, DriftDecision, SignalFinding
 from detectors.decision import WindowSummary as BankWindow
@@ -30,16 +29,11 @@ from schemas.drift_event import (
 
 EFFECT_UNITS = {"mean_shift": "sd", "std_ratio": "ratio", "share_change": "share"}
 
-if TYPE_CHECKING:
-    from consumer.config import ConsumerSettings
-
-
-def decision_to_event(decision: DriftDecision, topic: str, partition: int,
-                      settings: ConsumerSettings, model_version: int | None,
+def decision_to_event(decision: DriftDecision, topic: str, partition: int, *, group: str,
+                      model_name: str, model_version: int | None,
                       detected_at: str) -> DriftEvent:
-    """The drift event of one decision made on ``topic``/``partition``."""
-    group = settings.consumer.group_id
-    model_name = settings.consumer.model_name
+    """The drift event of one decision made on ``topic``/``partition`` by consumer ``group``
+    watching ``model_name``."""
     current_first, current_last = decision.current_positions
     current_first = current_last if current_first is None else current_first
     reference_first, reference_last = decision.reference_positions

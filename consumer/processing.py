@@ -130,9 +130,10 @@ def process_partition(monitor: PartitionMonitor, messages: Sequence[Message],
         columns = signal_columns(levy_records_to_columns(records), champion)
         for decision in monitor.bank.update(columns, offsets):
             detected_index = int(np.searchsorted(offsets, decision.detected_at))
-            event = decision_to_event(decision, monitor.topic, monitor.partition, settings,
-                                      monitor.model_version,
-                                      str(columns["event_time"][detected_index]))
+            event = decision_to_event(
+                decision, monitor.topic, monitor.partition, group=settings.consumer.group_id,
+                model_name=settings.consumer.model_name, model_version=monitor.model_version,
+                detected_at=str(columns["event_time"][detected_index]))
             produce(settings.topics.drift_events, event.to_bytes(),
                     key=settings.consumer.model_name.encode())
             for finding in event.signals:

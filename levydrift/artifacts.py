@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ def load_verified_model(path: str | Path, expected_sha256: str, label: str | Non
     except Exception as error:  # noqa: BLE001 - a corrupt archive raises many kinds
         raise ArtifactError(f"model {name}: artifact {path} cannot be loaded: {error}",
                             "not_skops") from None
-    from levydrift.model_checks import check_model  # scikit-learn: only with a model
+    from levydrift.model_checks import check_model  # lazy: scikit-learn, only with a model
 
     check_model(model, name)
     return model
@@ -215,6 +216,16 @@ def load_reference_sample(version_dir: str | Path) -> pd.DataFrame | None:
 def _skops() -> Any:
     """skops.io, imported on first use: importing it scans every scikit-learn estimator (seconds),
     which a command that never loads or saves a model should not pay for."""
-    import skops.io
+    import skops.io  # lazy: skops scans every estimator on import (seconds)
 
     return skops.io
+
+
+def file_window(path: Path, rows: int) -> dict[str, Any]:
+    """A file's rows as a training window in the offsets shape the model-version event needs:
+    topic ``file.<name>.<content hash>``, partition 0, rows 0..n-1 (the full path is in the
+    lineage). The hash tells today's ``levy.csv`` from yesterday's, so one never counts as the
+    other's already-handled window."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", path.name)[:220]
+    return {"topic": f"file.{safe}.{file_sha256(path)[:12]}", "partition": 0,
+            "first_offset": 0, "last_offset": max(rows - 1, 0)}

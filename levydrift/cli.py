@@ -24,8 +24,8 @@ from levydrift.errors import LevyDriftError
 # subcommand -> (module that registers it, summary for ``levydrift --help``), in listing order.
 # A module registering several subcommands (trainer.cli) appears once per subcommand.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "topics": ("levydrift.topics", "create the project's Kafka topics"),
-    "simulate": ("levydrift.simulate_cli",
+    "topics": ("levydrift.commands.topics", "create the project's Kafka topics"),
+    "simulate": ("levydrift.commands.simulate",
                  "write a synthetic levy stream with known drift to Kafka or a file"),
     "consume": ("consumer.cli",
                 "watch levy.records for drift and publish drift events (exactly once)"),
@@ -33,13 +33,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-worker": ("trainer.cli",
                      "retrain on drift events and publish model versions (service)"),
     "registry": ("trainer.cli", "list, show, promote, roll back models"),
-    "check": ("levydrift.check", "run the drift detectors over a file of levy records"),
-    "demo": ("levydrift.demo",
+    "check": ("levydrift.commands.check", "run the drift detectors over a file of levy records"),
+    "demo": ("levydrift.commands.demo",
              "the drift -> retrain -> promote -> swap loop on the local broker"),
-    "schedule": ("levydrift.schedule", "run the batch drift check every --interval hours"),
-    "daily": ("levydrift.daily",
+    "schedule": ("levydrift.commands.schedule", "run the batch drift check every --interval hours"),
+    "daily": ("levydrift.commands.daily",
               "the scheduled batch job: check, retrain unhandled drift, outcome files"),
-    "notify": ("levydrift.daily", "send a daily outcome through the configured [notify] channels"),
+    "notify": ("levydrift.commands.daily",
+               "send a daily outcome through the configured [notify] channels"),
 }
 EXIT_BROKEN_PIPE = 128 + 13  # as if killed by SIGPIPE, like any Unix filter
 

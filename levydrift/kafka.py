@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -90,6 +91,4 @@ def read_to_end(reader: Consumer, topic: str, timeout_s: float) -> Iterator[Mess
 
 def _quiet_logger() -> Any:
     """librdkafka logs through Python logging (JSON lines) instead of raw stderr."""
-    import logging
-
     return logging.getLogger("librdkafka")

@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from levydrift.artifacts import load_version_dir
 from levydrift.errors import ArtifactError
 
 PROBE_TIMEOUT_S = 120.0
@@ -108,8 +109,6 @@ def _exit_description(code: int) -> str:
 
 def main(argv: list[str]) -> int:
     """The child: one JSON line on stdout; exit 0 accepted, 1 refused."""
-    from levydrift.artifacts import load_version_dir
-
     version_dir, expected = argv[0], (argv[1] if len(argv) > 1 else "")
     try:
         load_version_dir(version_dir, expected_sha256=expected or None)

@@ -23,7 +23,7 @@ class ModelScorer:
         self.version = version
 
     def predict(self, columns: dict[str, np.ndarray]) -> np.ndarray:
-        from levydrift.features import to_model_frame  # scikit-learn: only with a model
+        from levydrift.features import to_model_frame  # lazy: scikit-learn, only with a model
 
         return np.asarray(self.model.predict(to_model_frame(columns)), dtype=np.float64)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from levydrift import settings as settings_module
-from levydrift.artifacts import file_sha256
+from levydrift.artifacts import file_window
 from levydrift.errors import ArtifactError, BrokerUnavailableError, UsageError
 from levydrift.faults import crash_point
 from levydrift.features import TARGET, to_model_frame
@@ -127,7 +126,7 @@ def _run_train(arguments: argparse.Namespace) -> int:
     path = Path(arguments.data_path)
     with Progress("train") as progress:
         info = _train_file(arguments, config, name, path, progress)
-    print(_version_line(info))
+    print(info.summary_line())
     return 0
 
 
@@ -155,16 +154,6 @@ def _train_file(arguments: argparse.Namespace, config: TrainerSettings, name: st
                 _announce(config, event, f"version {info.version} is registered")
                 registry.mark_published(name, info.version, {"decision": event.decision})
     return info
-
-
-def file_window(path: Path, rows: int) -> dict[str, Any]:
-    """A file's rows as a training window in the offsets shape the model-version event needs:
-    topic ``file.<name>.<content hash>``, partition 0, rows 0..n-1 (the full path is in the
-    lineage). The hash tells today's ``levy.csv`` from yesterday's, so one never counts as the
-    other's already-handled window."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", path.name)[:220]
-    return {"topic": f"file.{safe}.{file_sha256(path)[:12]}", "partition": 0,
-            "first_offset": 0, "last_offset": max(rows - 1, 0)}
 
 
 def read_training_file(path: Path) -> pd.DataFrame:
@@ -195,6 +184,7 @@ def read_training_file(path: Path) -> pd.DataFrame:
 # ---------------------------------------------------------------------- the worker
 
 def _run_worker(arguments: argparse.Namespace) -> int:
+    # lazy: the worker's imports (scikit-learn, prometheus) only for the service
     from trainer.metrics import start_metrics_server
     from trainer.worker import TrainWorker
 
@@ -360,14 +350,8 @@ def _verify_artifact(registry: ModelRegistry, info: VersionInfo) -> None:
 
 
 def _publish(config: TrainerSettings, event: Any) -> None:
-    from trainer.worker import publish_decision
+    from trainer.worker import publish_decision  # lazy: scikit-learn, only when publishing
 
     publish_decision(config, event)
 
 
-def _version_line(info: VersionInfo) -> str:
-    metrics = info.metrics.get("candidate", {})
-    mae, r2 = metrics.get("mae", float("nan")), metrics.get("r2", float("nan"))
-    reason = info.metrics.get("gate", {}).get("reason", "")
-    return (f"{info.name} version {info.version}: {info.manifest['status']} "
-            f"(MAE {mae:.2f}, R² {r2:.4f}; {reason}) at {info.path}")

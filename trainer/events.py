@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from functools import cache
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from schemas.drift_event import SourceOffsets
@@ -62,8 +63,6 @@ def _metrics(document: dict[str, float] | None) -> Metrics | None:
 @cache
 def code_version() -> str:
     """``levy-drift <version>`` plus the git commit when running from a checkout."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         package = version("levy-drift")
     except PackageNotFoundError:

@@ -48,6 +48,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy
+import pandas
+
 from levydrift.artifacts import (
     ARTIFACT_NAME,
     MANIFEST_NAME,
@@ -125,6 +128,14 @@ class VersionInfo:
     @property
     def published(self) -> bool:
         return (self.path / PUBLISHED_NAME).exists()
+
+    def summary_line(self) -> str:
+        """One line for people: status, candidate MAE and R², the gate's reason, where."""
+        candidate = self.metrics.get("candidate", {})
+        mae, r2 = candidate.get("mae", float("nan")), candidate.get("r2", float("nan"))
+        reason = self.metrics.get("gate", {}).get("reason", "")
+        return (f"{self.name} version {self.version}: {self.manifest['status']} "
+                f"(MAE {mae:.2f}, R² {r2:.4f}; {reason}) at {self.path}")
 
 
 class ModelRegistry:
@@ -498,8 +509,7 @@ class ModelRegistry:
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries a loader needs to reproduce the model's behaviour."""
-    import numpy
-    import pandas
+    # lazy: scikit-learn and skops take seconds to import; only a registration needs them
     import sklearn
     import skops
 
@@ -510,8 +520,6 @@ def library_versions() -> dict[str, str]:
 
 def data_sha256(frame: Any) -> str:
     """A digest of a training frame: its column names and every row's values, in order."""
-    import pandas
-
     digest = hashlib.sha256(",".join(map(str, frame.columns)).encode())
     digest.update(pandas.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
     return digest.hexdigest()

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from levydrift.notify import AlertmanagerChannel, Notification
+from levydrift.commands.notify import AlertmanagerChannel, Notification
 from tests.kafka_helpers import wait_until
 from tests.ops.conftest import DEPLOY, require_tool
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from levydrift.cli import main
-from levydrift.simulate_cli import write_file
+from levydrift.commands.simulate import write_file
 from levydrift.simulator import LevySimulator, SimulatorConfig
 from tests.ops.conftest import REPO, require_tool
 

@@ -12,8 +12,8 @@ import pytest
 
 from detectors.config import DetectorSettings
 from levydrift.cli import main
+from levydrift.commands.simulate import write_file
 from levydrift.features import to_model_frame
-from levydrift.simulate_cli import write_file
 from levydrift.simulator import LevySimulator, SimulatorConfig
 from tests.champions import train_champion
 from trainer.model import ModelParams

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from levydrift import demo
-from levydrift.demo import DemoFailed, Narrator
+from levydrift.commands import demo
+from levydrift.commands.demo import DemoFailed, Narrator
 
 
 def test_a_wait_shows_what_it_waits_for_and_returns_when_it_happens(

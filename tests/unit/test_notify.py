@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 
 from levydrift import settings as settings_module
-from levydrift.daily import DailySettings
-from levydrift.errors import ConfigError
-from levydrift.notify import (
+from levydrift.commands.daily import DailySettings
+from levydrift.commands.notify import (
     GitHubIssueChannel,
     Notification,
     NotificationError,
@@ -20,6 +19,7 @@ from levydrift.notify import (
     channels_from,
     send_all,
 )
+from levydrift.errors import ConfigError
 from tests.http_receiver import Received, http_receiver
 
 PROMOTED = Notification("promoted", "levy-impact", "levy-impact v2 promoted after drift in "

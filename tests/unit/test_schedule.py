@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from levydrift.check import CheckSettings
+from levydrift.commands.check_result import CheckSettings
+from levydrift.commands.schedule import Job, schedule_loop
+from levydrift.commands.simulate import write_file
 from levydrift.features import to_model_frame
-from levydrift.schedule import Job, schedule_loop
-from levydrift.simulate_cli import write_file
 from levydrift.simulator import LevySimulator, SimulatorConfig
 from trainer.config import TrainerSection
 from trainer.model import ModelParams

@@ -133,9 +133,9 @@ def test_example_config_in_deploy_loads() -> None:
     settings = load(AdminSettings, example, environ={})
     assert settings.topics.records
     from consumer.config import ConsumerSettings
-    from levydrift.check import CheckSettings
-    from levydrift.daily import DailySettings
-    from levydrift.simulate_cli import SimulatorSettings
+    from levydrift.commands.check_result import CheckSettings
+    from levydrift.commands.daily import DailySettings
+    from levydrift.commands.simulate import SimulatorSettings
     from trainer.config import TrainerSettings
 
     for service in (ConsumerSettings, TrainerSettings, CheckSettings, SimulatorSettings,

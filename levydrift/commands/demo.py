@@ -38,15 +38,17 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from levydrift import settings as settings_module
+from levydrift.commands.topics import create_topics
 from levydrift.errors import LevyDriftError, UsageError
 from levydrift.features import TARGET, to_model_frame
 from levydrift.kafka import admin_client, consumer_config, ensure_reachable, producer_config
 from levydrift.logs import configure as configure_logging
 from levydrift.settings import AdminSettings, TopicSettings
 from levydrift.simulator import LevySimulator, SimulatorConfig
-from levydrift.topics import create_topics
 from schemas.drift_event import DriftEvent
 from schemas.model_version import ModelVersionEvent
+from trainer.config import TrainerSection, TrainerSettings
+from trainer.registry import ModelRegistry
 
 MODEL = "levy-impact"
 SCENARIO = "reassessment"
@@ -199,9 +201,9 @@ class Demo:
                           f"(records: {PARTITIONS} partitions); registry {self.registry_root}")
 
     def train_first_model(self) -> None:
+        # lazy: scikit-learn (seconds to import), only once the demo trains
         from trainer.events import registration_event
         from trainer.model import ModelParams
-        from trainer.registry import ModelRegistry
         from trainer.training import TrainingRequest, train_and_register
         from trainer.worker import publish_decision
 
@@ -224,9 +226,7 @@ class Demo:
         self.narrator.say(f"version 1 trained on {HISTORY_RECORDS:,} simulated historical "
                           f"records (holdout MAE ${mae:,.2f}), promoted and published")
 
-    def trainer_settings(self) -> Any:
-        from trainer.config import TrainerSection, TrainerSettings
-
+    def trainer_settings(self) -> TrainerSettings:
         section = replace(TrainerSection(), registry_root=str(self.registry_root),
                           transactional_id_prefix=f"levy-demo-{self.run_id}")
         return TrainerSettings(kafka=self.settings.kafka, topics=self.topics, trainer=section)
@@ -428,8 +428,6 @@ class Demo:
                           "its detectors")
 
     def compare_models(self, start: int, stop: int) -> None:
-        from trainer.registry import ModelRegistry
-
         registry = ModelRegistry(self.registry_root)
         columns = self.simulator().columns(start, stop)
         labelled = np.isfinite(columns[TARGET])

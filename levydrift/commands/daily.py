@@ -13,8 +13,9 @@ and writes into ``--out``:
   or a rollback). A rejected candidate is never among them: it changes nothing that serves;
 - ``summary.md``: the same in markdown, for the workflow's step summary.
 
-``notify`` sends the outcome through the ``[notify]`` channels (``levydrift.notify``), with the
-report's URL; an outcome that is missing (the job crashed) is itself notified.
+``notify`` sends the outcome through the ``[notify]`` channels
+(``levydrift.commands.notify``), with the report's URL; an outcome that is missing (the job
+crashed) is itself notified.
 """
 
 from __future__ import annotations
@@ -31,10 +32,19 @@ from typing import Any
 import orjson
 
 from levydrift import settings as settings_module
-from levydrift.check import CheckResult, CheckSettings, check_columns, check_file, effect_text
+from levydrift.commands.check import check_columns, check_file
+from levydrift.commands.check_result import CheckResult, CheckSettings, effect_text
+from levydrift.commands.notify import Notification, NotifySection, channels_from, send_all
+from levydrift.commands.retraining import retrain_once
+from levydrift.commands.schedule import read_topic_window, topic_window
 from levydrift.errors import TrainingError, UsageError
 from levydrift.logs import configure as configure_logging
-from levydrift.notify import Notification, NotifySection, channels_from, send_all
+from trainer.registry import (
+    ALIAS_HISTORY_NAME,
+    ALIASES_NAME,
+    TRAINING_HISTORY_NAME,
+    ModelRegistry,
+)
 
 OUTCOME_NAME = "outcome.json"
 ALERTING = {"drift", "promoted", "rejected", "failed", "rolled_back"}
@@ -60,8 +70,6 @@ def check_source(source: str, settings: CheckSettings, work_dir: Path, model: st
         return check_file(download(source, work_dir / "data", settings.kafka.request_timeout_s),
                           settings, model=model, registry=registry, note=print)
     if source == "topic" or source.startswith("topic:"):
-        from levydrift.schedule import read_topic_window, topic_window
-
         topic = source.partition(":")[2] or settings.topics.records
         columns = read_topic_window(settings, topic, window_records)
         return check_columns(columns, settings,
@@ -107,9 +115,7 @@ def run_daily(source: str, out_dir: Path, settings: CheckSettings, model: str,
               registry_root: str, window_records: int = 50_000,
               retrain: bool = True) -> dict[str, Any]:
     """Check, retrain unhandled drift, write the report and the outcome files."""
-    from levydrift.report import write_report
-    from trainer.registry import ModelRegistry
-
+    from levydrift.commands.report import write_report  # lazy: matplotlib
     registry = ModelRegistry(registry_root)
     before = registry.champion(model)
     result = check_source(source, settings, out_dir, model, registry_root, window_records)
@@ -132,8 +138,6 @@ def run_daily(source: str, out_dir: Path, settings: CheckSettings, model: str,
 
 def _retrain(result: CheckResult, settings: CheckSettings, registry_root: str
              ) -> dict[str, Any]:
-    from levydrift.check import retrain_once
-
     try:
         retrained = retrain_once(result, settings, registry_root)
     except TrainingError as error:
@@ -153,8 +157,6 @@ def _retrain(result: CheckResult, settings: CheckSettings, registry_root: str
 def run_rollback(out_dir: Path, model: str, registry_root: str, reason: str
                  ) -> dict[str, Any]:
     """Move the champion one step back (a manual run of the workflow)."""
-    from trainer.registry import ModelRegistry
-
     registry = ModelRegistry(registry_root)
     restored, replaced = registry.rollback(model, reason)
     return finish({"model": model, "outcome": "rolled_back", "champion_before": replaced,
@@ -181,8 +183,6 @@ def finish(outcome: dict[str, Any], registry: Any, out_dir: Path) -> dict[str, A
 def _commit_paths(registry: Any, outcome: dict[str, Any]) -> list[str]:
     """The files that make the new champion: its version directory (promotion only) and the
     model's aliases and histories. Relative to the working directory (the repository)."""
-    from trainer.registry import ALIAS_HISTORY_NAME, ALIASES_NAME, TRAINING_HISTORY_NAME
-
     model_dir = registry.model_dir(outcome["model"])
     paths = [model_dir / ALIASES_NAME, model_dir / ALIAS_HISTORY_NAME]
     if outcome["outcome"] == "promoted":

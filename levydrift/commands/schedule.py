@@ -25,16 +25,9 @@ import numpy as np
 import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from levydrift.check import (
-    CheckResult,
-    CheckSettings,
-    check_columns,
-    check_file,
-    load_check_settings,
-    train_on_result,
-    trained_on_same_data,
-    trigger_retraining,
-)
+from levydrift.commands.check import check_columns, check_file
+from levydrift.commands.check_result import CheckResult, CheckSettings, load_check_settings
+from levydrift.commands.retraining import train_on_result, trained_on_same_data, trigger_retraining
 from levydrift.errors import LevyDriftError, UsageError
 from levydrift.kafka import consumer_config
 from levydrift.logs import configure as configure_logging
@@ -69,7 +62,7 @@ class Job:
             entry.update(source=result.source, rows=result.rows, drift=result.drifted,
                          signals=result.drifted_signals(), exit_code=result.exit_code)
             if self.report is not None:
-                from levydrift.report import write_report
+                from levydrift.commands.report import write_report  # lazy: matplotlib
 
                 entry["report"] = str(write_report(result, self.report / f"run-{number}")[0])
             entry["retraining"] = self.retrain(result, number)
@@ -99,10 +92,8 @@ class Job:
             done = trained_on_same_data(result, self.registry)
             if done is not None:
                 return f"scheduled: version {done} was trained on the same data; skipped"
-            from trainer.cli import _version_line
-
-            return "scheduled " + _version_line(
-                train_on_result(result, self.settings, self.registry, []))
+            info = train_on_result(result, self.settings, self.registry, [])
+            return "scheduled " + info.summary_line()
         return None
 
 

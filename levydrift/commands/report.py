@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 
 from detectors.decision import DriftDecision, SignalFinding
-from levydrift.check import (
+from levydrift.commands.check_result import (
     CheckResult,
     finding_line,
     segment_table,

@@ -1,0 +1,252 @@
+"""``levydrift check``: the consumer's detector bank over a file of levy records.
+
+The successor of ``python ml/hooks/drift_detector.py --data-path ... --trigger-retraining``.
+Rows are fed in file order (their arrival order) with row positions in place of Kafka offsets,
+through the same ``SegmentedBank`` and the same model signals (``levydrift.signals``) as the
+consumer. The baseline is, in order: ``--reference FILE``; the champion's reference sample (its
+holdout, as the consumer uses it); else each segment learns its reference from its first
+``detectors.segment_warmup_records`` values, as the consumer does from the start of a partition.
+The output and the JSON summary say which. A file no longer than ``detectors.warmup_records``
+rows with no reference cannot be judged (exit 2). A reference (file or champion sample) warms
+every segment up before the file's rows.
+
+Handled drift is handled once: with ``--trigger-retraining`` the drift episodes are planned as
+the trainer worker plans them (``TrainWorker.plan``: events already in a version's lineage, or
+covered by a version trained on the same data or within the episode gap, are not retrained), so
+a second run on the same file trains nothing.
+
+Exit codes: 0 no drift, 1 drift, 2 usage error or bad file, 3 broker unreachable
+(``--publish-events``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detectors.config import DetectorSettings
+from detectors.errors import DetectorConfigError
+from detectors.reference import Reference, reference_for_signals
+from detectors.segments import SegmentedBank
+from levydrift.artifacts import file_window, load_reference_sample
+from levydrift.commands.check_result import (
+    CheckResult,
+    CheckSettings,
+    describe,
+    load_check_settings,
+)
+from levydrift.commands.retraining import trigger_retraining
+from levydrift.errors import UsageError
+from levydrift.levyfile import read_levy_file
+from levydrift.logs import configure as configure_logging
+from levydrift.progress import Progress
+from levydrift.signals import ModelScorer, signal_columns
+from trainer.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+CHECK_SLICE_ROWS = 262_144  # rows fed to the detectors at a time, between progress updates
+
+
+# ---------------------------------------------------------------------- the check itself
+
+@dataclass(frozen=True)
+class Baseline:
+    """What the current rows are compared against; ``reference`` None means the warm-up."""
+
+    reference: Reference | None
+    description: str
+    kind: str  # "file" | "champion" | "warm-up"
+    columns: dict[str, np.ndarray] | None = None  # the values it was built from
+
+
+def warmup_baseline(detectors: DetectorSettings) -> Baseline:
+    return Baseline(None, f"each segment's first {detectors.segment_warmup_records:,} values "
+                          "(warm-up, no champion reference sample)", "warm-up")
+
+
+def run_check(columns: dict[str, np.ndarray], detectors: DetectorSettings,
+              scorer: ModelScorer | None = None, baseline: Baseline | None = None,
+              source: str = "", model: str = "",
+              window: dict[str, Any] | None = None,
+              progress: Progress | None = None) -> CheckResult:
+    """Feed ``columns`` (arrival order) through a fresh bank; pure apart from the model."""
+    started = time.perf_counter()
+    rows = len(columns["record_id"])
+    if progress is not None:
+        progress.phase(f"scoring {rows:,} rows" if scorer else f"preparing {rows:,} rows")
+    columns = signal_columns(dict(columns), scorer)
+    baseline = baseline or warmup_baseline(detectors)
+    bank = SegmentedBank(detectors, baseline.reference)
+    if baseline.kind == "file":  # baseline rows seed every segment; the champion's holdout
+        bank.learn(baseline.columns)  # sample is used as the consumer uses it
+
+    if progress is not None:
+        progress.phase("running the detectors")
+    decisions = []
+    # In slices, to show progress: the bank gives the same decisions however a stream is cut.
+    for start in range(0, rows, CHECK_SLICE_ROWS):
+        stop = min(rows, start + CHECK_SLICE_ROWS)
+        decisions.extend(bank.update({name: values[start:stop] for name, values in columns.items()},
+                                     np.arange(start, stop, dtype=np.int64)))
+        if progress is not None:
+            progress.update(stop)
+    decisions.extend(bank.finish())  # end of input closes every event-time window
+    reference_columns = baseline.columns if baseline.columns is not None else {
+        name: column[:detectors.warmup_records] for name, column in columns.items()}
+    return CheckResult(
+        source, rows, columns, decisions, model, scorer.version if scorer else None,
+        baseline.description, time.perf_counter() - started, dict(window or {}), baseline.kind,
+        reference_columns=reference_columns,
+        signal_kinds={name: detectors.kind_of(name) for name in detectors.all_signals()},
+        detector_status=bank.status())
+
+
+def file_baseline(path: Path, detectors: DetectorSettings,
+                  scorer: ModelScorer | None) -> Baseline:
+    """``--reference FILE``: its records (scored by the champion, if any) describe normal."""
+    columns = signal_columns(dict(read_levy_file(path)), scorer)
+    return Baseline(reference_for_signals(columns, detectors.all_signals()),
+                    f"{path} ({len(columns['record_id']):,} rows, --reference)", "file",
+                    columns)
+
+
+def champion_baseline(registry_root: str, model: str, version: int,
+                      detectors: DetectorSettings) -> Baseline | None:
+    """The champion's reference sample (``reference.parquet``, its holdout with predictions
+    and errors), as the consumer uses it; None when the version has none."""
+    version_dir = ModelRegistry(registry_root).version_dir(model, version)
+    sample = load_reference_sample(version_dir)
+    if sample is None:
+        return None
+    columns = {name: sample[name].to_numpy() for name in sample.columns}
+    return Baseline(reference_for_signals(columns, detectors.all_signals()),
+                    f"champion {model} v{version} reference sample ({len(sample):,} holdout "
+                    f"rows, {version_dir / 'reference.parquet'})", "champion", columns)
+
+
+def load_scorer(registry_root: str, model: str) -> tuple[ModelScorer | None, str]:
+    """The champion of ``model`` in the registry (verified artifact), or None with the reason
+    the model signals are skipped."""
+    registry = ModelRegistry(registry_root)
+    version = registry.champion(model) if model in registry.model_names() else None
+    if version is None:
+        return None, f"no champion of {model} in {registry.root}: prediction and error " \
+                     "signals not checked"
+    return ModelScorer(registry.load_model(model, version), version), ""
+
+
+# ---------------------------------------------------------------------- command line
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "check", help="run the drift detectors over a file of levy records",
+        description="Run the consumer's detector bank over a CSV, Parquet or JSONL file of "
+                    "levy records (in arrival order). Exit codes: 0 no drift, 1 drift, "
+                    "2 usage error or bad file, 3 broker unreachable.")
+    parser.add_argument("--data-path", required=True, type=Path, metavar="FILE",
+                        help="levy records (.csv, .parquet, .jsonl) in arrival order")
+    parser.add_argument("--reference", type=Path, metavar="FILE",
+                        help="baseline records (default: the champion's reference sample, "
+                             "else the first detectors.warmup_records rows of --data-path)")
+    parser.add_argument("--report", type=Path, metavar="PATH",
+                        help="write an HTML report (a table of every signal, distributions "
+                             "and time course per drifted one) and a JSON summary: PATH.html "
+                             "+ PATH.json, or PATH/index.html + PATH/summary.json")
+    parser.add_argument("--trigger-retraining", action="store_true",
+                        help="on drift no version has handled yet, train a candidate on the "
+                             "file and gate it against the registry's champion (or, with "
+                             "--publish-events, leave that to the trainer worker)")
+    parser.add_argument("--publish-events", action="store_true",
+                        help="with --trigger-retraining: publish the drift events to the "
+                             "drift-events topic instead of training here")
+    parser.add_argument("--model", help="model name (default: trainer.model_name)")
+    parser.add_argument("--registry", metavar="DIR",
+                        help="registry root (default: trainer.registry_root)")
+    parser.set_defaults(handler=_run)
+
+
+def _run(arguments: argparse.Namespace) -> int:
+    if arguments.publish_events and not arguments.trigger_retraining:
+        raise UsageError("--publish-events only makes sense with --trigger-retraining")
+    settings = load_check_settings(arguments.config)
+    configure_logging(settings.logging.level)
+    with Progress("check", unit="rows") as progress:
+        result = check_file(arguments.data_path, settings, arguments.reference,
+                            arguments.model, arguments.registry, progress=progress)
+    for line in describe(result):
+        print(line)
+    if arguments.report is not None:
+        from levydrift.commands.report import write_report  # lazy: matplotlib
+
+        html, json_path = write_report(result, arguments.report)
+        print(f"report: {html} (summary {json_path})")
+    if result.drifted and arguments.trigger_retraining:
+        print(trigger_retraining(result, settings, arguments.registry,
+                                 arguments.publish_events).line)
+    return result.exit_code
+
+
+def check_file(path: Path, settings: CheckSettings, reference: Path | None = None,
+               model: str | None = None, registry: str | None = None,
+               note: Callable[[str], None] = lambda text: print(f"note: {text}"),
+               progress: Progress | None = None) -> CheckResult:
+    """Read, validate and check one file against the registry's champion."""
+    if progress is not None:
+        progress.phase(f"reading {path}")
+    columns = read_levy_file(path, progress)
+    if progress is not None:
+        progress.total = len(columns["record_id"])
+    return check_columns(columns, settings, str(path),
+                         file_window(path, len(columns["record_id"])), reference, model,
+                         registry, note, progress)
+
+
+def check_columns(columns: dict[str, np.ndarray], settings: CheckSettings, source: str,
+                  window: dict[str, Any], reference: Path | None = None,
+                  model: str | None = None, registry: str | None = None,
+                  note: Callable[[str], None] = log.info,
+                  progress: Progress | None = None) -> CheckResult:
+    """Check records (a file's, a topic window's) against the baseline ``choose_baseline``
+    picks, scored by the registry's champion."""
+    model = model or settings.trainer.model_name
+    registry = registry or settings.trainer.registry_root
+    scorer, missing_model = load_scorer(registry, model)
+    if missing_model:
+        note(missing_model)
+    try:
+        baseline = choose_baseline(settings.detectors, scorer, reference, registry, model)
+        rows = len(columns["record_id"])
+        if baseline.kind == "warm-up" and rows <= settings.detectors.warmup_records:
+            raise ShortInputError(
+                f"{source}: {rows:,} rows cannot be judged: the detectors learn their "
+                f"reference from the first {settings.detectors.warmup_records:,} values and "
+                "there is no reference; pass --reference FILE (baseline rows) or a longer "
+                "file")
+        return run_check(columns, settings.detectors, scorer, baseline, source=source,
+                         model=model, window=window, progress=progress)
+    except DetectorConfigError as error:  # a reference too small to describe a signal
+        raise UsageError(f"{reference or source}: {error}") from None
+
+
+def choose_baseline(detectors: DetectorSettings, scorer: ModelScorer | None,
+                    reference: Path | None, registry: str, model: str) -> Baseline:
+    """``--reference FILE``, else the champion's reference sample, else the warm-up."""
+    if reference is not None:
+        return file_baseline(reference, detectors, scorer)
+    if scorer is not None and scorer.version is not None:
+        baseline = champion_baseline(registry, model, scorer.version, detectors)
+        if baseline is not None:
+            return baseline
+    return warmup_baseline(detectors)
+
+
+class ShortInputError(UsageError):
+    """Too few rows to judge, and no reference: exit 2, never a silent "no drift"."""

@@ -1,0 +1,136 @@
+"""Retraining on what a check found: once per drift episode, planned by the trainer worker's
+own rules, either here (train and gate against the champion) or by publishing the drift events
+for the trainer worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Producer
+
+from consumer.events import decision_to_event
+from levydrift.commands.check_result import CheckResult, CheckSettings, signal_table
+from levydrift.errors import BrokerUnavailableError
+from levydrift.kafka import admin_client, ensure_reachable, producer_config
+from schemas.drift_event import DriftEvent
+from trainer.config import TrainerSettings
+from trainer.registry import ModelRegistry
+
+CHECK_GROUP = "levydrift-check"  # the "consumer group" named in drift events from a file
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    """What ``--trigger-retraining`` did: trained a version, found every episode handled
+    already, or handed the events to the trainer worker."""
+
+    action: str  # "trained" | "handled" | "published"
+    line: str
+    version: Any = None  # trainer.registry.VersionInfo when trained
+    handled_by: dict[str, int] = field(default_factory=dict)  # drift event id -> version
+
+
+def retrain_once(result: CheckResult, settings: CheckSettings,
+                 registry_root: str) -> RetrainOutcome:
+    """Retrain on the drift episodes no version has handled yet, planned by the trainer
+    worker's own rules; train nothing when all are handled."""
+    events = file_events(result)
+    plan = _worker(settings, registry_root, result.model).plan(events)
+    fresh = {event.event_id for event in plan.fresh}
+    lineage = ModelRegistry(registry_root).handled_event_ids(result.model)
+    handled = {event.event_id: lineage.get(event.event_id, plan.covered.get(event.event_id))
+               for event in events if event.event_id not in fresh}
+    if not plan.fresh:
+        versions = sorted({v for v in handled.values() if v is not None})
+        return RetrainOutcome("handled", "drift already handled by version(s) "
+                              + ", ".join(map(str, versions)) + "; nothing retrained",
+                              handled_by=handled)
+    info = train_on_result(result, settings, registry_root, plan.fresh)
+    return RetrainOutcome("trained", info.summary_line(), info, handled)
+
+
+def trained_on_same_data(result: CheckResult, registry_root: str) -> int | None:
+    """The newest version trained on exactly this data (same content hash), if any."""
+    registry = ModelRegistry(registry_root)
+    for version in reversed(registry.versions(result.model)):
+        windows = registry.get(result.model, version).lineage.get("training_window", {})
+        if any(w.get("topic") == result.window.get("topic") for w in windows.get("offsets", [])):
+            return version
+    return None
+
+
+def train_on_result(result: CheckResult, settings: CheckSettings, registry_root: str,
+                    events: list[Any]) -> Any:
+    """Train a candidate on the data's most recent labelled rows and gate it against the
+    registry's champion (the trainer's own run); returns the ``VersionInfo``."""
+    # lazy: scikit-learn (seconds to import), only when a model is trained
+    from levydrift.features import to_model_frame
+    from trainer.events import code_version
+    from trainer.model import ModelParams
+    from trainer.training import TrainingRequest, train_and_register
+    from trainer.worker import event_summary
+
+    section = settings.trainer
+    frame = to_model_frame(result.columns, include_target=True)
+    labelled = frame[np.isfinite(frame["actual_levy_amount"].to_numpy(float))]
+    frame = labelled.iloc[-section.window_records:].reset_index(drop=True)
+    return train_and_register(ModelRegistry(registry_root), result.model, TrainingRequest(
+        frame=frame, trigger_event_ids=[event.event_id for event in events],
+        training_offsets=[result.window],
+        code_version=section.code_version or code_version(),
+        holdout_fraction=section.holdout_fraction, gate_margin=section.gate_margin,
+        min_training_records=section.min_training_records,
+        params=ModelParams(max_iter=section.max_iter),
+        extra_lineage={"source": result.source,
+                       "drifted_signals": result.drifted_signals(),
+        "signals": signal_table(result),
+                       "drift_events": [event_summary(event) for event in events]}))
+
+
+def _worker(settings: CheckSettings, registry_root: str, model: str) -> Any:
+    """A trainer worker (not started: no Kafka) for its ``plan`` of drift events."""
+    from trainer.worker import TrainWorker  # lazy: scikit-learn, only when retraining
+
+    return TrainWorker(TrainerSettings(kafka=settings.kafka, topics=settings.topics,
+                                       trainer=replace(settings.trainer, model_name=model,
+                                                       registry_root=registry_root)))
+
+
+def file_events(result: CheckResult) -> list[DriftEvent]:
+    """Drift events (schema v1) for the decisions, with the rows as offsets of the data's
+    window topic (``file.<name>.<hash>``: the trainer's convention for file windows)."""
+    times = result.columns["event_time"]
+    return [decision_to_event(decision, result.window["topic"], 0, group=CHECK_GROUP,
+                              model_name=result.model, model_version=result.model_version,
+                              detected_at=str(times[decision.detected_at]))
+            for decision in result.decisions]
+
+
+def publish_events(result: CheckResult, settings: CheckSettings) -> int:
+    """Send the drift events to the drift-events topic for the trainer worker."""
+    ensure_reachable(admin_client(settings.kafka), settings.kafka)
+    producer = Producer(producer_config(settings.kafka))
+    failures: list[str] = []
+    events = file_events(result)
+    for event in events:
+        producer.produce(settings.topics.drift_events, value=event.to_bytes(),
+                         key=result.model.encode(),
+                         on_delivery=lambda error, _m: failures.append(error.str()) if error
+                         else None)
+    if producer.flush(settings.kafka.request_timeout_s) or failures:
+        raise BrokerUnavailableError(
+            f"publishing drift events to {settings.topics.drift_events} failed: "
+            f"{failures[0] if failures else 'not acknowledged in time'}")
+    return len(events)
+
+
+def trigger_retraining(result: CheckResult, settings: CheckSettings, registry: str | None,
+                       publish: bool) -> RetrainOutcome:
+    if publish:
+        count = publish_events(result, settings)
+        return RetrainOutcome("published", f"retraining: published {count} drift event(s) "
+                              f"to {settings.topics.drift_events} for the trainer worker")
+    outcome = retrain_once(result, settings, registry or settings.trainer.registry_root)
+    return replace(outcome, line=f"retraining: {outcome.line}")
