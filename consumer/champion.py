@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message
 
 from consumer import metrics
 from detectors.reference import Reference
 from levydrift.artifacts import load_reference_sample, load_version_dir, verify_version_dir
-from levydrift.errors import ArtifactError
+from levydrift.errors import ArtifactError, BrokerUnavailableError
+from levydrift.kafka import read_to_end
 from levydrift.model_probe import IsolatedProbe
 from levydrift.signals import ModelScorer
 from schemas.errors import RecordRejected
@@ -98,17 +99,12 @@ class ChampionTracker:
     def start(self, timeout_s: float) -> None:
         """Assign every partition from the start, read to the end, and serve the newest
         version that passes, so the first batch is scored with it."""
-        metadata = self._consumer.list_topics(self._topic, timeout=timeout_s).topics[self._topic]
-        partitions = [TopicPartition(self._topic, p, -2) for p in metadata.partitions]
-        ends = {p.partition: self._consumer.get_watermark_offsets(p, timeout=timeout_s)[1]
-                for p in partitions}
-        self._consumer.assign(partitions)
-        deadline = time.monotonic() + timeout_s
-        while any(end > 0 for end in ends.values()) and time.monotonic() < deadline:
-            self._read(0.2)
-            for position in self._consumer.position(partitions):
-                if position.offset >= ends[position.partition]:
-                    ends[position.partition] = 0
+        try:
+            for message in read_to_end(self._consumer, self._topic, timeout_s):
+                self._take(message)
+        except BrokerUnavailableError as error:  # serve what was read; polls read the rest
+            log.warning("model-version topic not read to its end at start",
+                        extra={"error": str(error)})
         self._pending = None
         self._serve_newest()
 
@@ -270,18 +266,22 @@ class ChampionTracker:
                 if message.error().code() != KafkaError._PARTITION_EOF:
                     log.warning("model-version read error", extra={"error": message.error().str()})
                 continue
-            if message.value() is None:
-                continue
-            try:
-                event = ModelVersionEvent.from_bytes(message.value())
-            except RecordRejected as rejected:
-                metrics.MODEL_LOAD_FAILURES.labels(reason="malformed_event").inc()
-                log.error("unreadable model-version event; skipped", extra={
-                    "partition": message.partition(), "offset": message.offset(),
-                    "reason": str(rejected)})
-                continue
-            if event.model_name == self._model_name and event.decision in CHAMPION_DECISIONS:
-                self._announce(event)
+            self._take(message)
+
+    def _take(self, message: Message) -> None:
+        """Note a champion announcement for this model; skip anything else."""
+        if message.value() is None:
+            return
+        try:
+            event = ModelVersionEvent.from_bytes(message.value())
+        except RecordRejected as rejected:
+            metrics.MODEL_LOAD_FAILURES.labels(reason="malformed_event").inc()
+            log.error("unreadable model-version event; skipped", extra={
+                "partition": message.partition(), "offset": message.offset(),
+                "reason": str(rejected)})
+            return
+        if event.model_name == self._model_name and event.decision in CHAMPION_DECISIONS:
+            self._announce(event)
 
     def _announce(self, event: ModelVersionEvent) -> None:
         self._history = [*self._history, event][-MAX_HISTORY:]

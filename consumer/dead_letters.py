@@ -19,7 +19,7 @@ from typing import Any
 from confluent_kafka import KafkaError
 
 from consumer import metrics
-from consumer.transactions import MessageRefused, TransactionalOutput, is_refusal
+from levydrift.kafka.transactions import MessageRefused, TransactionalOutput, is_refusal
 from schemas.dead_letter import TRUNCATED, DeadLetter, pointer_only, source_of
 
 log = logging.getLogger(__name__)

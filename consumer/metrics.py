@@ -67,6 +67,16 @@ PRODUCER_RESETS = Counter(
     "levydrift_consumer_producer_resets",
     "Transactional producers replaced after Kafka was unreachable mid-transaction.",
     registry=REGISTRY)
+
+
+def observe_transaction(outcome: str) -> None:
+    """A transactional output's outcome: "committed", "aborted" or "reset"."""
+    if outcome == "reset":
+        PRODUCER_RESETS.inc()
+    else:
+        TRANSACTIONS.labels(outcome=outcome).inc()
+
+
 REBALANCES = Counter(
     "levydrift_consumer_rebalances", "Consumer group rebalance callbacks, by kind.",
     ["kind"], registry=REGISTRY)

@@ -37,15 +37,15 @@ from consumer.state import (
     resume_point,
     state_key,
 )
-from consumer.transactions import (
+from detectors.errors import SnapshotError
+from levydrift.errors import BrokerUnavailableError
+from levydrift.kafka import admin_client, consumer_config, ensure_reachable, producer_config
+from levydrift.kafka.transactions import (
     FatalKafkaError,
     TransactionAborted,
     TransactionalOutput,
     producer_overrides,
 )
-from detectors.errors import SnapshotError
-from levydrift.errors import BrokerUnavailableError
-from levydrift.kafka import admin_client, consumer_config, ensure_reachable, producer_config
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,8 @@ class ConsumerService:
             # that change owner; the others keep processing and committing.
             "partition.assignment.strategy": "cooperative-sticky"})
         self._reader_config = consumer_config(kafka, f"{self.section.group_id}.readers")
-        self.output = TransactionalOutput(self._new_producer, self.section.transaction_timeout_s)
+        self.output = TransactionalOutput(self._new_producer, self.section.transaction_timeout_s,
+                                          metrics.observe_transaction)
         self.lag = LagProbe(self._reader_config)
         self.dead_letters = DeadLetterWriter(self.output, settings.topics.dead_letters)
         self.consumer: Consumer | None = None

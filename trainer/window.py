@@ -13,23 +13,20 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer
 
-from levydrift.errors import BrokerUnavailableError, MissingTopicError
 from levydrift.features import TARGET, to_model_frame
-from levydrift.kafka import consumer_config
+from levydrift.kafka import consumer_config, read_ranges, watermarks
 from levydrift.settings import KafkaSettings
 from schemas.levy_record import decode_levy_records, levy_records_to_columns
 
 log = logging.getLogger(__name__)
 
 _IDLE_TIMEOUT_S = 30.0  # no record for this long while reading a window: give up
-_CONSUME_BATCH = 10_000
 
 
 @dataclass(frozen=True)
@@ -59,15 +56,13 @@ def read_training_window(kafka: KafkaSettings, topic: str, event_ends: dict[int,
     consumer = Consumer(consumer_config(kafka, group_id="levy-trainer-window-reader",
                                         **{"enable.partition.eof": True}))
     try:
-        partitions = _partitions(consumer, topic, kafka.request_timeout_s)
+        partitions = watermarks(consumer, topic, kafka.request_timeout_s)
         quota = math.ceil(window_records / len(partitions))
         scan_limit = math.ceil(max_scan_records / len(partitions))
         chunks: list[_Chunk] = []
         ranges: list[dict[str, int | str]] = []
         scanned = rejected = 0
-        for partition in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                       timeout=kafka.request_timeout_s)
+        for partition, (low, high) in partitions.items():
             end = min(event_ends.get(partition, high - 1), high - 1)
             if partition in starts:  # post-change records only
                 low, end = max(low, starts[partition]), high - 1
@@ -81,18 +76,6 @@ def read_training_window(kafka: KafkaSettings, topic: str, event_ends: dict[int,
     finally:
         consumer.close()
     return TrainingWindow(_ordered_frame(chunks), ranges, scanned, rejected)
-
-
-def _partitions(consumer: Consumer, topic: str, timeout_s: float) -> list[int]:
-    metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-    if metadata is None or (metadata.error is not None
-                            and metadata.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
-        # Not an outage to wait out: a setting to fix.
-        raise MissingTopicError(f"topic {topic} does not exist; create the project's topics "
-                                "with `levydrift topics create` or fix topics.records")
-    if metadata.error is not None or not metadata.partitions:
-        raise BrokerUnavailableError(f"topic {topic} has no partitions available")
-    return sorted(metadata.partitions)
 
 
 def _read_partition_backwards(consumer: Consumer, topic: str, partition: int, low: int,
@@ -126,38 +109,14 @@ def _read_partition_backwards(consumer: Consumer, topic: str, partition: int, lo
 def _read_range(consumer: Consumer, topic: str, partition: int, first: int,
                 last: int) -> tuple[_Chunk, int, int]:
     """Labelled, valid records with offsets ``first..last``; (chunk, read, refused)."""
-    consumer.assign([TopicPartition(topic, partition, first)])
     values: list[bytes | None] = []
     offsets: list[int] = []
     timestamps: list[int] = []
-    done = False
-    idle_deadline = time.monotonic() + _IDLE_TIMEOUT_S
-    while not done:
-        batch = consumer.consume(_CONSUME_BATCH, timeout=1.0)
-        if not batch:
-            position = consumer.position([TopicPartition(topic, partition)])[0].offset
-            done = position > last  # aborted records and markers are never delivered
-            if not done and time.monotonic() > idle_deadline:
-                # A broker outage, or an open transaction holding the stable offset back.
-                raise BrokerUnavailableError(
-                    f"reading {topic}[{partition}] {first}..{last}: nothing arrived for "
-                    f"{_IDLE_TIMEOUT_S:g}s (stopped at offset {position})")
-            continue
-        idle_deadline = time.monotonic() + _IDLE_TIMEOUT_S
-        for message in batch:
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    done = True
-                    continue
-                raise BrokerUnavailableError(f"reading {topic}[{partition}]: {error.str()}")
-            if message.offset() > last:
-                done = True
-                break
-            values.append(message.value())
-            offsets.append(message.offset())
-            timestamps.append(message.timestamp()[1])
-            done = message.offset() >= last
+    for message in read_ranges(consumer, topic, {partition: (first, last + 1)},
+                               timeout_s=_IDLE_TIMEOUT_S, idle=True):
+        values.append(message.value())
+        offsets.append(message.offset())
+        timestamps.append(message.timestamp()[1])
     records, rejections = decode_levy_records(values)
     accepted = np.ones(len(values), dtype=bool)
     accepted[[index for index, _ in rejections]] = False

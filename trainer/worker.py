@@ -28,7 +28,6 @@ broker error rewinds and retries.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import threading
@@ -43,6 +42,7 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 from levydrift.errors import BrokerUnavailableError, LevyDriftError
 from levydrift.faults import crash_point
 from levydrift.kafka import admin_client, consumer_config, ensure_reachable, producer_config
+from levydrift.kafka.transactions import FatalKafkaError, TransactionAborted, TransactionalOutput
 from schemas.drift_event import DriftEvent
 from schemas.errors import RecordRejected
 from schemas.model_version import ModelVersionEvent
@@ -89,12 +89,11 @@ class TrainWorker:
         self.model_name = self.section.model_name
         self._stopping = threading.Event()
         self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
+        self._output: TransactionalOutput | None = None
         self._champion_read_at = float("-inf")
         self._clock = time.monotonic
         self._outage_since: float | None = None  # when Kafka stopped answering, if it has
         self._next_health_check = 0.0
-        self._abort_pending = False  # a transaction a broker error left open
         self._rewind_pending = False  # consumed but uncommitted events to read again
 
     # ------------------------------------------------------------------ lifecycle
@@ -117,12 +116,11 @@ class TrainWorker:
         if removed:
             log.info("removed unfinished versions of dead writers", extra={"count": removed})
         self._refresh_champion_metrics()
-        self._producer = Producer(producer_config(
-            kafka, **{"transactional.id":
-                      f"{self.section.transactional_id_prefix}-{self.model_name}"}))
+        transactional = {"transactional.id": self._transactional_id}
+        self._output = TransactionalOutput(
+            lambda: Producer(producer_config(kafka, **transactional)), kafka.request_timeout_s * 3)
         try:
-            if not (self._until_done(lambda: self._producer.init_transactions(
-                        kafka.request_timeout_s * 3))
+            if not (self._until_done(self._start_transactions)
                     and self._until_done(lambda: reconcile(
                         self.registry, self.model_name, self._read_model_events,
                         self._publish_alone))):
@@ -141,11 +139,13 @@ class TrainWorker:
             self._close()
         return 0
 
+    @property
+    def _transactional_id(self) -> str:
+        return f"{self.section.transactional_id_prefix}-{self.model_name}"
+
     def _step(self) -> None:
         """One batch of drift events, after finishing any recovery a broker error left."""
-        assert self._producer is not None
-        if self._abort_pending:
-            self._abort()
+        self._replace_broken_producer()
         if self._rewind_pending:
             self._rewind()
             self._rewind_pending = False
@@ -158,18 +158,22 @@ class TrainWorker:
         elif self._outage_since is not None or self._clock() >= self._next_health_check:
             self._check_broker()
 
-    def _abort(self) -> None:
-        """Abort the transaction a failed commit left; retried while Kafka is away. An abort
-        that is not possible means the transaction is settled already (the commit got through
-        after all): the batch, read again, finds its versions published and commits."""
-        assert self._producer is not None
-        try:
-            self._producer.abort_transaction(self.settings.kafka.request_timeout_s * 3)
-        except KafkaException as error:
-            if error.args[0].retriable() or error.args[0].fatal():
-                raise
-            log.warning("no transaction to abort", extra={"error": error.args[0].str()})
-        self._abort_pending = False
+    def _start_transactions(self) -> None:
+        """Register the transactional id (fencing a predecessor and settling what it left)."""
+        assert self._output is not None
+        if self._output.broken is None:
+            self._output.init()  # a call that never returns breaks the output: replace it
+        else:
+            self._replace_broken_producer()
+
+    def _replace_broken_producer(self) -> None:
+        """A producer Kafka left mid-transaction is replaced first (which settles its
+        transaction); until Kafka answers, that is an outage like any other."""
+        assert self._output is not None
+        if self._output.broken is not None and not self._output.reset(
+                self.settings.kafka.request_timeout_s):
+            raise BrokerUnavailableError("the transactional producer cannot be replaced yet: "
+                                         f"{self._output.broken}")
 
     def _check_broker(self) -> None:
         """A metadata round trip: the idle worker's evidence that Kafka is still there."""
@@ -190,7 +194,9 @@ class TrainWorker:
         outlasts the limit), wait a little and return False."""
         try:
             operation()
-        except (KafkaException, BrokerUnavailableError) as error:
+        except FatalKafkaError as error:
+            raise _FatalKafkaError(f"Kafka failed fatally: {error}") from None
+        except (KafkaException, BrokerUnavailableError, TransactionAborted) as error:
             if isinstance(error, KafkaException) and _is_fatal(error):
                 raise BrokerUnavailableError(f"Kafka failed fatally: {error.args[0].str()}") \
                     from None
@@ -226,8 +232,8 @@ class TrainWorker:
                 self._consumer.close()
             except KafkaException as error:
                 log.warning("drift-event consumer close failed", extra={"error": str(error)})
-        if self._producer is not None and self._producer.flush(timeout) > 0:
-            log.warning("model-version events still unsent at shutdown (never committed)")
+        if self._output is not None:
+            self._output.close(timeout)
         log.info("train-worker stopped", extra={"model": self.model_name})
 
     def _next_batch(self) -> list[Message]:
@@ -376,21 +382,22 @@ class TrainWorker:
         """Finish the versions' registration, publish their events and commit the consumed
         offsets in one transaction, all under the registry lock (so a reconcile elsewhere never
         announces a move this commit is about to)."""
-        assert self._consumer is not None and self._producer is not None
+        assert self._consumer is not None and self._output is not None
         with self.registry.locked(self.model_name):
             settled = [(info, self._settle(info)) for info in versions]
             events = [event for _, event in settled if event is not None]
             try:
-                self._producer.begin_transaction()
                 for event in events:
-                    self._producer.produce(self.settings.topics.model_versions,
-                                           key=event_key(event), value=event.to_bytes())
-                self._producer.send_offsets_to_transaction(
-                    _next_offsets(messages), self._consumer.consumer_group_metadata(),
-                    self.settings.kafka.request_timeout_s * 3)
-                self._producer.commit_transaction(self.settings.kafka.request_timeout_s * 3)
-            except KafkaException as error:
-                self._recover(error)
+                    self._output.produce(self.settings.topics.model_versions,
+                                         event.to_bytes(), key=event_key(event))
+                self._output.commit(_next_offsets(messages), self._consumer)
+            except TransactionAborted as error:
+                # Aborted, or left to the producer's replacement: the batch is read again
+                # (the registry's lineage keeps a finished retrain from running twice).
+                log.warning("transaction failed; reading the batch again",
+                            extra={"error": str(error)})
+                self._rewind_pending = True
+                raise
             crash_point("after_publish")
             for info, event in settled:
                 self._mark_published(info, event)
@@ -422,31 +429,15 @@ class TrainWorker:
 
     def _publish_alone(self, event: ModelVersionEvent) -> None:
         """One event in a transaction of its own (a reconciled announcement)."""
-        assert self._producer is not None
-        timeout = self.settings.kafka.request_timeout_s * 3
+        assert self._output is not None
+        self._replace_broken_producer()
         try:
-            self._producer.begin_transaction()
-            self._producer.produce(self.settings.topics.model_versions, key=event_key(event),
-                                   value=event.to_bytes())
-            self._producer.commit_transaction(timeout)
-        except KafkaException as error:
-            with contextlib.suppress(KafkaException):
-                self._producer.abort_transaction(timeout)
+            self._output.produce(self.settings.topics.model_versions, event.to_bytes(),
+                                 key=event_key(event))
+            self._output.commit([], None)
+        except TransactionAborted as error:
             raise BrokerUnavailableError(
-                f"announcing model version {event.version} failed: {error.args[0].str()}"
-            ) from None
-
-    def _recover(self, error: KafkaException) -> None:
-        """After a failed transaction: abort it and read the batch again (both retried, through
-        an outage, by the next ``_step``); a fatal error stops the worker."""
-        kafka_error = error.args[0]
-        if _is_fatal(error):
-            raise _FatalKafkaError(
-                f"Kafka transaction failed fatally: {kafka_error.str()}") from None
-        log.warning("transaction failed; aborting it and reading the batch again",
-                    extra={"error": kafka_error.str()})
-        self._abort_pending = self._rewind_pending = True
-        raise error
+                f"announcing model version {event.version} failed: {error}") from None
 
     def _rewind(self) -> None:
         """Seek every assigned partition back to its committed offset (the batch is redone;
@@ -479,19 +470,20 @@ class TrainWorker:
 def publish_decision(settings: TrainerSettings, event: ModelVersionEvent) -> None:
     """Produce one model-version event outside the worker (registry promote/rollback), in its
     own transaction with a separate transactional id so it never fences the worker."""
-    producer = Producer(producer_config(
-        settings.kafka, **{"transactional.id": f"{settings.trainer.transactional_id_prefix}-"
-                                               f"{settings.trainer.model_name}-cli"}))
+    transactional_id = (f"{settings.trainer.transactional_id_prefix}-"
+                        f"{settings.trainer.model_name}-cli")
     timeout = settings.kafka.request_timeout_s * 3
+    output = TransactionalOutput(lambda: Producer(producer_config(
+        settings.kafka, **{"transactional.id": transactional_id})), timeout)
     try:
-        producer.init_transactions(timeout)
-        producer.begin_transaction()
-        producer.produce(settings.topics.model_versions, key=event_key(event),
-                         value=event.to_bytes())
-        producer.commit_transaction(timeout)
-    except KafkaException as error:
+        output.init()
+        output.produce(settings.topics.model_versions, event.to_bytes(), key=event_key(event))
+        output.commit([], None)
+    except (TransactionAborted, FatalKafkaError) as error:
         raise BrokerUnavailableError(
-            f"publishing the model-version event failed: {error.args[0].str()}") from None
+            f"publishing the model-version event failed: {error}") from None
+    finally:
+        output.close(timeout)
 
 
 def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:

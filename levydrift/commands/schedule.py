@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 import orjson
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer
 
 from levydrift.commands.check import check_columns, check_file
 from levydrift.commands.check_result import CheckResult, CheckSettings, load_check_settings
 from levydrift.commands.retraining import train_on_result, trained_on_same_data, trigger_retraining
 from levydrift.errors import LevyDriftError, UsageError
-from levydrift.kafka import consumer_config
+from levydrift.kafka import consumer_config, read_ranges, watermarks
 from levydrift.logs import configure as configure_logging
 from schemas.levy_record import decode_levy_records, levy_records_to_columns
 from trainer.registry import utc_now
@@ -127,21 +127,18 @@ def read_topic_window(settings: CheckSettings, topic: str, records: int) -> dict
     """The last ``records`` records of ``topic`` (split over its partitions) as columns, in
     record-timestamp order. Records the stream would dead-letter are left out, as there."""
     kafka = settings.kafka
-    reader = Consumer(consumer_config(kafka, "levydrift-schedule",
-                                      **{"enable.partition.eof": True}))
+    reader = Consumer(consumer_config(kafka, "levydrift-schedule"))
+    values: list[bytes | None] = []
+    stamps: list[int] = []
     try:
-        metadata = reader.list_topics(topic, timeout=kafka.request_timeout_s).topics.get(topic)
-        if metadata is None or metadata.error is not None:
-            raise UsageError(f"topic {topic} does not exist")
-        quota = math.ceil(records / len(metadata.partitions))
-        values: list[bytes | None] = []
-        stamps: list[int] = []
-        for partition in sorted(metadata.partitions):
-            low, high = reader.get_watermark_offsets(TopicPartition(topic, partition),
-                                                     timeout=kafka.request_timeout_s)
-            if high > low:
-                _read_partition(reader, topic, partition, max(low, high - quota), high,
-                                values, stamps)
+        ends = watermarks(reader, topic, kafka.request_timeout_s)
+        quota = math.ceil(records / len(ends))
+        tails = {partition: (max(low, high - quota), high)
+                 for partition, (low, high) in ends.items()}
+        for message in read_ranges(reader, topic, tails, timeout_s=kafka.request_timeout_s,
+                                   idle=True):
+            values.append(message.value())
+            stamps.append(message.timestamp()[1])
     finally:
         reader.close()
     decoded, rejected = decode_levy_records(values)
@@ -152,24 +149,6 @@ def read_topic_window(settings: CheckSettings, topic: str, records: int) -> dict
         raise UsageError(f"topic {topic} holds no valid levy records")
     columns = levy_records_to_columns(decoded)
     return {name: column[order] for name, column in columns.items()}
-
-
-def _read_partition(reader: Consumer, topic: str, partition: int, start: int, end: int,
-                    values: list[bytes | None], stamps: list[int]) -> None:
-    reader.assign([TopicPartition(topic, partition, start)])
-    while True:
-        batch = reader.consume(5000, timeout=1.0)
-        if not batch and reader.position([TopicPartition(topic, partition)])[0].offset >= end:
-            return
-        for message in batch:
-            if message.error() is not None:
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    return
-                raise UsageError(f"reading {topic}[{partition}]: {message.error().str()}")
-            values.append(message.value())
-            stamps.append(message.timestamp()[1])
-            if message.offset() >= end - 1:
-                return
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -14,9 +14,9 @@ from consumer import metrics
 from consumer.config import ConsumerSection, ConsumerSettings
 from consumer.dead_letters import DeadLetterWriter
 from consumer.service import ConsumerService
-from consumer.transactions import TransactionAborted, TransactionalOutput, producer_overrides
 from levydrift.commands.topics import create_topics
 from levydrift.kafka import admin_client
+from levydrift.kafka.transactions import TransactionAborted, TransactionalOutput, producer_overrides
 from levydrift.settings import KafkaSettings, MetricsSettings, TopicSettings
 from levydrift.simulator import LevySimulator, SimulatorConfig
 from schemas.dead_letter import MAX_DEAD_LETTER_BYTES, dead_letter, source_of

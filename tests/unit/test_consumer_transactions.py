@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from consumer.transactions import STUCK_GRACE_S, CallStuck, call_within
+from levydrift.kafka.transactions import STUCK_GRACE_S, CallStuck, call_within
 
 
 def test_a_call_that_returns_gives_its_value_or_its_error() -> None:

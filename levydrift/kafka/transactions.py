@@ -1,5 +1,7 @@
-"""One Kafka transaction per checkpoint: dead letters, drift events, detector snapshots and the
-consumed offsets commit together or not at all (``send_offsets_to_transaction``).
+"""Transactional output, the one the consumer and the trainer share: what a service produces
+and the offsets it consumed commit together or not at all (``send_offsets_to_transaction``).
+The consumer commits a checkpoint (dead letters, drift events, detector snapshots) this way, the
+trainer worker its model-version events.
 
 Error handling follows the transactional producer's contract: retriable errors are retried,
 errors that require an abort abort (the caller then rewinds to the last committed state), and
@@ -17,7 +19,6 @@ from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from consumer import metrics
 from levydrift.errors import LevyDriftError
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,10 @@ class TransactionalOutput:
     transaction held as either committed or aborted; after it, only what Kafka says.
     """
 
-    def __init__(self, make_producer: Callable[[], Producer], timeout_s: float) -> None:
+    def __init__(self, make_producer: Callable[[], Producer], timeout_s: float,
+                 observe: Callable[[str], None] = lambda outcome: None) -> None:
         self._make_producer = make_producer
+        self._observe = observe  # told "committed", "aborted" or "reset" (for metrics)
         self._producer = make_producer()
         self._timeout_s = timeout_s
         self.open = False
@@ -113,7 +116,7 @@ class TransactionalOutput:
         self.open = False
         # Until it commits, a fencing error may still be the outage's aftermath.
         self._troubled = True
-        metrics.PRODUCER_RESETS.inc()
+        self._observe("reset")
         return True
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
@@ -141,23 +144,26 @@ class TransactionalOutput:
                     raise TransactionAborted(f"produce to {topic} failed: {error.str()}") from None
                 raise
 
-    def commit(self, offsets: list[TopicPartition], consumer: Consumer,
+    def commit(self, offsets: list[TopicPartition], consumer: Consumer | None,
                timeout_s: float | None = None) -> None:
-        """Send ``offsets`` (next offsets to read) and commit within ``timeout_s`` (default the
-        transaction timeout). Raises ``TransactionAborted`` when the transaction was aborted or
-        the output broke (see ``broken``), ``FatalKafkaError`` when nothing can be done."""
+        """Send ``offsets`` (next offsets to read) of ``consumer``'s group, if any, and commit
+        within ``timeout_s`` (default the transaction timeout). Raises ``TransactionAborted``
+        when the transaction was aborted or the output broke (see ``broken``),
+        ``FatalKafkaError`` when nothing can be done."""
         if self.broken is not None:
             raise TransactionAborted(self.broken)
         budget = min(timeout_s or self._timeout_s, self._timeout_s)
         deadline = time.monotonic() + budget
         self._begin_if_needed()
-        group = consumer.consumer_group_metadata()
-        self._call(lambda: self._producer.send_offsets_to_transaction(
-            offsets, group, max(deadline - time.monotonic(), 0.1)), "send offsets in", deadline)
+        if offsets and consumer is not None:
+            group = consumer.consumer_group_metadata()
+            self._call(lambda: self._producer.send_offsets_to_transaction(
+                offsets, group, max(deadline - time.monotonic(), 0.1)), "send offsets in",
+                deadline)
         self._call(lambda: self._producer.commit_transaction(
             max(deadline - time.monotonic(), 0.1)), "commit", deadline)
         self.open = self._troubled = False
-        metrics.TRANSACTIONS.labels(outcome="committed").inc()
+        self._observe("committed")
 
     def abort(self, timeout_s: float | None = None) -> None:
         """Abort the open transaction (within ``timeout_s``, default the transaction timeout).
@@ -172,7 +178,7 @@ class TransactionalOutput:
             self._break(f"cannot abort the Kafka transaction: {_describe(error)}")
             return
         self.open = False
-        metrics.TRANSACTIONS.labels(outcome="aborted").inc()
+        self._observe("aborted")
 
     def poll(self) -> None:
         if self.broken is None:
@@ -233,7 +239,7 @@ class TransactionalOutput:
         if not self._troubled:
             raise FatalKafkaError(
                 f"cannot {what} the Kafka transaction: {error.str()} (another instance with the "
-                "same consumer.instance_id may be running)")
+                "same transactional id may be running)")
         self._break(f"{what} the transaction: {error.str()} after Kafka was unreachable")
 
 
