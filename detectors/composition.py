@@ -290,7 +290,7 @@ class CompositionMonitor:
                 "last": int(window["last"]),
                 "counts": {str(k): {str(c): int(n) for c, n in v}
                            for k, v in window["counts"].items()}}
-        self.reference = {str(k): {str(c): float(n) for c, n in v}
+        self.reference = {str(k): {str(c): _count(n) for c, n in v}
                           for k, v in state["reference"].items()}
         self.streak = {name: [] for name in self.signals}
         for name, items in state["streak"].items():
@@ -310,6 +310,12 @@ def _top_shares(counts: Mapping[str, float], n: float) -> tuple[tuple[str, float
 
 def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+def _count(value: Any) -> float:
+    """A reference count as it was saved: a window's counts are integers, a champion's are
+    shares x n; keeping the type keeps a re-taken snapshot byte-identical."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else float(value)
 
 
 def event_times_ms(column: Any) -> np.ndarray:
