@@ -35,7 +35,7 @@ import orjson
 import pandas as pd
 
 from detectors.bank import DetectorBank, check_positions
-from detectors.channels import DetectorStatus, NumericChannel
+from detectors.channels import DetectorStatus
 from detectors.composition import CompositionMonitor, event_times_ms
 from detectors.config import DetectorSettings
 from detectors.decision import KINDS, DriftDecision
@@ -165,13 +165,7 @@ class SegmentedBank:
         self.pooled_marks = {}
         for bank in self.segments.values():  # a short baseline still sets each reference
             for channel in bank.channels.values():
-                if isinstance(channel, NumericChannel) and channel.reference is None:
-                    collected = (np.concatenate(channel.warmup_values)
-                                 if channel.warmup_values else np.zeros(0))
-                    if collected.size >= MIN_LEARNED_VALUES:
-                        channel.reset_detectors()
-                        channel.set_reference(NumericReference.from_values(
-                            collected, channel.warmup_first, channel.warmup_last))
+                channel.adopt_warmup(MIN_LEARNED_VALUES)
 
     def segment_keys(self, columns: Mapping[str, Any], n: int) -> np.ndarray:
         """Each record's segment label, e.g. ``county=Yakima`` (empty: no segmentation)."""
