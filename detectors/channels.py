@@ -235,7 +235,7 @@ class NumericChannel:
                 self.warmup_first = int(positions[take[0]])
             self.warmup_last = int(positions[take[-1]])
         if have + take.size < self.warmup_target:
-            return values.shape[0]
+            return int(values.shape[0])
         reference = NumericReference.from_values(np.concatenate(self.warmup_values),
                                                  self.warmup_first, self.warmup_last)
         self.set_reference(reference)
@@ -476,7 +476,8 @@ class CategoricalChannel:
                 first = int(np.argmax(labels == label))
                 code = self._code_for(name, int(positions[first]))
             mapping[label] = code
-        return mapping[labels]
+        codes: np.ndarray = mapping[labels]
+        return codes
 
     def _code_for(self, name: str, position: int) -> int:
         code = self.code_of.get(name)
@@ -502,7 +503,7 @@ class CategoricalChannel:
                 self.warmup_first = int(positions[take[0]])
             self.warmup_last = int(positions[take[-1]])
         if len(self.warmup_names) < self.settings.warmup_records:
-            return labels.shape[0]
+            return int(labels.shape[0])
         self.set_reference(CategoricalReference.from_values(
             self.warmup_names, self.warmup_first, self.warmup_last))
         return int(take[-1]) + 1
@@ -559,8 +560,9 @@ class CategoricalChannel:
     # ------------------------------------------------------------------ state
     def _state_arrays(self) -> dict[str, np.ndarray]:
         """The state arrays in snapshot order; the CUSUMs only once there is a reference."""
-        arrays = {"ring_codes": self.ring_codes, "ring_positions": self.ring_positions,
-                  "counters": self.counters}
+        arrays: dict[str, np.ndarray] = {
+            "ring_codes": self.ring_codes, "ring_positions": self.ring_positions,
+            "counters": self.counters}
         if self.reference is not None:
             arrays.update(state=self.cusum_state, counts=self.counts, llr=self.llr,
                           cusum=self.cusum, book=self.book)

@@ -85,7 +85,7 @@ class CompositionMonitor:
         raises = np.flatnonzero(np.diff(np.concatenate([[before], bound])) > 0)
         decisions: list[DriftDecision] = []
         start = 0
-        for index in list(raises) + [n]:
+        for index in [int(i) for i in raises] + [n]:
             self._count(columns, positions, window, counted, start, index)
             if index < n:
                 decisions += self._close_below(int(bound[index]), int(positions[index]))

@@ -38,7 +38,7 @@ from detectors.bank import DetectorBank, check_positions
 from detectors.channels import DetectorStatus
 from detectors.composition import CompositionMonitor, event_times_ms
 from detectors.config import DetectorSettings
-from detectors.decision import KINDS, DriftDecision
+from detectors.decision import KINDS, DriftDecision, SignalFinding
 from detectors.errors import DetectorConfigError, SnapshotError
 from detectors.recent import Batch, RecentRecords
 from detectors.reference import KNOT_PROBABILITIES, NumericReference, Reference
@@ -316,7 +316,7 @@ class SegmentedBank:
             self.pooled_marks[key] = (self.pooled_marks.get(key, []) + [
                 decision.detected_at])[-4:]
 
-    def _absorbed(self, segment: str, finding: Any, onset: int) -> bool:
+    def _absorbed(self, segment: str, finding: SignalFinding, onset: int) -> bool:
         direction = _direction(finding)
         marks = (self.pooled_marks.get(f"/{finding.signal}/{direction}", [])
                  + self.pooled_marks.get(f"{segment}/{finding.signal}/{direction}", []))
@@ -512,6 +512,7 @@ def _ratio(row: DetectorStatus) -> float:
     return row.statistic / row.threshold if row.threshold else 0.0
 
 
-def _direction(finding: Any) -> str:
-    return max(finding.firings, key=lambda f: f.statistic / f.threshold if f.threshold
-               else 0.0).direction
+def _direction(finding: SignalFinding) -> str:
+    strongest = max(finding.firings, key=lambda f: f.statistic / f.threshold if f.threshold
+                    else 0.0)
+    return strongest.direction
