@@ -11,16 +11,48 @@ are the same change seen by slower detectors or other signals).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from detectors.channels import Alarm, CategoricalChannel, DetectorStatus, NumericChannel
+from detectors.channels import (
+    Alarm,
+    CategoricalChannel,
+    Channel,
+    DetectorStatus,
+    NumericChannel,
+    merged_reference,
+)
 from detectors.config import DetectorSettings
 from detectors.decision import KINDS, DriftDecision
+from detectors.errors import SnapshotError
 from detectors.reference import Reference
+from detectors.state import ArraySpec, ChannelState
 
-__all__ = ["DetectorBank", "DetectorStatus", "check_positions"]
+__all__ = ["BankState", "DetectorBank", "DetectorStatus", "check_positions"]
+
+
+@dataclass(frozen=True)
+class BankState:
+    """A bank's state apart from its settings: episode counters, the references in use and
+    each channel's ``state()``, in channel order."""
+
+    records_seen: int
+    last_position: int | None
+    cooldown_until: dict[str, int]
+    absorbed_alarms: dict[str, int]
+    reference: Reference
+    channels: dict[str, ChannelState]
+
+
+def channel_types(settings: DetectorSettings
+                  ) -> dict[str, type[NumericChannel] | type[CategoricalChannel]]:
+    """Each signal's channel class, in channel order (numeric-like signals first)."""
+    types: dict[str, type[NumericChannel] | type[CategoricalChannel]] = {
+        name: NumericChannel for name in settings.numeric_like()}
+    types.update({name: CategoricalChannel for name in settings.categorical_signals})
+    return types
 
 
 def check_positions(positions: np.ndarray, last_position: int | None) -> None:
@@ -44,11 +76,8 @@ class DetectorBank:
         self.last_position: int | None = None
         self.cooldown_until = {kind: 0 for kind in KINDS}
         self.absorbed_alarms = {kind: 0 for kind in KINDS}
-        self.channels: dict[str, NumericChannel | CategoricalChannel] = {}
-        for name in settings.numeric_like():
-            self.channels[name] = NumericChannel(name, settings, None)
-        for name in settings.categorical_signals:
-            self.channels[name] = CategoricalChannel(name, settings, None)
+        self.channels: dict[str, Channel] = {
+            name: kind(name, settings, None) for name, kind in channel_types(settings).items()}
         if reference is not None:
             self._apply_reference(reference)
 
@@ -71,10 +100,7 @@ class DetectorBank:
             if len(column) != len(positions):
                 raise ValueError(f"column {name!r} has {len(column)} values for "
                                  f"{len(positions)} positions")
-            if isinstance(channel, NumericChannel) and scores is not None:
-                fired = channel.feed(column, positions, scores.get(name))
-            else:
-                fired = channel.feed(column, positions)
+            fired = channel.feed(column, positions, None if scores is None else scores.get(name))
             for alarm in fired:
                 alarms.append((alarm.index, order[name], name, alarm))
         alarms.sort(key=lambda item: (item[0], item[1]))
@@ -116,30 +142,46 @@ class DetectorBank:
         self.cooldown_until = {kind: 0 for kind in KINDS}
 
     def _apply_reference(self, reference: Reference) -> None:
-        for name, channel in self.channels.items():
-            if isinstance(channel, NumericChannel) and name in reference.numeric:
-                channel.reset_detectors()
-                channel.set_reference(reference.numeric[name])
-            elif isinstance(channel, CategoricalChannel) and name in reference.categorical:
-                channel.set_reference(reference.categorical[name])
+        for channel in self.channels.values():
+            channel.use_reference(reference)
 
     def reference(self) -> Reference:
         """The references in use (warm-up references included); for the registry/snapshot."""
-        numeric, categorical = {}, {}
-        for name, channel in self.channels.items():
-            if channel.reference is None:
-                continue
-            if isinstance(channel, NumericChannel):
-                numeric[name] = channel.reference
-            else:
-                categorical[name] = channel.reference
-        return Reference(numeric=numeric, categorical=categorical)
+        return merged_reference(list(self.channels.values()))
 
     # ------------------------------------------------------------------ observation
     def status(self) -> list[DetectorStatus]:
         """Current statistic and threshold of every detector (for Prometheus gauges). ADWIN
         reports its largest |mean difference| / epsilon over cuts against threshold 1."""
         return [row for channel in self.channels.values() for row in channel.status()]
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> BankState:
+        return BankState(self.records_seen, self.last_position, dict(self.cooldown_until),
+                         dict(self.absorbed_alarms), self.reference(),
+                         {name: channel.state() for name, channel in self.channels.items()})
+
+    def state_specs(self) -> dict[str, dict[str, ArraySpec]]:
+        """Per channel, the arrays ``from_state`` accepts (see ``Channel.state_specs``)."""
+        return {name: channel.state_specs() for name, channel in self.channels.items()}
+
+    @classmethod
+    def from_state(cls, settings: DetectorSettings, state: BankState) -> DetectorBank:
+        """The bank ``state()`` was taken from (under the same settings); channel state that
+        does not fit raises ``SnapshotError``."""
+        bank = cls(settings)
+        types = channel_types(settings)
+        if set(state.channels) != set(types):
+            raise SnapshotError(f"detector snapshot holds signals {sorted(state.channels)}, "
+                                f"the settings {sorted(types)}", "shape")
+        bank.channels = {name: kind.from_state(name, settings, state.reference,
+                                               state.channels[name])
+                         for name, kind in types.items()}
+        bank.records_seen = state.records_seen
+        bank.last_position = state.last_position
+        bank.cooldown_until = dict(state.cooldown_until)
+        bank.absorbed_alarms = dict(state.absorbed_alarms)
+        return bank
 
     # ------------------------------------------------------------------ snapshot
     def snapshot(self) -> bytes:

@@ -1,10 +1,16 @@
 """One channel per signal: its reference (or warm-up), detector state arrays, and how an alarm
-of its detectors becomes a ``SignalFinding``. Channels never look at each other."""
+of its detectors becomes a ``SignalFinding``. Channels never look at each other.
+
+Every channel kind follows one protocol, ``Channel`` (the bytewax ``StatefulLogic`` way): the
+bank feeds it, reads its status, and saves and resumes it through ``state()`` /
+``from_state()`` without knowing which kind it is.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from functools import reduce
+from typing import Any, Protocol, Self
 
 import numpy as np
 import pandas as pd
@@ -18,13 +24,32 @@ from detectors.calibration import (
 )
 from detectors.config import DetectorSettings
 from detectors.decision import DetectorFiring, SignalFinding, WindowSummary
-from detectors.reference import SUMMARY_PROBABILITIES, CategoricalReference, NumericReference
+from detectors.errors import SnapshotError
+from detectors.reference import (
+    SUMMARY_PROBABILITIES,
+    CategoricalReference,
+    NumericReference,
+    Reference,
+)
+from detectors.state import (
+    ArraySpec,
+    ChannelState,
+    check_layout,
+    check_numbers,
+    is_int,
+    json_int,
+    json_optional_int,
+    layout_of,
+)
 
 ADWIN_MAX_BUCKETS, ADWIN_MIN_WINDOW, ADWIN_GRACE = 5, 5, 10  # river's defaults
 CATEGORY_REFRESH = 512  # values between recomputations of the ratios; a power of two
 MAX_NEW_NAMES = 32  # never-seen categories tracked by name; later ones share one code
 NO_SCORES = np.zeros(0)
 MIN_SPREAD_VALUES = 20  # distinct reference values below which a segment has no spread test
+# State arrays that only ever hold finite numbers (Page-Hinkley's minimum starts at infinity).
+NUMERIC_FINITE = frozenset({"aw_s", "aw_totals", "aw_variances"})
+CATEGORICAL_FINITE = frozenset({"state", "counts", "llr", "cusum"})
 
 
 @dataclass(frozen=True)
@@ -42,6 +67,49 @@ class DetectorStatus:
     warming_up: bool
 
 
+class Channel(Protocol):
+    """One signal's detectors as the bank sees them."""
+
+    name: str
+
+    def feed(self, column: Any, positions: np.ndarray,
+             scores: np.ndarray | None = None) -> list[Alarm]:
+        """Feed one batch; ``scores`` receives location scores where the channel has them."""
+        ...
+
+    def status(self) -> list[DetectorStatus]: ...
+
+    def start_warmup(self) -> None:
+        """Forget the reference and detector state; learn a reference again."""
+        ...
+
+    def use_reference(self, reference: Reference) -> None:
+        """Take this signal's entry of ``reference``, if it has one."""
+        ...
+
+    def reference_part(self) -> Reference:
+        """The reference in use (warm-up references included), as a one-signal ``Reference``."""
+        ...
+
+    def adopt_warmup(self, min_values: int) -> None:
+        """End a warm-up early if it holds at least ``min_values`` values."""
+        ...
+
+    def state(self) -> ChannelState: ...
+
+    def state_specs(self) -> dict[str, ArraySpec]:
+        """The arrays ``from_state`` accepts for a channel built like this one (same settings,
+        same reference), so a reader can bound what it reads before reading it."""
+        ...
+
+    @classmethod
+    def from_state(cls, name: str, settings: DetectorSettings, reference: Reference,
+                   state: ChannelState) -> Self:
+        """The channel ``state()`` was taken from, rebuilt from the settings, the bank's
+        references and the state; state that does not fit raises ``SnapshotError``."""
+        ...
+
+
 class NumericChannel:
     """A numeric signal: rank-based standardisation, Page-Hinkley on location and spread,
     ADWIN on location."""
@@ -52,58 +120,42 @@ class NumericChannel:
         self.settings = settings
         self.upward_only = (settings.performance_upward_only
                             and name in settings.performance_signals)
-        self._build_parameters()
+        self.rate_per_test, self.ph_names, self.ph_par, self.aw_par = _numeric_parameters(
+            settings, self.upward_only)
+        self.ph_thresholds = self.ph_par[:, k.PH_THRESHOLD].copy()
         self.scoring = {"mid_rank": k.SCORE_MID_RANK, "randomised": k.SCORE_RANDOMISED,
                         "given": k.SCORE_GIVEN}[settings.scoring]
         self.ring_values = np.zeros(settings.summary_window)
         self.ring_positions = np.zeros(settings.summary_window, dtype=np.int64)
         self.counters = np.zeros(2, dtype=np.int64)
+        n_ph = self.ph_par.shape[0]
+        self.ph_f = np.zeros((n_ph, k.PH_FLOAT_COLUMNS))
+        self.ph_i = np.zeros((n_ph, 2), dtype=np.int64)
+        self.aw_s = np.zeros(k.AW_SCALARS)
+        self.aw_totals = np.zeros((k.AW_MAX_LEVELS, ADWIN_MAX_BUCKETS + 1))
+        self.aw_variances = np.zeros((k.AW_MAX_LEVELS, ADWIN_MAX_BUCKETS + 1))
+        self.aw_counts = np.zeros(k.AW_MAX_LEVELS, dtype=np.int64)
+        self.alarm = np.zeros((n_ph + 1, k.AL_COLUMNS))
+        # The reference's lookup tables; empty while warming up.
+        self.knots, self.below, self.at_or_below = np.zeros(0), np.zeros(0), np.zeros(0)
+        self.u_min = 0.0
         self.warmup_values: list[np.ndarray] = []
         self.warmup_first: int | None = None
         self.warmup_last: int | None = None
+        self.warmup_target = settings.warmup_records
         self.reference: NumericReference | None = None
         self.start_warmup()
         if reference is not None:
             self.set_reference(reference)
 
     # ------------------------------------------------------------------ configuration
-    def _build_parameters(self) -> None:
-        s = self.settings
-        sides = 1 if self.upward_only else 2
-        mode = k.MODE_UP if self.upward_only else k.MODE_BOTH
-        families = []
-        if s.page_hinkley:
-            families += [("page_hinkley", k.SOURCE_LOCATION, shift) for shift in
-                         design_shifts(s.mean_shift_min, s.mean_shift_max, s.mean_shift_levels)]
-        if s.spread and not self.upward_only:  # an error can only worsen upwards
-            families += [("spread_page_hinkley", k.SOURCE_SPREAD, shift) for shift in
-                         design_shifts(s.spread_shift_min, s.spread_shift_max,
-                                       s.spread_shift_levels)]
-        tests = sides * len(families) + (1 if s.adwin else 0)
-        self.rate_per_test = s.false_alarm_rate / tests
-        self.ph_names = [name for name, _, _ in families]
-        self.ph_par = np.zeros((len(families), 6))
-        for row, (_, source, shift) in enumerate(families):
-            delta = shift / 2.0
-            self.ph_par[row] = (delta, page_hinkley_threshold(delta, 1.0 / self.rate_per_test),
-                                s.min_instances, 1.0, mode, source)
-        self.ph_thresholds = self.ph_par[:, k.PH_THRESHOLD].copy()
-        self.aw_par = np.array([adwin_delta(self.rate_per_test, s.adwin_clock), s.adwin_clock,
-                                ADWIN_MAX_BUCKETS, ADWIN_MIN_WINDOW, ADWIN_GRACE,
-                                1.0 if s.adwin else 0.0, 1.0 if self.upward_only else 0.0])
-
     def reset_detectors(self) -> None:
-        n_ph = self.ph_par.shape[0]
-        self.ph_f = np.zeros((n_ph, k.PH_FLOAT_COLUMNS))
-        self.ph_i = np.zeros((n_ph, 2), dtype=np.int64)
-        for row in range(n_ph):
+        for array in (self.ph_f, self.ph_i, self.aw_s, self.aw_totals, self.aw_variances,
+                      self.aw_counts, self.alarm):
+            array.fill(0)
+        for row in range(self.ph_par.shape[0]):
             k.ph_reset(self.ph_f, self.ph_i, row)
-        self.aw_s = np.zeros(k.AW_SCALARS)
-        self.aw_totals = np.zeros((k.AW_MAX_LEVELS, ADWIN_MAX_BUCKETS + 1))
-        self.aw_variances = np.zeros((k.AW_MAX_LEVELS, ADWIN_MAX_BUCKETS + 1))
-        self.aw_counts = np.zeros(k.AW_MAX_LEVELS, dtype=np.int64)
         k.adwin_reset(self.aw_s, self.aw_totals, self.aw_variances, self.aw_counts)
-        self.alarm = np.zeros((n_ph + 1, k.AL_COLUMNS))
 
     def set_reference(self, reference: NumericReference) -> None:
         self.reference = reference
@@ -126,6 +178,25 @@ class NumericChannel:
         self.warmup_target = length or self.settings.warmup_records
         self.warmup_values, self.warmup_first, self.warmup_last = [], None, None
         self.reset_detectors()
+
+    def use_reference(self, reference: Reference) -> None:
+        own = reference.numeric.get(self.name)
+        if own is not None:
+            self.reset_detectors()
+            self.set_reference(own)
+
+    def reference_part(self) -> Reference:
+        return Reference() if self.reference is None else Reference(
+            numeric={self.name: self.reference})
+
+    def adopt_warmup(self, min_values: int) -> None:
+        if self.reference is not None:
+            return
+        collected = np.concatenate(self.warmup_values) if self.warmup_values else np.zeros(0)
+        if collected.size >= min_values:
+            self.reset_detectors()
+            self.set_reference(NumericReference.from_values(
+                collected, self.warmup_first, self.warmup_last))
 
     # ------------------------------------------------------------------ feeding
     def feed(self, column: Any, positions: np.ndarray,
@@ -164,7 +235,7 @@ class NumericChannel:
                 self.warmup_first = int(positions[take[0]])
             self.warmup_last = int(positions[take[-1]])
         if have + take.size < self.warmup_target:
-            return values.shape[0]
+            return int(values.shape[0])
         reference = NumericReference.from_values(np.concatenate(self.warmup_values),
                                                  self.warmup_first, self.warmup_last)
         self.set_reference(reference)
@@ -175,19 +246,21 @@ class NumericChannel:
         count = int(self.counters[k.C_COUNT])
         fired = np.flatnonzero(self.alarm[:, k.AL_FIRED])
         change = int(self.alarm[fired, k.AL_CHANGE].min())
-        firings = tuple(self._firing(row) for row in fired)
+        firings = tuple(self._firing(int(row)) for row in fired)
         window, positions = recent(self.ring_values, self.ring_positions, self.counters,
                                    max(1, count - change))
         z, _ = k.standardise(window, self.knots, self.below, self.at_or_below, self.u_min)
         location = any(f.detector != "spread_page_hinkley" for f in firings)
         effect = float(z.mean()) if location else float(z.std())
         current = numeric_summary(window, positions, max(1, count - change))
+        assert self.reference is not None  # alarms only fire against a reference
         return SignalFinding(self.name, firings, effect,
                              "mean_shift" if location else "std_ratio",
                              reference_summary(self.reference), current)
 
     def _firing(self, row: int) -> DetectorFiring:
         statistic, threshold, direction = self.alarm[row, 1:4]
+        parameters: tuple[tuple[str, float], ...]
         if row < len(self.ph_names):
             par = self.ph_par[row]
             name = self.ph_names[row]
@@ -216,22 +289,56 @@ class NumericChannel:
             rows.append(DetectorStatus(self.name, "adwin", ratio, 1.0, warming))
         return rows
 
-    # ------------------------------------------------------------------ snapshot
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        arrays = {"ph_f": self.ph_f, "ph_i": self.ph_i, "aw_s": self.aw_s,
-                  "aw_counts": self.aw_counts, "ring_values": self.ring_values,
-                  "ring_positions": self.ring_positions, "counters": self.counters}
-        levels = int(self.aw_s[k.AW_LEVELS])
+    # ------------------------------------------------------------------ state
+    def _fixed_arrays(self) -> dict[str, np.ndarray]:
+        """The state arrays whose shape the settings fix, in snapshot order."""
+        return {"ph_f": self.ph_f, "ph_i": self.ph_i, "aw_s": self.aw_s,
+                "aw_counts": self.aw_counts, "ring_values": self.ring_values,
+                "ring_positions": self.ring_positions, "counters": self.counters}
+
+    def state(self) -> ChannelState:
+        arrays = self._fixed_arrays()
+        levels = int(self.aw_s[k.AW_LEVELS])  # ADWIN's histogram beyond its levels is empty
         arrays["aw_totals"] = self.aw_totals[:levels]
         arrays["aw_variances"] = self.aw_variances[:levels]
         if self.warmup_values:
             arrays["warmup"] = np.concatenate(self.warmup_values)
-        return arrays
+        values = {"warmup_first": self.warmup_first, "warmup_last": self.warmup_last,
+                  "warmup_target": self.warmup_target}
+        return ChannelState(values, arrays)
 
-    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        for key in ("ph_f", "ph_i", "aw_s", "aw_counts", "ring_values", "ring_positions",
-                    "counters"):
-            getattr(self, key)[...] = arrays[key]
+    def state_specs(self) -> dict[str, ArraySpec]:
+        specs = {key: ArraySpec.exactly(array) for key, array in self._fixed_arrays().items()}
+        columns = self.aw_totals.shape[1]
+        for key in ("aw_totals", "aw_variances"):
+            specs[key] = ArraySpec("<f8", (1, columns), (k.AW_MAX_LEVELS, columns))
+        if self.reference is None:
+            specs["warmup"] = ArraySpec("<f8", (0,), (_max_warmup(self.settings),),
+                                        required=False)
+        return specs
+
+    @classmethod
+    def from_state(cls, name: str, settings: DetectorSettings, reference: Reference,
+                   state: ChannelState) -> Self:
+        channel = cls(name, settings, reference.numeric.get(name))
+        channel._load(state)
+        return channel
+
+    def _load(self, state: ChannelState) -> None:
+        arrays, values = state.arrays, state.values
+        check_layout(self.name, self.state_specs(), layout_of(arrays))
+        _check_ring(self.name, arrays)
+        check_numbers(self.name, arrays, NUMERIC_FINITE)
+        self.warmup_first = json_optional_int(values.get("warmup_first"), "warmup_first")
+        self.warmup_last = json_optional_int(values.get("warmup_last"), "warmup_last")
+        _check_adwin(self.name, arrays)
+        self.warmup_target = json_int(values.get("warmup_target"), "warmup_target", low=1,
+                                      high=_max_warmup(self.settings))
+        if "warmup" in arrays and arrays["warmup"].shape[0] > self.warmup_target:
+            raise SnapshotError(f"channel {self.name}: warm-up longer than its target",
+                                "shape")
+        for key, array in self._fixed_arrays().items():
+            array[...] = arrays[key]
         levels = arrays["aw_totals"].shape[0]
         self.aw_totals[:levels] = arrays["aw_totals"]
         self.aw_variances[:levels] = arrays["aw_variances"]
@@ -250,16 +357,45 @@ class CategoricalChannel:
         self.ring_positions = np.zeros(settings.summary_window, dtype=np.int64)
         self.counters = np.zeros(3, dtype=np.int64)
         self.alarm = np.zeros(6)
-        self.start_warmup()
-        if reference is not None:
-            self.set_reference(reference)
-
-    def start_warmup(self) -> None:
         self.reference: CategoricalReference | None = None
         self.warmup_names: list[str] = []
         self.warmup_first: int | None = None
         self.warmup_last: int | None = None
         self.new_names: list[tuple[str, int]] = []  # (name, first position), code order
+        # Buckets and CUSUM state, sized by the reference's categories (none yet): the known
+        # categories, then "other" and "new".
+        self.known: list[str] = []
+        self.n_known = 0
+        self.code_of: dict[str, int] = {}
+        self.rate_per_test = 0.0
+        self.par = np.zeros(4)
+        self.shares = np.zeros(2)
+        self.cusum_state = np.zeros(4)  # CS_* scalars of the CUSUM loop
+        self.counts = np.zeros(2)
+        self.llr = np.zeros((4, 2))
+        self.cusum = np.zeros((2, 2))
+        self.book = np.zeros((4, 2), dtype=np.int64)
+        if reference is not None:
+            self.set_reference(reference)
+
+    def start_warmup(self) -> None:
+        self.reference = None
+        self.warmup_names = []
+        self.warmup_first = None
+        self.warmup_last = None
+        self.new_names = []
+
+    def use_reference(self, reference: Reference) -> None:
+        own = reference.categorical.get(self.name)
+        if own is not None:
+            self.set_reference(own)
+
+    def reference_part(self) -> Reference:
+        return Reference() if self.reference is None else Reference(
+            categorical={self.name: self.reference})
+
+    def adopt_warmup(self, min_values: int) -> None:
+        """A categorical warm-up is never cut short: its reference names the categories."""
 
     def set_reference(self, reference: CategoricalReference) -> None:
         s = self.settings
@@ -280,14 +416,14 @@ class CategoricalChannel:
         self.rate_per_test = s.false_alarm_rate / (2 * buckets)
         self.par = np.array([categorical_threshold(self.rate_per_test), s.category_shift,
                              s.new_category_share, CATEGORY_REFRESH])
-        self.state = np.zeros(4)
+        self.cusum_state = np.zeros(4)
         self.counts = np.zeros(buckets)
         self.llr = np.zeros((4, buckets))
         self.cusum = np.zeros((2, buckets))
         self.book = np.zeros((4, buckets), dtype=np.int64)
-        self.state[k.CS_GATE_AFTER_ALARM] = s.relearn_records
-        k.category_restart(self.state, self.counts, self.cusum, self.book, self.counters,
-                           int(self.counters[k.C_COUNT]),
+        self.cusum_state[k.CS_GATE_AFTER_ALARM] = s.relearn_records
+        k.category_restart(self.cusum_state, self.counts, self.cusum, self.book,
+                           self.counters, int(self.counters[k.C_COUNT]),
                            float(min(reference.n, s.reference_prior_cap)), s.min_instances)
 
     def bucket_name(self, bucket: int) -> str:
@@ -302,7 +438,9 @@ class CategoricalChannel:
         return self.new_names[new_index][0] if new_index < len(self.new_names) else "(more new)"
 
     # ------------------------------------------------------------------ feeding
-    def feed(self, column: Any, positions: np.ndarray) -> list[Alarm]:
+    def feed(self, column: Any, positions: np.ndarray,
+             scores: np.ndarray | None = None) -> list[Alarm]:
+        """Feed one batch (categories have no location scores: ``scores`` stays as is)."""
         column = np.asarray(column, dtype=object)
         alarms: list[Alarm] = []
         start = 0
@@ -315,8 +453,8 @@ class CategoricalChannel:
         codes[start:] = self._codes(column[start:], positions[start:])
         while start < codes.shape[0]:
             start = k.run_categorical(
-                codes, positions, start, self.n_known, self.par, self.state, self.counts,
-                self.shares, self.llr, self.cusum, self.book, self.ring_codes,
+                codes, positions, start, self.n_known, self.par, self.cusum_state,
+                self.counts, self.shares, self.llr, self.cusum, self.book, self.ring_codes,
                 self.ring_positions, self.counters, self.alarm)
             if self.alarm[0]:
                 alarms.append(Alarm(start - 1, self._finding()))
@@ -338,7 +476,8 @@ class CategoricalChannel:
                 first = int(np.argmax(labels == label))
                 code = self._code_for(name, int(positions[first]))
             mapping[label] = code
-        return mapping[labels]
+        codes: np.ndarray = mapping[labels]
+        return codes
 
     def _code_for(self, name: str, position: int) -> int:
         code = self.code_of.get(name)
@@ -364,7 +503,7 @@ class CategoricalChannel:
                 self.warmup_first = int(positions[take[0]])
             self.warmup_last = int(positions[take[-1]])
         if len(self.warmup_names) < self.settings.warmup_records:
-            return labels.shape[0]
+            return int(labels.shape[0])
         self.set_reference(CategoricalReference.from_values(
             self.warmup_names, self.warmup_first, self.warmup_last))
         return int(take[-1]) + 1
@@ -395,6 +534,7 @@ class CategoricalChannel:
                                 last_position=int(positions[-1]), summarised=len(codes),
                                 category_shares=tuple(current_shares), new_categories=new)
         ref = self.reference
+        assert ref is not None  # alarms only fire against a reference
         reference = WindowSummary(n=ref.n, first_position=ref.first_position,
                                   last_position=ref.last_position, summarised=ref.n,
                                   category_shares=tuple(list(ref.shares.items())[:20]))
@@ -411,24 +551,122 @@ class CategoricalChannel:
         """Largest CUSUM value as if every bucket were brought up to date (read-only: a
         real catch-up here would change rounding and so future decisions)."""
         pending = self.counters[k.C_COUNT] - self.book[k.CB_CURRENT]
-        if self.state[k.CS_SINCE] < self.state[k.CS_GATE]:
+        if self.cusum_state[k.CS_SINCE] < self.cusum_state[k.CS_GATE]:
             return 0.0
         rise = np.maximum(self.cusum[0] + pending * self.llr[1], 0.0)
         fall = self.cusum[1] + pending * self.llr[3]
         return float(max(rise.max(), fall.max()))
 
-    # ------------------------------------------------------------------ snapshot
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        arrays = {"ring_codes": self.ring_codes, "ring_positions": self.ring_positions,
-                  "counters": self.counters}
+    # ------------------------------------------------------------------ state
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        """The state arrays in snapshot order; the CUSUMs only once there is a reference."""
+        arrays: dict[str, np.ndarray] = {
+            "ring_codes": self.ring_codes, "ring_positions": self.ring_positions,
+            "counters": self.counters}
         if self.reference is not None:
-            arrays.update(state=self.state, counts=self.counts, llr=self.llr,
+            arrays.update(state=self.cusum_state, counts=self.counts, llr=self.llr,
                           cusum=self.cusum, book=self.book)
         return arrays
 
-    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        for key, value in arrays.items():
-            getattr(self, key)[...] = value
+    def state(self) -> ChannelState:
+        values = {"warmup_first": self.warmup_first, "warmup_last": self.warmup_last,
+                  "warmup_names": list(self.warmup_names),
+                  "new_names": [list(item) for item in self.new_names]}
+        return ChannelState(values, self._state_arrays())
+
+    def state_specs(self) -> dict[str, ArraySpec]:
+        return {key: ArraySpec.exactly(array) for key, array in self._state_arrays().items()}
+
+    @classmethod
+    def from_state(cls, name: str, settings: DetectorSettings, reference: Reference,
+                   state: ChannelState) -> Self:
+        channel = cls(name, settings, reference.categorical.get(name))
+        channel._load(state)
+        return channel
+
+    def _load(self, state: ChannelState) -> None:
+        arrays, values = state.arrays, state.values
+        check_layout(self.name, self.state_specs(), layout_of(arrays))
+        _check_ring(self.name, arrays)
+        check_numbers(self.name, arrays, CATEGORICAL_FINITE)
+        self.warmup_first = json_optional_int(values.get("warmup_first"), "warmup_first")
+        self.warmup_last = json_optional_int(values.get("warmup_last"), "warmup_last")
+        names = values.get("warmup_names")
+        if (not isinstance(names, list) or len(names) > self.settings.warmup_records
+                or not all(isinstance(name, str) for name in names)):
+            raise SnapshotError(f"channel {self.name}: bad warmup_names", "header")
+        self.warmup_names = names
+        self.new_names = _new_names(self.name, values.get("new_names"))
+        for key, array in self._state_arrays().items():
+            array[...] = arrays[key]
+
+
+def _numeric_parameters(settings: DetectorSettings, upward_only: bool
+                        ) -> tuple[float, list[str], np.ndarray, np.ndarray]:
+    """Rate per one-sided test, Page-Hinkley names and parameter rows, ADWIN parameters."""
+    s = settings
+    sides = 1 if upward_only else 2
+    mode = k.MODE_UP if upward_only else k.MODE_BOTH
+    families = []
+    if s.page_hinkley:
+        families += [("page_hinkley", k.SOURCE_LOCATION, shift) for shift in
+                     design_shifts(s.mean_shift_min, s.mean_shift_max, s.mean_shift_levels)]
+    if s.spread and not upward_only:  # an error can only worsen upwards
+        families += [("spread_page_hinkley", k.SOURCE_SPREAD, shift) for shift in
+                     design_shifts(s.spread_shift_min, s.spread_shift_max,
+                                   s.spread_shift_levels)]
+    tests = sides * len(families) + (1 if s.adwin else 0)
+    rate_per_test = s.false_alarm_rate / tests
+    ph_par = np.zeros((len(families), 6))
+    for row, (_, source, shift) in enumerate(families):
+        delta = shift / 2.0
+        ph_par[row] = (delta, page_hinkley_threshold(delta, 1.0 / rate_per_test),
+                       s.min_instances, 1.0, mode, source)
+    aw_par = np.array([adwin_delta(rate_per_test, s.adwin_clock), s.adwin_clock,
+                       ADWIN_MAX_BUCKETS, ADWIN_MIN_WINDOW, ADWIN_GRACE,
+                       1.0 if s.adwin else 0.0, 1.0 if upward_only else 0.0])
+    return rate_per_test, [name for name, _, _ in families], ph_par, aw_par
+
+
+def merged_reference(channels: list[Channel]) -> Reference:
+    """The references in use over ``channels``, in channel order."""
+    return reduce(Reference.merged, (channel.reference_part() for channel in channels),
+                  Reference())
+
+
+def _max_warmup(settings: DetectorSettings) -> int:
+    return max(settings.warmup_records, settings.relearn_records)
+
+
+def _check_ring(channel: str, arrays: dict[str, np.ndarray]) -> None:
+    """The compiled loops write at the ring head without bounds checks."""
+    counters = arrays["counters"]
+    size = arrays["ring_positions"].shape[0]
+    if not 0 <= counters[k.C_RING_HEAD] < size or counters[k.C_COUNT] < 0:
+        raise SnapshotError(f"channel {channel}: ring position out of range", "shape")
+
+
+def _check_adwin(channel: str, arrays: dict[str, np.ndarray]) -> None:
+    """ADWIN's level count and bucket counts index its histogram in compiled code."""
+    scalars, counts = arrays["aw_s"], arrays["aw_counts"]
+    levels = arrays["aw_totals"].shape[0]
+    if (not np.all(np.isfinite(scalars)) or scalars[k.AW_LEVELS] != levels
+            or arrays["aw_variances"].shape[0] != levels or scalars[k.AW_WIDTH] < 0
+            or np.any(counts < 0) or np.any(counts > ADWIN_MAX_BUCKETS)
+            or np.any(counts[levels:] != 0)):
+        raise SnapshotError(f"channel {channel}: ADWIN state out of range", "shape")
+
+
+def _new_names(channel: str, value: Any) -> list[tuple[str, int]]:
+    if not isinstance(value, list) or len(value) > MAX_NEW_NAMES:
+        raise SnapshotError(f"channel {channel}: bad new_names", "header")
+    names = []
+    for item in value:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                and is_int(item[1])):
+            raise SnapshotError(f"channel {channel}: bad new_names entry", "header")
+        names.append((item[0], int(item[1])))
+    return names
 
 
 def recent(ring: np.ndarray, ring_positions: np.ndarray, counters: np.ndarray,

@@ -85,7 +85,7 @@ class CompositionMonitor:
         raises = np.flatnonzero(np.diff(np.concatenate([[before], bound])) > 0)
         decisions: list[DriftDecision] = []
         start = 0
-        for index in list(raises) + [n]:
+        for index in [int(i) for i in raises] + [n]:
             self._count(columns, positions, window, counted, start, index)
             if index < n:
                 decisions += self._close_below(int(bound[index]), int(positions[index]))
@@ -290,7 +290,7 @@ class CompositionMonitor:
                 "last": int(window["last"]),
                 "counts": {str(k): {str(c): int(n) for c, n in v}
                            for k, v in window["counts"].items()}}
-        self.reference = {str(k): {str(c): float(n) for c, n in v}
+        self.reference = {str(k): {str(c): _count(n) for c, n in v}
                           for k, v in state["reference"].items()}
         self.streak = {name: [] for name in self.signals}
         for name, items in state["streak"].items():
@@ -310,6 +310,12 @@ def _top_shares(counts: Mapping[str, float], n: float) -> tuple[tuple[str, float
 
 def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+def _count(value: Any) -> float:
+    """A reference count as it was saved: a window's counts are integers, a champion's are
+    shares x n; keeping the type keeps a re-taken snapshot byte-identical."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else float(value)
 
 
 def event_times_ms(column: Any) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from detectors.errors import DetectorConfigError
 
@@ -89,14 +91,15 @@ class DetectorSettings:
             return "performance"
         return "distribution"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {key: list(value) if isinstance(value, tuple) else value
                 for key, value in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> DetectorSettings:
-        return cls(**{key: tuple(value) if isinstance(value, list) else value
-                      for key, value in data.items()})
+    def from_dict(cls, data: Mapping[str, Any]) -> DetectorSettings:
+        fields: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value
+                                  for key, value in data.items()}
+        return cls(**fields)
 
 
 def _check_signals(s: DetectorSettings) -> None:

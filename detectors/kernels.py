@@ -231,7 +231,7 @@ def run_page_hinkley(values: np.ndarray, par: np.ndarray, f: np.ndarray,
     for idx in range(values.shape[0]):
         n, mean = ph_mean_step(values[idx], f, 0)
         if ph_update(values[idx], n, mean, par, f, i, 0, idx + 1) != 0:
-            hits.append(idx)
+            hits.append(np.int64(idx))
             ph_reset(f, i, 0)
     return np.array(hits, dtype=np.int64)
 
@@ -246,7 +246,7 @@ def run_adwin(values: np.ndarray, par: np.ndarray, s: np.ndarray, totals: np.nda
     for idx in range(values.shape[0]):
         adwin_insert(values[idx], par, s, totals, variances, counts)
         if adwin_due(par, s) and adwin_check(par, s, totals, counts, out, False):
-            hits.append(idx)
+            hits.append(np.int64(idx))
             adwin_reset(s, totals, variances, counts)
     return np.array(hits, dtype=np.int64)
 
@@ -455,7 +455,7 @@ def run_numeric(values: np.ndarray, positions: np.ndarray, start: int,
                 ph_reset(ph_f, ph_i, d)
             adwin_reset(aw_s, aw_totals, aw_variances, aw_counts)
             return idx + 1
-    return values.shape[0]
+    return int(values.shape[0])
 
 
 @njit(cache=True, inline="always")
@@ -522,7 +522,7 @@ def _crossing(j: int, threshold: float, llr: np.ndarray, cusum: np.ndarray,
         m -= 1
     while not level + m * step > threshold:
         m += 1
-    return book[CB_CURRENT, j] + m
+    return int(book[CB_CURRENT, j] + m)
 
 
 @njit(cache=True)
@@ -629,7 +629,7 @@ def run_categorical(codes: np.ndarray, positions: np.ndarray, start: int, n_know
             category_restart(s, counts, cusum, book, counters, count, 0.0,
                              s[CS_GATE_AFTER_ALARM])
             return idx + 1
-    return codes.shape[0]
+    return int(codes.shape[0])
 
 
 @njit(cache=True, inline="always")

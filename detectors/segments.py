@@ -35,10 +35,10 @@ import orjson
 import pandas as pd
 
 from detectors.bank import DetectorBank, check_positions
-from detectors.channels import DetectorStatus, NumericChannel
+from detectors.channels import DetectorStatus
 from detectors.composition import CompositionMonitor, event_times_ms
 from detectors.config import DetectorSettings
-from detectors.decision import KINDS, DriftDecision
+from detectors.decision import KINDS, DriftDecision, SignalFinding
 from detectors.errors import DetectorConfigError, SnapshotError
 from detectors.recent import Batch, RecentRecords
 from detectors.reference import KNOT_PROBABILITIES, NumericReference, Reference
@@ -165,13 +165,7 @@ class SegmentedBank:
         self.pooled_marks = {}
         for bank in self.segments.values():  # a short baseline still sets each reference
             for channel in bank.channels.values():
-                if isinstance(channel, NumericChannel) and channel.reference is None:
-                    collected = (np.concatenate(channel.warmup_values)
-                                 if channel.warmup_values else np.zeros(0))
-                    if collected.size >= MIN_LEARNED_VALUES:
-                        channel.reset_detectors()
-                        channel.set_reference(NumericReference.from_values(
-                            collected, channel.warmup_first, channel.warmup_last))
+                channel.adopt_warmup(MIN_LEARNED_VALUES)
 
     def segment_keys(self, columns: Mapping[str, Any], n: int) -> np.ndarray:
         """Each record's segment label, e.g. ``county=Yakima`` (empty: no segmentation)."""
@@ -322,7 +316,7 @@ class SegmentedBank:
             self.pooled_marks[key] = (self.pooled_marks.get(key, []) + [
                 decision.detected_at])[-4:]
 
-    def _absorbed(self, segment: str, finding: Any, onset: int) -> bool:
+    def _absorbed(self, segment: str, finding: SignalFinding, onset: int) -> bool:
         direction = _direction(finding)
         marks = (self.pooled_marks.get(f"/{finding.signal}/{direction}", [])
                  + self.pooled_marks.get(f"{segment}/{finding.signal}/{direction}", []))
@@ -518,6 +512,7 @@ def _ratio(row: DetectorStatus) -> float:
     return row.statistic / row.threshold if row.threshold else 0.0
 
 
-def _direction(finding: Any) -> str:
-    return max(finding.firings, key=lambda f: f.statistic / f.threshold if f.threshold
-               else 0.0).direction
+def _direction(finding: SignalFinding) -> str:
+    strongest = max(finding.firings, key=lambda f: f.statistic / f.threshold if f.threshold
+                    else 0.0)
+    return strongest.direction

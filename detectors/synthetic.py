@@ -17,8 +17,9 @@ CLASSES = ("residential", "commercial", "agricultural", "industrial", "exempt", 
 
 
 def _zipf_shares(n: int, exponent: float = 1.0) -> np.ndarray:
-    weights = 1.0 / np.arange(1, n + 1) ** exponent
-    return weights / weights.sum()
+    weights: np.ndarray = 1.0 / np.arange(1, n + 1) ** exponent
+    shares: np.ndarray = weights / weights.sum()
+    return shares
 
 
 CATEGORY_SHARES = {

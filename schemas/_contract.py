@@ -38,7 +38,8 @@ _REASON_BY_RULE = {
 
 def load_schema(file_name: str) -> dict[str, Any]:
     """The parsed JSON Schema file ``file_name`` from this package."""
-    return json.loads((SCHEMA_DIR / file_name).read_text(encoding="utf-8"))
+    schema: dict[str, Any] = json.loads((SCHEMA_DIR / file_name).read_text(encoding="utf-8"))
+    return schema
 
 
 @cache

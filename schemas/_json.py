@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -138,7 +139,7 @@ def first_unpaired_surrogate(node: Any, path: str = "") -> str | None:
     return _first_in_children(node, path, first_unpaired_surrogate)
 
 
-class _Object(dict):
+class _Object(dict[str, Any]):
     """A parsed JSON object that remembers the first key it was given twice."""
 
     duplicate: str | None = None
@@ -169,7 +170,8 @@ def _first_duplicate(node: Any, path: str = "") -> str | None:
     return _first_in_children(node, path, _first_duplicate)
 
 
-def _first_in_children(node: Any, path: str, finder: Any) -> str | None:
+def _first_in_children(node: Any, path: str,
+                       finder: Callable[[Any, str], str | None]) -> str | None:
     if isinstance(node, dict):
         children = ((join_path(path, str(key)), child) for key, child in node.items())
     elif isinstance(node, list):

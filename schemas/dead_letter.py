@@ -22,7 +22,7 @@ from typing import Final
 from schemas.errors import Rejection
 from schemas.timestamps import timestamp_from_ms
 
-Headers = list[tuple[str, bytes]]
+Headers = list[tuple[str, bytes | None]]  # Kafka header values may be null
 
 HEADER_PREFIX: Final = "levydrift.dlq."
 REASON: Final = HEADER_PREFIX + "reason"

@@ -83,7 +83,7 @@ class ModelVersionEvent:
             artifact_uri=checked["artifact"]["uri"],
             artifact_sha256=checked["artifact"]["sha256"],
             holdout_records=metrics["holdout_records"],
-            candidate_metrics=_metrics_from_dict(metrics["candidate"]),
+            candidate_metrics=_metrics(metrics["candidate"]),
             champion_metrics=_metrics_from_dict(metrics["champion"]),
             training_offsets=tuple(offsets_from_dict(o) for o in window["offsets"]),
             training_record_count=window["record_count"],
@@ -109,6 +109,9 @@ def _metrics_to_dict(metrics: Metrics | None) -> dict[str, float] | None:
 
 
 def _metrics_from_dict(document: Mapping[str, Any] | None) -> Metrics | None:
-    if document is None:
-        return None
+    return None if document is None else _metrics(document)
+
+
+def _metrics(document: Mapping[str, Any]) -> Metrics:
+    """Metrics the schema requires (the candidate's: an object, never null)."""
     return Metrics(document["mae"], document["rmse"], document["mape"], document["r2"])
