@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
 from detectors import DetectorBank, DetectorSettings, Reference  # noqa: E402
+from detectors.snapshot import decode, encode  # noqa: E402
 from detectors.synthetic import stationary_batch  # noqa: E402
 
 SETTINGS = DetectorSettings()
@@ -95,12 +96,12 @@ def main() -> None:
     print(f"\nSpeed-up at batch 10,000: {bank_wall / (args.loop / loop_wall):.1f}x wall, "
           f"{bank_cpu / (args.loop / loop_cpu):.1f}x CPU")
     bank, _ = result["run"]
-    snapshot = bank.snapshot()
+    snapshot = encode(bank)
     print(f"Snapshot of the 12-signal bank after {args.records:,} records: "
           f"{len(snapshot):,} bytes (zlib; summary_window={SETTINGS.summary_window})")
     started = time.perf_counter()
     for _ in range(20):
-        DetectorBank.restore(snapshot, SETTINGS)
+        decode(snapshot, SETTINGS)
     print(f"snapshot() {_per_call(bank.snapshot):.1f} ms, restore() "
           f"{(time.perf_counter() - started) / 20 * 1000:.1f} ms")
 

@@ -183,18 +183,3 @@ class DetectorBank:
         bank.absorbed_alarms = dict(state.absorbed_alarms)
         return bank
 
-    # ------------------------------------------------------------------ snapshot
-    def snapshot(self) -> bytes:
-        """The whole state as bytes (see ``detectors.snapshot`` for the format)."""
-        from detectors.snapshot import encode
-
-        return encode(self)
-
-    @classmethod
-    def restore(cls, data: bytes, settings: DetectorSettings) -> DetectorBank:
-        """Rebuild a bank from ``snapshot()`` bytes. With the settings the snapshot was taken
-        under, it behaves exactly as the original would have; with other settings, the
-        snapshot's references are kept and the detectors restart."""
-        from detectors.snapshot import decode
-
-        return decode(data, settings)

@@ -42,6 +42,7 @@ from detectors.decision import KINDS, DriftDecision, SignalFinding
 from detectors.errors import DetectorConfigError, SnapshotError
 from detectors.recent import Batch, RecentRecords
 from detectors.reference import KNOT_PROBABILITIES, NumericReference, Reference
+from detectors.snapshot import decode, encode
 
 __all__ = ["OTHER_SEGMENT", "SegmentedBank", "is_single_bank_snapshot"]
 
@@ -361,8 +362,8 @@ class SegmentedBank:
         """``LDSEGS | u16 version | u32 length | zlib(header JSON) | recent-records ring |
         pooled bank | segment banks``. Each bank's bytes are ``DetectorBank.snapshot()``;
         every part's length is in the header."""
-        blobs = [(label, bank.snapshot()) for label, bank in self.segments.items()]
-        pool = self.pool.snapshot() if self.pool is not None else b""
+        blobs = [(label, encode(bank)) for label, bank in self.segments.items()]
+        pool = encode(self.pool) if self.pool is not None else b""
         ring = self.recent.to_bytes()
         header = orjson.dumps({
             "settings": self.settings.to_dict(), "records_seen": self.records_seen,
@@ -395,15 +396,13 @@ class SegmentedBank:
             ring = data[offset:offset + ring_length]
             offset += ring_length
             if pool_length:
-                pool = DetectorBank.restore(data[offset:offset + pool_length],
-                                            bank.pool.settings if bank.pool else
-                                            segment_settings)
+                pool = decode(data[offset:offset + pool_length],
+                              bank.pool.settings if bank.pool else segment_settings)
                 if bank.pool is not None:
                     bank.pool = pool
             offset += pool_length
             for label, length in entries:
-                bank.segments[label] = DetectorBank.restore(data[offset:offset + length],
-                                                            segment_settings)
+                bank.segments[label] = decode(data[offset:offset + length], segment_settings)
                 bank.codes[label] = len(bank.codes)
                 offset += length
             if saved_settings == settings:

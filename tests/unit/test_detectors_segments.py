@@ -18,6 +18,7 @@ from detectors.bank import DetectorBank
 from detectors.config import DetectorSettings
 from detectors.errors import DetectorConfigError, SnapshotError
 from detectors.segments import SegmentedBank
+from detectors.snapshot import encode
 
 DAY_MS = 86_400_000
 SMALL = DetectorSettings(
@@ -254,7 +255,7 @@ def pool_magic(data: bytes) -> bytes:
 
 
 REFUSALS = {
-    "single-bank snapshot": (lambda d: DetectorBank(SMALL).snapshot(), "version"),
+    "single-bank snapshot": (lambda d: encode(DetectorBank(SMALL)), "version"),
     "bad magic": (lambda d: b"PKZIP!" + d[6:], "magic"),
     "bad version": (lambda d: d[:6] + struct.pack("<H", 9) + d[8:], "version"),
     "header length beyond the limit": (lambda d: d[:8] + struct.pack("<I", 1 << 30) + d[12:],
@@ -288,7 +289,7 @@ def test_every_refusal_names_its_reason(name: str) -> None:
 
 
 def test_a_single_bank_snapshot_is_refused_by_name() -> None:
-    old = DetectorBank(SMALL).snapshot()
+    old = encode(DetectorBank(SMALL))
     with pytest.raises(SnapshotError, match="single-bank"):
         SegmentedBank.restore(old, SMALL)
 
@@ -297,7 +298,7 @@ def test_the_consumer_starts_fresh_on_a_single_bank_snapshot(caplog) -> None:
     from consumer.processing import PartitionMonitor
     from consumer.state import PartitionState
 
-    saved = PartitionState("g", "t", 0, 500, None, DetectorBank(SMALL).snapshot())
+    saved = PartitionState("g", "t", 0, 500, None, encode(DetectorBank(SMALL)))
     with caplog.at_level(logging.WARNING, logger="consumer.processing"):
         monitor = PartitionMonitor.resume("t", 0, 500, saved, SMALL, None)
     assert isinstance(monitor.bank, SegmentedBank) and monitor.bank.records_seen == 0

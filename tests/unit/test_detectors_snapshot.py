@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detectors import DetectorBank, DetectorSettings, Reference, SnapshotError
+from detectors.snapshot import decode, encode
 from detectors.synthetic import stationary_batch
 
 SETTINGS = DetectorSettings(warmup_records=300, relearn_records=300, cooldown_records=150,
@@ -51,7 +52,7 @@ def run(bank: DetectorBank, start: int, stop: int, batch: int) -> list[dict]:
 def uninterrupted() -> tuple[list[dict], bytes]:
     bank = DetectorBank(SETTINGS)
     decisions = run(bank, 0, N, 500)
-    return decisions, bank.snapshot()
+    return decisions, encode(bank)
 
 
 def test_the_stream_produces_decisions_of_every_kind() -> None:
@@ -67,10 +68,10 @@ def test_restore_anywhere_gives_the_same_decisions(stop: int, batch_before: int,
     expected, final_snapshot = uninterrupted()
     first = DetectorBank(SETTINGS)
     before = run(first, 0, stop, batch_before)
-    restored = DetectorBank.restore(first.snapshot(), SETTINGS)
+    restored = decode(encode(first), SETTINGS)
     after = run(restored, stop, N, batch_after)
     assert before + after == expected
-    assert restored.snapshot() == final_snapshot
+    assert encode(restored) == final_snapshot
 
 
 def test_snapshot_of_a_twelve_signal_bank_is_small() -> None:
@@ -81,19 +82,19 @@ def test_snapshot_of_a_twelve_signal_bank_is_small() -> None:
 
 def test_garbage_is_refused() -> None:
     with pytest.raises(SnapshotError, match="magic"):
-        DetectorBank.restore(b"nonsense", SETTINGS)
+        decode(b"nonsense", SETTINGS)
     _, snapshot = uninterrupted()
     with pytest.raises(SnapshotError, match="format 9"):
-        DetectorBank.restore(snapshot[:6] + b"\x09\x00" + snapshot[8:], SETTINGS)
+        decode(snapshot[:6] + b"\x09\x00" + snapshot[8:], SETTINGS)
     with pytest.raises(SnapshotError, match="corrupt"):
-        DetectorBank.restore(snapshot[:40], SETTINGS)
+        decode(snapshot[:40], SETTINGS)
 
 
 def test_new_settings_keep_the_references_and_restart_detection() -> None:
     bank = DetectorBank(SETTINGS)
     run(bank, 0, 1000, 500)
     changed = dataclasses.replace(SETTINGS, cooldown_records=999)
-    restored = DetectorBank.restore(bank.snapshot(), changed)
+    restored = decode(encode(bank), changed)
     assert restored.settings == changed
     assert restored.reference() == bank.reference()
     assert isinstance(restored.reference(), Reference)
@@ -119,12 +120,12 @@ def midway() -> bytes:
     """A bank mid-stream: references set, detectors running, a categorical warm-up done."""
     bank = DetectorBank(SETTINGS)
     run(bank, 0, 1500, 500)
-    return bank.snapshot()
+    return encode(bank)
 
 
 def refused(data: bytes, reason: str) -> SnapshotError:
     with pytest.raises(SnapshotError) as caught:
-        DetectorBank.restore(data, SETTINGS)
+        decode(data, SETTINGS)
     assert caught.value.reason == reason, caught.value
     return caught.value
 
@@ -232,7 +233,7 @@ def leaf_paths(value: object, path: tuple = ()) -> list[tuple]:
 def restores_or_refuses(data: bytes) -> None:
     """Either SnapshotError, or a bank that can take the next batch."""
     try:
-        bank = DetectorBank.restore(data, SETTINGS)
+        bank = decode(data, SETTINGS)
     except SnapshotError:
         return
     columns, _ = stream()
