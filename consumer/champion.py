@@ -228,7 +228,7 @@ class ChampionTracker:
         if self._registry_root not in artifact.parents:
             raise ArtifactError(
                 f"model {event.model_name}/{event.version}: artifact {artifact} is outside the "
-                f"registry root {self._registry_root} (consumer.registry_root)",
+                f"registry root {self._registry_root} (registry.root)",
                 "outside_registry")
         return artifact.parent
 

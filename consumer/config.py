@@ -11,6 +11,7 @@ from levydrift.settings import (
     KafkaSettings,
     LoggingSettings,
     MetricsSettings,
+    RegistrySettings,
     TopicSettings,
     load,
 )
@@ -26,7 +27,6 @@ class ConsumerSection:
     instance_id: str = field(default_factory=socket.gethostname)
     model_name: str = "levy-impact"
     # Champion artifacts are loaded only from below this directory (the trainer's registry).
-    registry_root: str = "models"
     batch_size: int = 2000
     batch_timeout_s: float = 0.5
     checkpoint_interval_s: float = 2.0
@@ -73,6 +73,7 @@ class ConsumerSettings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     topics: TopicSettings = field(default_factory=TopicSettings)
     consumer: ConsumerSection = field(default_factory=ConsumerSection)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
     detectors: DetectorSettings = field(default_factory=DetectorSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)

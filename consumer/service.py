@@ -79,7 +79,7 @@ class ConsumerService:
         self.dead_letters = DeadLetterWriter(self.output, settings.topics.dead_letters)
         self.consumer: Consumer | None = None
         self.champion = ChampionTracker(self._reader_config, settings.topics.model_versions,
-                                        self.section.model_name, self.section.registry_root,
+                                        self.section.model_name, settings.registry.root,
                                         settings.detectors.all_signals())
 
     # -- lifecycle -------------------------------------------------------------------------

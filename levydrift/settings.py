@@ -38,6 +38,9 @@ NON_SETTING_VARIABLES = {CONFIG_PATH_VARIABLE, "LEVYDRIFT_CRASH_AT"}
 RENAMED_VARIABLES = {f"LEVYDRIFT_KAFKA_{name}": f"LOCAL_KAFKA_{name}"
                      for name in ("PORT", "STATE", "CACHE", "HEAP", "START_TIMEOUT")}
 
+# Keys that moved: the old name gets a one-line error naming the new one.
+MOVED_KEYS = {"consumer.registry_root": "registry.root", "trainer.registry_root": "registry.root"}
+
 # Every top-level table any service reads; the shared file may hold all of them.
 KNOWN_SECTIONS = {
     "kafka", "topics", "consumer", "trainer", "detectors", "metrics", "registry",
@@ -103,6 +106,18 @@ class TopicSettings:
             raise ConfigError("topics.replication_factor must be >= 1")
         if self.records_retention_hours <= 0 or self.dead_letters_retention_hours <= 0:
             raise ConfigError("topics.*_retention_hours must be > 0")
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """The model registry on disk, one for every service and command: the trainer writes
+    versions below ``root``; the consumer serves champions only from below it."""
+
+    root: str = "models"
+
+    def validate(self) -> None:
+        if not self.root.strip():
+            raise ConfigError("registry.root is empty: name the model registry's directory")
 
 
 @dataclass(frozen=True)
@@ -189,10 +204,20 @@ def _overlay_environment(settings_type: type, document: dict[str, Any],
                               and _origin(_resolve(section_type, section_fields[name])) is dict),
                              None)
         if mapping_field is None:
+            moved = MOVED_KEYS.get(f"{section_name}.{key}")
+            if moved is not None:
+                raise ConfigError(f"{variable} is now {_variable(moved)} (one {moved} for "
+                                  f"every service): unset {variable} and export "
+                                  f"{_variable(moved)} instead")
             raise ConfigError(f"unknown setting {variable}: {section_name} has no key {key!r}")
         # LEVYDRIFT_KAFKA_CLIENT_SASL_MECHANISM -> kafka.client["sasl.mechanism"]
         property_name = key[len(mapping_field) + 1:].replace("_", ".")
         table.setdefault(mapping_field, {})[property_name] = raw
+
+
+def _variable(key: str) -> str:
+    """``registry.root`` -> ``LEVYDRIFT_REGISTRY_ROOT``."""
+    return ENV_PREFIX + key.replace(".", "_").upper()
 
 
 def _split_variable(variable: str) -> tuple[str, str]:
@@ -238,6 +263,10 @@ def _build(settings_type: type[T], table: Any, prefix: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(settings_type)}
     unknown = sorted(set(table) - set(fields))
     if unknown and prefix:  # the root may hold other services' sections
+        moved = MOVED_KEYS.get(f"{prefix}{unknown[0]}")
+        if moved is not None:
+            raise ConfigError(f"{prefix}{unknown[0]} is now {moved} (one registry for every "
+                              f"service): move it to [{moved.split('.')[0]}]")
         raise ConfigError(
             f"unknown key {prefix}{unknown[0]}; known keys: " + ", ".join(sorted(fields))
         )

@@ -52,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="levy records with actual_levy_amount (.csv, .parquet, .jsonl)")
     train.add_argument("--model", help="model name (default: trainer.model_name)")
     train.add_argument("--registry", metavar="DIR", help="registry root (default: "
-                       "trainer.registry_root)")
+                       "registry.root)")
     train.add_argument("--publish", action="store_true",
                        help="also publish the model-version event to Kafka")
     train.set_defaults(handler=_run_train)
@@ -68,10 +68,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     registry = subparsers.add_parser(
         "registry", help="list, show, promote, roll back models",
-        description="The model registry on disk (trainer.registry_root): versions, aliases "
+        description="The model registry on disk (registry.root): versions, aliases "
                     "and their history.")
     registry.add_argument("--registry", metavar="DIR",
-                          help="registry root (default: trainer.registry_root)")
+                          help="registry root (default: registry.root)")
     actions = registry.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     listing = actions.add_parser(
@@ -113,7 +113,7 @@ def _settings(arguments: argparse.Namespace) -> TrainerSettings:
 
 
 def _registry(arguments: argparse.Namespace, config: TrainerSettings) -> ModelRegistry:
-    return ModelRegistry(getattr(arguments, "registry", None) or config.trainer.registry_root)
+    return ModelRegistry(getattr(arguments, "registry", None) or config.registry.root)
 
 
 # ---------------------------------------------------------------------- train (from a file)

@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from levydrift.errors import ConfigError
-from levydrift.settings import KafkaSettings, LoggingSettings, MetricsSettings, TopicSettings
+from levydrift.settings import (
+    KafkaSettings,
+    LoggingSettings,
+    MetricsSettings,
+    RegistrySettings,
+    TopicSettings,
+)
 
 
 @dataclass(frozen=True)
@@ -16,7 +22,6 @@ class TrainerSection:
     # One transactional id per model: a restarted worker fences its predecessor (zombie).
     transactional_id_prefix: str = "levy-trainer"
     model_name: str = "levy-impact"
-    registry_root: str = "models"
     # Labelled records to train on (most recent first), and how far back to look for them.
     window_records: int = 200_000
     max_scan_records: int = 5_000_000
@@ -68,6 +73,7 @@ class TrainerSettings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     topics: TopicSettings = field(default_factory=TopicSettings)
     trainer: TrainerSection = field(default_factory=TrainerSection)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
     # Shares [metrics] with the consumer: on one host give the trainer LEVYDRIFT_METRICS_PORT=9109.
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)

@@ -85,7 +85,7 @@ class TrainWorker:
     def __init__(self, settings: TrainerSettings) -> None:
         self.settings = settings
         self.section = settings.trainer
-        self.registry = ModelRegistry(self.section.registry_root)
+        self.registry = ModelRegistry(settings.registry.root)
         self.model_name = self.section.model_name
         self._stopping = threading.Event()
         self._consumer: Consumer | None = None

@@ -169,7 +169,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "drift-events topic instead of training here")
     parser.add_argument("--model", help="model name (default: trainer.model_name)")
     parser.add_argument("--registry", metavar="DIR",
-                        help="registry root (default: trainer.registry_root)")
+                        help="registry root (default: registry.root)")
     parser.set_defaults(handler=_run)
 
 
@@ -217,7 +217,7 @@ def check_columns(columns: dict[str, np.ndarray], settings: CheckSettings, sourc
     """Check records (a file's, a topic window's) against the baseline ``choose_baseline``
     picks, scored by the registry's champion."""
     model = model or settings.trainer.model_name
-    registry = registry or settings.trainer.registry_root
+    registry = registry or settings.registry.root
     scorer, missing_model = load_scorer(registry, model)
     if missing_model:
         note(missing_model)

@@ -12,7 +12,7 @@ from detectors.bank import DetectorStatus
 from detectors.config import DetectorSettings
 from detectors.decision import DriftDecision, SignalFinding
 from levydrift import settings as settings_module
-from levydrift.settings import KafkaSettings, LoggingSettings, TopicSettings
+from levydrift.settings import KafkaSettings, LoggingSettings, RegistrySettings, TopicSettings
 from trainer.config import TrainerSection
 
 EXIT_NO_DRIFT = 0
@@ -27,6 +27,7 @@ class CheckSettings:
     topics: TopicSettings = field(default_factory=TopicSettings)
     detectors: DetectorSettings = field(default_factory=DetectorSettings)
     trainer: TrainerSection = field(default_factory=TrainerSection)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
 

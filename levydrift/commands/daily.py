@@ -304,7 +304,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="instead of checking, move the champion one version back")
     daily.add_argument("--model", help="model name (default: trainer.model_name)")
     daily.add_argument("--registry", metavar="DIR",
-                       help="registry root (default: trainer.registry_root)")
+                       help="registry root (default: registry.root)")
     daily.set_defaults(handler=_run_daily)
 
     notify = subparsers.add_parser(
@@ -330,7 +330,7 @@ def _run_daily(arguments: argparse.Namespace) -> int:
     settings = load_daily_settings(arguments.config)
     configure_logging(settings.logging.level)
     model = arguments.model or settings.trainer.model_name
-    registry = arguments.registry or settings.trainer.registry_root
+    registry = arguments.registry or settings.registry.root
     if arguments.rollback:
         outcome = run_rollback(arguments.out, model, registry, arguments.rollback)
     else:

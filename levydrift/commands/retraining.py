@@ -5,7 +5,7 @@ for the trainer worker."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from confluent_kafka import Producer
@@ -14,9 +14,13 @@ from consumer.events import decision_to_event
 from levydrift.commands.check_result import CheckResult, CheckSettings, signal_table
 from levydrift.errors import BrokerUnavailableError
 from levydrift.kafka import admin_client, ensure_reachable, producer_config
+from levydrift.settings import RegistrySettings
 from schemas.drift_event import DriftEvent
 from trainer.config import TrainerSettings
 from trainer.registry import ModelRegistry
+
+if TYPE_CHECKING:  # imported when retraining (scikit-learn)
+    from trainer.worker import TrainWorker
 
 CHECK_GROUP = "levydrift-check"  # the "consumer group" named in drift events from a file
 
@@ -89,13 +93,13 @@ def train_on_result(result: CheckResult, settings: CheckSettings, registry_root:
                        "drift_events": [event_summary(event) for event in events]}))
 
 
-def _worker(settings: CheckSettings, registry_root: str, model: str) -> Any:
+def _worker(settings: CheckSettings, registry_root: str, model: str) -> TrainWorker:
     """A trainer worker (not started: no Kafka) for its ``plan`` of drift events."""
     from trainer.worker import TrainWorker  # lazy: scikit-learn, only when retraining
 
     return TrainWorker(TrainerSettings(kafka=settings.kafka, topics=settings.topics,
-                                       trainer=replace(settings.trainer, model_name=model,
-                                                       registry_root=registry_root)))
+                                       trainer=replace(settings.trainer, model_name=model),
+                                       registry=RegistrySettings(registry_root)))
 
 
 def file_events(result: CheckResult) -> list[DriftEvent]:
@@ -132,5 +136,5 @@ def trigger_retraining(result: CheckResult, settings: CheckSettings, registry: s
         count = publish_events(result, settings)
         return RetrainOutcome("published", f"retraining: published {count} drift event(s) "
                               f"to {settings.topics.drift_events} for the trainer worker")
-    outcome = retrain_once(result, settings, registry or settings.trainer.registry_root)
+    outcome = retrain_once(result, settings, registry or settings.registry.root)
     return replace(outcome, line=f"retraining: {outcome.line}")

@@ -175,7 +175,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="write each run's report to DIR/run-<n>/")
     parser.add_argument("--model", help="model name (default: trainer.model_name)")
     parser.add_argument("--registry", metavar="DIR",
-                        help="registry root (default: trainer.registry_root)")
+                        help="registry root (default: registry.root)")
     parser.add_argument("--once", action="store_true",
                         help="one run, exit with its code (0 no drift, 1 drift, 2/3 error)")
     parser.set_defaults(handler=_run)
@@ -189,7 +189,7 @@ def _run(arguments: argparse.Namespace) -> int:
     job = Job(settings, arguments.data_path, arguments.window_records, arguments.report,
               arguments.trigger_retraining, arguments.publish_events, arguments.retrain_every,
               arguments.model or settings.trainer.model_name,
-              arguments.registry or settings.trainer.registry_root)
+              arguments.registry or settings.registry.root)
     stop = threading.Event()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signal_number, lambda *_: stop.set())

@@ -63,13 +63,14 @@ model_versions = "{self.versions}"
 [trainer]
 group_id = "{self.group}"
 transactional_id_prefix = "trainer-{self.unique}"
-registry_root = "{self.root}"
 window_records = 2000
 min_training_records = 100
 max_iter = {max_iter}
 episode_linger_s = 0.2
 episode_gap_s = 0.0
 poll_timeout_s = 0.2
+[registry]
+root = "{self.root}"
 [metrics]
 port = 0
 """)

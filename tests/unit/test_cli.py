@@ -121,7 +121,7 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path,
             [sys.executable, "-m", "levydrift.cli", *arguments],
             stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60,
             env={**{k: v for k, v in os.environ.items() if not k.startswith("LEVYDRIFT_")},
-                 "LEVYDRIFT_TRAINER_REGISTRY_ROOT": str(tmp_path)})
+                 "LEVYDRIFT_REGISTRY_ROOT": str(tmp_path)})
     finally:
         os.close(writer)
     assert result.stderr == ""

@@ -126,6 +126,32 @@ def test_the_old_local_broker_variables_point_to_their_new_names(name: str) -> N
     assert "\n" not in message
 
 
+def test_one_registry_root_serves_every_service(tmp_path: Path) -> None:
+    from consumer.config import ConsumerSettings
+    from levydrift.commands.check_result import CheckSettings
+    from trainer.config import TrainerSettings
+
+    path = write(tmp_path, '[registry]\nroot = "/srv/models"\n')
+    for service in (ConsumerSettings, TrainerSettings, CheckSettings):
+        assert load(service, path, environ={}).registry.root == "/srv/models"
+        assert load(service, None, environ={"LEVYDRIFT_REGISTRY_ROOT": "/x"}).registry.root == "/x"
+
+
+@pytest.mark.parametrize("section", ["consumer", "trainer"])
+def test_the_old_registry_root_keys_point_to_registry_root(tmp_path: Path, section: str) -> None:
+    from consumer.config import ConsumerSettings
+    from trainer.config import TrainerSettings
+
+    service = ConsumerSettings if section == "consumer" else TrainerSettings
+    path = write(tmp_path, f'[{section}]\nregistry_root = "models"\n')
+    with pytest.raises(ConfigError, match=rf"^{section}.registry_root is now registry.root .*"
+                                          r"move it to \[registry\]$"):
+        load(service, path, environ={})
+    variable = f"LEVYDRIFT_{section.upper()}_REGISTRY_ROOT"
+    with pytest.raises(ConfigError, match=f"^{variable} is now LEVYDRIFT_REGISTRY_ROOT"):
+        load(service, None, environ={variable: "models"})
+
+
 def test_example_config_in_deploy_loads() -> None:
     example = REPO / "deploy" / "levydrift.example.toml"
     if not example.exists():
