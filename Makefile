@@ -42,9 +42,9 @@ demo: $(STAMP)
 # The operations tests' tools are installed first when this user may (root, passwordless sudo);
 # a run that had to skip tests for a missing tool ends with one line saying how to get them.
 test: $(STAMP) lint
-	@$(BIN)/python -m tests.ops.tools ensure
+	@$(BIN)/python -m tests.deploy.tools ensure
 	@status=0; $(WITH_KAFKA) $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
-	  $(BIN)/python -m tests.ops.tools report; exit $$status
+	  $(BIN)/python -m tests.deploy.tools report; exit $$status
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not kafka" $(PYTEST_ARGS)

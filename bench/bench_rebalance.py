@@ -31,7 +31,7 @@ import orjson  # noqa: E402
 from confluent_kafka import Consumer, TopicPartition  # noqa: E402
 from machine import describe  # noqa: E402
 
-from tests.integration.consumer_harness import ConsumerRun, Topics, produce_scenario  # noqa: E402
+from tests.consumer.harness import ConsumerRun, Topics, produce_scenario  # noqa: E402
 
 SAMPLE_S = 0.05
 WINDOW_S = 20.0

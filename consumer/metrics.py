@@ -1,7 +1,7 @@
 """Prometheus metrics of the drift consumer: the contract alerts and the dashboard rely on.
 
 The names here are referenced by deploy/prometheus/alerts.yml and
-deploy/grafana/dashboards/levy-drift.json (tests/ops/test_dashboard.py checks that); renaming one
+deploy/grafana/dashboards/levy-drift.json (tests/deploy/test_dashboard.py checks that); renaming one
 means changing those files too. Labels are bounded sets (outcomes, reasons, signal and detector
 names, topic/partition): never a parcel id or record id, which would explode the series count.
 

@@ -5,7 +5,7 @@ arrays, so a batch and the same values fed one at a time run the very same float
 operations (batch invariance), and a snapshot is just those arrays.
 
 Page-Hinkley and ADWIN reproduce ``river.drift.PageHinkley`` and ``river.drift.ADWIN`` (0.26)
-operation for operation; ``tests/unit/test_detectors_river_parity.py`` checks the detections
+operation for operation; ``tests/detectors/test_river_parity.py`` checks the detections
 are identical on random streams. A river detector resets itself on the update after a
 detection; here the reset happens right after the detection, which is the same thing.
 

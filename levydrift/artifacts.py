@@ -29,7 +29,7 @@ MANIFEST_NAME = "manifest.json"
 REFERENCE_NAME = "reference.parquet"  # holdout inputs, predictions and errors
 
 # Every type the levy impact pipeline (trainer/model.py) is built from, named in full, and
-# nothing else: a new component must be added here on purpose. tests/unit check that a fitted
+# nothing else: a new component must be added here on purpose. tests/levydrift check that a fitted
 # pipeline needs exactly these.
 ALLOWED_TYPES: tuple[str, ...] = (
     "builtins.dict",

@@ -1,7 +1,7 @@
 """Prometheus metrics of the retraining worker: the contract alerts and the dashboard rely on.
 
 Referenced by deploy/prometheus/alerts.yml (retrain failed, model stale) and the Grafana
-dashboard; tests/ops/test_dashboard.py checks the dashboard only uses names defined here or in
+dashboard; tests/deploy/test_dashboard.py checks the dashboard only uses names defined here or in
 consumer/metrics.py. A private ``REGISTRY`` keeps the exported series to exactly these.
 """
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the tools the operations tests drive (tests/ops), on Debian as root. Idempotent: each
+# Installs the tools the operations tests drive (tests/deploy), on Debian as root. Idempotent: each
 # tool is installed only when missing. .ci/run calls it; developers can too.
 #   promtool, prometheus  <- Debian package prometheus
 #   amtool, prometheus-alertmanager <- Debian package prometheus-alertmanager

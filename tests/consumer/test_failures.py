@@ -1,0 +1,89 @@
+"""An error in the middle of a batch commits nothing of it: the open transaction is aborted,
+and a restart produces each dead letter exactly once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+
+import consumer.service as service_module
+from consumer.config import ConsumerSection, ConsumerSettings
+from consumer.service import ConsumerService
+from levydrift.settings import KafkaSettings, MetricsSettings, TopicSettings
+from levydrift.simulator import LevySimulator, SimulatorConfig
+from schemas.dead_letter import source_of
+from tests.consumer.harness import Topics
+from tests.kafka_helpers import read_all
+
+PER_PARTITION = 3000
+POISON_EVERY = 500
+
+
+def produce_partitioned(bootstrap: str, topic: str) -> int:
+    """Good records with a poison one every POISON_EVERY, on both partitions."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    records = LevySimulator(SimulatorConfig(seed=5)).records(0, 2 * PER_PARTITION)
+    poison = 0
+    for index, record in enumerate(records):
+        value = orjson.dumps(record)
+        if index % POISON_EVERY == 7:
+            value, poison = b"{poison", poison + 1
+        producer.produce(topic, key=b"k", value=value, partition=index % 2)
+    assert producer.flush(30) == 0
+    return poison
+
+
+def settings_for(bootstrap: str, topics: Topics, group: str) -> ConsumerSettings:
+    return ConsumerSettings(
+        kafka=KafkaSettings(bootstrap_servers=bootstrap),
+        topics=TopicSettings(**topics.names),
+        consumer=ConsumerSection(group_id=group, instance_id="solo", batch_size=400,
+                                 checkpoint_interval_s=0.2),
+        metrics=MetricsSettings(port=0))
+
+
+def processed_all(service: ConsumerService) -> bool:
+    return sum(m.next_offset for m in service.monitors.values()) >= 2 * PER_PARTITION
+
+
+def test_an_error_mid_batch_commits_nothing_partial(kafka_bootstrap: str, unique: str,
+                                                    tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    topics = Topics(unique, records_partitions=2).create(kafka_bootstrap)
+    poison = produce_partitioned(kafka_bootstrap, topics.names["records"])
+    group = f"g-{unique}"
+    real = service_module.process_partition
+    calls = {"dead_letters": 0, "failed": False}
+
+    def fail_on_the_third_dead_letter(monitor, messages, champion, settings, produce):
+        """The batch holding the third dead letter fails right after producing it: the
+        transaction holds part of a partition's output and none of its offsets."""
+        if calls["failed"]:
+            return real(monitor, messages, champion, settings, produce)
+
+        def produce_then_fail(topic, value, **kwargs):
+            produce(topic, value, **kwargs)
+            if topic == settings.topics.dead_letters:
+                calls["dead_letters"] += 1
+                if calls["dead_letters"] == 3:
+                    calls["failed"] = True
+                    raise RuntimeError("injected failure after a dead letter")
+
+        return real(monitor, messages, champion, settings, produce_then_fail)
+
+    monkeypatch.setattr(service_module, "process_partition", fail_on_the_third_dead_letter)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        ConsumerService(settings_for(kafka_bootstrap, topics, group)).run(
+            stop_when=processed_all)
+    assert calls["failed"], "the failure was never injected"
+    monkeypatch.setattr(service_module, "process_partition", real)
+
+    ConsumerService(settings_for(kafka_bootstrap, topics, group)).run(stop_when=processed_all)
+    letters = read_all(kafka_bootstrap, topics.names["dead_letters"])
+    sources = sorted((s.partition, s.offset) for s in map(source_of,
+                                                          (m.headers() for m in letters)))
+    assert len(sources) == poison
+    assert len(set(sources)) == poison, "a dead letter was committed twice"

@@ -1,0 +1,150 @@
+"""Crashes and rebalances change nothing: kill -9 at random points, consumers joining and
+leaving; the drift events and the final detector state equal an uninterrupted run's."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.consumer.harness import (
+    ConsumerRun,
+    Topics,
+    committed_total,
+    comparable,
+    drift_events,
+    final_banks,
+    per_partition,
+    produce_scenario,
+    wait_processed,
+)
+from tests.kafka_helpers import wait_until
+
+RECORDS = 30_000
+CHANGE_AT = 16_000
+PARTITIONS = 2
+
+
+def reference_run(bootstrap: str, unique: str, tmp_path: Path) -> tuple[str, list, dict]:
+    """Produce the stream once and process it without interruption."""
+    topics = Topics(f"ref-{unique}", PARTITIONS).create(bootstrap)
+    # Benton (28 % of rows): each partition has its own 2,000 Benton values before the change.
+    produce_scenario(bootstrap, topics.names["records"], "levy-rate-change", RECORDS, CHANGE_AT,
+                     county="Benton")
+    run = ConsumerRun(bootstrap, topics, f"ref-{unique}", "ref", tmp_path / "ref.log").start()
+    wait_processed(bootstrap, f"ref-{unique}", topics, RECORDS, runs=[run])
+    assert run.stop() == 0
+    events = [comparable(e) for e in drift_events(bootstrap, topics)]
+    assert events, "the reference run found no drift; the comparison would prove nothing"
+    return topics.names["records"], events, final_banks(bootstrap, topics)
+
+
+@pytest.mark.slow
+def test_kill_minus_nine_at_random_points_loses_and_duplicates_nothing(
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    records_topic, expected_events, expected_banks = reference_run(kafka_bootstrap, unique,
+                                                                   tmp_path)
+    topics = Topics(f"crash-{unique}", PARTITIONS, records_topic).create(kafka_bootstrap)
+    # Small batches and frequent checkpoints: many transactions for the kills to land in.
+    env = {"LEVYDRIFT_CONSUMER_BATCH_SIZE": "100",
+           "LEVYDRIFT_CONSUMER_CHECKPOINT_INTERVAL_S": "0.1"}
+    group = f"crash-{unique}"
+    randomness = random.Random(unique)
+
+    def progress() -> int:
+        return committed_total(kafka_bootstrap, group, records_topic, PARTITIONS)
+
+    for attempt in range(4):
+        run = ConsumerRun(kafka_bootstrap, topics, group, "crashy",
+                          tmp_path / f"crash-{attempt}.log", extra_env=env).start()
+        # Kill points by 45 % at the latest: a loaded machine polls progress slowly, and the
+        # stream must not end before the last kill.
+        target = RECORDS * (0.1 * (attempt + 1) + randomness.uniform(0.0, 0.05))
+        wait_until(lambda run=run, target=target: progress() >= target or not run.alive(), 90,
+                   f"progress past {target:.0f} records")
+        assert run.alive(), run.log()[-3000:]
+        run.kill()
+        assert progress() < RECORDS, "the stream ended before the kill; it proves nothing"
+    run = ConsumerRun(kafka_bootstrap, topics, group, "crashy", tmp_path / "crash-last.log",
+                      extra_env=env).start()
+    wait_processed(kafka_bootstrap, group, topics, RECORDS, runs=[run])
+    assert run.stop() == 0, run.log()[-3000:]
+
+    events = [comparable(e) for e in drift_events(kafka_bootstrap, topics)]
+    assert per_partition(events) == per_partition(expected_events)
+    assert final_banks(kafka_bootstrap, topics) == expected_banks
+
+
+@pytest.mark.slow
+def test_consumers_joining_and_leaving_give_the_single_consumer_events(
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    records_topic, expected_events, expected_banks = reference_run(kafka_bootstrap, unique,
+                                                                   tmp_path)
+    topics = Topics(f"pair-{unique}", PARTITIONS, records_topic).create(kafka_bootstrap)
+    env = {"LEVYDRIFT_CONSUMER_BATCH_SIZE": "300"}
+    group = f"pair-{unique}"
+
+    def progress() -> int:
+        return committed_total(kafka_bootstrap, group, records_topic, PARTITIONS)
+
+    first = ConsumerRun(kafka_bootstrap, topics, group, "first", tmp_path / "first.log",
+                        extra_env=env).start()
+    wait_until(lambda: progress() >= RECORDS * 0.2, 90, "the first consumer to make progress")
+    second = ConsumerRun(kafka_bootstrap, topics, group, "second", tmp_path / "second.log",
+                         extra_env=env).start()
+    wait_until(lambda: "partitions assigned" in second.log(), 60, "the second to be assigned")
+    wait_until(lambda: progress() >= RECORDS * 0.6, 90, "progress with two consumers")
+    assert first.stop() == 0, first.log()[-3000:]
+    wait_processed(kafka_bootstrap, group, topics, RECORDS, runs=[second])
+    assert second.stop() == 0, second.log()[-3000:]
+
+    events = [comparable(e) for e in drift_events(kafka_bootstrap, topics)]
+    assert per_partition(events) == per_partition(expected_events)
+    assert final_banks(kafka_bootstrap, topics) == expected_banks
+
+
+def logged_partitions(log: str, message: str) -> list[list[int]]:
+    """The non-empty ``partitions`` of every JSON log line with this message, in order (a
+    cooperative rebalance has rounds that move nothing)."""
+    found = []
+    for line in log.splitlines():
+        if line.startswith("{") and f'"message":"{message}"' in line:
+            partitions = sorted(orjson.loads(line)["partitions"])
+            if partitions:
+                found.append(partitions)
+    return found
+
+
+@pytest.mark.slow
+def test_a_joining_consumer_moves_only_its_partitions(kafka_bootstrap: str, unique: str,
+                                                      tmp_path: Path) -> None:
+    """Cooperative rebalancing: when a second instance joins, the first gives up exactly the
+    partitions the second takes and keeps processing the rest (an eager rebalance revokes all
+    four, stops them all and restores their state)."""
+    partitions = 4
+    topics = Topics(f"coop-{unique}", partitions).create(kafka_bootstrap)
+    produce_scenario(kafka_bootstrap, topics.names["records"], "none", RECORDS, RECORDS)
+    env = {"LEVYDRIFT_CONSUMER_BATCH_SIZE": "200"}
+    group = f"coop-{unique}"
+
+    def progress() -> int:
+        return committed_total(kafka_bootstrap, group, topics.names["records"], partitions)
+
+    first = ConsumerRun(kafka_bootstrap, topics, group, "first", tmp_path / "first.log",
+                        extra_env=env).start()
+    wait_until(lambda: progress() >= RECORDS * 0.1, 90, "the first consumer to make progress")
+    second = ConsumerRun(kafka_bootstrap, topics, group, "second", tmp_path / "second.log",
+                         extra_env=env).start()
+    wait_until(lambda: logged_partitions(second.log(), "partitions assigned"), 60,
+               "the second to be assigned")
+    wait_processed(kafka_bootstrap, group, topics, RECORDS, runs=[first, second])
+    assert first.stop() == 0, first.log()[-3000:]
+    assert second.stop() == 0, second.log()[-3000:]
+
+    taken = logged_partitions(second.log(), "partitions assigned")[0]
+    assert 0 < len(taken) < partitions
+    first_revokes = logged_partitions(first.log(), "partitions revoked")
+    assert first_revokes[0] == taken, first_revokes
+    assert logged_partitions(first.log(), "partitions assigned") == [list(range(partitions))]

@@ -1,0 +1,120 @@
+"""``levydrift consume`` against a real broker: drift events, poison records, shutdown."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from schemas.dead_letter import source_of
+from tests.consumer.harness import (
+    ConsumerRun,
+    Topics,
+    drift_events,
+    produce_scenario,
+    produce_values,
+    wait_processed,
+)
+from tests.kafka_helpers import read_all
+
+RECORDS = 24_000
+CHANGE_AT = 14_000
+
+
+def run_to_end(bootstrap: str, topics: Topics, group: str, tmp_path: Path,
+               total: int) -> ConsumerRun:
+    run = ConsumerRun(bootstrap, topics, group, "solo", tmp_path / f"{group}.log").start()
+    wait_processed(bootstrap, group, topics, total, runs=[run])
+    assert run.stop() == 0, run.log()[-3000:]
+    return run
+
+
+@pytest.mark.slow
+def test_reassessment_yields_one_event_naming_the_changed_signal(
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    topics = Topics(unique).create(kafka_bootstrap)
+    simulator = produce_scenario(kafka_bootstrap, topics.names["records"], "levy-rate-change",
+                                 RECORDS, CHANGE_AT)
+    run_to_end(kafka_bootstrap, topics, f"g-{unique}", tmp_path, RECORDS)
+
+    events = drift_events(kafka_bootstrap, topics)
+    truth = simulator.ground_truth(RECORDS)
+    assert len(events) == 1, [(e.kind, [s.signal for s in e.signals]) for e in events]
+    event = events[0]
+    assert event.kind == "distribution"
+    assert {s.signal for s in event.signals} <= set(truth.affected_signals) | {"tax_district"}
+    assert "levy_rate" in {s.signal for s in event.signals}
+    assert event.current_window.last_offset >= CHANGE_AT
+    assert event.reference_window.last_offset < CHANGE_AT
+    # Where and since when: the county the levy changed in, an onset at or after the change
+    # (one partition: offsets are record indexes) and the episode identity.
+    assert event.segment == truth.segment == f"county={truth.affected_counties[0]}"
+    assert event.onset is not None
+    assert CHANGE_AT - 200 <= event.onset.offset <= event.current_window.last_offset
+    assert event.episode is not None and event.episode.segment == event.segment
+    assert event.episode.signal == event.signals[0].signal
+
+
+@pytest.mark.slow
+def test_stationary_stream_yields_no_event(kafka_bootstrap: str, unique: str,
+                                           tmp_path: Path) -> None:
+    topics = Topics(unique).create(kafka_bootstrap)
+    produce_scenario(kafka_bootstrap, topics.names["records"], "none", RECORDS, CHANGE_AT)
+    run_to_end(kafka_bootstrap, topics, f"g-{unique}", tmp_path, RECORDS)
+    assert drift_events(kafka_bootstrap, topics) == []
+    states = read_all(kafka_bootstrap, topics.names["detector_state"])
+    assert states, "no detector-state snapshot was committed"
+
+
+POISON = [
+    (b"not json at all", "not_json"),
+    (b'{"schema_version": 1, "record_id": "x"', "not_json"),
+    (b"[1, 2, 3]", "not_object"),
+    (b"\xff\xfe\xfd", "bad_encoding"),
+    (b"x" * (200 << 10), "too_large"),  # over the codec limit, under the broker's
+    (None, "empty"),
+]
+
+
+def test_poison_records_reach_the_dead_letter_topic_and_the_rest_is_processed(
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    topics = Topics(unique).create(kafka_bootstrap)
+    simulator = produce_scenario(kafka_bootstrap, topics.names["records"], "none", 0, 0)
+    good = [(r["parcel_id"].encode(), orjson.dumps(r)) for r in simulator.records(0, 3000)]
+    bad_numbers = {**orjson.loads(good[10][1]), "levy_rate": 0.7}
+    repeated_key = b'{"assessed_value":-5,' + good[11][1][1:]  # the second one is valid
+    poison = [*POISON, (orjson.dumps(bad_numbers), "out_of_range"),
+              (repeated_key, "duplicate_key")]
+    mixed = good[:1000] + [(b"poison", value) for value, _ in poison] + good[1000:]
+    produce_values(kafka_bootstrap, topics.names["records"], mixed)
+
+    run = ConsumerRun(kafka_bootstrap, topics, f"g-{unique}", "solo",
+                      tmp_path / "consumer.log").start()
+    wait_processed(kafka_bootstrap, f"g-{unique}", topics, len(mixed), runs=[run])
+    assert run.alive(), "the consumer stopped on poison records"
+    assert run.stop() == 0
+
+    letters = read_all(kafka_bootstrap, topics.names["dead_letters"])
+    assert [letter.value() for letter in letters] == [value for value, _ in poison]
+    for index, (letter, (_, reason)) in enumerate(zip(letters, poison, strict=True)):
+        source = source_of(letter.headers())
+        assert source is not None
+        assert source.reason == reason
+        assert source.topic == topics.names["records"]
+        assert source.offset == 1000 + index
+        assert letter.key() == b"poison"
+    assert source_of(letters[-1].headers()).field == "assessed_value"
+
+
+def test_sigterm_finishes_the_batch_commits_and_exits_zero(
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    topics = Topics(unique).create(kafka_bootstrap)
+    produce_scenario(kafka_bootstrap, topics.names["records"], "none", 5000, 0)
+    run = ConsumerRun(kafka_bootstrap, topics, f"g-{unique}", "solo",
+                      tmp_path / "consumer.log").start()
+    wait_processed(kafka_bootstrap, f"g-{unique}", topics, 5000, runs=[run])
+    started = time.monotonic()
+    assert run.stop(timeout_s=15) == 0
+    assert time.monotonic() - started < 10
