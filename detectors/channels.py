@@ -325,12 +325,8 @@ class NumericChannel:
         return channel
 
     def _load(self, state: ChannelState) -> None:
-        arrays, values = state.arrays, state.values
-        check_layout(self.name, self.state_specs(), layout_of(arrays))
-        _check_ring(self.name, arrays)
-        check_numbers(self.name, arrays, NUMERIC_FINITE)
-        self.warmup_first = json_optional_int(values.get("warmup_first"), "warmup_first")
-        self.warmup_last = json_optional_int(values.get("warmup_last"), "warmup_last")
+        arrays, values = _checked(self.name, state, self.state_specs(), NUMERIC_FINITE)
+        self.warmup_first, self.warmup_last = _warmup_span(values)
         _check_adwin(self.name, arrays)
         self.warmup_target = json_int(values.get("warmup_target"), "warmup_target", low=1,
                                       high=_max_warmup(self.settings))
@@ -585,12 +581,8 @@ class CategoricalChannel:
         return channel
 
     def _load(self, state: ChannelState) -> None:
-        arrays, values = state.arrays, state.values
-        check_layout(self.name, self.state_specs(), layout_of(arrays))
-        _check_ring(self.name, arrays)
-        check_numbers(self.name, arrays, CATEGORICAL_FINITE)
-        self.warmup_first = json_optional_int(values.get("warmup_first"), "warmup_first")
-        self.warmup_last = json_optional_int(values.get("warmup_last"), "warmup_last")
+        arrays, values = _checked(self.name, state, self.state_specs(), CATEGORICAL_FINITE)
+        self.warmup_first, self.warmup_last = _warmup_span(values)
         names = values.get("warmup_names")
         if (not isinstance(names, list) or len(names) > self.settings.warmup_records
                 or not all(isinstance(name, str) for name in names)):
@@ -636,6 +628,20 @@ def merged_reference(channels: list[Channel]) -> Reference:
 
 def _max_warmup(settings: DetectorSettings) -> int:
     return max(settings.warmup_records, settings.relearn_records)
+
+
+def _checked(channel: str, state: ChannelState, specs: dict[str, ArraySpec],
+             finite: frozenset[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A channel's stored arrays and values, once their layout, ring and numbers pass."""
+    check_layout(channel, specs, layout_of(state.arrays))
+    _check_ring(channel, state.arrays)
+    check_numbers(channel, state.arrays, finite)
+    return state.arrays, state.values
+
+
+def _warmup_span(values: dict[str, Any]) -> tuple[int | None, int | None]:
+    return (json_optional_int(values.get("warmup_first"), "warmup_first"),
+            json_optional_int(values.get("warmup_last"), "warmup_last"))
 
 
 def _check_ring(channel: str, arrays: dict[str, np.ndarray]) -> None:
