@@ -37,8 +37,11 @@ from schemas.errors import RecordRejected  # noqa: E402
 from schemas.levy_record import (  # noqa: E402
     MAX_RECORD_BYTES,
     LevyRecord,
+    decode_levy_batch,
     decode_levy_record,
+    decode_levy_records,
     levy_record_from_dict,
+    levy_records_to_columns,
 )
 from schemas.timestamps import RFC3339_PATTERN, TIMESTAMP  # noqa: E402
 
@@ -229,6 +232,34 @@ def main() -> None:
               f"{valid_rate / chosen['valid'][0]:5.2f} | {mixed_rate:16,.0f} | "
               f"{mixed_rate / chosen['5% invalid'][0]:5.2f} | {accepted:8} | "
               f"{CANDIDATES[name][1]}")
+    measure_batches(workloads, args.repeats, batch=2000)
+
+
+def per_record_to_columns(values: list[bytes]) -> object:
+    """What the consumer did before decode_levy_batch: records one by one, then columns."""
+    return levy_records_to_columns(decode_levy_records(values)[0])
+
+
+def measure_batches(workloads: dict[str, list[bytes]], repeats: int, batch: int) -> None:
+    """Values in consumer-sized batches to the columns the detector bank takes: the batch
+    codec against the per-record codec plus the column build, interleaved, CPU-time rates
+    (min / median / max), as the consumer calls them."""
+    ways = {"per record, then columns": per_record_to_columns,
+            "decode_levy_batch": decode_levy_batch}
+    print(f"\nbatches of {batch} values to columns, CPU-time rec/s (min / median / max) "
+          f"over {repeats} interleaved rounds")
+    for workload, values in workloads.items():
+        rates: dict[str, list[float]] = {name: [] for name in ways}
+        for _ in range(repeats):
+            for name, decode in ways.items():
+                started = time.process_time()
+                for start in range(0, len(values), batch):
+                    decode(values[start:start + batch])
+                rates[name].append(len(values) / (time.process_time() - started))
+        for name, found in rates.items():
+            found.sort()
+            print(f"  {workload:10} {name:26} {found[0]:10,.0f} {found[len(found) // 2]:10,.0f}"
+                  f" {found[-1]:10,.0f}")
 
 
 if __name__ == "__main__":

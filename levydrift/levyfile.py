@@ -1,8 +1,12 @@
-"""Levy records from a file (CSV, Parquet, JSONL), validated by the same codec as the stream.
+"""Levy records from a file (CSV, Parquet, JSONL), validated by the same rules as the stream.
 
-Every row goes through ``schemas.levy_record.decode_levy_records`` as the JSON a producer would
-send, so a file the check accepts is a file the consumer would accept. The first bad row stops
-the read with a one-line ``UsageError`` naming the row (1 = the first record) and the column.
+A file arrives as columns, so it is checked as columns: Parquet and CSV are read straight into
+typed columns and screened with ``schemas.levy_record.rows_breaking_rules`` (the codec's rules,
+vectorised); JSONL lines are message values for ``decode_levy_batch``. A row the screen flags
+goes through the codec as the JSON a producer would send, so the reason is the codec's own and
+a file the check accepts is a file the consumer would accept. The first bad row stops the read
+with a one-line ``UsageError`` naming the row (1 = the first record) and the column. Columns of
+a type the screen does not take (booleans, dictionaries, dates) take the per-row codec path.
 """
 
 from __future__ import annotations
@@ -14,23 +18,28 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from levydrift.errors import UsageError
 from levydrift.progress import Progress
+from schemas.errors import RecordRejected, Rejection
 from schemas.levy_record import (
     FIELDS,
     NUMERIC_FIELDS,
     REQUIRED_FIELDS,
-    decode_levy_records,
-    levy_records_to_columns,
+    decode_levy_batch,
+    decode_levy_record,
+    rows_breaking_rules,
 )
 
 FORMATS = (".csv", ".parquet", ".jsonl", ".ndjson")
 _INTEGER_FIELDS = ("schema_version", "tax_year")  # 2026, not 2026.0
+Columns = dict[str, np.ndarray]
 
 
-def read_levy_file(path: Path, progress: Progress | None = None) -> dict[str, np.ndarray]:
+def read_levy_file(path: Path, progress: Progress | None = None) -> Columns:
     """The file's records as columns (``levy_records_to_columns``), in file order."""
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
@@ -40,21 +49,135 @@ def read_levy_file(path: Path, progress: Progress | None = None) -> dict[str, np
         raise UsageError(f"{path}: no such file")
     try:
         if suffix in (".jsonl", ".ndjson"):
-            rows, values = _jsonl_values(path)
-        else:
-            rows, values = _table_values(path, suffix, progress)
+            return _jsonl_columns(path)
+        return _table_columns(path, suffix, progress)
     except OSError as error:
         raise UsageError(f"{path}: cannot be read: {error.strerror or error}") from None
-    if not values:
-        raise UsageError(f"{path}: no records (the file is empty)")
-    records, rejections = decode_levy_records(values)
+
+
+def _refuse(path: Path, rows: list[int], rejections: list[tuple[int, Rejection]]) -> None:
+    """The one-line error naming the first bad row, when there is one."""
     if rejections:
         index, rejection = rejections[0]
         column = f", column {rejection.field}" if rejection.field else ""
         more = f" ({len(rejections) - 1} more bad rows)" if len(rejections) > 1 else ""
         raise UsageError(f"{path}: row {rows[index]}{column}: {rejection.reason}: "
                          f"{rejection.message}{more}")
-    return levy_records_to_columns(records)
+
+
+def _no_records(path: Path) -> UsageError:
+    return UsageError(f"{path}: no records (the file is empty)")
+
+
+def _jsonl_columns(path: Path) -> Columns:
+    rows, values = _jsonl_values(path)
+    if not values:
+        raise _no_records(path)
+    columns, _, rejections = decode_levy_batch(values)
+    _refuse(path, rows, rejections)
+    return columns
+
+
+def _table_columns(path: Path, suffix: str, progress: Progress | None) -> Columns:
+    table = _read_table(path, suffix)
+    csv = suffix == ".csv"
+    if table is None or table.num_rows == 0:
+        raise _no_records(path)
+    missing = [name for name in REQUIRED_FIELDS if name not in table.column_names]
+    if missing:
+        raise UsageError(f"{path}: row 1, column {missing[0]}: missing_field: the file has no "
+                         f"{missing[0]} column")
+    if progress is not None:
+        progress.total = table.num_rows
+    typed = _typed_columns(table, csv) if set(table.column_names) <= set(FIELDS) else None
+    if typed is None:  # a column the screen does not take: every row through the codec
+        return _per_row_columns(path, table, csv, progress)
+    columns, unparsed, screened = typed
+    flagged = np.flatnonzero(rows_breaking_rules(screened) | unparsed).tolist()
+    if flagged:
+        _refuse(path, list(range(1, table.num_rows + 1)),
+                _codec_reasons(table, csv, flagged))
+    if progress is not None:
+        progress.update(table.num_rows)
+    return columns
+
+
+def _typed_columns(table: pa.Table,
+                   csv: bool) -> tuple[Columns, np.ndarray, dict[str, Any]] | None:
+    """Every field as ``levy_records_to_columns`` gives it, a mask of CSV cells that are text
+    where a number belongs, and the columns as the screen takes them (Parquet text stays in
+    Arrow); None when a column has a type the screen does not take."""
+    count = table.num_rows
+    unparsed = np.zeros(count, dtype=bool)
+    columns: Columns = {}
+    screened: dict[str, Any] = {}
+    for name in FIELDS:
+        if name not in table.column_names:  # only the optional actual levy can be absent
+            columns[name] = screened[name] = np.full(count, np.nan)
+            continue
+        column = table.column(name)
+        if pa.types.is_null(column.type):  # all null: no type to go by
+            column = column.cast(pa.string())
+        if csv:  # text: "" is null, numbers are parsed; what is not a number is refused
+            if name in NUMERIC_FIELDS:
+                numbers, text_cells = _csv_numbers(column)
+                unparsed |= text_cells
+            else:
+                texts = column.to_numpy(zero_copy_only=False).astype(object, copy=False)
+                texts[texts == ""] = None
+        elif name in NUMERIC_FIELDS:
+            if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
+                    or (_is_text(column.type) and column.null_count == len(column))):
+                return None
+            numbers = (pc.cast(column, pa.float64(), safe=False)
+                       .to_numpy(zero_copy_only=False))
+        elif _is_text(column.type):
+            screened[name] = column
+            texts = column.to_numpy(zero_copy_only=False).astype(object, copy=False)
+        else:
+            return None
+        if name not in NUMERIC_FIELDS:
+            columns[name] = texts
+            screened.setdefault(name, texts)
+            continue
+        if name == "actual_levy_amount":  # JSON has no NaN or Infinity: they become null
+            numbers = np.where(np.isfinite(numbers), numbers, np.nan)
+        columns[name] = screened[name] = numbers
+    return columns, unparsed, screened
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _csv_numbers(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """float64 values of a CSV column (NaN for an empty cell), and a mask of the cells that
+    are text, not numbers (``_csv_values`` sends those to the codec as strings)."""
+    text = pd.Series(column.to_numpy(zero_copy_only=False), dtype=object)
+    empty = (text == "").to_numpy() | text.isna().to_numpy()
+    numbers = pd.to_numeric(text.where(~empty), errors="coerce").to_numpy(dtype=np.float64)
+    return numbers, ~empty & np.isnan(numbers)
+
+
+def _codec_reasons(table: pa.Table, csv: bool,
+                   rows: list[int]) -> list[tuple[int, Rejection]]:
+    """The codec's verdict on each flagged row, sent as the JSON a producer would send."""
+    values = _table_values(table, csv, rows)
+    rejections = []
+    for row, value in zip(rows, values, strict=True):
+        try:
+            decode_levy_record(value)
+        except RecordRejected as error:
+            rejections.append((row, error.rejection))
+    return rejections
+
+
+def _per_row_columns(path: Path, table: pa.Table, csv: bool,
+                     progress: Progress | None) -> Columns:
+    values = _table_values(table, csv, range(table.num_rows), progress)
+    columns, _, rejections = decode_levy_batch(values)
+    _refuse(path, list(range(1, len(values) + 1)), rejections)
+    return columns
 
 
 def _jsonl_values(path: Path) -> tuple[list[int], list[bytes]]:
@@ -69,42 +192,37 @@ def _jsonl_values(path: Path) -> tuple[list[int], list[bytes]]:
     return rows, values
 
 
-def _table_values(path: Path, suffix: str,
-                  progress: Progress | None = None) -> tuple[list[int], list[bytes]]:
-    table = _read_table(path, suffix)
-    names = list(table)
-    missing = [name for name in REQUIRED_FIELDS if name not in names]
-    count = len(next(iter(table.values()), []))
-    if missing and count:
-        raise UsageError(f"{path}: row 1, column {missing[0]}: missing_field: the file has no "
-                         f"{missing[0]} column")
-    if progress is not None:
-        progress.total = count
+def _table_values(table: pa.Table, csv: bool, rows: Any,
+                  progress: Progress | None = None) -> list[bytes]:
+    """``rows`` of ``table`` as the JSON objects a producer would send."""
+    lists = {name: _csv_values(name, table.column(name).to_pandas()) if csv
+             else table.column(name).to_pylist() for name in table.column_names}
+    names = list(lists)
     dumps = orjson.dumps
     values: list[bytes] = []
-    table_rows = zip(*table.values(), strict=True)
-    while chunk := list(itertools.islice(table_rows, 65_536)):  # the slow part of a big file
+    selected = zip(*(map(column.__getitem__, rows) for column in lists.values()), strict=True)
+    while chunk := list(itertools.islice(selected, 65_536)):  # the slow part of a big file
         values.extend(dumps(dict(zip(names, row, strict=True))) for row in chunk)
         if progress is not None:
             progress.update(len(values))
-    return list(range(1, len(values) + 1)), values
+    return values
 
 
-def _read_table(path: Path, suffix: str) -> dict[str, list[Any]]:
-    """Columns as lists of JSON-ready values (None for a missing value)."""
+def _read_table(path: Path, suffix: str) -> pa.Table | None:
+    """The file as an Arrow table (a CSV as text columns); None for an empty CSV."""
     try:
         if suffix == ".parquet":
-            return pq.read_table(path).to_pydict()
+            return pq.read_table(path)
         # Text, not inferred types: a stray "n/a" must be reported in its own row, not turn
         # the whole column into strings.
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
-        return {}
+        return None
     except OSError:
         raise
     except Exception as error:  # noqa: BLE001 - pandas and pyarrow raise many kinds
         raise UsageError(f"{path}: cannot be read: {str(error).splitlines()[0]}") from None
-    return {name: _csv_values(name, frame[name]) for name in frame.columns}
+    return pa.Table.from_pandas(frame, preserve_index=False)
 
 
 def _csv_values(name: str, text: pd.Series) -> list[Any]:
@@ -117,7 +235,8 @@ def _csv_values(name: str, text: pd.Series) -> list[Any]:
         return values.tolist()
     numbers = pd.to_numeric(text.where(~empty), errors="coerce").to_numpy(dtype=float)
     parsed = ~np.isnan(numbers)
-    if name in _INTEGER_FIELDS and parsed.all() and np.all(numbers % 1 == 0):
+    if (name in _INTEGER_FIELDS and np.isfinite(numbers).all()
+            and np.all(numbers % 1 == 0)):
         return numbers.astype(np.int64).tolist()
     values = numbers.astype(object)
     values[~parsed] = text.to_numpy(dtype=object)[~parsed]

@@ -21,14 +21,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import compress, repeat
 from operator import attrgetter
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, cast
 
 import msgspec
 import numpy as np
 
 from schemas._json import json_type_name, parse_json_object
 from schemas.errors import Reason, RecordRejected, Rejection, reject
+from schemas.timestamps import RFC3339_PATTERN
 from schemas.timestamps import TIMESTAMP as _TIMESTAMP
 
 SCHEMA_VERSION: Final = 1
@@ -41,6 +43,15 @@ TAX_YEAR_MIN: Final = 1900
 TAX_YEAR_MAX: Final = 2100
 TEXT_MAX_CHARS: Final = 64
 
+
+MONEY_FIELDS: Final = ("assessed_value", "market_value", "exemption_amount", "prior_levy_amount",
+                        "new_construction_value", "actual_levy_amount")
+# (low, high, low inclusive) per bounded number: the careful checks and the column screen read
+# this table, and the struct below states the same bounds for msgspec (a test ties them).
+NUMBER_BOUNDS: Final[dict[str, tuple[float, float, bool]]] = {
+    **dict.fromkeys(MONEY_FIELDS, (0.0, MONEY_MAX, True)),
+    "levy_rate": (0.0, LEVY_RATE_MAX, False),
+}
 
 Money = Annotated[float, msgspec.Meta(ge=0, le=MONEY_MAX)]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=TEXT_MAX_CHARS)]
@@ -128,6 +139,100 @@ def decode_levy_records(
     return records, rejected
 
 
+def decode_levy_batch(
+    values: Sequence[bytes | None],
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[tuple[int, Rejection]]]:
+    """Decode a batch straight into columns: (``levy_records_to_columns`` of the accepted
+    records, their indices in ``values`` as int64, (index, rejection) per refused one).
+
+    The same rules and reasons as ``decode_levy_record``, per batch instead of per record: each
+    value is still decoded on its own (joining values into one JSON array would let a value
+    holding two objects, or a string running over a separator, move records between offsets),
+    but the Python-side checks run on whole columns and the careful path only sees the values
+    a check flagged."""
+    if None in values:
+        values = [b"" if value is None else value for value in values]  # both are EMPTY
+    count = len(values)
+    records, decoded = _decode_each(values)
+    if decoded.all():
+        # every value decoded, so none is a tombstone (None)
+        passed = _pass_fast_checks(columns := levy_records_to_columns(records),
+                                   cast(Sequence[bytes], values))
+    else:
+        records = list(compress(records, decoded))
+        columns = levy_records_to_columns(records)
+        passed = np.zeros(count, dtype=bool)
+        passed[decoded] = _pass_fast_checks(
+            columns, cast(list[bytes], list(compress(values, decoded))))
+    careful_records: dict[int, LevyRecord] = {}
+    rejected: list[tuple[int, Rejection]] = []
+    for index in np.flatnonzero(~passed).tolist():
+        try:
+            careful_records[index] = levy_record_from_dict(
+                parse_json_object(values[index], MAX_RECORD_BYTES))
+        except RecordRejected as error:
+            rejected.append((index, error.rejection))
+    indices = np.flatnonzero(passed)
+    if len(indices) < len(records):
+        fast_kept = passed[decoded]
+        columns = {name: column[fast_kept] for name, column in columns.items()}
+    if careful_records:  # valid input msgspec is stricter about, e.g. "tax_year": 2024.0
+        careful_columns = levy_records_to_columns(list(careful_records.values()))
+        indices = np.concatenate([indices, np.fromiter(careful_records, dtype=np.int64)])
+        order = np.argsort(indices, kind="stable")
+        columns = {name: np.concatenate([column, careful_columns[name]])[order]
+                   for name, column in columns.items()}
+        indices = indices[order]
+    return columns, indices.astype(np.int64), rejected
+
+
+def _decode_each(values: Sequence[bytes | None]) -> tuple[list[Any], np.ndarray]:
+    """msgspec's typed decode of each value on its own: the records (None where it refused,
+    where the value is too large to try, or a tombstone) and a mask of the decoded ones."""
+    if None not in values:
+        present = cast(Sequence[bytes], values)
+        if max(map(len, present), default=0) <= MAX_RECORD_BYTES:
+            try:
+                return list(map(_DECODER.decode, present)), np.ones(len(values), dtype=bool)
+            except _FAST_PATH_REFUSALS:
+                pass  # the usual batch had no refusal and no Python loop; this one takes it
+    records = [_decode_one(value) for value in values]
+    return records, np.fromiter((record is not None for record in records), dtype=bool,
+                                count=len(records))
+
+
+def _decode_one(value: bytes | None) -> LevyRecord | None:
+    if value is None or len(value) > MAX_RECORD_BYTES:
+        return None
+    try:
+        return _DECODER.decode(value)
+    except _FAST_PATH_REFUSALS:
+        return None
+
+
+def _pass_fast_checks(columns: dict[str, np.ndarray], values: Sequence[bytes]) -> np.ndarray:
+    """Per decoded record, whether it passes what msgspec cannot check (the rules of
+    ``decode_levy_record``, on columns): exemption <= assessed, the timestamp pattern, and
+    the quote count proving no key came twice."""
+    count = len(values)
+    if not count:
+        return np.zeros(0, dtype=bool)
+    quotes = np.fromiter(map(bytes.count, values, repeat(b'"')), dtype=np.int64, count=count)
+    timely = np.fromiter(map(bool, map(_TIMESTAMP.fullmatch, columns["event_time"])),
+                         dtype=bool, count=count)
+    passed = (columns["exemption_amount"] <= columns["assessed_value"]) & timely
+    labelled = ~np.isnan(columns["actual_levy_amount"])
+    unique_keys = (quotes == _QUOTES_UNLABELLED) | ((quotes == _QUOTES_UNLABELLED + 2) & labelled)
+    # An unlabelled record with two more quotes: its null actual key, or a repeated key
+    # (``_keys_are_unique``). Anything else goes the careful way, which names the key.
+    doubtful = np.flatnonzero(passed & ~unique_keys & (quotes == _QUOTES_UNLABELLED + 2))
+    unique_keys[doubtful] = np.fromiter(
+        map(bool, map(_ACTUAL_KEY.search, map(values.__getitem__, doubtful.tolist()))),
+        dtype=bool, count=len(doubtful))
+    fast: np.ndarray = passed & unique_keys
+    return fast
+
+
 def encode_levy_record(record: LevyRecord, *, validate: bool = True) -> bytes:
     """Compact UTF-8 JSON for ``record`` (``actual_levy_amount`` omitted when None).
 
@@ -160,15 +265,12 @@ def levy_records_to_columns(records: Iterable[LevyRecord]) -> dict[str, np.ndarr
     columns: dict[str, np.ndarray] = {}
     for name in FIELDS:  # one pass per field: C-level attribute access, no per-row tuples
         values = map(attrgetter(name), records)
-        if name == "actual_levy_amount":
-            columns[name] = np.array([np.nan if v is None else v for v in values],
-                                     dtype=np.float64)
+        if name == "actual_levy_amount":  # None becomes NaN
+            columns[name] = np.array(list(values), dtype=np.float64)
         elif name in NUMERIC_FIELDS:
             columns[name] = np.fromiter(values, dtype=np.float64, count=count)
         else:
-            column = np.empty(count, dtype=object)
-            column[:] = list(values)
-            columns[name] = column
+            columns[name] = np.array(list(values), dtype=object)
     return columns
 
 
@@ -253,14 +355,65 @@ def _schema_version(name: str, value: Any) -> int:
     return SCHEMA_VERSION  # already checked by _check_version
 
 
-_money = _bounded(0, MONEY_MAX)
+_money = _bounded(*NUMBER_BOUNDS["assessed_value"])
 _FIELD_CHECKS: Final[dict[str, Callable[[str, Any], Any]]] = {
     "schema_version": _schema_version,
     **dict.fromkeys(TEXT_FIELDS, _text),
     "event_time": _timestamp,
     "tax_year": _tax_year,
-    **dict.fromkeys(("assessed_value", "market_value", "exemption_amount", "prior_levy_amount",
-                     "new_construction_value"), _money),
-    "levy_rate": _bounded(0, LEVY_RATE_MAX, low_inclusive=False),
+    **{name: _bounded(*bounds) for name, bounds in NUMBER_BOUNDS.items()},
     "actual_levy_amount": _optional_money,
 }
+
+
+# --- the column screen ---------------------------------------------------------------------
+
+def rows_breaking_rules(columns: Mapping[str, Any]) -> np.ndarray:
+    """Which rows of typed columns the codec would refuse, as a boolean mask: the rules above,
+    vectorised, for data that arrives as columns (a file) rather than JSON.
+
+    ``columns`` holds every field: float64 arrays for numbers (NaN where the value is null,
+    which ``actual_levy_amount`` alone may be); for text, object arrays of str or None, or
+    Arrow string arrays (checked by Arrow's kernels, the same pattern in RE2). It only says
+    *which* rows; the codec, the authority on *why*, names the reason for a flagged row."""
+    count = len(columns["schema_version"])
+    bad = np.zeros(count, dtype=bool)
+    for name in TEXT_FIELDS:
+        is_text, lengths, timely = _text_facts(columns[name], count, name == "event_time")
+        bad |= ~is_text | (lengths < 1) | (lengths > TEXT_MAX_CHARS) | ~timely
+    with np.errstate(invalid="ignore"):  # NaN compares False: a null breaks every bound
+        for name, (low, high, low_inclusive) in NUMBER_BOUNDS.items():
+            numbers = columns[name]
+            inside = ((numbers >= low) if low_inclusive else (numbers > low)) & (numbers <= high)
+            bad |= ~(inside | np.isnan(numbers)) if name == "actual_levy_amount" else ~inside
+        year = columns["tax_year"]
+        bad |= ~((year >= TAX_YEAR_MIN) & (year <= TAX_YEAR_MAX) & (year % 1 == 0))
+        bad |= columns["schema_version"] != SCHEMA_VERSION
+        bad |= columns["exemption_amount"] > columns["assessed_value"]
+    return bad
+
+
+def _text_facts(column: Any, count: int,
+                timestamp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(is a string, length in characters, matches the timestamp pattern or need not)."""
+    if not isinstance(column, np.ndarray):  # Arrow: its compute kernels, no Python objects
+        import pyarrow.compute as pc
+
+        is_text = pc.is_valid(column).to_numpy(zero_copy_only=False)
+        lengths = pc.fill_null(pc.utf8_length(column), 0).to_numpy(zero_copy_only=False)
+        timely = (pc.fill_null(pc.match_substring_regex(column, RFC3339_PATTERN), False)
+                  .to_numpy(zero_copy_only=False) if timestamp else np.ones(count, dtype=bool))
+        return is_text, lengths, timely
+    texts, is_text = _texts_or_empty(column, count)
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=count)
+    timely = (np.fromiter(map(bool, map(_TIMESTAMP.fullmatch, texts)), dtype=bool, count=count)
+              if timestamp else np.ones(count, dtype=bool))
+    return is_text, lengths, timely
+
+
+def _texts_or_empty(column: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``column`` with "" in place of anything not a str, and a mask of the str values."""
+    is_text = np.fromiter(map(isinstance, column, repeat(str)), dtype=bool, count=count)
+    if is_text.all():
+        return column, is_text
+    return np.where(is_text, column, ""), is_text

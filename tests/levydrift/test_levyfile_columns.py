@@ -1,0 +1,156 @@
+"""``levydrift check`` reads files as columns and screens them with the codec's rules
+vectorised (``rows_breaking_rules``); the per-row path sends each row through the codec as
+JSON. The two must agree on every file: the same error (row, column, reason, message, count)
+for a bad one, equal columns for a good one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from levydrift import levyfile
+from levydrift.errors import UsageError
+from schemas.errors import RecordRejected
+from schemas.levy_record import (
+    FIELDS,
+    MONEY_MAX,
+    NUMBER_BOUNDS,
+    NUMERIC_FIELDS,
+    TEXT_FIELDS,
+    LevyRecord,
+    decode_levy_record,
+    rows_breaking_rules,
+)
+from tests.schemas.test_levy_record import GOOD, timestamps
+
+# What a Parquet or CSV column can hold: numbers (or null) where numbers belong, text (or
+# null) where text belongs, with values on and beyond every bound.
+numbers = st.one_of(
+    st.floats(), st.integers(-10**13, 10**13),
+    st.sampled_from([0, -0.0, -1e-9, 1e-300, 0.1, 0.1000000001, MONEY_MAX, 10**12 + 1, 1900,
+                     2100, 2101, 2024.0, 2024.5, 1, 1.0, 2, None, float("nan"), float("inf")]))
+texts = st.one_of(st.text(max_size=70), st.none(), st.sampled_from(["", "x" * 64, "x" * 65]))
+value_for = {name: numbers for name in NUMERIC_FIELDS}
+value_for.update(dict.fromkeys(TEXT_FIELDS, texts))
+value_for["event_time"] = st.one_of(timestamps.filter(lambda x: isinstance(x, str)), texts)
+
+
+@st.composite
+def rows(draw: st.DrawFn) -> list[dict[str, Any]]:
+    count = draw(st.integers(1, 6))
+    table = []
+    for _ in range(count):
+        row = dict(GOOD)
+        for name in draw(st.lists(st.sampled_from(FIELDS), max_size=2)):
+            row[name] = draw(value_for[name])
+        table.append(row)
+    return table
+
+
+def outcome(action: Any) -> Any:
+    try:
+        columns = action()
+    except UsageError as error:
+        return str(error)
+    return {name: column.tolist() if column.dtype == object else column
+            for name, column in columns.items()}
+
+
+def assert_same(got: Any, want: Any) -> None:
+    assert type(got) is type(want), (got, want)
+    if isinstance(want, str):
+        assert got == want
+        return
+    assert list(got) == list(want)
+    for name in want:
+        if isinstance(want[name], list):
+            assert got[name] == want[name], name
+        else:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def per_row(path: Path) -> Any:
+    suffix = path.suffix
+    table = levyfile._read_table(path, suffix)
+    return lambda: levyfile._per_row_columns(path, table, suffix == ".csv", None)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(table=rows())
+def test_parquet_columns_and_rows_agree(table: list[dict[str, Any]], tmp_path: Path) -> None:
+    path = tmp_path / "records.parquet"
+    try:
+        arrow = pa.Table.from_pylist(table)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return  # not a file anyone can write: a column of numbers and text mixed
+    pq.write_table(arrow, path)
+    assert_same(outcome(lambda: levyfile.read_levy_file(path)), outcome(per_row(path)))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(table=rows(), junk=st.lists(st.sampled_from(["n/a", " ", "1,5", "nan", "1e400", "0x10"]),
+                                   max_size=2), data=st.data())
+def test_csv_columns_and_rows_agree(table: list[dict[str, Any]], junk: list[str],
+                                    data: st.DataObject, tmp_path: Path) -> None:
+    frame = pd.DataFrame(table).astype(object)
+    for text in junk:  # what a spreadsheet leaves in a number column
+        row = data.draw(st.integers(0, len(table) - 1))
+        frame.at[row, data.draw(st.sampled_from(NUMERIC_FIELDS))] = text
+    path = tmp_path / "records.csv"
+    frame.to_csv(path, index=False)
+    assert_same(outcome(lambda: levyfile.read_levy_file(path)), outcome(per_row(path)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows())
+def test_the_screen_flags_exactly_the_rows_the_codec_refuses(
+        table: list[dict[str, Any]]) -> None:
+    """Typed columns (float64 with NaN for null, str or None) against each row as JSON."""
+    columns = {name: np.array([np.nan if row[name] is None else float(row[name])
+                               for row in table], dtype=np.float64)
+               if name in NUMERIC_FIELDS else np.array([row[name] for row in table],
+                                                       dtype=object)
+               for name in FIELDS}
+    columns["actual_levy_amount"][~np.isfinite(columns["actual_levy_amount"])] = np.nan
+    refused = []
+    for row in table:
+        try:
+            decode_levy_record(orjson.dumps(row))
+            refused.append(False)
+        except RecordRejected:
+            refused.append(True)
+    assert rows_breaking_rules(columns).tolist() == refused
+
+
+def test_a_bad_row_is_named_by_the_codec(tmp_path: Path) -> None:
+    path = tmp_path / "records.parquet"
+    bad = {**GOOD, "levy_rate": 0.5}
+    pq.write_table(pa.Table.from_pylist([GOOD, GOOD, bad, bad]), path)
+    with pytest.raises(UsageError) as caught:
+        levyfile.read_levy_file(path)
+    assert "row 3, column levy_rate: out_of_range: 0.5 is outside (0, 0.1]" in str(caught.value)
+    assert "(1 more bad rows)" in str(caught.value)
+
+
+def test_the_struct_states_the_bounds_of_the_one_table() -> None:
+    """msgspec's fast path, the careful checks and the column screen share NUMBER_BOUNDS."""
+    import msgspec.inspect
+
+    fields = {field.name: field.type for field in msgspec.inspect.type_info(LevyRecord).fields}
+    for name, (low, high, low_inclusive) in NUMBER_BOUNDS.items():
+        kind = fields[name]
+        if isinstance(kind, msgspec.inspect.UnionType):  # the optional actual levy
+            kind = next(t for t in kind.types if isinstance(t, msgspec.inspect.FloatType))
+        assert (kind.ge, kind.gt) == ((low, None) if low_inclusive else (None, low)), name
+        assert kind.le == high, name
