@@ -21,6 +21,8 @@ TRAINING_HISTORY_COLUMNS = (
 
 
 class TrainingHistory:
+    """The training history CSV of each model: read whole, appended a row at a time."""
+
     def __init__(self, layout: RegistryLayout) -> None:
         self.layout = layout
 

@@ -13,6 +13,8 @@ from trainer.registry_versions import LINEAGE_NAME, VersionInfo, VersionStore
 
 
 class LineageIndex:
+    """Drift event ids to the versions they led to, from every version's ``lineage.json``."""
+
     def __init__(self, layout: RegistryLayout, versions: VersionStore) -> None:
         self.layout = layout
         self.versions = versions
