@@ -6,13 +6,13 @@ import time
 
 import pytest
 
-from levydrift.commands import demo
-from levydrift.commands.demo import DemoFailed, Narrator
+from levydrift.commands import demo, demo_narrator
+from levydrift.commands.demo_narrator import DemoFailed, Narrator
 
 
 def test_a_wait_shows_what_it_waits_for_and_returns_when_it_happens(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(demo, "PROGRESS_EVERY_S", 0.2)
+    monkeypatch.setattr(demo_narrator, "PROGRESS_EVERY_S", 0.2)
     narrator = Narrator()
     narrator.tty = False
     ready_at = time.monotonic() + 1.5
