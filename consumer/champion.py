@@ -262,9 +262,10 @@ class ChampionTracker:
 
     def _read(self, timeout_s: float) -> None:
         for message in self._consumer.consume(100, timeout_s):
-            if message.error():
-                if message.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("model-version read error", extra={"error": message.error().str()})
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("model-version read error", extra={"error": error.str()})
                 continue
             self._take(message)
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from consumer import metrics
 from consumer.champion import ChampionTracker
@@ -40,6 +40,7 @@ from consumer.state import (
 from detectors.errors import SnapshotError
 from levydrift.errors import BrokerUnavailableError
 from levydrift.kafka import admin_client, consumer_config, ensure_reachable, producer_config
+from levydrift.kafka.messages import partition_of
 from levydrift.kafka.transactions import (
     FatalKafkaError,
     TransactionAborted,
@@ -179,10 +180,11 @@ class ConsumerService:
         by_partition: dict[int, list[Message]] = {}
         total = BatchResult()
         for message in messages:
-            if message.error():
-                self._raise_if_fatal_message(message)
+            error = message.error()
+            if error is not None:
+                self._raise_if_fatal(error)
                 continue
-            by_partition.setdefault(message.partition(), []).append(message)
+            by_partition.setdefault(partition_of(message), []).append(message)
         champion = self.champion.champion
         for partition, partition_messages in by_partition.items():
             monitor = self.monitors.get(partition)
@@ -205,8 +207,7 @@ class ConsumerService:
             self.output.produce(topic, value, key=key, headers=headers)
 
     @staticmethod
-    def _raise_if_fatal_message(message: Message) -> None:
-        error = message.error()
+    def _raise_if_fatal(error: KafkaError) -> None:
         if error.fatal():
             raise FatalKafkaError(f"consumer error: {error.str()}")
         log.warning("consume error", extra={"error": error.str()})

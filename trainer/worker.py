@@ -37,11 +37,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from levydrift.errors import BrokerUnavailableError, LevyDriftError
 from levydrift.faults import crash_point
 from levydrift.kafka import admin_client, consumer_config, ensure_reachable, producer_config
+from levydrift.kafka.messages import offset_of, partition_of, topic_of
 from levydrift.kafka.transactions import FatalKafkaError, TransactionAborted, TransactionalOutput
 from schemas.drift_event import DriftEvent
 from schemas.errors import RecordRejected
@@ -247,7 +255,7 @@ class TrainWorker:
         while (remaining := deadline - time.monotonic()) > 0 and not self._stopping.is_set():
             more = self._consumer.consume(_BATCH_MESSAGES, timeout=min(remaining, 0.5))
             messages.extend(more)
-        return [m for m in messages if m.error() is None or _raise_fatal(m)]
+        return [m for m in messages if (error := m.error()) is None or _raise_fatal(error)]
 
     # ------------------------------------------------------------------ one batch
 
@@ -489,16 +497,15 @@ def publish_decision(settings: TrainerSettings, event: ModelVersionEvent) -> Non
 def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
     positions: dict[tuple[str, int], int] = {}
     for message in messages:
-        key = (message.topic(), message.partition())
-        positions[key] = max(positions.get(key, 0), message.offset() + 1)
+        key = (topic_of(message), partition_of(message))
+        positions[key] = max(positions.get(key, 0), offset_of(message) + 1)
     return [TopicPartition(topic, partition, offset)
             for (topic, partition), offset in positions.items()]
 
 
-def _raise_fatal(message: Message) -> bool:
+def _raise_fatal(error: KafkaError) -> bool:
     """Consumer errors: fatal ones stop the worker; others (partition EOF, a broker that went
     away: the health check and the next commit see to that) are dropped."""
-    error = message.error()
     if error.fatal():
         raise _FatalKafkaError(f"drift-event consumer failed: {error.str()}")
     return False
