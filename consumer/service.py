@@ -47,6 +47,7 @@ from levydrift.kafka.transactions import (
     TransactionalOutput,
     producer_overrides,
 )
+from schemas.dead_letter import Headers
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ class ConsumerService:
         return total
 
     def _produce(self, topic: str, value: bytes | None, key: bytes | None = None,
-                 headers: list[tuple[str, bytes]] | None = None) -> None:
+                 headers: Headers | None = None) -> None:
         """What processing produces; dead letters go through the writer that steps down when
         Kafka refuses one, so a dead letter can never hold its partition back."""
         if topic == self.settings.topics.dead_letters:
