@@ -344,32 +344,33 @@ class TrainWorker:
         ends: dict[int, int] = {}
         starts: dict[int, int] = {}  # the estimated onset: train on the records after it
         for event in events:
-            window = event.current_window
-            if window.topic == records_topic:
-                ends[window.partition] = max(ends.get(window.partition, -1), window.last_offset)
+            current_window = event.current_window
+            if current_window.topic == records_topic:
+                partition = current_window.partition
+                ends[partition] = max(ends.get(partition, -1), current_window.last_offset)
                 if event.onset is not None:
-                    starts[window.partition] = min(starts.get(window.partition,
-                                                              event.onset.offset),
-                                                   event.onset.offset)
+                    starts[partition] = min(starts.get(partition, event.onset.offset),
+                                            event.onset.offset)
         log.info("training started", extra={"model": self.model_name, "event_ids": event_ids,
                                             "window_ends": {str(p): o for p, o in ends.items()},
                                             "window_starts": {str(p): o
                                                               for p, o in starts.items()}})
         try:
-            window = read_training_window(self.settings.kafka, records_topic, ends,
-                                          self.section.window_records,
-                                          self.section.max_scan_records, starts)
-            metrics.TRAINING_RECORDS.set(len(window.frame))
+            training_window = read_training_window(self.settings.kafka, records_topic, ends,
+                                                   self.section.window_records,
+                                                   self.section.max_scan_records, starts)
+            metrics.TRAINING_RECORDS.set(len(training_window.frame))
             info = train_and_register(self.registry, self.model_name, TrainingRequest(
-                frame=window.frame, trigger_event_ids=event_ids,
-                training_offsets=window.offsets, code_version=self._code_version(),
+                frame=training_window.frame, trigger_event_ids=event_ids,
+                training_offsets=training_window.offsets, code_version=self._code_version(),
                 holdout_fraction=self.section.holdout_fraction,
                 gate_margin=self.section.gate_margin,
                 min_training_records=self.section.min_training_records,
                 params=ModelParams(max_iter=self.section.max_iter),
                 extra_lineage={"drift_events": [event_summary(e) for e in events],
-                               "scanned_records": window.scanned_records,
-                               "refused_records": window.rejected_records}), finish=False)
+                               "scanned_records": training_window.scanned_records,
+                               "refused_records": training_window.rejected_records}),
+                finish=False)
         except (BrokerUnavailableError, KafkaException):
             raise
         except (LevyDriftError, ValueError, KeyError, MemoryError) as error:
@@ -407,8 +408,8 @@ class TrainWorker:
                 self._rewind_pending = True
                 raise
             crash_point("after_publish")
-            for info, event in settled:
-                self._mark_published(info, event)
+            for info, announcement in settled:
+                self._mark_published(info, announcement)
         self._refresh_champion_metrics()
 
     def _settle(self, info: VersionInfo) -> ModelVersionEvent | None:
