@@ -48,6 +48,8 @@ class Champion(ModelScorer):
     per record, scores the batch as no model (NaN) and marks the champion failed, for the
     tracker to replace it: one bad model never stops the consumer."""
 
+    version: int  # always a registry version, unlike a ModelScorer's
+
     def __init__(self, model: Any, version: int) -> None:
         super().__init__(model, version)
         self.failure: str | None = None

@@ -125,7 +125,7 @@ def decode_state(value: bytes) -> PartitionState:
                           value[4 + length:])
 
 
-def _field(header: dict[str, Any], name: str, kind: type, optional: bool = False) -> Any:
+def _field(header: dict[str, Any], name: str, kind: type[Any], optional: bool = False) -> Any:
     value = header.get(name)
     if value is None and optional:
         return None
