@@ -49,8 +49,11 @@ test: $(STAMP) lint
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not kafka" $(PYTEST_ARGS)
 
+# mypy over the files pyproject.toml configures; the detectors and the schemas also strictly.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/mypy --strict detectors schemas
 
 kafka-start:
 	deploy/kafka/local-kafka start

@@ -48,6 +48,8 @@ class Champion(ModelScorer):
     per record, scores the batch as no model (NaN) and marks the champion failed, for the
     tracker to replace it: one bad model never stops the consumer."""
 
+    version: int  # always a registry version, unlike a ModelScorer's
+
     def __init__(self, model: Any, version: int) -> None:
         super().__init__(model, version)
         self.failure: str | None = None
@@ -262,9 +264,10 @@ class ChampionTracker:
 
     def _read(self, timeout_s: float) -> None:
         for message in self._consumer.consume(100, timeout_s):
-            if message.error():
-                if message.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("model-version read error", extra={"error": message.error().str()})
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("model-version read error", extra={"error": error.str()})
                 continue
             self._take(message)
 

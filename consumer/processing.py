@@ -19,6 +19,7 @@ from consumer import metrics
 from consumer.events import decision_to_event
 from consumer.state import PartitionState
 from detectors.segments import SegmentedBank, is_single_bank_snapshot
+from levydrift.kafka.messages import headers_of, offset_of, partition_of, topic_of
 from levydrift.signals import signal_columns as model_signal_columns
 from schemas.dead_letter import dead_letter
 from schemas.levy_record import decode_levy_records, levy_records_to_columns
@@ -142,7 +143,7 @@ def process_partition(monitor: PartitionMonitor, messages: Sequence[Message],
             log.info("drift detected", extra={"event_id": event.event_id, "kind": event.kind,
                                               "signals": [s.signal for s in event.signals],
                                               "partition": monitor.partition})
-    monitor.next_offset = messages[-1].offset() + 1
+    monitor.next_offset = offset_of(messages[-1]) + 1
     monitor.dirty = True
     metrics.RECORDS.labels(outcome="valid").inc(result.valid)
     metrics.RECORDS.labels(outcome="dead_lettered").inc(result.dead_lettered)
@@ -160,8 +161,8 @@ def signal_columns(columns: dict[str, np.ndarray], champion: Champion | None) ->
 
 
 def _dead_letter(message: Message, rejection: Any, topic: str, produce: Produce) -> None:
-    key, value, headers = dead_letter(message.key(), message.value(), message.headers(),
-                                      rejection, message.topic(), message.partition(),
-                                      message.offset(), int(time.time() * 1000))
+    key, value, headers = dead_letter(message.key(), message.value(), headers_of(message),
+                                      rejection, topic_of(message), partition_of(message),
+                                      offset_of(message), int(time.time() * 1000))
     produce(topic, value, key=key, headers=headers)
     metrics.DEAD_LETTERS.labels(reason=str(rejection.reason)).inc()

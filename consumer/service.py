@@ -20,7 +20,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from consumer import metrics
 from consumer.champion import ChampionTracker
@@ -40,12 +40,14 @@ from consumer.state import (
 from detectors.errors import SnapshotError
 from levydrift.errors import BrokerUnavailableError
 from levydrift.kafka import admin_client, consumer_config, ensure_reachable, producer_config
+from levydrift.kafka.messages import partition_of
 from levydrift.kafka.transactions import (
     FatalKafkaError,
     TransactionAborted,
     TransactionalOutput,
     producer_overrides,
 )
+from schemas.dead_letter import Headers
 
 log = logging.getLogger(__name__)
 
@@ -179,10 +181,11 @@ class ConsumerService:
         by_partition: dict[int, list[Message]] = {}
         total = BatchResult()
         for message in messages:
-            if message.error():
-                self._raise_if_fatal_message(message)
+            error = message.error()
+            if error is not None:
+                self._raise_if_fatal(error)
                 continue
-            by_partition.setdefault(message.partition(), []).append(message)
+            by_partition.setdefault(partition_of(message), []).append(message)
         champion = self.champion.champion
         for partition, partition_messages in by_partition.items():
             monitor = self.monitors.get(partition)
@@ -196,7 +199,7 @@ class ConsumerService:
         return total
 
     def _produce(self, topic: str, value: bytes | None, key: bytes | None = None,
-                 headers: list[tuple[str, bytes]] | None = None) -> None:
+                 headers: Headers | None = None) -> None:
         """What processing produces; dead letters go through the writer that steps down when
         Kafka refuses one, so a dead letter can never hold its partition back."""
         if topic == self.settings.topics.dead_letters:
@@ -205,8 +208,7 @@ class ConsumerService:
             self.output.produce(topic, value, key=key, headers=headers)
 
     @staticmethod
-    def _raise_if_fatal_message(message: Message) -> None:
-        error = message.error()
+    def _raise_if_fatal(error: KafkaError) -> None:
         if error.fatal():
             raise FatalKafkaError(f"consumer error: {error.str()}")
         log.warning("consume error", extra={"error": error.str()})

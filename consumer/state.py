@@ -26,6 +26,7 @@ from confluent_kafka import Consumer
 from consumer import metrics
 from levydrift.errors import BrokerUnavailableError, LevyDriftError, MissingTopicError
 from levydrift.kafka import read_to_end
+from levydrift.kafka.messages import offset_of, partition_of
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def decode_state(value: bytes) -> PartitionState:
                           value[4 + length:])
 
 
-def _field(header: dict[str, Any], name: str, kind: type, optional: bool = False) -> Any:
+def _field(header: dict[str, Any], name: str, kind: type[Any], optional: bool = False) -> Any:
     value = header.get(name)
     if value is None and optional:
         return None
@@ -186,7 +187,7 @@ def _read_to_end(reader: Consumer, topic: str, keys: set[bytes],
             key, value = message.key(), message.value()
             if key in latest:
                 latest[key] = None if value is None else StoredState(
-                    key, message.partition(), message.offset(), value)
+                    key, partition_of(message), offset_of(message), value)
     except MissingTopicError:
         raise StateRestoreError(f"detector-state topic {topic} does not exist; "
                                 "create it with `levydrift topics create`") from None

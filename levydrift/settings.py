@@ -22,11 +22,14 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from levydrift.errors import ConfigError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")  # a settings dataclass
 
 ENV_PREFIX = "LEVYDRIFT_"
 CONFIG_PATH_VARIABLE = "LEVYDRIFT_CONFIG"
@@ -292,7 +295,7 @@ def _build(settings_type: type[T], table: Any, prefix: str) -> T:
 
 
 def _convert(value: Any, target: Any, key: str) -> Any:
-    if dataclasses.is_dataclass(target):
+    if isinstance(target, type) and dataclasses.is_dataclass(target):
         return _build(target, value, prefix=f"{key}.")
     origin = _origin(target)
     if origin is dict:

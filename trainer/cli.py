@@ -303,7 +303,9 @@ def _run_rollback(arguments: argparse.Namespace) -> int:
                       created_at=utc_now()).to_bytes()
         registry.rollback(name, arguments.reason, expected=(restored, replaced))
         if publish:
-            _announce(config, move_event(registry, name, registry.last_champion_move(name)),
+            move = registry.last_champion_move(name)
+            assert move is not None, "the rollback just moved the champion"
+            _announce(config, move_event(registry, name, move),
                       f"the champion of {name} is now {restored} in the registry")
     print(f"{name}: champion {replaced} -> {restored} (rolled back)")
     return 0

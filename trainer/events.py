@@ -24,7 +24,7 @@ def version_event(info: VersionInfo, decision: Decision, previous_version: int |
         artifact_sha256=info.sha256,
         holdout_records=int(info.metrics.get("holdout_records", 0)),
         candidate_metrics=_metrics(info.metrics["candidate"]),
-        champion_metrics=_metrics(info.metrics.get("champion")),
+        champion_metrics=_optional_metrics(info.metrics.get("champion")),
         training_offsets=tuple(SourceOffsets(o["topic"], int(o["partition"]),
                                              int(o["first_offset"]), int(o["last_offset"]))
                                for o in window.get("offsets", [])),
@@ -53,9 +53,11 @@ def registration_event(info: VersionInfo) -> ModelVersionEvent:
     return version_event(info, decision, info.metrics.get("champion_version"))
 
 
-def _metrics(document: dict[str, float] | None) -> Metrics | None:
-    if document is None:
-        return None
+def _optional_metrics(document: dict[str, float] | None) -> Metrics | None:
+    return None if document is None else _metrics(document)
+
+
+def _metrics(document: dict[str, float]) -> Metrics:
     return Metrics(float(document["mae"]), float(document["rmse"]), float(document["mape"]),
                    float(document["r2"]))
 

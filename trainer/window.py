@@ -21,6 +21,7 @@ from confluent_kafka import Consumer
 
 from levydrift.features import TARGET, to_model_frame
 from levydrift.kafka import consumer_config, read_ranges, watermarks
+from levydrift.kafka.messages import offset_of
 from levydrift.settings import KafkaSettings
 from schemas.levy_record import decode_levy_records, levy_records_to_columns
 
@@ -115,7 +116,7 @@ def _read_range(consumer: Consumer, topic: str, partition: int, first: int,
     for message in read_ranges(consumer, topic, {partition: (first, last + 1)},
                                timeout_s=_IDLE_TIMEOUT_S, idle=True):
         values.append(message.value())
-        offsets.append(message.offset())
+        offsets.append(offset_of(message))
         timestamps.append(message.timestamp()[1])
     records, rejections = decode_levy_records(values)
     accepted = np.ones(len(values), dtype=bool)

@@ -37,11 +37,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from levydrift.errors import BrokerUnavailableError, LevyDriftError
 from levydrift.faults import crash_point
 from levydrift.kafka import admin_client, consumer_config, ensure_reachable, producer_config
+from levydrift.kafka.messages import offset_of, partition_of, topic_of
 from levydrift.kafka.transactions import FatalKafkaError, TransactionAborted, TransactionalOutput
 from schemas.drift_event import DriftEvent
 from schemas.errors import RecordRejected
@@ -247,7 +255,7 @@ class TrainWorker:
         while (remaining := deadline - time.monotonic()) > 0 and not self._stopping.is_set():
             more = self._consumer.consume(_BATCH_MESSAGES, timeout=min(remaining, 0.5))
             messages.extend(more)
-        return [m for m in messages if m.error() is None or _raise_fatal(m)]
+        return [m for m in messages if (error := m.error()) is None or _raise_fatal(error)]
 
     # ------------------------------------------------------------------ one batch
 
@@ -336,32 +344,33 @@ class TrainWorker:
         ends: dict[int, int] = {}
         starts: dict[int, int] = {}  # the estimated onset: train on the records after it
         for event in events:
-            window = event.current_window
-            if window.topic == records_topic:
-                ends[window.partition] = max(ends.get(window.partition, -1), window.last_offset)
+            current_window = event.current_window
+            if current_window.topic == records_topic:
+                partition = current_window.partition
+                ends[partition] = max(ends.get(partition, -1), current_window.last_offset)
                 if event.onset is not None:
-                    starts[window.partition] = min(starts.get(window.partition,
-                                                              event.onset.offset),
-                                                   event.onset.offset)
+                    starts[partition] = min(starts.get(partition, event.onset.offset),
+                                            event.onset.offset)
         log.info("training started", extra={"model": self.model_name, "event_ids": event_ids,
                                             "window_ends": {str(p): o for p, o in ends.items()},
                                             "window_starts": {str(p): o
                                                               for p, o in starts.items()}})
         try:
-            window = read_training_window(self.settings.kafka, records_topic, ends,
-                                          self.section.window_records,
-                                          self.section.max_scan_records, starts)
-            metrics.TRAINING_RECORDS.set(len(window.frame))
+            training_window = read_training_window(self.settings.kafka, records_topic, ends,
+                                                   self.section.window_records,
+                                                   self.section.max_scan_records, starts)
+            metrics.TRAINING_RECORDS.set(len(training_window.frame))
             info = train_and_register(self.registry, self.model_name, TrainingRequest(
-                frame=window.frame, trigger_event_ids=event_ids,
-                training_offsets=window.offsets, code_version=self._code_version(),
+                frame=training_window.frame, trigger_event_ids=event_ids,
+                training_offsets=training_window.offsets, code_version=self._code_version(),
                 holdout_fraction=self.section.holdout_fraction,
                 gate_margin=self.section.gate_margin,
                 min_training_records=self.section.min_training_records,
                 params=ModelParams(max_iter=self.section.max_iter),
                 extra_lineage={"drift_events": [event_summary(e) for e in events],
-                               "scanned_records": window.scanned_records,
-                               "refused_records": window.rejected_records}), finish=False)
+                               "scanned_records": training_window.scanned_records,
+                               "refused_records": training_window.rejected_records}),
+                finish=False)
         except (BrokerUnavailableError, KafkaException):
             raise
         except (LevyDriftError, ValueError, KeyError, MemoryError) as error:
@@ -399,8 +408,8 @@ class TrainWorker:
                 self._rewind_pending = True
                 raise
             crash_point("after_publish")
-            for info, event in settled:
-                self._mark_published(info, event)
+            for info, announcement in settled:
+                self._mark_published(info, announcement)
         self._refresh_champion_metrics()
 
     def _settle(self, info: VersionInfo) -> ModelVersionEvent | None:
@@ -489,16 +498,15 @@ def publish_decision(settings: TrainerSettings, event: ModelVersionEvent) -> Non
 def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
     positions: dict[tuple[str, int], int] = {}
     for message in messages:
-        key = (message.topic(), message.partition())
-        positions[key] = max(positions.get(key, 0), message.offset() + 1)
+        key = (topic_of(message), partition_of(message))
+        positions[key] = max(positions.get(key, 0), offset_of(message) + 1)
     return [TopicPartition(topic, partition, offset)
             for (topic, partition), offset in positions.items()]
 
 
-def _raise_fatal(message: Message) -> bool:
+def _raise_fatal(error: KafkaError) -> bool:
     """Consumer errors: fatal ones stop the worker; others (partition EOF, a broker that went
     away: the health check and the next commit see to that) are dropped."""
-    error = message.error()
     if error.fatal():
         raise _FatalKafkaError(f"drift-event consumer failed: {error.str()}")
     return False

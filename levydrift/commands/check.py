@@ -86,6 +86,7 @@ def run_check(columns: dict[str, np.ndarray], detectors: DetectorSettings,
     baseline = baseline or warmup_baseline(detectors)
     bank = SegmentedBank(detectors, baseline.reference)
     if baseline.kind == "file":  # baseline rows seed every segment; the champion's holdout
+        assert baseline.columns is not None, "a file baseline keeps its rows"
         bank.learn(baseline.columns)  # sample is used as the consumer uses it
 
     if progress is not None:

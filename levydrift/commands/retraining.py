@@ -33,7 +33,8 @@ class RetrainOutcome:
     action: str  # "trained" | "handled" | "published"
     line: str
     version: Any = None  # trainer.registry.VersionInfo when trained
-    handled_by: dict[str, int] = field(default_factory=dict)  # drift event id -> version
+    # drift event id -> the version that handled it (from the lineage or the covering episode)
+    handled_by: dict[str, int | None] = field(default_factory=dict)
 
 
 def retrain_once(result: CheckResult, settings: CheckSettings,

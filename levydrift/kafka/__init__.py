@@ -13,6 +13,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from confluent_kafka.admin import AdminClient
 
 from levydrift.errors import BrokerUnavailableError, MissingTopicError
+from levydrift.kafka.messages import offset_of, partition_of
 from levydrift.settings import KafkaSettings
 
 
@@ -125,8 +126,8 @@ def _in_range(batch: list[Message], pending: dict[int, int], topic: str) -> Iter
                 raise BrokerUnavailableError(
                     f"reading {topic}[{message.partition()}]: {error.str()}")
             continue
-        stop = pending.get(message.partition())
-        if stop is not None and message.offset() < stop:
+        stop = pending.get(partition_of(message))
+        if stop is not None and offset_of(message) < stop:
             yield message
 
 

@@ -15,14 +15,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from levydrift.errors import LevyDriftError
+from schemas.dead_letter import Headers
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+DeliveryCallback = Callable[[KafkaError | None, Any], None]  # (error, message)
+
+
+class DeliveryOption(TypedDict, total=False):
+    """``produce``'s delivery callback, passed only when there is one."""
+
+    on_delivery: DeliveryCallback
 
 
 class TransactionAborted(Exception):
@@ -120,16 +128,20 @@ class TransactionalOutput:
         return True
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
-                headers: list[tuple[str, bytes]] | None = None,
-                on_delivery: Callable[[KafkaError | None, Any], None] | None = None) -> None:
+                headers: Headers | None = None,
+                on_delivery: DeliveryCallback | None = None) -> None:
         """Queue a message in the open transaction. Raises ``MessageRefused`` when the client
         refuses it outright (too large); refusals by the broker arrive at ``on_delivery``."""
         assert self.broken is None, "produce on a broken transactional producer"
         self._begin_if_needed()
-        extra = {"on_delivery": on_delivery} if on_delivery is not None else {}
+        delivery: DeliveryOption = {"on_delivery": on_delivery} if on_delivery is not None else {}
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers, **extra)
+                # The stub's header type is an invariant List of (str, str | bytes | None):
+                # a list of (str, bytes | None), which produce accepts, does not match it.
+                self._producer.produce(topic, value=value, key=key,
+                                       headers=headers,  # type: ignore[arg-type]
+                                       **delivery)
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.1)

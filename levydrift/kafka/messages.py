@@ -1,0 +1,39 @@
+"""Typed access to a consumed message's position and headers.
+
+confluent-kafka's stubs make a ``Message``'s topic, partition and offset optional: they are
+None on an error event (and on a ``Message`` built by hand), never on a message the consumer
+delivered without an error. These accessors are for such messages only, and say so once
+instead of at every use.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from confluent_kafka import Message
+
+from schemas.dead_letter import Headers
+
+
+def topic_of(message: Message) -> str:
+    topic = message.topic()
+    assert topic is not None, "a consumed message without an error has a topic"
+    return topic
+
+
+def partition_of(message: Message) -> int:
+    partition = message.partition()
+    assert partition is not None, "a consumed message without an error has a partition"
+    return partition
+
+
+def offset_of(message: Message) -> int:
+    offset = message.offset()
+    assert offset is not None, "a consumed message without an error has an offset"
+    return offset
+
+
+def headers_of(message: Message) -> Headers | None:
+    """The stub types headers as what ``produce`` accepts (a dict, or str values); a consumed
+    message's headers are always a list of (name, bytes or None) pairs."""
+    return cast("Headers | None", message.headers())
