@@ -38,7 +38,7 @@ from levydrift.errors import UsageError
 from levydrift.features import TARGET, to_model_frame
 from levydrift.kafka import admin_client, ensure_reachable
 from levydrift.logs import configure as configure_logging
-from levydrift.settings import AdminSettings
+from levydrift.settings import AdminSettings, RegistrySettings
 from levydrift.simulator import LevySimulator, SimulatorConfig
 from schemas.drift_event import DriftEvent
 from trainer.config import TrainerSection, TrainerSettings
@@ -152,10 +152,9 @@ class Demo:
                           f"records (holdout MAE ${mae:,.2f}), promoted and published")
 
     def trainer_settings(self) -> TrainerSettings:
-        section = replace(TrainerSection(), registry_root=str(self.registry_root),
-                          transactional_id_prefix=self.topics.prefix)
+        section = replace(TrainerSection(), transactional_id_prefix=self.topics.prefix)
         return TrainerSettings(kafka=self.settings.kafka, topics=self.topics.names,
-                               trainer=section)
+                               trainer=section, registry=RegistrySettings(str(self.registry_root)))
 
     def start_services(self) -> None:
         services = self.services

@@ -30,19 +30,18 @@ class Services:
     def start(self, run_id: str, kafka: KafkaSettings, topics: TopicSettings,
               registry_root: Path) -> None:
         self.ports = {"consumer": free_port(CONSUMER_PORT), "trainer": free_port(TRAINER_PORT)}
-        common = service_environment(kafka, topics)
+        common = {**service_environment(kafka, topics),
+                  "LEVYDRIFT_REGISTRY_ROOT": str(registry_root)}
         self.spawn("consumer", ["consume"], {
             **common, "LEVYDRIFT_METRICS_PORT": str(self.ports["consumer"]),
             "LEVYDRIFT_CONSUMER_GROUP_ID": f"levy-demo-{run_id}-monitor",
             "LEVYDRIFT_CONSUMER_INSTANCE_ID": f"demo-{run_id}",
-            "LEVYDRIFT_CONSUMER_REGISTRY_ROOT": str(registry_root),
             "LEVYDRIFT_CONSUMER_BATCH_SIZE": "1000",
             "LEVYDRIFT_CONSUMER_CHECKPOINT_INTERVAL_S": "0.5"})
         self.spawn("trainer", ["train-worker"], {
             **common, "LEVYDRIFT_METRICS_PORT": str(self.ports["trainer"]),
             "LEVYDRIFT_TRAINER_GROUP_ID": f"levy-demo-{run_id}-trainer",
             "LEVYDRIFT_TRAINER_TRANSACTIONAL_ID_PREFIX": f"levy-demo-{run_id}",
-            "LEVYDRIFT_TRAINER_REGISTRY_ROOT": str(registry_root),
             "LEVYDRIFT_TRAINER_WINDOW_RECORDS": "10000",
             # Both partitions' events of one change arrive within a few seconds: one retrain.
             "LEVYDRIFT_TRAINER_EPISODE_LINGER_S": "3"})
