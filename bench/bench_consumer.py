@@ -143,7 +143,7 @@ def run_service(bootstrap: str, names: dict[str, str], records: int, workdir: Pa
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEVYDRIFT_")}
     env.update({"LEVYDRIFT_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                 "LEVYDRIFT_CONSUMER_GROUP_ID": group, "LEVYDRIFT_CONSUMER_INSTANCE_ID": group,
-                "LEVYDRIFT_CONSUMER_REGISTRY_ROOT": str(workdir / "models"),
+                "LEVYDRIFT_REGISTRY_ROOT": str(workdir / "models"),
                 "LEVYDRIFT_METRICS_PORT": str(port), "LEVYDRIFT_METRICS_HOST": "127.0.0.1",
                 "LEVYDRIFT_LOGGING_LEVEL": "WARNING",
                 **{f"LEVYDRIFT_TOPICS_{key.upper()}": name for key, name in names.items()}})

@@ -76,9 +76,10 @@ model_versions = "{topics['versions']}"
 [trainer]
 group_id = "bench-{unique}"
 transactional_id_prefix = "bench-{unique}"
-registry_root = "{root / 'e2e'}"
 window_records = {records}
 episode_linger_s = 0.0
+[registry]
+root = "{root / 'e2e'}"
 [metrics]
 port = 0
 """)
