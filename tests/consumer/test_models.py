@@ -117,7 +117,7 @@ def test_tampered_or_foreign_artifacts_are_refused_and_the_champion_keeps_servin
     group = f"g-{unique}"
     run = ConsumerRun(kafka_bootstrap, topics, group, "solo", tmp_path / "consumer.log",
                       extra_env={"LEVYDRIFT_METRICS_PORT": str(port),
-                                 "LEVYDRIFT_CONSUMER_REGISTRY_ROOT": str(registry)}).start()
+                                 "LEVYDRIFT_REGISTRY_ROOT": str(registry)}).start()
     wait_processed(kafka_bootstrap, group, topics, 4000, runs=[run])
     assert champion_version(port) == 1.0
     assert "champion swapped" in run.log()
@@ -155,7 +155,7 @@ def start_consumer(bootstrap: str, topics: Topics, group: str, registry: Path, l
     port = free_port()
     run = ConsumerRun(bootstrap, topics, group, "solo", log,
                       extra_env={"LEVYDRIFT_METRICS_PORT": str(port),
-                                 "LEVYDRIFT_CONSUMER_REGISTRY_ROOT": str(registry)}).start()
+                                 "LEVYDRIFT_REGISTRY_ROOT": str(registry)}).start()
     consumers.append(run)
     return run, port
 
