@@ -35,6 +35,7 @@ from schemas.levy_record import (
 )
 
 FORMATS = (".csv", ".parquet", ".jsonl", ".ndjson")
+_INT64_LIMIT = 2.0 ** 63
 _INTEGER_FIELDS = ("schema_version", "tax_year")  # 2026, not 2026.0
 Columns = dict[str, np.ndarray]
 
@@ -235,7 +236,9 @@ def _csv_values(name: str, text: pd.Series) -> list[Any]:
         return values.tolist()
     numbers = pd.to_numeric(text.where(~empty), errors="coerce").to_numpy(dtype=float)
     parsed = ~np.isnan(numbers)
-    if (name in _INTEGER_FIELDS and np.isfinite(numbers).all()
+    # Whole numbers that fit int64 become ints; anything else stays as read, for the codec to
+    # judge (a cast would turn 1e30 into a wrong, possibly valid-looking number).
+    if (name in _INTEGER_FIELDS and np.all(np.abs(numbers) < _INT64_LIMIT)
             and np.all(numbers % 1 == 0)):
         return numbers.astype(np.int64).tolist()
     values = numbers.astype(object)

@@ -32,12 +32,16 @@ from schemas.levy_record import (
 )
 from tests.schemas.test_levy_record import GOOD, timestamps
 
+# A numeric warning here means a value was turned into another (1e30 cast to int64), not read.
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
+
 # What a Parquet or CSV column can hold: numbers (or null) where numbers belong, text (or
 # null) where text belongs, with values on and beyond every bound.
 numbers = st.one_of(
     st.floats(), st.integers(-10**13, 10**13),
     st.sampled_from([0, -0.0, -1e-9, 1e-300, 0.1, 0.1000000001, MONEY_MAX, 10**12 + 1, 1900,
-                     2100, 2101, 2024.0, 2024.5, 1, 1.0, 2, None, float("nan"), float("inf")]))
+                     2100, 2101, 2024.0, 2024.5, 1, 1.0, 2, None, float("nan"), float("inf"),
+                     1e30, 2.0 ** 63, -(2.0 ** 63), 9.3e18]))  # beyond int64 as well
 texts = st.one_of(st.text(max_size=70), st.none(), st.sampled_from(["", "x" * 64, "x" * 65]))
 value_for = {name: numbers for name in NUMERIC_FIELDS}
 value_for.update(dict.fromkeys(TEXT_FIELDS, texts))
