@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import struct
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import orjson
@@ -365,3 +366,30 @@ def test_one_change_in_one_segment_is_one_decision_across_layers(seed: int) -> N
     episode = [d for d in decisions
                if d.detected_at <= first.detected_at + DetectorSettings().cooldown_records]
     assert episode == [first], [(d.segment, d.detected_at, d.signal_names) for d in episode]
+
+
+def test_many_segments_in_slices_decide_and_snapshot_as_the_plain_loops_do() -> None:
+    """The pooled layer's lean loop (and the segment layer's batch plumbing) change no
+    decision and no snapshot byte: many segments, county slices, changes in one segment and
+    in the whole stream, against the same bank run through the general loop."""
+    levels = {f"C{i:02d}": (i % 7 - 3) * 0.4 for i in range(12)}
+    columns = stream(levels, 60_000, np.random.default_rng(11), shift=("C03", 0.7, 25_000))
+    columns["x"][45_000:] += 0.5  # the whole stream moves: a pooled decision
+    arrived = sliced(columns, 700)
+    settings = replace(SMALL, max_segments=10)  # and an "(other)" segment
+    lean, plain = SegmentedBank(settings), SegmentedBank(settings)
+    assert plain.pool is not None
+    for channel in plain.pool.channels.values():
+        channel.location_only = False  # type: ignore[union-attr]
+    decisions, n = [], len(arrived["x"])
+    for first in range(0, n, 1_300):
+        part = {name: values[first:first + 1_300] for name, values in arrived.items()}
+        positions = np.arange(first, min(n, first + 1_300), dtype=np.int64)
+        decisions.append(lean.update(part, positions))
+        assert decisions[-1] == plain.update(part, positions)
+        if first % 13_000 == 0:
+            assert lean.snapshot() == plain.snapshot()
+    assert lean.finish() == plain.finish()
+    assert lean.snapshot() == plain.snapshot()
+    found = [d for batch in decisions for d in batch]
+    assert any(d.segment == "county=C03" for d in found) and any(not d.segment for d in found)
