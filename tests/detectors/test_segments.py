@@ -393,3 +393,30 @@ def test_many_segments_in_slices_decide_and_snapshot_as_the_plain_loops_do() -> 
     assert lean.snapshot() == plain.snapshot()
     found = [d for batch in decisions for d in batch]
     assert any(d.segment == "county=C03" for d in found) and any(not d.segment for d in found)
+
+
+def test_canonical_event_times_are_read_as_pandas_reads_them() -> None:
+    """The compiled reader of "YYYY-MM-DDTHH:MM:SS.sssZ" gives pandas' times; any other
+    form (or an impossible date) leaves the batch to pandas."""
+    import pandas as pd
+
+    from detectors.composition import _canonical_rfc3339_ms, event_times_ms
+
+    def by_pandas(values: np.ndarray) -> np.ndarray:
+        parsed = pd.to_datetime(pd.Series(values, dtype=object), utc=True, format="ISO8601",
+                                errors="coerce").to_numpy(dtype="datetime64[ns]")
+        return np.where(np.isnat(parsed), -1, parsed.astype("datetime64[ms]").astype(np.int64))
+
+    millis = np.random.default_rng(5).integers(0, 7_000_000_000_000, 20_000)  # to 2191
+    text = np.array([t[:23] + "Z" for t in pd.to_datetime(millis, unit="ms", utc=True)
+                     .strftime("%Y-%m-%dT%H:%M:%S.%f")], dtype=object)
+    np.testing.assert_array_equal(_canonical_rfc3339_ms(text), millis)
+    np.testing.assert_array_equal(event_times_ms(text), by_pandas(text))
+    odd = ["2024-02-29T23:59:59.999Z", "2023-02-29T00:00:00.000Z", "2100-02-29T00:00:00.000Z",
+           "2026-13-01T00:00:00.000Z", "2026-04-31T00:00:00.000Z", "2026-01-01T24:00:00.000Z",
+           "2026-01-01T23:59:60.000Z", "2026-01-01T00:00:00Z", "2026-01-01T00:00:00.000+01:00",
+           "2026-01-01 00:00:00.000Z", "2026-01-01T00:00:00.000z", "1969-12-31T23:59:59.999Z",
+           "２026-01-01T00:00:00.000Z", "garbage", "", None, float("nan")]
+    for value in odd:
+        values = np.array(["2026-01-01T00:00:00.000Z", value], dtype=object)
+        np.testing.assert_array_equal(event_times_ms(values), by_pandas(values))
