@@ -217,26 +217,33 @@ class SegmentedBank:
         score to the pooled bank. Returns (layer, decision) pairs, each record's segment
         code and the pooled scores."""
         signals = [name for name in self.settings.numeric_like() if columns.get(name) is not None]
-        arrays = {name: np.asarray(columns[name], dtype=np.float64) for name in signals}
-        scores = {name: np.full(len(positions), np.nan) for name in signals}
+        # One row per signal: a segment's records are then one gather, one fill and one
+        # scatter for all signals, not one per signal.
+        values = np.empty((len(signals), len(positions)))
+        for row, name in enumerate(signals):
+            column = np.asarray(columns[name], dtype=np.float64)
+            if column.shape != (len(positions),):
+                raise ValueError(f"column {name!r} has {len(column)} values for "
+                                 f"{len(positions)} positions")
+            values[row] = column
+        scores = np.full(values.shape, np.nan)
         found: list[tuple[str, DriftDecision]] = []
         segment_codes = np.full(len(positions), -1, dtype=np.int32)
         for label, rows in self._route(groups, labels).items():
-            bank = self.segments[label]
             segment_codes[rows] = self.codes[label]
-            if isinstance(rows, slice):  # one run of records (county slices): views, no copies
-                out = {name: scores[name][rows] for name in signals}
-            else:
-                out = {name: np.full(rows.size, np.nan) for name in signals}
-            for decision in bank.update({name: arrays[name][rows] for name in signals},
-                                        positions[rows], out):
-                found.append(("segment", replace(decision, segment=label)))
+            # One run of records (county slices): views, no copies.
+            out = scores[:, rows] if isinstance(rows, slice) else np.full(
+                (len(signals), rows.size), np.nan)
+            decisions = self.segments[label].update(
+                dict(zip(signals, values[:, rows], strict=True)), positions[rows],
+                dict(zip(signals, out, strict=True)))
+            found += [("segment", replace(d, segment=label)) for d in decisions]
             if not isinstance(rows, slice):
-                for name in signals:
-                    scores[name][rows] = out[name]
+                scores[:, rows] = out
+        pooled = dict(zip(signals, scores, strict=True))
         if self.pool is not None and signals:
-            found += [("pooled", d) for d in self.pool.update(scores, positions)]
-        return found, segment_codes, scores
+            found += [("pooled", d) for d in self.pool.update(pooled, positions)]
+        return found, segment_codes, pooled
 
     def _route(self, groups: np.ndarray, labels: np.ndarray) -> dict[str, slice | np.ndarray]:
         """Each segment's rows (ascending), segments in order of first appearance: a slice
