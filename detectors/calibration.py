@@ -15,6 +15,7 @@ h = log(1 / its share of the rate).
 
 from __future__ import annotations
 
+import functools
 import math
 
 SIEGMUND_CORRECTION = 1.166
@@ -28,9 +29,12 @@ def siegmund_arl(k: float, h: float) -> float:
     return (math.exp(2.0 * k * b) - 2.0 * k * b - 1.0) / (2.0 * k * k)
 
 
+@functools.lru_cache(maxsize=1024)
 def page_hinkley_threshold(delta: float, arl0: float) -> float:
     """Threshold h at which a one-sided test with allowance ``delta`` has mean run length
-    ``arl0`` to a false alarm (bisection on Siegmund's formula, which increases with h)."""
+    ``arl0`` to a false alarm (bisection on Siegmund's formula, which increases with h).
+    Cached: every new segment's bank asks again for the same few thresholds (~200
+    evaluations of the formula each)."""
     low, high = 0.0, 1.0
     while siegmund_arl(delta, high) < arl0:
         high *= 2.0

@@ -136,6 +136,10 @@ class NumericChannel:
         self.aw_variances = np.zeros((k.AW_MAX_LEVELS, ADWIN_MAX_BUCKETS + 1))
         self.aw_counts = np.zeros(k.AW_MAX_LEVELS, dtype=np.int64)
         self.alarm = np.zeros((n_ph + 1, k.AL_COLUMNS))
+        # Given scores, location Page-Hinkley only (the pooled layer): a leaner loop.
+        self.location_only = bool(
+            self.scoring == k.SCORE_GIVEN and not settings.adwin and n_ph
+            and (self.ph_par[:, k.PH_SOURCE] == k.SOURCE_LOCATION).all())
         # The reference's lookup tables; empty while warming up.
         self.knots, self.below, self.at_or_below = np.zeros(0), np.zeros(0), np.zeros(0)
         self.u_min = 0.0
@@ -211,17 +215,27 @@ class NumericChannel:
             if self.reference is None:
                 start = self._warm(values, positions, start)
                 continue
-            start = k.run_numeric(
-                values, positions, start, self.knots, self.below, self.at_or_below,
-                self.u_min, self.ph_par, self.ph_f, self.ph_i, self.aw_par, self.aw_s,
-                self.aw_totals, self.aw_variances, self.aw_counts, self.ring_values,
-                self.ring_positions, self.counters, self.alarm,
-                self.scoring, NO_SCORES if scores is None else scores)
+            start = self._run(values, positions, start, scores)
             if self.alarm[:, k.AL_FIRED].any():
                 alarms.append(Alarm(start - 1, self._finding()))
                 self.alarm[:, :] = 0.0
                 self.start_warmup(self.settings.relearn_records)
         return alarms
+
+    def _run(self, values: np.ndarray, positions: np.ndarray, start: int,
+             scores: np.ndarray | None) -> int:
+        """Detect from ``start`` up to and including the first alarm; returns where to go on."""
+        if self.location_only and scores is None:
+            return int(k.run_location_page_hinkley(
+                values, positions, start, self.ph_par, self.ph_f, self.ph_i, self.aw_s,
+                self.aw_totals, self.aw_variances, self.aw_counts, self.ring_values,
+                self.ring_positions, self.counters, self.alarm))
+        return int(k.run_numeric(
+            values, positions, start, self.knots, self.below, self.at_or_below,
+            self.u_min, self.ph_par, self.ph_f, self.ph_i, self.aw_par, self.aw_s,
+            self.aw_totals, self.aw_variances, self.aw_counts, self.ring_values,
+            self.ring_positions, self.counters, self.alarm,
+            self.scoring, NO_SCORES if scores is None else scores))
 
     def _warm(self, values: np.ndarray, positions: np.ndarray, start: int) -> int:
         """Collect (re)learning values from ``start``; once there are enough, build the

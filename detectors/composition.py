@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from numba import njit
 
 from detectors.channels import DetectorStatus
 from detectors.config import DetectorSettings
@@ -327,8 +328,83 @@ def event_times_ms(column: Any) -> np.ndarray:
         return np.where(np.isnat(array), -1, values)
     if array.dtype.kind in "iu":
         return array.astype(np.int64)
+    fast = _canonical_rfc3339_ms(array)
+    if fast is not None:
+        return fast
     parsed = pd.to_datetime(pd.Series(array, dtype=object), utc=True, format="ISO8601",
                             errors="coerce")
     values = parsed.to_numpy(dtype="datetime64[ns]")
     out = values.astype("datetime64[ms]").astype(np.int64)
     return np.where(np.isnat(values), -1, out)
+
+
+# The producers' one format, "2026-01-01T18:17:48.000Z": its fields sit at fixed offsets.
+CANONICAL_LENGTH = 24
+CANONICAL_SEPARATORS = np.frombuffer(b"0000-00-00T00:00:00.000Z", dtype=np.uint8)
+CANONICAL_DAYS_BEFORE_MONTH = np.array([0, 0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304,
+                                        334], dtype=np.int64)
+CANONICAL_DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31],
+                                   dtype=np.int64)
+
+
+def _canonical_rfc3339_ms(array: np.ndarray) -> np.ndarray | None:
+    """Epoch ms of strings that are all ``YYYY-MM-DDTHH:MM:SS.sssZ`` (years 1970-2199), read
+    from their bytes in a compiled loop: pandas' parser cost ~10 % of the segment layer's
+    time. None when any value is not of that form (pandas then reads the batch, so both
+    paths give the same times)."""
+    if array.ndim != 1 or not array.size or array.dtype.kind not in "OU":
+        return None
+    values = array.tolist()
+    if set(map(type, values)) != {str} or set(map(len, values)) != {CANONICAL_LENGTH}:
+        return None
+    try:
+        text = np.array(values, dtype=f"S{CANONICAL_LENGTH}")
+    except UnicodeEncodeError:
+        return None
+    out = np.empty(len(text), dtype=np.int64)
+    chars = text.view(np.uint8).reshape(len(text), CANONICAL_LENGTH)
+    if not _parse_canonical(chars, CANONICAL_SEPARATORS, CANONICAL_DAYS_BEFORE_MONTH,
+                            CANONICAL_DAYS_IN_MONTH, out):
+        return None
+    return out
+
+
+@njit(cache=True)
+def _parse_canonical(chars: np.ndarray, pattern: np.ndarray, days_before: np.ndarray,
+                     days_in: np.ndarray, out: np.ndarray) -> bool:
+    """Fill ``out`` with each row's epoch ms; False at the first row that is not a valid
+    canonical time (digits where ``pattern`` has '0', its separators elsewhere)."""
+    zero = ord("0")
+    for row in range(chars.shape[0]):
+        for column in range(pattern.shape[0]):
+            c = chars[row, column]
+            if pattern[column] == zero:
+                if c < zero or c > zero + 9:
+                    return False
+            elif c != pattern[column]:
+                return False
+        year = _digits(chars, row, 0, 4)
+        month, day = _digits(chars, row, 5, 2), _digits(chars, row, 8, 2)
+        hour, minute = _digits(chars, row, 11, 2), _digits(chars, row, 14, 2)
+        second, milli = _digits(chars, row, 17, 2), _digits(chars, row, 20, 3)
+        leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+        if not (1970 <= year < 2200 and 1 <= month <= 12):
+            return False
+        if not (1 <= day <= days_in[month] + (1 if leap and month == 2 else 0)
+                and hour < 24 and minute < 60 and second < 60):
+            return False
+        # Days since 1970-01-01: whole years with their leap days, then this year's.
+        past = year - 1
+        leap_days = (past // 4 - past // 100 + past // 400) - 477  # 477 leap years to 1969
+        days = ((year - 1970) * 365 + leap_days + days_before[month]
+                + (1 if leap and month > 2 else 0) + day - 1)
+        out[row] = (((days * 24 + hour) * 60 + minute) * 60 + second) * 1000 + milli
+    return True
+
+
+@njit(cache=True, inline="always")
+def _digits(chars: np.ndarray, row: int, first: int, width: int) -> int:
+    value = 0
+    for column in range(first, first + width):
+        value = value * 10 + (chars[row, column] - 48)
+    return value

@@ -128,11 +128,11 @@ class SegmentedBank:
                  else np.full(n, -1, dtype=np.int64))
         if len(times) != n:
             raise ValueError(f"event_time has {len(times)} values for {n} positions")
-        keys = self.segment_keys(columns, n)
+        groups, labels = self.segment_groups(columns, n)
         composition_columns = dict(columns)
         if len(self.settings.segment_by) > 1:
-            composition_columns["+".join(self.settings.segment_by)] = keys
-        found, codes, scores = self._feed_segments(columns, positions, keys)
+            composition_columns["+".join(self.settings.segment_by)] = labels[groups]
+        found, codes, scores = self._feed_segments(columns, positions, groups, labels)
         found += [("composition", d)
                   for d in self.composition.update(composition_columns, positions, times)]
         batch = Batch(positions, times, codes, scores)
@@ -162,7 +162,7 @@ class SegmentedBank:
         if self.last_position is not None or n == 0:
             return
         positions = np.arange(-n - 1, -1, dtype=np.int64)
-        self._feed_segments(columns, positions, self.segment_keys(columns, n))
+        self._feed_segments(columns, positions, *self.segment_groups(columns, n))
         self.pooled_marks = {}
         for bank in self.segments.values():  # a short baseline still sets each reference
             for channel in bank.channels.values():
@@ -186,37 +186,80 @@ class SegmentedBank:
             keys = keys + (prefix + labels)[codes]
         return keys
 
+    def segment_groups(self, columns: Mapping[str, Any], n: int) -> tuple[np.ndarray,
+                                                                         np.ndarray]:
+        """``segment_keys`` as (group per record, label per group), groups numbered in order
+        of first appearance, without building a string per record. Two groups may share a
+        label (values whose text is the same, such as "" and a missing value)."""
+        fields = self.settings.segment_by
+        if not fields:
+            return np.zeros(n, dtype=np.int64), np.array([""] if n else [], dtype=object)
+        combined, labels = np.zeros(n, dtype=np.int64), np.array([""], dtype=object)
+        for number, name in enumerate(fields):
+            column = columns.get(name)
+            if column is None:
+                codes, texts = np.zeros(n, dtype=np.int64), [MISSING]
+            else:  # label the few distinct values, not every record
+                codes, uniques = pd.factorize(np.asarray(column, dtype=object))
+                codes = np.where(codes < 0, len(uniques), codes)  # missing: the last label
+                texts = [str(u) if str(u) else MISSING for u in uniques] + [MISSING]
+            prefix = ("," if number else "") + name + "="
+            field_labels = np.array([prefix + text for text in texts], dtype=object)
+            combined, first = pd.factorize(combined * len(field_labels) + codes)
+            labels = labels[first // len(field_labels)] + field_labels[first % len(field_labels)]
+        return combined.astype(np.int64), labels
+
     def _feed_segments(self, columns: Mapping[str, Any], positions: np.ndarray,
-                       keys: np.ndarray) -> tuple[list[tuple[str, DriftDecision]], np.ndarray,
-                                                  dict[str, np.ndarray]]:
+                       groups: np.ndarray, labels: np.ndarray
+                       ) -> tuple[list[tuple[str, DriftDecision]], np.ndarray,
+                                  dict[str, np.ndarray]]:
         """Each segment's records to its bank (relative order kept), then every record's
         score to the pooled bank. Returns (layer, decision) pairs, each record's segment
         code and the pooled scores."""
         signals = [name for name in self.settings.numeric_like() if columns.get(name) is not None]
-        arrays = {name: np.asarray(columns[name], dtype=np.float64) for name in signals}
-        scores = {name: np.full(len(positions), np.nan) for name in signals}
-        codes, uniques = pd.factorize(keys)
-        order = np.argsort(codes, kind="stable")
-        bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
+        # One row per signal: a segment's records are then one gather, one fill and one
+        # scatter for all signals, not one per signal.
+        values = np.empty((len(signals), len(positions)))
+        for row, name in enumerate(signals):
+            column = np.asarray(columns[name], dtype=np.float64)
+            if column.shape != (len(positions),):
+                raise ValueError(f"column {name!r} has {len(column)} values for "
+                                 f"{len(positions)} positions")
+            values[row] = column
+        scores = np.full(values.shape, np.nan)
         found: list[tuple[str, DriftDecision]] = []
         segment_codes = np.full(len(positions), -1, dtype=np.int32)
-        routed: dict[str, list[np.ndarray]] = {}
-        for code, label in enumerate(uniques):
-            routed.setdefault(self._segment_for(str(label)), []).append(
-                order[bounds[code]:bounds[code + 1]])
-        for label, parts in routed.items():
-            rows = parts[0] if len(parts) == 1 else np.sort(np.concatenate(parts))
-            bank = self.segments[label]
+        for label, rows in self._route(groups, labels).items():
             segment_codes[rows] = self.codes[label]
-            out = {name: np.full(rows.size, np.nan) for name in signals}
-            for decision in bank.update({name: arrays[name][rows] for name in signals},
-                                        positions[rows], out):
-                found.append(("segment", replace(decision, segment=label)))
-            for name in signals:
-                scores[name][rows] = out[name]
+            # One run of records (county slices): views, no copies.
+            out = scores[:, rows] if isinstance(rows, slice) else np.full(
+                (len(signals), rows.size), np.nan)
+            decisions = self.segments[label].update(
+                dict(zip(signals, values[:, rows], strict=True)), positions[rows],
+                dict(zip(signals, out, strict=True)))
+            found += [("segment", replace(d, segment=label)) for d in decisions]
+            if not isinstance(rows, slice):
+                scores[:, rows] = out
+        pooled = dict(zip(signals, scores, strict=True))
         if self.pool is not None and signals:
-            found += [("pooled", d) for d in self.pool.update(scores, positions)]
-        return found, segment_codes, scores
+            found += [("pooled", d) for d in self.pool.update(pooled, positions)]
+        return found, segment_codes, pooled
+
+    def _route(self, groups: np.ndarray, labels: np.ndarray) -> dict[str, slice | np.ndarray]:
+        """Each segment's rows (ascending), segments in order of first appearance: a slice
+        when they are one run of consecutive records."""
+        order = np.argsort(groups, kind="stable")
+        bounds = np.searchsorted(groups[order], np.arange(len(labels) + 1))
+        parts: dict[str, list[np.ndarray]] = {}
+        for group, label in enumerate(labels):
+            parts.setdefault(self._segment_for(str(label)), []).append(
+                order[bounds[group]:bounds[group + 1]])
+        routed: dict[str, slice | np.ndarray] = {}
+        for label, pieces in parts.items():
+            rows = pieces[0] if len(pieces) == 1 else np.sort(np.concatenate(pieces))
+            first, last = int(rows[0]), int(rows[-1])
+            routed[label] = slice(first, last + 1) if last - first + 1 == rows.size else rows
+        return routed
 
     def _segment_for(self, label: str) -> str:
         if label in self.segments:

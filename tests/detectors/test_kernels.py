@@ -106,3 +106,48 @@ def test_lazy_categorical_cusum_alarms_where_the_eager_one_does(seed: int) -> No
     eager = eager_categorical(codes, n_known, par, shares, 2000.0, 50, 500)
     assert eager, "the regime changes should raise alarms"
     assert lazy_categorical(codes, n_known, par, shares, 2000.0, 50, 500) == eager
+
+
+@pytest.mark.parametrize("upward_only", [False, True])
+def test_the_pooled_loop_runs_exactly_as_the_general_one(upward_only: bool) -> None:
+    """``run_location_page_hinkley`` is ``run_numeric`` for the pooled layer's channels
+    (given scores, location Page-Hinkley only): same stops, alarms and state, bit for bit."""
+    from detectors.channels import NO_SCORES, NumericChannel
+    from detectors.config import DetectorSettings
+
+    settings = DetectorSettings(
+        numeric_signals=("x",), categorical_signals=(), prediction_signals=(),
+        performance_signals=("x",) if upward_only else (), scoring="given", adwin=False,
+        spread=False, min_instances=30, performance_upward_only=upward_only)
+    rng = np.random.default_rng(7)
+    values = rng.standard_normal(60_000)
+    values[rng.random(values.size) < 0.3] = np.nan
+    for start, size in ((5_000, 0.6), (20_000, -0.8), (40_000, 1.5)):
+        values[start:start + 8_000] += size  # alarms in both directions
+    positions = np.arange(values.size, dtype=np.int64) * 3
+    fast, general = NumericChannel("x", settings, None), NumericChannel("x", settings, None)
+    reference = NumericReference.from_values(rng.standard_normal(1000))
+    fast.set_reference(reference)
+    general.set_reference(reference)
+    assert fast.location_only
+    stops = []
+    for first in range(0, values.size, 2_500):  # batches, as the bank feeds them
+        batch, where = values[first:first + 2_500], positions[first:first + 2_500]
+        start = 0
+        while start < batch.size:
+            stop = fast._run(batch, where, start, None)
+            assert stop == k.run_numeric(
+                batch, where, start, general.knots, general.below, general.at_or_below,
+                general.u_min, general.ph_par, general.ph_f, general.ph_i, general.aw_par,
+                general.aw_s, general.aw_totals, general.aw_variances, general.aw_counts,
+                general.ring_values, general.ring_positions, general.counters, general.alarm,
+                general.scoring, NO_SCORES)
+            for name in ("ph_f", "ph_i", "aw_s", "aw_totals", "aw_counts", "ring_values",
+                         "ring_positions", "counters", "alarm"):
+                np.testing.assert_array_equal(getattr(fast, name), getattr(general, name))
+            if fast.alarm[:, k.AL_FIRED].any():
+                stops.append(first + stop)
+                fast.alarm[:] = 0.0
+                general.alarm[:] = 0.0
+            start = stop
+    assert len(stops) >= (2 if upward_only else 3)

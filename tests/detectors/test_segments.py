@@ -4,9 +4,11 @@ event-time window, and snapshots are framed and bounds-checked."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import struct
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import orjson
@@ -365,3 +367,75 @@ def test_one_change_in_one_segment_is_one_decision_across_layers(seed: int) -> N
     episode = [d for d in decisions
                if d.detected_at <= first.detected_at + DetectorSettings().cooldown_records]
     assert episode == [first], [(d.segment, d.detected_at, d.signal_names) for d in episode]
+
+
+def test_many_segments_in_slices_decide_and_snapshot_as_before() -> None:
+    """The segment layer's batch plumbing and the pooled layer's lean loop change no
+    decision and no snapshot byte: many segments (and an "(other)" one) in county slices,
+    a change in one segment and one of the whole stream. The digest was recorded by the
+    build before them (commit 644fdf6); the general loop is run beside the lean one."""
+    levels = {f"C{i:02d}": (i % 7 - 3) * 0.4 for i in range(12)}
+    columns = stream(levels, 60_000, np.random.default_rng(11), shift=("C03", 0.7, 25_000))
+    columns["x"][45_000:] += 0.5  # the whole stream moves: a pooled decision
+    arrived = sliced(columns, 700)
+    settings = replace(SMALL, max_segments=10)
+    lean, plain = SegmentedBank(settings), SegmentedBank(settings)
+    assert plain.pool is not None
+    for channel in plain.pool.channels.values():
+        channel.location_only = False  # type: ignore[union-attr]
+    digest, found, n = hashlib.sha256(), [], len(arrived["x"])
+    for first in range(0, n, 1_300):
+        part = {name: values[first:first + 1_300] for name, values in arrived.items()}
+        positions = np.arange(first, min(n, first + 1_300), dtype=np.int64)
+        decisions = lean.update(part, positions)
+        assert decisions == plain.update(part, positions)
+        found += decisions
+        digest.update("".join(map(repr, decisions)).encode() + lean.snapshot())
+    decisions = lean.finish()
+    assert decisions == plain.finish() and lean.snapshot() == plain.snapshot()
+    digest.update("".join(map(repr, decisions)).encode() + lean.snapshot())
+    assert any(d.segment == "county=C03" for d in found) and any(not d.segment for d in found)
+    assert digest.hexdigest() == (
+        "92da4b7506a0000c92293f2da7223e72c546f9776efdcae5105f8ff1431a0cfc")
+
+
+def test_canonical_event_times_are_read_as_pandas_reads_them() -> None:
+    """The compiled reader of "YYYY-MM-DDTHH:MM:SS.sssZ" gives pandas' times; any other
+    form (or an impossible date) leaves the batch to pandas."""
+    import pandas as pd
+
+    from detectors.composition import _canonical_rfc3339_ms, event_times_ms
+
+    def by_pandas(values: np.ndarray) -> np.ndarray:
+        parsed = pd.to_datetime(pd.Series(values, dtype=object), utc=True, format="ISO8601",
+                                errors="coerce").to_numpy(dtype="datetime64[ns]")
+        return np.where(np.isnat(parsed), -1, parsed.astype("datetime64[ms]").astype(np.int64))
+
+    millis = np.random.default_rng(5).integers(0, 7_000_000_000_000, 20_000)  # to 2191
+    text = np.array([t[:23] + "Z" for t in pd.to_datetime(millis, unit="ms", utc=True)
+                     .strftime("%Y-%m-%dT%H:%M:%S.%f")], dtype=object)
+    np.testing.assert_array_equal(_canonical_rfc3339_ms(text), millis)
+    np.testing.assert_array_equal(event_times_ms(text), by_pandas(text))
+    odd = ["2024-02-29T23:59:59.999Z", "2023-02-29T00:00:00.000Z", "2100-02-29T00:00:00.000Z",
+           "2026-13-01T00:00:00.000Z", "2026-04-31T00:00:00.000Z", "2026-01-01T24:00:00.000Z",
+           "2026-01-01T23:59:60.000Z", "2026-01-01T00:00:00Z", "2026-01-01T00:00:00.000+01:00",
+           "2026-01-01 00:00:00.000Z", "2026-01-01T00:00:00.000z", "1969-12-31T23:59:59.999Z",
+           "２026-01-01T00:00:00.000Z", "garbage", "", None, float("nan")]
+    for value in odd:
+        values = np.array(["2026-01-01T00:00:00.000Z", value], dtype=object)
+        np.testing.assert_array_equal(event_times_ms(values), by_pandas(values))
+
+
+@pytest.mark.parametrize("fields", [(), ("county",), ("county", "district")])
+def test_segment_groups_label_records_as_segment_keys_do(fields: tuple[str, ...]) -> None:
+    rng = np.random.default_rng(9)
+    columns = {"county": np.array(["A", "B", "", None, "C", 1, "1"], dtype=object)[
+        rng.integers(7, size=500)], "district": rng.integers(3, size=500).astype(object)}
+    bank = SegmentedBank(replace(SMALL, segment_by=fields))
+    for n in (500, 1, 0):
+        part = {name: values[:n] for name, values in columns.items()}
+        groups, labels = bank.segment_groups(part, n)
+        keys = bank.segment_keys(part, n)
+        assert labels[groups].tolist() == keys.tolist()
+        firsts = [keys.tolist().index(label) for label in dict.fromkeys(labels.tolist())]
+        assert firsts == sorted(firsts)  # labels in order of first appearance

@@ -1,0 +1,110 @@
+"""Throughput of the segmented bank beside today's single bank, alone (section 2 of
+``bench_arrival_orders.py`` without its decision tables), for comparing builds.
+
+    .venv/bin/python bench/bench_segmented_throughput.py [--records 500000] [--repeats 5]
+        [--orders county-batches shuffled] [--cache DIR] [--json]
+
+Both banks are fed the same prebuilt columns (``arrived``: the consumer's columns, batches of
+2,000), interleaved, and timed in wall and CPU (process) time. ``--cache DIR`` keeps the
+columns between runs, so two builds can be run one after the other on the same records
+(``PYTHONPATH`` chooses the build); ``--json`` prints one line of rates per order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_arrival_orders import BATCH, COUNTY, arrived, champion_for  # noqa: E402
+from machine import describe  # noqa: E402
+
+from detectors import DetectorBank, DetectorSettings  # noqa: E402
+from detectors.segments import SegmentedBank  # noqa: E402
+from levydrift.simulator import LevySimulator, SimulatorConfig  # noqa: E402
+
+
+def columns_for(order: str, records: int, cache: Path | None) -> dict[str, np.ndarray]:
+    path = cache / f"{order}-{records}.pkl" if cache else None
+    if path is not None and path.exists():
+        with path.open("rb") as handle:
+            loaded: dict[str, np.ndarray] = pickle.load(handle)
+            return loaded
+    simulator = LevySimulator(SimulatorConfig(seed=0, labelled_share=0.3, county=COUNTY))
+    columns = arrived(simulator, records, order, champion_for(0))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as handle:
+            pickle.dump(columns, handle, protocol=5)
+    return columns
+
+
+def timed_feed(bank, columns: dict[str, np.ndarray]) -> tuple[float, float]:
+    """(wall, CPU) seconds to feed every record in batches, as the consumer does."""
+    n = len(columns["index"])
+    wall, cpu = time.perf_counter(), time.process_time()
+    for first in range(0, n, BATCH):
+        part = {name: values[first:first + BATCH] for name, values in columns.items()}
+        bank.update(part, np.arange(first, min(n, first + BATCH)))
+    if isinstance(bank, SegmentedBank):
+        bank.finish()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def rates(columns: dict[str, np.ndarray], repeats: int) -> dict[str, dict[str, list[float]]]:
+    """records/s per bank and clock, the banks interleaved so load drift hits both."""
+    n = len(columns["index"])
+    makers = {"single": lambda: DetectorBank(DetectorSettings()),
+              "segmented": lambda: SegmentedBank(DetectorSettings())}
+    for make in makers.values():
+        timed_feed(make(), {k: v[:BATCH * 5] for k, v in columns.items()})  # compile
+    out: dict[str, dict[str, list[float]]] = {
+        name: {"wall": [], "cpu": []} for name in makers}
+    for _ in range(repeats):
+        for name, make in makers.items():
+            wall, cpu = timed_feed(make(), columns)
+            out[name]["wall"].append(n / wall)
+            out[name]["cpu"].append(n / cpu)
+    return out
+
+
+def summary(values: list[float]) -> str:
+    return (f"{min(values):,.0f} / {statistics.median(values):,.0f} / "
+            f"{max(values):,.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=500_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--orders", nargs="+", default=["county-batches", "shuffled"])
+    parser.add_argument("--cache", type=Path)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if not args.json:
+        print(describe(), flush=True)
+        print("| order | bank | clock | records/s min / median / max | ratio (median) |\n"
+              "|---|---|---|---|---|")
+    for order in args.orders:
+        measured = rates(columns_for(order, args.records, args.cache), args.repeats)
+        if args.json:
+            print(json.dumps({"order": order, **measured}), flush=True)
+            continue
+        for clock in ("wall", "cpu"):
+            ratio = (statistics.median(measured["segmented"][clock])
+                     / statistics.median(measured["single"][clock]))
+            for name in measured:
+                print(f"| {order} | {name} | {clock} | {summary(measured[name][clock])} | "
+                      + (f"{ratio:.2f}x |" if name == "segmented" else "1.00x |"), flush=True)
+
+
+if __name__ == "__main__":
+    main()
