@@ -40,7 +40,6 @@ from consumer.state import (
 from detectors.errors import SnapshotError
 from levydrift.errors import BrokerUnavailableError
 from levydrift.kafka import admin_client, consumer_config, ensure_reachable, producer_config
-from levydrift.kafka.messages import partition_of
 from levydrift.kafka.transactions import (
     FatalKafkaError,
     TransactionAborted,
@@ -178,17 +177,19 @@ class ConsumerService:
 
     def _process(self, messages: list[Message]) -> BatchResult:
         started = time.perf_counter()
-        by_partition: dict[int, list[Message]] = {}
+        # Keyed by the raw partition (never None once error() is None): this loop runs per
+        # record, so no accessor call in it.
+        by_partition: dict[int | None, list[Message]] = {}
         total = BatchResult()
         for message in messages:
             error = message.error()
             if error is not None:
                 self._raise_if_fatal(error)
                 continue
-            by_partition.setdefault(partition_of(message), []).append(message)
+            by_partition.setdefault(message.partition(), []).append(message)
         champion = self.champion.champion
         for partition, partition_messages in by_partition.items():
-            monitor = self.monitors.get(partition)
+            monitor = self.monitors.get(partition) if partition is not None else None
             if monitor is None:
                 continue  # revoked while the batch was in flight
             result = process_partition(monitor, partition_messages, champion, self.settings,

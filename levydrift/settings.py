@@ -266,9 +266,10 @@ def _build(settings_type: type[T], table: Any, prefix: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(settings_type)}
     unknown = sorted(set(table) - set(fields))
     if unknown and prefix:  # the root may hold other services' sections
-        moved = MOVED_KEYS.get(f"{prefix}{unknown[0]}")
-        if moved is not None:
-            raise ConfigError(f"{prefix}{unknown[0]} is now {moved} (one registry for every "
+        old = next((key for key in unknown if f"{prefix}{key}" in MOVED_KEYS), None)
+        if old is not None:
+            moved = MOVED_KEYS[f"{prefix}{old}"]
+            raise ConfigError(f"{prefix}{old} is now {moved} (one registry for every "
                               f"service): move it to [{moved.split('.')[0]}]")
         raise ConfigError(
             f"unknown key {prefix}{unknown[0]}; known keys: " + ", ".join(sorted(fields))

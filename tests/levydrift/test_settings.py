@@ -152,6 +152,14 @@ def test_the_old_registry_root_keys_point_to_registry_root(tmp_path: Path, secti
         load(service, None, environ={variable: "models"})
 
 
+def test_a_moved_key_is_named_among_other_unknown_keys(tmp_path: Path) -> None:
+    from trainer.config import TrainerSettings
+
+    path = write(tmp_path, '[trainer]\nbatch = 1\nregistry_root = "models"\n')
+    with pytest.raises(ConfigError, match=r"^trainer.registry_root is now registry.root"):
+        load(TrainerSettings, path, environ={})
+
+
 def test_example_config_in_deploy_loads() -> None:
     example = REPO / "deploy" / "levydrift.example.toml"
     if not example.exists():
