@@ -69,14 +69,6 @@ PRODUCER_RESETS = Counter(
     registry=REGISTRY)
 
 
-def observe_transaction(outcome: str) -> None:
-    """A transactional output's outcome: "committed", "aborted" or "reset"."""
-    if outcome == "reset":
-        PRODUCER_RESETS.inc()
-    else:
-        TRANSACTIONS.labels(outcome=outcome).inc()
-
-
 REBALANCES = Counter(
     "levydrift_consumer_rebalances", "Consumer group rebalance callbacks, by kind.",
     ["kind"], registry=REGISTRY)
@@ -128,3 +120,11 @@ def start_metrics_server(port: int, host: str = "0.0.0.0") -> bool:
     Returns whether a server was started.
     """
     return serve_metrics(REGISTRY, port, host)
+
+
+def observe_transaction(outcome: str) -> None:
+    """A transactional output's outcome: "committed", "aborted" or "reset"."""
+    if outcome == "reset":
+        PRODUCER_RESETS.inc()
+    else:
+        TRANSACTIONS.labels(outcome=outcome).inc()
