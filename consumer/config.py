@@ -42,6 +42,17 @@ class ConsumerSection:
     # A crashed member is replaced after this long; with static membership (instance_id) a
     # restarted instance takes its place at once.
     session_timeout_s: float = 10.0
+    # Late labels (levy.labels): join each actual levy with the prediction made for its record.
+    join_labels: bool = True
+    # A prediction waits this long (event time) for its label, then expires: a levy cycle and
+    # a half, since bills go out up to a year after assessment.
+    label_horizon_days: float = 548.0
+    # Where each partition's pending predictions live on disk (RocksDB); the changelog topic
+    # is the source of truth, so losing this directory costs only a longer restore.
+    state_dir: str = ".levydrift-state"
+    # Labels fetched ahead of their turn (see consumer/labels.py) are held in memory up to this
+    # many per partition; the label fetch for that partition pauses beyond it.
+    max_queued_labels: int = 50_000
 
     def validate(self) -> None:
         if not self.group_id or not self.instance_id or not self.model_name:
@@ -53,6 +64,12 @@ class ConsumerSection:
                      "session_timeout_s", "outage_limit_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"consumer.{name} must be > 0")
+        if self.label_horizon_days <= 0:
+            raise ConfigError("consumer.label_horizon_days must be > 0")
+        if not self.state_dir:
+            raise ConfigError("consumer.state_dir must not be empty")
+        if self.max_queued_labels < 1:
+            raise ConfigError("consumer.max_queued_labels must be >= 1")
         if self.restore_timeout_s <= self.transaction_timeout_s:
             raise ConfigError("consumer.restore_timeout_s must exceed "
                               "consumer.transaction_timeout_s, or a restore can give up while a "

@@ -89,6 +89,10 @@ class TopicSettings:
     drift_events: str = "levy.drift-events"
     model_versions: str = "levy.model-versions"
     detector_state: str = "levy.detector-state"
+    # Actual levies, keyed by parcel_id and co-partitioned with records (same partition count).
+    labels: str = "levy.labels"
+    # The consumer's pending predictions (compacted; one partition per records partition).
+    join_changelog: str = "levy.join-changelog"
     records_partitions: int = 6
     other_partitions: int = 1
     replication_factor: int = 1
@@ -97,7 +101,7 @@ class TopicSettings:
 
     def validate(self) -> None:
         names = [self.records, self.dead_letters, self.drift_events, self.model_versions,
-                 self.detector_state]
+                 self.detector_state, self.labels, self.join_changelog]
         if len(set(names)) != len(names):
             raise ConfigError("topics: two topics share one name; every topic needs its own")
         for name in names:

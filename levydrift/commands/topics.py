@@ -50,6 +50,13 @@ def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
         TopicSpec(topics.detector_state, topics.other_partitions,
                   {**compacted, "segment.ms": str(HOUR_MS // 6),
                    "segment.bytes": str(16 * 1024 * 1024)}),
+        # Co-partitioned with records: partition p's labels are joined by the owner of p.
+        TopicSpec(topics.labels, topics.records_partitions,
+                  {"cleanup.policy": "delete",
+                   "retention.ms": str(int(topics.records_retention_hours * HOUR_MS))}),
+        # One partition per records partition, written only by its owner; the source of truth
+        # for each partition's pending predictions (the local RocksDB is a cache of it).
+        TopicSpec(topics.join_changelog, topics.records_partitions, compacted),
     ]
 
 
