@@ -11,7 +11,7 @@ consumer exports exactly these series and tests can read them without cross-talk
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
 
 from levydrift.metrics_http import serve_metrics
 
@@ -92,6 +92,43 @@ PREDICTION_ABS_ERROR = Gauge(
     "levydrift_consumer_prediction_abs_error",
     "Recent mean absolute prediction error on labelled records.", registry=REGISTRY)
 
+# Late labels (consumer/labels.py). Label lag is event time from prediction to actual levy:
+# days to a year and a half.
+_LABEL_LAG_BUCKETS = tuple(days * 86_400.0 for days in (1, 7, 30, 60, 90, 180, 270, 365, 548))
+LABELS = Counter(
+    "levydrift_consumer_labels",
+    "Labels (actual levies) taken, by outcome: joined, duplicate, unmatched, expired, "
+    "dead_lettered.", ["outcome"], registry=REGISTRY)
+LABEL_LAG = Histogram(
+    "levydrift_consumer_label_lag_seconds",
+    "Event time between a prediction's record and its label, for joined labels.",
+    buckets=_LABEL_LAG_BUCKETS, registry=REGISTRY)
+LABEL_ABS_ERROR = Summary(
+    "levydrift_consumer_label_abs_error",
+    "Absolute error of joined labels, by the model version that made the prediction (an older "
+    "version's errors are recorded here, not fed to the current champion's detectors).",
+    ["model_version"], registry=REGISTRY)
+PENDING_PREDICTIONS = Gauge(
+    "levydrift_consumer_pending_predictions",
+    "Predictions waiting for their label, over the partitions this instance owns.",
+    registry=REGISTRY)
+PENDING_EXPIRED = Counter(
+    "levydrift_consumer_pending_expired",
+    "Pending predictions removed without a label after consumer.label_horizon_days.",
+    registry=REGISTRY)
+QUEUED_LABELS = Gauge(
+    "levydrift_consumer_queued_labels",
+    "Labels fetched and waiting for their turn (the records' event time to reach theirs).",
+    registry=REGISTRY)
+LAST_LABEL = Gauge(
+    "levydrift_consumer_last_label_timestamp_seconds",
+    "Unix time a label was last fetched; the labels-stopped alert watches it.",
+    registry=REGISTRY)
+JOIN_RESTORE_DURATION = Histogram(
+    "levydrift_consumer_join_restore_duration_seconds",
+    "Time to bring a partition's pending predictions up to date from the changelog.",
+    buckets=_RESTORE_BUCKETS, registry=REGISTRY)
+
 # Label values the code uses; pre-creating them makes rate() and absent-aware alerts see 0
 # instead of no series before the first event.
 RECORD_OUTCOMES = ("valid", "dead_lettered")
@@ -101,8 +138,11 @@ INCOMPLETE_FORMS = ("truncated", "pointer", "dropped")
 # Envelope problems (consumer.state) and snapshot problems (detectors.errors.SnapshotError).
 STATE_REFUSALS = ("envelope", "version", "foreign", "inconsistent", "magic", "corrupt",
                   "too_large", "header", "shape")
+LABEL_OUTCOMES = ("joined", "duplicate", "unmatched", "expired", "dead_lettered")
 for _outcome in RECORD_OUTCOMES:
     RECORDS.labels(outcome=_outcome)
+for _outcome in LABEL_OUTCOMES:
+    LABELS.labels(outcome=_outcome)
 for _outcome in TRANSACTION_OUTCOMES:
     TRANSACTIONS.labels(outcome=_outcome)
 for _kind in REBALANCE_KINDS:
