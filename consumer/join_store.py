@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import struct
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -322,9 +322,9 @@ class JoinStore:
         """Store one entry (replacing any); True when it replaced one."""
         return bool(self._put([record_id], [encode_entry(entry)], entry.event_time_ms))
 
-    def put_batch(self, record_ids: Sequence[str], record_offsets: Sequence[int],
-                  event_times_ms: Sequence[int], predictions: Sequence[float],
-                  segments: Sequence[tuple[str, ...]], model_version: int | None) -> int:
+    def put_batch(self, record_ids: Collection[str], record_offsets: Collection[int],
+                  event_times_ms: Collection[int], predictions: Collection[float],
+                  segments: Collection[tuple[str, ...]], model_version: int | None) -> int:
         """Newly scored records, not joined, as columns (lists or numpy arrays), all scored by
         ``model_version``. Replaces entries with the same record_id; returns how many it
         replaced. A value that cannot be encoded raises ``EntryRefused`` and stores nothing."""
@@ -599,7 +599,7 @@ def _options(bloom: bool) -> Options:
     return options
 
 
-def _as_list(column: Sequence[Any]) -> list[Any]:
+def _as_list(column: Collection[Any]) -> list[Any]:
     """numpy columns as Python scalars (``tolist`` is one C call), lists as they are."""
     tolist = getattr(column, "tolist", None)
     return tolist() if tolist is not None else list(column)
