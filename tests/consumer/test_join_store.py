@@ -562,8 +562,13 @@ while True:
 
 
 def commit_step(store: JoinStore, step: int) -> None:
-    """Commit ``step`` of a deterministic history: 2000 new entries, a third of the step
-    before's joined, the entries of five steps before expired."""
+    history_step(store, step)
+    store.commit(step)
+
+
+def history_step(store: JoinStore, step: int) -> None:
+    """Step ``step`` of a deterministic history, buffered: 2000 new entries, a third of the
+    step before's joined, the entries of five steps before expired."""
     ids = [f"s{step}-{i}" for i in range(2000)]
     store.put_batch(ids, list(range(2000)), [step * 10_000 + i for i in range(2000)],
                     [float(i) for i in range(2000)], [("seg", str(i % 5)) for i in range(2000)],
@@ -571,7 +576,6 @@ def commit_step(store: JoinStore, step: int) -> None:
     for i in range(0, 2000, 3):
         store.mark_joined(f"s{step - 1}-{i}")
     store.expire((step - 5) * 10_000)
-    store.commit(step)
 
 
 def test_a_kill_9_during_commits_leaves_a_committed_state(tmp_path: Path) -> None:
