@@ -123,6 +123,7 @@ def test_restore_from_a_stale_position_catches_up(
     with JoinStore(tmp_path / "stale") as stale:
         restore_from_changelog(stale, reader(kafka_bootstrap), topic, PARTITION, 30)
         recorded = stale.changelog_position()
+        assert recorded is not None
     write_history(kafka_bootstrap, topic, writer, range(4, 9))
     expected = state(writer)
     writer.close()
