@@ -224,7 +224,8 @@ def bench(bootstrap: str, entries: int = 100_000) -> None:
             size = sum(f.stat().st_size for f in (Path(directory) / "restored").rglob("*"))
         print(f"restore of {stats.replayed} messages: {stats.seconds:.2f} s "
               f"({stats.replayed / stats.seconds:,.0f} msg/s), {size / 2**20:.1f} MiB on disk")
-    AdminClient({"bootstrap.servers": bootstrap}).delete_topics([topic])
+    for future in AdminClient({"bootstrap.servers": bootstrap}).delete_topics([topic]).values():
+        future.result()
 
 
 if __name__ == "__main__":

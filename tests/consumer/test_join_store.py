@@ -226,6 +226,20 @@ def test_mark_joined_once(store: JoinStore) -> None:
     assert store.pending_count() == 1
 
 
+def test_join_tells_joined_duplicate_and_unmatched_apart(store: JoinStore) -> None:
+    store.put("committed", entry(offset=1))
+    store.commit(1)
+    store.put("buffered", entry(offset=2))
+    assert store.join("committed") == ("joined", entry(offset=1))
+    assert store.join("buffered") == ("joined", entry(offset=2))
+    assert store.join("committed") == ("duplicate", entry(offset=1, joined=True))
+    assert store.join("nothing") == ("unmatched", None)
+    assert store.pending_count() == 0
+    store.commit(2)
+    assert store.join("buffered") == ("duplicate", entry(offset=2, joined=True))
+    assert state(store)[1] == 0
+
+
 def test_put_batch_takes_numpy_columns_and_counts_replacements(store: JoinStore) -> None:
     ids = np.array(["a", "b", "c"], dtype=object)
     offsets = np.arange(3, dtype=np.int64)
@@ -369,6 +383,7 @@ TIMES = st.integers(T0, T0 + 20)
 OPERATIONS = st.lists(st.one_of(
     st.tuples(st.just("put"), st.lists(st.tuples(IDS, TIMES), min_size=1, max_size=6)),
     st.tuples(st.just("join"), IDS),
+    st.tuples(st.just("label"), IDS),
     st.tuples(st.just("expire"), TIMES),
     st.tuples(st.just("commit"), st.none()),
     st.tuples(st.just("discard"), st.none()),
@@ -396,6 +411,14 @@ class Model:
                 return False
             self.visible[argument] = msgspec.structs.replace(found, joined=True)
             return True
+        if operation == "label":
+            found = self.visible.get(argument)
+            if found is None:
+                return "unmatched", None
+            if found.joined:
+                return "duplicate", found
+            self.visible[argument] = msgspec.structs.replace(found, joined=True)
+            return "joined", found
         if operation == "expire":
             old = [key for key, value in self.visible.items() if value.event_time_ms < argument]
             for key in old:
@@ -417,6 +440,8 @@ def run(store: JoinStore, path: Path, operation: str, argument: Any,
                                       [("s",)] * len(pairs), 3)
     if operation == "join":
         return store, store.mark_joined(argument)
+    if operation == "label":
+        return store, store.join(argument)
     if operation == "expire":
         return store, store.expire(argument)
     if operation == "commit":
