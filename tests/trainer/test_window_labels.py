@@ -170,15 +170,17 @@ def test_inline_levies_without_a_labels_topic_train_as_before(
 def test_a_labels_event_window_holds_the_records_labelled_from_its_onset_on(
         topics: Topics) -> None:
     records = to_records(SIMULATOR.columns(0, 1_000))
-    topics.produce(topics.records, [without_levy(r) for r in records])
-    placed = topics.produce(topics.labels, shuffled([label_for(r) for r in records]))
+    inline = records[::5]  # no label: not in a window of labels, whatever their levies
+    labelled = [r for r in records if r not in inline]
+    topics.produce(topics.records, [r if r in inline else without_levy(r) for r in records])
+    placed = topics.produce(topics.labels, shuffled([label_for(r) for r in labelled]))
     onsets = {partition: last // 2 for partition, last in placed.last.items()}
 
     window = topics.window(label_starts=onsets)
 
-    after = [r for r in records
+    after = [r for r in labelled
              if placed.at[r["record_id"]][1] >= onsets[placed.at[r["record_id"]][0]]]
-    assert 0 < len(after) < len(records)
+    assert 0 < len(after) < len(labelled)
     assert levies(window) == sorted(r["actual_levy_amount"] for r in after)
     label_ranges = {r["partition"]: r for r in window.offsets if r["topic"] == topics.labels}
     for partition, onset in onsets.items():
