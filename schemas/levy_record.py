@@ -18,7 +18,6 @@ and pydantic v2; see bench/RESULTS-codec.md.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import compress, repeat
@@ -28,20 +27,21 @@ from typing import Annotated, Any, Final, Literal, cast
 import msgspec
 import numpy as np
 
-from schemas._json import json_type_name, parse_json_object
+from schemas import _rules as rules
+from schemas._json import parse_json_object
+from schemas._rules import MONEY_BOUNDS, Money, TaxYear, Text
+from schemas._rules import MONEY_MAX as MONEY_MAX
+from schemas._rules import TAX_YEAR_MAX as TAX_YEAR_MAX
+from schemas._rules import TAX_YEAR_MIN as TAX_YEAR_MIN
+from schemas._rules import TEXT_MAX_CHARS as TEXT_MAX_CHARS
 from schemas.errors import Reason, RecordRejected, Rejection, reject
 from schemas.timestamps import RFC3339_PATTERN
 from schemas.timestamps import TIMESTAMP as _TIMESTAMP
 
 SCHEMA_VERSION: Final = 1
-# A valid compact record is under 3 KiB; 64 KiB leaves room for whitespace and escapes while
-# refusing garbage (a 1 MiB blob) before any parsing work is spent on it.
-MAX_RECORD_BYTES: Final = 64 * 1024
-MONEY_MAX: Final = 1e12  # a trillion dollars: no single parcel comes near it
+# A valid compact record is under 3 KiB; the shared limit (64 KiB) leaves room for whitespace.
+MAX_RECORD_BYTES: Final = rules.MAX_PAYLOAD_BYTES
 LEVY_RATE_MAX: Final = 0.1  # 100 mills; real combined rates are 0.5% to 4%
-TAX_YEAR_MIN: Final = 1900
-TAX_YEAR_MAX: Final = 2100
-TEXT_MAX_CHARS: Final = 64
 
 
 MONEY_FIELDS: Final = ("assessed_value", "market_value", "exemption_amount", "prior_levy_amount",
@@ -49,12 +49,9 @@ MONEY_FIELDS: Final = ("assessed_value", "market_value", "exemption_amount", "pr
 # (low, high, low inclusive) per bounded number: the careful checks and the column screen read
 # this table, and the struct below states the same bounds for msgspec (a test ties them).
 NUMBER_BOUNDS: Final[dict[str, tuple[float, float, bool]]] = {
-    **dict.fromkeys(MONEY_FIELDS, (0.0, MONEY_MAX, True)),
+    **dict.fromkeys(MONEY_FIELDS, MONEY_BOUNDS),
     "levy_rate": (0.0, LEVY_RATE_MAX, False),
 }
-
-Money = Annotated[float, msgspec.Meta(ge=0, le=MONEY_MAX)]
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=TEXT_MAX_CHARS)]
 
 
 class LevyRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True,
@@ -68,7 +65,7 @@ class LevyRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
     county: Text
     tax_district: Text
     property_class: Text
-    tax_year: Annotated[int, msgspec.Meta(ge=TAX_YEAR_MIN, le=TAX_YEAR_MAX)]
+    tax_year: TaxYear
     assessed_value: Money
     market_value: Money
     exemption_amount: Money
@@ -274,95 +271,27 @@ def levy_records_to_columns(records: Iterable[LevyRecord]) -> dict[str, np.ndarr
     return columns
 
 
-# --- the careful checks --------------------------------------------------------------------
+# --- the careful checks (the field rules shared with the label are in schemas._rules) -----
 
 def _check_version(document: Mapping[str, Any]) -> None:
-    if "schema_version" not in document:
-        raise reject(Reason.MISSING_FIELD, "schema_version", "required field is absent")
-    version = document["schema_version"]
-    if isinstance(version, bool) or version != SCHEMA_VERSION:
-        raise reject(Reason.UNKNOWN_SCHEMA_VERSION, "schema_version",
-                     f"this consumer reads version {SCHEMA_VERSION}, got {version!r}")
+    rules.check_version(document, SCHEMA_VERSION)
 
 
 def _check_field_names(document: Mapping[str, Any]) -> None:
-    unknown = sorted(set(document) - set(FIELDS))
-    if unknown:
-        raise reject(Reason.UNKNOWN_FIELD, unknown[0],
-                     f"field not in levy record v1 (unknown: {', '.join(unknown[:5])})")
-    for name in REQUIRED_FIELDS:
-        if name not in document:
-            raise reject(Reason.MISSING_FIELD, name, "required field is absent")
-
-
-def _number(name: str, value: Any) -> float | int:
-    # bool is an int subclass in Python but not a number in JSON
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise reject(Reason.WRONG_TYPE, name, f"expected a number, got {json_type_name(value)}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise reject(Reason.NOT_FINITE, name, f"{value!r} is not a finite number")
-    return value
-
-
-def _bounded(low: float, high: float, low_inclusive: bool = True) -> Callable[[str, Any], float]:
-    shown = f"{'[' if low_inclusive else '('}{low:g}, {high:g}]"
-
-    def check(name: str, value: Any) -> float:
-        number = _number(name, value)
-        above_low = number >= low if low_inclusive else number > low
-        if not (above_low and number <= high):  # compared before float(): 10**400 is an int
-            raise reject(Reason.OUT_OF_RANGE, name, f"{number!r} is outside {shown}")
-        return float(number)
-
-    return check
-
-
-def _optional_money(name: str, value: Any) -> float | None:
-    return None if value is None else _money(name, value)
-
-
-def _tax_year(name: str, value: Any) -> int:
-    number = _number(name, value)
-    if isinstance(number, float) and not number.is_integer():
-        raise reject(Reason.WRONG_TYPE, name, f"expected an integer, got {number!r}")
-    if not TAX_YEAR_MIN <= number <= TAX_YEAR_MAX:
-        raise reject(Reason.OUT_OF_RANGE, name,
-                     f"{number!r} is outside [{TAX_YEAR_MIN}, {TAX_YEAR_MAX}]")
-    return int(number)
-
-
-def _text(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise reject(Reason.WRONG_TYPE, name, f"expected a string, got {json_type_name(value)}")
-    if not value:
-        raise reject(Reason.TOO_SHORT, name, "must not be empty")
-    if len(value) > TEXT_MAX_CHARS:
-        raise reject(Reason.TOO_LONG, name,
-                     f"{len(value)} characters, the limit is {TEXT_MAX_CHARS}")
-    return value
-
-
-def _timestamp(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise reject(Reason.WRONG_TYPE, name, f"expected a string, got {json_type_name(value)}")
-    if _TIMESTAMP.fullmatch(value) is None:
-        raise reject(Reason.BAD_TIMESTAMP, name,
-                     f"{value[:40]!r} is not an RFC 3339 date-time like 2024-03-01T12:00:00Z")
-    return value
+    rules.check_field_names(document, FIELDS, REQUIRED_FIELDS, "levy record v1")
 
 
 def _schema_version(name: str, value: Any) -> int:
     return SCHEMA_VERSION  # already checked by _check_version
 
 
-_money = _bounded(*NUMBER_BOUNDS["assessed_value"])
 _FIELD_CHECKS: Final[dict[str, Callable[[str, Any], Any]]] = {
     "schema_version": _schema_version,
-    **dict.fromkeys(TEXT_FIELDS, _text),
-    "event_time": _timestamp,
-    "tax_year": _tax_year,
-    **{name: _bounded(*bounds) for name, bounds in NUMBER_BOUNDS.items()},
-    "actual_levy_amount": _optional_money,
+    **dict.fromkeys(TEXT_FIELDS, rules.text),
+    "event_time": rules.timestamp,
+    "tax_year": rules.tax_year,
+    **{name: rules.bounded(*bounds) for name, bounds in NUMBER_BOUNDS.items()},
+    "actual_levy_amount": rules.optional_money,
 }
 
 

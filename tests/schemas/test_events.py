@@ -25,7 +25,8 @@ from schemas.drift_event import (
 from schemas.errors import Reason, RecordRejected
 from schemas.model_version import Metrics, ModelVersionEvent
 
-SCHEMA_FILES = ["levy-record.v1.json", "drift-event.v1.json", "model-version.v1.json"]
+SCHEMA_FILES = ["levy-record.v1.json", "levy-label.v1.json", "drift-event.v1.json",
+                "model-version.v1.json"]
 
 ID_ARGS = ("levy-impact", "levy-drift-monitor", "levy.records", 3, 120_000,
            ["assessed_value", "market_value"])
