@@ -4,8 +4,9 @@ without a server. Layout under the registry root::
     <name>/versions/<n>/model.skops       the artifact (skops)
                         manifest.json     status, SHA-256, feature signature, library versions
                         metrics.json      candidate and champion metrics, gate decision
-                        lineage.json      training window offsets, record count, data hash,
-                                          drift event ids, code version
+                        lineage.json      training window offsets (records and labels
+                                          topics), record count, data hash, drift event
+                                          ids, code version
                         published.json    written once the version's event is on Kafka
     <name>/aliases.json                   {"champion": 3, ...}, replaced atomically
     <name>/aliases_history.jsonl          append-only: every alias move, with time and reason

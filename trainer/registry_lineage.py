@@ -1,5 +1,11 @@
 """Lineage queries: which version a drift event led to, read from the versions' lineage files
-(the source of truth), and the digest of a training frame that the lineage records."""
+(the source of truth), which offsets a version trained on, and the digest of a training frame
+that the lineage records.
+
+A version's ``training_window.offsets`` holds one ``{topic, partition, first_offset,
+last_offset}`` range per partition of each topic its window read: the records topic's, and,
+when its levies came from labels, the labels topic's (the top-level ``labels`` entry says how
+many rows were joined). Older versions have records ranges only."""
 
 from __future__ import annotations
 
@@ -35,6 +41,19 @@ class LineageIndex:
             for event_id in lineage.get("drift_event_ids", []):
                 handled[event_id] = version
         return handled
+
+
+def window_ranges(lineage: dict[str, Any], topic: str | None = None) -> list[dict[str, Any]]:
+    """The offset ranges a version's window read (of ``topic`` only, if given)."""
+    ranges = lineage.get("training_window", {}).get("offsets", [])
+    return [r for r in ranges if topic is None or r["topic"] == topic]
+
+
+def trained_through(lineage: dict[str, Any], topic: str, partition: int, offset: int) -> bool:
+    """Whether the version's window read ``topic``'s ``partition`` up to ``offset`` (a drift
+    event there, of the records or of the labels, is one it has already trained on)."""
+    return any(r["partition"] == partition and offset <= r["last_offset"]
+               for r in window_ranges(lineage, topic))
 
 
 def data_sha256(frame: Any) -> str:

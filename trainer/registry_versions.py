@@ -49,7 +49,8 @@ class NewVersion:
     champion_metrics: dict[str, float] | None
     champion_version: int | None
     holdout_records: int
-    training_offsets: list[dict[str, Any]]  # [{topic, partition, first_offset, last_offset}]
+    # [{topic, partition, first_offset, last_offset}]: the records' and the labels' ranges
+    training_offsets: list[dict[str, Any]]
     training_records: int
     data_sha256: str
     trigger_event_ids: list[str]

@@ -1,29 +1,41 @@
-"""Read a training window back from ``levy.records``: labelled records, most recent first.
+"""Read a training window back from ``levy.records`` and ``levy.labels``: training rows, most
+recent first.
+
+A training row is a valid record with an actual levy: inline (the record's own
+``actual_levy_amount``: old producers and batch files) or joined from the labels topic by
+``record_id`` (``trainer.window_labels``). A record without either is not a training row; a
+label whose record is outside the window is ignored. When the labels topic does not exist (a
+deployment from before it), the window has the inline levies only, and says so once.
 
 The window ends, per partition, at the last offset a drift event names for it (the records the
 detectors saw drift in); partitions no event names end at their high watermark. When an event
 names the estimated onset of the change, that partition's window is the post-change records:
-from the onset to the high watermark, never before the onset. Each partition
-contributes up to ``window_records / partitions`` labelled records, read backwards in chunks
-from its end, scanning at most ``max_scan_records / partitions`` records. Reads are
-``read_committed`` and never join a group or commit.
+from the onset to the high watermark, never before the onset. An event found from labels names
+offsets of the labels topic (partition p of it holds the labels of records partition p): its
+window is the records whose labels are at or after its onset (up to its end, without one).
+Each partition contributes up to ``window_records / partitions`` rows, read backwards in chunks
+from its end, scanning at most ``max_scan_records / partitions`` records (and as many labels).
+Reads are ``read_committed`` and never join a group or commit.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from confluent_kafka import Consumer
 
+from levydrift.errors import MissingTopicError
 from levydrift.features import TARGET, to_model_frame
 from levydrift.kafka import consumer_config, read_ranges, watermarks
 from levydrift.kafka.messages import offset_of
 from levydrift.settings import KafkaSettings
 from schemas.levy_record import decode_levy_records, levy_records_to_columns
+from trainer.window_labels import LabelIndex, LabelSpan
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +44,32 @@ _IDLE_TIMEOUT_S = 30.0  # no record for this long while reading a window: give u
 
 @dataclass(frozen=True)
 class TrainingWindow:
-    """The labelled model frame (oldest to newest) and the offset ranges it came from."""
+    """The training rows as a model frame (oldest to newest) and where they came from.
+
+    ``offsets`` holds one range per partition of each topic read: the records topic's (first
+    record used to the window's end) and the labels topic's (first label joined to the last
+    label the window could use). ``joined_records`` rows took their levy from a label, the
+    rest their own; ``labels_topic`` is None when no labels topic was read."""
 
     frame: pd.DataFrame
     offsets: list[dict[str, int | str]]
     scanned_records: int
     rejected_records: int
+    labels_topic: str | None = None
+    joined_records: int = 0
+    scanned_labels: int = 0
+    rejected_labels: int = 0
+
+    def lineage(self) -> dict[str, Any]:
+        """What a version's lineage says about the window besides its offset ranges: how much
+        was read, and where the levies came from (``labels`` is None without a labels
+        topic)."""
+        labels = None if self.labels_topic is None else {
+            "topic": self.labels_topic, "joined_records": self.joined_records,
+            "inline_records": len(self.frame) - self.joined_records,
+            "scanned_labels": self.scanned_labels, "refused_labels": self.rejected_labels}
+        return {"scanned_records": self.scanned_records,
+                "refused_records": self.rejected_records, "labels": labels}
 
 
 @dataclass
@@ -45,75 +77,165 @@ class _Chunk:
     offsets: np.ndarray
     timestamps: np.ndarray
     columns: dict[str, np.ndarray]
+    label_partitions: np.ndarray  # per row: the labels partition of its levy, -1 for inline
+    label_offsets: np.ndarray  # per row: the labels offset of its levy, -1 for inline
+
+    def rows(self, keep: np.ndarray | slice) -> _Chunk:
+        return _Chunk(self.offsets[keep], self.timestamps[keep],
+                      {k: v[keep] for k, v in self.columns.items()},
+                      self.label_partitions[keep], self.label_offsets[keep])
+
+
+@dataclass
+class _Partition:
+    """What to read of one records partition."""
+
+    partition: int
+    low: int
+    end: int
+    labels: LabelIndex | None = None
+    inline: bool = True  # whether records' own levies count (not in a labels event's window)
+
+
+@dataclass
+class _Totals:
+    chunks: list[_Chunk] = field(default_factory=list)
+    ranges: list[dict[str, int | str]] = field(default_factory=list)
+    scanned: int = 0
+    refused: int = 0
+    scanned_labels: int = 0
+    refused_labels: int = 0
 
 
 def read_training_window(kafka: KafkaSettings, topic: str, event_ends: dict[int, int],
                          window_records: int, max_scan_records: int,
-                         event_starts: dict[int, int] | None = None) -> TrainingWindow:
+                         event_starts: dict[int, int] | None = None, *,
+                         labels_topic: str | None = None,
+                         label_ends: dict[int, int] | None = None,
+                         label_starts: dict[int, int] | None = None) -> TrainingWindow:
     """The training window of ``topic`` ending at ``event_ends`` ({partition: last offset}),
     or, for the partitions in ``event_starts`` ({partition: onset offset}), running from the
-    onset to the newest record."""
-    starts = event_starts or {}
+    onset to the newest record. With ``labels_topic`` its labels are joined; ``label_ends``
+    and ``label_starts`` are the same for drift events on the labels topic ({labels partition
+    = records partition: labels offset})."""
     consumer = Consumer(consumer_config(kafka, group_id="levy-trainer-window-reader",
                                         **{"enable.partition.eof": True}))
     try:
         partitions = watermarks(consumer, topic, kafka.request_timeout_s)
         quota = math.ceil(window_records / len(partitions))
         scan_limit = math.ceil(max_scan_records / len(partitions))
-        chunks: list[_Chunk] = []
-        ranges: list[dict[str, int | str]] = []
-        scanned = rejected = 0
+        label_spans = _label_spans(consumer, kafka, labels_topic, partitions, label_ends or {},
+                                   label_starts or {})
+        totals = _Totals()
         for partition, (low, high) in partitions.items():
-            end = min(event_ends.get(partition, high - 1), high - 1)
-            if partition in starts:  # post-change records only
-                low, end = max(low, starts[partition]), high - 1
-            chunk, first, read, refused = _read_partition_backwards(
-                consumer, topic, partition, low, end, quota, scan_limit)
-            scanned, rejected = scanned + read, rejected + refused
-            if chunk is not None and len(chunk.offsets):
-                chunks.append(chunk)
-                ranges.append({"topic": topic, "partition": partition, "first_offset": first,
-                               "last_offset": end})
+            plan = _plan(partition, low, high, event_ends, event_starts or {})
+            if label_spans is not None and labels_topic is not None:
+                plan.labels = _label_index(consumer, kafka, labels_topic, label_spans,
+                                           partition, partition in (label_starts or {}),
+                                           scan_limit)
+                plan.inline = not plan.labels.whole
+            _read_partition(consumer, topic, plan, quota, scan_limit, totals)
     finally:
         consumer.close()
-    return TrainingWindow(_ordered_frame(chunks), ranges, scanned, rejected)
+    return _window(totals, labels_topic if label_spans is not None else None,
+                   label_spans)
 
 
-def _read_partition_backwards(consumer: Consumer, topic: str, partition: int, low: int,
-                              end: int, quota: int, scan_limit: int
-                              ) -> tuple[_Chunk | None, int, int, int]:
-    """Labelled records of one partition ending at ``end``: read chunks further back until
-    ``quota`` labelled records, the log start, or ``scan_limit`` records. Returns (the newest
-    ``quota`` records, first offset used, records scanned, records refused)."""
+def _plan(partition: int, low: int, high: int, event_ends: dict[int, int],
+          event_starts: dict[int, int]) -> _Partition:
+    end = min(event_ends.get(partition, high - 1), high - 1)
+    if partition in event_starts:  # post-change records only
+        low, end = max(low, event_starts[partition]), high - 1
+    return _Partition(partition, low, end)
+
+
+def _label_index(consumer: Consumer, kafka: KafkaSettings, labels_topic: str,
+                 spans: dict[int, list[LabelSpan]], partition: int, whole: bool,
+                 scan_limit: int) -> LabelIndex:
+    """The labels of records partition ``partition``; ``whole`` for a labels event's window,
+    whose onset and end are offsets of labels partition ``partition``."""
+    usable = [s for s in spans[partition] if s.partition == partition] if whole \
+        else spans[partition]
+    return LabelIndex(consumer, labels_topic, usable, scan_limit, kafka.request_timeout_s,
+                      whole=whole)
+
+
+def _label_spans(consumer: Consumer, kafka: KafkaSettings, labels_topic: str | None,
+                 records: dict[int, tuple[int, int]], label_ends: dict[int, int],
+                 label_starts: dict[int, int]) -> dict[int, list[LabelSpan]] | None:
+    """Per records partition, the labels partitions (and offsets) that can hold its labels;
+    None when there is no labels topic to read."""
+    if labels_topic is None:
+        return None
+    try:
+        labels = watermarks(consumer, labels_topic, kafka.request_timeout_s)
+    except MissingTopicError:
+        log.warning("labels topic does not exist; training on the levies records carry inline",
+                    extra={"labels_topic": labels_topic})
+        return None
+    spans = {partition: LabelSpan(partition, max(low, label_starts.get(partition, low)),
+                                  min(label_ends.get(partition, high - 1), high - 1))
+             for partition, (low, high) in labels.items()}
+    if len(labels) == len(records):  # co-partitioned: partition p's labels are in p
+        return {partition: [spans[partition]] for partition in records}
+    log.warning("labels topic is not co-partitioned with the records; reading all of its "
+                "partitions for each records partition", extra={
+                    "labels_topic": labels_topic, "labels_partitions": len(labels),
+                    "records_partitions": len(records)})
+    return {partition: list(spans.values()) for partition in records}
+
+
+def _read_partition(consumer: Consumer, topic: str, plan: _Partition, quota: int,
+                    scan_limit: int, totals: _Totals) -> None:
+    """Read one partition's rows into ``totals`` (its chunk and its records range)."""
+    chunk, first, read, refused = _read_partition_backwards(consumer, topic, plan, quota,
+                                                            scan_limit)
+    totals.scanned, totals.refused = totals.scanned + read, totals.refused + refused
+    if plan.labels is not None:
+        totals.scanned_labels += plan.labels.scanned
+        totals.refused_labels += plan.labels.refused
+    if chunk is not None and len(chunk.offsets):
+        totals.chunks.append(chunk)
+        totals.ranges.append({"topic": topic, "partition": plan.partition,
+                              "first_offset": first, "last_offset": plan.end})
+
+
+def _read_partition_backwards(consumer: Consumer, topic: str, plan: _Partition, quota: int,
+                              scan_limit: int) -> tuple[_Chunk | None, int, int, int]:
+    """Rows of one partition ending at ``plan.end``: read chunks further back until ``quota``
+    rows, the log start, ``scan_limit`` records, or (in a labels event's window) every label
+    found its record. Returns (the newest ``quota`` rows, first offset used, records scanned,
+    records refused)."""
     collected: list[_Chunk] = []
-    labelled = scanned = refused = 0
-    stop = end + 1  # exclusive
+    rows = scanned = refused = 0
+    stop = plan.end + 1  # exclusive
     span = quota
-    while labelled < quota and stop > low and scanned < scan_limit:
-        start = max(low, stop - span, stop - (scan_limit - scanned))
-        chunk, read, bad = _read_range(consumer, topic, partition, start, stop - 1)
+    while rows < quota and stop > plan.low and scanned < scan_limit:
+        if plan.labels is not None and not plan.inline and plan.labels.all_found:
+            break
+        start = max(plan.low, stop - span, stop - (scan_limit - scanned))
+        chunk, read, bad = _read_range(consumer, topic, plan, start, stop - 1)
         collected.insert(0, chunk)
-        labelled += len(chunk.offsets)
+        rows += len(chunk.offsets)
         scanned, refused, stop = scanned + read, refused + bad, start
-        share = max(labelled / max(scanned, 1), 0.01)  # grow the next chunk by what we saw
-        span = max(quota, math.ceil((quota - labelled) / share * 1.1))
+        share = max(rows / max(scanned, 1), 0.01)  # grow the next chunk by what we saw
+        span = max(quota, math.ceil((quota - rows) / share * 1.1))
     if not collected:
-        return None, end, scanned, refused
+        return None, plan.end, scanned, refused
     merged = _concat(collected)
-    keep = slice(max(0, len(merged.offsets) - quota), None)  # the most recent
-    newest = _Chunk(merged.offsets[keep], merged.timestamps[keep],
-                    {k: v[keep] for k, v in merged.columns.items()})
-    first = int(newest.offsets[0]) if len(newest.offsets) else end
+    newest = merged.rows(slice(max(0, len(merged.offsets) - quota), None))  # the most recent
+    first = int(newest.offsets[0]) if len(newest.offsets) else plan.end
     return newest, first, scanned, refused
 
 
-def _read_range(consumer: Consumer, topic: str, partition: int, first: int,
+def _read_range(consumer: Consumer, topic: str, plan: _Partition, first: int,
                 last: int) -> tuple[_Chunk, int, int]:
-    """Labelled, valid records with offsets ``first..last``; (chunk, read, refused)."""
+    """The rows among the valid records with offsets ``first..last``; (chunk, read,
+    refused)."""
     values: list[bytes | None] = []
     offsets: list[int] = []
     timestamps: list[int] = []
-    for message in read_ranges(consumer, topic, {partition: (first, last + 1)},
+    for message in read_ranges(consumer, topic, {plan.partition: (first, last + 1)},
                                timeout_s=_IDLE_TIMEOUT_S, idle=True):
         values.append(message.value())
         offsets.append(offset_of(message))
@@ -122,21 +244,65 @@ def _read_range(consumer: Consumer, topic: str, partition: int, first: int,
     accepted = np.ones(len(values), dtype=bool)
     accepted[[index for index, _ in rejections]] = False
     columns = levy_records_to_columns(records)
-    has_label = np.isfinite(columns[TARGET].astype(float)) if records else np.zeros(0, bool)
-    keep_offsets = np.asarray(offsets, dtype=np.int64)[accepted][has_label]
-    keep_times = np.asarray(timestamps, dtype=np.int64)[accepted][has_label]
-    chunk = _Chunk(keep_offsets, keep_times, {k: v[has_label] for k, v in columns.items()})
-    return chunk, len(values), len(rejections)
+    count = len(records)
+    chunk = _Chunk(np.asarray(offsets, dtype=np.int64)[accepted],
+                   np.asarray(timestamps, dtype=np.int64)[accepted], columns,
+                   np.full(count, -1, np.int64), np.full(count, -1, np.int64))
+    if plan.labels is not None and count:
+        plan.labels.cover_since(int(chunk.timestamps.min()))
+    return _with_levies(chunk, plan), len(values), len(rejections)
+
+
+def _with_levies(chunk: _Chunk, plan: _Partition) -> _Chunk:
+    """The chunk's training rows, each with its actual levy."""
+    levies = chunk.columns[TARGET].astype(float)
+    keep = np.isfinite(levies) if plan.inline else np.zeros(len(levies), dtype=bool)
+    if plan.labels is not None and len(levies):
+        joined = plan.labels.join(chunk.columns["record_id"])
+        labelled = joined.offsets >= 0
+        # A record with both an inline levy and a label takes the label's: the label is the
+        # certified levy, published after the record and for this purpose.
+        levies = np.where(labelled, joined.amounts, levies)
+        keep |= labelled
+        chunk.label_partitions, chunk.label_offsets = joined.partitions, joined.offsets
+    chunk.columns = {**chunk.columns, TARGET: levies}
+    return chunk.rows(keep)
+
+
+def _window(totals: _Totals, labels_topic: str | None,
+            spans: dict[int, list[LabelSpan]] | None) -> TrainingWindow:
+    ranges = totals.ranges + _label_ranges(totals.chunks, labels_topic, spans)
+    joined = sum(int((chunk.label_offsets >= 0).sum()) for chunk in totals.chunks)
+    return TrainingWindow(_ordered_frame(totals.chunks), ranges, totals.scanned,
+                          totals.refused, labels_topic, joined, totals.scanned_labels,
+                          totals.refused_labels)
+
+
+def _label_ranges(chunks: list[_Chunk], labels_topic: str | None,
+                  spans: dict[int, list[LabelSpan]] | None) -> list[dict[str, int | str]]:
+    """Per labels partition with a joined label: the first label joined to the span's end
+    (the last label the window could have used)."""
+    if labels_topic is None or spans is None or not chunks:
+        return []
+    partitions = np.concatenate([chunk.label_partitions for chunk in chunks])
+    offsets = np.concatenate([chunk.label_offsets for chunk in chunks])
+    ends = {span.partition: span.end for group in spans.values() for span in group}
+    return [{"topic": labels_topic, "partition": int(partition),
+             "first_offset": int(offsets[partitions == partition].min()),
+             "last_offset": ends[int(partition)]}
+            for partition in np.unique(partitions[partitions >= 0])]
 
 
 def _concat(chunks: list[_Chunk]) -> _Chunk:
     return _Chunk(np.concatenate([c.offsets for c in chunks]),
                   np.concatenate([c.timestamps for c in chunks]),
-                  {k: np.concatenate([c.columns[k] for c in chunks]) for k in chunks[0].columns})
+                  {k: np.concatenate([c.columns[k] for c in chunks]) for k in chunks[0].columns},
+                  np.concatenate([c.label_partitions for c in chunks]),
+                  np.concatenate([c.label_offsets for c in chunks]))
 
 
 def _ordered_frame(chunks: list[_Chunk]) -> pd.DataFrame:
-    """All partitions' records as one model frame, oldest to newest by record timestamp."""
+    """All partitions' rows as one model frame, oldest to newest by record timestamp."""
     if not chunks:
         return to_model_frame({k: [] for k in _empty_columns()}, include_target=True)
     merged = _concat(chunks)

@@ -60,6 +60,7 @@ from trainer.config import TrainerSettings
 from trainer.events import code_version, event_key
 from trainer.model import ModelParams
 from trainer.registry import ModelRegistry, VersionInfo
+from trainer.registry_lineage import trained_through
 from trainer.training import TrainingRequest, train_and_register
 from trainer.window import read_training_window
 
@@ -327,10 +328,8 @@ class TrainWorker:
         gap = self.section.episode_gap_s
         for version in reversed(self.registry.versions(self.model_name)):
             lineage = self.registry.get(self.model_name, version).lineage
-            for offsets in lineage.get("training_window", {}).get("offsets", []):
-                if (offsets["topic"] == window.topic and offsets["partition"] == window.partition
-                        and window.last_offset <= offsets["last_offset"]):
-                    return version
+            if trained_through(lineage, window.topic, window.partition, window.last_offset):
+                return version
             for trigger in lineage.get("drift_events", []):
                 if abs((detected - _parse_time(trigger["detected_at"])).total_seconds()) < gap:
                     return version
@@ -340,25 +339,19 @@ class TrainWorker:
         """One retrain for an episode; None (and a failure recorded) if training failed."""
         event_ids = [event.event_id for event in events]
         started = time.perf_counter()
-        records_topic = self.settings.topics.records
-        ends: dict[int, int] = {}
-        starts: dict[int, int] = {}  # the estimated onset: train on the records after it
-        for event in events:
-            current_window = event.current_window
-            if current_window.topic == records_topic:
-                partition = current_window.partition
-                ends[partition] = max(ends.get(partition, -1), current_window.last_offset)
-                if event.onset is not None:
-                    starts[partition] = min(starts.get(partition, event.onset.offset),
-                                            event.onset.offset)
-        log.info("training started", extra={"model": self.model_name, "event_ids": event_ids,
-                                            "window_ends": {str(p): o for p, o in ends.items()},
-                                            "window_starts": {str(p): o
-                                                              for p, o in starts.items()}})
+        topics = self.settings.topics
+        ends, starts = window_bounds(events, topics.records)
+        label_ends, label_starts = window_bounds(events, topics.labels)
+        log.info("training started", extra={
+            "model": self.model_name, "event_ids": event_ids,
+            "window_ends": _by_partition(ends), "window_starts": _by_partition(starts),
+            "label_window_ends": _by_partition(label_ends),
+            "label_window_starts": _by_partition(label_starts)})
         try:
-            training_window = read_training_window(self.settings.kafka, records_topic, ends,
-                                                   self.section.window_records,
-                                                   self.section.max_scan_records, starts)
+            training_window = read_training_window(
+                self.settings.kafka, topics.records, ends, self.section.window_records,
+                self.section.max_scan_records, starts, labels_topic=topics.labels,
+                label_ends=label_ends, label_starts=label_starts)
             metrics.TRAINING_RECORDS.set(len(training_window.frame))
             info = train_and_register(self.registry, self.model_name, TrainingRequest(
                 frame=training_window.frame, trigger_event_ids=event_ids,
@@ -368,8 +361,7 @@ class TrainWorker:
                 min_training_records=self.section.min_training_records,
                 params=ModelParams(max_iter=self.section.max_iter),
                 extra_lineage={"drift_events": [event_summary(e) for e in events],
-                               "scanned_records": training_window.scanned_records,
-                               "refused_records": training_window.rejected_records}),
+                               **training_window.lineage()}),
                 finish=False)
         except (BrokerUnavailableError, KafkaException):
             raise
@@ -493,6 +485,28 @@ def publish_decision(settings: TrainerSettings, event: ModelVersionEvent) -> Non
             f"publishing the model-version event failed: {error}") from None
     finally:
         output.close(timeout)
+
+
+def window_bounds(events: Sequence[DriftEvent], topic: str
+                  ) -> tuple[dict[int, int], dict[int, int]]:
+    """Where the events on ``topic`` put the window: ({partition: last offset}, {partition:
+    onset offset}); an episode's events widen it (the latest end, the earliest onset)."""
+    ends: dict[int, int] = {}
+    starts: dict[int, int] = {}  # the estimated onset: train on what came after it
+    for event in events:
+        window = event.current_window
+        if window.topic != topic:
+            continue
+        ends[window.partition] = max(ends.get(window.partition, -1), window.last_offset)
+        if event.onset is not None:
+            starts[window.partition] = min(starts.get(window.partition, event.onset.offset),
+                                           event.onset.offset)
+    return ends, starts
+
+
+def _by_partition(offsets: dict[int, int]) -> dict[str, int]:
+    """Partition keys as text: a log line is one JSON object."""
+    return {str(partition): offset for partition, offset in offsets.items()}
 
 
 def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:

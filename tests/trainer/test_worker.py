@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from schemas.drift_event import (
     DetectorSpec,
     DriftEvent,
     DriftSignal,
+    Onset,
     SourceOffsets,
     WindowSummary,
 )
@@ -28,6 +30,7 @@ from schemas.model_version import ModelVersionEvent
 from tests.kafka_helpers import create_topic, read_all, wait_until
 from trainer.config import TrainerSettings
 from trainer.registry import ModelRegistry
+from trainer.registry_lineage import window_ranges
 from trainer.worker import TrainWorker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,6 +46,7 @@ class Stack:
         self.records = f"records-{unique}"
         self.drift = f"drift-{unique}"
         self.versions = f"versions-{unique}"
+        self.labels = f"labels-{unique}"  # created by the tests that use it (`create_labels`)
         self.group = f"trainer-{unique}"
         self.root = tmp_path / "models"
         self.unique = unique
@@ -60,6 +64,7 @@ bootstrap_servers = "{self.bootstrap}"
 records = "{self.records}"
 drift_events = "{self.drift}"
 model_versions = "{self.versions}"
+labels = "{self.labels}"
 [trainer]
 group_id = "{self.group}"
 transactional_id_prefix = "trainer-{self.unique}"
@@ -93,8 +98,45 @@ port = 0
         self.produced += count
         return last
 
+    def create_labels(self) -> None:
+        create_topic(self.bootstrap, self.labels, partitions=2)
+
+    def produce_late_labels(self, count: int) -> dict[str, tuple[int, int]]:
+        """``count`` records without their levy, then the labels of those the simulator gave
+        one, in another order; returns each label's (partition, offset) by record id."""
+        records = to_records(SIMULATOR.columns(self.produced, self.produced + count))
+        self.produced += count
+        labels = [{"schema_version": 1, "record_id": r["record_id"],
+                   "parcel_id": r["parcel_id"], "tax_year": r["tax_year"],
+                   "actual_levy_amount": r["actual_levy_amount"], "event_time": r["event_time"]}
+                  for r in records if "actual_levy_amount" in r]
+        random.Random(5).shuffle(labels)
+        self._produce(self.records, [{k: v for k, v in r.items() if k != "actual_levy_amount"}
+                                     for r in records])
+        return self._produce(self.labels, labels)
+
+    def _produce(self, topic: str, documents: list[dict]) -> dict[str, tuple[int, int]]:
+        producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+        placed: dict[str, tuple[int, int]] = {}
+
+        def delivered(error, message) -> None:
+            assert error is None
+            placed[orjson.loads(message.value())["record_id"]] = (message.partition(),
+                                                                 message.offset())
+
+        for document in documents:
+            producer.produce(topic, key=document["parcel_id"].encode(),
+                             value=orjson.dumps(document), on_delivery=delivered)
+            producer.poll(0)
+        producer.flush(30)
+        return placed
+
     def send_event(self, last_offsets: dict[int, int], detected_at: str,
-                   event_id: str | None = None) -> DriftEvent:
+                   event_id: str | None = None, topic: str | None = None,
+                   onset: Onset | None = None) -> DriftEvent:
+        """A performance drift event on ``topic`` (the records by default) whose current
+        window ends at the lowest partition's last offset."""
+        topic = topic or self.records
         partition = min(last_offsets)
         end = last_offsets[partition]
         summary = WindowSummary(n=100, mean=0.0, std=1.0)
@@ -103,9 +145,9 @@ port = 0
             kind="performance",
             signals=(DriftSignal("abs_error", DetectorSpec("page_hinkley", {"delta": 0.1}),
                                  9.0, 5.0, 1.2, summary, summary),),
-            reference_window=SourceOffsets(self.records, partition, 0, max(0, end - 200)),
-            current_window=SourceOffsets(self.records, partition, max(0, end - 199), end),
-            detected_at=detected_at, consumer_group="levy-drift-monitor")
+            reference_window=SourceOffsets(topic, partition, 0, max(0, end - 200)),
+            current_window=SourceOffsets(topic, partition, max(0, end - 199), end),
+            detected_at=detected_at, consumer_group="levy-drift-monitor", onset=onset)
         self.send_raw(event.to_bytes())
         return event
 
@@ -203,6 +245,39 @@ def test_drift_event_to_one_published_version_then_a_rejected_one(stack: Stack,
         registry = ModelRegistry(stack.root)
         assert registry.champion(NAME) == 1
         assert registry.get(NAME, 2).manifest["status"] == "rejected"
+    finally:
+        worker.stop()
+
+
+def test_a_drift_event_found_from_labels_retrains_on_the_records_labelled_since_its_onset(
+        stack: Stack, tmp_path: Path) -> None:
+    stack.create_labels()
+    labels_at = stack.produce_late_labels(4000)
+    last = {p: max(o for q, o in labels_at.values() if q == p) for p in (0, 1)}
+    onset = last[0] // 2  # an offset of labels partition 0: records partition 0's labels
+    worker = RunningWorker(stack.config_file(tmp_path))
+    try:
+        event = stack.send_event({0: last[0]}, "2026-03-01T00:00:00Z", topic=stack.labels,
+                                 onset=Onset(onset, None))
+        (published,) = wait_until(stack.version_events, 120, "the model-version event")
+        registry = ModelRegistry(stack.root)
+        lineage = registry.get(NAME, 1).lineage
+        since_onset = sum(1 for p, o in labels_at.values() if p == 0 and o >= onset)
+        elsewhere = min(1000, sum(1 for p, _ in labels_at.values() if p == 1))  # the quota
+        assert lineage["training_window"]["record_count"] == since_onset + elsewhere
+        assert lineage["labels"]["joined_records"] == since_onset + elsewhere
+        labels = {r["partition"]: r for r in window_ranges(lineage, stack.labels)}
+        assert (labels[0]["first_offset"], labels[0]["last_offset"]) == (onset, last[0])
+        assert labels[1]["last_offset"] == last[1]
+        assert {r["partition"] for r in window_ranges(lineage, stack.records)} == {0, 1}
+        assert {(o.topic, o.partition) for o in published.training_offsets} == {
+            (topic, p) for topic in (stack.records, stack.labels) for p in (0, 1)}
+
+        # A later event on labels the version already trained on: the same episode.
+        stack.send_event({0: last[0] - 10}, "2026-03-02T00:00:00Z", topic=stack.labels)
+        wait_until(lambda: stack.committed() == 2, 60, "the second event to be committed")
+        assert registry.versions(NAME) == [1]
+        assert registry.version_for_event(NAME, event.event_id) is not None
     finally:
         worker.stop()
 
