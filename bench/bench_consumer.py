@@ -144,6 +144,7 @@ def run_service(bootstrap: str, names: dict[str, str], records: int, workdir: Pa
     env.update({"LEVYDRIFT_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                 "LEVYDRIFT_CONSUMER_GROUP_ID": group, "LEVYDRIFT_CONSUMER_INSTANCE_ID": group,
                 "LEVYDRIFT_REGISTRY_ROOT": str(workdir / "models"),
+                "LEVYDRIFT_CONSUMER_STATE_DIR": str(workdir / "consumer-state"),
                 "LEVYDRIFT_METRICS_PORT": str(port), "LEVYDRIFT_METRICS_HOST": "127.0.0.1",
                 "LEVYDRIFT_LOGGING_LEVEL": "WARNING",
                 **{f"LEVYDRIFT_TOPICS_{key.upper()}": name for key, name in names.items()}})
@@ -191,7 +192,8 @@ def create_topics(bootstrap: str, names: dict[str, str]) -> AdminClient:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     compact = {"cleanup.policy": "compact"}
     futures = admin.create_topics([
-        NewTopic(name, 1, 1, config=compact if key in ("model_versions", "detector_state")
+        NewTopic(name, 1, 1, config=compact if key in ("model_versions", "detector_state",
+                                                       "join_changelog")
                  else {}) for key, name in names.items()])
     for future in futures.values():
         future.result()
@@ -208,7 +210,8 @@ def main() -> None:
     run = uuid.uuid4().hex[:8]
     names = {"records": f"bench-rec-{run}", "dead_letters": f"bench-dlq-{run}",
              "drift_events": f"bench-drift-{run}", "model_versions": f"bench-mv-{run}",
-             "detector_state": f"bench-state-{run}"}
+             "detector_state": f"bench-state-{run}", "labels": f"bench-labels-{run}",
+             "join_changelog": f"bench-changelog-{run}"}
     admin = create_topics(arguments.bootstrap, names)
     print(describe())
     print(f"records: {arguments.records:,} on one partition; broker on the same machine; "

@@ -2,9 +2,10 @@
 directory that may be far larger than memory, restored from a compacted changelog topic.
 
 **Entries.** ``record_id -> PendingPrediction``, encoded by ``encode_entry``: version byte 1,
-then ``<BqqqdB`` (flags: bit 0 joined, bit 1 model version present; record offset; event time
-in ms; model version or 0; prediction, NaN without a champion; number of segment values), then
-each segment value as ``<H`` length + UTF-8. 35 bytes plus the segment. ``decode_entry`` checks
+then ``<BqqqqdB`` (flags: bit 0 joined, bit 1 model version present; record offset; event
+time in ms; the records watermark before the record, in ms; model version or 0; prediction, NaN
+without a champion; number of segment values), then each segment value as ``<H`` length +
+UTF-8. 43 bytes plus the segment. ``decode_entry`` checks
 every byte and raises ``EntryRefused`` with a stable ``reason``.
 
 **Changelog.** One message per changed entry, key = record_id in UTF-8, value = the encoded
@@ -65,7 +66,7 @@ MAX_EVENT_TIME_MS = 2**63 - 1
 REASONS = ("truncated", "version", "flags", "range", "too_many_values", "too_large", "utf8",
            "trailing", "key")
 
-_FIXED = struct.Struct("<BBqqqdB")
+_FIXED = struct.Struct("<BBqqqqdB")
 _LENGTH = struct.Struct("<H")
 _TIME = struct.Struct(">Q")
 _INT = struct.Struct("<q")
@@ -80,7 +81,7 @@ _BEYOND_EVERY_KEY = b"\xff" * (9 + MAX_KEY_BYTES)
 _TIME_SHIFT = 2**63  # event times are stored unsigned, so that byte order is time order
 _NO_TIME = 2**63  # above every event time: "no entry"
 _MISSING: Any = object()
-JoinOutcome = Literal["joined", "duplicate", "unmatched"]
+JoinOutcome = Literal["joined", "duplicate", "unmatched", "expired"]
 _REPLAY_CHUNK = 10_000
 
 
@@ -107,6 +108,9 @@ class PendingPrediction(msgspec.Struct, frozen=True):
     prediction: float  # NaN when no champion scored the record
     segment: tuple[str, ...]
     joined: bool = False
+    # The partition's records watermark (latest event time seen) *before* this record: a
+    # label whose time that watermark had reached came before this record (consumer/labels.py).
+    watermark_ms: int = -1
 
 
 # --- the entry codec -----------------------------------------------------------------------
@@ -116,18 +120,20 @@ def encode_entry(entry: PendingPrediction) -> bytes:
     """The versioned binary form; raises ``EntryRefused`` for what ``decode_entry`` would
     refuse, so nothing is written that cannot be read back."""
     return _encode(entry.record_offset, entry.event_time_ms, entry.model_version,
-                   entry.prediction, _encode_segment(entry.segment), entry.joined)
+                   entry.prediction, _encode_segment(entry.segment), entry.joined,
+                   entry.watermark_ms)
 
 
 def _encode(record_offset: int, event_time_ms: int, model_version: int | None,
-            prediction: float, segment: bytes, joined: bool = False) -> bytes:
+            prediction: float, segment: bytes, joined: bool = False,
+            watermark_ms: int = -1) -> bytes:
     if record_offset < 0 or (model_version is not None and model_version < 0) \
             or math.isinf(prediction):
         raise EntryRefused(f"entry out of range: offset {record_offset}, model version "
                            f"{model_version}, prediction {prediction}", "range")
     flags = (_JOINED if joined else 0) | (0 if model_version is None else _HAS_VERSION)
     try:
-        return _FIXED.pack(ENTRY_VERSION, flags, record_offset, event_time_ms,
+        return _FIXED.pack(ENTRY_VERSION, flags, record_offset, event_time_ms, watermark_ms,
                            model_version or 0, prediction, segment[0]) + segment[1:]
     except struct.error as error:
         raise EntryRefused(f"entry out of range: {error}", "range") from None
@@ -156,7 +162,7 @@ def decode_entry(data: bytes) -> PendingPrediction:
     if len(data) < _FIXED.size:
         raise EntryRefused(f"entry of {len(data)} bytes, shorter than its fixed part",
                            "truncated")
-    version, flags, offset, event_time, model_version, prediction, count = \
+    version, flags, offset, event_time, watermark, model_version, prediction, count = \
         _FIXED.unpack_from(data)
     if version != ENTRY_VERSION:
         raise EntryRefused(f"entry version {version} is not supported (expected "
@@ -174,7 +180,7 @@ def decode_entry(data: bytes) -> PendingPrediction:
     if end != len(data):
         raise EntryRefused(f"{len(data) - end} bytes after the entry", "trailing")
     return PendingPrediction(offset, event_time, model_version if flags & _HAS_VERSION else None,
-                             prediction, segment, bool(flags & _JOINED))
+                             prediction, segment, bool(flags & _JOINED), watermark)
 
 
 def _decode_segment(data: bytes, at: int, count: int) -> tuple[tuple[str, ...], int]:
@@ -325,10 +331,14 @@ class JoinStore:
 
     def put_batch(self, record_ids: Collection[str], record_offsets: Collection[int],
                   event_times_ms: Collection[int], predictions: Collection[float],
-                  segments: Collection[tuple[str, ...]], model_version: int | None) -> int:
+                  segments: Collection[tuple[str, ...]], model_version: int | None,
+                  watermarks_ms: Collection[int] | None = None,
+                  keep_existing: bool = False) -> int:
         """Newly scored records, not joined, as columns (lists or numpy arrays), all scored by
-        ``model_version``. Replaces entries with the same record_id; returns how many it
-        replaced. A value that cannot be encoded raises ``EntryRefused`` and stores nothing."""
+        ``model_version``. Replaces entries with the same record_id (or, with
+        ``keep_existing``, keeps them: a resent record must not undo its join); returns how
+        many it replaced (or kept). A value that cannot be encoded raises ``EntryRefused`` and
+        stores nothing."""
         if not len(record_ids) == len(record_offsets) == len(event_times_ms) \
                 == len(predictions) == len(segments):
             raise ValueError("put_batch: the columns differ in length")
@@ -338,15 +348,19 @@ class JoinStore:
         encoded: dict[tuple[str, ...], bytes] = {}
         values = []
         pack = _encode
-        for offset, event_time, prediction, segment in zip(
-                _as_list(record_offsets), times, _as_list(predictions), segments, strict=True):
+        marks = [-1] * len(times) if watermarks_ms is None else _as_list(watermarks_ms)
+        for offset, event_time, prediction, segment, mark in zip(
+                _as_list(record_offsets), times, _as_list(predictions), segments, marks,
+                strict=True):
             segment_bytes = encoded.get(segment)
             if segment_bytes is None:
                 segment_bytes = encoded[segment] = _encode_segment(tuple(segment))
-            values.append(pack(offset, event_time, model_version, prediction, segment_bytes))
-        return self._put(_as_list(record_ids), values, min(times))
+            values.append(pack(offset, event_time, model_version, prediction, segment_bytes,
+                               False, mark))
+        return self._put(_as_list(record_ids), values, min(times), keep_existing)
 
-    def _put(self, record_ids: list[str], values: list[bytes], oldest: int) -> int:
+    def _put(self, record_ids: list[str], values: list[bytes], oldest: int,
+             keep_existing: bool = False) -> int:
         """Buffer ``values``; one point lookup per id not buffered yet (its committed value:
         for the pending count and the index key a replacement deletes)."""
         buffer, base, get = self._buffer, self._base, self._db.get
@@ -358,6 +372,8 @@ class JoinStore:
                 base[record_id] = None if previous is None else _time_of(previous)
             if previous is not None:
                 replaced += 1
+                if keep_existing:
+                    continue
                 delta -= not previous[_FLAG_BYTE] & _JOINED
             buffer[record_id] = value
             delta += not value[_FLAG_BYTE] & _JOINED
@@ -372,10 +388,15 @@ class JoinStore:
         return {record_id: get(_ENTRY + record_id.encode()) for record_id in record_ids
                 if record_id not in buffer}
 
-    def join(self, record_id: str) -> tuple[JoinOutcome, PendingPrediction | None]:
+    def join(self, record_id: str, label_time_ms: int | None = None,
+             horizon_ms: int | None = None) -> tuple[JoinOutcome, PendingPrediction | None]:
         """A label for ``record_id``, with one lookup: ``("joined", entry)`` when an entry
         waited for it (it is marked joined now; the entry returned is as it was),
-        ``("duplicate", entry)`` when it was joined already, ``("unmatched", None)``."""
+        ``("duplicate", entry)`` when it was joined already, ``("unmatched", None)``. Given
+        the label's event time, an entry whose record came after the label's turn (its
+        ``watermark_ms`` had reached the label's time) is ``("unmatched", entry)``, and one
+        more than ``horizon_ms`` older than the label is ``("expired", entry)``; neither is
+        marked."""
         value = self._buffer.get(record_id, _MISSING)
         committed = value is _MISSING
         if committed:
@@ -384,14 +405,20 @@ class JoinStore:
             return "unmatched", None
         if value[_FLAG_BYTE] & _JOINED:
             return "duplicate", decode_entry(value)
-        event_time = _time_of(value)
+        entry = decode_entry(value)
+        if label_time_ms is not None:
+            if entry.watermark_ms >= label_time_ms:
+                return "unmatched", entry
+            if horizon_ms is not None and label_time_ms - entry.event_time_ms > horizon_ms:
+                return "expired", entry
+        event_time = entry.event_time_ms
         if committed:
             self._base[record_id] = event_time
         self._buffer[record_id] = value[:_FLAG_BYTE] + bytes((value[_FLAG_BYTE] | _JOINED,)) \
             + value[_FLAG_BYTE + 1:]
         self._pending_delta -= 1
         self._buffer_floor = min(self._buffer_floor, event_time)
-        return "joined", decode_entry(value)
+        return "joined", entry
 
     def mark_joined(self, record_id: str) -> bool:
         """Mark the entry joined; False when there is none or it was joined already."""

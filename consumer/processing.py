@@ -27,7 +27,9 @@ from schemas.levy_record import decode_levy_records, levy_records_to_columns
 if TYPE_CHECKING:
     from consumer.champion import Champion
     from consumer.config import ConsumerSettings
+    from consumer.labels import LabelJoin
     from detectors.config import DetectorSettings
+    from detectors.decision import DriftDecision
     from detectors.reference import Reference
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class PartitionMonitor:
     model_version: int | None
     committed: PartitionState | None = None
     dirty: bool = False
+    labels: LabelJoin | None = None  # the label join, when labels are joined
 
     @classmethod
     def resume(cls, topic: str, partition: int, start_offset: int,
@@ -85,8 +88,13 @@ class PartitionMonitor:
         return monitor
 
     def state(self, group: str | None) -> PartitionState:
+        labels = self.labels
+        if labels is None:
+            return PartitionState(group or "", self.topic, self.partition, self.next_offset,
+                                  self.model_version, self.bank.snapshot())
         return PartitionState(group or "", self.topic, self.partition, self.next_offset,
-                              self.model_version, self.bank.snapshot())
+                              self.model_version, self.bank.snapshot(), labels.next_offset,
+                              labels.watermark_ms, labels.errors.snapshot())
 
     def mark_committed(self, state: PartitionState) -> None:
         self.committed = state
@@ -98,6 +106,8 @@ class PartitionMonitor:
         self.bank = SegmentedBank.restore(self.committed.bank, detector_settings)
         self.next_offset = self.committed.next_offset
         self.model_version = self.committed.model_version
+        if self.labels is not None:
+            self.labels.rewind(self.committed, detector_settings)
         self.dirty = False
 
     def rebaseline(self, champion_version: int | None,
@@ -105,6 +115,8 @@ class PartitionMonitor:
         """A new champion changes predictions and errors: take its holdout statistics as the
         reference, or learn a new one from the records that follow."""
         self.bank.rebaseline(reference)
+        if self.labels is not None:
+            self.labels.errors.rebaseline(reference)
         self.model_version = champion_version
         self.dirty = True
 
@@ -131,23 +143,59 @@ def process_partition(monitor: PartitionMonitor, messages: Sequence[Message],
         columns = signal_columns(levy_records_to_columns(records), champion)
         for decision in monitor.bank.update(columns, offsets):
             detected_index = int(np.searchsorted(offsets, decision.detected_at))
-            event = decision_to_event(
-                decision, monitor.topic, monitor.partition, group=settings.consumer.group_id,
-                model_name=settings.consumer.model_name, model_version=monitor.model_version,
-                detected_at=str(columns["event_time"][detected_index]))
-            produce(settings.topics.drift_events, event.to_bytes(),
-                    key=settings.consumer.model_name.encode())
-            for finding in event.signals:
-                metrics.DRIFT_EVENTS.labels(kind=event.kind, signal=finding.signal).inc()
-            result.drift_events.append(event)
-            log.info("drift detected", extra={"event_id": event.event_id, "kind": event.kind,
-                                              "signals": [s.signal for s in event.signals],
-                                              "partition": monitor.partition})
+            result.drift_events.append(_emit(decision, monitor.topic, monitor, settings, produce,
+                                             str(columns["event_time"][detected_index])))
+        if monitor.labels is not None:
+            monitor.labels.add_records(columns["record_id"], offsets, columns,
+                                       settings.detectors.segment_by,
+                                       None if champion is None else champion.version)
     monitor.next_offset = offset_of(messages[-1]) + 1
     monitor.dirty = True
     metrics.RECORDS.labels(outcome="valid").inc(result.valid)
     metrics.RECORDS.labels(outcome="dead_lettered").inc(result.dead_lettered)
     return result
+
+
+def process_labels(monitor: PartitionMonitor, champion_version: int | None,
+                   settings: ConsumerSettings, produce: Produce) -> BatchResult:
+    """Take the turn of every label of ``monitor``'s partition whose turn has come (see
+    consumer/labels.py): malformed ones to the dead-letter topic, errors to the error
+    detectors, their decisions to the drift-events topic (windows in the labels topic)."""
+    result = BatchResult()
+    labels = monitor.labels
+    if labels is None or not labels.queue:
+        return result
+    turn = labels.take_turn(champion_version, settings.detectors.segment_by)
+    if turn.taken == 0:
+        return result
+    for queued in turn.rejected:
+        assert queued.rejection is not None
+        _dead_letter(queued.message, queued.rejection, settings.topics.dead_letters, produce)
+        metrics.LABELS.labels(outcome="dead_lettered").inc()
+    result.dead_lettered = len(turn.rejected)
+    for decision in turn.decisions:
+        detected_index = int(np.searchsorted(turn.positions, decision.detected_at))
+        result.drift_events.append(_emit(decision, settings.topics.labels, monitor, settings,
+                                         produce, turn.times[detected_index]))
+    monitor.dirty = True
+    return result
+
+
+def _emit(decision: DriftDecision, topic: str, monitor: PartitionMonitor,
+          settings: ConsumerSettings, produce: Produce, detected_at: str) -> Any:
+    """One decision as a drift event on the drift-events topic; returns the event."""
+    event = decision_to_event(
+        decision, topic, monitor.partition, group=settings.consumer.group_id,
+        model_name=settings.consumer.model_name, model_version=monitor.model_version,
+        detected_at=detected_at)
+    produce(settings.topics.drift_events, event.to_bytes(),
+            key=settings.consumer.model_name.encode())
+    for finding in event.signals:
+        metrics.DRIFT_EVENTS.labels(kind=event.kind, signal=finding.signal).inc()
+    log.info("drift detected", extra={"event_id": event.event_id, "kind": event.kind,
+                                      "signals": [s.signal for s in event.signals],
+                                      "partition": monitor.partition, "topic": topic})
+    return event
 
 
 def signal_columns(columns: dict[str, np.ndarray], champion: Champion | None) -> dict[str,

@@ -26,9 +26,19 @@ from consumer import metrics
 from consumer.champion import ChampionTracker
 from consumer.config import ConsumerSettings
 from consumer.dead_letters import DeadLetterWriter
+from consumer.join_store import JoinStore, restore_from_changelog
+from consumer.labels import (
+    DAY_MS,
+    NO_WATERMARK,
+    LabelJoin,
+    check_co_partitioned,
+    restore_errors,
+    store_path,
+)
 from consumer.lag import LagProbe
-from consumer.processing import BatchResult, PartitionMonitor, process_partition
+from consumer.processing import BatchResult, PartitionMonitor, process_labels, process_partition
 from consumer.state import (
+    PartitionState,
     StoredState,
     encode_state,
     read_latest_states,
@@ -74,6 +84,11 @@ class ConsumerService:
             # that change owner; the others keep processing and committing.
             "partition.assignment.strategy": "cooperative-sticky"})
         self._reader_config = consumer_config(kafka, f"{self.section.group_id}.readers")
+        # Labels partition p is read by whoever owns records partition p, assigned by hand
+        # beside it; where it stands is part of p's checkpoint, not the group's offsets.
+        self.label_reader: Consumer | None = None
+        self._paused_labels: set[int] = set()
+        self._changelog_ends: dict[int, int] = {}  # partition -> next changelog offset
         self.output = TransactionalOutput(self._new_producer, self.section.transaction_timeout_s,
                                           metrics.observe_transaction)
         self.lag = LagProbe(self._reader_config)
@@ -89,9 +104,19 @@ class ConsumerService:
         """Consume until SIGTERM/SIGINT (or until ``stop_when(self)``, for benchmarks)."""
         self._install_signal_handlers()
         topics = self.settings.topics
-        ensure_reachable(admin_client(self.settings.kafka), self.settings.kafka, [
-            topics.records, topics.dead_letters, topics.drift_events, topics.model_versions,
-            topics.detector_state])
+        admin = admin_client(self.settings.kafka)
+        needed = [topics.records, topics.dead_letters, topics.drift_events,
+                  topics.model_versions, topics.detector_state]
+        if self.section.join_labels:
+            needed += [topics.labels, topics.join_changelog]
+        ensure_reachable(admin, self.settings.kafka, needed)
+        if self.section.join_labels:
+            metadata = admin.list_topics(timeout=self.settings.kafka.request_timeout_s)
+            check_co_partitioned({name: len(metadata.topics[name].partitions)
+                                  for name in needed}, topics.records, topics.labels,
+                                 topics.join_changelog)
+            self.label_reader = Consumer({**self._reader_config,
+                                         "group.id": f"{self.section.group_id}.labels"})
         try:
             self.output.init()
         except TransactionAborted as error:
@@ -128,7 +153,7 @@ class ConsumerService:
         drop the banks, so closing (which revokes) commits nothing. A restart resumes from the
         last committed checkpoint."""
         self._failed = True
-        self.monitors.clear()
+        self._drop_monitors()
         self.output.abort()  # if Kafka cannot confirm it, the restart's init_transactions will
 
     def request_stop(self, signal_number: int | None = None, *_: Any) -> None:
@@ -146,6 +171,11 @@ class ConsumerService:
         messages = self.consumer.consume(self.section.batch_size, self.section.batch_timeout_s)
         try:
             result = self._process(messages) if messages else None
+            if self.label_reader is not None:
+                labelled = self._process_labels()
+                if labelled is not None:
+                    result = result or BatchResult()
+                    result.merge(labelled)
         except TransactionAborted as error:  # a produce found the transaction failed
             self._after_abort(error, time.monotonic())
             return None
@@ -164,6 +194,12 @@ class ConsumerService:
                 log.warning("consumer close failed", extra={"error": str(error)})
         self.output.close(self.section.shutdown_timeout_s)
         self.lag.close()
+        self._drop_monitors()
+        if self.label_reader is not None:
+            try:
+                self.label_reader.close()
+            except Exception as error:
+                log.warning("label reader close failed", extra={"error": str(error)})
         try:
             self.champion.close()
         except Exception as error:
@@ -198,6 +234,48 @@ class ConsumerService:
         metrics.BATCH_DURATION.observe(time.perf_counter() - started)
         metrics.LAST_BATCH.set(time.time())
         return total
+
+    def _process_labels(self) -> BatchResult | None:
+        """Fetch what labels have arrived (without waiting) and take every due label's turn."""
+        assert self.label_reader is not None
+        fetched = self.label_reader.consume(self.section.batch_size, 0)
+        by_partition: dict[int | None, list[Message]] = {}
+        for message in fetched:
+            error = message.error()
+            if error is not None:
+                self._raise_if_fatal(error)
+                continue
+            by_partition.setdefault(message.partition(), []).append(message)
+        if fetched:
+            metrics.LAST_LABEL.set(time.time())
+        total: BatchResult | None = None
+        version = self.champion.version
+        for monitor in self.monitors.values():
+            labels = monitor.labels
+            if labels is None:
+                continue
+            arrived = by_partition.get(monitor.partition)
+            if arrived:
+                labels.enqueue(arrived)
+            result = process_labels(monitor, version, self.settings, self._produce)
+            if result.dead_lettered or result.drift_events or monitor.dirty:
+                total = total or BatchResult()
+                total.merge(result)
+            self._pace_labels(monitor.partition, len(labels.queue))
+        metrics.QUEUED_LABELS.set(sum(len(m.labels.queue) for m in self.monitors.values()
+                                      if m.labels is not None))
+        return total
+
+    def _pace_labels(self, partition: int, queued: int) -> None:
+        """Labels far ahead of the records wait in Kafka, not in memory."""
+        assert self.label_reader is not None
+        position = [TopicPartition(self.settings.topics.labels, partition)]
+        if queued >= self.section.max_queued_labels and partition not in self._paused_labels:
+            self.label_reader.pause(position)
+            self._paused_labels.add(partition)
+        elif queued < self.section.max_queued_labels // 2 and partition in self._paused_labels:
+            self.label_reader.resume(position)
+            self._paused_labels.discard(partition)
 
     def _produce(self, topic: str, value: bytes | None, key: bytes | None = None,
                  headers: Headers | None = None) -> None:
@@ -263,6 +341,8 @@ class ConsumerService:
         offsets = [TopicPartition(self.settings.topics.records, p, s.next_offset)
                    for p, s in states.items()]
         try:
+            for monitor in moved:
+                self._produce_changelog(monitor)
             for state in states.values():
                 self.output.produce(self.settings.topics.detector_state, encode_state(state),
                                     key=state_key(state.group, state.topic, state.partition))
@@ -272,12 +352,31 @@ class ConsumerService:
             return False
         self._stalled_since = None
         self.dead_letters.committed()
+        self.output.poll()  # delivery reports: where each changelog partition now ends
         for monitor in moved:
             monitor.mark_committed(states[monitor.partition])
+            if monitor.labels is not None:
+                monitor.labels.store.commit(self._changelog_ends.get(monitor.partition))
             self.lag.committed(monitor.topic, monitor.partition,
                                states[monitor.partition].next_offset)
         self._export_gauges()
         return True
+
+    def _produce_changelog(self, monitor: PartitionMonitor) -> None:
+        """The partition's uncommitted store changes, into this transaction."""
+        if monitor.labels is None:
+            return
+        topic, partition = self.settings.topics.join_changelog, monitor.partition
+        for key, value in monitor.labels.store.changes():
+            self.output.produce(topic, value, key=key, partition=partition,
+                                on_delivery=self._changelog_delivered)
+
+    def _changelog_delivered(self, error: KafkaError | None, message: Message) -> None:
+        if error is None:
+            partition, offset = message.partition(), message.offset()
+            if partition is not None and offset is not None:
+                self._changelog_ends[partition] = max(self._changelog_ends.get(partition, 0),
+                                                      offset + 1)
 
     def _after_abort(self, error: TransactionAborted, started: float) -> None:
         """The open transaction was aborted: rewind every partition to its last checkpoint,
@@ -291,7 +390,7 @@ class ConsumerService:
         else:  # committed or not, only Kafka knows: restore from it once it answers
             log.warning("transaction outcome unknown until Kafka answers; waiting for it",
                         extra={"error": str(error)})
-            self.monitors.clear()
+            self._drop_monitors()
 
     def _rewind(self) -> None:
         assert self.consumer is not None
@@ -303,6 +402,13 @@ class ConsumerService:
             try:
                 self.consumer.seek(TopicPartition(monitor.topic, monitor.partition,
                                                   monitor.next_offset))
+                if monitor.labels is not None and self.label_reader is not None:
+                    # Re-assigning (rather than seeking) also drops labels already fetched.
+                    labels = [TopicPartition(self.settings.topics.labels, monitor.partition,
+                                             monitor.labels.next_offset)]
+                    self.label_reader.incremental_unassign(labels)
+                    self.label_reader.incremental_assign(labels)
+                    self._paused_labels.discard(monitor.partition)
             except KafkaException as error:
                 # Carrying on from the fetch position would skip records: start over instead.
                 raise FatalKafkaError(f"cannot rewind partition {monitor.partition} after an "
@@ -333,7 +439,7 @@ class ConsumerService:
     def _restore_assignment(self) -> None:
         """After transactions restarted: every assigned partition from what Kafka holds."""
         assert self.consumer is not None
-        self.monitors.clear()
+        self._drop_monitors()
         for position in self._restore(self.consumer, self.consumer.assignment()):
             try:
                 self.consumer.seek(position)
@@ -384,14 +490,73 @@ class ConsumerService:
         except SnapshotError as error:
             assert stored is not None
             refuse_state(stored, error.reason, str(error))
-            return start, resume(None)
+            return start, self._attach_labels(resume(None), None)
         last = monitor.bank.last_position
         if usable is not None and last is not None and last >= start:
             assert stored is not None  # a bank that saw offsets it claims not to have reached
             refuse_state(stored, "inconsistent", f"the bank has seen offset {last}, the "
                                                  f"snapshot belongs to offset {start}")
-            return start, resume(None)
-        return start, monitor
+            return start, self._attach_labels(resume(None), None)
+        return start, self._attach_labels(monitor, usable, stored)
+
+    def _attach_labels(self, monitor: PartitionMonitor, saved: PartitionState | None,
+                       stored: StoredState | None = None) -> PartitionMonitor:
+        """The partition's label join: its store brought up to date from the changelog, its
+        error detectors and labels position from the snapshot (or fresh), its labels
+        partition assigned from there."""
+        if self.label_reader is None:
+            return monitor
+        partition, topics = monitor.partition, self.settings.topics
+        started = time.perf_counter()
+        store = JoinStore(store_path(self.section.state_dir, self.section.group_id,
+                                     monitor.topic, partition))
+        restore_from_changelog(store, self._reader_config, topics.join_changelog, partition,
+                               self.section.restore_timeout_s)
+        metrics.JOIN_RESTORE_DURATION.observe(time.perf_counter() - started)
+        low, _ = self.label_reader.get_watermark_offsets(
+            TopicPartition(topics.labels, partition), timeout=self.section.restore_timeout_s)
+        reference = self.champion.reference
+        errors, next_offset, watermark = None, low, NO_WATERMARK
+        if saved is not None and saved.labels_next_offset is not None:
+            try:
+                errors = restore_errors(saved.error_bank, self.settings.detectors, reference)
+                next_offset = max(saved.labels_next_offset, low)
+                watermark = NO_WATERMARK if saved.watermark_ms is None else saved.watermark_ms
+            except SnapshotError as error:
+                assert stored is not None
+                refuse_state(stored, error.reason, f"error detectors: {error}")
+        if errors is None:
+            errors = restore_errors(b"", self.settings.detectors, reference)
+        elif saved is not None and saved.model_version != self.champion.version:
+            errors.rebaseline(reference)
+        monitor.labels = LabelJoin(partition, store, errors, next_offset,
+                                   int(self.section.label_horizon_days * DAY_MS),
+                                   watermark_ms=watermark)
+        monitor.committed = monitor.state(None)
+        self.label_reader.incremental_assign(
+            [TopicPartition(topics.labels, partition, next_offset)])
+        return monitor
+
+    def _drop_monitor(self, partition: int) -> None:
+        """Let go of a partition's monitor: its store closes (uncommitted changes dropped) and
+        its labels partition is unassigned."""
+        monitor = self.monitors.pop(partition, None)
+        if monitor is None or monitor.labels is None:
+            return
+        monitor.labels.store.discard()
+        monitor.labels.store.close()
+        self._paused_labels.discard(partition)
+        if self.label_reader is not None:
+            try:
+                self.label_reader.incremental_unassign(
+                    [TopicPartition(self.settings.topics.labels, partition)])
+            except KafkaException as error:
+                log.warning("label partition unassign failed", extra={
+                    "partition": partition, "error": str(error)})
+
+    def _drop_monitors(self) -> None:
+        for partition in list(self.monitors):
+            self._drop_monitor(partition)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Only the partitions that move are revoked (cooperative rebalancing): checkpoint
@@ -402,7 +567,7 @@ class ConsumerService:
                 self.checkpoint(self.section.revoke_checkpoint_budget_s)
         finally:
             for position in partitions:
-                self.monitors.pop(position.partition, None)
+                self._drop_monitor(position.partition)
                 self.lag.forget(position.topic, position.partition)
             consumer.incremental_unassign(partitions)
         log.info("partitions revoked", extra={"partitions": [p.partition for p in partitions]})
@@ -412,11 +577,11 @@ class ConsumerService:
         so partitions still held (if any) rewind to their last checkpoint."""
         metrics.REBALANCES.labels(kind="lost").inc()
         for position in partitions:
-            self.monitors.pop(position.partition, None)
+            self._drop_monitor(position.partition)
             self.lag.forget(position.topic, position.partition)
         consumer.incremental_unassign(partitions)
         if self.output.broken is not None:  # the others' uncommitted work is in doubt too
-            self.monitors.clear()
+            self._drop_monitors()
         elif self.output.open:
             self.output.abort()
             if self.monitors:

@@ -67,6 +67,11 @@ class PartitionState:
     next_offset: int           # the first offset not yet reflected in the bank
     model_version: int | None  # champion the bank was baselined against
     bank: bytes
+    # The label join (consumer/labels.py), when labels are joined: the first label offset not
+    # yet taken, the records watermark (epoch ms) and the error detectors' snapshot.
+    labels_next_offset: int | None = None
+    watermark_ms: int | None = None
+    error_bank: bytes = b""
 
 
 def resume_point(committed_offset: int, low_watermark: int,
@@ -93,10 +98,15 @@ def state_key(group: str, topic: str, partition: int) -> bytes:
 
 
 def encode_state(state: PartitionState) -> bytes:
-    header = orjson.dumps({"v": ENVELOPE_VERSION, "group": state.group, "topic": state.topic,
-                           "partition": state.partition, "next_offset": state.next_offset,
-                           "model_version": state.model_version})
-    return _HEADER_LENGTH.pack(len(header)) + header + state.bank
+    fields: dict[str, Any] = {
+        "v": ENVELOPE_VERSION, "group": state.group, "topic": state.topic,
+        "partition": state.partition, "next_offset": state.next_offset,
+        "model_version": state.model_version}
+    if state.labels_next_offset is not None:  # added compatibly: older readers ignore them
+        fields.update(labels_next_offset=state.labels_next_offset,
+                      watermark_ms=state.watermark_ms, error_bank_bytes=len(state.error_bank))
+    header = orjson.dumps(fields)
+    return _HEADER_LENGTH.pack(len(header)) + header + state.bank + state.error_bank
 
 
 def decode_state(value: bytes) -> PartitionState:
@@ -119,10 +129,23 @@ def decode_state(value: bytes) -> PartitionState:
     if version != ENVELOPE_VERSION:
         raise StateRefused(f"detector-state envelope version {str(version)[:20]} is not "
                            f"supported (expected {ENVELOPE_VERSION})", "version")
+    body = value[4 + length:]
+    error_bytes = _field(header, "error_bank_bytes", int, optional=True) or 0
+    if error_bytes > len(body):
+        raise StateRefused(f"unreadable detector-state record: error_bank_bytes {error_bytes} "
+                           f"exceeds the {len(body)} bytes that follow the header", "envelope")
+    split = len(body) - error_bytes
+    watermark = header.get("watermark_ms")
+    if watermark is not None and (not isinstance(watermark, int) or isinstance(watermark, bool)
+                                  or watermark < -1):
+        raise StateRefused("unreadable detector-state record: watermark_ms is "
+                           f"{type(watermark).__name__}, expected int", "envelope")
     return PartitionState(_field(header, "group", str), _field(header, "topic", str),
                           _field(header, "partition", int), _field(header, "next_offset", int),
                           _field(header, "model_version", int, optional=True),
-                          value[4 + length:])
+                          body[:split],
+                          _field(header, "labels_next_offset", int, optional=True),
+                          watermark, body[split:])
 
 
 def _field(header: dict[str, Any], name: str, kind: type[Any], optional: bool = False) -> Any:

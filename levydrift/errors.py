@@ -52,3 +52,7 @@ class RegistryError(LevyDriftError):
 
 class TrainingError(LevyDriftError):
     """Training could not produce a candidate: too few labelled records, bad input data."""
+
+
+class TopicLayoutError(LevyDriftError):
+    """Topics exist but are laid out wrongly, e.g. labels not co-partitioned with records."""

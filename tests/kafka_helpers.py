@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,3 +121,8 @@ class PrivateBroker:
         result = subprocess.run([str(LOCAL_KAFKA), action], capture_output=True, text=True,
                                 env=env, timeout=180)
         assert result.returncode == 0, f"local-kafka {action}: {result.stderr}{result.stdout}"
+
+
+def scratch_dir(name: str) -> str:
+    """A private directory for a service's local state (e.g. ``consumer.state_dir``)."""
+    return tempfile.mkdtemp(prefix=f"levydrift-{name[:40]}-")

@@ -37,7 +37,8 @@ class Services:
             "LEVYDRIFT_CONSUMER_GROUP_ID": f"levy-demo-{run_id}-monitor",
             "LEVYDRIFT_CONSUMER_INSTANCE_ID": f"demo-{run_id}",
             "LEVYDRIFT_CONSUMER_BATCH_SIZE": "1000",
-            "LEVYDRIFT_CONSUMER_CHECKPOINT_INTERVAL_S": "0.5"})
+            "LEVYDRIFT_CONSUMER_CHECKPOINT_INTERVAL_S": "0.5",
+            "LEVYDRIFT_CONSUMER_STATE_DIR": str(registry_root.parent / "consumer-state")})
         self.spawn("trainer", ["train-worker"], {
             **common, "LEVYDRIFT_METRICS_PORT": str(self.ports["trainer"]),
             "LEVYDRIFT_TRAINER_GROUP_ID": f"levy-demo-{run_id}-trainer",
@@ -115,6 +116,8 @@ def service_environment(kafka: KafkaSettings, topics: TopicSettings) -> dict[str
                 "LEVYDRIFT_TOPICS_DRIFT_EVENTS": topics.drift_events,
                 "LEVYDRIFT_TOPICS_MODEL_VERSIONS": topics.model_versions,
                 "LEVYDRIFT_TOPICS_DETECTOR_STATE": topics.detector_state,
+                "LEVYDRIFT_TOPICS_LABELS": topics.labels,
+                "LEVYDRIFT_TOPICS_JOIN_CHANGELOG": topics.join_changelog,
                 "LEVYDRIFT_METRICS_HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"})
     return env
 

@@ -42,7 +42,8 @@ class DemoTopics:
             records=f"{self.prefix}.records", dead_letters=f"{self.prefix}.records.dlq",
             drift_events=f"{self.prefix}.drift-events",
             model_versions=f"{self.prefix}.model-versions",
-            detector_state=f"{self.prefix}.detector-state", records_partitions=partitions)
+            detector_state=f"{self.prefix}.detector-state", labels=f"{self.prefix}.labels",
+            join_changelog=f"{self.prefix}.join-changelog", records_partitions=partitions)
         self.narrator = narrator
         self.step_timeout_s = step_timeout_s
         self.observed = Observed()
@@ -55,7 +56,8 @@ class DemoTopics:
 
     def delete(self) -> None:
         names = [self.names.records, self.names.dead_letters, self.names.drift_events,
-                 self.names.model_versions, self.names.detector_state]
+                 self.names.model_versions, self.names.detector_state, self.names.labels,
+                 self.names.join_changelog]
         futures = admin_client(self.kafka).delete_topics(names, operation_timeout=10)
         for future in futures.values():
             with contextlib.suppress(Exception):  # best effort: a leftover topic is harmless

@@ -28,9 +28,10 @@ DeliveryCallback = Callable[[KafkaError | None, Any], None]  # (error, message)
 
 
 class DeliveryOption(TypedDict, total=False):
-    """``produce``'s delivery callback, passed only when there is one."""
+    """``produce``'s delivery callback and partition, passed only when there are ones."""
 
     on_delivery: DeliveryCallback
+    partition: int
 
 
 class TransactionAborted(Exception):
@@ -129,12 +130,15 @@ class TransactionalOutput:
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
                 headers: Headers | None = None,
-                on_delivery: DeliveryCallback | None = None) -> None:
+                on_delivery: DeliveryCallback | None = None,
+                partition: int | None = None) -> None:
         """Queue a message in the open transaction. Raises ``MessageRefused`` when the client
         refuses it outright (too large); refusals by the broker arrive at ``on_delivery``."""
         assert self.broken is None, "produce on a broken transactional producer"
         self._begin_if_needed()
         delivery: DeliveryOption = {"on_delivery": on_delivery} if on_delivery is not None else {}
+        if partition is not None:  # else the key's partition
+            delivery["partition"] = partition
         while True:
             try:
                 # The stub's header type is an invariant List of (str, str | bytes | None):

@@ -36,7 +36,9 @@ class Topics:
                 "dead_letters": f"dlq-{self.suffix}",
                 "drift_events": f"drift-{self.suffix}",
                 "model_versions": f"versions-{self.suffix}",
-                "detector_state": f"state-{self.suffix}"}
+                "detector_state": f"state-{self.suffix}",
+                "labels": f"labels-{self.suffix}",
+                "join_changelog": f"changelog-{self.suffix}"}
 
     def create(self, bootstrap: str) -> Topics:
         compacted = {"cleanup.policy": "compact"}
@@ -46,6 +48,9 @@ class Topics:
         create_topic(bootstrap, self.names["drift_events"])
         create_topic(bootstrap, self.names["model_versions"], config=compacted)
         create_topic(bootstrap, self.names["detector_state"], config=compacted)
+        create_topic(bootstrap, self.names["labels"], self.records_partitions)
+        create_topic(bootstrap, self.names["join_changelog"], self.records_partitions,
+                     config=compacted)
         return self
 
     def environment(self) -> dict[str, str]:
@@ -72,6 +77,9 @@ class ConsumerRun:
                     "LEVYDRIFT_CONSUMER_CHECKPOINT_INTERVAL_S": "0.3",
                     "LEVYDRIFT_CONSUMER_BATCH_SIZE": "1000",
                     "LEVYDRIFT_METRICS_PORT": "0",
+                    # Each instance its own disk, as on separate machines.
+                    "LEVYDRIFT_CONSUMER_STATE_DIR": str(
+                        self.log_path.parent / f"state-{self.instance}"),
                     **self.topics.environment(), **self.extra_env})
         log = self.log_path.open("ab")
         self.process = subprocess.Popen([sys.executable, "-m", "levydrift.cli", "consume"],

@@ -16,7 +16,7 @@ from levydrift.settings import KafkaSettings, MetricsSettings, TopicSettings
 from levydrift.simulator import LevySimulator, SimulatorConfig
 from schemas.dead_letter import source_of
 from tests.consumer.harness import Topics
-from tests.kafka_helpers import read_all
+from tests.kafka_helpers import read_all, scratch_dir
 
 PER_PARTITION = 3000
 POISON_EVERY = 500
@@ -41,7 +41,7 @@ def settings_for(bootstrap: str, topics: Topics, group: str) -> ConsumerSettings
         kafka=KafkaSettings(bootstrap_servers=bootstrap),
         topics=TopicSettings(**topics.names),
         consumer=ConsumerSection(group_id=group, instance_id="solo", batch_size=400,
-                                 checkpoint_interval_s=0.2),
+                                 checkpoint_interval_s=0.2, state_dir=scratch_dir(group)),
         metrics=MetricsSettings(port=0))
 
 

@@ -29,7 +29,7 @@ from detectors.segments import SegmentedBank
 from levydrift.settings import KafkaSettings, MetricsSettings, TopicSettings
 from levydrift.simulator import LevySimulator, SimulatorConfig
 from tests.consumer.harness import Topics, committed_total
-from tests.kafka_helpers import read_all
+from tests.kafka_helpers import read_all, scratch_dir
 
 DETECTORS = DetectorSettings(warmup_records=200, relearn_records=200, min_instances=30)
 FIRST, SECOND = 400, 100  # records per partition in each run
@@ -262,7 +262,7 @@ def run_consumer(bootstrap: str, topics: Topics, group: str, total: int) -> None
     settings = ConsumerSettings(
         kafka=KafkaSettings(bootstrap_servers=bootstrap), topics=TopicSettings(**topics.names),
         consumer=ConsumerSection(group_id=group, instance_id="solo", batch_size=500,
-                                 checkpoint_interval_s=0.2),
+                                 checkpoint_interval_s=0.2, state_dir=scratch_dir(group)),
         detectors=DETECTORS, metrics=MetricsSettings(port=0))
     deadline = time.monotonic() + 180
 

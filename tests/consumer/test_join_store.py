@@ -85,17 +85,18 @@ def test_entries_round_trip(original: PendingPrediction) -> None:
 
 
 def test_an_entry_is_compact() -> None:
-    assert len(encode_entry(entry(segment=()))) == 35
-    assert len(encode_entry(entry(segment=("Cook", "residential")))) == 35 + 2 + 4 + 2 + 11
+    assert len(encode_entry(entry(segment=()))) == 43
+    assert len(encode_entry(entry(segment=("Cook", "residential")))) == 43 + 2 + 4 + 2 + 11
 
 
-FIXED = struct.Struct("<BBqqqdB")
+FIXED = struct.Struct("<BBqqqqdB")
 GOOD = encode_entry(entry(segment=("ab",)))
 
 
 def fixed(version: int = 1, flags: int = 2, offset: int = 7, event_time: int = T0,
-          model: int = 3, prediction: float = 1.0, count: int = 0) -> bytes:
-    return FIXED.pack(version, flags, offset, event_time, model, prediction, count)
+          model: int = 3, prediction: float = 1.0, count: int = 0,
+          watermark: int = -1) -> bytes:
+    return FIXED.pack(version, flags, offset, event_time, watermark, model, prediction, count)
 
 
 HOSTILE = {

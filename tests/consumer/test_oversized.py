@@ -22,7 +22,7 @@ from levydrift.simulator import LevySimulator, SimulatorConfig
 from schemas.dead_letter import MAX_DEAD_LETTER_BYTES, dead_letter, source_of
 from schemas.errors import Reason, Rejection
 from tests.consumer.harness import committed_total
-from tests.kafka_helpers import create_topic, read_all
+from tests.kafka_helpers import create_topic, read_all, scratch_dir
 
 GOOD = 1200
 
@@ -31,7 +31,8 @@ def project_topics(bootstrap: str, unique: str) -> TopicSettings:
     """Topics made as `levydrift topics create` makes them, under unique names."""
     topics = TopicSettings(records=f"rec-{unique}", dead_letters=f"dlq-{unique}",
                            drift_events=f"drift-{unique}", model_versions=f"versions-{unique}",
-                           detector_state=f"state-{unique}", records_partitions=1)
+                           detector_state=f"state-{unique}", labels=f"labels-{unique}",
+                           join_changelog=f"changelog-{unique}", records_partitions=1)
     create_topics(admin_client(KafkaSettings(bootstrap_servers=bootstrap)), topics, 1, 30)
     return topics
 
@@ -41,7 +42,7 @@ def settings_for(bootstrap: str, topics: TopicSettings, group: str) -> ConsumerS
         kafka=KafkaSettings(bootstrap_servers=bootstrap),
         topics=topics,
         consumer=ConsumerSection(group_id=group, instance_id="solo", batch_size=400,
-                                 checkpoint_interval_s=0.2),
+                                 checkpoint_interval_s=0.2, state_dir=scratch_dir(group)),
         metrics=MetricsSettings(port=0))
 
 

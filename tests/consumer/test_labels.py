@@ -1,0 +1,243 @@
+"""The label join, fed from lists: when a label takes its turn, what it joins, where its error
+goes, and that neither fetch timing nor a rewind changes any of it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from consumer import metrics
+from consumer.join_store import JoinStore
+from consumer.labels import DAY_MS, LabelJoin, error_settings, restore_errors
+from detectors.config import DetectorSettings
+from tests.consumer.test_processing import ListMessage
+
+SEGMENT_BY = ("county",)
+START = datetime(2026, 1, 1, tzinfo=UTC)
+DETECTORS = DetectorSettings(segment_warmup_records=200, warmup_records=200)
+
+
+def at(day: float) -> str:
+    return (START + timedelta(days=day)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def record_columns(ids: list[str], days: list[float], predictions: list[float],
+                   county: str = "Benton") -> dict[str, np.ndarray]:
+    return {"record_id": np.array(ids, dtype=object),
+            "event_time": np.array([at(day) for day in days], dtype=object),
+            "prediction": np.array(predictions, dtype=np.float64),
+            "county": np.array([county] * len(ids), dtype=object)}
+
+
+def label_message(offset: int, record_id: str, day: float, amount: float) -> ListMessage:
+    return ListMessage(offset, orjson.dumps({
+        "schema_version": 1, "record_id": record_id, "parcel_id": f"P-{record_id}",
+        "tax_year": 2026, "actual_levy_amount": amount, "event_time": at(day)}))
+
+
+def new_join(path: Path, horizon_days: float = 548) -> LabelJoin:
+    return LabelJoin(0, JoinStore(path), restore_errors(b"", DETECTORS, None), 0,
+                     int(horizon_days * DAY_MS))
+
+
+def add(join: LabelJoin, first_offset: int, ids: list[str], days: list[float],
+        predictions: list[float], version: int | None = 1) -> None:
+    offsets = np.arange(first_offset, first_offset + len(ids), dtype=np.int64)
+    join.add_records(ids, offsets, record_columns(ids, days, predictions), SEGMENT_BY, version)
+
+
+def outcome_counts() -> dict[str, float]:
+    return {outcome: metrics.LABELS.labels(outcome=outcome)._value.get()
+            for outcome in metrics.LABEL_OUTCOMES}
+
+
+def counted(before: dict[str, float]) -> dict[str, int]:
+    after = outcome_counts()
+    return {k: int(after[k] - before[k]) for k in after if after[k] != before[k]}
+
+
+@pytest.fixture
+def join(tmp_path: Path) -> LabelJoin:
+    joined = new_join(tmp_path / "store")
+    yield joined
+    joined.store.close()
+
+
+def test_a_label_waits_until_the_records_reach_its_event_time(join: LabelJoin) -> None:
+    add(join, 0, ["a", "b"], [0, 1], [100.0, 200.0])
+    join.enqueue([label_message(0, "a", 30, 110.0)])
+    before = outcome_counts()
+    turn = join.take_turn(1, SEGMENT_BY, now=join.last_records_at)
+    assert turn.taken == 0 and len(join.queue) == 1  # the records are at day 1, the label at 30
+    add(join, 2, ["c"], [31], [300.0])
+    turn = join.take_turn(1, SEGMENT_BY, now=join.last_records_at)
+    assert turn.taken == 1 and counted(before) == {"joined": 1}
+    assert join.next_offset == 1
+    assert join.store.get("a").joined
+
+
+def test_duplicate_unknown_and_early_labels_are_counted_not_joined(join: LabelJoin) -> None:
+    add(join, 0, ["a"], [0], [100.0])
+    join.enqueue([label_message(0, "a", 1, 110.0), label_message(1, "a", 1, 110.0),
+                  label_message(2, "nobody", 1, 5.0), label_message(3, "late", 1, 5.0)])
+    add(join, 1, ["x"], [1.5], [50.0])
+    add(join, 2, ["late"], [2], [50.0])  # the label's turn (day 1) had passed when it came
+    before = outcome_counts()
+    turn = join.take_turn(1, SEGMENT_BY, now=join.last_records_at)
+    assert turn.taken == 4
+    assert counted(before) == {"joined": 1, "duplicate": 1, "unmatched": 2}
+    assert not join.store.get("late").joined  # it waits for a label of its own
+
+
+def test_a_label_after_the_horizon_is_expired(tmp_path: Path) -> None:
+    join = new_join(tmp_path / "store", horizon_days=10)
+    add(join, 0, ["a"], [0], [100.0])
+    add(join, 1, ["b"], [20], [100.0])
+    join.enqueue([label_message(0, "a", 11, 100.0)])
+    before = outcome_counts()
+    join.take_turn(1, SEGMENT_BY, now=join.last_records_at)
+    assert counted(before) == {"expired": 1}
+    join.store.close()
+
+
+def test_entries_are_removed_once_the_watermark_passes_horizon_and_grace(tmp_path: Path) -> None:
+    join = new_join(tmp_path / "store", horizon_days=10)
+    add(join, 0, ["a", "b"], [0, 5], [100.0, 100.0])
+    add(join, 2, ["c"], [41], [100.0])  # 41 days: past day 0 + 10 + 30 of grace
+    assert join.store.get("a") is None and join.store.get("b") is not None
+    join.store.close()
+
+
+def test_an_older_versions_prediction_is_recorded_not_fed(join: LabelJoin) -> None:
+    add(join, 0, ["a", "b"], [0, 0], [100.0, 100.0], version=1)
+    join.enqueue([label_message(0, "a", 1, 150.0), label_message(1, "b", 1, 150.0)])
+    add(join, 2, ["c"], [2], [100.0], version=2)
+    recorded = metrics.LABEL_ABS_ERROR.labels(model_version="1")._count.get()
+    turn = join.take_turn(2, SEGMENT_BY, now=join.last_records_at)  # version 2 serves now
+    assert turn.taken == 2 and turn.positions.size == 0  # nothing reached the detectors
+    assert metrics.LABEL_ABS_ERROR.labels(model_version="1")._count.get() == recorded + 2
+    assert join.errors.records_seen == 0
+
+
+def test_the_champions_errors_reach_the_error_detectors_at_label_offsets(join: LabelJoin) -> None:
+    add(join, 0, ["a", "b"], [0, 0], [100.0, 100.0])
+    join.enqueue([label_message(7, "a", 1, 150.0), label_message(9, "b", 1, 90.0)])
+    add(join, 2, ["c"], [2], [100.0])
+    turn = join.take_turn(1, SEGMENT_BY, now=join.last_records_at)
+    assert turn.positions.tolist() == [7, 9]
+    assert join.errors.records_seen == 2 and join.errors.last_position == 9
+
+
+def test_malformed_labels_are_handed_back_for_the_dead_letter_topic(join: LabelJoin) -> None:
+    join.enqueue([ListMessage(0, b"{not json"), label_message(1, "a", 99, 1.0)])
+    turn = join.take_turn(1, SEGMENT_BY, now=join.last_records_at)
+    assert [q.offset for q in turn.rejected] == [0] and turn.taken == 1
+    assert join.next_offset == 1 and len(join.queue) == 1
+
+
+def test_labels_go_ahead_once_the_records_have_been_quiet(join: LabelJoin) -> None:
+    add(join, 0, ["a"], [0], [100.0])
+    join.enqueue([label_message(0, "a", 200, 120.0)])
+    assert join.take_turn(1, SEGMENT_BY, now=join.last_records_at + 1).taken == 0
+    assert join.take_turn(1, SEGMENT_BY, now=join.last_records_at + 60).taken == 1
+    assert join.store.get("a").joined
+
+
+def test_labels_fetched_again_after_a_rewind_are_not_queued_twice(join: LabelJoin) -> None:
+    first = [label_message(0, "a", 99, 1.0), label_message(1, "b", 99, 1.0)]
+    join.enqueue(first)
+    join.enqueue(first + [label_message(2, "c", 99, 1.0)])  # a fetch from before a seek
+    assert [q.offset for q in join.queue] == [0, 1, 2]
+
+
+def test_a_performance_change_seen_only_in_labels_is_detected(tmp_path: Path) -> None:
+    join = new_join(tmp_path / "store")
+    generator = np.random.default_rng(5)
+    n = 3000
+    ids = [f"r{i}" for i in range(n)]
+    days = np.linspace(0, 300, n)
+    predictions = generator.normal(1000, 50, n)
+    counties = np.where(np.arange(n) % 2 == 0, "Benton", "Yakima").astype(object)
+    columns = record_columns(ids, days.tolist(), predictions.tolist())
+    columns["county"] = counties
+    join.add_records(ids, np.arange(n, dtype=np.int64), columns, SEGMENT_BY, 1)
+    add(join, n, ["tick"], [400], [1.0])  # the records move on: every label has its turn
+    # Bills match the predictions to ~2 %, then Benton's exemption change raises them 25 %.
+    actual = predictions * generator.normal(1.0, 0.02, n)
+    actual[2000:][counties[2000:] == "Benton"] *= 1.25
+    join.enqueue([label_message(i, ids[i], days[i] + 60, float(actual[i])) for i in range(n)])
+    turn = join.take_turn(1, SEGMENT_BY, now=join.last_records_at)
+    assert turn.taken == n
+    assert turn.decisions, "the error detectors missed a 25 % rise in actual levies"
+    first = turn.decisions[0]
+    assert first.kind == "performance" and first.detected_at >= 2000
+    assert first.segment == "county=Benton"
+    join.store.close()
+
+
+def interleaved_run(path: Path, fetch_points: list[int]) -> tuple[list, list, bytes]:
+    """The same records and labels, labels fetched after the record batches in
+    ``fetch_points`` (any timing); returns decisions, outcomes and the error bank."""
+    generator = np.random.default_rng(11)
+    n, batch = 1200, 100
+    ids = [f"r{i}" for i in range(n)]
+    days = np.linspace(0, 120, n)
+    # Every 50th record is held back by its sender and arrives at the end, after its label's
+    # turn: whether its label joins must not depend on when the label was fetched.
+    arrival = np.concatenate([np.flatnonzero(np.arange(n) % 50 != 7),
+                              np.flatnonzero(np.arange(n) % 50 == 7)])
+    ids, days = [ids[i] for i in arrival], days[arrival]
+    predictions = generator.normal(1000, 50, n)
+    actual = predictions * generator.normal(1.0, 0.02, n)
+    actual[700:] *= 1.3
+    order = sorted(range(n), key=lambda i: days[i] + 10 + (i % 7))  # labels out of record order
+    labels = [label_message(offset, ids[i], days[i] + 10 + (i % 7), float(actual[i]))
+              for offset, i in enumerate(order)]
+    labels.insert(300, ListMessage(300, b"[]"))  # one malformed label
+    labels = [replace(m, _offset=offset) for offset, m in enumerate(labels)]
+    join = new_join(path)
+    decisions, outcomes, fetched = [], [], 0
+    points = sorted(set(fetch_points))
+    for number, start in enumerate(range(0, n, batch)):
+        add(join, start, ids[start:start + batch], days[start:start + batch].tolist(),
+            predictions[start:start + batch].tolist())
+        upto = points[0] if points and points[0] <= number else None
+        if upto is not None:
+            points.pop(0)
+            target = min(len(labels), (number + 1) * len(labels) // (n // batch))
+            join.enqueue(labels[fetched:target])
+            fetched = max(fetched, target)
+        turn = join.take_turn(1, SEGMENT_BY, now=join.last_records_at)
+        decisions += [(d.kind, d.detected_at, d.segment) for d in turn.decisions]
+        outcomes += turn.positions.tolist()
+    add(join, n, ["tick"], [200], [1.0])  # past every label, within the horizon
+    join.enqueue(labels[fetched:])
+    turn = join.take_turn(1, SEGMENT_BY, now=join.last_records_at)
+    decisions += [(d.kind, d.detected_at, d.segment) for d in turn.decisions]
+    outcomes += turn.positions.tolist()
+    snapshot = join.errors.snapshot()
+    join.store.close()
+    return decisions, outcomes, snapshot
+
+
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.integers(0, 11), max_size=12))
+def test_fetch_timing_never_changes_what_is_joined_or_detected(
+        tmp_path_factory: pytest.TempPathFactory, fetch_points: list[int]) -> None:
+    reference = interleaved_run(tmp_path_factory.mktemp("all"), list(range(12)))
+    assert reference[0], "no decision: the comparison would prove nothing"
+    assert interleaved_run(tmp_path_factory.mktemp("any"), fetch_points) == reference
+
+
+def test_error_settings_watch_only_the_performance_signals() -> None:
+    errors = error_settings(DETECTORS)
+    assert errors.numeric_like() == DETECTORS.performance_signals
+    assert errors.categorical_signals == ()
