@@ -114,6 +114,21 @@ def test_file_records_pass_the_record_codec(tmp_path):
     (["--output", "levy.csv", "--labelled-share", "2"], "labelled share"),
     (["--output", "levy.csv", "--start-time", "yesterday"], "not RFC 3339"),
     (["--topic", "t", "--rate", "0"], "--rate must be > 0"),
+    (["--topic", "t", "--labels", "l.jsonl"], "--labels FILE goes with --output"),
+    (["--output", "levy.csv", "--labels-topic", "t"], "--labels-topic goes with Kafka"),
+    (["--output", "levy.csv", "--labels", "labels.csv"], "labels are written as JSONL"),
+    (["--output", "levy.jsonl", "--labels", "levy.jsonl"], "is the --output file"),
+    (["--topic", "t", "--labels-topic", "t"], "is the records topic"),
+    (["--output", "levy.csv", "--inline-actuals"], "--inline-actuals needs labels"),
+    (["--output", "levy.csv", "--label-delay-days", "30"], "--label-delay-days needs labels"),
+    (["--output", "levy.csv", "--with-labels", "--label-delay-days", "0"],
+     "label delay median must be > 0"),
+    (["--output", "levy.csv", "--with-labels", "--label-delay-sigma", "-1"],
+     "label delay sigma"),
+    (["--output", "levy.csv", "--with-labels", "--label-max-delay-days", "1e9"],
+     "label delay maximum"),
+    (["--output", "levy.csv", "--labels", "absent/late.jsonl"], "cannot write absent/late.jsonl"),
+    (["--output", "absent/levy.csv"], "cannot write absent/levy.csv"),
 ])
 def test_bad_arguments_fail_in_one_line(tmp_path, monkeypatch, capsys, arguments, message):
     monkeypatch.chdir(tmp_path)
