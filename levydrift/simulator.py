@@ -18,21 +18,27 @@ records equal those of ``none`` byte for byte, which is what makes its ground tr
 
 Use ``LevySimulator(SimulatorConfig(...))``: ``columns`` / ``frame`` for columnar data,
 ``records`` for record dicts, ``ground_truth`` for what changed where.
+
+Late labels: a labelled record's actual levy can also travel on its own, as a levy label whose
+event time is the record's plus a delay drawn per record (``LabelDelay``, from its own random
+stream, so it changes nothing else). ``arrivals`` merges records and labels into one stream in
+arrival order; ``label_columns`` gives the labels of a range of records.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 
 SCHEMA_VERSION = 1
+T = TypeVar("T")
 CHUNK_RECORDS = 65_536
 
 RECORD_FIELDS = (
@@ -49,12 +55,15 @@ COMPONENT_FIELDS = ("levy_taxable_value", "special_assessment", "formula_levy_am
 
 SCENARIOS = (
     "none", "reassessment", "levy-rate-change", "exemption-policy", "unit-bug",
-    "new-property-class", "gradual", "variance", "district-levy-change",
+    "new-property-class", "gradual", "variance", "district-levy-change", "homestead-relief",
 )
 # Scenarios confined to one county: their ground truth names it as the segment.
 ONE_COUNTY_SCENARIOS = frozenset({"reassessment", "levy-rate-change", "unit-bug",
                                   "district-levy-change"})
 TEMPORARY_SCENARIOS = frozenset({"unit-bug"})
+# Scenarios that move the actual levy (the label) but leave a model's inputs, or nearly all of
+# them, as they were: found through the errors (performance), not the features.
+PERFORMANCE_SCENARIOS = frozenset({"exemption-policy", "homestead-relief"})
 # What ``magnitude`` means for each scenario, and its default.
 DEFAULT_MAGNITUDE = {
     "none": 0.0,
@@ -66,6 +75,7 @@ DEFAULT_MAGNITUDE = {
     "gradual": 0.30,             # values x (1 + m) at the end of the ramp
     "variance": 0.6,             # log-spread of values x (1 + m)
     "district-levy-change": 0.004,  # voted rate + m in one district
+    "homestead-relief": 1.5,     # homestead exemption x (1 + m) in the bills alone
 }
 DEFAULT_DURATION = 10_000  # records: a temporary scenario's length, the gradual ramp's length
 
@@ -73,6 +83,9 @@ HOMESTEAD_EXEMPTION = 50_000.0
 SENIOR_EXEMPTION_SHARE = 0.30     # of assessed value, on top of the homestead exemption
 STALE_ASSESSMENT_LEVEL = 0.80     # the reassessed county's roll lags the market before the change
 UPDATED_ROLL_SHARE = 0.05         # exemption-policy: share of records already showing the new one
+# ... and for each scenario that raises an exemption in the levy formula (homestead-relief: the
+# relief is granted on the bill, the assessor's roll never shows it).
+_ROLL_SHOWS_RAISED_EXEMPTION = {"exemption-policy": UPDATED_ROLL_SHARE, "homestead-relief": 0.0}
 NOISE_SIGMA = 0.004               # billing noise (proration, rounding across authorities)
 CORRECTION_SHARE = 0.01           # bills with a supplemental correction of up to +-15 %
 RATE_DECIMALS = 7
@@ -119,6 +132,43 @@ COUNTIES = (
 )
 
 
+DAY_MS = 86_400_000
+MAX_LABEL_DELAY_DAYS = 3650.0  # ten years: longer than any levy cycle, far from int64 limits
+
+
+@dataclass(frozen=True)
+class LabelDelay:
+    """How long after its record a levy label's event time falls: when the roll is certified
+    and the bill is final, weeks to months after the assessment.
+
+    Log-normal in days: ``median_days * exp(sigma * z)`` with ``z`` standard normal, drawn per
+    record from its own random stream (a record's ``z`` does not depend on these parameters,
+    so a longer median stretches every delay alike), rounded to whole milliseconds and clipped
+    to [1 ms, ``max_days``]. The defaults, a median of 90 days and sigma 0.5, put 90 % of the
+    delays between 40 and 205 days (the 5th and 95th percentiles, 90 * exp(-+0.822)); the
+    clip at 548 days, the consumer's default label horizon, touches about 1.5 labels in
+    10,000, so no label outlives the prediction it scores."""
+
+    median_days: float = 90.0
+    sigma: float = 0.5
+    max_days: float = 548.0
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad setting."""
+        if not (np.isfinite(self.median_days) and self.median_days > 0):
+            raise ValueError(f"label delay median must be > 0 days, got {self.median_days:g}")
+        if not (np.isfinite(self.sigma) and 0 <= self.sigma <= 5):
+            raise ValueError(f"label delay sigma must be within 0..5, got {self.sigma:g}")
+        if not (np.isfinite(self.max_days) and 0 < self.max_days <= MAX_LABEL_DELAY_DAYS):
+            raise ValueError(f"label delay maximum must be within 0..{MAX_LABEL_DELAY_DAYS:g} "
+                             f"days (and above 0), got {self.max_days:g}")
+
+    def delays_ms(self, z: np.ndarray) -> np.ndarray:
+        """The delays, in whole milliseconds, for standard-normal draws ``z``."""
+        days = self.median_days * np.exp(self.sigma * z)
+        return np.clip(np.round(days * DAY_MS), 1, round(self.max_days * DAY_MS)).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class SimulatorConfig:
     """What to generate. ``duration`` is the length of a temporary scenario (``unit-bug``) and
@@ -135,6 +185,7 @@ class SimulatorConfig:
     event_interval_ms: int = 1000
     tax_year: int | None = None   # default: the year of start_time
     county: str | None = None     # the county a one-county scenario hits (default: by seed)
+    label_delay: LabelDelay = LabelDelay()  # when a labelled record's label arrives
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad setting."""
@@ -164,6 +215,7 @@ class SimulatorConfig:
                              + ", ".join(c.name for c in COUNTIES))
         if self.scenario == "unit-bug" and self.resolved_magnitude <= 0:
             raise ValueError("unit-bug magnitude (the divisor) must be > 0")
+        self.label_delay.validate()
 
     @property
     def resolved_magnitude(self) -> float:
@@ -226,6 +278,7 @@ _SCENARIO_SIGNALS = {
     "variance": ["assessed_value", "market_value", "exemption_amount", "new_construction_value",
                  "levy_rate", "actual_levy_amount"],
     "district-levy-change": ["levy_rate", "actual_levy_amount"],
+    "homestead-relief": ["actual_levy_amount"],
 }
 
 
@@ -280,6 +333,7 @@ class LevySimulator:
                                      if self.config.scenario == "variance" else None)
         self._start_ms = int(self.config.start_time.timestamp() * 1000)
         self._last_chunk: tuple[tuple[int, bool], dict[str, np.ndarray]] | None = None
+        self._last_delay_draws: tuple[int, np.ndarray] | None = None
 
     # ----------------------------------------------------------------- public API
 
@@ -319,6 +373,29 @@ class LevySimulator:
         for batch in self.record_batches(start, stop):
             yield from batch
 
+    def label_delays_ms(self, start: int, stop: int) -> np.ndarray:
+        """Per record ``start..stop-1``: how long after it its label's event time falls, in
+        whole ms (``config.label_delay``; drawn for every record, labelled or not, from a
+        stream of its own per chunk, so nothing else changes and a record's delay does not
+        depend on the range asked for)."""
+        if not 0 <= start <= stop:
+            raise ValueError(f"bad record range {start}..{stop}")
+        parts = [np.zeros(0)]
+        for chunk in range(start // CHUNK_RECORDS, -(-stop // CHUNK_RECORDS)):
+            chunk_start = chunk * CHUNK_RECORDS
+            if self._last_delay_draws is None or self._last_delay_draws[0] != chunk:
+                rng = np.random.default_rng([self.config.seed, 4, chunk])
+                self._last_delay_draws = (chunk, rng.standard_normal(CHUNK_RECORDS))
+            parts.append(self._last_delay_draws[1][max(start, chunk_start) - chunk_start:
+                                                   min(stop, chunk_start + CHUNK_RECORDS)
+                                                   - chunk_start])
+        return self.config.label_delay.delays_ms(np.concatenate(parts))
+
+    def labels(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """The labels of the labelled records among ``start..stop-1``, in record order (see
+        ``label_columns``)."""
+        return label_columns(self.columns(start, stop), self.label_delays_ms(start, stop))
+
     def ground_truth(self, records: int | None = None) -> GroundTruth:
         """The scenario's ground truth; ``records`` is the number written, when known."""
         config = self.config
@@ -330,7 +407,7 @@ class LevySimulator:
         one_county = scenario in ONE_COUNTY_SCENARIOS
         counties = [county] if one_county else [c.name for c in COUNTIES]
         districts = [str(self._districts.names[d]) for d in self._rate_districts()]
-        kinds = ["performance"] if scenario == "exemption-policy" else list(_FEATURE_SHIFT)
+        kinds = ["performance"] if scenario in PERFORMANCE_SCENARIOS else list(_FEATURE_SHIFT)
         parameters: dict[str, Any] = {"labelled_share": config.labelled_share,
                                       "parcels": config.parcels,
                                       "event_interval_ms": config.event_interval_ms}
@@ -413,12 +490,13 @@ class LevySimulator:
         roll = self._roll
         recorded = _exemption(roll.exemption_flat[parcel], roll.exemption_share[parcel],
                               assessed)
-        if self.config.scenario != "exemption-policy":
+        shown_share = _ROLL_SHOWS_RAISED_EXEMPTION.get(self.config.scenario)
+        if shown_share is None:
             return recorded, recorded
         raised = _exemption(roll.exemption_flat[parcel] * (1 + self.config.resolved_magnitude),
                             roll.exemption_share[parcel], assessed)
-        # The assessor's roll lags the new law: few records show the raised exemption yet.
-        shown = active & (draws["roll_update"] < UPDATED_ROLL_SHARE)
+        # The assessor's roll lags the new law: few records (or none) show the raised exemption.
+        shown = active & (draws["roll_update"] < shown_share)
         return np.where(shown, raised, recorded), np.where(active, raised, recorded)
 
     def _descriptive_columns(self, index: np.ndarray,
@@ -519,6 +597,10 @@ class LevySimulator:
             "gradual": f"values inflate linearly to x{1 + m:g} over "
                        f"{self.config.resolved_duration} records, then stay",
             "variance": f"log-spread of values widens x{1 + m:g} (medians unchanged)",
+            "homestead-relief": f"an exemption-policy change granted on the bills alone: the "
+                                f"homestead exemption is raised x{1 + m:g} in the levy "
+                                "formula, while no record field changes (only the actual "
+                                "levies, the labels, show it)",
         }[self.config.scenario]
 
 
@@ -572,13 +654,228 @@ def ordered_blocks(simulator: LevySimulator, records: int, order: str
                    ) -> Iterator[dict[str, np.ndarray]]:
     """Records ``0..records-1`` as columns in ``order``: re-ordered within each day of event
     time (a day's uploads arrive before the next day's), one block at a time."""
+    for columns, _start, _permutation in _ordered_ranges(simulator, records, order):
+        yield columns
+
+
+def _ordered_ranges(simulator: LevySimulator, records: int, order: str
+                    ) -> Iterator[tuple[dict[str, np.ndarray], int, np.ndarray]]:
+    """Per day of event time: (its records as columns in ``order``, the index of its first
+    record, the permutation applied)."""
     interval = simulator.config.event_interval_ms
     block = records if interval <= 0 else max(1, ORDER_BLOCK_MS // interval)
     for start in range(0, records, max(block, 1)):
         stop = min(records, start + block)
         columns = simulator.columns(start, stop)
         permutation = arrival_order(columns, order, simulator.config.seed + start)
-        yield {name: values[permutation] for name, values in columns.items()}
+        yield {name: values[permutation] for name, values in columns.items()}, start, permutation
+
+
+# --------------------------------------------------------------------- late labels
+
+LABEL_FIELDS = ("schema_version", "record_id", "parcel_id", "tax_year", "actual_levy_amount",
+                "event_time")
+_QUEUED = ("event_ms", "ordinal", "record_id", "parcel_id", "tax_year", "actual_levy_amount")
+
+
+def label_columns(records: dict[str, np.ndarray], delays_ms: np.ndarray
+                  ) -> dict[str, np.ndarray]:
+    """The labels of the labelled rows of ``records`` (columns as from
+    ``LevySimulator.columns``; a row is labelled when its ``actual_levy_amount`` is not NaN),
+    in row order: ``LABEL_FIELDS``, ``event_time`` (datetime64[ms]) the record's plus its row
+    of ``delays_ms``."""
+    rows = np.flatnonzero(~np.isnan(records["actual_levy_amount"]))
+    return _labels_of_rows(records, delays_ms, rows)
+
+
+def _labels_of_rows(records: dict[str, np.ndarray], delays_ms: np.ndarray,
+                    rows: np.ndarray) -> dict[str, np.ndarray]:
+    event_ms = records["event_time"][rows].astype(np.int64) + delays_ms[rows]
+    return {"schema_version": np.full(rows.size, SCHEMA_VERSION, dtype=np.int64),
+            "record_id": records["record_id"][rows], "parcel_id": records["parcel_id"][rows],
+            "tax_year": records["tax_year"][rows],
+            "actual_levy_amount": records["actual_levy_amount"][rows],
+            "event_time": event_ms.astype("datetime64[ms]")}
+
+
+def to_labels(columns: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Label columns (as from ``label_columns``) to levy-label v1 dicts."""
+    values = [columns[name].tolist() for name in LABEL_FIELDS[:-1]]
+    values.append(_rfc3339(columns["event_time"]).tolist())
+    return [{"schema_version": v, "record_id": i, "parcel_id": p, "tax_year": y,
+             "actual_levy_amount": a, "event_time": t}
+            for v, i, p, y, a, t in zip(*values, strict=True)]
+
+
+@dataclass(frozen=True)
+class Arrivals:
+    """A stretch of the merged stream: records (columns, in arrival order) and the labels
+    (``LABEL_FIELDS`` columns) that arrive among them; label ``k`` arrives just before record
+    ``label_slots[k]`` (ascending; ``len`` of the records means after the last of them)."""
+
+    records: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    label_slots: np.ndarray
+
+    def interleave(self, records: Sequence[T], labels: Sequence[T]) -> Iterator[tuple[bool, T]]:
+        """One item per record row and per label row, merged in arrival order, each with
+        True for a label."""
+        slots = self.label_slots.tolist()
+        k = 0
+        for row, record in enumerate(records):
+            while k < len(slots) and slots[k] == row:
+                yield True, labels[k]
+                k += 1
+            yield False, record
+        for label in labels[k:]:
+            yield True, label
+
+
+def arrivals(simulator: LevySimulator, records: int, order: str = "time",
+             inline_actuals: bool = False,
+             batch_records: int = CHUNK_RECORDS) -> Iterator[Arrivals]:
+    """Records ``0..records-1`` in ``order`` (as ``ordered_blocks``), merged with the labels
+    of the labelled ones (each record's label event time: its own plus the
+    ``config.label_delay`` drawn for it).
+
+    A label arrives once the records' watermark (the latest record event time so far) has
+    passed its event time, and never before its own record; labels arriving together come in
+    event-time order (then their records' arrival order). In time order: after the records at
+    or before its event time, before the first one after it. Labels still waiting when the
+    records end arrive after the last one. Without ``inline_actuals`` the records lose their
+    ``actual_levy_amount`` (it travels only in the label, as on a real stream)."""
+    merger = _LabelMerger()
+    blocks = _arrival_blocks(simulator, records, order, batch_records)
+    current = next(blocks, None)
+    while current is not None:
+        following = next(blocks, None)
+        columns, delays = current
+        labels, slots = merger.merge(columns, delays, last=following is None)
+        if not inline_actuals:
+            columns = {**columns, "actual_levy_amount": np.full(len(delays), np.nan)}
+        yield Arrivals(columns, labels, slots)
+        current = following
+
+
+class _LabelMerger:
+    """Places labels among the records, block by block (see ``arrivals``)."""
+
+    def __init__(self) -> None:
+        self._queue = _LabelQueue()
+        self._watermark = int(np.iinfo(np.int64).min)
+        self._ordinal = 0  # arrival position of the block's first record
+
+    def merge(self, columns: dict[str, np.ndarray], delays: np.ndarray,
+              last: bool) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The labels arriving among this block's records (``last``: and after them), as
+        ``Arrivals.labels`` and ``Arrivals.label_slots``."""
+        count = len(delays)
+        marks = np.maximum.accumulate(np.maximum(columns["event_time"].astype(np.int64),
+                                                 self._watermark))
+        self._watermark = int(marks[-1]) if count else self._watermark
+        # Labels queued by earlier blocks whose time has come, then this block's own: due
+        # once the watermark passes them, but never before their record (the slot after it).
+        due = self._queue.take_before(self._watermark)
+        due_slots = np.searchsorted(marks, due["event_ms"], side="right")
+        own = _queued_labels(columns, delays, self._ordinal)
+        own_slots = np.maximum(own["ordinal"] - self._ordinal + 1,
+                               np.searchsorted(marks, own["event_ms"], side="right"))
+        self._ordinal += count
+        waiting = own_slots >= count
+        self._queue.add({name: values[waiting] for name, values in own.items()})
+        parts = [(due, due_slots), ({name: values[~waiting] for name, values in own.items()},
+                                    own_slots[~waiting])]
+        if last:  # the records end: whatever still waits arrives after them
+            rest = self._queue.take_all()
+            parts.append((rest, np.full(len(rest["event_ms"]), count)))
+        labels = {name: np.concatenate([part[name] for part, _ in parts]) for name in _QUEUED}
+        slots = np.concatenate([part_slots for _, part_slots in parts])
+        arrival = np.lexsort((labels["ordinal"], labels["event_ms"], slots))
+        return _label_output(labels, arrival), slots[arrival]
+
+
+def _arrival_blocks(simulator: LevySimulator, records: int, order: str, batch_records: int
+                    ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """(record columns in arrival order, each row's label delay in ms), block by block."""
+    if order != "time":
+        for columns, start, permutation in _ordered_ranges(simulator, records, order):
+            stop = start + len(permutation)
+            yield columns, simulator.label_delays_ms(start, stop)[permutation]
+        return
+    for start in range(0, records, batch_records):
+        stop = min(records, start + batch_records)
+        yield simulator.columns(start, stop), simulator.label_delays_ms(start, stop)
+
+
+def _queued_labels(columns: dict[str, np.ndarray], delays: np.ndarray,
+                   first_ordinal: int) -> dict[str, np.ndarray]:
+    """The labels of a block's labelled rows, as the queue keeps them: event time in ms and
+    the record's arrival ordinal (``first_ordinal`` + its row)."""
+    rows = np.flatnonzero(~np.isnan(columns["actual_levy_amount"]))
+    labels = _labels_of_rows(columns, delays, rows)
+    return {"event_ms": labels["event_time"].astype(np.int64), "ordinal": first_ordinal + rows,
+            **{name: labels[name] for name in _QUEUED[2:]}}
+
+
+def _label_output(queued: dict[str, np.ndarray], arrival: np.ndarray) -> dict[str, np.ndarray]:
+    return {"schema_version": np.full(arrival.size, SCHEMA_VERSION, dtype=np.int64),
+            **{name: queued[name][arrival] for name in LABEL_FIELDS[1:-1]},
+            "event_time": queued["event_ms"][arrival].astype("datetime64[ms]")}
+
+
+class _LabelQueue:
+    """Labels whose record has arrived, waiting for the records' watermark to pass their event
+    time: months of event time, millions of records, about 100 bytes per waiting label.
+
+    Kept as runs sorted by event time, taking the due labels slices each run's head. A new
+    run is merged into the one before while it is at least half as long, so there are a few
+    dozen runs at most and each label is merged a few dozen times at most: neither one run
+    per block (thousands of heads to slice per block) nor one run re-sorted per block."""
+
+    def __init__(self) -> None:
+        self._runs: list[dict[str, np.ndarray]] = []
+
+    def add(self, labels: dict[str, np.ndarray]) -> None:
+        if not len(labels["event_ms"]):
+            return
+        self._runs.append(_by_event_time(labels))
+        runs = self._runs
+        while len(runs) > 1 and 2 * len(runs[-1]["event_ms"]) >= len(runs[-2]["event_ms"]):
+            newer = runs.pop()
+            runs.append(_by_event_time(_concatenated([runs.pop(), newer])))
+
+    def take_before(self, limit_ms: int) -> dict[str, np.ndarray]:
+        """Remove and return the labels with event time before ``limit_ms``."""
+        taken, kept = [], []
+        for run in self._runs:
+            times = run["event_ms"]
+            if times[0] >= limit_ms:  # the usual case: nothing of this run is due yet
+                kept.append(run)
+                continue
+            cut = int(np.searchsorted(times, limit_ms, side="left"))
+            taken.append({name: values[:cut] for name, values in run.items()})
+            if cut < len(times):
+                kept.append({name: values[cut:] for name, values in run.items()})
+        self._runs = kept
+        return _concatenated(taken)
+
+    def take_all(self) -> dict[str, np.ndarray]:
+        taken, self._runs = self._runs, []
+        return _concatenated(taken)
+
+
+def _by_event_time(labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    order = np.argsort(labels["event_ms"], kind="stable")  # merges sorted runs in linear time
+    return {name: values[order] for name, values in labels.items()}
+
+
+def _concatenated(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if not runs:
+        return {"event_ms": np.zeros(0, dtype=np.int64), "ordinal": np.zeros(0, dtype=np.int64),
+                "record_id": np.zeros(0, dtype=object), "parcel_id": np.zeros(0, dtype=object),
+                "tax_year": np.zeros(0, dtype=np.int64),
+                "actual_levy_amount": np.zeros(0, dtype=np.float64)}
+    return {name: np.concatenate([run[name] for run in runs]) for name in _QUEUED}
 
 
 def record_id(seed: int, index: int) -> str:
