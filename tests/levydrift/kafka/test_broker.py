@@ -85,6 +85,8 @@ def test_topics_create_is_idempotent_with_compacted_topics(
         "LEVYDRIFT_TOPICS_DRIFT_EVENTS": f"drift-{unique}",
         "LEVYDRIFT_TOPICS_MODEL_VERSIONS": f"versions-{unique}",
         "LEVYDRIFT_TOPICS_DETECTOR_STATE": f"state-{unique}",
+        "LEVYDRIFT_TOPICS_LABELS": f"labels-{unique}",
+        "LEVYDRIFT_TOPICS_JOIN_CHANGELOG": f"changelog-{unique}",
     }
     env = {"LEVYDRIFT_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
            "LEVYDRIFT_TOPICS_RECORDS_PARTITIONS": "3", "PATH": "/usr/bin:/bin", **names}
@@ -93,12 +95,13 @@ def test_topics_create_is_idempotent_with_compacted_topics(
     second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, second.stderr
-    assert first.stdout.count(": created") == 5
-    assert second.stdout.count(": exists") == 5
+    assert first.stdout.count(": created") == 7
+    assert second.stdout.count(": exists") == 7
 
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     metadata = admin.list_topics(timeout=10)
-    assert len(metadata.topics[names["LEVYDRIFT_TOPICS_RECORDS"]].partitions) == 3
+    for co_partitioned in ("RECORDS", "LABELS", "JOIN_CHANGELOG"):
+        assert len(metadata.topics[names[f"LEVYDRIFT_TOPICS_{co_partitioned}"]].partitions) == 3
     policies = {}
     for name in names.values():
         resource = ConfigResource(ConfigResource.Type.TOPIC, name)
@@ -106,4 +109,6 @@ def test_topics_create_is_idempotent_with_compacted_topics(
         policies[name] = configs["cleanup.policy"].value
     assert policies[names["LEVYDRIFT_TOPICS_MODEL_VERSIONS"]] == "compact"
     assert policies[names["LEVYDRIFT_TOPICS_DETECTOR_STATE"]] == "compact"
+    assert policies[names["LEVYDRIFT_TOPICS_JOIN_CHANGELOG"]] == "compact"
+    assert policies[names["LEVYDRIFT_TOPICS_LABELS"]] == "delete"
     assert policies[names["LEVYDRIFT_TOPICS_RECORDS"]] == "delete"
