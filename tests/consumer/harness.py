@@ -29,6 +29,7 @@ class Topics:
     suffix: str
     records_partitions: int = 1
     records_topic: str | None = None  # read an existing records topic instead of a new one
+    labels_topic: str | None = None  # likewise for the labels
 
     @property
     def names(self) -> dict[str, str]:
@@ -37,7 +38,7 @@ class Topics:
                 "drift_events": f"drift-{self.suffix}",
                 "model_versions": f"versions-{self.suffix}",
                 "detector_state": f"state-{self.suffix}",
-                "labels": f"labels-{self.suffix}",
+                "labels": self.labels_topic or f"labels-{self.suffix}",
                 "join_changelog": f"changelog-{self.suffix}"}
 
     def create(self, bootstrap: str) -> Topics:
@@ -48,7 +49,8 @@ class Topics:
         create_topic(bootstrap, self.names["drift_events"])
         create_topic(bootstrap, self.names["model_versions"], config=compacted)
         create_topic(bootstrap, self.names["detector_state"], config=compacted)
-        create_topic(bootstrap, self.names["labels"], self.records_partitions)
+        if self.labels_topic is None:
+            create_topic(bootstrap, self.names["labels"], self.records_partitions)
         create_topic(bootstrap, self.names["join_changelog"], self.records_partitions,
                      config=compacted)
         return self
@@ -178,6 +180,17 @@ def final_banks(bootstrap: str, topics: Topics) -> dict[int, tuple[int, bytes]]:
     for message in read_all(bootstrap, topics.names["detector_state"]):
         state = decode_state(message.value())
         latest[state.partition] = (state.next_offset, state.bank)
+    return latest
+
+
+def final_states(bootstrap: str, topics: Topics) -> dict[int, tuple]:
+    """partition -> the latest committed snapshot's offsets (records, labels), records
+    watermark and both banks' bytes."""
+    latest: dict[int, tuple] = {}
+    for message in read_all(bootstrap, topics.names["detector_state"]):
+        state = decode_state(message.value())
+        latest[state.partition] = (state.next_offset, state.labels_next_offset,
+                                   state.watermark_ms, state.bank, state.error_bank)
     return latest
 
 
