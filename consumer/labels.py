@@ -20,9 +20,9 @@ after ``IDLE_RELEASE_S`` without records, so labels never wait for records that 
   (``levydrift_consumer_label_abs_error{model_version}``) and never trips the new champion's
   detectors. The entry stays, marked joined, so a second label for it is recognised.
 - ``duplicate``: the entry was already joined (the label was resent): ignored.
-- ``unmatched``: no entry: a label for a record this partition never scored, or one that
-  arrived before its record. Counted and ignored (the record, when it comes, waits for a label of
-  its own).
+- ``unmatched``: no entry: a label for a record this partition never scored, one that
+  arrived before its record (the record, when it comes, waits for a label of its own), or one
+  for a record that carried its levy inline (judged when it came). Counted and ignored.
 - ``expired``: the label came more than ``label_horizon_days`` (event time) after its record.
 - ``dead_lettered``: the label is malformed; it goes to the dead-letter topic with a reason.
 
@@ -108,14 +108,21 @@ class LabelJoin:
     def add_records(self, record_ids: Sequence[str] | np.ndarray, offsets: np.ndarray,
                     columns: dict[str, np.ndarray], segment_by: Sequence[str],
                     model_version: int | None) -> None:
-        """Keep each scored record's prediction until its label comes; advance the watermark."""
+        """Keep each scored record's prediction until its label comes; advance the watermark.
+        A record that carries its levy inline was judged at once and waits for no label."""
         times = event_times_ms(columns["event_time"])
         before = np.maximum.accumulate(np.concatenate(([self.watermark_ms], times)))
-        segments = list(zip(*(columns[name].tolist() for name in segment_by), strict=True)) \
-            if segment_by else [()] * len(times)
-        self.store.put_batch(record_ids, offsets, times, columns["prediction"], segments,
-                             model_version, watermarks_ms=before[:-1], keep_existing=True)
         self.watermark_ms = int(before[-1])
+        waiting = np.flatnonzero(np.isnan(columns["actual_levy_amount"])) \
+            if "actual_levy_amount" in columns else np.arange(len(times))
+        if waiting.size:
+            segments = list(zip(*(np.asarray(columns[name])[waiting].tolist()
+                                  for name in segment_by), strict=True)) \
+                if segment_by else [()] * waiting.size
+            self.store.put_batch(np.asarray(record_ids)[waiting], offsets[waiting],
+                                 times[waiting], columns["prediction"][waiting], segments,
+                                 model_version, watermarks_ms=before[:-1][waiting],
+                                 keep_existing=True)
         self.last_records_at = time.monotonic()
         expired = self.store.expire(self.watermark_ms - self.horizon_ms - EXPIRY_GRACE_MS)
         if expired:

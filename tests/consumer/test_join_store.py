@@ -687,3 +687,28 @@ def bench(total: int = 1_000_000, batch: int = 10_000) -> None:
 
 if __name__ == "__main__":
     bench(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000)
+
+
+def test_the_watermark_at_arrival_survives_encoding() -> None:
+    arrived = PendingPrediction(7, T0, 3, 1.0, ("Cook",), watermark_ms=T0 - 5)
+    assert decode_entry(encode_entry(arrived)).watermark_ms == T0 - 5
+
+
+def test_keep_existing_leaves_a_stored_entry_alone(store: JoinStore) -> None:
+    store.put_batch(["a"], [1], [T0], [1.0], [()], 1)
+    store.commit(None)
+    assert store.join("a")[0] == "joined"
+    kept = store.put_batch(["a", "b"], [9, 10], [T0, T0], [2.0, 2.0], [(), ()], 2,
+                           keep_existing=True)
+    assert kept == 1
+    assert store.get("a").joined and store.get("a").record_offset == 1
+    assert store.get("b").record_offset == 10
+
+
+def test_join_judges_the_labels_turn_and_the_horizon(store: JoinStore) -> None:
+    store.put_batch(["early", "late", "old"], [1, 2, 3], [T0, T0, T0 - 100], [1.0] * 3,
+                    [()] * 3, 1, watermarks_ms=[T0 - 10, T0 + 50, T0 - 10])
+    assert store.join("late", T0 + 20, 1000)[0] == "unmatched"  # came after the label's turn
+    assert store.join("old", T0 + 950, 1000)[0] == "expired"
+    assert store.join("early", T0 + 20, 1000)[0] == "joined"
+    assert not store.get("late").joined and not store.get("old").joined

@@ -241,3 +241,25 @@ def test_error_settings_watch_only_the_performance_signals() -> None:
     errors = error_settings(DETECTORS)
     assert errors.numeric_like() == DETECTORS.performance_signals
     assert errors.categorical_signals == ()
+
+
+def test_a_record_with_its_levy_inline_waits_for_no_label(join: LabelJoin) -> None:
+    columns = record_columns(["inline", "waiting"], [0, 0], [100.0, 100.0])
+    columns["actual_levy_amount"] = np.array([120.0, np.nan])
+    join.add_records(["inline", "waiting"], np.array([0, 1]), columns, SEGMENT_BY, 1)
+    assert join.store.get("inline") is None  # its error was judged with the record
+    assert join.store.get("waiting") is not None
+
+
+def test_a_resent_record_keeps_its_join(join: LabelJoin) -> None:
+    add(join, 0, ["a"], [0], [100.0])
+    join.enqueue([label_message(0, "a", 1, 110.0)])
+    add(join, 1, ["b"], [2], [100.0])
+    join.take_turn(1, SEGMENT_BY, now=join.last_records_at)
+    add(join, 2, ["a"], [3], [90.0])  # the sender resent it
+    join.enqueue([label_message(1, "a", 4, 110.0)])
+    add(join, 3, ["c"], [5], [100.0])
+    before = outcome_counts()
+    join.take_turn(1, SEGMENT_BY, now=join.last_records_at)
+    assert counted(before) == {"duplicate": 1}
+    assert join.store.get("a").record_offset == 0
