@@ -32,6 +32,7 @@ plus ``EXPIRY_GRACE_MS`` (the grace covers labels taken late in their turn).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -43,10 +44,10 @@ import numpy as np
 from confluent_kafka import Message
 
 from consumer import metrics
-from consumer.join_store import JoinStore, PendingPrediction
+from consumer.join_store import JoinStore, JoinStoreError, PendingPrediction
 from detectors.composition import event_times_ms
 from detectors.segments import SegmentedBank
-from levydrift.errors import TopicLayoutError
+from levydrift.errors import ConfigError, TopicLayoutError
 from levydrift.kafka.messages import offset_of
 from schemas.levy_label import LevyLabel, decode_levy_labels
 
@@ -56,6 +57,8 @@ if TYPE_CHECKING:
     from detectors.decision import DriftDecision
     from detectors.reference import Reference
     from schemas.errors import Rejection
+
+log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
 EXPIRY_GRACE_MS = 30 * DAY_MS
@@ -248,6 +251,24 @@ def store_path(state_dir: str, group: str, topic: str, partition: int) -> Path:
     """Where partition ``partition``'s pending predictions live on this machine."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{group}.{topic}")
     return Path(state_dir) / f"{safe}-{partition}"
+
+
+def open_join_store(path: Path) -> JoinStore:
+    """The partition's store; a directory RocksDB cannot open (damaged files) is set aside
+    and rebuilt from the changelog, logged and counted. One another process holds is a
+    one-line error: two instances share ``consumer.state_dir``."""
+    try:
+        return JoinStore(path)
+    except JoinStoreError as error:
+        if "lock" in str(error).lower():
+            raise ConfigError(f"{error}: another process uses this consumer.state_dir; give "
+                              "each instance its own") from None
+        aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+        path.rename(aside)
+        metrics.STATE_RESTORE_FAILURES.labels(reason="join_store").inc()
+        log.warning("join store unreadable; set aside and rebuilt from the changelog",
+                    extra={"path": str(path), "moved_to": str(aside), "error": str(error)[:300]})
+        return JoinStore(path)
 
 
 def restore_errors(snapshot: bytes, settings: DetectorSettings,

@@ -26,12 +26,13 @@ from consumer import metrics
 from consumer.champion import ChampionTracker
 from consumer.config import ConsumerSettings
 from consumer.dead_letters import DeadLetterWriter
-from consumer.join_store import JoinStore, restore_from_changelog
+from consumer.join_store import restore_from_changelog
 from consumer.labels import (
     DAY_MS,
     NO_WATERMARK,
     LabelJoin,
     check_co_partitioned,
+    open_join_store,
     restore_errors,
     store_path,
 )
@@ -508,11 +509,16 @@ class ConsumerService:
             return monitor
         partition, topics = monitor.partition, self.settings.topics
         started = time.perf_counter()
-        store = JoinStore(store_path(self.section.state_dir, self.section.group_id,
-                                     monitor.topic, partition))
-        restore_from_changelog(store, self._reader_config, topics.join_changelog, partition,
-                               self.section.restore_timeout_s)
+        store = open_join_store(store_path(self.section.state_dir, self.section.group_id,
+                                           monitor.topic, partition))
+        restored = restore_from_changelog(store, self._reader_config, topics.join_changelog,
+                                          partition, self.section.restore_timeout_s)
+        for reason, count in restored.skipped.items():
+            metrics.STATE_RESTORE_FAILURES.labels(reason=f"changelog_{reason}").inc(count)
         metrics.JOIN_RESTORE_DURATION.observe(time.perf_counter() - started)
+        log.info("pending predictions restored", extra={
+            "partition": partition, "replayed": restored.replayed, "wiped": restored.wiped,
+            "refused": sum(restored.skipped.values()), "seconds": round(restored.seconds, 3)})
         low, _ = self.label_reader.get_watermark_offsets(
             TopicPartition(topics.labels, partition), timeout=self.section.restore_timeout_s)
         reference = self.champion.reference

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 from consumer import metrics
 from consumer.join_store import JoinStore
-from consumer.labels import DAY_MS, LabelJoin, error_settings, restore_errors
+from consumer.labels import DAY_MS, LabelJoin, error_settings, open_join_store, restore_errors
 from detectors.config import DetectorSettings
+from levydrift.errors import ConfigError
 from tests.consumer.test_processing import ListMessage
 
 SEGMENT_BY = ("county",)
@@ -263,3 +264,24 @@ def test_a_resent_record_keeps_its_join(join: LabelJoin) -> None:
     join.take_turn(1, SEGMENT_BY, now=join.last_records_at)
     assert counted(before) == {"duplicate": 1}
     assert join.store.get("a").record_offset == 0
+
+
+def test_a_damaged_store_directory_is_set_aside_and_rebuilt(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with JoinStore(path) as store:
+        store.put_batch(["a"], [1], [0], [1.0], [()], 1)
+        store.commit(5)
+    for name in path.iterdir():  # every file RocksDB keeps, overwritten
+        if name.is_file():
+            name.write_bytes(b"\x00garbage" * 8)
+    refused = metrics.STATE_RESTORE_FAILURES.labels(reason="join_store")._value.get()
+    store = open_join_store(path)
+    assert store.get("a") is None and store.changelog_position() is None
+    assert metrics.STATE_RESTORE_FAILURES.labels(reason="join_store")._value.get() == refused + 1
+    assert [p.name for p in tmp_path.iterdir() if ".damaged-" in p.name]
+    store.close()
+
+
+def test_a_store_another_instance_holds_is_a_one_line_error(tmp_path: Path) -> None:
+    with JoinStore(tmp_path / "store"), pytest.raises(ConfigError, match="state_dir"):
+        open_join_store(tmp_path / "store")
