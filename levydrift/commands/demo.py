@@ -296,9 +296,9 @@ class Demo:
             ("true change (labels)", f"record {late['relief_at']:,} (homestead-relief: the "
                                      "bills alone)"),
             ("label drift events", f"{len(late['drift'])}: " + "; ".join(
-                f"p{d['partition']} {d['kind']} {d['signal']} (version {d['version']}, "
-                f"{d['segment']}) +{d['delay']} records" for d in late["drift"])
-                + f"; on the records topic: {late['records_events']}"),
+                f"p{d['partition']} {d['kind']} {d['signal']} of version {d['version']}, "
+                f"+{d['delay']:,} records" for d in late["drift"])
+                + f"; records topic: {late['records_events']}"),
             ("retrain on labels", f"version {late['version']} {late['decision']}: "
                                   f"{late['gate']}"),
             (f"MAE after relief, v{new}", f"${late[f'mae_v{new}']:,.2f}"),

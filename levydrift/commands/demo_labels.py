@@ -190,7 +190,7 @@ class LateLabelsAct:
             "delay": index - self.relief_at, "event_id": event.event_id})
         self.narrator.say(
             f"DRIFT found from the LABELS on partition {window.partition} ({event.kind}): "
-            f"{signals}; segment {segment}; attributed to version {event.model_version}, "
+            f"{signals}; segment: {segment}; attributed to version {event.model_version}, "
             f"which made those predictions; window {window.topic}[{window.partition}] offsets "
             f"{window.first_offset:,}-{window.last_offset:,}; the label that tipped it is "
             f"dated {event.detected_at} (record clock {index:,}: "
@@ -201,7 +201,8 @@ class LateLabelsAct:
         """The trainer's answer to the labels' drift: a version (promoted or rejected), or a
         failed retrain."""
         self.narrator.say("the trainer worker retrains on the drift episode (window: the "
-                          "records whose labels came from the onset on, joined) ...")
+                          "records whose labels the drift events name, levies joined from "
+                          "the labels topic) ...")
 
         def answer() -> ModelVersionEvent | str | None:
             for _, event in self.topics.observed.versions:
@@ -230,10 +231,12 @@ class LateLabelsAct:
                 f"${champion.mae:,.2f}" if champion else "no champion")
         self.facts.update(version=event.version, decision=event.decision, gate=gate,
                           joined_records=labels.get("joined_records", 0))
+        joined = self.facts["joined_records"]
         self.narrator.say(
             f"retrained on {event.training_record_count:,} records, "
-            f"{self.facts['joined_records']:,} of them with levies joined from the labels "
-            f"({self.topics.names.labels} offsets {ranges or 'none'})"
+            + ("all" if joined == event.training_record_count else f"{joined:,}")
+            + f" with levies joined from the labels ({self.topics.names.labels} offsets "
+            f"{ranges or 'none'})"
             + (", triggered by the labels' drift events" if triggered else "")
             + f"; gate on the same {event.holdout_records:,}-record holdout: {gate} "
             f"(R² {candidate.r2:.4f})")
@@ -285,15 +288,16 @@ class LateLabelsAct:
         registry = ModelRegistry(self.registry_root)
         champion, retrained = self.champion, self.facts["version"]
         self.facts["mae_before_relief"], _ = labelled_error(
-            registry.load_model(MODEL, champion), simulator.columns(self.start, self.relief_at))
+            registry.load_model(MODEL, champion),
+            simulator.columns(self.relief_at - RELIEF_RECORDS, self.relief_at))
         after = simulator.columns(self.relief_at, self.stop)
         for version in {champion, retrained}:
             self.facts[f"mae_v{version}"], count = labelled_error(
                 registry.load_model(MODEL, version), after)
         self.narrator.say(
             f"on the {count:,} bills after the relief version {champion} errs by "
-            f"${self.facts[f'mae_v{champion}']:,.2f} on average (before it: "
-            f"${self.facts['mae_before_relief']:,.2f}), version {retrained} by "
+            f"${self.facts[f'mae_v{champion}']:,.2f} on average (on the {count:,} before "
+            f"it: ${self.facts['mae_before_relief']:,.2f}), version {retrained} by "
             f"${self.facts[f'mae_v{retrained}']:,.2f}")
 
 
