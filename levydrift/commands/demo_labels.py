@@ -92,13 +92,23 @@ class LateLabelsAct:
         say(f"final act: from record {self.start:,} the records carry no levy; each bill's "
             f"actual levy follows on {self.topics.names.labels} once final, "
             f"{describe_delay(LABEL_DELAY)} after its record")
-        before, after = self.split_at(list(self.arrivals()), self.relief_at)
+        messages = list(self.arrivals())
+        first_label = next(at for at, (topic, _) in enumerate(messages)
+                           if topic == self.topics.names.labels)
+        lead = messages[:first_label]
+        before, after = self.split_at(messages[first_label:], self.relief_at)
         truth = LevySimulator(SimulatorConfig(scenario="homestead-relief")).ground_truth()
         failed = self.services.metric("trainer", RETRAINS, 'outcome="failed"') or 0
-        # One stream, as the records would come: the consumer meets no pause in the records.
-        self.stream(before, f"{self.start:,}-{self.relief_at - 1:,}")
+        # The consumer lets a partition's waiting labels go after IDLE_RELEASE_S without its
+        # records by the clock, whether or not records are still to come (consumer/labels.py):
+        # after the pause since the last act, labels fetched before their partition's next
+        # records would go unmatched. So the records ahead of the first label go first, and
+        # the rest once the consumer has scored them: from then on the records never pause.
+        self.stream(lead)
+        self.wait_scored(self.start + len(lead))
+        self.stream(before)
         say(f"scenario homestead-relief from record {self.relief_at:,}: {truth.description}")
-        self.stream(after, f"{self.relief_at:,}-{self.stop - 1:,}")
+        self.stream(after)
         self.wait_label_drift()
         self.wait_retrain(failed)
         self.wait_taken(self.facts["labels"])
@@ -126,13 +136,25 @@ class LateLabelsAct:
                     if topic == records and message["record_id"] >= first), len(messages))
         return messages[:cut], messages[cut:]
 
-    def stream(self, messages: list[Message], span: str) -> None:
-        labels = sum(topic == self.topics.names.labels for topic, _ in messages)
-        self.topics.send(messages, f"records {span} and {labels:,} labels")
+    def stream(self, messages: list[Message]) -> None:
+        names = self.topics.names
+        records = [record_index_of(m) for topic, m in messages if topic == names.records]
+        labels = len(messages) - len(records)
+        span = f"records {min(records):,}-{max(records):,}"
+        self.topics.send(messages, f"{span} and {labels:,} labels")
         self.facts["labels"] = self.facts.get("labels", 0) + labels
-        self.narrator.say(f"streamed records {span} without levies to "
-                          f"{self.topics.names.records} and, interleaved as they become "
-                          f"final, {labels:,} labels to {self.topics.names.labels}")
+        self.narrator.say(f"streamed {span} without levies to {names.records}"
+                          + (f" and, interleaved as they become final, {labels:,} labels to "
+                             f"{names.labels}" if labels else " (no bill final yet)"))
+
+    def wait_scored(self, total: int) -> None:
+        def scored() -> float:
+            return self.services.metric("consumer", "levydrift_consumer_records_total",
+                                        'outcome="valid"') or 0
+
+        self.narrator.wait(f"the consumer to score {total:,} records",
+                           lambda: scored() >= total, self.step_timeout_s,
+                           lambda: f"{scored():,.0f} scored; {self.services.status('consumer')}")
 
     def outcomes(self) -> dict[str, float]:
         """The labels the consumer has taken, by outcome."""
@@ -299,6 +321,11 @@ class LateLabelsAct:
             f"${self.facts[f'mae_v{champion}']:,.2f} on average (on the {count:,} before "
             f"it: ${self.facts['mae_before_relief']:,.2f}), version {retrained} by "
             f"${self.facts[f'mae_v{retrained}']:,.2f}")
+
+
+def record_index_of(message: dict[str, Any]) -> int:
+    """The simulator's index of a record (or of a label's record), from its record id."""
+    return int(message["record_id"].rsplit("-", 1)[1])
 
 
 def describe_delay(delay: LabelDelay) -> str:

@@ -16,6 +16,7 @@ from levydrift.commands.demo_labels import (
     RELIEF_RECORDS,
     WARMUP_RECORDS,
     LateLabelsAct,
+    record_index_of,
 )
 from levydrift.simulator import SimulatorConfig
 
@@ -37,10 +38,6 @@ def messages(act: LateLabelsAct) -> list[tuple[str, dict[str, Any]]]:
     return list(act.arrivals())
 
 
-def index(message: dict[str, Any]) -> int:
-    return int(message["record_id"].rsplit("-", 1)[1])
-
-
 def moment(message: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(message["event_time"].replace("Z", "+00:00"))
 
@@ -49,10 +46,10 @@ def test_the_act_streams_its_records_without_levies_and_every_one_labelled_once(
         messages: list[tuple[str, dict[str, Any]]]) -> None:
     records = [m for topic, m in messages if topic == RECORDS]
     labels = [m for topic, m in messages if topic == LABELS]
-    assert [index(r) for r in records] == list(range(START, START + WARMUP_RECORDS
-                                                     + RELIEF_RECORDS))
+    indexes = [record_index_of(r) for r in records]
+    assert indexes == list(range(START, START + WARMUP_RECORDS + RELIEF_RECORDS))
     assert not any("actual_levy_amount" in r for r in records)
-    assert sorted(index(label) for label in labels) == [index(r) for r in records]
+    assert sorted(record_index_of(label) for label in labels) == indexes
 
 
 def test_each_label_comes_after_the_records_that_reach_its_event_time(
@@ -81,5 +78,5 @@ def test_the_stream_splits_where_the_relief_begins(
         act: LateLabelsAct, messages: list[tuple[str, dict[str, Any]]]) -> None:
     before, after = act.split_at(messages, act.relief_at)
     assert before + after == messages
-    assert after[0][0] == RECORDS and index(after[0][1]) == act.relief_at
-    assert max(index(m) for topic, m in before if topic == RECORDS) == act.relief_at - 1
+    assert after[0][0] == RECORDS and record_index_of(after[0][1]) == act.relief_at
+    assert max(record_index_of(m) for topic, m in before if topic == RECORDS) == act.relief_at - 1
