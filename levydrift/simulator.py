@@ -186,6 +186,9 @@ class SimulatorConfig:
     tax_year: int | None = None   # default: the year of start_time
     county: str | None = None     # the county a one-county scenario hits (default: by seed)
     label_delay: LabelDelay = LabelDelay()  # when a labelled record's label arrives
+    # From this record index on, also the homestead-relief change (its default magnitude) on
+    # top of ``scenario``: a relief granted on the bills alone after, say, a reassessment.
+    relief_at: int | None = None
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad setting."""
@@ -215,6 +218,11 @@ class SimulatorConfig:
                              + ", ".join(c.name for c in COUNTIES))
         if self.scenario == "unit-bug" and self.resolved_magnitude <= 0:
             raise ValueError("unit-bug magnitude (the divisor) must be > 0")
+        if self.relief_at is not None and self.relief_at < 0:
+            raise ValueError(f"relief index must be >= 0, got {self.relief_at}")
+        if self.relief_at is not None and self.scenario in _ROLL_SHOWS_RAISED_EXEMPTION:
+            raise ValueError(f"a relief on top of {self.scenario} would raise the homestead "
+                             "exemption twice; use one of them")
         self.label_delay.validate()
 
     @property
@@ -452,6 +460,9 @@ class LevySimulator:
         market_factor = 1.0 if config.scenario == "reassessment" else value_factor
         market = np.round(roll.market[parcel] * market_factor)
         exemption, levy_exemption = self._exemptions(parcel, assessed, active, draws)
+        if config.relief_at is not None:
+            levy_exemption = self._relieved(parcel, assessed, index >= config.relief_at,
+                                            levy_exemption)
         rate = self._levy_rate(district, active, base_factor)
         taxable = assessed - levy_exemption
         special = roll.special[parcel]
@@ -498,6 +509,16 @@ class LevySimulator:
         # The assessor's roll lags the new law: few records (or none) show the raised exemption.
         shown = active & (draws["roll_update"] < shown_share)
         return np.where(shown, raised, recorded), np.where(active, raised, recorded)
+
+    def _relieved(self, parcel: np.ndarray, assessed: np.ndarray, relieved: np.ndarray,
+                  levy_exemption: np.ndarray) -> np.ndarray:
+        """``relief_at``: the exemption the bills apply once the relief holds (as
+        homestead-relief's, which the roll never shows)."""
+        roll = self._roll
+        raised = _exemption(roll.exemption_flat[parcel]
+                            * (1 + DEFAULT_MAGNITUDE["homestead-relief"]),
+                            roll.exemption_share[parcel], assessed)
+        return np.where(relieved, raised, levy_exemption)
 
     def _descriptive_columns(self, index: np.ndarray,
                              parcel: np.ndarray) -> dict[str, np.ndarray]:

@@ -3,8 +3,10 @@
 Topics of its own (``levy-demo-<run>.*``, deleted afterwards) and a fresh registry
 (``demo-output/models``) make every run independent of the last. A first model is trained on
 simulated history and published; ``levydrift consume`` and ``levydrift train-worker`` run as
-real subprocesses; a baseline and then a ``reassessment`` are streamed; everything narrated
-is read back from the real topics, the services' metrics endpoints and the registry.
+real subprocesses; a baseline and then a ``reassessment`` are streamed; a last act
+(``demo_labels.LateLabelsAct``) streams records without levies, their labels later, and a
+homestead relief only the labels show. Everything narrated is read back from the real topics,
+the services' metrics endpoints and the registry.
 
 Each step waits for a condition, saying what it waits for and how it is going, for up to
 ``--step-timeout`` seconds (generous: a loaded machine fits a model many times slower than a
@@ -13,7 +15,8 @@ quiet one); only a step that never happens ends the demo with exit code 1. The d
 
 ``Demo`` tells the story; its helpers do the work: ``demo_stream.DemoTopics`` (the run's
 topics, streamed to and watched), ``demo_services.Services`` (the two services as child
-processes, and their metrics) and ``demo_narrator.Narrator`` (the narration and the waits).
+processes, and their metrics), ``demo_narrator.Narrator`` (the narration and the waits) and
+``demo_labels.LateLabelsAct`` (the last act).
 """
 
 from __future__ import annotations
@@ -24,18 +27,16 @@ import signal
 import time
 import uuid
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from levydrift import settings as settings_module
+from levydrift.commands.demo_labels import LateLabelsAct, labelled_error, record_index
 from levydrift.commands.demo_narrator import DemoFailed, Narrator
 from levydrift.commands.demo_services import Services
 from levydrift.commands.demo_stream import DemoTopics
 from levydrift.errors import UsageError
-from levydrift.features import TARGET, to_model_frame
+from levydrift.features import to_model_frame
 from levydrift.kafka import admin_client, ensure_reachable
 from levydrift.logs import configure as configure_logging
 from levydrift.settings import AdminSettings, RegistrySettings
@@ -113,6 +114,9 @@ class Demo:
         self.stream(start, start + AFTER_RECORDS, f"{SCENARIO} (continued)")
         self.wait_consumed(start + AFTER_RECORDS)
         self.compare_models(start, start + AFTER_RECORDS)
+        self.facts["late"] = LateLabelsAct(
+            self.narrator, self.topics, self.services, self.registry_root, self.step_timeout_s,
+            self.simulator().config, self.facts["promoted"], start + AFTER_RECORDS).run()
         self.print_summary()
         self.print_files()
         return 0
@@ -271,6 +275,9 @@ class Demo:
     def print_summary(self) -> None:
         new = self.facts["promoted"]
         drift = self.facts.get("drift", [])
+        late = self.facts["late"]
+        retrained = late["version"]
+        latest = retrained if late["decision"] == "promoted" else new
         rows = [
             ("run time", f"{self.narrator.elapsed():.1f}s"),
             ("records streamed", f"{BASELINE_RECORDS + CHANGE_RECORDS + AFTER_RECORDS:,} "
@@ -284,6 +291,20 @@ class Demo:
             ("MAE baseline, v1", f"${self.facts['mae_baseline']:,.2f}"),
             ("MAE after change, v1", f"${self.facts['mae_v1']:,.2f}"),
             (f"MAE after change, v{new}", f"${self.facts[f'mae_v{new}']:,.2f}"),
+            ("late labels", f"{late['labels']:,}, a mean {late['lag_s'] / 60:,.1f} min of event "
+                            "time after their records"),
+            ("true change (labels)", f"record {late['relief_at']:,} (homestead-relief: the "
+                                     "bills alone)"),
+            ("label drift events", f"{len(late['drift'])}: " + "; ".join(
+                f"p{d['partition']} {d['kind']} {d['signal']} of version {d['version']}, "
+                f"+{d['delay']:,} records" for d in late["drift"])
+                + f"; records topic: {late['records_events']}"),
+            ("retrain on labels", f"version {late['version']} {late['decision']}: "
+                                  f"{late['gate']}"),
+            (f"MAE after relief, v{new}", f"${late[f'mae_v{new}']:,.2f}"),
+            *([(f"MAE after relief, v{retrained}", f"${late[f'mae_v{retrained}']:,.2f}")]
+              if retrained != new else []),
+            ("champion now", f"version {latest}"),
         ]
         width = max(len(name) for name, _ in rows)
         print("\nsummary")
@@ -306,20 +327,9 @@ class Demo:
               "(while it runs)")
 
     def record_index(self, event_time: str) -> int:
-        """The simulator's record index of an event time (records are 1 s apart from its
-        start time), to measure the delay after the known change."""
-        config = self.simulator().config
-        moment = datetime.fromisoformat(event_time.replace("Z", "+00:00"))
-        elapsed_ms = (moment - config.start_time).total_seconds() * 1000
-        return int(round(elapsed_ms / config.event_interval_ms))
-
-
-def labelled_error(model: Any, columns: dict[str, np.ndarray]) -> tuple[float, int]:
-    """``model``'s mean absolute error on the labelled records of ``columns``, and how many
-    records are labelled."""
-    labelled = np.isfinite(columns[TARGET])
-    predicted = model.predict(to_model_frame({k: v[labelled] for k, v in columns.items()}))
-    return float(np.mean(np.abs(predicted - columns[TARGET][labelled]))), int(labelled.sum())
+        """The simulator's record index of an event time, to measure the delay after the
+        known change."""
+        return record_index(self.simulator().config, event_time)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -327,7 +337,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "demo", help="the drift -> retrain -> promote -> swap loop on the local broker",
         description="Create demo topics, train a first model, start levydrift consume and "
                     "levydrift train-worker, stream a baseline and a reassessment, and narrate "
-                    "drift, retraining, promotion and the model swap. Each step waits up to "
+                    "drift, retraining, promotion and the model swap; then stream records "
+                    "without levies and their labels later, with a homestead relief only the "
+                    "labels show, and narrate the performance drift found from them and the "
+                    "retrain on the joined labels. Each step waits up to "
                     "--step-timeout seconds and says what it waits for; exit 0 when every step "
                     "happened, 1 when one did not.")
     parser.add_argument("--output-dir", type=Path, default=Path("demo-output"), metavar="DIR",

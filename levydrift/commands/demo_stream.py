@@ -66,18 +66,24 @@ class DemoTopics:
     def produce(self, batches: Iterable[list[dict[str, Any]]], label: str) -> None:
         """Write the records to the records topic, keyed by parcel, and wait until Kafka has
         acknowledged every one."""
+        self.send(((self.names.records, record) for batch in batches for record in batch),
+                  f"{label} records")
+
+    def send(self, messages: Iterable[tuple[str, dict[str, Any]]], what: str) -> None:
+        """Write each (topic, record or label) in the order given, keyed by parcel, and wait
+        until Kafka has acknowledged every one."""
         producer = Producer(producer_config(self.kafka))
-        for batch in batches:
-            for record in batch:
-                while True:
-                    try:
-                        producer.produce(self.names.records, value=orjson.dumps(record),
-                                         key=record["parcel_id"].encode())
-                        break
-                    except BufferError:
-                        producer.poll(0.1)
-            producer.poll(0)
-        self.narrator.wait(f"Kafka to acknowledge the {label} records",
+        for count, (topic, message) in enumerate(messages, 1):
+            while True:
+                try:
+                    producer.produce(topic, value=orjson.dumps(message),
+                                     key=message["parcel_id"].encode())
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+            if count % 10_000 == 0:
+                producer.poll(0)
+        self.narrator.wait(f"Kafka to acknowledge the {what}",
                            lambda: producer.flush(1.0) == 0, self.step_timeout_s,
                            lambda: f"{len(producer):,} unacknowledged")
 

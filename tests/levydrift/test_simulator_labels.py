@@ -224,3 +224,21 @@ def test_homestead_relief_moves_the_actual_levies_and_nothing_the_model_sees():
     labels = simulate("homestead-relief").labels(0, total)
     assert not np.array_equal(labels["actual_levy_amount"],
                               simulate().labels(0, total)["actual_levy_amount"])
+
+
+def test_a_relief_on_top_of_a_scenario_moves_only_the_levies_from_its_index_on():
+    total, relief_at = 9_000, 6_000
+    alone = simulate(relief_at=3_000).frame(0, total, components=True)
+    assert alone.equals(simulate("homestead-relief").frame(0, total, components=True))
+    stacked = simulate("reassessment", relief_at=relief_at).columns(0, total)
+    reassessed = simulate("reassessment").columns(0, total)
+    for name in RECORD_FIELDS[:-1]:
+        assert np.array_equal(stacked[name], reassessed[name]), name
+    moved = np.flatnonzero(~np.isnan(reassessed["actual_levy_amount"])
+                           & (stacked["actual_levy_amount"] != reassessed["actual_levy_amount"]))
+    assert moved.size > 100 and moved.min() >= relief_at
+    assert (stacked["actual_levy_amount"][moved] < reassessed["actual_levy_amount"][moved]).all()
+    with pytest.raises(ValueError, match="twice"):
+        simulate("homestead-relief", relief_at=10)
+    with pytest.raises(ValueError, match="relief index"):
+        simulate(relief_at=-1)
