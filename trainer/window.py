@@ -173,8 +173,11 @@ def _label_spans(consumer: Consumer, kafka: KafkaSettings, labels_topic: str | N
         log.warning("labels topic does not exist; training on the levies records carry inline",
                     extra={"labels_topic": labels_topic})
         return None
+    # From an onset the window runs to the newest label (as it runs to the newest record for
+    # a records event): what came after the change is what the new model must learn.
     spans = {partition: LabelSpan(partition, max(low, label_starts.get(partition, low)),
-                                  min(label_ends.get(partition, high - 1), high - 1))
+                                  high - 1 if partition in label_starts
+                                  else min(label_ends.get(partition, high - 1), high - 1))
              for partition, (low, high) in labels.items()}
     if len(labels) == len(records):  # co-partitioned: partition p's labels are in p
         return {partition: [spans[partition]] for partition in records}

@@ -175,8 +175,11 @@ def test_a_labels_event_window_holds_the_records_labelled_from_its_onset_on(
     topics.produce(topics.records, [r if r in inline else without_levy(r) for r in records])
     placed = topics.produce(topics.labels, shuffled([label_for(r) for r in labelled]))
     onsets = {partition: last // 2 for partition, last in placed.last.items()}
+    # The detection point, as the worker passes it: the window still runs past it, to the
+    # newest label (what came after the change is what the new model must learn).
+    detected = {partition: onset + 10 for partition, onset in onsets.items()}
 
-    window = topics.window(label_starts=onsets)
+    window = topics.window(label_starts=onsets, label_ends=detected)
 
     after = [r for r in labelled
              if placed.at[r["record_id"]][1] >= onsets[placed.at[r["record_id"]][0]]]
