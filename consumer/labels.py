@@ -12,7 +12,9 @@ keeps the watermark at its arrival). That rule depends only on the two logs, not
 is fetched: a label fetched late, or replayed after ``kill -9``, joins exactly what it would have
 joined in its turn, and the labels' errors reach the error detectors in label-offset order. When
 the partition's records stop (a quiet county, the end of a roll), waiting labels are released
-after ``IDLE_RELEASE_S`` without records, so labels never wait for records that are not coming.
+after ``IDLE_RELEASE_S`` without records, so labels never wait for records that are not coming;
+only once the partition's records are caught up (none waits in Kafka), so a pause in fetching
+never sends labels ahead of records that were already there.
 
 **Outcomes** (``levydrift_consumer_labels_total{outcome}``):
 - ``joined``: the entry was waiting. The error feeds the error detectors when the prediction was
@@ -155,11 +157,13 @@ class LabelJoin:
                 self.queue.append(QueuedLabel(offset_of(message), time_ms, label, None, message))
 
     def take_turn(self, champion_version: int | None, segment_by: Sequence[str],
-                  now: float | None = None) -> LabelOutcome:
+                  now: float | None = None, records_caught_up: bool = True) -> LabelOutcome:
         """Join every label whose turn has come (see the module docstring), feed the errors of
-        the champion's predictions to the error detectors, return decisions and rejects."""
-        idle = (now if now is not None else time.monotonic()) - self.last_records_at \
-            >= IDLE_RELEASE_S
+        the champion's predictions to the error detectors, return decisions and rejects.
+        ``records_caught_up``: no record of the partition waits in Kafka (only then may quiet
+        records release the labels waiting for them)."""
+        idle = records_caught_up and (now if now is not None else time.monotonic()) \
+            - self.last_records_at >= IDLE_RELEASE_S
         due = self._due(idle)
         outcome = LabelOutcome(taken=len(due))
         if not due:

@@ -157,7 +157,8 @@ def process_partition(monitor: PartitionMonitor, messages: Sequence[Message],
 
 
 def process_labels(monitor: PartitionMonitor, champion_version: int | None,
-                   settings: ConsumerSettings, produce: Produce) -> BatchResult:
+                   settings: ConsumerSettings, produce: Produce,
+                   records_caught_up: bool = True) -> BatchResult:
     """Take the turn of every label of ``monitor``'s partition whose turn has come (see
     consumer/labels.py): malformed ones to the dead-letter topic, errors to the error
     detectors, their decisions to the drift-events topic (windows in the labels topic)."""
@@ -165,7 +166,8 @@ def process_labels(monitor: PartitionMonitor, champion_version: int | None,
     labels = monitor.labels
     if labels is None or not labels.queue:
         return result
-    turn = labels.take_turn(champion_version, settings.detectors.segment_by)
+    turn = labels.take_turn(champion_version, settings.detectors.segment_by,
+                            records_caught_up=records_caught_up)
     if turn.taken == 0:
         return result
     for queued in turn.rejected:

@@ -258,7 +258,8 @@ class ConsumerService:
             arrived = by_partition.get(monitor.partition)
             if arrived:
                 labels.enqueue(arrived)
-            result = process_labels(monitor, version, self.settings, self._produce)
+            result = process_labels(monitor, version, self.settings, self._produce,
+                                    self._records_caught_up(monitor))
             if result.dead_lettered or result.drift_events or monitor.dirty:
                 total = total or BatchResult()
                 total.merge(result)
@@ -266,6 +267,19 @@ class ConsumerService:
         metrics.QUEUED_LABELS.set(sum(len(m.labels.queue) for m in self.monitors.values()
                                       if m.labels is not None))
         return total
+
+    def _records_caught_up(self, monitor: PartitionMonitor) -> bool:
+        """Whether the monitor has processed every record of its partition that Kafka has
+        told this consumer about (the high watermark of the last fetch, no broker call)."""
+        assert self.consumer is not None
+        partition = TopicPartition(monitor.topic, monitor.partition)
+        try:
+            _, high = self.consumer.get_watermark_offsets(partition, cached=True)
+            # The position also steps over transaction markers, which no record reaches.
+            position = self.consumer.position([partition])[0].offset
+        except KafkaException:
+            return False
+        return high >= 0 and max(monitor.next_offset, position) >= high
 
     def _pace_labels(self, partition: int, queued: int) -> None:
         """Labels far ahead of the records wait in Kafka, not in memory."""

@@ -285,3 +285,13 @@ def test_a_damaged_store_directory_is_set_aside_and_rebuilt(tmp_path: Path) -> N
 def test_a_store_another_instance_holds_is_a_one_line_error(tmp_path: Path) -> None:
     with JoinStore(tmp_path / "store"), pytest.raises(ConfigError, match="state_dir"):
         open_join_store(tmp_path / "store")
+
+
+def test_quiet_records_release_no_label_while_records_wait_in_kafka(join: LabelJoin) -> None:
+    add(join, 0, ["a"], [0], [100.0])
+    join.enqueue([label_message(0, "b", 200, 120.0)])  # b's record is still in Kafka
+    quiet = join.last_records_at + 60
+    assert join.take_turn(1, SEGMENT_BY, now=quiet, records_caught_up=False).taken == 0
+    add(join, 1, ["b"], [1], [100.0])
+    assert join.take_turn(1, SEGMENT_BY, now=join.last_records_at + 60).taken == 1
+    assert join.store.get("b").joined
