@@ -214,16 +214,8 @@ class ConsumerService:
 
     def _process(self, messages: list[Message]) -> BatchResult:
         started = time.perf_counter()
-        # Keyed by the raw partition (never None once error() is None): this loop runs per
-        # record, so no accessor call in it.
-        by_partition: dict[int | None, list[Message]] = {}
+        by_partition = self._by_partition(messages)
         total = BatchResult()
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                self._raise_if_fatal(error)
-                continue
-            by_partition.setdefault(message.partition(), []).append(message)
         champion = self.champion.champion
         for partition, partition_messages in by_partition.items():
             monitor = self.monitors.get(partition) if partition is not None else None
@@ -236,17 +228,24 @@ class ConsumerService:
         metrics.LAST_BATCH.set(time.time())
         return total
 
-    def _process_labels(self) -> BatchResult | None:
-        """Fetch what labels have arrived (without waiting) and take every due label's turn."""
-        assert self.label_reader is not None
-        fetched = self.label_reader.consume(self.section.batch_size, 0)
+    def _by_partition(self, messages: list[Message]) -> dict[int | None, list[Message]]:
+        """Messages by partition, in order; consumer errors raised (fatal) or logged.
+        Keyed by the raw partition (never None once error() is None): this loop runs per
+        record, so no accessor call in it."""
         by_partition: dict[int | None, list[Message]] = {}
-        for message in fetched:
+        for message in messages:
             error = message.error()
             if error is not None:
                 self._raise_if_fatal(error)
                 continue
             by_partition.setdefault(message.partition(), []).append(message)
+        return by_partition
+
+    def _process_labels(self) -> BatchResult | None:
+        """Fetch what labels have arrived (without waiting) and take every due label's turn."""
+        assert self.label_reader is not None
+        fetched = self.label_reader.consume(self.section.batch_size, 0)
+        by_partition = self._by_partition(fetched)
         if fetched:
             metrics.LAST_LABEL.set(time.time())
         total: BatchResult | None = None

@@ -6,7 +6,6 @@ no event, no detector state and no join."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,15 +120,6 @@ class Stream:
     topics: Topics
     registry: Path
     labels: int
-
-
-@pytest.fixture
-def consumers() -> Iterator[list[ConsumerRun]]:
-    runs: list[ConsumerRun] = []
-    yield runs
-    for run in runs:
-        if run.alive():
-            run.kill()
 
 
 def labelled_stream(bootstrap: str, name: str, tmp_path: Path) -> Stream:

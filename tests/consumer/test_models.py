@@ -6,12 +6,10 @@ import copy
 import json
 import socket
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.linear_model import LinearRegression
@@ -137,16 +135,6 @@ def test_tampered_or_foreign_artifacts_are_refused_and_the_champion_keeps_servin
     assert champion_version(port) == 1.0
     assert "outside the registry root" in run.log()
     assert run.stop() == 0
-
-
-@pytest.fixture
-def consumers() -> Iterator[list[ConsumerRun]]:
-    """The consumers a test starts; any still running when it ends (it failed) is killed."""
-    runs: list[ConsumerRun] = []
-    yield runs
-    for run in runs:
-        if run.alive():
-            run.kill()
 
 
 def start_consumer(bootstrap: str, topics: Topics, group: str, registry: Path, log: Path,
