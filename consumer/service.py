@@ -26,7 +26,7 @@ from consumer import metrics
 from consumer.champion import ChampionTracker
 from consumer.config import ConsumerSettings
 from consumer.dead_letters import DeadLetterWriter
-from consumer.join_store import restore_from_changelog
+from consumer.join_store import JoinStoreError, restore_from_changelog
 from consumer.labels import (
     DAY_MS,
     NO_WATERMARK,
@@ -40,6 +40,7 @@ from consumer.lag import LagProbe
 from consumer.processing import BatchResult, PartitionMonitor, process_labels, process_partition
 from consumer.state import (
     PartitionState,
+    StateRestoreError,
     StoredState,
     encode_state,
     read_latest_states,
@@ -75,6 +76,7 @@ class ConsumerService:
         self._failed = False
         self._last_checkpoint = 0.0
         self._stalled_since: float | None = None  # start of the first checkpoint that failed
+        self._restore_pending = False  # Kafka came back; the partitions are not restored yet
         self._stall_reason = ""
         kafka = settings.kafka
         self._consumer_config = consumer_config(kafka, self.section.group_id, **{
@@ -317,15 +319,27 @@ class ConsumerService:
 
     def _transactions_ready(self) -> bool:
         """False while the transactional producer is broken and Kafka does not answer; then
-        nothing is consumed, since nothing could be committed."""
-        if self.output.broken is None:
+        nothing is consumed, since nothing could be committed. Then every partition is
+        restored from what Kafka holds; a restore that fails (a coordinator still loading
+        after a broker restart) is retried, within ``consumer.outage_limit_s``."""
+        if self.output.broken is None and not self._restore_pending:
             return True
-        if self.output.reset(min(RESET_TIMEOUT_S, self.section.transaction_timeout_s)):
+        if self.output.broken is not None:
+            if not self.output.reset(min(RESET_TIMEOUT_S, self.section.transaction_timeout_s)):
+                self._check_outage_limit()
+                return False
             log.info("Kafka transactions restarted; restoring partitions from Kafka")
+            self._restore_pending = True
+        try:
             self._restore_assignment()
-            return True
-        self._check_outage_limit()
-        return False
+        except (KafkaException, StateRestoreError, JoinStoreError) as error:
+            log.warning("restoring partitions after the outage failed; retrying",
+                        extra={"error": str(error)[:300]})
+            self._drop_monitors()
+            self._check_outage_limit()
+            return False
+        self._restore_pending = False
+        return True
 
     def _check_outage_limit(self) -> None:
         if self._stalled_since is None:

@@ -137,6 +137,9 @@ def stack(kafka_bootstrap: str, unique: str, tmp_path: Path,
         "LEVYDRIFT_TOPICS_DRIFT_EVENTS": f"scrape.{unique}.drift-events",
         "LEVYDRIFT_TOPICS_MODEL_VERSIONS": f"scrape.{unique}.model-versions",
         "LEVYDRIFT_TOPICS_DETECTOR_STATE": f"scrape.{unique}.detector-state",
+        "LEVYDRIFT_TOPICS_LABELS": f"scrape.{unique}.labels",
+        "LEVYDRIFT_TOPICS_JOIN_CHANGELOG": f"scrape.{unique}.join-changelog",
+        "LEVYDRIFT_CONSUMER_STATE_DIR": str(tmp_path / "consumer-state"),
         "LEVYDRIFT_METRICS_HOST": "127.0.0.1",
     })
     work = tmp_path / "work"  # cwd of the services: the model registry (models/) lands here
