@@ -186,6 +186,7 @@ def run_service(bootstrap: str, names: dict[str, str], records: int, workdir: Pa
                     and (done is None or done()):
                 break
             time.sleep(POLL_INTERVAL_S)
+        end = time.monotonic() - launched  # every record processed and committed
         page = metrics_page(port)
     finally:
         process.terminate()
@@ -194,7 +195,6 @@ def run_service(bootstrap: str, names: dict[str, str], records: int, workdir: Pa
     first = next((t, n) for t, n in samples if n >= records * STEADY_FROM)
     last = next((t, n) for t, n in samples if n >= records * STEADY_TO)
     steady = (last[1] - first[1]) / (last[0] - first[0]) if last[0] > first[0] else float("nan")
-    end = time.monotonic() - launched  # every record processed and committed
     return Timing(records / end, steady, (min(memory), max(memory)), page)
 
 
