@@ -31,7 +31,7 @@ import textwrap
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,6 +219,13 @@ def create_topics(bootstrap: str, names: dict[str, str]) -> AdminClient:
     return admin
 
 
+def delete_topics(admin: AdminClient, names: Iterable[str]) -> None:
+    """Delete the benchmark's topics, waiting for the broker's answer (an admin client that
+    goes away first takes the unsent request with it)."""
+    for future in admin.delete_topics(list(names)).values():
+        future.result()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
@@ -255,7 +262,7 @@ def main() -> None:
           + ratio_spread([s.steady / b.steady for s, b in zip(service, bare, strict=True)]))
     print("levydrift consume resident memory over each run (MiB, min-max): "
           + ", ".join(f"{low:.0f}-{high:.0f}" for low, high in (t.rss_mib for t in service)))
-    admin.delete_topics(list(names.values()))
+    delete_topics(admin, names.values())
 
 
 if __name__ == "__main__":
