@@ -200,6 +200,10 @@ def run_contender(bootstrap: str, names: dict[str, str], records: int, labels: i
         return run_service(bootstrap, names, records, workdir,
                            extra_env={"LEVYDRIFT_CONSUMER_JOIN_LABELS": "false"})
     group = f"bench-{uuid.uuid4().hex[:8]}"
+    # A changelog of its own: the topic is not named per group, so a fresh group on the last
+    # run's changelog would restore that run's store (every label a duplicate).
+    names = {**names, "join_changelog": f"{names['join_changelog']}-{group}"}
+    admin = create_topics(bootstrap, {"join_changelog": names["join_changelog"]})
     watch = CommittedLabels(bootstrap, names["detector_state"],
                             state_key(group, names["records"], 0))
     try:
@@ -207,6 +211,7 @@ def run_contender(bootstrap: str, names: dict[str, str], records: int, labels: i
                            done=lambda: watch.taken() >= labels)
     finally:
         watch.close()
+        delete_topics(admin, [names["join_changelog"]])
 
 
 def bench_consume(bootstrap: str, records: int, repeat: int, delay_hours: float) -> None:
