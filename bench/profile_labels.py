@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import os
 import pstats
 import signal
@@ -66,6 +67,9 @@ def main() -> None:
     parser.add_argument("--without-labels", action="store_true")
     parser.add_argument("--label-delay-hours", type=float, default=2.0)
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="gc.freeze() once started: full collections skip what start-up "
+                             "made (imports, the model)")
     parser.add_argument("--output", type=Path, help="the cProfile stats or py-spy stacks")
     parser.add_argument("--py-spy", metavar="EXECUTABLE",
                         help="sample with py-spy (wall clock, idle included) instead of cProfile")
@@ -110,7 +114,7 @@ class Sampler:
     def enable(self) -> None:
         self.process = subprocess.Popen(
             [self.executable, "record", "--pid", str(os.getpid()), "--format", "raw",
-             "--rate", "250", "--idle", "--threads", "--nonblocking", "-o", str(self.output)],
+             "--rate", "250", "--idle", "--threads", "-o", str(self.output)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)  # attached
 
@@ -120,6 +124,23 @@ class Sampler:
         self.process.wait(60)
 
 
+class GarbageCollections:
+    """The cyclic collector's runs while profiling (``gc.callbacks``), by generation."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.started = 0.0
+        self.window: dict[int, tuple[int, float]] = {}
+
+    def callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        elif self.on:
+            count, seconds = self.window.get(info["generation"], (0, 0.0))
+            self.window[info["generation"]] = (count + 1,
+                                               seconds + time.perf_counter() - self.started)
+
+
 def profile(settings: ConsumerSettings, arguments: argparse.Namespace, labels: int) -> None:
     valid = metrics.RECORDS.labels(outcome="valid")
     joined = metrics.LABELS.labels(outcome="joined")
@@ -127,11 +148,15 @@ def profile(settings: ConsumerSettings, arguments: argparse.Namespace, labels: i
     if arguments.py_spy:
         sampler = Sampler(arguments.py_spy, arguments.output or Path("py-spy.txt"))
     window: dict[str, float] = {}
+    collections = GarbageCollections()
 
     def stop_when(_: ConsumerService) -> bool:
         processed = valid._value.get()
         if "start" not in window and processed >= arguments.records * STEADY_FROM:
+            if arguments.gc_freeze:  # what the service could do once started
+                gc.freeze()
             sampler.enable()
+            collections.on = True
             window.update(start=time.perf_counter(), records=valid._value.get(),
                           joined=joined._value.get())
         elif "start" in window and processed >= arguments.records * STEADY_TO:
@@ -139,15 +164,24 @@ def profile(settings: ConsumerSettings, arguments: argparse.Namespace, labels: i
                           records=processed - window["records"],
                           joined=joined._value.get() - window["joined"])
             sampler.disable()
+            collections.on = False
             return True
         return False
 
-    ConsumerService(settings).run(stop_when=stop_when)
+    gc.callbacks.append(collections.callback)
+    try:
+        ConsumerService(settings).run(stop_when=stop_when)
+    finally:
+        gc.callbacks.remove(collections.callback)
     records = window["records"]
     mode = "without labels" if arguments.without_labels else "with labels"
     print(f"{mode}: {records:,.0f} records and {window['joined']:,.0f} labels joined in "
           f"{window['seconds']:.2f} s profiled ({records / window['seconds']:,.0f} rec/s under "
           f"{'py-spy' if arguments.py_spy else 'cProfile'}); {labels:,} labels on the topic")
+    print("garbage collections in the window (count, seconds, µs per record), by generation: "
+          + "; ".join(f"gen{generation} {count:,} {seconds:.2f} s "
+                      f"{seconds / records * 1e6:.2f}"
+                      for generation, (count, seconds) in sorted(collections.window.items())))
     if isinstance(sampler, Sampler):
         report_samples(sampler.output, records, window["seconds"], arguments.top)
     else:

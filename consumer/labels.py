@@ -74,14 +74,22 @@ def error_settings(settings: DetectorSettings) -> DetectorSettings:
     return replace(settings, numeric_signals=(), prediction_signals=(), categorical_signals=())
 
 
-@dataclass
+@dataclass(slots=True)
 class QueuedLabel:
-    """A fetched label waiting for its turn."""
+    """A fetched label waiting for its turn. Up to ``max_queued_labels`` wait per partition:
+    one small object each (slots; an accepted label does not keep its fetched message, so that
+    goes at once), less for every run of the cyclic garbage collector to walk."""
 
     offset: int
     time_ms: int  # event time; NO_WATERMARK for a malformed label (its turn is at once)
     label: LevyLabel | None
     rejection: Rejection | None
+
+
+@dataclass(slots=True)
+class RejectedLabel(QueuedLabel):
+    """A malformed label (``label`` None), with the message the dead letter copies."""
+
     message: Message
 
 
@@ -91,7 +99,7 @@ class LabelOutcome:
 
     taken: int = 0  # labels whose turn it was
     decisions: list[DriftDecision] = field(default_factory=list)
-    rejected: list[QueuedLabel] = field(default_factory=list)
+    rejected: list[RejectedLabel] = field(default_factory=list)
     positions: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     times: list[str] = field(default_factory=list)  # event time of each label fed
 
@@ -153,10 +161,10 @@ class LabelJoin:
         for index, (offset, message) in enumerate(fetched):
             rejection = refused.get(index)
             if rejection is not None:
-                append(QueuedLabel(offset, NO_WATERMARK, None, rejection, message))
+                append(RejectedLabel(offset, NO_WATERMARK, None, rejection, message))
             else:
                 label, time_ms = next(decoded)
-                append(QueuedLabel(offset, time_ms, label, None, message))
+                append(QueuedLabel(offset, time_ms, label, None))
 
     def take_turn(self, champion_version: int | None, segment_by: Sequence[str],
                   now: float | None = None, records_caught_up: bool = True) -> LabelOutcome:
@@ -174,7 +182,7 @@ class LabelJoin:
         tally = _Tally()
         try:
             for queued in due:
-                if queued.label is None:
+                if isinstance(queued, RejectedLabel):  # the malformed ones: label is None
                     outcome.rejected.append(queued)
                     continue
                 joined = self._join(queued, champion_version, tally)
