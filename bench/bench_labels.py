@@ -269,7 +269,8 @@ def report_run(timing: Timing, with_labels: bool) -> None:
     page = timing.metrics
     champion = metric_total(page, "levydrift_consumer_champion_version{")
     line = (f"  {'with' if with_labels else 'without'} labels: {timing.end_to_end:,.0f} rec/s "
-            f"end to end, {timing.steady:,.0f} steady; champion version {champion:g}")
+            f"end to end, {timing.steady:,.0f} steady; champion version {champion:g}; load "
+            f"average {os.getloadavg()[0]:.1f}")
     if with_labels:
         outcomes = {outcome: int(metric_total(
             page, f'levydrift_consumer_labels_total{{outcome="{outcome}"}}'))
