@@ -31,6 +31,7 @@ import textwrap
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,7 @@ class Timing:
     end_to_end: float  # records / s from launch to the end
     steady: float  # records / s between the steady-state marks
     rss_mib: tuple[float, float] = (0.0, 0.0)  # min, max over the run (service only)
+    metrics: str = ""  # the service's /metrics page once it was done (service only)
 
 
 def prefill(bootstrap: str, topic: str, records: int) -> None:
@@ -126,19 +128,33 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def records_processed(port: int) -> int:
-    """Records the service has processed (valid + dead-lettered), from its /metrics page."""
+def metrics_page(port: int) -> str:
+    """The service's /metrics page ("" while it does not answer)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as page:
-            text = page.read().decode()
+            return str(page.read().decode())
     except OSError:
-        return 0
-    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("levydrift_consumer_records_total{")))
+        return ""
 
 
-def run_service(bootstrap: str, names: dict[str, str], records: int, workdir: Path) -> Timing:
-    group = f"bench-{uuid.uuid4().hex[:8]}"
+def metric_total(text: str, prefix: str) -> float:
+    """The sum of the samples on a /metrics page whose line starts with ``prefix``."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(prefix))
+
+
+def records_processed(port: int) -> int:
+    """Records the service has processed (valid + dead-lettered), from its /metrics page."""
+    return int(metric_total(metrics_page(port), "levydrift_consumer_records_total{"))
+
+
+def run_service(bootstrap: str, names: dict[str, str], records: int, workdir: Path,
+                extra_env: dict[str, str] | None = None, group: str | None = None,
+                done: Callable[[], bool] | None = None) -> Timing:
+    """``levydrift consume`` with a fresh group (or ``group``), its environment plus
+    ``extra_env``, until its committed offset reaches ``records`` (and ``done()``, when
+    given, holds)."""
+    group = group or f"bench-{uuid.uuid4().hex[:8]}"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEVYDRIFT_")}
     env.update({"LEVYDRIFT_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -147,7 +163,8 @@ def run_service(bootstrap: str, names: dict[str, str], records: int, workdir: Pa
                 "LEVYDRIFT_CONSUMER_STATE_DIR": str(workdir / "consumer-state"),
                 "LEVYDRIFT_METRICS_PORT": str(port), "LEVYDRIFT_METRICS_HOST": "127.0.0.1",
                 "LEVYDRIFT_LOGGING_LEVEL": "WARNING",
-                **{f"LEVYDRIFT_TOPICS_{key.upper()}": name for key, name in names.items()}})
+                **{f"LEVYDRIFT_TOPICS_{key.upper()}": name for key, name in names.items()},
+                **(extra_env or {})})
     probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
                       "enable.auto.commit": False})
     log = (workdir / f"{group}.log").open("wb")
@@ -165,9 +182,12 @@ def run_service(bootstrap: str, names: dict[str, str], records: int, workdir: Pa
             samples.append((time.monotonic() - launched, processed))
             if processed > records * STEADY_FROM:
                 memory.append(rss_mib(process.pid))
-            if processed >= records and committed(probe, names["records"]) >= records:
+            if processed >= records and committed(probe, names["records"]) >= records \
+                    and (done is None or done()):
                 break
             time.sleep(POLL_INTERVAL_S)
+        end = time.monotonic() - launched  # every record processed and committed
+        page = metrics_page(port)
     finally:
         process.terminate()
         process.wait(60)
@@ -175,8 +195,7 @@ def run_service(bootstrap: str, names: dict[str, str], records: int, workdir: Pa
     first = next((t, n) for t, n in samples if n >= records * STEADY_FROM)
     last = next((t, n) for t, n in samples if n >= records * STEADY_TO)
     steady = (last[1] - first[1]) / (last[0] - first[0]) if last[0] > first[0] else float("nan")
-    end = time.monotonic() - launched  # every record processed and committed
-    return Timing(records / end, steady, (min(memory), max(memory)))
+    return Timing(records / end, steady, (min(memory), max(memory)), page)
 
 
 def spread(values: list[float]) -> str:
@@ -198,6 +217,13 @@ def create_topics(bootstrap: str, names: dict[str, str]) -> AdminClient:
     for future in futures.values():
         future.result()
     return admin
+
+
+def delete_topics(admin: AdminClient, names: Iterable[str]) -> None:
+    """Delete the benchmark's topics, waiting for the broker's answer (an admin client that
+    goes away first takes the unsent request with it)."""
+    for future in admin.delete_topics(list(names)).values():
+        future.result()
 
 
 def main() -> None:
@@ -236,7 +262,7 @@ def main() -> None:
           + ratio_spread([s.steady / b.steady for s, b in zip(service, bare, strict=True)]))
     print("levydrift consume resident memory over each run (MiB, min-max): "
           + ", ".join(f"{low:.0f}-{high:.0f}" for low, high in (t.rss_mib for t in service)))
-    admin.delete_topics(list(names.values()))
+    delete_topics(admin, names.values())
 
 
 if __name__ == "__main__":

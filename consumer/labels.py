@@ -35,6 +35,7 @@ plus ``EXPIRY_GRACE_MS`` (the grace covers labels taken late in their turn).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -73,14 +74,22 @@ def error_settings(settings: DetectorSettings) -> DetectorSettings:
     return replace(settings, numeric_signals=(), prediction_signals=(), categorical_signals=())
 
 
-@dataclass
+@dataclass(slots=True)
 class QueuedLabel:
-    """A fetched label waiting for its turn."""
+    """A fetched label waiting for its turn. Up to ``max_queued_labels`` wait per partition:
+    one small object each (slots; an accepted label does not keep its fetched message, so that
+    goes at once), less for every run of the cyclic garbage collector to walk."""
 
     offset: int
     time_ms: int  # event time; NO_WATERMARK for a malformed label (its turn is at once)
     label: LevyLabel | None
     rejection: Rejection | None
+
+
+@dataclass(slots=True)
+class RejectedLabel(QueuedLabel):
+    """A malformed label (``label`` None), with the message the dead letter copies."""
+
     message: Message
 
 
@@ -90,7 +99,7 @@ class LabelOutcome:
 
     taken: int = 0  # labels whose turn it was
     decisions: list[DriftDecision] = field(default_factory=list)
-    rejected: list[QueuedLabel] = field(default_factory=list)
+    rejected: list[RejectedLabel] = field(default_factory=list)
     positions: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     times: list[str] = field(default_factory=list)  # event time of each label fed
 
@@ -139,22 +148,23 @@ class LabelJoin:
         """Fetched labels of this partition, in offset order, decoded once. Labels before
         where the queue ends (fetched before a rewind's seek) are skipped."""
         expected = self.queue[-1].offset + 1 if self.queue else self.next_offset
-        messages = [message for message in messages if offset_of(message) >= expected]
-        if not messages:
+        fetched = [(offset, message) for message in messages
+                   if (offset := offset_of(message)) >= expected]  # one accessor call each
+        if not fetched:
             return
-        labels, rejections = decode_levy_labels([message.value() for message in messages])
+        labels, rejections = decode_levy_labels([message.value() for _, message in fetched])
         refused = dict(rejections)
         times = event_times_ms(np.array([label.event_time for label in labels], dtype=object)) \
             if labels else np.zeros(0, dtype=np.int64)
         decoded = iter(zip(labels, times.tolist(), strict=True))
-        for index, message in enumerate(messages):
+        append = self.queue.append
+        for index, (offset, message) in enumerate(fetched):
             rejection = refused.get(index)
             if rejection is not None:
-                self.queue.append(QueuedLabel(offset_of(message), NO_WATERMARK, None, rejection,
-                                              message))
+                append(RejectedLabel(offset, NO_WATERMARK, None, rejection, message))
             else:
                 label, time_ms = next(decoded)
-                self.queue.append(QueuedLabel(offset_of(message), time_ms, label, None, message))
+                append(QueuedLabel(offset, time_ms, label, None))
 
     def take_turn(self, champion_version: int | None, segment_by: Sequence[str],
                   now: float | None = None, records_caught_up: bool = True) -> LabelOutcome:
@@ -169,13 +179,17 @@ class LabelJoin:
         if not due:
             return outcome
         fed: list[tuple[int, int, float, float, PendingPrediction, str]] = []
-        for queued in due:
-            if queued.label is None:
-                outcome.rejected.append(queued)
-                continue
-            joined = self._join(queued, champion_version)
-            if joined is not None:
-                fed.append(joined)
+        tally = _Tally()
+        try:
+            for queued in due:
+                if isinstance(queued, RejectedLabel):  # the malformed ones: label is None
+                    outcome.rejected.append(queued)
+                    continue
+                joined = self._join(queued, champion_version, tally)
+                if joined is not None:
+                    fed.append(joined)
+        finally:
+            tally.count()
         self.next_offset = due[-1].offset + 1
         if fed:
             outcome.positions = np.array([item[0] for item in fed], dtype=np.int64)
@@ -192,12 +206,12 @@ class LabelJoin:
             due.append(self.queue.popleft())
         return due
 
-    def _join(self, queued: QueuedLabel, champion_version: int | None
+    def _join(self, queued: QueuedLabel, champion_version: int | None, tally: _Tally
               ) -> tuple[int, int, float, float, PendingPrediction, str] | None:
         label = queued.label
         assert label is not None
         outcome, entry = self.store.join(label.record_id, queued.time_ms, self.horizon_ms)
-        metrics.LABELS.labels(outcome=outcome).inc()
+        tally.outcomes[outcome] = tally.outcomes.get(outcome, 0) + 1
         if outcome != "joined":
             return None
         assert entry is not None
@@ -205,10 +219,11 @@ class LabelJoin:
             metrics.LABEL_LAG.observe((queued.time_ms - entry.event_time_ms) / 1000)
         actual = float(label.actual_levy_amount)
         error = abs(entry.prediction - actual)
-        version = "none" if entry.model_version is None else str(entry.model_version)
-        if not np.isnan(error):
-            metrics.LABEL_ABS_ERROR.labels(model_version=version).observe(error)
-        if entry.model_version != champion_version or np.isnan(error):
+        version = entry.model_version
+        if math.isnan(error):  # no prediction (no champion scored the record)
+            return None
+        tally.abs_error(version).observe(error)
+        if version != champion_version:
             return None  # recorded for its own version; not the champion's to judge
         return (queued.offset, queued.time_ms, error, error / max(actual, 1.0), entry,
                 label.event_time)
@@ -281,6 +296,29 @@ def restore_errors(snapshot: bytes, settings: DetectorSettings,
     if snapshot:
         return SegmentedBank.restore(snapshot, error_settings(settings))
     return SegmentedBank(error_settings(settings), reference)
+
+
+class _Tally:
+    """One turn's label metrics: outcomes added to ``LABELS`` once per outcome when the turn
+    ends, each version's ``LABEL_ABS_ERROR`` looked up once. A prometheus_client ``labels()``
+    lookup per label cost more than the join itself."""
+
+    __slots__ = ("errors", "outcomes")
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, int] = {}
+        self.errors: dict[int | None, Any] = {}
+
+    def abs_error(self, version: int | None) -> Any:
+        child = self.errors.get(version)
+        if child is None:
+            child = self.errors[version] = metrics.LABEL_ABS_ERROR.labels(
+                model_version="none" if version is None else str(version))
+        return child
+
+    def count(self) -> None:
+        for outcome, count in self.outcomes.items():
+            metrics.LABELS.labels(outcome=outcome).inc(count)
 
 
 def _segment_value(entry: PendingPrediction, number: int) -> str:
