@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--without-labels", action="store_true")
     parser.add_argument("--label-delay-hours", type=float, default=2.0)
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--no-profiler", action="store_true",
+                        help="only the rate and the garbage collections")
     parser.add_argument("--gc-freeze", action="store_true",
                         help="gc.freeze() once started: full collections skip what start-up "
                              "made (imports, the model)")
@@ -124,6 +126,16 @@ class Sampler:
         self.process.wait(60)
 
 
+class NoProfiler:
+    """The window's rate and collections only."""
+
+    def enable(self) -> None:
+        pass
+
+    def disable(self) -> None:
+        pass
+
+
 class GarbageCollections:
     """The cyclic collector's runs while profiling (``gc.callbacks``), by generation."""
 
@@ -144,9 +156,11 @@ class GarbageCollections:
 def profile(settings: ConsumerSettings, arguments: argparse.Namespace, labels: int) -> None:
     valid = metrics.RECORDS.labels(outcome="valid")
     joined = metrics.LABELS.labels(outcome="joined")
-    sampler: cProfile.Profile | Sampler = cProfile.Profile()
+    sampler: cProfile.Profile | Sampler | NoProfiler = cProfile.Profile()
     if arguments.py_spy:
         sampler = Sampler(arguments.py_spy, arguments.output or Path("py-spy.txt"))
+    elif arguments.no_profiler:
+        sampler = NoProfiler()
     window: dict[str, float] = {}
     collections = GarbageCollections()
 
@@ -175,13 +189,18 @@ def profile(settings: ConsumerSettings, arguments: argparse.Namespace, labels: i
         gc.callbacks.remove(collections.callback)
     records = window["records"]
     mode = "without labels" if arguments.without_labels else "with labels"
+    under = "py-spy" if arguments.py_spy else "no profiler" if arguments.no_profiler \
+        else "cProfile"
     print(f"{mode}: {records:,.0f} records and {window['joined']:,.0f} labels joined in "
           f"{window['seconds']:.2f} s profiled ({records / window['seconds']:,.0f} rec/s under "
-          f"{'py-spy' if arguments.py_spy else 'cProfile'}); {labels:,} labels on the topic")
+          f"{under}{', gc.freeze()' if arguments.gc_freeze else ''}); {labels:,} labels on the "
+          "topic")
     print("garbage collections in the window (count, seconds, µs per record), by generation: "
           + "; ".join(f"gen{generation} {count:,} {seconds:.2f} s "
                       f"{seconds / records * 1e6:.2f}"
                       for generation, (count, seconds) in sorted(collections.window.items())))
+    if isinstance(sampler, NoProfiler):
+        return
     if isinstance(sampler, Sampler):
         report_samples(sampler.output, records, window["seconds"], arguments.top)
     else:
