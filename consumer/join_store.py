@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import msgspec
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Message
 from rocksdict import (
     BlockBasedOptions,
     DBCompressionType,
@@ -661,10 +661,21 @@ class RestoreStats:
     seconds: float
 
 
+def changelog_prefix(owner: str) -> bytes:
+    """What the changelog keys of ``owner`` (a consumer group) start with: its length, then
+    its UTF-8, so no owner's keys can be read as another's. Groups share the changelog topic
+    and each restores only its own keys."""
+    data = owner.encode()
+    return len(data).to_bytes(2, "big") + data
+
+
 def restore_from_changelog(store: JoinStore, reader_config: dict[str, Any], topic: str,
-                           partition: int, timeout_s: float) -> RestoreStats:
+                           partition: int, timeout_s: float,
+                           key_prefix: bytes = b"") -> RestoreStats:
     """Bring ``store`` up to partition ``partition`` of the compacted changelog ``topic``, as
-    committed (read_committed) up to its high watermark when the read starts.
+    committed (read_committed) up to its high watermark when the read starts. Only keys that
+    start with ``key_prefix`` are this store's (see ``changelog_prefix``); ``timeout_s``
+    bounds the time without a message, not the whole read (a large store takes minutes).
 
     The read starts at the store's recorded position, or at the low watermark after wiping the
     store when the position is unknown, below the low watermark (compacted or deleted away) or
@@ -680,9 +691,9 @@ def restore_from_changelog(store: JoinStore, reader_config: dict[str, Any], topi
             store.reset()
             position = low
         assert position is not None
-        messages = read_ranges(reader, topic, {partition: (position, high)}, timeout_s=timeout_s)
-        counts = store.apply_changelog((message.key(), message.value(), offset_of(message))
-                                       for message in messages)
+        messages = read_ranges(reader, topic, {partition: (position, high)},
+                               timeout_s=timeout_s, idle=True)
+        counts = store.apply_changelog(_owned(messages, key_prefix))
     except (MissingTopicError, BrokerUnavailableError) as error:
         raise JoinStoreError(f"join changelog {topic}[{partition}]: {error}") from None
     finally:
@@ -691,6 +702,16 @@ def restore_from_changelog(store: JoinStore, reader_config: dict[str, Any], topi
         store.commit(high)
     return RestoreStats(position, high, wiped, counts.replayed, counts.skipped,
                         time.monotonic() - started)
+
+
+def _owned(messages: Iterable[Message], prefix: bytes
+           ) -> Iterator[tuple[bytes | None, bytes | None, int]]:
+    """The messages whose key starts with ``prefix``, the prefix taken off."""
+    cut = len(prefix)
+    for message in messages:
+        key = message.key()
+        if key is not None and key[:cut] == prefix:
+            yield key[cut:], message.value(), offset_of(message)
 
 
 def _partition_watermarks(reader: Consumer, topic: str, partition: int,

@@ -26,7 +26,7 @@ from consumer import metrics
 from consumer.champion import ChampionTracker
 from consumer.config import ConsumerSettings
 from consumer.dead_letters import DeadLetterWriter
-from consumer.join_store import JoinStoreError, restore_from_changelog
+from consumer.join_store import JoinStoreError, changelog_prefix, restore_from_changelog
 from consumer.labels import (
     DAY_MS,
     NO_WATERMARK,
@@ -92,6 +92,7 @@ class ConsumerService:
         self.label_reader: Consumer | None = None
         self._paused_labels: set[int] = set()
         self._changelog_ends: dict[int, int] = {}  # partition -> next changelog offset
+        self._changelog_prefix = changelog_prefix(self.section.group_id)  # groups share it
         self.output = TransactionalOutput(self._new_producer, self.section.transaction_timeout_s,
                                           metrics.observe_transaction)
         self.lag = LagProbe(self._reader_config)
@@ -395,8 +396,9 @@ class ConsumerService:
         if monitor.labels is None:
             return
         topic, partition = self.settings.topics.join_changelog, monitor.partition
+        prefix = self._changelog_prefix
         for key, value in monitor.labels.store.changes():
-            self.output.produce(topic, value, key=key, partition=partition,
+            self.output.produce(topic, value, key=prefix + key, partition=partition,
                                 on_delivery=self._changelog_delivered)
 
     def _changelog_delivered(self, error: KafkaError | None, message: Message) -> None:
@@ -443,6 +445,8 @@ class ConsumerService:
                                       f"aborted transaction: {error}") from None
 
     def _export_gauges(self) -> None:
+        metrics.PENDING_PREDICTIONS.set(sum(m.labels.store.pending_count()
+                                            for m in self.monitors.values() if m.labels))
         statistics: dict[tuple[str, str], tuple[float, float]] = {}
         for monitor in self.monitors.values():
             for (signal_name, detector), (value, threshold) in monitor.statistics().items():
@@ -539,7 +543,8 @@ class ConsumerService:
         store = open_join_store(store_path(self.section.state_dir, self.section.group_id,
                                            monitor.topic, partition))
         restored = restore_from_changelog(store, self._reader_config, topics.join_changelog,
-                                          partition, self.section.restore_timeout_s)
+                                          partition, self.section.restore_timeout_s,
+                                          self._changelog_prefix)
         for reason, count in restored.skipped.items():
             metrics.STATE_RESTORE_FAILURES.labels(reason=f"changelog_{reason}").inc(count)
         metrics.JOIN_RESTORE_DURATION.observe(time.perf_counter() - started)

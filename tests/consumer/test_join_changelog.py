@@ -24,6 +24,7 @@ from consumer.join_store import (
     JoinStore,
     JoinStoreError,
     PendingPrediction,
+    changelog_prefix,
     encode_entry,
     restore_from_changelog,
 )
@@ -233,3 +234,18 @@ if __name__ == "__main__":
     bench(os.environ.get("LEVYDRIFT_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
           int(sys.argv[1]) if len(sys.argv) > 1 else 100_000)
     print(f"({time.monotonic() - started:.1f} s in all)")
+
+
+def test_groups_sharing_the_changelog_restore_only_their_own_entries(
+        kafka_bootstrap: str, topic: str, tmp_path: Path) -> None:
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for group, record in (("monitor", "r1"), ("monitor|b", "r2"), ("monitor", "r3")):
+        value = encode_entry(PendingPrediction(1, 10_000, 1, 1.0, (), joined=group != "monitor"))
+        producer.produce(topic, key=changelog_prefix(group) + record.encode(), value=value,
+                         partition=PARTITION)
+    assert producer.flush(30) == 0
+    with JoinStore(tmp_path / "monitor") as store:
+        restore_from_changelog(store, reader(kafka_bootstrap), topic, PARTITION, 30,
+                               changelog_prefix("monitor"))
+        assert sorted(record for record, _ in store.committed_items()) == ["r1", "r3"]
+        assert store.changelog_position() == high_watermark(kafka_bootstrap, topic)

@@ -230,6 +230,7 @@ def joined_entries(bootstrap: str, topics: Topics) -> dict[bytes, bool]:
     latest: dict[bytes, bool] = {}
     for message in read_all(bootstrap, topics.names["join_changelog"]):
         key, value = message.key(), message.value()
+        key = key[2 + int.from_bytes(key[:2], "big"):]  # the group's prefix off: groups differ
         if value is None:
             latest.pop(key, None)
         else:
