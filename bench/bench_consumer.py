@@ -207,6 +207,14 @@ def ratio_spread(values: list[float]) -> str:
     return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
 
 
+def topic_names(run: str) -> dict[str, str]:
+    """Every topic of the service, named for one benchmark run."""
+    return {"records": f"bench-rec-{run}", "dead_letters": f"bench-dlq-{run}",
+            "drift_events": f"bench-drift-{run}", "model_versions": f"bench-mv-{run}",
+            "detector_state": f"bench-state-{run}", "labels": f"bench-labels-{run}",
+            "join_changelog": f"bench-changelog-{run}"}
+
+
 def create_topics(bootstrap: str, names: dict[str, str]) -> AdminClient:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     compact = {"cleanup.policy": "compact"}
@@ -234,10 +242,7 @@ def main() -> None:
         "LEVYDRIFT_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
     arguments = parser.parse_args()
     run = uuid.uuid4().hex[:8]
-    names = {"records": f"bench-rec-{run}", "dead_letters": f"bench-dlq-{run}",
-             "drift_events": f"bench-drift-{run}", "model_versions": f"bench-mv-{run}",
-             "detector_state": f"bench-state-{run}", "labels": f"bench-labels-{run}",
-             "join_changelog": f"bench-changelog-{run}"}
+    names = topic_names(run)
     admin = create_topics(arguments.bootstrap, names)
     print(describe())
     print(f"records: {arguments.records:,} on one partition; broker on the same machine; "

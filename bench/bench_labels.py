@@ -63,6 +63,7 @@ from bench_consumer import (  # the same bench directory
     ratio_spread,
     run_service,
     spread,
+    topic_names,
 )
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -216,10 +217,7 @@ def run_contender(bootstrap: str, names: dict[str, str], records: int, labels: i
 
 def bench_consume(bootstrap: str, records: int, repeat: int, delay_hours: float) -> None:
     run = uuid.uuid4().hex[:8]
-    names = {"records": f"bench-rec-{run}", "dead_letters": f"bench-dlq-{run}",
-             "drift_events": f"bench-drift-{run}", "model_versions": f"bench-mv-{run}",
-             "detector_state": f"bench-state-{run}", "labels": f"bench-labels-{run}",
-             "join_changelog": f"bench-changelog-{run}"}
+    names = topic_names(run)
     admin = create_topics(bootstrap, names)
     try:
         started = time.monotonic()

@@ -25,7 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench_consumer import STEADY_FROM, STEADY_TO, create_topics, delete_topics
+from bench_consumer import STEADY_FROM, STEADY_TO, create_topics, delete_topics, topic_names
 from bench_labels import prefill, publish_champion
 
 from consumer import metrics
@@ -79,10 +79,7 @@ def main() -> None:
         "LEVYDRIFT_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
     arguments = parser.parse_args()
     run = uuid.uuid4().hex[:8]
-    names = {"records": f"bench-rec-{run}", "dead_letters": f"bench-dlq-{run}",
-             "drift_events": f"bench-drift-{run}", "model_versions": f"bench-mv-{run}",
-             "detector_state": f"bench-state-{run}", "labels": f"bench-labels-{run}",
-             "join_changelog": f"bench-changelog-{run}"}
+    names = topic_names(run)
     admin = create_topics(arguments.bootstrap, names)
     try:
         labels, _ = prefill(arguments.bootstrap, names, arguments.records,
