@@ -92,6 +92,11 @@ class RunConfig:
     labelled_share: float = 0.3
     batch_records: int = ConsumerSection().batch_size
     max_iter: int = 50
+    # Event time between records. The default puts 60,000 records within one day, so the
+    # segmented bank's composition (judged per closed ``composition_window_s`` window, one
+    # day by default) never judges a window; ``--event-interval-s 43.2`` spreads them over
+    # 30 days, 2,000 records a day.
+    event_interval_ms: int = 1000
 
     def __post_init__(self) -> None:
         if not 0 < self.train_records <= self.change_at < self.records:
@@ -182,6 +187,7 @@ def train_champion(seed: int, config: RunConfig) -> Champion:
     """The champion: fitted on the labelled rows of the stream's first ``train_records``."""
     simulator = LevySimulator(SimulatorConfig(seed=seed, scenario="none",
                                               change_at=config.change_at,
+                                              event_interval_ms=config.event_interval_ms,
                                               labelled_share=config.labelled_share))
     frame = to_model_frame(simulator.columns(0, config.train_records), include_target=True)
     return Champion(version=1, model=fit_model(frame, ModelParams(max_iter=config.max_iter)))
@@ -193,6 +199,7 @@ def run_scenario(scenario: str, seed: int, champion: Champion, config: RunConfig
     consumer's ``SegmentedBank``) in consumer-sized batches."""
     simulator = LevySimulator(SimulatorConfig(seed=seed, scenario=scenario,
                                               change_at=config.change_at,
+                                              event_interval_ms=config.event_interval_ms,
                                               labelled_share=config.labelled_share))
     truth = simulator.ground_truth(config.records)
     settings = settings or DetectorSettings()
@@ -355,6 +362,9 @@ def main() -> None:
     parser.add_argument("--change-at", type=int, default=30_000)
     parser.add_argument("--train", type=int, default=20_000)
     parser.add_argument("--scenarios", nargs="*", default=list(SCENARIOS))
+    parser.add_argument("--event-interval-s", type=float, default=1.0,
+                        help="event time between records (default 1 s: 60,000 records "
+                             "within one day)")
     parser.add_argument("--segmented", action="store_true",
                         help="feed the SegmentedBank (what the consumer runs) instead of "
                              "one DetectorBank")
@@ -362,7 +372,8 @@ def main() -> None:
                         help="append/replace the Levy scenarios section of this file")
     args = parser.parse_args()
     config = RunConfig(records=args.records, change_at=args.change_at,
-                       train_records=args.train)
+                       train_records=args.train,
+                       event_interval_ms=round(args.event_interval_s * 1000))
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from machine import describe
