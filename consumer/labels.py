@@ -266,6 +266,20 @@ def check_co_partitioned(partition_counts: dict[str, int], records: str, labels:
                 "consumer.join_labels = false")
 
 
+def retention_shortfall(retention_ms: int | None, horizon_days: float, records: str) -> str | None:
+    """What to fix when ``records`` keeps its records for less than the label horizon (None
+    when it keeps them long enough; ``retention_ms`` None or negative = forever). The join
+    itself needs no old records, but the trainer reads the records of the labels it trains on:
+    a label that comes after its record left the topic is no training row."""
+    horizon_ms = horizon_days * DAY_MS
+    if retention_ms is None or retention_ms < 0 or retention_ms >= horizon_ms:
+        return None
+    return (f"{records} keeps records for {retention_ms / DAY_MS:.0f} days, less than "
+            f"consumer.label_horizon_days ({horizon_days:g}): the trainer will not find the "
+            "records of labels that come later than that. Raise topics.records_retention_hours "
+            "(`levydrift topics create` applies it) or lower consumer.label_horizon_days")
+
+
 def store_path(state_dir: str, group: str, topic: str, partition: int) -> Path:
     """Where partition ``partition``'s pending predictions live on this machine."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{group}.{topic}")

@@ -22,6 +22,7 @@ from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 from consumer import metrics
 from consumer.champion import ChampionTracker
@@ -35,6 +36,7 @@ from consumer.labels import (
     check_co_partitioned,
     open_join_store,
     restore_errors,
+    retention_shortfall,
     store_path,
 )
 from consumer.lag import LagProbe
@@ -120,6 +122,7 @@ class ConsumerService:
             check_co_partitioned({name: len(metadata.topics[name].partitions)
                                   for name in needed}, topics.records, topics.labels,
                                  topics.join_changelog)
+            self._check_records_retention(admin)
             self.label_reader = Consumer({**self._reader_config,
                                          "group.id": f"{self.section.group_id}.labels"})
         try:
@@ -212,6 +215,23 @@ class ConsumerService:
             self.champion.close()
         except Exception as error:
             log.warning("champion reader close failed", extra={"error": str(error)})
+
+    def _check_records_retention(self, admin: AdminClient) -> None:
+        """Warn (once, at start) when the records topic forgets records before their labels
+        can come: the trainer needs them. Not knowing the retention is no reason to stop."""
+        topic = self.settings.topics.records
+        resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+        try:
+            configs = admin.describe_configs([resource])[resource].result(
+                timeout=self.settings.kafka.request_timeout_s)
+            retention_ms = int(configs["retention.ms"].value)
+        except (KafkaException, KeyError, ValueError, TypeError) as error:
+            log.info("records retention unknown", extra={"topic": topic, "error": str(error)})
+            return
+        problem = retention_shortfall(retention_ms, self.section.label_horizon_days, topic)
+        if problem is not None:
+            log.warning(problem, extra={"topic": topic, "retention_ms": retention_ms,
+                                        "event": "records_retention_short"})
 
     def _install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)

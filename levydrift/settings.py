@@ -96,7 +96,9 @@ class TopicSettings:
     records_partitions: int = 6
     other_partitions: int = 1
     replication_factor: int = 1
-    records_retention_hours: float = 24 * 30
+    # Long enough for the latest label (consumer.label_horizon_days, 548, plus its 30-day
+    # grace): the trainer reads the records of the labels it trains on. Labels alike.
+    records_retention_hours: float = 24 * 580
     dead_letters_retention_hours: float = 24 * 90
 
     def validate(self) -> None:

@@ -102,11 +102,16 @@ def test_topics_create_is_idempotent_with_compacted_topics(
     metadata = admin.list_topics(timeout=10)
     for co_partitioned in ("RECORDS", "LABELS", "JOIN_CHANGELOG"):
         assert len(metadata.topics[names[f"LEVYDRIFT_TOPICS_{co_partitioned}"]].partitions) == 3
-    policies = {}
+    policies, retention_days = {}, {}
     for name in names.values():
         resource = ConfigResource(ConfigResource.Type.TOPIC, name)
         configs = admin.describe_configs([resource])[resource].result(timeout=10)
         policies[name] = configs["cleanup.policy"].value
+        retention_days[name] = int(configs["retention.ms"].value) / 86_400_000
+    # Records and labels outlive the label horizon (548 days): the trainer reads the records
+    # of the labels it trains on.
+    assert retention_days[names["LEVYDRIFT_TOPICS_RECORDS"]] == 580
+    assert retention_days[names["LEVYDRIFT_TOPICS_LABELS"]] == 580
     assert policies[names["LEVYDRIFT_TOPICS_MODEL_VERSIONS"]] == "compact"
     assert policies[names["LEVYDRIFT_TOPICS_DETECTOR_STATE"]] == "compact"
     assert policies[names["LEVYDRIFT_TOPICS_JOIN_CHANGELOG"]] == "compact"
