@@ -83,14 +83,17 @@ class DetectorBank:
 
     # ------------------------------------------------------------------ feeding
     def update(self, columns: Mapping[str, Any], positions: Any,
-               scores: Mapping[str, np.ndarray] | None = None) -> list[DriftDecision]:
+               scores: Mapping[str, np.ndarray] | None = None,
+               positions_checked: bool = False) -> list[DriftDecision]:
         """Feed one batch: one array per signal (NaN / None = no value for that record) and
         the records' strictly increasing positions. Returns the decisions it produced, in
         order. A signal missing from ``columns`` has no value in this batch. ``scores``
         (optional, numeric signals): NaN-filled arrays that receive each value's location
-        score (see ``NumericChannel.feed``)."""
+        score (see ``NumericChannel.feed``). ``positions_checked``: the caller (the segment
+        layer, feeding parts of a batch it checked) vouches for the positions."""
         positions = np.ascontiguousarray(positions, dtype=np.int64)
-        self._check_positions(positions)
+        if not positions_checked:
+            self._check_positions(positions)
         alarms: list[tuple[int, int, str, Alarm]] = []
         order = {name: i for i, name in enumerate(self.channels)}
         for name, channel in self.channels.items():

@@ -236,13 +236,14 @@ class SegmentedBank:
                 (len(signals), rows.size), np.nan)
             decisions = self.segments[label].update(
                 dict(zip(signals, values[:, rows], strict=True)), positions[rows],
-                dict(zip(signals, out, strict=True)))
+                dict(zip(signals, out, strict=True)), positions_checked=True)
             found += [("segment", replace(d, segment=label)) for d in decisions]
             if not isinstance(rows, slice):
                 scores[:, rows] = out
         pooled = dict(zip(signals, scores, strict=True))
         if self.pool is not None and signals:
-            found += [("pooled", d) for d in self.pool.update(pooled, positions)]
+            found += [("pooled", d) for d in self.pool.update(pooled, positions,
+                                                               positions_checked=True)]
         return found, segment_codes, pooled
 
     def _route(self, groups: np.ndarray, labels: np.ndarray) -> dict[str, slice | np.ndarray]:
