@@ -515,7 +515,7 @@ class JoinStore:
         batch.outcomes[where] = codes
         joined = where[codes == JOINED]
         if joined.size and len(set(record_ids)) < count:  # a record labelled twice in the batch
-            joined = self._first_joins(record_ids, joined, batch)
+            joined = self._first_joins(record_ids, where, batch)
         if joined.size:
             self._mark(record_ids, values, committed, joined, batch.event_time_ms)
         return batch
@@ -555,18 +555,20 @@ class JoinStore:
         return out
 
     @staticmethod
-    def _first_joins(record_ids: Sequence[str], joined: np.ndarray,
+    def _first_joins(record_ids: Sequence[str], found: np.ndarray,
                      batch: JoinedBatch) -> np.ndarray:
-        """Of labels that would join, only the first of each record does; a later one finds
-        the entry joined (a duplicate), as label-by-label joins would."""
-        seen: set[str] = set()
+        """Once a label of a record joined, every later label of it in the batch finds the
+        entry joined (a duplicate, whatever it would have been), as label-by-label joins
+        would. Returns the labels that join."""
+        joined_ids: set[str] = set()
         first = []
-        for index in joined.tolist():
+        outcomes = batch.outcomes
+        for index in found.tolist():
             record_id = record_ids[index]
-            if record_id in seen:
-                batch.outcomes[index] = DUPLICATE
-            else:
-                seen.add(record_id)
+            if record_id in joined_ids:
+                outcomes[index] = DUPLICATE
+            elif outcomes[index] == JOINED:
+                joined_ids.add(record_id)
                 first.append(index)
         return np.array(first, dtype=np.int64)
 

@@ -258,7 +258,7 @@ def batch_entry(number: int, joined: bool) -> PendingPrediction:
                              watermark_ms=T0 + 20 if number % 5 == 4 else T0 - 100)
 
 
-@settings(max_examples=60, deadline=None,
+@settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(stored=st.lists(st.tuples(st.sampled_from(BATCH_IDS[:-1]), st.booleans(),
                                  st.booleans()), max_size=8),
@@ -269,7 +269,9 @@ def test_join_batch_equals_joining_label_by_label(
         tmp_path_factory: pytest.TempPathFactory, stored: list[tuple[str, bool, bool]],
         labels: list[tuple[str, int]], horizon: int | None) -> None:
     """Duplicates in the batch and in the store, unmatched, expired, arrived-after-the-turn,
-    committed and buffered entries, older versions: the same outcomes, entries and buffer."""
+    committed and buffered entries, older versions: the same outcomes, entries and buffer.
+    (A record labelled twice in a batch, the first joining: the second is a duplicate even
+    where alone it would be unmatched or expired.)"""
     directory = tmp_path_factory.mktemp("batch")
     with JoinStore(directory / "one") as one, JoinStore(directory / "batch") as batch:
         for number, (record_id, joined, commit) in enumerate(stored):
@@ -300,6 +302,15 @@ def test_join_batch_equals_joining_label_by_label(
         batch.commit(99)
         assert state(batch) == state(one)
         assert batch.expire(T0) == one.expire(T0)  # the buffer's floor kept as exactly
+
+
+def test_a_second_label_after_a_join_in_the_batch_is_a_duplicate(store: JoinStore) -> None:
+    """Alone, the second label would be unmatched (its turn came before the record) or
+    expired; after the first joined, it finds the entry joined."""
+    store.put("a", PendingPrediction(1, T0, 1, 5.0, (), watermark_ms=T0 + 20))
+    got = store.join_batch(["a", "a", "a"], np.array([T0 + 21, T0, T0 + 10**6]), 1000)
+    assert [OUTCOMES[code] for code in got.outcomes] == ["joined", "duplicate", "duplicate"]
+    assert store.pending_count() == 0 and store.get("a").joined
 
 
 def test_join_batch_refuses_a_damaged_entry_before_marking_any(store: JoinStore) -> None:
