@@ -644,11 +644,12 @@ class JoinStore:
 
     # transactions
 
-    def changes(self) -> list[tuple[bytes, bytes | None]]:
-        """The buffer as changelog messages, key = record_id in UTF-8, None = tombstone (only
-        for keys the committed DB holds)."""
+    def changes(self, key_prefix: bytes = b"") -> list[tuple[bytes, bytes | None]]:
+        """The buffer as changelog messages, key = ``key_prefix`` + record_id in UTF-8, None =
+        tombstone (only for keys the committed DB holds)."""
         base = self._base
-        return [(record_id.encode(), value) for record_id, value in self._buffer.items()
+        return [(key_prefix + record_id.encode(), value)
+                for record_id, value in self._buffer.items()
                 if value is not None or base[record_id] is not None]
 
     def commit(self, changelog_next_offset: int | None) -> None:
