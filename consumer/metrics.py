@@ -11,10 +11,14 @@ consumer exports exactly these series and tests can read them without cross-talk
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
 
 from levydrift.metrics_http import serve_metrics
+
+if TYPE_CHECKING:
+    import numpy as np
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -178,6 +182,8 @@ def observe_many(metric: Histogram | Summary, values: np.ndarray) -> None:
     last bits may differ from adding the values one by one. prometheus_client has no batch
     observe: this relies on its ``_sum``, ``_count``, ``_buckets`` and ``_upper_bounds``
     (tests/consumer/test_labels.py checks it against ``observe``)."""
+    import numpy as np  # not at import: `levydrift consume --help` loads this module
+
     if not len(values):
         return
     metric._raise_if_not_observable()
