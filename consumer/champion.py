@@ -18,7 +18,6 @@ over. A file that is merely missing or unreadable (a volume still mounting) is r
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
@@ -54,7 +53,6 @@ class Champion(ModelScorer):
     def __init__(self, model: Any, version: int) -> None:
         super().__init__(model, version)
         self.failure: str | None = None
-        limit_model_threads()
 
     def predict(self, columns: dict[str, np.ndarray]) -> np.ndarray:
         count = len(next(iter(columns.values())))
@@ -72,20 +70,6 @@ class Champion(ModelScorer):
             log.error("champion failed to predict; this batch is scored without a model",
                       extra={"version": self.version, "error": self.failure})
         return np.full(count, np.nan)
-
-
-def limit_model_threads() -> None:
-    """The champion predicts on one OpenMP thread, unless ``OMP_NUM_THREADS`` says otherwise.
-    scikit-learn's gradient boosting starts a thread per core for each ``predict`` of a batch;
-    with the consumer's own threads (librdkafka, RocksDB's compactions) on the same cores,
-    those threads wait on each other: on 2 cores the run with labels went from 20-23k to
-    6.5-23k records/s steady (bench/RESULTS-consumer.md), and one thread cost the run without
-    labels nothing. Limits the OpenMP libraries loaded by now (the model's), once they are."""
-    if "OMP_NUM_THREADS" in os.environ:
-        return
-    from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
-
-    threadpool_limits(limits=1, user_api="openmp")  # for the process, not only a block
 
 
 class ChampionTracker:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.linear_model import LinearRegression
@@ -248,27 +247,3 @@ def test_a_restart_serves_the_newest_version_that_loads_and_snapshots_name_it(
                  for message in read_all(kafka_bootstrap, topics.names["detector_state"])]
     assert snapshots
     assert {snapshot.model_version for snapshot in snapshots} == {1}
-
-
-def test_the_champion_predicts_on_one_openmp_thread_unless_omp_num_threads_is_set(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    import sklearn.ensemble  # noqa: F401 - loads scikit-learn's OpenMP runtime
-    from threadpoolctl import threadpool_info, threadpool_limits
-
-    from consumer.champion import Champion
-
-    def openmp_threads() -> set[int]:
-        return {pool["num_threads"] for pool in threadpool_info()
-                if pool["user_api"] == "openmp"}
-
-    before = openmp_threads()
-    try:
-        threadpool_limits(limits=2, user_api="openmp")
-        monkeypatch.setenv("OMP_NUM_THREADS", "2")
-        Champion(LinearRegression(), 1)
-        assert openmp_threads() <= {2}  # what the deployment asked for stands
-        monkeypatch.delenv("OMP_NUM_THREADS")
-        Champion(LinearRegression(), 2)
-        assert openmp_threads() <= {1}
-    finally:
-        threadpool_limits(limits=max(before, default=None), user_api="openmp")
