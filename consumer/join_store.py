@@ -32,12 +32,13 @@ from __future__ import annotations
 import math
 import struct
 import time
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import msgspec
+import numpy as np
 from confluent_kafka import Consumer, Message
 from rocksdict import (
     BlockBasedOptions,
@@ -83,6 +84,16 @@ _NO_TIME = 2**63  # above every event time: "no entry"
 _MISSING: Any = object()
 JoinOutcome = Literal["joined", "duplicate", "unmatched", "expired"]
 _REPLAY_CHUNK = 10_000
+# ``_FIXED`` as a numpy record (packed, 43 bytes), to decode a turn's entries in one call.
+_FIXED_DTYPE = np.dtype([("version", "u1"), ("flags", "u1"), ("offset", "<i8"), ("time", "<i8"),
+                         ("watermark", "<i8"), ("model", "<i8"), ("prediction", "<f8"),
+                         ("count", "u1")])
+assert _FIXED_DTYPE.itemsize == _FIXED.size
+_SEGMENT_CACHE_SIZE = 4096
+# ``JoinedBatch.outcomes`` codes, in ``OUTCOMES`` order.
+JOINED, DUPLICATE, UNMATCHED, EXPIRED = 0, 1, 2, 3
+OUTCOMES: tuple[JoinOutcome, ...] = ("joined", "duplicate", "unmatched", "expired")
+NO_VERSION = -1  # ``JoinedBatch.model_version`` of an entry without one (versions are >= 0)
 
 
 class JoinStoreError(LevyDriftError):
@@ -237,6 +248,41 @@ def _index_time(index_key: bytes) -> int:
     return int(_TIME.unpack_from(index_key)[0]) - _TIME_SHIFT
 
 
+@dataclass
+class JoinedBatch:
+    """What ``JoinStore.join_batch`` found for each label, as columns: ``outcomes`` (codes
+    ``JOINED`` .. ``EXPIRED``, see ``OUTCOMES``) and, where an entry was found, its event
+    time, model version (``NO_VERSION`` for none), prediction and segment, as it was before
+    the join (elsewhere -1, ``NO_VERSION``, NaN and None)."""
+
+    outcomes: np.ndarray
+    event_time_ms: np.ndarray
+    model_version: np.ndarray
+    prediction: np.ndarray
+    segments: list[tuple[str, ...] | None]
+
+    def __init__(self, count: int) -> None:
+        self.outcomes = np.full(count, UNMATCHED, dtype=np.int8)
+        self.event_time_ms = np.full(count, -1, dtype=np.int64)
+        self.model_version = np.full(count, NO_VERSION, dtype=np.int64)
+        self.prediction = np.full(count, np.nan)
+        self.segments = [None] * count
+
+
+def _exceeds(label_times: np.ndarray, event_times: np.ndarray, horizon_ms: int | None
+             ) -> np.ndarray:
+    """``label_time - event_time > horizon_ms`` for each pair, exactly (as Python integers)
+    even where int64 arithmetic would overflow; all False without a horizon."""
+    if horizon_ms is None:
+        return np.zeros(len(label_times), dtype=bool)
+    limit = 2**61  # (np.abs of the least int64 is negative: compare both ends)
+    if -limit < horizon_ms < limit and bool(np.all((label_times > -limit) & (label_times < limit)
+                                                & (event_times > -limit) & (event_times < limit))):
+        return (label_times - event_times) > horizon_ms
+    return np.array([label - event > horizon_ms for label, event
+                     in zip(label_times.tolist(), event_times.tolist(), strict=True)], dtype=bool)
+
+
 # --- the store ------------------------------------------------------------------------------
 
 
@@ -275,6 +321,7 @@ class JoinStore:
         self._pending_delta = 0
         self._stale_index: list[bytes] = []  # index keys without their entry, to delete
         self._buffer_floor = _NO_TIME  # no buffered entry is older
+        self._segment_cache: dict[bytes, tuple[str, ...]] = {}  # see ``_segments``
         if self._db.get(_META_LAYOUT) != LAYOUT_VERSION:  # new, or another layout: a cache
             self.reset()
         self._pending = self._read_int(_META_PENDING) or 0
@@ -420,6 +467,124 @@ class JoinStore:
         self._buffer_floor = min(self._buffer_floor, event_time)
         return "joined", entry
 
+    def join_batch(self, record_ids: Sequence[str], label_times_ms: np.ndarray,
+                   horizon_ms: int | None = None) -> JoinedBatch:
+        """``join`` for a turn's labels at once, in order: the same outcomes and marks as
+        calling ``join(record_ids[i], label_times_ms[i], horizon_ms)`` for each ``i`` in turn
+        (a second label of a record joined earlier in the batch is a duplicate). One point
+        lookup per label; the entries' fixed parts decoded and checked with numpy (every
+        byte, as ``decode_entry``: a damaged entry raises its ``EntryRefused`` before any is
+        marked); only the joined ones are written to the buffer."""
+        count = len(record_ids)
+        label_times = np.asarray(label_times_ms, dtype=np.int64)
+        if len(label_times) != count:
+            raise ValueError("join_batch: record_ids and label_times_ms differ in length")
+        buffer, get = self._buffer, self._db.get
+        values: list[bytes | None] = []
+        committed: list[bool] = []
+        append, mark = values.append, committed.append
+        for record_id in record_ids:  # the one per-label loop: a lookup each
+            value = buffer.get(record_id, _MISSING)
+            if value is _MISSING:
+                value = get(_ENTRY + record_id.encode())
+                mark(True)
+            else:
+                mark(False)
+            append(value)
+        found = np.fromiter((value is not None for value in values), dtype=bool, count=count)
+        batch = JoinedBatch(count)
+        where = np.flatnonzero(found)
+        if not where.size:
+            return batch
+        present = cast("list[bytes]", [values[index] for index in where.tolist()])
+        fixed = self._fixed(present)
+        segments = self._segments(present)
+        times, marks = fixed["time"], fixed["watermark"]
+        versions = np.where(fixed["flags"] & _HAS_VERSION, fixed["model"], NO_VERSION)
+        batch.event_time_ms[where] = times
+        batch.model_version[where] = versions
+        batch.prediction[where] = fixed["prediction"]
+        for index, segment in zip(where.tolist(), segments, strict=True):
+            batch.segments[index] = segment
+        own_times = label_times[where]
+        codes = np.full(where.size, JOINED, dtype=np.int8)
+        late = _exceeds(own_times, times, horizon_ms)
+        codes[late] = EXPIRED
+        codes[marks >= own_times] = UNMATCHED  # checked before the horizon in ``join``
+        codes[(fixed["flags"] & _JOINED) != 0] = DUPLICATE
+        batch.outcomes[where] = codes
+        joined = where[codes == JOINED]
+        if joined.size and len(set(record_ids)) < count:  # a record labelled twice in the batch
+            joined = self._first_joins(record_ids, where, batch)
+        if joined.size:
+            self._mark(record_ids, values, committed, joined, batch.event_time_ms)
+        return batch
+
+    @staticmethod
+    def _fixed(present: list[bytes]) -> np.ndarray:
+        """The fixed parts of encoded entries as a record array, each checked as
+        ``decode_entry`` checks it (the first failing entry raises its refusal)."""
+        if min(map(len, present)) < _FIXED.size:
+            decode_entry(next(value for value in present if len(value) < _FIXED.size))
+        fixed = np.frombuffer(b"".join([value[:_FIXED.size] for value in present]),
+                              dtype=_FIXED_DTYPE)
+        flags, model = fixed["flags"], fixed["model"]
+        bad = (fixed["version"] != ENTRY_VERSION) \
+            | ((flags & (0xFF ^ _JOINED ^ _HAS_VERSION)) != 0) \
+            | (((flags & _HAS_VERSION) == 0) & (model != 0)) | (fixed["offset"] < 0) \
+            | (model < 0) | np.isinf(fixed["prediction"]) \
+            | (fixed["count"] > MAX_SEGMENT_VALUES)
+        if bad.any():
+            decode_entry(present[int(np.argmax(bad))])  # raises with its reason
+        return fixed
+
+    def _segments(self, present: list[bytes]) -> list[tuple[str, ...]]:
+        """Each entry's segment values: its tail (count byte and values) decoded once and
+        kept, as few tails repeat across entries (a county, a district)."""
+        cache, out = self._segment_cache, []
+        start = _FIXED.size - 1  # the count byte
+        for value in present:
+            tail = value[start:]
+            segment = cache.get(tail)
+            if segment is None:
+                segment = decode_entry(value).segment  # checks every byte of the tail
+                if len(cache) >= _SEGMENT_CACHE_SIZE:
+                    cache.clear()
+                cache[tail] = segment
+            out.append(segment)
+        return out
+
+    @staticmethod
+    def _first_joins(record_ids: Sequence[str], found: np.ndarray,
+                     batch: JoinedBatch) -> np.ndarray:
+        """Once a label of a record joined, every later label of it in the batch finds the
+        entry joined (a duplicate, whatever it would have been), as label-by-label joins
+        would. Returns the labels that join."""
+        joined_ids: set[str] = set()
+        first = []
+        outcomes = batch.outcomes
+        for index in found.tolist():
+            record_id = record_ids[index]
+            if record_id in joined_ids:
+                outcomes[index] = DUPLICATE
+            elif outcomes[index] == JOINED:
+                joined_ids.add(record_id)
+                first.append(index)
+        return np.array(first, dtype=np.int64)
+
+    def _mark(self, record_ids: Sequence[str], values: list[bytes | None], committed: list[bool],
+              joined: np.ndarray, event_times: np.ndarray) -> None:
+        buffer, base = self._buffer, self._base
+        for index, event_time in zip(joined.tolist(), event_times[joined].tolist(), strict=True):
+            record_id, value = record_ids[index], values[index]
+            assert value is not None
+            if committed[index]:
+                base[record_id] = event_time
+            buffer[record_id] = bytes((value[0], value[_FLAG_BYTE] | _JOINED)) \
+                + value[_FLAG_BYTE + 1:]
+        self._pending_delta -= joined.size
+        self._buffer_floor = min(self._buffer_floor, int(event_times[joined].min()))
+
     def mark_joined(self, record_id: str) -> bool:
         """Mark the entry joined; False when there is none or it was joined already."""
         return self.join(record_id)[0] == "joined"
@@ -479,11 +644,12 @@ class JoinStore:
 
     # transactions
 
-    def changes(self) -> list[tuple[bytes, bytes | None]]:
-        """The buffer as changelog messages, key = record_id in UTF-8, None = tombstone (only
-        for keys the committed DB holds)."""
+    def changes(self, key_prefix: bytes = b"") -> list[tuple[bytes, bytes | None]]:
+        """The buffer as changelog messages, key = ``key_prefix`` + record_id in UTF-8, None =
+        tombstone (only for keys the committed DB holds)."""
         base = self._base
-        return [(record_id.encode(), value) for record_id, value in self._buffer.items()
+        return [(key_prefix + record_id.encode(), value)
+                for record_id, value in self._buffer.items()
                 if value is not None or base[record_id] is not None]
 
     def commit(self, changelog_next_offset: int | None) -> None:

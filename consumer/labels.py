@@ -35,11 +35,11 @@ plus ``EXPIRY_GRACE_MS`` (the grace covers labels taken late in their turn).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,12 +47,12 @@ import numpy as np
 from confluent_kafka import Message
 
 from consumer import metrics
-from consumer.join_store import JoinStore, JoinStoreError, PendingPrediction
+from consumer.join_store import JOINED, NO_VERSION, OUTCOMES, JoinStore, JoinStoreError
 from detectors.composition import event_times_ms
 from detectors.segments import SegmentedBank
 from levydrift.errors import ConfigError, TopicLayoutError
 from levydrift.kafka.messages import offset_of
-from schemas.levy_label import LevyLabel, decode_levy_labels
+from schemas.levy_label import decode_levy_labels
 
 if TYPE_CHECKING:
     from consumer.state import PartitionState
@@ -67,6 +67,8 @@ DAY_MS = 86_400_000
 EXPIRY_GRACE_MS = 30 * DAY_MS
 IDLE_RELEASE_S = 5.0  # no records for this long: labels waiting for the watermark go ahead
 NO_WATERMARK = -1
+_RECORD_ID, _EVENT_TIME, _AMOUNT = (attrgetter(name) for name in
+                                    ("record_id", "event_time", "actual_levy_amount"))
 
 
 def error_settings(settings: DetectorSettings) -> DetectorSettings:
@@ -75,22 +77,107 @@ def error_settings(settings: DetectorSettings) -> DetectorSettings:
 
 
 @dataclass(slots=True)
-class QueuedLabel:
-    """A fetched label waiting for its turn. Up to ``max_queued_labels`` wait per partition:
-    one small object each (slots; an accepted label does not keep its fetched message, so that
-    goes at once), less for every run of the cyclic garbage collector to walk."""
+class RejectedLabel:
+    """A malformed label, with the message the dead letter copies."""
 
     offset: int
-    time_ms: int  # event time; NO_WATERMARK for a malformed label (its turn is at once)
-    label: LevyLabel | None
-    rejection: Rejection | None
-
-
-@dataclass(slots=True)
-class RejectedLabel(QueuedLabel):
-    """A malformed label (``label`` None), with the message the dead letter copies."""
-
+    rejection: Rejection
     message: Message
+
+
+_ALWAYS_DUE = np.iinfo(np.int64).min  # a malformed label's time: its turn is at once
+
+
+class _Fetch:
+    """One fetch's labels as columns, in offset order; ``start`` is the first not taken yet.
+    A malformed label has its place in every column (time ``_ALWAYS_DUE``, record id "") and
+    its ``RejectedLabel`` in ``rejected``. Columns rather than an object per label: less work
+    per label, and nothing for the garbage collector to walk while 50,000 wait."""
+
+    __slots__ = ("amounts", "event_times", "offsets", "record_ids", "rejected", "start",
+                 "times")
+
+    def __init__(self, offsets: np.ndarray, times: np.ndarray, record_ids: list[str],
+                 amounts: np.ndarray, event_times: list[str],
+                 rejected: dict[int, RejectedLabel]) -> None:
+        self.offsets, self.times, self.record_ids = offsets, times, record_ids
+        self.amounts, self.event_times, self.rejected = amounts, event_times, rejected
+        self.start = 0
+
+
+@dataclass
+class _Due:
+    """The labels whose turn has come, as columns in label-offset order (malformed ones
+    only in ``rejected``)."""
+
+    taken: int = 0
+    offsets: list[np.ndarray] = field(default_factory=list)
+    times: list[np.ndarray] = field(default_factory=list)
+    record_ids: list[str] = field(default_factory=list)
+    amounts: list[np.ndarray] = field(default_factory=list)
+    event_times: list[str] = field(default_factory=list)
+    rejected: list[RejectedLabel] = field(default_factory=list)
+    last_offset: int = -1
+
+
+class LabelQueue:
+    """Fetched labels waiting for their turn, in offset order (see ``LabelJoin``)."""
+
+    def __init__(self) -> None:
+        self._fetches: deque[_Fetch] = deque()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def end_offset(self) -> int | None:
+        """The offset after the last queued label (None when empty)."""
+        return int(self._fetches[-1].offsets[-1]) + 1 if self._count else None
+
+    def offsets(self) -> list[int]:
+        return [offset for fetch in self._fetches
+                for offset in fetch.offsets[fetch.start:].tolist()]
+
+    def append(self, fetch: _Fetch) -> None:
+        if len(fetch.offsets):
+            self._fetches.append(fetch)
+            self._count += len(fetch.offsets)
+
+    def clear(self) -> None:
+        self._fetches.clear()
+        self._count = 0
+
+    def take_due(self, watermark_ms: int, idle: bool) -> _Due:
+        """From the head: malformed labels, labels whose event time the watermark has
+        reached, and, when ``idle``, every label; up to the first that must wait."""
+        due = _Due()
+        while self._fetches:
+            fetch = self._fetches[0]
+            start, size = fetch.start, len(fetch.offsets)
+            stop = size
+            if not idle:
+                waiting = np.flatnonzero(fetch.times[start:] > watermark_ms)
+                if waiting.size:
+                    stop = start + int(waiting[0])
+            if stop > start:
+                due.offsets.append(fetch.offsets[start:stop])
+                due.times.append(fetch.times[start:stop])
+                due.amounts.append(fetch.amounts[start:stop])
+                due.record_ids += fetch.record_ids[start:stop]
+                due.event_times += fetch.event_times[start:stop]
+                due.rejected += [fetch.rejected[index] for index in sorted(fetch.rejected)
+                                 if start <= index < stop]
+                due.taken += stop - start
+                due.last_offset = int(fetch.offsets[stop - 1])
+                self._count -= stop - start
+            if stop < size:
+                fetch.start = stop
+                break
+            self._fetches.popleft()
+        return due
 
 
 @dataclass
@@ -114,7 +201,7 @@ class LabelJoin:
     next_offset: int  # the first label offset not yet taken
     horizon_ms: int
     watermark_ms: int = NO_WATERMARK
-    queue: deque[QueuedLabel] = field(default_factory=deque)
+    queue: LabelQueue = field(default_factory=LabelQueue)
     last_records_at: float = field(default_factory=time.monotonic)
 
     # -- records side ----------------------------------------------------------------------
@@ -145,97 +232,108 @@ class LabelJoin:
     # -- labels side -----------------------------------------------------------------------
 
     def enqueue(self, messages: Sequence[Message]) -> None:
-        """Fetched labels of this partition, in offset order, decoded once. Labels before
-        where the queue ends (fetched before a rewind's seek) are skipped."""
-        expected = self.queue[-1].offset + 1 if self.queue else self.next_offset
+        """Fetched labels of this partition, in offset order, decoded once, kept as columns.
+        Labels before where the queue ends (fetched before a rewind's seek) are skipped."""
+        end = self.queue.end_offset()
+        expected = self.next_offset if end is None else end
         fetched = [(offset, message) for message in messages
                    if (offset := offset_of(message)) >= expected]  # one accessor call each
         if not fetched:
             return
         labels, rejections = decode_levy_labels([message.value() for _, message in fetched])
-        refused = dict(rejections)
-        times = event_times_ms(np.array([label.event_time for label in labels], dtype=object)) \
-            if labels else np.zeros(0, dtype=np.int64)
-        decoded = iter(zip(labels, times.tolist(), strict=True))
-        append = self.queue.append
-        for index, (offset, message) in enumerate(fetched):
-            rejection = refused.get(index)
-            if rejection is not None:
-                append(RejectedLabel(offset, NO_WATERMARK, None, rejection, message))
-            else:
-                label, time_ms = next(decoded)
-                append(QueuedLabel(offset, time_ms, label, None))
+        record_ids = list(map(_RECORD_ID, labels))
+        event_times = list(map(_EVENT_TIME, labels))
+        amounts = np.fromiter(map(_AMOUNT, labels), dtype=np.float64, count=len(labels))
+        times = event_times_ms(np.array(event_times, dtype=object)) if labels \
+            else np.zeros(0, dtype=np.int64)
+        offsets = np.array([offset for offset, _ in fetched], dtype=np.int64)
+        rejected: dict[int, RejectedLabel] = {}
+        if rejections:  # give each malformed label its place in the columns
+            for index, rejection in rejections:
+                rejected[index] = RejectedLabel(fetched[index][0], rejection, fetched[index][1])
+                record_ids.insert(index, "")
+                event_times.insert(index, "")
+            places = np.array(sorted(rejected), dtype=np.int64)
+            kept = np.delete(np.arange(len(fetched)), places)
+            times, amounts = _spread(times, kept, len(fetched), _ALWAYS_DUE), \
+                _spread(amounts, kept, len(fetched), np.nan)
+        self.queue.append(_Fetch(offsets, times, record_ids, amounts, event_times, rejected))
 
     def take_turn(self, champion_version: int | None, segment_by: Sequence[str],
                   now: float | None = None, records_caught_up: bool = True) -> LabelOutcome:
         """Join every label whose turn has come (see the module docstring), feed the errors of
         the champion's predictions to the error detectors, return decisions and rejects.
         ``records_caught_up``: no record of the partition waits in Kafka (only then may quiet
-        records release the labels waiting for them)."""
+        records release the labels waiting for them). The turn's labels are joined as one
+        batch (``JoinStore.join_batch``): the same outcomes as one by one, in offset order."""
         idle = records_caught_up and (now if now is not None else time.monotonic()) \
             - self.last_records_at >= IDLE_RELEASE_S
-        due = self._due(idle)
-        outcome = LabelOutcome(taken=len(due))
-        if not due:
+        due = self.queue.take_due(self.watermark_ms, idle)
+        outcome = LabelOutcome(taken=due.taken, rejected=due.rejected)
+        if not due.taken:
             return outcome
-        fed: list[tuple[int, int, float, float, PendingPrediction, str]] = []
-        tally = _Tally()
-        try:
-            for queued in due:
-                if isinstance(queued, RejectedLabel):  # the malformed ones: label is None
-                    outcome.rejected.append(queued)
-                    continue
-                joined = self._join(queued, champion_version, tally)
-                if joined is not None:
-                    fed.append(joined)
-        finally:
-            tally.count()
-        self.next_offset = due[-1].offset + 1
-        if fed:
-            outcome.positions = np.array([item[0] for item in fed], dtype=np.int64)
-            outcome.decisions = self._feed(fed, outcome.positions, segment_by)
-            outcome.times = [item[5] for item in fed]
+        offsets, times = np.concatenate(due.offsets), np.concatenate(due.times)
+        amounts, record_ids, event_times = np.concatenate(due.amounts), due.record_ids, \
+            due.event_times
+        if due.rejected:  # the malformed ones are only handed back
+            valid = np.flatnonzero(times != _ALWAYS_DUE)
+            valid_list = valid.tolist()
+            offsets, times, amounts = offsets[valid], times[valid], amounts[valid]
+            record_ids = [record_ids[index] for index in valid_list]
+            event_times = [event_times[index] for index in valid_list]
+        joined = self._join(record_ids, times, amounts, champion_version)
+        self.next_offset = due.last_offset + 1
+        if joined is not None:
+            fed, errors, relative, segments = joined
+            outcome.positions = offsets[fed]
+            fed_list = fed.tolist()
+            outcome.decisions = self._feed(errors, relative, times[fed],
+                                           [segments[index] for index in fed_list],
+                                           outcome.positions, segment_by)
+            outcome.times = [event_times[index] for index in fed_list]
         return outcome
 
-    def _due(self, idle: bool) -> list[QueuedLabel]:
-        due: list[QueuedLabel] = []
-        while self.queue:
-            head = self.queue[0]
-            if head.label is not None and head.time_ms > self.watermark_ms and not idle:
-                break
-            due.append(self.queue.popleft())
-        return due
-
-    def _join(self, queued: QueuedLabel, champion_version: int | None, tally: _Tally
-              ) -> tuple[int, int, float, float, PendingPrediction, str] | None:
-        label = queued.label
-        assert label is not None
-        outcome, entry = self.store.join(label.record_id, queued.time_ms, self.horizon_ms)
-        tally.outcomes[outcome] = tally.outcomes.get(outcome, 0) + 1
-        if outcome != "joined":
+    def _join(self, record_ids: list[str], times: np.ndarray, amounts: np.ndarray,
+              champion_version: int | None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, ...] | None]] | None:
+        """The labels joined, their metrics counted once per turn; returns the positions of
+        the champion's joined predictions (to feed), with their absolute and relative errors,
+        and every label's segment, or None when none is the champion's."""
+        if not record_ids:
             return None
-        assert entry is not None
-        if entry.event_time_ms >= 0:
-            metrics.LABEL_LAG.observe((queued.time_ms - entry.event_time_ms) / 1000)
-        actual = float(label.actual_levy_amount)
-        error = abs(entry.prediction - actual)
-        version = entry.model_version
-        if math.isnan(error):  # no prediction (no champion scored the record)
+        batch = self.store.join_batch(record_ids, times, self.horizon_ms)
+        for code, count in enumerate(np.bincount(batch.outcomes, minlength=len(OUTCOMES))
+                                     .tolist()):
+            if count:
+                metrics.LABELS.labels(outcome=OUTCOMES[code]).inc(count)
+        joined = np.flatnonzero(batch.outcomes == JOINED)
+        if not joined.size:
             return None
-        tally.abs_error(version).observe(error)
-        if version != champion_version:
-            return None  # recorded for its own version; not the champion's to judge
-        return (queued.offset, queued.time_ms, error, error / max(actual, 1.0), entry,
-                label.event_time)
+        event_times = batch.event_time_ms[joined]
+        known = event_times >= 0
+        metrics.observe_many(metrics.LABEL_LAG, (times[joined][known] - event_times[known]) / 1000)
+        actual = amounts[joined]
+        errors = np.abs(batch.prediction[joined] - actual)
+        scored = ~np.isnan(errors)  # no prediction: no champion scored the record
+        joined, errors, actual = joined[scored], errors[scored], actual[scored]
+        versions = batch.model_version[joined]
+        for version in np.unique(versions).tolist():  # recorded for the version that predicted
+            metrics.observe_many(metrics.LABEL_ABS_ERROR.labels(
+                model_version="none" if version == NO_VERSION else str(version)),
+                errors[versions == version])
+        champion = (versions == (NO_VERSION if champion_version is None else champion_version))
+        if not champion.any():
+            return None  # recorded for their own versions; not the champion's to judge
+        errors, actual = errors[champion], actual[champion]
+        return joined[champion], errors, errors / np.maximum(actual, 1.0), batch.segments
 
-    def _feed(self, fed: list[tuple[int, int, float, float, PendingPrediction, str]],
-              positions: np.ndarray, segment_by: Sequence[str]) -> list[DriftDecision]:
-        columns: dict[str, Any] = {
-            "abs_error": np.array([item[2] for item in fed]),
-            "relative_error": np.array([item[3] for item in fed]),
-            "event_time": np.array([item[1] for item in fed], dtype=np.int64)}
+    def _feed(self, errors: np.ndarray, relative: np.ndarray, times: np.ndarray,
+              segments: list[tuple[str, ...] | None], positions: np.ndarray,
+              segment_by: Sequence[str]) -> list[DriftDecision]:
+        columns: dict[str, Any] = {"abs_error": errors, "relative_error": relative,
+                                   "event_time": times}
         for number, name in enumerate(segment_by):
-            columns[name] = np.array([_segment_value(item[4], number) for item in fed],
+            columns[name] = np.array([_segment_value(segment, number) for segment in segments],
                                      dtype=object)
         return self.errors.update(columns, positions)
 
@@ -312,28 +410,12 @@ def restore_errors(snapshot: bytes, settings: DetectorSettings,
     return SegmentedBank(error_settings(settings), reference)
 
 
-class _Tally:
-    """One turn's label metrics: outcomes added to ``LABELS`` once per outcome when the turn
-    ends, each version's ``LABEL_ABS_ERROR`` looked up once. A prometheus_client ``labels()``
-    lookup per label cost more than the join itself."""
-
-    __slots__ = ("errors", "outcomes")
-
-    def __init__(self) -> None:
-        self.outcomes: dict[str, int] = {}
-        self.errors: dict[int | None, Any] = {}
-
-    def abs_error(self, version: int | None) -> Any:
-        child = self.errors.get(version)
-        if child is None:
-            child = self.errors[version] = metrics.LABEL_ABS_ERROR.labels(
-                model_version="none" if version is None else str(version))
-        return child
-
-    def count(self) -> None:
-        for outcome, count in self.outcomes.items():
-            metrics.LABELS.labels(outcome=outcome).inc(count)
+def _spread(values: np.ndarray, places: np.ndarray, size: int, fill: Any) -> np.ndarray:
+    """``values`` at ``places`` of a new array of ``size``, ``fill`` elsewhere."""
+    out = np.full(size, fill, dtype=values.dtype)
+    out[places] = values
+    return out
 
 
-def _segment_value(entry: PendingPrediction, number: int) -> str:
-    return entry.segment[number] if number < len(entry.segment) else ""
+def _segment_value(segment: tuple[str, ...] | None, number: int) -> str:
+    return segment[number] if segment is not None and number < len(segment) else ""

@@ -11,9 +11,14 @@ consumer exports exactly these series and tests can read them without cross-talk
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
 
 from levydrift.metrics_http import serve_metrics
+
+if TYPE_CHECKING:
+    import numpy as np
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -168,3 +173,26 @@ def observe_transaction(outcome: str) -> None:
         PRODUCER_RESETS.inc()
     else:
         TRANSACTIONS.labels(outcome=outcome).inc()
+
+
+def observe_many(metric: Histogram | Summary, values: np.ndarray) -> None:
+    """``metric.observe(value)`` for each of ``values`` (a Histogram, or a Summary or its
+    labelled child), counted in one pass: a histogram's buckets with ``np.searchsorted`` (an
+    ``inc`` per bucket, not per value), a summary's count once. The sum is added once, so its
+    last bits may differ from adding the values one by one. prometheus_client has no batch
+    observe: this relies on its ``_sum``, ``_count``, ``_buckets`` and ``_upper_bounds``
+    (tests/consumer/test_labels.py checks it against ``observe``)."""
+    import numpy as np  # not at import: `levydrift consume --help` loads this module
+
+    if not len(values):
+        return
+    metric._raise_if_not_observable()
+    metric._sum.inc(float(np.sum(values)))
+    if isinstance(metric, Summary):
+        metric._count.inc(len(values))
+        return
+    bounds = np.array(metric._upper_bounds)
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    for bucket, count in zip(metric._buckets, counts.tolist(), strict=False):
+        if count:
+            bucket.inc(count)

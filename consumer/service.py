@@ -419,14 +419,10 @@ class ConsumerService:
         """The partition's uncommitted store changes, into this transaction."""
         if monitor.labels is None:
             return
-        topic, partition = self.settings.topics.join_changelog, monitor.partition
-        prefix = self._changelog_prefix
-        changes = monitor.labels.store.changes()
-        for key, value in changes[:-1]:
-            self.output.produce(topic, value, key=prefix + key, partition=partition)
-        for key, value in changes[-1:]:  # its delivery report says where the partition ends
-            self.output.produce(topic, value, key=prefix + key, partition=partition,
-                                on_delivery=self._changelog_delivered)
+        # The last message's delivery report says where the partition ends.
+        self.output.produce_many(self.settings.topics.join_changelog, monitor.partition,
+                                 monitor.labels.store.changes(self._changelog_prefix),
+                                 on_last_delivery=self._changelog_delivered)
 
     def _changelog_delivered(self, error: KafkaError | None, message: Message) -> None:
         if error is None:

@@ -14,8 +14,8 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, TypedDict, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TypedDict, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -150,15 +150,51 @@ class TransactionalOutput:
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.1)
             except KafkaException as exception:
-                error = exception.args[0]
-                if is_refusal(error):
-                    raise MessageRefused(error) from None
-                if error.code() == KafkaError._STATE or error.txn_requires_abort():
-                    # An earlier message of this transaction failed at the broker (a delivery
-                    # report not polled yet): it can only be aborted now.
-                    self.abort()
-                    raise TransactionAborted(f"produce to {topic} failed: {error.str()}") from None
-                raise
+                self._refused(exception, topic)
+
+    def _refused(self, exception: KafkaException, topic: str) -> NoReturn:
+        error = exception.args[0]
+        if is_refusal(error):
+            raise MessageRefused(error) from None
+        if error.code() == KafkaError._STATE or error.txn_requires_abort():
+            # An earlier message of this transaction failed at the broker (a delivery
+            # report not polled yet): it can only be aborted now.
+            self.abort()
+            raise TransactionAborted(f"produce to {topic} failed: {error.str()}") from None
+        raise exception
+
+    def produce_many(self, topic: str, partition: int,
+                     messages: Sequence[tuple[bytes, bytes | None]],
+                     on_last_delivery: DeliveryCallback | None = None) -> None:
+        """``produce`` for each ``(key, value)`` of ``messages`` to one partition, in order,
+        in one tight loop (the producer's ``produce`` bound once, no per-message wrapper);
+        only the last message asks for a delivery report (a partition's messages are
+        acknowledged in order, so the last one's offset says where it ends). The same
+        errors as ``produce``; a full local queue is drained and the loop resumes where it
+        stopped, so each message is queued exactly once."""
+        assert self.broken is None, "produce on a broken transactional producer"
+        if not messages:
+            return
+        self._begin_if_needed()
+        produce, last = self._producer.produce, len(messages) - 1
+        start = 0
+        while start <= last:
+            at = start
+            try:
+                for at, (key, value) in enumerate(messages[start:last], start):  # noqa: B007
+                    produce(topic, value, key, partition)
+                at = last
+                key, value = messages[last]
+                if on_last_delivery is None:
+                    produce(topic, value, key, partition)
+                else:
+                    produce(topic, value, key, partition, on_last_delivery)
+                return
+            except BufferError:  # local queue full: let deliveries drain, then go on from `at`
+                start = at
+                self._producer.poll(0.1)
+            except KafkaException as exception:
+                self._refused(exception, topic)
 
     def commit(self, offsets: list[TopicPartition], consumer: Consumer | None,
                timeout_s: float | None = None) -> None:

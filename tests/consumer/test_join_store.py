@@ -29,6 +29,8 @@ from hypothesis import strategies as st
 from consumer.join_store import (
     MAX_SEGMENT_VALUE_BYTES,
     MAX_SEGMENT_VALUES,
+    NO_VERSION,
+    OUTCOMES,
     EntryRefused,
     JoinStore,
     PendingPrediction,
@@ -239,6 +241,90 @@ def test_join_tells_joined_duplicate_and_unmatched_apart(store: JoinStore) -> No
     store.commit(2)
     assert store.join("buffered") == ("duplicate", entry(offset=2, joined=True))
     assert state(store)[1] == 0
+
+
+BATCH_IDS = ("a", "b", "c", "d", "e", "f", "g")  # "g" never stored: unmatched
+
+
+def batch_entry(number: int, joined: bool) -> PendingPrediction:
+    """Entries that differ in every field a batch decodes: version or none (NaN), segment
+    values or none, watermark (before or after the labels' times), event time (inside or past
+    the horizon), an extreme event time."""
+    times = (T0, T0 - 50, T0 + 5, -(2**63), 2**63 - 1, T0 - 10)
+    return PendingPrediction(number, times[number % len(times)],
+                             None if number % 4 == 3 else number % 3, math.nan
+                             if number % 4 == 3 else 100.0 + number,
+                             () if number % 2 else ("Cook", f"d{number % 3}"), joined,
+                             watermark_ms=T0 + 20 if number % 5 == 4 else T0 - 100)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stored=st.lists(st.tuples(st.sampled_from(BATCH_IDS[:-1]), st.booleans(),
+                                 st.booleans()), max_size=8),
+       labels=st.lists(st.tuples(st.sampled_from(BATCH_IDS), st.integers(-30, 30)),
+                       max_size=12),
+       horizon=st.sampled_from([None, 40, 10**6]))
+def test_join_batch_equals_joining_label_by_label(
+        tmp_path_factory: pytest.TempPathFactory, stored: list[tuple[str, bool, bool]],
+        labels: list[tuple[str, int]], horizon: int | None) -> None:
+    """Duplicates in the batch and in the store, unmatched, expired, arrived-after-the-turn,
+    committed and buffered entries, older versions: the same outcomes, entries and buffer.
+    (A record labelled twice in a batch, the first joining: the second is a duplicate even
+    where alone it would be unmatched or expired.)"""
+    directory = tmp_path_factory.mktemp("batch")
+    with JoinStore(directory / "one") as one, JoinStore(directory / "batch") as batch:
+        for number, (record_id, joined, commit) in enumerate(stored):
+            for store in (one, batch):
+                store.put(record_id, batch_entry(number, joined))
+                if commit:
+                    store.commit(number)
+        ids = [record_id for record_id, _ in labels]
+        times = np.array([T0 + delta for _, delta in labels], dtype=np.int64)
+        expected = [one.join(record_id, int(time), horizon) for record_id, time
+                    in zip(ids, times, strict=True)]
+        got = batch.join_batch(ids, times, horizon)
+        assert [OUTCOMES[code] for code in got.outcomes] == [o for o, _ in expected]
+        for index, (_, found) in enumerate(expected):
+            if found is None:
+                assert got.segments[index] is None and got.event_time_ms[index] == -1
+                continue
+            assert got.event_time_ms[index] == found.event_time_ms
+            assert got.model_version[index] == (NO_VERSION if found.model_version is None
+                                                else found.model_version)
+            assert encode_entry(PendingPrediction(0, 0, None, float(got.prediction[index]),
+                                                  ())) == encode_entry(
+                PendingPrediction(0, 0, None, found.prediction, ()))
+            assert got.segments[index] == found.segment
+        assert batch.changes() == one.changes()
+        assert batch.pending_count() == one.pending_count()
+        one.commit(99)
+        batch.commit(99)
+        assert state(batch) == state(one)
+        assert batch.expire(T0) == one.expire(T0)  # the buffer's floor kept as exactly
+
+
+def test_a_second_label_after_a_join_in_the_batch_is_a_duplicate(store: JoinStore) -> None:
+    """Alone, the second label would be unmatched (its turn came before the record) or
+    expired; after the first joined, it finds the entry joined."""
+    store.put("a", PendingPrediction(1, T0, 1, 5.0, (), watermark_ms=T0 + 20))
+    got = store.join_batch(["a", "a", "a"], np.array([T0 + 21, T0, T0 + 10**6]), 1000)
+    assert [OUTCOMES[code] for code in got.outcomes] == ["joined", "duplicate", "duplicate"]
+    assert store.pending_count() == 0 and store.get("a").joined
+
+
+def test_join_batch_refuses_a_damaged_entry_before_marking_any(store: JoinStore) -> None:
+    store.put("good", entry())
+    store.commit(1)
+    store._db.put(b"ebad", encode_entry(entry())[:-1])  # a segment value cut short
+    with pytest.raises(EntryRefused) as refused:
+        store.join_batch(["good", "bad"], np.array([T0 + 1, T0 + 1]))
+    assert refused.value.reason == "truncated"
+    assert store.changes() == [] and store.pending_count() == 1
+    store._db.put(b"ebad", b"\x02" + encode_entry(entry())[1:])
+    with pytest.raises(EntryRefused, match="version"):
+        store.join_batch(["good", "bad"], np.array([T0 + 1, T0 + 1]))
+    assert store.join_batch([], np.zeros(0, dtype=np.int64)).outcomes.size == 0
 
 
 def test_put_batch_takes_numpy_columns_and_counts_replacements(store: JoinStore) -> None:

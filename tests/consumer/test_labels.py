@@ -155,7 +155,7 @@ def test_labels_fetched_again_after_a_rewind_are_not_queued_twice(join: LabelJoi
     first = [label_message(0, "a", 99, 1.0), label_message(1, "b", 99, 1.0)]
     join.enqueue(first)
     join.enqueue(first + [label_message(2, "c", 99, 1.0)])  # a fetch from before a seek
-    assert [q.offset for q in join.queue] == [0, 1, 2]
+    assert join.queue.offsets() == [0, 1, 2]
 
 
 def test_a_performance_change_seen_only_in_labels_is_detected(tmp_path: Path) -> None:
@@ -295,3 +295,47 @@ def test_quiet_records_release_no_label_while_records_wait_in_kafka(join: LabelJ
     add(join, 1, ["b"], [1], [100.0])
     assert join.take_turn(1, SEGMENT_BY, now=join.last_records_at + 60).taken == 1
     assert join.store.get("b").joined
+
+
+def test_malformed_labels_between_good_ones_keep_their_places(join: LabelJoin) -> None:
+    """A fetch's columns with malformed labels in them: the good ones join in offset order
+    and feed at their own offsets; the malformed ones come back, in order, however the queue
+    is split into turns."""
+    add(join, 0, ["a", "b", "c"], [0, 0, 0], [100.0, 100.0, 100.0])
+    join.enqueue([ListMessage(3, b"{not json"), label_message(4, "a", 1, 150.0),
+                  ListMessage(5, b"[]"), label_message(6, "b", 1, 90.0),
+                  label_message(7, "c", 5, 90.0), ListMessage(8, None)])
+    add(join, 3, ["d"], [2], [100.0])  # the watermark reaches day 2: c (day 5) waits
+    turn = join.take_turn(1, SEGMENT_BY, now=join.last_records_at)
+    assert turn.taken == 4 and [q.offset for q in turn.rejected] == [3, 5]
+    assert turn.positions.tolist() == [4, 6] and turn.times == [at(1), at(1)]
+    assert join.next_offset == 7 and join.queue.offsets() == [7, 8] and len(join.queue) == 2
+    add(join, 4, ["e"], [6], [100.0])
+    turn = join.take_turn(1, SEGMENT_BY, now=join.last_records_at)
+    assert [q.offset for q in turn.rejected] == [8] and turn.positions.tolist() == [7]
+    assert join.next_offset == 9 and not join.queue and join.queue.end_offset() is None
+
+
+@pytest.mark.parametrize("values", [[], [0.5], [86_400.0, 86_400.0 * 7, 1e12, 0.0, 3 * 86_400.0,
+                                                  86_400.0 * 600, float("inf")]])
+def test_observe_many_counts_as_observe_does(values: list[float]) -> None:
+    from prometheus_client import CollectorRegistry, Histogram, Summary
+    registry = CollectorRegistry()
+    buckets = metrics.LABEL_LAG._upper_bounds[:-1]
+    one, many = (Histogram(f"h_{name}", "h", buckets=buckets, registry=registry)
+                 for name in ("one", "many"))
+    one_summary, many_summary = (Summary(f"s_{name}", "s", ["v"], registry=registry)
+                                 for name in ("one", "many"))
+    one_child = one_summary.labels(v="1")
+    for value in values:
+        one.observe(value)
+        one_child.observe(value)
+    metrics.observe_many(many, np.array(values))
+    metrics.observe_many(many_summary.labels(v="1"), np.array(values))
+    samples = {sample.name.replace("_one", "").replace("_many", "") + str(sample.labels):
+               sample.value for family in registry.collect() for sample in family.samples
+               if "_created" not in sample.name and "one" in sample.name}
+    got = {sample.name.replace("_many", "") + str(sample.labels): sample.value
+           for family in registry.collect() for sample in family.samples
+           if "_created" not in sample.name and "many" in sample.name}
+    assert got == samples
