@@ -16,6 +16,14 @@ after ``IDLE_RELEASE_S`` without records, so labels never wait for records that 
 only once the partition's records are caught up (none waits in Kafka), so a pause in fetching
 never sends labels ahead of records that were already there.
 
+A label waits for its turn only while its record is not in the store. Once the entry is there,
+everything the turn would decide is fixed: the watermark at the record's arrival, its event time,
+whether an earlier label (all taken before this one) joined it. So such a label is taken at once,
+with the outcome its turn would give, and a label dated far ahead of the records (a mistyped
+year) never holds up the labels behind it. (A label more than the horizon and its grace after
+its record is ``expired`` when taken early; taken that late in its turn, its entry would be gone
+and it ``unmatched``: neither joins.) A label whose record has not come waits, as it must.
+
 **Outcomes** (``levydrift_consumer_labels_total{outcome}``):
 - ``joined``: the entry was waiting. The error feeds the error detectors when the prediction was
   made by the current champion; an older version's error is recorded for that version only
@@ -37,7 +45,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from pathlib import Path
@@ -150,18 +158,22 @@ class LabelQueue:
         self._fetches.clear()
         self._count = 0
 
-    def take_due(self, watermark_ms: int, idle: bool) -> _Due:
+    def take_due(self, watermark_ms: int, idle: bool,
+                 decided: Callable[[str], bool] | None = None) -> _Due:
         """From the head: malformed labels, labels whose event time the watermark has
-        reached, and, when ``idle``, every label; up to the first that must wait."""
+        reached, labels ahead of it whose outcome is ``decided(record_id)`` already, and,
+        when ``idle``, every label; up to the first that must wait."""
         due = _Due()
         while self._fetches:
             fetch = self._fetches[0]
             start, size = fetch.start, len(fetch.offsets)
             stop = size
             if not idle:
-                waiting = np.flatnonzero(fetch.times[start:] > watermark_ms)
-                if waiting.size:
-                    stop = start + int(waiting[0])
+                for ahead in (np.flatnonzero(fetch.times[start:] > watermark_ms)
+                              + start).tolist():
+                    if decided is None or not decided(fetch.record_ids[ahead]):
+                        stop = ahead
+                        break
             if stop > start:
                 due.offsets.append(fetch.offsets[start:stop])
                 due.times.append(fetch.times[start:stop])
@@ -268,7 +280,7 @@ class LabelJoin:
         batch (``JoinStore.join_batch``): the same outcomes as one by one, in offset order."""
         idle = records_caught_up and (now if now is not None else time.monotonic()) \
             - self.last_records_at >= IDLE_RELEASE_S
-        due = self.queue.take_due(self.watermark_ms, idle)
+        due = self.queue.take_due(self.watermark_ms, idle, self._record_here)
         outcome = LabelOutcome(taken=due.taken, rejected=due.rejected)
         if not due.taken:
             return outcome
@@ -292,6 +304,14 @@ class LabelJoin:
                                            outcome.positions, segment_by)
             outcome.times = [event_times[index] for index in fed_list]
         return outcome
+
+    def _record_here(self, record_id: str) -> bool:
+        """Whether the record's entry is in the store, which decides its label's outcome now
+        (see the module docstring). A damaged entry is left to the turn to report."""
+        try:
+            return self.store.get(record_id) is not None
+        except JoinStoreError:
+            return False
 
     def _join(self, record_ids: list[str], times: np.ndarray, amounts: np.ndarray,
               champion_version: int | None

@@ -73,15 +73,49 @@ def join(tmp_path: Path) -> LabelJoin:
 
 def test_a_label_waits_until_the_records_reach_its_event_time(join: LabelJoin) -> None:
     add(join, 0, ["a", "b"], [0, 1], [100.0, 200.0])
-    join.enqueue([label_message(0, "a", 30, 110.0)])
+    join.enqueue([label_message(0, "c", 30, 110.0)])  # c has not come (yet)
     before = outcome_counts()
     turn = join.take_turn(1, SEGMENT_BY, now=join.last_records_at)
     assert turn.taken == 0 and len(join.queue) == 1  # the records are at day 1, the label at 30
-    add(join, 2, ["c"], [31], [300.0])
+    add(join, 2, ["d"], [31], [300.0])
     turn = join.take_turn(1, SEGMENT_BY, now=join.last_records_at)
-    assert turn.taken == 1 and counted(before) == {"joined": 1}
+    assert turn.taken == 1 and counted(before) == {"unmatched": 1}
     assert join.next_offset == 1
-    assert join.store.get("a").joined
+
+
+def test_a_label_whose_record_is_here_does_not_wait_for_its_turn(join: LabelJoin) -> None:
+    """The entry fixes what the turn would decide, so the label is taken at once, with that
+    outcome; nor do the labels behind one dated decades ahead (a mistyped year) wait."""
+    add(join, 0, ["a", "b", "c"], [0, 1, 1], [100.0, 200.0, 300.0])
+    join.enqueue([label_message(0, "a", 30, 110.0), label_message(1, "b", 365 * 73, 210.0),
+                  label_message(2, "c", 2, 290.0), label_message(3, "a", 40, 5.0),
+                  label_message(4, "later", 40, 5.0)])
+    before = outcome_counts()
+    turn = join.take_turn(1, SEGMENT_BY, now=join.last_records_at)
+    assert turn.taken == 4 and turn.positions.tolist() == [0, 2]
+    assert counted(before) == {"joined": 2, "expired": 1, "duplicate": 1}
+    assert join.store.get("a").joined and not join.store.get("b").joined
+    assert join.queue.offsets() == [4] and join.next_offset == 4  # "later" has not come
+
+
+def test_labels_behind_one_dated_ahead_are_not_held_up(join: LabelJoin) -> None:
+    add(join, 0, ["a", "b"], [0, 1], [100.0, 200.0])
+    join.enqueue([label_message(0, "a", 500, 110.0), label_message(1, "b", 2, 190.0)])
+    add(join, 2, ["c"], [3], [300.0])
+    before = outcome_counts()
+    turn = join.take_turn(1, SEGMENT_BY, now=join.last_records_at)
+    assert turn.taken == 2 and counted(before) == {"joined": 2}
+    assert turn.positions.tolist() == [0, 1] and join.next_offset == 2
+
+
+def test_a_label_for_a_record_that_came_after_its_time_still_waits(join: LabelJoin) -> None:
+    add(join, 0, ["a"], [10], [100.0])
+    add(join, 1, ["b"], [0], [100.0])  # b came when the records were at day 10
+    join.enqueue([label_message(0, "b", 5, 110.0)])  # the watermark had passed day 5
+    add(join, 2, ["c"], [4], [100.0])
+    before = outcome_counts()
+    assert join.take_turn(1, SEGMENT_BY, now=join.last_records_at).taken == 1
+    assert counted(before) == {"unmatched": 1}
 
 
 def test_duplicate_unknown_and_early_labels_are_counted_not_joined(join: LabelJoin) -> None:
@@ -137,7 +171,7 @@ def test_the_champions_errors_reach_the_error_detectors_at_label_offsets(join: L
 
 
 def test_malformed_labels_are_handed_back_for_the_dead_letter_topic(join: LabelJoin) -> None:
-    join.enqueue([ListMessage(0, b"{not json"), label_message(1, "a", 99, 1.0)])
+    join.enqueue([ListMessage(0, b"{not json"), label_message(1, "absent", 99, 1.0)])
     turn = join.take_turn(1, SEGMENT_BY, now=join.last_records_at)
     assert [q.offset for q in turn.rejected] == [0] and turn.taken == 1
     assert join.next_offset == 1 and len(join.queue) == 1
@@ -145,10 +179,11 @@ def test_malformed_labels_are_handed_back_for_the_dead_letter_topic(join: LabelJ
 
 def test_labels_go_ahead_once_the_records_have_been_quiet(join: LabelJoin) -> None:
     add(join, 0, ["a"], [0], [100.0])
-    join.enqueue([label_message(0, "a", 200, 120.0)])
+    join.enqueue([label_message(0, "absent", 200, 120.0)])
+    before = outcome_counts()
     assert join.take_turn(1, SEGMENT_BY, now=join.last_records_at + 1).taken == 0
     assert join.take_turn(1, SEGMENT_BY, now=join.last_records_at + 60).taken == 1
-    assert join.store.get("a").joined
+    assert counted(before) == {"unmatched": 1}
 
 
 def test_labels_fetched_again_after_a_rewind_are_not_queued_twice(join: LabelJoin) -> None:
@@ -304,8 +339,8 @@ def test_malformed_labels_between_good_ones_keep_their_places(join: LabelJoin) -
     add(join, 0, ["a", "b", "c"], [0, 0, 0], [100.0, 100.0, 100.0])
     join.enqueue([ListMessage(3, b"{not json"), label_message(4, "a", 1, 150.0),
                   ListMessage(5, b"[]"), label_message(6, "b", 1, 90.0),
-                  label_message(7, "c", 5, 90.0), ListMessage(8, None)])
-    add(join, 3, ["d"], [2], [100.0])  # the watermark reaches day 2: c (day 5) waits
+                  label_message(7, "e", 5, 90.0), ListMessage(8, None)])
+    add(join, 3, ["d"], [2], [100.0])  # the watermark reaches day 2: e's label (day 5) waits
     turn = join.take_turn(1, SEGMENT_BY, now=join.last_records_at)
     assert turn.taken == 4 and [q.offset for q in turn.rejected] == [3, 5]
     assert turn.positions.tolist() == [4, 6] and turn.times == [at(1), at(1)]
