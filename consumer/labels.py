@@ -149,6 +149,14 @@ class LabelQueue:
         return [offset for fetch in self._fetches
                 for offset in fetch.offsets[fetch.start:].tolist()]
 
+    def head(self) -> tuple[int, int, str] | None:
+        """The first label still waiting: (offset, event time ms, record id)."""
+        if not self._count:
+            return None
+        fetch = self._fetches[0]
+        return (int(fetch.offsets[fetch.start]), int(fetch.times[fetch.start]),
+                fetch.record_ids[fetch.start])
+
     def append(self, fetch: _Fetch) -> None:
         if len(fetch.offsets):
             self._fetches.append(fetch)
@@ -215,6 +223,7 @@ class LabelJoin:
     watermark_ms: int = NO_WATERMARK
     queue: LabelQueue = field(default_factory=LabelQueue)
     last_records_at: float = field(default_factory=time.monotonic)
+    warned_offset: int = -1  # the last waiting label said to hold up the others
 
     # -- records side ----------------------------------------------------------------------
 
@@ -281,6 +290,7 @@ class LabelJoin:
         idle = records_caught_up and (now if now is not None else time.monotonic()) \
             - self.last_records_at >= IDLE_RELEASE_S
         due = self.queue.take_due(self.watermark_ms, idle, self._record_here)
+        self._warn_if_held_up()
         outcome = LabelOutcome(taken=due.taken, rejected=due.rejected)
         if not due.taken:
             return outcome
@@ -304,6 +314,21 @@ class LabelJoin:
                                            outcome.positions, segment_by)
             outcome.times = [event_times[index] for index in fed_list]
         return outcome
+
+    def _warn_if_held_up(self) -> None:
+        """Once per label: a waiting label dated more than the horizon ahead of the records
+        (its own record not here either) holds up every label behind it until the records
+        reach its date; say which, so a mistyped date can be found."""
+        head = self.queue.head()
+        if head is None or head[0] == self.warned_offset or self.watermark_ms < 0 \
+                or head[1] - self.watermark_ms <= self.horizon_ms:
+            return
+        self.warned_offset = head[0]
+        log.warning("a label dated far ahead of the records holds up the labels behind it",
+                    extra={"partition": self.partition, "label_offset": head[0],
+                           "record_id": head[2][:128],
+                           "days_ahead": round((head[1] - self.watermark_ms) / DAY_MS),
+                           "labels_waiting": len(self.queue)})
 
     def _record_here(self, record_id: str) -> bool:
         """Whether the record's entry is in the store, which decides its label's outcome now

@@ -108,6 +108,19 @@ def test_labels_behind_one_dated_ahead_are_not_held_up(join: LabelJoin) -> None:
     assert turn.positions.tolist() == [0, 1] and join.next_offset == 2
 
 
+def test_a_label_far_ahead_whose_record_has_not_come_is_named_once(
+        join: LabelJoin, caplog: pytest.LogCaptureFixture) -> None:
+    add(join, 0, ["a"], [0], [100.0])
+    join.enqueue([label_message(7, "nobody", 365 * 40, 1.0), label_message(8, "a", 1, 90.0)])
+    with caplog.at_level("WARNING", logger="consumer.labels"):
+        for _ in range(3):
+            assert join.take_turn(1, SEGMENT_BY, now=join.last_records_at).taken == 0
+    held = [r for r in caplog.records if "holds up" in r.getMessage()]
+    assert len(held) == 1
+    assert held[0].label_offset == 7 and held[0].record_id == "nobody"
+    assert held[0].labels_waiting == 2 and held[0].days_ahead == 365 * 40
+
+
 def test_a_label_for_a_record_that_came_after_its_time_still_waits(join: LabelJoin) -> None:
     add(join, 0, ["a"], [10], [100.0])
     add(join, 1, ["b"], [0], [100.0])  # b came when the records were at day 10
