@@ -53,6 +53,10 @@ class ConsumerSection:
     # Labels fetched ahead of their turn (see consumer/labels.py) are held in memory up to this
     # many per partition; the label fetch for that partition pauses beyond it.
     max_queued_labels: int = 50_000
+    # A partition whose records have been quiet this long (and are caught up) lets its waiting
+    # labels go ahead: they are not waiting for records that will come. A record its sender
+    # holds back longer than this finds its label already counted unmatched.
+    label_idle_release_s: float = 5.0
 
     def validate(self) -> None:
         if not self.group_id or not self.instance_id or not self.model_name:
@@ -61,7 +65,7 @@ class ConsumerSection:
             raise ConfigError(f"consumer.batch_size must be 1..100000, got {self.batch_size}")
         for name in ("batch_timeout_s", "checkpoint_interval_s", "revoke_checkpoint_budget_s",
                      "restore_timeout_s", "transaction_timeout_s", "shutdown_timeout_s",
-                     "session_timeout_s", "outage_limit_s"):
+                     "session_timeout_s", "outage_limit_s", "label_idle_release_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"consumer.{name} must be > 0")
         if self.label_horizon_days <= 0:

@@ -12,9 +12,10 @@ keeps the watermark at its arrival). That rule depends only on the two logs, not
 is fetched: a label fetched late, or replayed after ``kill -9``, joins exactly what it would have
 joined in its turn, and the labels' errors reach the error detectors in label-offset order. When
 the partition's records stop (a quiet county, the end of a roll), waiting labels are released
-after ``IDLE_RELEASE_S`` without records, so labels never wait for records that are not coming;
-only once the partition's records are caught up (none waits in Kafka), so a pause in fetching
-never sends labels ahead of records that were already there.
+after ``consumer.label_idle_release_s`` (default ``IDLE_RELEASE_S``) without records, so
+labels never wait for records that are not coming; only once the partition's records are caught
+up (none waits in Kafka), so a pause in fetching never sends labels ahead of records that were
+already there.
 
 A label waits for its turn only while its record is not in the store. Once the entry is there,
 everything the turn would decide is fixed: the watermark at the record's arrival, its event time,
@@ -224,6 +225,7 @@ class LabelJoin:
     queue: LabelQueue = field(default_factory=LabelQueue)
     last_records_at: float = field(default_factory=time.monotonic)
     warned_offset: int = -1  # the last waiting label said to hold up the others
+    idle_release_s: float = IDLE_RELEASE_S  # consumer.label_idle_release_s
 
     # -- records side ----------------------------------------------------------------------
 
@@ -288,7 +290,7 @@ class LabelJoin:
         records release the labels waiting for them). The turn's labels are joined as one
         batch (``JoinStore.join_batch``): the same outcomes as one by one, in offset order."""
         idle = records_caught_up and (now if now is not None else time.monotonic()) \
-            - self.last_records_at >= IDLE_RELEASE_S
+            - self.last_records_at >= self.idle_release_s
         due = self.queue.take_due(self.watermark_ms, idle, self._record_here)
         self._warn_if_held_up()
         outcome = LabelOutcome(taken=due.taken, rejected=due.rejected)

@@ -592,7 +592,8 @@ class ConsumerService:
             errors.rebaseline(reference)
         monitor.labels = LabelJoin(partition, store, errors, next_offset,
                                    int(self.section.label_horizon_days * DAY_MS),
-                                   watermark_ms=watermark)
+                                   watermark_ms=watermark,
+                                   idle_release_s=self.section.label_idle_release_s)
         monitor.committed = monitor.state(None)
         self.label_reader.incremental_assign(
             [TopicPartition(topics.labels, partition, next_offset)])

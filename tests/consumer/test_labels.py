@@ -199,6 +199,24 @@ def test_labels_go_ahead_once_the_records_have_been_quiet(join: LabelJoin) -> No
     assert counted(before) == {"unmatched": 1}
 
 
+def test_the_idle_release_waits_as_long_as_configured(tmp_path: Path) -> None:
+    join = new_join(tmp_path / "store")
+    join.idle_release_s = 120.0  # consumer.label_idle_release_s
+    add(join, 0, ["a"], [0], [100.0])
+    join.enqueue([label_message(0, "absent", 200, 120.0)])
+    assert join.take_turn(1, SEGMENT_BY, now=join.last_records_at + 60).taken == 0
+    assert join.take_turn(1, SEGMENT_BY, now=join.last_records_at + 121).taken == 1
+    join.store.close()
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0])
+def test_a_label_idle_release_that_is_not_positive_is_refused(value: float) -> None:
+    from consumer.config import ConsumerSection
+
+    with pytest.raises(ConfigError, match="consumer.label_idle_release_s must be > 0"):
+        ConsumerSection(label_idle_release_s=value).validate()
+
+
 def test_labels_fetched_again_after_a_rewind_are_not_queued_twice(join: LabelJoin) -> None:
     first = [label_message(0, "a", 99, 1.0), label_message(1, "b", 99, 1.0)]
     join.enqueue(first)
