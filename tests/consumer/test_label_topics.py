@@ -65,36 +65,34 @@ def test_consume_refuses_labels_not_co_partitioned_in_one_line(
     assert "Traceback" not in run.log()
 
 
-def test_consume_warns_once_when_records_leave_before_their_labels_come(
-        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
-    records = f"rec-short-{unique}"
-    create_topic(kafka_bootstrap, records, config={"retention.ms": str(30 * DAY_MS)})
-    topics = Topics(unique, records_topic=records).create(kafka_bootstrap)
-    run = ConsumerRun(kafka_bootstrap, topics, f"g-{unique}", "solo",
+def log_of_a_start(bootstrap: str, unique: str, tmp_path: Path, retention_days: int) -> str:
+    """Start ``levydrift consume`` on a records topic keeping records ``retention_days``, stop
+    it once it consumes; its log."""
+    records = f"rec-{retention_days}d-{unique}"
+    create_topic(bootstrap, records, config={"retention.ms": str(retention_days * DAY_MS)})
+    topics = Topics(unique, records_topic=records).create(bootstrap)
+    run = ConsumerRun(bootstrap, topics, f"g-{unique}", "solo",
                       tmp_path / "consumer.log").start()
     try:
         wait_until(lambda: '"consuming"' in run.log(), timeout_s=60,
                    what="the consumer to start consuming")
     finally:
         assert run.stop() == 0, run.log()[-2000:]
-    warnings = [orjson.loads(line) for line in run.log().splitlines()
+    return run.log()
+
+
+def test_consume_warns_once_when_records_leave_before_their_labels_come(
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    log = log_of_a_start(kafka_bootstrap, unique, tmp_path, retention_days=30)
+    warnings = [orjson.loads(line) for line in log.splitlines()
                 if "records_retention_short" in line]
-    assert len(warnings) == 1, run.log()[-2000:]
+    assert len(warnings) == 1, log[-2000:]
     assert warnings[0]["level"] == "warning"
     assert warnings[0]["retention_ms"] == 30 * DAY_MS
-    assert f"{records} keeps records for 30 days" in warnings[0]["message"]
+    assert f"rec-30d-{unique} keeps records for 30 days" in warnings[0]["message"]
 
 
 def test_consume_does_not_warn_when_records_outlive_the_horizon(
         kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
-    records = f"rec-long-{unique}"
-    create_topic(kafka_bootstrap, records, config={"retention.ms": str(580 * DAY_MS)})
-    topics = Topics(unique, records_topic=records).create(kafka_bootstrap)
-    run = ConsumerRun(kafka_bootstrap, topics, f"g-{unique}", "solo",
-                      tmp_path / "consumer.log").start()
-    try:
-        wait_until(lambda: '"consuming"' in run.log(), timeout_s=60,
-                   what="the consumer to start consuming")
-    finally:
-        assert run.stop() == 0, run.log()[-2000:]
-    assert "records_retention_short" not in run.log()
+    log = log_of_a_start(kafka_bootstrap, unique, tmp_path, retention_days=580)
+    assert '"consuming"' in log and "records_retention_short" not in log
