@@ -182,7 +182,7 @@ def observe_many(metric: Histogram | Summary, values: np.ndarray) -> None:
     last bits may differ from adding the values one by one. prometheus_client has no batch
     observe: this relies on its ``_sum``, ``_count``, ``_buckets`` and ``_upper_bounds``
     (tests/consumer/test_labels.py checks it against ``observe``)."""
-    import numpy as np  # not at import: `levydrift consume --help` loads this module
+    import numpy as np  # lazy: `levydrift consume --help` loads this module
 
     if not len(values):
         return

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consumer import metrics
+from consumer.config import ConsumerSection
 from consumer.join_store import JoinStore
 from consumer.labels import DAY_MS, LabelJoin, error_settings, open_join_store, restore_errors
 from detectors.config import DetectorSettings
@@ -211,8 +212,6 @@ def test_the_idle_release_waits_as_long_as_configured(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", [0.0, -1.0])
 def test_a_label_idle_release_that_is_not_positive_is_refused(value: float) -> None:
-    from consumer.config import ConsumerSection
-
     with pytest.raises(ConfigError, match="consumer.label_idle_release_s must be > 0"):
         ConsumerSection(label_idle_release_s=value).validate()
 
