@@ -42,6 +42,9 @@ class ConsumerSection:
     # A crashed member is replaced after this long; with static membership (instance_id) a
     # restarted instance takes its place at once.
     session_timeout_s: float = 10.0
+    # A record dated further ahead of this machine's clock goes to the dead-letter topic: one
+    # mistyped year would move the partition's event-time watermark years ahead.
+    max_event_time_ahead_s: float = 86_400.0
     # Late labels (levy.labels): join each actual levy with the prediction made for its record.
     join_labels: bool = True
     # A prediction waits this long (event time) for its label, then expires: a levy cycle and
@@ -65,7 +68,8 @@ class ConsumerSection:
             raise ConfigError(f"consumer.batch_size must be 1..100000, got {self.batch_size}")
         for name in ("batch_timeout_s", "checkpoint_interval_s", "revoke_checkpoint_budget_s",
                      "restore_timeout_s", "transaction_timeout_s", "shutdown_timeout_s",
-                     "session_timeout_s", "outage_limit_s", "label_idle_release_s"):
+                     "session_timeout_s", "outage_limit_s", "label_idle_release_s",
+                     "max_event_time_ahead_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"consumer.{name} must be > 0")
         if self.label_horizon_days <= 0:

@@ -18,10 +18,12 @@ from confluent_kafka import Message
 from consumer import metrics
 from consumer.events import decision_to_event
 from consumer.state import PartitionState
+from detectors.composition import event_times_ms
 from detectors.segments import SegmentedBank, is_single_bank_snapshot
 from levydrift.kafka.messages import headers_of, offset_of, partition_of, topic_of
 from levydrift.signals import signal_columns as model_signal_columns
 from schemas.dead_letter import dead_letter
+from schemas.errors import Reason, Rejection
 from schemas.levy_record import decode_levy_records, levy_records_to_columns
 
 if TYPE_CHECKING:
@@ -135,12 +137,21 @@ def process_partition(monitor: PartitionMonitor, messages: Sequence[Message],
     for index, rejection in rejections:
         _dead_letter(messages[index], rejection, settings.topics.dead_letters, produce)
     result.dead_lettered = len(rejections)
-    result.valid = len(records)
     if records:
         offsets = np.array([message.offset() for message in messages], dtype=np.int64)
+        kept = np.arange(len(messages))
         if rejections:
-            offsets = np.delete(offsets, [index for index, _ in rejections])
-        columns = signal_columns(levy_records_to_columns(records), champion)
+            kept = np.delete(kept, [index for index, _ in rejections])
+            offsets = offsets[kept]
+        columns = levy_records_to_columns(records)
+        ahead = _dated_ahead(columns["event_time"], settings.consumer.max_event_time_ahead_s)
+        if ahead.size:
+            columns, offsets = _refuse_dated_ahead(messages, kept, ahead, columns, offsets,
+                                                   settings, produce)
+            result.dead_lettered += int(ahead.size)
+    result.valid = len(messages) - result.dead_lettered
+    if result.valid:
+        columns = signal_columns(columns, champion)
         for decision in monitor.bank.update(columns, offsets):
             detected_index = int(np.searchsorted(offsets, decision.detected_at))
             result.drift_events.append(_emit(decision, monitor.topic, monitor, settings, produce,
@@ -208,6 +219,34 @@ def signal_columns(columns: dict[str, np.ndarray], champion: Champion | None) ->
     if labelled.any():
         metrics.PREDICTION_ABS_ERROR.set(float(columns["abs_error"][labelled].mean()))
     return columns
+
+
+def _dated_ahead(event_times: np.ndarray, limit_s: float, now_ms: int | None = None
+                 ) -> np.ndarray:
+    """Rows whose event time is more than ``limit_s`` ahead of this machine's clock. Such a
+    record (a mistyped year) would move the partition's event-time watermark years ahead:
+    every composition window closed, every later record late, every pending prediction
+    expired, every later label unmatched. The clock only decides at first reading; a refused
+    record's dead letter is committed with the checkpoint."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    times = event_times_ms(event_times)
+    return np.flatnonzero(times > now_ms + limit_s * 1000)
+
+
+def _refuse_dated_ahead(messages: Sequence[Message], kept: np.ndarray, ahead: np.ndarray,
+                        columns: dict[str, np.ndarray], offsets: np.ndarray,
+                        settings: ConsumerSettings, produce: Produce
+                        ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    limit = settings.consumer.max_event_time_ahead_s
+    for row in ahead.tolist():
+        rejection = Rejection(Reason.INVALID_VALUE, "event_time",
+                              f"{str(columns['event_time'][row])[:40]!r} is more than "
+                              f"{limit:g} s ahead of this consumer's clock "
+                              "(consumer.max_event_time_ahead_s)")
+        _dead_letter(messages[int(kept[row])], rejection, settings.topics.dead_letters, produce)
+    keep = np.ones(len(offsets), dtype=bool)
+    keep[ahead] = False
+    return {name: values[keep] for name, values in columns.items()}, offsets[keep]
 
 
 def _dead_letter(message: Message, rejection: Any, topic: str, produce: Produce) -> None:

@@ -3,11 +3,15 @@ offsets, and rewinding to the last committed snapshot after an aborted transacti
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 
 from consumer.config import ConsumerSettings
+from consumer.join_store import JoinStore
+from consumer.labels import DAY_MS, LabelJoin, restore_errors
 from consumer.processing import PartitionMonitor, process_partition
 from levydrift.simulator import LevySimulator, SimulatorConfig
 from schemas.dead_letter import source_of
@@ -117,3 +121,39 @@ def test_rewind_restores_the_committed_state_exactly() -> None:
     assert committed_run.bank.snapshot() == straight.bank.snapshot()
     assert replayed.on(SETTINGS.topics.drift_events) == \
         straight_output.on(SETTINGS.topics.drift_events)
+
+
+def test_a_record_dated_far_ahead_is_refused_and_moves_no_watermark(tmp_path: Path) -> None:
+    """One mistyped year would move the partition's event time decades ahead: every window
+    closed, every pending prediction expired. It goes to the dead-letter topic instead, and
+    the records around it keep their own offsets."""
+    messages = stream("none", 300, 0)
+    typo = orjson.loads(messages[100].value())
+    typo["event_time"] = "2062" + typo["event_time"][4:]
+    messages[100] = ListMessage(100, orjson.dumps(typo))
+    produce = Produced()
+    monitor = fresh_monitor()
+    monitor.labels = LabelJoin(0, JoinStore(tmp_path / "store"),
+                               restore_errors(b"", SETTINGS.detectors, None), 0, 548 * DAY_MS)
+    result = process_partition(monitor, messages, None, SETTINGS, produce)
+    assert (result.valid, result.dead_lettered) == (299, 1)
+    [(value, kwargs)] = produce.on(SETTINGS.topics.dead_letters)
+    source = source_of(kwargs["headers"])
+    assert value == messages[100].value()
+    assert (source.offset, source.reason, source.field) == (100, "invalid_value", "event_time")
+    assert monitor.labels.watermark_ms < 1_800_000_000_000  # still in 2026, not 2062
+    assert monitor.labels.store.get(typo["record_id"]) is None
+    assert monitor.labels.store.get(orjson.loads(messages[101].value())["record_id"]) \
+        .record_offset == 101
+    monitor.labels.store.close()
+
+
+def test_a_record_dated_within_the_allowance_is_kept() -> None:
+    ahead = time.time() + 3600  # an hour ahead of this clock: within the default day
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(ahead))
+    messages = stream("none", 10, 0)
+    soon = orjson.loads(messages[5].value())
+    soon["event_time"] = stamp
+    messages[5] = ListMessage(5, orjson.dumps(soon))
+    result = process_partition(fresh_monitor(), messages, None, SETTINGS, Produced())
+    assert (result.valid, result.dead_lettered) == (10, 0)
