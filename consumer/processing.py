@@ -144,7 +144,7 @@ def process_partition(monitor: PartitionMonitor, messages: Sequence[Message],
             kept = np.delete(kept, [index for index, _ in rejections])
             offsets = offsets[kept]
         columns = levy_records_to_columns(records)
-        ahead = _dated_ahead(columns["event_time"], settings.consumer.max_event_time_ahead_s)
+        ahead = dated_ahead(columns["event_time"], settings.consumer.max_event_time_ahead_s)
         if ahead.size:
             columns, offsets = _refuse_dated_ahead(messages, kept, ahead, columns, offsets,
                                                    settings, produce)
@@ -221,8 +221,8 @@ def signal_columns(columns: dict[str, np.ndarray], champion: Champion | None) ->
     return columns
 
 
-def _dated_ahead(event_times: np.ndarray, limit_s: float, now_ms: int | None = None
-                 ) -> np.ndarray:
+def dated_ahead(event_times: np.ndarray, limit_s: float, now_ms: int | None = None
+                ) -> np.ndarray:
     """Rows whose event time is more than ``limit_s`` ahead of this machine's clock. Such a
     record (a mistyped year) would move the partition's event-time watermark years ahead:
     every composition window closed, every later record late, every pending prediction

@@ -4,9 +4,9 @@ A file arrives as columns, so it is checked as columns: Parquet and CSV are read
 typed columns and screened with ``schemas.levy_record.rows_breaking_rules`` (the codec's rules,
 vectorised); JSONL lines are message values for ``decode_levy_batch``. A row the screen flags
 goes through the codec as the JSON a producer would send, so the reason is the codec's own and
-a file the check accepts is a file the consumer's codec would accept (the consumer also refuses
-a record dated more than ``consumer.max_event_time_ahead_s`` ahead of its clock; a file is not
-checked for that). The first bad row stops the read
+a file the check accepts is a file the consumer would accept (``levydrift check`` also applies
+the consumer's ``consumer.max_event_time_ahead_s`` to the rows' dates). The first bad row stops
+the read
 with a one-line ``UsageError`` naming the row (1 = the first record) and the column. Columns of
 a type the screen does not take (booleans, dictionaries, dates) take the per-row codec path.
 """

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from consumer.processing import dated_ahead
 from detectors.config import DetectorSettings
 from detectors.errors import DetectorConfigError
 from detectors.reference import Reference, reference_for_signals
@@ -217,6 +218,7 @@ def check_columns(columns: dict[str, np.ndarray], settings: CheckSettings, sourc
                   progress: Progress | None = None) -> CheckResult:
     """Check records (a file's, a topic window's) against the baseline ``choose_baseline``
     picks, scored by the registry's champion."""
+    refuse_dated_ahead(columns["event_time"], settings.consumer.max_event_time_ahead_s, source)
     model = model or settings.trainer.model_name
     registry = registry or settings.registry.root
     scorer, missing_model = load_scorer(registry, model)
@@ -235,6 +237,17 @@ def check_columns(columns: dict[str, np.ndarray], settings: CheckSettings, sourc
                          model=model, window=window, progress=progress)
     except DetectorConfigError as error:  # a reference too small to describe a signal
         raise UsageError(f"{reference or source}: {error}") from None
+
+
+def refuse_dated_ahead(event_times: np.ndarray, allowance_s: float, source: str) -> None:
+    """The consumer's rule for a file: a row dated more than ``allowance_s`` ahead of this
+    machine's clock would close every event-time window early; one line naming the first."""
+    ahead = dated_ahead(event_times, allowance_s)
+    if ahead.size:
+        row = int(ahead[0])
+        raise UsageError(f"{source}: row {row + 1}, column event_time: invalid_value: "
+                         f"{str(event_times[row])[:40]!r} is more than {allowance_s:g} s ahead of "
+                         "this machine's clock (consumer.max_event_time_ahead_s)")
 
 
 def choose_baseline(detectors: DetectorSettings, scorer: ModelScorer | None,

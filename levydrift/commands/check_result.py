@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from consumer.config import ConsumerSection
 from detectors.bank import DetectorStatus
 from detectors.config import DetectorSettings
 from detectors.decision import DriftDecision, SignalFinding
@@ -26,6 +27,7 @@ class CheckSettings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     topics: TopicSettings = field(default_factory=TopicSettings)
     detectors: DetectorSettings = field(default_factory=DetectorSettings)
+    consumer: ConsumerSection = field(default_factory=ConsumerSection)  # its date allowance
     trainer: TrainerSection = field(default_factory=TrainerSection)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)

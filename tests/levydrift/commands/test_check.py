@@ -233,6 +233,17 @@ def test_out_of_range_in_jsonl(files: Path, capsys: pytest.CaptureFixture[str]) 
     assert "row 2, column levy_rate: out_of_range" in err
 
 
+def test_a_row_dated_far_ahead_is_refused_as_the_consumer_refuses_it(
+        files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    records = list(LevySimulator(SimulatorConfig()).records(0, 3))
+    records[2]["event_time"] = "2062" + records[2]["event_time"][4:]
+    path = files / "dated-ahead.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    err = _one_line_error(capsys, path)
+    assert "row 3, column event_time: invalid_value: '2062-01-01T00:00:02.000Z' is more " \
+           "than 86400 s ahead of this machine's clock (consumer.max_event_time_ahead_s)" in err
+
+
 @pytest.mark.parametrize("content", ["", "schema_version,record_id\n"])
 def test_empty_file(content: str, files: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = files / f"empty-{len(content)}.csv"
