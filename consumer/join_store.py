@@ -330,6 +330,14 @@ class JoinStore:
 
     # reads
 
+    def has(self, record_id: str) -> bool:
+        """Whether an entry for ``record_id`` is in the store (the buffer included), without
+        decoding it."""
+        value = self._buffer.get(record_id, _MISSING)
+        if value is _MISSING:
+            return _ENTRY + record_id.encode() in self._db
+        return value is not None
+
     def get(self, record_id: str) -> PendingPrediction | None:
         value = self._buffer.get(record_id, _MISSING)
         if value is _MISSING:
@@ -443,7 +451,8 @@ class JoinStore:
         the label's event time, an entry whose record came after the label's turn (its
         ``watermark_ms`` had reached the label's time) is ``("unmatched", entry)``, and one
         more than ``horizon_ms`` older than the label is ``("expired", entry)``; neither is
-        marked."""
+        marked. The consumer joins a turn's labels with ``join_batch``; this is the rule for
+        one label, which the batch is tested against."""
         value = self._buffer.get(record_id, _MISSING)
         committed = value is _MISSING
         if committed:

@@ -233,7 +233,8 @@ class LabelJoin:
                     columns: dict[str, np.ndarray], segment_by: Sequence[str],
                     model_version: int | None) -> None:
         """Keep each scored record's prediction until its label comes; advance the watermark.
-        A record that carries its levy inline was judged at once and waits for no label."""
+        A record that carries its levy inline was judged at once and waits for no label.
+        ``columns["event_time"]``: as ``event_times_ms`` reads it (the consumer passes ms)."""
         times = event_times_ms(columns["event_time"])
         before = np.maximum.accumulate(np.concatenate(([self.watermark_ms], times)))
         self.watermark_ms = int(before[-1])
@@ -334,11 +335,8 @@ class LabelJoin:
 
     def _record_here(self, record_id: str) -> bool:
         """Whether the record's entry is in the store, which decides its label's outcome now
-        (see the module docstring). A damaged entry is left to the turn to report."""
-        try:
-            return self.store.get(record_id) is not None
-        except JoinStoreError:
-            return False
+        (see the module docstring); a damaged one is reported by the join, as in its turn."""
+        return self.store.has(record_id)
 
     def _join(self, record_ids: list[str], times: np.ndarray, amounts: np.ndarray,
               champion_version: int | None

@@ -144,20 +144,24 @@ def process_partition(monitor: PartitionMonitor, messages: Sequence[Message],
             kept = np.delete(kept, [index for index, _ in rejections])
             offsets = offsets[kept]
         columns = levy_records_to_columns(records)
-        ahead = dated_ahead(columns["event_time"], settings.consumer.max_event_time_ahead_s)
+        times = event_times_ms(columns["event_time"])  # once: the guard, the bank, the join
+        ahead = dated_ahead(times, settings.consumer.max_event_time_ahead_s)
         if ahead.size:
-            columns, offsets = _refuse_dated_ahead(messages, kept, ahead, columns, offsets,
-                                                   settings, produce)
+            keep = _refuse_dated_ahead(messages, kept, ahead, columns["event_time"], settings,
+                                       produce)
+            columns = {name: values[keep] for name, values in columns.items()}
+            offsets, times = offsets[keep], times[keep]
             result.dead_lettered += int(ahead.size)
     result.valid = len(messages) - result.dead_lettered
     if result.valid:
         columns = signal_columns(columns, champion)
-        for decision in monitor.bank.update(columns, offsets):
+        timed = {**columns, "event_time": times}  # the bank and the join read ms, not text
+        for decision in monitor.bank.update(timed, offsets):
             detected_index = int(np.searchsorted(offsets, decision.detected_at))
             result.drift_events.append(_emit(decision, monitor.topic, monitor, settings, produce,
                                              str(columns["event_time"][detected_index])))
         if monitor.labels is not None:
-            monitor.labels.add_records(columns["record_id"], offsets, columns,
+            monitor.labels.add_records(columns["record_id"], offsets, timed,
                                        settings.detectors.segment_by,
                                        None if champion is None else champion.version)
     monitor.next_offset = offset_of(messages[-1]) + 1
@@ -223,30 +227,30 @@ def signal_columns(columns: dict[str, np.ndarray], champion: Champion | None) ->
 
 def dated_ahead(event_times: np.ndarray, limit_s: float, now_ms: int | None = None
                 ) -> np.ndarray:
-    """Rows whose event time is more than ``limit_s`` ahead of this machine's clock. Such a
-    record (a mistyped year) would move the partition's event-time watermark years ahead:
-    every composition window closed, every later record late, every pending prediction
-    expired, every later label unmatched. The clock only decides at first reading; a refused
-    record's dead letter is committed with the checkpoint."""
+    """Rows whose event time (anything ``event_times_ms`` reads) is more than ``limit_s``
+    ahead of this machine's clock. Such a record (a mistyped year) would move the partition's
+    event-time watermark years ahead: every composition window closed, every later record
+    late, every pending prediction expired, every later label unmatched. A replay judges the
+    uncommitted records again by the clock then."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    times = event_times_ms(event_times)
-    return np.flatnonzero(times > now_ms + limit_s * 1000)
+    return np.flatnonzero(event_times_ms(event_times) > now_ms + limit_s * 1000)
 
 
 def _refuse_dated_ahead(messages: Sequence[Message], kept: np.ndarray, ahead: np.ndarray,
-                        columns: dict[str, np.ndarray], offsets: np.ndarray,
-                        settings: ConsumerSettings, produce: Produce
-                        ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                        event_times: np.ndarray, settings: ConsumerSettings,
+                        produce: Produce) -> np.ndarray:
+    """Dead-letter the records at rows ``ahead`` (``kept``: each row's message); returns the
+    mask of the rows that stay."""
     limit = settings.consumer.max_event_time_ahead_s
     for row in ahead.tolist():
         rejection = Rejection(Reason.INVALID_VALUE, "event_time",
-                              f"{str(columns['event_time'][row])[:40]!r} is more than "
+                              f"{str(event_times[row])[:40]!r} is more than "
                               f"{limit:g} s ahead of this consumer's clock "
                               "(consumer.max_event_time_ahead_s)")
         _dead_letter(messages[int(kept[row])], rejection, settings.topics.dead_letters, produce)
-    keep = np.ones(len(offsets), dtype=bool)
+    keep = np.ones(len(event_times), dtype=bool)
     keep[ahead] = False
-    return {name: values[keep] for name, values in columns.items()}, offsets[keep]
+    return keep
 
 
 def _dead_letter(message: Message, rejection: Any, topic: str, produce: Produce) -> None:

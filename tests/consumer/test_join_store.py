@@ -229,6 +229,15 @@ def test_mark_joined_once(store: JoinStore) -> None:
     assert store.pending_count() == 1
 
 
+def test_has_sees_committed_and_buffered_entries_and_no_expired_one(store: JoinStore) -> None:
+    store.put("committed", entry(event_time=T0))
+    store.commit(1)
+    store.put("buffered", entry(event_time=T0 + 10))
+    assert store.has("committed") and store.has("buffered") and not store.has("nothing")
+    assert store.expire(T0 + 1) == 1  # removes the committed one, in the buffer for now
+    assert not store.has("committed") and store.has("buffered")
+
+
 def test_join_tells_joined_duplicate_and_unmatched_apart(store: JoinStore) -> None:
     store.put("committed", entry(offset=1))
     store.commit(1)
