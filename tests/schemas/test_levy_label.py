@@ -315,6 +315,26 @@ def test_batch_decode_keeps_order_and_indexes_rejections() -> None:
         (5, Reason.UNKNOWN_FIELD)]
 
 
+def with_repeated_key(document: dict[str, Any], name: str, value: Any) -> bytes:
+    text = encode(document).decode()
+    return f"{text[:-1]}, {json.dumps(name)}: {json.dumps(value)}}}".encode()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(label_documents().map(encode), st.binary(max_size=60), st.none(),
+                          st.builds(with_repeated_key, label_documents(),
+                                    st.sampled_from(FIELDS), texts)), max_size=12))
+def test_batch_decode_gives_what_each_value_alone_gives(values: list[bytes | None]) -> None:
+    """The batch path's column checks decide as the one-label path: the same labels in the
+    same order, the same reasons at the same indices (a tombstone, bytes or a bad document
+    anywhere in the batch)."""
+    alone = [outcome(value) for value in values]
+    labels, rejected = decode_levy_labels(values)
+    assert labels == [result for result in alone if isinstance(result, LevyLabel)]
+    assert [(index, rejection.reason) for index, rejection in rejected] == [
+        (index, result) for index, result in enumerate(alone) if isinstance(result, Reason)]
+
+
 def test_columns_are_one_typed_array_per_field() -> None:
     labels = [decode_levy_label(encode(GOOD)), decode_levy_label(encode(UNSOURCED))]
     columns = levy_labels_to_columns(labels)
