@@ -322,6 +322,9 @@ class JoinStore:
         self._stale_index: list[bytes] = []  # index keys without their entry, to delete
         self._buffer_floor = _NO_TIME  # no buffered entry is older
         self._segment_cache: dict[bytes, tuple[str, ...]] = {}  # see ``_segments``
+        # Committed values ``has`` read, for the join of the same labels right after: a
+        # read-through cache of the DB, cleared whenever the DB is written (``_clear``).
+        self._read_ahead: dict[str, bytes | None] = {}
         if self._db.get(_META_LAYOUT) != LAYOUT_VERSION:  # new, or another layout: a cache
             self.reset()
         self._pending = self._read_int(_META_PENDING) or 0
@@ -334,8 +337,8 @@ class JoinStore:
         """Whether an entry for ``record_id`` is in the store (the buffer included), without
         decoding it."""
         value = self._buffer.get(record_id, _MISSING)
-        if value is _MISSING:
-            return _ENTRY + record_id.encode() in self._db
+        if value is _MISSING:  # ``get``: rocksdict's ``in`` takes twice as long
+            value = self._read_ahead[record_id] = self._db.get(_ENTRY + record_id.encode())
         return value is not None
 
     def get(self, record_id: str) -> PendingPrediction | None:
@@ -488,14 +491,16 @@ class JoinStore:
         label_times = np.asarray(label_times_ms, dtype=np.int64)
         if len(label_times) != count:
             raise ValueError("join_batch: record_ids and label_times_ms differ in length")
-        buffer, get = self._buffer, self._db.get
+        buffer, get, read_ahead = self._buffer, self._db.get, self._read_ahead
         values: list[bytes | None] = []
         committed: list[bool] = []
         append, mark = values.append, committed.append
         for record_id in record_ids:  # the one per-label loop: a lookup each
             value = buffer.get(record_id, _MISSING)
             if value is _MISSING:
-                value = get(_ENTRY + record_id.encode())
+                value = read_ahead.pop(record_id, _MISSING)
+                if value is _MISSING:
+                    value = get(_ENTRY + record_id.encode())
                 mark(True)
             else:
                 mark(False)
@@ -706,6 +711,7 @@ class JoinStore:
 
     def _clear(self) -> None:
         self._buffer.clear()
+        self._read_ahead.clear()
         self._base.clear()
         self._stale_index.clear()
         self._pending_delta = 0

@@ -238,6 +238,21 @@ def test_has_sees_committed_and_buffered_entries_and_no_expired_one(store: JoinS
     assert not store.has("committed") and store.has("buffered")
 
 
+def test_what_has_read_serves_the_join_only_until_the_db_is_written(store: JoinStore) -> None:
+    """``has`` keeps the committed values it read for the join right after; a commit (or a
+    discard) drops them, so the join never sees a value older than the DB's."""
+    store.put("waiting", entry(event_time=T0))
+    store.commit(1)
+    assert store.has("waiting") and not store.has("later")
+    store.put("later", entry(event_time=T0 + 5))  # the absence ``has`` read is stale now
+    store.commit(2)
+    batch = store.join_batch(["waiting", "later"], np.array([T0 + 10, T0 + 10]))
+    assert [OUTCOMES[code] for code in batch.outcomes] == ["joined", "joined"]
+    assert store.has("waiting")  # read again, joined now: the buffer holds the mark
+    store.discard()
+    assert store.join("waiting")[0] == "joined"  # the discard dropped the mark and the read
+
+
 def test_join_tells_joined_duplicate_and_unmatched_apart(store: JoinStore) -> None:
     store.put("committed", entry(offset=1))
     store.commit(1)
