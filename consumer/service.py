@@ -94,6 +94,9 @@ class ConsumerService:
         # beside it; where it stands is part of p's checkpoint, not the group's offsets.
         self.label_reader: Consumer | None = None
         self._paused_labels: set[int] = set()
+        # The last label fetch was full, so more labels wait in Kafka: the next records fetch
+        # must not wait for records (quiet records would let labels drain a batch per wait).
+        self._labels_behind = False
         self._changelog_ends: dict[int, int] = {}  # partition -> next changelog offset
         self._changelog_prefix = changelog_prefix(self.section.group_id)  # groups share it
         self.output = TransactionalOutput(self._new_producer, self.section.transaction_timeout_s,
@@ -179,7 +182,8 @@ class ConsumerService:
         if not self._transactions_ready():
             return None
         self._follow_champion()
-        messages = self.consumer.consume(self.section.batch_size, self.section.batch_timeout_s)
+        messages = self.consumer.consume(
+            self.section.batch_size, 0 if self._labels_behind else self.section.batch_timeout_s)
         try:
             result = self._process(messages) if messages else None
             if self.label_reader is not None:
@@ -272,6 +276,7 @@ class ConsumerService:
         """Fetch what labels have arrived (without waiting) and take every due label's turn."""
         assert self.label_reader is not None
         fetched = self.label_reader.consume(self.section.batch_size, 0)
+        self._labels_behind = len(fetched) == self.section.batch_size
         by_partition = self._by_partition(fetched)
         if fetched:
             metrics.LAST_LABEL.set(time.time())
