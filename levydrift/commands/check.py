@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from consumer.processing import dated_ahead
+from consumer.clock import dated_ahead
+from detectors.composition import event_times_ms
 from detectors.config import DetectorSettings
 from detectors.errors import DetectorConfigError
 from detectors.reference import Reference, reference_for_signals
@@ -43,7 +44,6 @@ from levydrift.commands.check_result import (
     describe,
     load_check_settings,
 )
-from levydrift.commands.retraining import trigger_retraining
 from levydrift.errors import UsageError
 from levydrift.levyfile import read_levy_file
 from levydrift.logs import configure as configure_logging
@@ -77,13 +77,17 @@ def run_check(columns: dict[str, np.ndarray], detectors: DetectorSettings,
               scorer: ModelScorer | None = None, baseline: Baseline | None = None,
               source: str = "", model: str = "",
               window: dict[str, Any] | None = None,
-              progress: Progress | None = None) -> CheckResult:
-    """Feed ``columns`` (arrival order) through a fresh bank; pure apart from the model."""
+              progress: Progress | None = None,
+              times_ms: np.ndarray | None = None) -> CheckResult:
+    """Feed ``columns`` (arrival order) through a fresh bank; pure apart from the model.
+    ``times_ms``: the rows' event times as ``event_times_ms`` reads them, if already read."""
     started = time.perf_counter()
     rows = len(columns["record_id"])
     if progress is not None:
         progress.phase(f"scoring {rows:,} rows" if scorer else f"preparing {rows:,} rows")
     columns = signal_columns(dict(columns), scorer)
+    times = event_times_ms(columns["event_time"]) if times_ms is None else times_ms
+    fed = {**columns, "event_time": times}  # the bank reads ms, not text, as the consumer's
     baseline = baseline or warmup_baseline(detectors)
     bank = SegmentedBank(detectors, baseline.reference)
     if baseline.kind == "file":  # baseline rows seed every segment; the champion's holdout
@@ -96,7 +100,7 @@ def run_check(columns: dict[str, np.ndarray], detectors: DetectorSettings,
     # In slices, to show progress: the bank gives the same decisions however a stream is cut.
     for start in range(0, rows, CHECK_SLICE_ROWS):
         stop = min(rows, start + CHECK_SLICE_ROWS)
-        decisions.extend(bank.update({name: values[start:stop] for name, values in columns.items()},
+        decisions.extend(bank.update({name: values[start:stop] for name, values in fed.items()},
                                      np.arange(start, stop, dtype=np.int64)))
         if progress is not None:
             progress.update(stop)
@@ -191,6 +195,8 @@ def _run(arguments: argparse.Namespace) -> int:
         html, json_path = write_report(result, arguments.report)
         print(f"report: {html} (summary {json_path})")
     if result.drifted and arguments.trigger_retraining:
+        from levydrift.commands.retraining import trigger_retraining  # lazy: Kafka, trainer
+
         print(trigger_retraining(result, settings, arguments.registry,
                                  arguments.publish_events).line)
     return result.exit_code
@@ -218,7 +224,9 @@ def check_columns(columns: dict[str, np.ndarray], settings: CheckSettings, sourc
                   progress: Progress | None = None) -> CheckResult:
     """Check records (a file's, a topic window's) against the baseline ``choose_baseline``
     picks, scored by the registry's champion."""
-    refuse_dated_ahead(columns["event_time"], settings.consumer.max_event_time_ahead_s, source)
+    times = event_times_ms(columns["event_time"])  # once: the date guard and the bank
+    refuse_dated_ahead(times, columns["event_time"], settings.consumer.max_event_time_ahead_s,
+                       source)
     model = model or settings.trainer.model_name
     registry = registry or settings.registry.root
     scorer, missing_model = load_scorer(registry, model)
@@ -234,15 +242,17 @@ def check_columns(columns: dict[str, np.ndarray], settings: CheckSettings, sourc
                 "there is no reference; pass --reference FILE (baseline rows) or a longer "
                 "file")
         return run_check(columns, settings.detectors, scorer, baseline, source=source,
-                         model=model, window=window, progress=progress)
+                         model=model, window=window, progress=progress, times_ms=times)
     except DetectorConfigError as error:  # a reference too small to describe a signal
         raise UsageError(f"{reference or source}: {error}") from None
 
 
-def refuse_dated_ahead(event_times: np.ndarray, allowance_s: float, source: str) -> None:
+def refuse_dated_ahead(times_ms: np.ndarray, event_times: np.ndarray, allowance_s: float,
+                       source: str) -> None:
     """The consumer's rule for a file: a row dated more than ``allowance_s`` ahead of this
-    machine's clock would close every event-time window early; one line naming the first."""
-    ahead = dated_ahead(event_times, allowance_s)
+    machine's clock would close every event-time window early; one line naming the first
+    (``event_times`` as written, ``times_ms`` as ``event_times_ms`` reads them)."""
+    ahead = dated_ahead(times_ms, allowance_s)
     if ahead.size:
         row = int(ahead[0])
         raise UsageError(f"{source}: row {row + 1}, column event_time: invalid_value: "
