@@ -8,7 +8,8 @@ a file the check accepts is a file the consumer would accept (``levydrift check`
 the consumer's ``consumer.max_event_time_ahead_s`` to the rows' dates). The first bad row stops
 the read
 with a one-line ``UsageError`` naming the row (1 = the first record) and the column. Columns of
-a type the screen does not take (booleans, dictionaries, dates) take the per-row codec path.
+a type the screen does not take (booleans, dates, dictionaries of anything but text) take the
+per-row codec path.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ from schemas.levy_record import (
 FORMATS = (".csv", ".parquet", ".jsonl", ".ndjson")
 _INT64_LIMIT = 2.0 ** 63
 _INTEGER_FIELDS = ("schema_version", "tax_year")  # 2026, not 2026.0
+# Few distinct values (counties, districts, classes): read from Parquet as dictionaries, so
+# each distinct value becomes one Python str that its rows share, not one str per row.
+_CATEGORY_FIELDS = ["county", "tax_district", "property_class"]
 Columns = dict[str, np.ndarray]
 
 
@@ -137,6 +141,9 @@ def _typed_columns(table: pa.Table,
         elif _is_text(column.type):
             screened[name] = column
             texts = column.to_numpy(zero_copy_only=False).astype(object, copy=False)
+        elif _is_text_dictionary(column.type):
+            screened[name] = column.cast(pa.string())  # the screen reads plain Arrow text
+            texts = _dictionary_texts(column)
         else:
             return None
         if name not in NUMERIC_FIELDS:
@@ -151,6 +158,21 @@ def _typed_columns(table: pa.Table,
 
 def _is_text(kind: pa.DataType) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _is_text_dictionary(kind: pa.DataType) -> bool:
+    return pa.types.is_dictionary(kind) and _is_text(kind.value_type)
+
+
+def _dictionary_texts(column: pa.ChunkedArray) -> np.ndarray:
+    """A dictionary column as an object array of str (None where null): one str per distinct
+    value, shared by its rows."""
+    column = column.unify_dictionaries()  # one dictionary for every chunk
+    dictionary = column.chunk(0).dictionary if column.num_chunks else pa.array([], pa.string())
+    values = np.array([*dictionary.to_pylist(), None], dtype=object)
+    indices = pa.chunked_array([chunk.indices for chunk in column.chunks],
+                               column.type.index_type)
+    return values[pc.fill_null(indices, len(dictionary)).to_numpy()]
 
 
 def _csv_numbers(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -215,7 +237,7 @@ def _read_table(path: Path, suffix: str) -> pa.Table | None:
     """The file as an Arrow table (a CSV as text columns); None for an empty CSV."""
     try:
         if suffix == ".parquet":
-            return pq.read_table(path)
+            return pq.read_table(path, read_dictionary=_CATEGORY_FIELDS)
         # Text, not inferred types: a stray "n/a" must be reported in its own row, not turn
         # the whole column into strings.
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
