@@ -15,6 +15,7 @@ per-row codec path.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,11 @@ _CATEGORY_FIELDS = ["county", "tax_district", "property_class"]
 Columns = dict[str, np.ndarray]
 
 
-def read_levy_file(path: Path, progress: Progress | None = None) -> Columns:
-    """The file's records as columns (``levy_records_to_columns``), in file order."""
+def read_levy_file(path: Path, progress: Progress | None = None,
+                   fields: Collection[str] = FIELDS) -> Columns:
+    """The file's records as columns (``levy_records_to_columns``), in file order. Every field
+    is validated; the ``fields`` are returned (a Parquet text field left out is never made
+    Python strings)."""
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise UsageError(f"{path}: unknown file type {suffix or '(none)'!r}; use "
@@ -56,10 +60,12 @@ def read_levy_file(path: Path, progress: Progress | None = None) -> Columns:
         raise UsageError(f"{path}: no such file")
     try:
         if suffix in (".jsonl", ".ndjson"):
-            return _jsonl_columns(path)
-        return _table_columns(path, suffix, progress)
+            columns = _jsonl_columns(path)
+        else:
+            columns = _table_columns(path, suffix, progress, fields)
     except OSError as error:
         raise UsageError(f"{path}: cannot be read: {error.strerror or error}") from None
+    return {name: columns[name] for name in FIELDS if name in fields}
 
 
 def _refuse(path: Path, rows: list[int], rejections: list[tuple[int, Rejection]]) -> None:
@@ -85,7 +91,8 @@ def _jsonl_columns(path: Path) -> Columns:
     return columns
 
 
-def _table_columns(path: Path, suffix: str, progress: Progress | None) -> Columns:
+def _table_columns(path: Path, suffix: str, progress: Progress | None,
+                   fields: Collection[str]) -> Columns:
     table = _read_table(path, suffix)
     csv = suffix == ".csv"
     if table is None or table.num_rows == 0:
@@ -96,7 +103,8 @@ def _table_columns(path: Path, suffix: str, progress: Progress | None) -> Column
                          f"{missing[0]} column")
     if progress is not None:
         progress.total = table.num_rows
-    typed = _typed_columns(table, csv) if set(table.column_names) <= set(FIELDS) else None
+    typed = (_typed_columns(table, csv, fields) if set(table.column_names) <= set(FIELDS)
+             else None)
     if typed is None:  # a column the screen does not take: every row through the codec
         return _per_row_columns(path, table, csv, progress)
     columns, unparsed, screened = typed
@@ -109,11 +117,11 @@ def _table_columns(path: Path, suffix: str, progress: Progress | None) -> Column
     return columns
 
 
-def _typed_columns(table: pa.Table,
-                   csv: bool) -> tuple[Columns, np.ndarray, dict[str, Any]] | None:
-    """Every field as ``levy_records_to_columns`` gives it, a mask of CSV cells that are text
-    where a number belongs, and the columns as the screen takes them (Parquet text stays in
-    Arrow); None when a column has a type the screen does not take."""
+def _typed_columns(table: pa.Table, csv: bool, fields: Collection[str]
+                   ) -> tuple[Columns, np.ndarray, dict[str, Any]] | None:
+    """The fields as ``levy_records_to_columns`` gives them (at least ``fields``), a mask of
+    CSV cells that are text where a number belongs, and every column as the screen takes it
+    (Parquet text stays in Arrow); None when a column has a type the screen does not take."""
     count = table.num_rows
     unparsed = np.zeros(count, dtype=bool)
     columns: Columns = {}
@@ -138,16 +146,13 @@ def _typed_columns(table: pa.Table,
                 return None
             numbers = (pc.cast(column, pa.float64(), safe=False)
                        .to_numpy(zero_copy_only=False))
-        elif _is_text(column.type):
-            screened[name] = column
-            texts = column.to_numpy(zero_copy_only=False).astype(object, copy=False)
-        elif _is_text_dictionary(column.type):
-            screened[name] = column.cast(pa.string())  # the screen reads plain Arrow text
-            texts = _dictionary_texts(column)
+        elif _is_text(column.type) or _is_text_dictionary(column.type):
+            screened[name], texts = _parquet_texts(column, name in fields)
         else:
             return None
         if name not in NUMERIC_FIELDS:
-            columns[name] = texts
+            if texts is not None:
+                columns[name] = texts
             screened.setdefault(name, texts)
             continue
         if name == "actual_levy_amount":  # JSON has no NaN or Infinity: they become null
@@ -158,6 +163,16 @@ def _typed_columns(table: pa.Table,
 
 def _is_text(kind: pa.DataType) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _parquet_texts(column: pa.ChunkedArray,
+                   wanted: bool) -> tuple[pa.ChunkedArray, np.ndarray | None]:
+    """A Parquet text column as the screen takes it (plain Arrow text) and, if ``wanted``, as
+    an object array of str (None where null)."""
+    if pa.types.is_dictionary(column.type):
+        return column.cast(pa.string()), _dictionary_texts(column) if wanted else None
+    return column, (column.to_numpy(zero_copy_only=False).astype(object, copy=False)
+                    if wanted else None)
 
 
 def _is_text_dictionary(kind: pa.DataType) -> bool:

@@ -166,3 +166,27 @@ def test_the_struct_states_the_bounds_of_the_one_table() -> None:
             kind = next(t for t in kind.types if isinstance(t, msgspec.inspect.FloatType))
         assert (kind.ge, kind.gt) == ((low, None) if low_inclusive else (None, low)), name
         assert kind.le == high, name
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_fields_left_out_are_validated_all_the_same(suffix: str, tmp_path: Path) -> None:
+    path = tmp_path / f"records{suffix}"
+    frame = pd.DataFrame([GOOD, {**GOOD, "record_id": "x" * 65}, GOOD])
+    write(frame, path)
+    with pytest.raises(UsageError) as caught:
+        levyfile.read_levy_file(path, fields=("county", "levy_rate"))
+    assert "row 2, column record_id: " in str(caught.value)
+    frame.loc[1, "record_id"] = "r-2"
+    write(frame, path)
+    whole = levyfile.read_levy_file(path)
+    part = levyfile.read_levy_file(path, fields=("levy_rate", "county"))
+    assert list(part) == ["county", "levy_rate"]
+    assert part["county"].tolist() == whole["county"].tolist()
+    np.testing.assert_array_equal(part["levy_rate"], whole["levy_rate"])
+
+
+def write(frame: pd.DataFrame, path: Path) -> None:
+    if path.suffix == ".parquet":
+        frame.to_parquet(path)
+    else:
+        frame.to_csv(path, index=False)
