@@ -16,6 +16,7 @@ import numpy as np
 from confluent_kafka import Message
 
 from consumer import metrics
+from consumer.clock import dated_ahead
 from consumer.events import decision_to_event
 from consumer.state import PartitionState
 from detectors.composition import event_times_ms
@@ -223,17 +224,6 @@ def signal_columns(columns: dict[str, np.ndarray], champion: Champion | None) ->
     if labelled.any():
         metrics.PREDICTION_ABS_ERROR.set(float(columns["abs_error"][labelled].mean()))
     return columns
-
-
-def dated_ahead(event_times: np.ndarray, limit_s: float, now_ms: int | None = None
-                ) -> np.ndarray:
-    """Rows whose event time (anything ``event_times_ms`` reads) is more than ``limit_s``
-    ahead of this machine's clock. Such a record (a mistyped year) would move the partition's
-    event-time watermark years ahead: every composition window closed, every later record
-    late, every pending prediction expired, every later label unmatched. A replay judges the
-    uncommitted records again by the clock then."""
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    return np.flatnonzero(event_times_ms(event_times) > now_ms + limit_s * 1000)
 
 
 def _refuse_dated_ahead(messages: Sequence[Message], kept: np.ndarray, ahead: np.ndarray,

@@ -8,12 +8,14 @@ a file the check accepts is a file the consumer would accept (``levydrift check`
 the consumer's ``consumer.max_event_time_ahead_s`` to the rows' dates). The first bad row stops
 the read
 with a one-line ``UsageError`` naming the row (1 = the first record) and the column. Columns of
-a type the screen does not take (booleans, dictionaries, dates) take the per-row codec path.
+a type the screen does not take (booleans, dates, dictionaries of anything but text) take the
+per-row codec path.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +41,17 @@ from schemas.levy_record import (
 FORMATS = (".csv", ".parquet", ".jsonl", ".ndjson")
 _INT64_LIMIT = 2.0 ** 63
 _INTEGER_FIELDS = ("schema_version", "tax_year")  # 2026, not 2026.0
+# Few distinct values (counties, districts, classes): read from Parquet as dictionaries, so
+# each distinct value becomes one Python str that its rows share, not one str per row.
+_CATEGORY_FIELDS = ["county", "tax_district", "property_class"]
 Columns = dict[str, np.ndarray]
 
 
-def read_levy_file(path: Path, progress: Progress | None = None) -> Columns:
-    """The file's records as columns (``levy_records_to_columns``), in file order."""
+def read_levy_file(path: Path, progress: Progress | None = None,
+                   fields: Collection[str] = FIELDS) -> Columns:
+    """The file's records as columns (``levy_records_to_columns``), in file order. Every field
+    is validated; the ``fields`` are returned (a Parquet text field left out is never made
+    Python strings)."""
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise UsageError(f"{path}: unknown file type {suffix or '(none)'!r}; use "
@@ -52,10 +60,12 @@ def read_levy_file(path: Path, progress: Progress | None = None) -> Columns:
         raise UsageError(f"{path}: no such file")
     try:
         if suffix in (".jsonl", ".ndjson"):
-            return _jsonl_columns(path)
-        return _table_columns(path, suffix, progress)
+            columns = _jsonl_columns(path)
+        else:
+            columns = _table_columns(path, suffix, progress, fields)
     except OSError as error:
         raise UsageError(f"{path}: cannot be read: {error.strerror or error}") from None
+    return {name: columns[name] for name in FIELDS if name in fields}
 
 
 def _refuse(path: Path, rows: list[int], rejections: list[tuple[int, Rejection]]) -> None:
@@ -81,7 +91,8 @@ def _jsonl_columns(path: Path) -> Columns:
     return columns
 
 
-def _table_columns(path: Path, suffix: str, progress: Progress | None) -> Columns:
+def _table_columns(path: Path, suffix: str, progress: Progress | None,
+                   fields: Collection[str]) -> Columns:
     table = _read_table(path, suffix)
     csv = suffix == ".csv"
     if table is None or table.num_rows == 0:
@@ -92,7 +103,8 @@ def _table_columns(path: Path, suffix: str, progress: Progress | None) -> Column
                          f"{missing[0]} column")
     if progress is not None:
         progress.total = table.num_rows
-    typed = _typed_columns(table, csv) if set(table.column_names) <= set(FIELDS) else None
+    typed = (_typed_columns(table, csv, fields) if set(table.column_names) <= set(FIELDS)
+             else None)
     if typed is None:  # a column the screen does not take: every row through the codec
         return _per_row_columns(path, table, csv, progress)
     columns, unparsed, screened = typed
@@ -105,11 +117,11 @@ def _table_columns(path: Path, suffix: str, progress: Progress | None) -> Column
     return columns
 
 
-def _typed_columns(table: pa.Table,
-                   csv: bool) -> tuple[Columns, np.ndarray, dict[str, Any]] | None:
-    """Every field as ``levy_records_to_columns`` gives it, a mask of CSV cells that are text
-    where a number belongs, and the columns as the screen takes them (Parquet text stays in
-    Arrow); None when a column has a type the screen does not take."""
+def _typed_columns(table: pa.Table, csv: bool, fields: Collection[str]
+                   ) -> tuple[Columns, np.ndarray, dict[str, Any]] | None:
+    """The fields as ``levy_records_to_columns`` gives them (at least ``fields``), a mask of
+    CSV cells that are text where a number belongs, and every column as the screen takes it
+    (Parquet text stays in Arrow); None when a column has a type the screen does not take."""
     count = table.num_rows
     unparsed = np.zeros(count, dtype=bool)
     columns: Columns = {}
@@ -134,13 +146,13 @@ def _typed_columns(table: pa.Table,
                 return None
             numbers = (pc.cast(column, pa.float64(), safe=False)
                        .to_numpy(zero_copy_only=False))
-        elif _is_text(column.type):
-            screened[name] = column
-            texts = column.to_numpy(zero_copy_only=False).astype(object, copy=False)
+        elif _is_text(column.type) or _is_text_dictionary(column.type):
+            screened[name], texts = _parquet_texts(column, name in fields)
         else:
             return None
         if name not in NUMERIC_FIELDS:
-            columns[name] = texts
+            if texts is not None:
+                columns[name] = texts
             screened.setdefault(name, texts)
             continue
         if name == "actual_levy_amount":  # JSON has no NaN or Infinity: they become null
@@ -151,6 +163,31 @@ def _typed_columns(table: pa.Table,
 
 def _is_text(kind: pa.DataType) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _parquet_texts(column: pa.ChunkedArray,
+                   wanted: bool) -> tuple[pa.ChunkedArray, np.ndarray | None]:
+    """A Parquet text column as the screen takes it (plain Arrow text) and, if ``wanted``, as
+    an object array of str (None where null)."""
+    if pa.types.is_dictionary(column.type):
+        return column.cast(pa.string()), _dictionary_texts(column) if wanted else None
+    return column, (column.to_numpy(zero_copy_only=False).astype(object, copy=False)
+                    if wanted else None)
+
+
+def _is_text_dictionary(kind: pa.DataType) -> bool:
+    return pa.types.is_dictionary(kind) and _is_text(kind.value_type)
+
+
+def _dictionary_texts(column: pa.ChunkedArray) -> np.ndarray:
+    """A dictionary column as an object array of str (None where null): one str per distinct
+    value, shared by its rows."""
+    column = column.unify_dictionaries()  # one dictionary for every chunk
+    dictionary = column.chunk(0).dictionary if column.num_chunks else pa.array([], pa.string())
+    values = np.array([*dictionary.to_pylist(), None], dtype=object)
+    indices = pa.chunked_array([chunk.indices for chunk in column.chunks],
+                               column.type.index_type)
+    return values[pc.fill_null(indices, len(dictionary)).to_numpy()]
 
 
 def _csv_numbers(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -215,7 +252,7 @@ def _read_table(path: Path, suffix: str) -> pa.Table | None:
     """The file as an Arrow table (a CSV as text columns); None for an empty CSV."""
     try:
         if suffix == ".parquet":
-            return pq.read_table(path)
+            return pq.read_table(path, read_dictionary=_CATEGORY_FIELDS)
         # Text, not inferred types: a stray "n/a" must be reported in its own row, not turn
         # the whole column into strings.
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)

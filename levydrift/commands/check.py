@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from consumer.processing import dated_ahead
+from consumer.clock import dated_ahead
+from detectors.composition import event_times_ms
 from detectors.config import DetectorSettings
 from detectors.errors import DetectorConfigError
 from detectors.reference import Reference, reference_for_signals
@@ -43,17 +44,20 @@ from levydrift.commands.check_result import (
     describe,
     load_check_settings,
 )
-from levydrift.commands.retraining import trigger_retraining
 from levydrift.errors import UsageError
 from levydrift.levyfile import read_levy_file
 from levydrift.logs import configure as configure_logging
 from levydrift.progress import Progress
 from levydrift.signals import ModelScorer, signal_columns
+from schemas.levy_record import FIELDS
 from trainer.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
 CHECK_SLICE_ROWS = 262_144  # rows fed to the detectors at a time, between progress updates
+# What a check reads of a file: all but the record and parcel ids (validated all the same),
+# 2 M Python strs for 1 M rows that nothing here reads.
+CHECKED_FIELDS = tuple(name for name in FIELDS if name not in ("record_id", "parcel_id"))
 
 
 # ---------------------------------------------------------------------- the check itself
@@ -77,13 +81,17 @@ def run_check(columns: dict[str, np.ndarray], detectors: DetectorSettings,
               scorer: ModelScorer | None = None, baseline: Baseline | None = None,
               source: str = "", model: str = "",
               window: dict[str, Any] | None = None,
-              progress: Progress | None = None) -> CheckResult:
-    """Feed ``columns`` (arrival order) through a fresh bank; pure apart from the model."""
+              progress: Progress | None = None,
+              times_ms: np.ndarray | None = None) -> CheckResult:
+    """Feed ``columns`` (arrival order) through a fresh bank; pure apart from the model.
+    ``times_ms``: the rows' event times as ``event_times_ms`` reads them, if already read."""
     started = time.perf_counter()
-    rows = len(columns["record_id"])
+    rows = len(columns["event_time"])
     if progress is not None:
         progress.phase(f"scoring {rows:,} rows" if scorer else f"preparing {rows:,} rows")
     columns = signal_columns(dict(columns), scorer)
+    times = event_times_ms(columns["event_time"]) if times_ms is None else times_ms
+    fed = {**columns, "event_time": times}  # the bank reads ms, not text, as the consumer's
     baseline = baseline or warmup_baseline(detectors)
     bank = SegmentedBank(detectors, baseline.reference)
     if baseline.kind == "file":  # baseline rows seed every segment; the champion's holdout
@@ -96,7 +104,7 @@ def run_check(columns: dict[str, np.ndarray], detectors: DetectorSettings,
     # In slices, to show progress: the bank gives the same decisions however a stream is cut.
     for start in range(0, rows, CHECK_SLICE_ROWS):
         stop = min(rows, start + CHECK_SLICE_ROWS)
-        decisions.extend(bank.update({name: values[start:stop] for name, values in columns.items()},
+        decisions.extend(bank.update({name: values[start:stop] for name, values in fed.items()},
                                      np.arange(start, stop, dtype=np.int64)))
         if progress is not None:
             progress.update(stop)
@@ -114,9 +122,9 @@ def run_check(columns: dict[str, np.ndarray], detectors: DetectorSettings,
 def file_baseline(path: Path, detectors: DetectorSettings,
                   scorer: ModelScorer | None) -> Baseline:
     """``--reference FILE``: its records (scored by the champion, if any) describe normal."""
-    columns = signal_columns(dict(read_levy_file(path)), scorer)
+    columns = signal_columns(dict(read_levy_file(path, fields=CHECKED_FIELDS)), scorer)
     return Baseline(reference_for_signals(columns, detectors.all_signals()),
-                    f"{path} ({len(columns['record_id']):,} rows, --reference)", "file",
+                    f"{path} ({len(columns['event_time']):,} rows, --reference)", "file",
                     columns)
 
 
@@ -191,6 +199,8 @@ def _run(arguments: argparse.Namespace) -> int:
         html, json_path = write_report(result, arguments.report)
         print(f"report: {html} (summary {json_path})")
     if result.drifted and arguments.trigger_retraining:
+        from levydrift.commands.retraining import trigger_retraining  # lazy: Kafka, trainer
+
         print(trigger_retraining(result, settings, arguments.registry,
                                  arguments.publish_events).line)
     return result.exit_code
@@ -203,11 +213,11 @@ def check_file(path: Path, settings: CheckSettings, reference: Path | None = Non
     """Read, validate and check one file against the registry's champion."""
     if progress is not None:
         progress.phase(f"reading {path}")
-    columns = read_levy_file(path, progress)
+    columns = read_levy_file(path, progress, CHECKED_FIELDS)
     if progress is not None:
-        progress.total = len(columns["record_id"])
+        progress.total = len(columns["event_time"])
     return check_columns(columns, settings, str(path),
-                         file_window(path, len(columns["record_id"])), reference, model,
+                         file_window(path, len(columns["event_time"])), reference, model,
                          registry, note, progress)
 
 
@@ -218,7 +228,9 @@ def check_columns(columns: dict[str, np.ndarray], settings: CheckSettings, sourc
                   progress: Progress | None = None) -> CheckResult:
     """Check records (a file's, a topic window's) against the baseline ``choose_baseline``
     picks, scored by the registry's champion."""
-    refuse_dated_ahead(columns["event_time"], settings.consumer.max_event_time_ahead_s, source)
+    times = event_times_ms(columns["event_time"])  # once: the date guard and the bank
+    refuse_dated_ahead(times, columns["event_time"], settings.consumer.max_event_time_ahead_s,
+                       source)
     model = model or settings.trainer.model_name
     registry = registry or settings.registry.root
     scorer, missing_model = load_scorer(registry, model)
@@ -226,7 +238,7 @@ def check_columns(columns: dict[str, np.ndarray], settings: CheckSettings, sourc
         note(missing_model)
     try:
         baseline = choose_baseline(settings.detectors, scorer, reference, registry, model)
-        rows = len(columns["record_id"])
+        rows = len(columns["event_time"])
         if baseline.kind == "warm-up" and rows <= settings.detectors.warmup_records:
             raise ShortInputError(
                 f"{source}: {rows:,} rows cannot be judged: the detectors learn their "
@@ -234,15 +246,17 @@ def check_columns(columns: dict[str, np.ndarray], settings: CheckSettings, sourc
                 "there is no reference; pass --reference FILE (baseline rows) or a longer "
                 "file")
         return run_check(columns, settings.detectors, scorer, baseline, source=source,
-                         model=model, window=window, progress=progress)
+                         model=model, window=window, progress=progress, times_ms=times)
     except DetectorConfigError as error:  # a reference too small to describe a signal
         raise UsageError(f"{reference or source}: {error}") from None
 
 
-def refuse_dated_ahead(event_times: np.ndarray, allowance_s: float, source: str) -> None:
+def refuse_dated_ahead(times_ms: np.ndarray, event_times: np.ndarray, allowance_s: float,
+                       source: str) -> None:
     """The consumer's rule for a file: a row dated more than ``allowance_s`` ahead of this
-    machine's clock would close every event-time window early; one line naming the first."""
-    ahead = dated_ahead(event_times, allowance_s)
+    machine's clock would close every event-time window early; one line naming the first
+    (``event_times`` as written, ``times_ms`` as ``event_times_ms`` reads them)."""
+    ahead = dated_ahead(times_ms, allowance_s)
     if ahead.size:
         row = int(ahead[0])
         raise UsageError(f"{source}: row {row + 1}, column event_time: invalid_value: "

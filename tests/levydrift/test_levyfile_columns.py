@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -90,13 +91,20 @@ def per_row(path: Path) -> Any:
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[
     HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(table=rows())
-def test_parquet_columns_and_rows_agree(table: list[dict[str, Any]], tmp_path: Path) -> None:
+@given(table=rows(), stored_as_dictionary=st.sets(st.sampled_from(TEXT_FIELDS), max_size=3))
+def test_parquet_columns_and_rows_agree(table: list[dict[str, Any]],
+                                        stored_as_dictionary: set[str], tmp_path: Path) -> None:
+    """Text columns stored plain or as dictionaries (pandas categoricals); the category
+    fields are read as dictionaries either way."""
     path = tmp_path / "records.parquet"
     try:
         arrow = pa.Table.from_pylist(table)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         return  # not a file anyone can write: a column of numbers and text mixed
+    for name in stored_as_dictionary:
+        index = arrow.schema.get_field_index(name)
+        if pa.types.is_string(arrow.schema.field(index).type):
+            arrow = arrow.set_column(index, name, pc.dictionary_encode(arrow.column(name)))
     pq.write_table(arrow, path)
     assert_same(outcome(lambda: levyfile.read_levy_file(path)), outcome(per_row(path)))
 
@@ -158,3 +166,27 @@ def test_the_struct_states_the_bounds_of_the_one_table() -> None:
             kind = next(t for t in kind.types if isinstance(t, msgspec.inspect.FloatType))
         assert (kind.ge, kind.gt) == ((low, None) if low_inclusive else (None, low)), name
         assert kind.le == high, name
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_fields_left_out_are_validated_all_the_same(suffix: str, tmp_path: Path) -> None:
+    path = tmp_path / f"records{suffix}"
+    frame = pd.DataFrame([GOOD, {**GOOD, "record_id": "x" * 65}, GOOD])
+    write(frame, path)
+    with pytest.raises(UsageError) as caught:
+        levyfile.read_levy_file(path, fields=("county", "levy_rate"))
+    assert "row 2, column record_id: " in str(caught.value)
+    frame.loc[1, "record_id"] = "r-2"
+    write(frame, path)
+    whole = levyfile.read_levy_file(path)
+    part = levyfile.read_levy_file(path, fields=("levy_rate", "county"))
+    assert list(part) == ["county", "levy_rate"]
+    assert part["county"].tolist() == whole["county"].tolist()
+    np.testing.assert_array_equal(part["levy_rate"], whole["levy_rate"])
+
+
+def write(frame: pd.DataFrame, path: Path) -> None:
+    if path.suffix == ".parquet":
+        frame.to_parquet(path)
+    else:
+        frame.to_csv(path, index=False)
