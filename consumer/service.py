@@ -94,9 +94,12 @@ class ConsumerService:
         # beside it; where it stands is part of p's checkpoint, not the group's offsets.
         self.label_reader: Consumer | None = None
         self._paused_labels: set[int] = set()
-        # The last label fetch was full, so more labels wait in Kafka: the next records fetch
-        # must not wait for records (quiet records would let labels drain a batch per wait).
+        # The last label fetch was full (more labels wait in Kafka) and the last records fetch
+        # empty: the next records fetch does not wait, or quiet records would let a label
+        # backlog drain one batch per wait. While records flow, it waits as ever: without
+        # waiting it would take the few records at hand, and small batches cost dearly.
         self._labels_behind = False
+        self._records_quiet = False
         self._changelog_ends: dict[int, int] = {}  # partition -> next changelog offset
         self._changelog_prefix = changelog_prefix(self.section.group_id)  # groups share it
         self.output = TransactionalOutput(self._new_producer, self.section.transaction_timeout_s,
@@ -182,8 +185,10 @@ class ConsumerService:
         if not self._transactions_ready():
             return None
         self._follow_champion()
-        messages = self.consumer.consume(
-            self.section.batch_size, 0 if self._labels_behind else self.section.batch_timeout_s)
+        wait = 0 if self._labels_behind and self._records_quiet \
+            else self.section.batch_timeout_s
+        messages = self.consumer.consume(self.section.batch_size, wait)
+        self._records_quiet = not messages
         try:
             result = self._process(messages) if messages else None
             if self.label_reader is not None:
