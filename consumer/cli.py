@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import MutableMapping
 
 from consumer.config import load_consumer_settings
 from consumer.metrics import start_metrics_server
@@ -20,7 +22,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run)
 
 
+def openmp_threads_sleep(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Unless the environment says otherwise, the champion's OpenMP threads (scikit-learn's
+    ``predict``) sleep when idle instead of spinning. Spinning threads take the cores that
+    librdkafka, RocksDB and the broker need; on 2 busy cores the consumer fell to a tenth of
+    its rate in some runs (``bench/RESULTS-consumer.md``). libgomp reads this once, when it
+    loads with the first model, so it is set before anything loads a model."""
+    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def _run(arguments: argparse.Namespace) -> int:
+    openmp_threads_sleep()
     from consumer.service import ConsumerService  # lazy: heavy imports only when consuming
 
     settings = load_consumer_settings(arguments.config)
