@@ -486,6 +486,43 @@ def run_numeric(values: np.ndarray, positions: np.ndarray, start: int,
     return int(stop)
 
 
+@njit(cache=True)
+def run_numeric_segments(values: np.ndarray, positions: np.ndarray, order: np.ndarray,
+                         bounds: np.ndarray, first: int, active: np.ndarray,
+                         knots: np.ndarray, below: np.ndarray, at_or_below: np.ndarray,
+                         n_knots: np.ndarray, u_min: np.ndarray, ph_par: np.ndarray,
+                         ph_f: np.ndarray, ph_i: np.ndarray, aw_par: np.ndarray,
+                         aw_s: np.ndarray, aw_totals: np.ndarray, aw_variances: np.ndarray,
+                         aw_counts: np.ndarray, ring_values: np.ndarray,
+                         ring_positions: np.ndarray, counters: np.ndarray, alarm: np.ndarray,
+                         scoring: int, scores_out: np.ndarray) -> tuple[int, int]:
+    """``run_numeric`` for one signal of every segment from ``first`` on, in one call: segment
+    ``s`` holds the records ``order[bounds[s]:bounds[s + 1]]`` (ascending) and its state in
+    row ``s`` of every stacked array (reference tables padded, ``n_knots`` long). Segments
+    not ``active`` (warming up) are left to the caller. Each segment's records run through
+    ``run_numeric`` itself, so every operation is the one a call per segment made. Returns
+    (segment, index after its alarm within its records) at the first alarm, (-1, 0) when
+    none fired; ``scores_out`` receives the location scores by record."""
+    for s in range(first, bounds.shape[0] - 1):
+        lo, hi = bounds[s], bounds[s + 1]
+        if hi == lo or not active[s]:
+            continue
+        rows = order[lo:hi]
+        part_scores = np.full(hi - lo, np.nan)
+        m = n_knots[s]
+        stop = run_numeric(values[rows], positions[rows], 0, knots[s, :m], below[s, :m],
+                           at_or_below[s, :m], u_min[s], ph_par[s], ph_f[s], ph_i[s], aw_par,
+                           aw_s[s], aw_totals[s], aw_variances[s], aw_counts[s],
+                           ring_values[s], ring_positions[s], counters[s], alarm[s], scoring,
+                           part_scores)
+        for index in range(stop):
+            scores_out[rows[index]] = part_scores[index]
+        for row in range(alarm.shape[1]):
+            if alarm[s, row, AL_FIRED] != 0.0:
+                return s, stop
+    return -1, 0
+
+
 @njit(cache=True, inline="always")
 def _page_hinkley_rows(z: float, w: float, count: int, par: np.ndarray, ph: np.ndarray,
                        marks: np.ndarray, alarm: np.ndarray) -> bool:

@@ -28,14 +28,14 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import replace
 from statistics import NormalDist
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
 import pandas as pd
 
 from detectors.bank import DetectorBank, check_positions
-from detectors.channels import DetectorStatus
+from detectors.channels import Alarm, DetectorStatus, NumericChannel
 from detectors.composition import CompositionMonitor, event_times_ms
 from detectors.config import DetectorSettings
 from detectors.decision import KINDS, DriftDecision, SignalFinding
@@ -43,6 +43,7 @@ from detectors.errors import DetectorConfigError, SnapshotError
 from detectors.recent import Batch, RecentRecords
 from detectors.reference import KNOT_PROBABILITIES, NumericReference, Reference
 from detectors.snapshot import decode, encode
+from detectors.stacks import SegmentStack
 
 __all__ = ["OTHER_SEGMENT", "SegmentedBank", "is_single_bank_snapshot"]
 
@@ -108,6 +109,10 @@ class SegmentedBank:
         self.pooled_marks: dict[str, list[int]] = {}
         self.absorbed = 0
         self.codes: dict[str, int] = {}  # segment -> code in the recent-records ring
+        # Per numeric signal, every segment's detector state stacked (fed in one call).
+        self.stacks: dict[str, SegmentStack] = {}
+        self.channel_order = {name: i for i, name in
+                              enumerate(self.segment_settings.numeric_like())}
         self.recent = RecentRecords(settings.numeric_like())
 
     def _composition_signals(self) -> tuple[str, ...]:
@@ -213,12 +218,10 @@ class SegmentedBank:
                        groups: np.ndarray, labels: np.ndarray
                        ) -> tuple[list[tuple[str, DriftDecision]], np.ndarray,
                                   dict[str, np.ndarray]]:
-        """Each segment's records to its bank (relative order kept), then every record's
-        score to the pooled bank. Returns (layer, decision) pairs, each record's segment
-        code and the pooled scores."""
+        """Each segment's records to its bank's channels (relative order kept), one compiled
+        call per signal for every segment, then every record's score to the pooled bank.
+        Returns (layer, decision) pairs, each record's segment code and the pooled scores."""
         signals = [name for name in self.settings.numeric_like() if columns.get(name) is not None]
-        # One row per signal: a segment's records are then one gather, one fill and one
-        # scatter for all signals, not one per signal.
         values = np.empty((len(signals), len(positions)))
         for row, name in enumerate(signals):
             column = np.asarray(columns[name], dtype=np.float64)
@@ -227,40 +230,36 @@ class SegmentedBank:
                                  f"{len(positions)} positions")
             values[row] = column
         scores = np.full(values.shape, np.nan)
+        segment_codes = self._segment_codes(groups, labels)
+        banks = list(self.segments.values())  # in code order
+        order = np.argsort(segment_codes, kind="stable")  # each segment's rows, ascending
+        bounds = np.searchsorted(segment_codes[order], np.arange(len(banks) + 1))
+        alarms: list[list[tuple[int, int, str, Alarm]]] = [[] for _ in banks]
+        for row, name in enumerate(signals):
+            stack = self.stacks.setdefault(name, SegmentStack())
+            channels = [cast(NumericChannel, bank.channels[name]) for bank in banks]
+            for code, alarm in stack.feed(values[row], positions, order, bounds, scores[row],
+                                          channels):
+                alarms[code].append((alarm.index, self.channel_order[name], name, alarm))
         found: list[tuple[str, DriftDecision]] = []
-        segment_codes = np.full(len(positions), -1, dtype=np.int32)
-        for label, rows in self._route(groups, labels).items():
-            segment_codes[rows] = self.codes[label]
-            # One run of records (county slices): views, no copies.
-            out = scores[:, rows] if isinstance(rows, slice) else np.full(
-                (len(signals), rows.size), np.nan)
-            decisions = self.segments[label].update(
-                dict(zip(signals, values[:, rows], strict=True)), positions[rows],
-                dict(zip(signals, out, strict=True)), positions_checked=True)
-            found += [("segment", replace(d, segment=label)) for d in decisions]
-            if not isinstance(rows, slice):
-                scores[:, rows] = out
+        for code, label in enumerate(self.segments):
+            if bounds[code + 1] > bounds[code]:
+                part = positions[order[bounds[code]:bounds[code + 1]]]
+                found += [("segment", replace(d, segment=label))
+                          for d in banks[code].account(alarms[code], part)]
         pooled = dict(zip(signals, scores, strict=True))
         if self.pool is not None and signals:
             found += [("pooled", d) for d in self.pool.update(pooled, positions,
                                                                positions_checked=True)]
         return found, segment_codes, pooled
 
-    def _route(self, groups: np.ndarray, labels: np.ndarray) -> dict[str, slice | np.ndarray]:
-        """Each segment's rows (ascending), segments in order of first appearance: a slice
-        when they are one run of consecutive records."""
-        order = np.argsort(groups, kind="stable")
-        bounds = np.searchsorted(groups[order], np.arange(len(labels) + 1))
-        parts: dict[str, list[np.ndarray]] = {}
-        for group, label in enumerate(labels):
-            parts.setdefault(self._segment_for(str(label)), []).append(
-                order[bounds[group]:bounds[group + 1]])
-        routed: dict[str, slice | np.ndarray] = {}
-        for label, pieces in parts.items():
-            rows = pieces[0] if len(pieces) == 1 else np.sort(np.concatenate(pieces))
-            first, last = int(rows[0]), int(rows[-1])
-            routed[label] = slice(first, last + 1) if last - first + 1 == rows.size else rows
-        return routed
+    def _segment_codes(self, groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Each record's segment code; segments met for the first time are made in order of
+        first appearance."""
+        by_group = np.array([self.codes[self._segment_for(str(label))] for label in labels],
+                            dtype=np.int32)
+        codes: np.ndarray = by_group[groups]
+        return codes
 
     def _segment_for(self, label: str) -> str:
         if label in self.segments:

@@ -1,0 +1,166 @@
+"""``SegmentStack``: one numeric signal's detector state across every segment, stacked, so
+the segment layer feeds a batch to all segments in one compiled call
+(``kernels.run_numeric_segments``) instead of one bank call per segment and signal: with
+segments interleaved, those calls and the copies in and out of them cost more than the
+detection (CALIBRATION.md 7 has the why of segments; bench/RESULTS-detectors.md the cost).
+
+Each segment's ``NumericChannel`` stays the owner of its state: its arrays become views
+into row ``code`` of the stacks, so its findings, status and snapshot are unchanged. A
+segment warming up (no reference) is fed through its channel as before.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detectors import kernels as k
+from detectors.channels import Alarm, NumericChannel
+
+# The channel arrays the compiled loop reads and writes, all shaped by the settings alone.
+STACKED = ("ph_par", "ph_f", "ph_i", "aw_s", "aw_totals", "aw_variances", "aw_counts",
+           "ring_values", "ring_positions", "counters", "alarm")
+FIRST_CAPACITY = 8
+
+
+class SegmentStack:
+    """The stacked state of one signal; row ``code`` is segment ``code``'s channel."""
+
+    def __init__(self) -> None:
+        self.channels: list[NumericChannel] = []
+        self.arrays: dict[str, np.ndarray] = {}
+        # Reference tables, padded to the longest; the reference each row was copied from.
+        self.references: list[object] = []
+        self.knots, self.below, self.at_or_below = (np.zeros((0, 0)) for _ in range(3))
+        self.n_knots = np.zeros(0, dtype=np.int64)
+        self.u_min = np.zeros(0)
+
+    def feed(self, values: np.ndarray, positions: np.ndarray, order: np.ndarray,
+             bounds: np.ndarray, scores: np.ndarray,
+             channels: list[NumericChannel]) -> list[tuple[int, Alarm]]:
+        """Feed the batch's ``values`` (one signal, every record) to the channel of each
+        record's segment: segment ``s`` holds ``order[bounds[s]:bounds[s + 1]]``. Writes
+        location scores into ``scores``; returns (segment, alarm) pairs, the alarm's index
+        counted within the segment's records."""
+        if not channels:
+            return []
+        self._sync(channels)
+        present = np.diff(bounds) > 0
+        active = np.array([c.reference is not None for c in channels]) & present
+        found: list[tuple[int, Alarm]] = []
+        first = 0
+        while True:
+            segment, stop = self._run(values, positions, order, bounds, first, active, scores,
+                                      channels[0])
+            if segment < 0:
+                break
+            channel = channels[segment]
+            # As NumericChannel.feed does after an alarm: the finding, then relearning.
+            found.append((segment, Alarm(stop - 1, channel._finding())))
+            channel.alarm[:, :] = 0.0
+            channel.start_warmup(channel.settings.relearn_records)
+            rows = order[bounds[segment]:bounds[segment + 1]]
+            found += [(segment, Alarm(alarm.index + stop, alarm.finding)) for alarm in
+                      _feed_channel(channel, values, positions, rows[stop:], scores)]
+            first = segment + 1
+        for segment in np.flatnonzero(present & ~active).tolist():
+            rows = order[bounds[segment]:bounds[segment + 1]]
+            found += [(segment, alarm) for alarm in
+                      _feed_channel(channels[segment], values, positions, rows, scores)]
+        return found
+
+    def _run(self, values: np.ndarray, positions: np.ndarray, order: np.ndarray,
+             bounds: np.ndarray, first: int, active: np.ndarray, scores: np.ndarray,
+             model: NumericChannel) -> tuple[int, int]:
+        a = self.arrays
+        segment, stop = k.run_numeric_segments(
+            values, positions, order, bounds, first, active, self.knots, self.below,
+            self.at_or_below, self.n_knots, self.u_min, a["ph_par"], a["ph_f"], a["ph_i"],
+            model.aw_par, a["aw_s"], a["aw_totals"], a["aw_variances"], a["aw_counts"],
+            a["ring_values"], a["ring_positions"], a["counters"], a["alarm"], model.scoring,
+            scores)
+        return int(segment), int(stop)
+
+    # ------------------------------------------------------------------ stacking
+    def _sync(self, channels: list[NumericChannel]) -> None:
+        """Stack channels not stacked yet (new segments, restored banks) and copy the
+        reference tables of channels whose reference changed."""
+        if not self.arrays:
+            self._shape_from(channels[0])
+        if len(channels) > len(self.u_min):
+            self._grow(len(channels))
+        for code, channel in enumerate(channels):
+            if code >= len(self.channels) or self.channels[code] is not channel:
+                self._attach(code, channel)
+            if channel.reference is not None and self.references[code] is not channel.reference:
+                self._copy_reference(code, channel)
+
+    def _attach(self, code: int, channel: NumericChannel) -> None:
+        for name in STACKED:
+            own = getattr(channel, name)
+            stack = self.arrays[name]
+            if stack.shape[1:] != own.shape:
+                raise ValueError(f"channel {channel.name}: {name} {own.shape} does not fit "
+                                 f"the stack {stack.shape[1:]}")
+            stack[code] = own
+            setattr(channel, name, stack[code])
+        while len(self.channels) <= code:
+            self.channels.append(channel)
+            self.references.append(None)
+        self.channels[code] = channel
+        self.references[code] = None
+
+    def _copy_reference(self, code: int, channel: NumericChannel) -> None:
+        m = channel.knots.shape[0]
+        if m > self.knots.shape[1]:
+            self.knots, self.below, self.at_or_below = (
+                _widened(table, m) for table in (self.knots, self.below, self.at_or_below))
+        self.knots[code, :m] = channel.knots
+        self.below[code, :m] = channel.below
+        self.at_or_below[code, :m] = channel.at_or_below
+        self.n_knots[code] = m
+        self.u_min[code] = channel.u_min
+        self.references[code] = channel.reference
+
+    def _grow(self, needed: int) -> None:
+        """Room for ``needed`` segments or more; stacked channels re-pointed at the new rows."""
+        capacity = max(needed, 2 * len(self.u_min), FIRST_CAPACITY)
+        for name in STACKED:
+            old = self.arrays[name]
+            grown = np.zeros((capacity,) + old.shape[1:], dtype=old.dtype)
+            grown[:old.shape[0]] = old
+            self.arrays[name] = grown
+        self.knots, self.below, self.at_or_below = (
+            _taller(table, capacity) for table in (self.knots, self.below, self.at_or_below))
+        self.n_knots = _taller(self.n_knots, capacity)
+        self.u_min = _taller(self.u_min, capacity)
+        for code, channel in enumerate(self.channels):
+            for name in STACKED:
+                setattr(channel, name, self.arrays[name][code])
+
+    def _shape_from(self, channel: NumericChannel) -> None:
+        """Empty stacks shaped like ``channel``'s arrays (every segment's are alike)."""
+        self.arrays = {name: np.zeros((0,) + getattr(channel, name).shape,
+                                      dtype=getattr(channel, name).dtype) for name in STACKED}
+
+
+def _feed_channel(channel: NumericChannel, values: np.ndarray, positions: np.ndarray,
+                  rows: np.ndarray, scores: np.ndarray) -> list[Alarm]:
+    """One segment's records through its channel (warming up, or relearning)."""
+    if not rows.size:
+        return []
+    out = np.full(rows.size, np.nan)
+    alarms = channel.feed(values[rows], positions[rows], out)
+    scores[rows] = out
+    return alarms
+
+
+def _widened(table: np.ndarray, columns: int) -> np.ndarray:
+    wider = np.zeros((table.shape[0], columns))
+    wider[:, :table.shape[1]] = table
+    return wider
+
+
+def _taller(table: np.ndarray, rows: int) -> np.ndarray:
+    taller = np.zeros((rows,) + table.shape[1:], dtype=table.dtype)
+    taller[:table.shape[0]] = table
+    return taller
