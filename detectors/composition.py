@@ -35,6 +35,8 @@ from detectors.reference import CategoricalReference
 MISSING = "(missing)"
 MAX_TRACKED_CATEGORIES = 5000  # per signal and window; rarer ones count as "(other)"
 OTHER = "(other)"
+# A category column coded: a code per record (-1 = missing) and each code's name.
+Coded = tuple[np.ndarray, list[str]]
 
 
 class CompositionMonitor:
@@ -67,12 +69,18 @@ class CompositionMonitor:
 
     # ------------------------------------------------------------------ feeding
     def update(self, columns: Mapping[str, Any], positions: np.ndarray,
-               times_ms: np.ndarray) -> list[DriftDecision]:
+               times_ms: np.ndarray, coded: Mapping[str, Coded] | None = None
+               ) -> list[DriftDecision]:
         """Count one batch (``times_ms``: event time per record, int64 ms; negative = none)
-        and judge every window it closes."""
+        and judge every window it closes. ``coded``: columns the caller already coded
+        (``code_column``); the others are coded here, once per batch."""
         n = len(positions)
         if n == 0:
             return []
+        coded = dict(coded or {})
+        for name in self.signals:
+            if name not in coded and columns.get(name) is not None:
+                coded[name] = code_column(columns[name])
         valid = times_ms >= 0
         previous = -1 if self.watermark is None else self.watermark
         running = np.maximum.accumulate(np.where(valid, times_ms, -1))
@@ -87,7 +95,7 @@ class CompositionMonitor:
         decisions: list[DriftDecision] = []
         start = 0
         for index in [int(i) for i in raises] + [n]:
-            self._count(columns, positions, window, counted, start, index)
+            self._count(coded, positions, window, counted, start, index)
             if index < n:
                 decisions += self._close_below(int(bound[index]), int(positions[index]))
             start = index
@@ -95,7 +103,7 @@ class CompositionMonitor:
             self.watermark = int(running[-1])
         return decisions
 
-    def _count(self, columns: Mapping[str, Any], positions: np.ndarray, window: np.ndarray,
+    def _count(self, coded: Mapping[str, Coded], positions: np.ndarray, window: np.ndarray,
                counted: np.ndarray, start: int, stop: int) -> None:
         if stop <= start:
             return
@@ -110,20 +118,12 @@ class CompositionMonitor:
             state["n"] += int(members.size)
             state["first"] = min(state["first"], int(positions[members[0]]))
             state["last"] = max(state["last"], int(positions[members[-1]]))
+            whole = members.size == len(positions)  # the batch: its codes are in order
             for name in self.signals:
-                column = columns.get(name)
-                if column is None:
-                    continue
-                codes, uniques = pd.factorize(np.asarray(column, dtype=object)[members])
-                tally = np.bincount(codes + 1, minlength=len(uniques) + 1)  # slot 0: missing
-                names = [MISSING] + [str(u) if str(u) else MISSING for u in uniques]
-                into = state["counts"][name]
-                for category, count in zip(names, tally.tolist(), strict=True):
-                    if not count:
-                        continue
-                    key = category if (category in into or len(into) < MAX_TRACKED_CATEGORIES
-                                       ) else OTHER
-                    into[key] = into.get(key, 0) + int(count)
+                if name in coded:
+                    codes, names = coded[name]
+                    _tally(state["counts"][name], codes if whole else codes[members], names,
+                           whole)
 
     def close_all(self, position: int) -> list[DriftDecision]:
         """End of input: judge every open window (decisions at ``position``)."""
@@ -302,6 +302,37 @@ class CompositionMonitor:
                              for name in self.signals}
         self.late_records = int(state["late_records"])
         self.windows_closed = int(state["windows_closed"])
+
+
+def code_column(column: Any) -> Coded:
+    """A category column as codes (numbered in order of first appearance, -1 = missing) and
+    each code's name (an empty value reads as missing)."""
+    codes, uniques = pd.factorize(np.asarray(column, dtype=object))
+    return codes, [str(u) if str(u) else MISSING for u in uniques]
+
+
+def _tally(into: dict[str, int], codes: np.ndarray, names: list[str], whole: bool) -> None:
+    """Add a window's records (``codes``) to its counts by name: missing first, then the
+    categories in order of first appearance among these records (the counts' order is
+    part of the snapshot), beyond ``MAX_TRACKED_CATEGORIES`` names as "(other)". ``whole``:
+    these are the batch's records, in which codes are numbered by first appearance."""
+    tally = np.bincount(codes + 1, minlength=len(names) + 1)  # slot 0: missing
+    labels = [MISSING, *names]
+    seen = range(len(names)) if whole else _first_seen(codes)
+    for slot in [0, *(code + 1 for code in seen if code >= 0)]:
+        count = int(tally[slot])
+        if not count:
+            continue
+        category = labels[slot]
+        key = category if (category in into or len(into) < MAX_TRACKED_CATEGORIES) else OTHER
+        into[key] = into.get(key, 0) + count
+
+
+def _first_seen(codes: np.ndarray) -> list[int]:
+    """The codes present, in order of first appearance."""
+    present, first = np.unique(codes, return_index=True)
+    ordered: list[int] = present[np.argsort(first, kind="stable")].tolist()
+    return ordered
 
 
 def _top_shares(counts: Mapping[str, float], n: float) -> tuple[tuple[str, float], ...]:

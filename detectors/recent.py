@@ -39,13 +39,19 @@ class RecentRecords:
         keep = min(len(batch.positions), self.size)
         if keep == 0:
             return
-        slots = (self.head + np.arange(keep)) % self.size
-        self.positions[slots] = batch.positions[-keep:]
-        self.times[slots] = batch.times[-keep:]
-        self.codes[slots] = batch.codes[-keep:]
-        for row, name in enumerate(self.signals):
-            column = batch.scores.get(name)
-            self.scores[row, slots] = np.nan if column is None else column[-keep:]
+        # At most two runs of slots (the ring wraps once): slices, not a gather per array.
+        first = min(keep, self.size - self.head)
+        for into, (start, stop) in ((slice(self.head, self.head + first), (0, first)),
+                                    (slice(0, keep - first), (first, keep))):
+            if stop == start:
+                continue
+            part = slice(len(batch.positions) - keep + start, len(batch.positions) - keep + stop)
+            self.positions[into] = batch.positions[part]
+            self.times[into] = batch.times[part]
+            self.codes[into] = batch.codes[part]
+            for row, name in enumerate(self.signals):
+                column = batch.scores.get(name)
+                self.scores[row, into] = np.nan if column is None else column[part]
         self.head = (self.head + keep) % self.size
         self.held = min(self.held + keep, self.size)
 

@@ -36,7 +36,7 @@ import pandas as pd
 
 from detectors.bank import DetectorBank, check_positions
 from detectors.channels import Alarm, DetectorStatus, NumericChannel
-from detectors.composition import CompositionMonitor, event_times_ms
+from detectors.composition import Coded, CompositionMonitor, code_column, event_times_ms
 from detectors.config import DetectorSettings
 from detectors.decision import KINDS, DriftDecision, SignalFinding
 from detectors.errors import DetectorConfigError, SnapshotError
@@ -133,13 +133,15 @@ class SegmentedBank:
                  else np.full(n, -1, dtype=np.int64))
         if len(times) != n:
             raise ValueError(f"event_time has {len(times)} values for {n} positions")
-        groups, labels = self.segment_groups(columns, n)
-        composition_columns = dict(columns)
+        # Each category column coded once, for routing and composition alike.
+        coded = {name: code_column(columns[name]) for name in dict.fromkeys(
+            self.settings.segment_by + self.composition.signals) if columns.get(name) is not None}
+        groups, labels = self._groups(coded, n)
         if len(self.settings.segment_by) > 1:
-            composition_columns["+".join(self.settings.segment_by)] = labels[groups]
+            coded["+".join(self.settings.segment_by)] = (groups, [str(label) for label in labels])
         found, codes, scores = self._feed_segments(columns, positions, groups, labels)
         found += [("composition", d)
-                  for d in self.composition.update(composition_columns, positions, times)]
+                  for d in self.composition.update(columns, positions, times, coded)]
         batch = Batch(positions, times, codes, scores)
         decisions = self._episodes(found, batch)
         self.recent.push(batch)
@@ -196,18 +198,22 @@ class SegmentedBank:
         """``segment_keys`` as (group per record, label per group), groups numbered in order
         of first appearance, without building a string per record. Two groups may share a
         label (values whose text is the same, such as "" and a missing value)."""
+        return self._groups({name: code_column(columns[name]) for name in self.settings.segment_by
+                             if columns.get(name) is not None}, n)
+
+    def _groups(self, coded: Mapping[str, Coded], n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``segment_groups`` from the segment fields already coded."""
         fields = self.settings.segment_by
         if not fields:
             return np.zeros(n, dtype=np.int64), np.array([""] if n else [], dtype=object)
         combined, labels = np.zeros(n, dtype=np.int64), np.array([""], dtype=object)
         for number, name in enumerate(fields):
-            column = columns.get(name)
-            if column is None:
+            entry = coded.get(name)
+            if entry is None:
                 codes, texts = np.zeros(n, dtype=np.int64), [MISSING]
             else:  # label the few distinct values, not every record
-                codes, uniques = pd.factorize(np.asarray(column, dtype=object))
-                codes = np.where(codes < 0, len(uniques), codes)  # missing: the last label
-                texts = [str(u) if str(u) else MISSING for u in uniques] + [MISSING]
+                codes, texts = entry[0], [*entry[1], MISSING]
+                codes = np.where(codes < 0, len(texts) - 1, codes)  # missing: the last label
             prefix = ("," if number else "") + name + "="
             field_labels = np.array([prefix + text for text in texts], dtype=object)
             combined, first = pd.factorize(combined * len(field_labels) + codes)
