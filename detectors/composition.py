@@ -110,8 +110,10 @@ class CompositionMonitor:
         rows = np.flatnonzero(counted[start:stop]) + start
         if not rows.size:
             return
-        for index in np.unique(window[rows]):
-            members = rows[window[rows] == index]
+        windows = window[rows]
+        one = windows.min() == windows.max()  # nearly always: no sort to find the windows
+        for index in (windows[:1] if one else np.unique(windows)):
+            members = rows if one else rows[windows == index]
             state = self.open.setdefault(int(index), {
                 "n": 0, "first": int(positions[members[0]]), "last": 0,
                 "counts": {name: {} for name in self.signals}})

@@ -206,6 +206,12 @@ class SegmentedBank:
         fields = self.settings.segment_by
         if not fields:
             return np.zeros(n, dtype=np.int64), np.array([""] if n else [], dtype=object)
+        single = coded.get(fields[0]) if len(fields) == 1 else None
+        if single is not None and (not n or single[0].min() >= 0):
+            # Codes already numbered in order of first appearance, none missing: the groups.
+            prefix = fields[0] + "="
+            return single[0].astype(np.int64), np.array([prefix + text for text in single[1]],
+                                                        dtype=object)
         combined, labels = np.zeros(n, dtype=np.int64), np.array([""], dtype=object)
         for number, name in enumerate(fields):
             entry = coded.get(name)
@@ -238,7 +244,8 @@ class SegmentedBank:
         scores = np.full(values.shape, np.nan)
         segment_codes = self._segment_codes(groups, labels)
         banks = list(self.segments.values())  # in code order
-        order = np.argsort(segment_codes, kind="stable")  # each segment's rows, ascending
+        # Each segment's rows, ascending; 16-bit codes (max_segments <= 4096) sort by radix.
+        order = np.argsort(segment_codes.astype(np.int16), kind="stable")
         bounds = np.searchsorted(segment_codes[order], np.arange(len(banks) + 1))
         alarms: list[list[tuple[int, int, str, Alarm]]] = [[] for _ in banks]
         for row, name in enumerate(signals):
