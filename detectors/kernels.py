@@ -486,6 +486,10 @@ def run_numeric(values: np.ndarray, positions: np.ndarray, start: int,
     return int(stop)
 
 
+# What stopped ``run_numeric_segments``.
+SEGMENTS_DONE, SEGMENT_ALARM, SEGMENT_WARMED = 0, 1, 2
+
+
 @njit(cache=True)
 def run_numeric_segments(values: np.ndarray, positions: np.ndarray, order: np.ndarray,
                          bounds: np.ndarray, first: int, active: np.ndarray,
@@ -495,19 +499,29 @@ def run_numeric_segments(values: np.ndarray, positions: np.ndarray, order: np.nd
                          aw_s: np.ndarray, aw_totals: np.ndarray, aw_variances: np.ndarray,
                          aw_counts: np.ndarray, ring_values: np.ndarray,
                          ring_positions: np.ndarray, counters: np.ndarray, alarm: np.ndarray,
-                         scoring: int, scores_out: np.ndarray) -> tuple[int, int]:
+                         scoring: int, scores_out: np.ndarray, warm_values: np.ndarray,
+                         warm_count: np.ndarray, warm_span: np.ndarray,
+                         warm_target: np.ndarray) -> tuple[int, int, int]:
     """``run_numeric`` for one signal of every segment from ``first`` on, in one call: segment
     ``s`` holds the records ``order[bounds[s]:bounds[s + 1]]`` (ascending) and its state in
-    row ``s`` of every stacked array (reference tables padded, ``n_knots`` long). Segments
-    not ``active`` (warming up) are left to the caller. Each segment's records run through
-    ``run_numeric`` itself, so every operation is the one a call per segment made. Returns
-    (segment, index after its alarm within its records) at the first alarm, (-1, 0) when
-    none fired; ``scores_out`` receives the location scores by record."""
+    row ``s`` of every stacked array (reference tables padded, ``n_knots`` long). Each
+    segment's records run through ``run_numeric`` itself, so every operation is the one a
+    call per segment made. A segment not ``active`` is warming up: its values are collected
+    in ``warm_values`` (``warm_count`` of them, first and last position in ``warm_span``)
+    up to its ``warm_target``. Returns (segment, index after the stopping value within its
+    records, what stopped: ``SEGMENT_ALARM`` or ``SEGMENT_WARMED``), or (-1, 0,
+    ``SEGMENTS_DONE``); ``scores_out`` receives the location scores by record."""
     for s in range(first, bounds.shape[0] - 1):
         lo, hi = bounds[s], bounds[s + 1]
-        if hi == lo or not active[s]:
+        if hi == lo:
             continue
         rows = order[lo:hi]
+        if not active[s]:
+            stop = _collect_warmup(values, positions, rows, s, warm_values, warm_count,
+                                   warm_span, warm_target)
+            if stop >= 0:
+                return s, stop, SEGMENT_WARMED
+            continue
         part_scores = np.full(hi - lo, np.nan)
         m = n_knots[s]
         stop = run_numeric(values[rows], positions[rows], 0, knots[s, :m], below[s, :m],
@@ -519,8 +533,29 @@ def run_numeric_segments(values: np.ndarray, positions: np.ndarray, order: np.nd
             scores_out[rows[index]] = part_scores[index]
         for row in range(alarm.shape[1]):
             if alarm[s, row, AL_FIRED] != 0.0:
-                return s, stop
-    return -1, 0
+                return s, stop, SEGMENT_ALARM
+    return -1, 0, SEGMENTS_DONE
+
+
+@njit(cache=True, inline="always")
+def _collect_warmup(values: np.ndarray, positions: np.ndarray, rows: np.ndarray, s: int,
+                    warm_values: np.ndarray, warm_count: np.ndarray, warm_span: np.ndarray,
+                    warm_target: np.ndarray) -> int:
+    """Segment ``s``'s values (NaN skipped) into its warm-up; the index after the value
+    that completes it, or -1."""
+    for index in range(rows.shape[0]):
+        x = values[rows[index]]
+        if math.isnan(x):
+            continue
+        count = warm_count[s]
+        warm_values[s, count] = x
+        if count == 0:
+            warm_span[s, 0] = positions[rows[index]]
+        warm_span[s, 1] = positions[rows[index]]
+        warm_count[s] = count + 1
+        if count + 1 >= warm_target[s]:
+            return index + 1
+    return -1
 
 
 @njit(cache=True, inline="always")

@@ -6,7 +6,8 @@ detection (CALIBRATION.md 7 has the why of segments; bench/RESULTS-detectors.md 
 
 Each segment's ``NumericChannel`` stays the owner of its state: its arrays become views
 into row ``code`` of the stacks, so its findings, status and snapshot are unchanged. A
-segment warming up (no reference) is fed through its channel as before.
+segment warming up collects its values in the stack too (its channel's warm-up list is
+given a view of them), as many districts of ``county, tax_district`` warm up for long.
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ class SegmentStack:
         self.knots, self.below, self.at_or_below = (np.zeros((0, 0)) for _ in range(3))
         self.n_knots = np.zeros(0, dtype=np.int64)
         self.u_min = np.zeros(0)
+        # Warm-ups being collected: values, count, first and last position, target; and the
+        # list each channel was given, to know whether it changed since.
+        self.warm_values = np.zeros((0, 0))
+        self.warm_count = np.zeros(0, dtype=np.int64)
+        self.warm_span = np.zeros((0, 2), dtype=np.int64)
+        self.warm_target = np.zeros(0, dtype=np.int64)
+        self.warm_lists: list[list[np.ndarray] | None] = []
+        self.warm_sizes: list[int] = []
 
     def feed(self, values: np.ndarray, positions: np.ndarray, order: np.ndarray,
              bounds: np.ndarray, scores: np.ndarray,
@@ -45,40 +54,69 @@ class SegmentStack:
             return []
         self._sync(channels)
         present = np.diff(bounds) > 0
-        active = np.array([c.reference is not None for c in channels]) & present
+        active = np.array([c.reference is not None for c in channels])
+        for code in np.flatnonzero(present & ~active).tolist():
+            self._load_warmup(code, channels[code])
         found: list[tuple[int, Alarm]] = []
         first = 0
         while True:
-            segment, stop = self._run(values, positions, order, bounds, first, active, scores,
-                                      channels[0])
-            if segment < 0:
-                break
+            counted = self.warm_count.copy()
+            segment, stop, event = self._run(values, positions, order, bounds, first, active,
+                                             scores, channels[0])
+            self._store_warmups(channels, counted)
+            if event == k.SEGMENTS_DONE:
+                return found
+            # As NumericChannel.feed does: after an alarm its finding and relearning, after
+            # a warm-up the reference; the segment's later records then go through it.
             channel = channels[segment]
-            # As NumericChannel.feed does after an alarm: the finding, then relearning.
-            found.append((segment, Alarm(stop - 1, channel._finding())))
-            channel.alarm[:, :] = 0.0
-            channel.start_warmup(channel.settings.relearn_records)
+            if event == k.SEGMENT_ALARM:
+                found.append((segment, channel.take_alarm(stop - 1)))
+            else:
+                channel.finish_warmup()
             rows = order[bounds[segment]:bounds[segment + 1]]
             found += [(segment, Alarm(alarm.index + stop, alarm.finding)) for alarm in
                       _feed_channel(channel, values, positions, rows[stop:], scores)]
             first = segment + 1
-        for segment in np.flatnonzero(present & ~active).tolist():
-            rows = order[bounds[segment]:bounds[segment + 1]]
-            found += [(segment, alarm) for alarm in
-                      _feed_channel(channels[segment], values, positions, rows, scores)]
-        return found
 
     def _run(self, values: np.ndarray, positions: np.ndarray, order: np.ndarray,
              bounds: np.ndarray, first: int, active: np.ndarray, scores: np.ndarray,
-             model: NumericChannel) -> tuple[int, int]:
+             model: NumericChannel) -> tuple[int, int, int]:
         a = self.arrays
-        segment, stop = k.run_numeric_segments(
+        segment, stop, event = k.run_numeric_segments(
             values, positions, order, bounds, first, active, self.knots, self.below,
             self.at_or_below, self.n_knots, self.u_min, a["ph_par"], a["ph_f"], a["ph_i"],
             model.aw_par, a["aw_s"], a["aw_totals"], a["aw_variances"], a["aw_counts"],
             a["ring_values"], a["ring_positions"], a["counters"], a["alarm"], model.scoring,
-            scores)
-        return int(segment), int(stop)
+            scores, self.warm_values, self.warm_count, self.warm_span, self.warm_target)
+        return int(segment), int(stop), int(event)
+
+    # ------------------------------------------------------------------ warm-ups
+    def _load_warmup(self, code: int, channel: NumericChannel) -> None:
+        """A warming channel's values so far into the stack, unless they are there already
+        (its list is the one the stack gave it, unchanged)."""
+        listed = channel.warmup_values
+        if self.warm_lists[code] is listed and self.warm_sizes[code] == len(listed):
+            return
+        collected = np.concatenate(listed) if listed else np.zeros(0)
+        width = max(collected.size, channel.warmup_target)
+        if width > self.warm_values.shape[1]:
+            self.warm_values = _widened(self.warm_values, width)
+        self.warm_values[code, :collected.size] = collected
+        self.warm_count[code] = collected.size
+        self.warm_span[code] = (channel.warmup_first or 0, channel.warmup_last or 0)
+        self.warm_target[code] = channel.warmup_target
+        self.warm_lists[code], self.warm_sizes[code] = listed, len(listed)
+
+    def _store_warmups(self, channels: list[NumericChannel], counted: np.ndarray) -> None:
+        """Channels whose warm-up grew in the compiled call get it back (a view, no copy):
+        their state, snapshot and reference read it there."""
+        grew = self.warm_count[:len(channels)] != counted[:len(channels)]
+        for code in np.flatnonzero(grew).tolist():
+            channel = channels[code]
+            channel.warmup_values = [self.warm_values[code, :int(self.warm_count[code])]]
+            channel.warmup_first = int(self.warm_span[code, 0])
+            channel.warmup_last = int(self.warm_span[code, 1])
+            self.warm_lists[code], self.warm_sizes[code] = channel.warmup_values, 1
 
     # ------------------------------------------------------------------ stacking
     def _sync(self, channels: list[NumericChannel]) -> None:
@@ -106,8 +144,11 @@ class SegmentStack:
         while len(self.channels) <= code:
             self.channels.append(channel)
             self.references.append(None)
+            self.warm_lists.append(None)
+            self.warm_sizes.append(0)
         self.channels[code] = channel
         self.references[code] = None
+        self.warm_lists[code] = None
 
     def _copy_reference(self, code: int, channel: NumericChannel) -> None:
         m = channel.knots.shape[0]
@@ -133,6 +174,10 @@ class SegmentStack:
             _taller(table, capacity) for table in (self.knots, self.below, self.at_or_below))
         self.n_knots = _taller(self.n_knots, capacity)
         self.u_min = _taller(self.u_min, capacity)
+        self.warm_values = _taller(self.warm_values, capacity)
+        self.warm_count = _taller(self.warm_count, capacity)
+        self.warm_span = _taller(self.warm_span, capacity)
+        self.warm_target = _taller(self.warm_target, capacity)
         for code, channel in enumerate(self.channels):
             for name in STACKED:
                 setattr(channel, name, self.arrays[name][code])
