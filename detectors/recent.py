@@ -22,6 +22,7 @@ class Batch:
     times: np.ndarray  # int64 ms, -1 = none
     codes: np.ndarray  # int32 segment codes
     scores: dict[str, np.ndarray]  # float, NaN = not scored
+    matrix: np.ndarray | None = None  # the same scores as rows in the ring's signal order
 
 
 class RecentRecords:
@@ -49,6 +50,9 @@ class RecentRecords:
             self.positions[into] = batch.positions[part]
             self.times[into] = batch.times[part]
             self.codes[into] = batch.codes[part]
+            if batch.matrix is not None:  # every signal's scores, in ring order: at once
+                self.scores[:, into] = batch.matrix[:, part]
+                continue
             for row, name in enumerate(self.signals):
                 column = batch.scores.get(name)
                 self.scores[row, into] = np.nan if column is None else column[part]

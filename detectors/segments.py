@@ -139,10 +139,10 @@ class SegmentedBank:
         groups, labels = self._groups(coded, n)
         if len(self.settings.segment_by) > 1:
             coded["+".join(self.settings.segment_by)] = (groups, [str(label) for label in labels])
-        found, codes, scores = self._feed_segments(columns, positions, groups, labels)
+        found, codes, scores, matrix = self._feed_segments(columns, positions, groups, labels)
         found += [("composition", d)
                   for d in self.composition.update(columns, positions, times, coded)]
-        batch = Batch(positions, times, codes, scores)
+        batch = Batch(positions, times, codes, scores, matrix)
         decisions = self._episodes(found, batch)
         self.recent.push(batch)
         self.records_seen += n
@@ -229,10 +229,11 @@ class SegmentedBank:
     def _feed_segments(self, columns: Mapping[str, Any], positions: np.ndarray,
                        groups: np.ndarray, labels: np.ndarray
                        ) -> tuple[list[tuple[str, DriftDecision]], np.ndarray,
-                                  dict[str, np.ndarray]]:
+                                  dict[str, np.ndarray], np.ndarray | None]:
         """Each segment's records to its bank's channels (relative order kept), one compiled
         call per signal for every segment, then every record's score to the pooled bank.
-        Returns (layer, decision) pairs, each record's segment code and the pooled scores."""
+        Returns (layer, decision) pairs, each record's segment code, the pooled scores and,
+        when every signal has a column, the same as rows in signal order."""
         signals = [name for name in self.settings.numeric_like() if columns.get(name) is not None]
         values = np.empty((len(signals), len(positions)))
         for row, name in enumerate(signals):
@@ -264,7 +265,8 @@ class SegmentedBank:
         if self.pool is not None and signals:
             found += [("pooled", d) for d in self.pool.update(pooled, positions,
                                                                positions_checked=True)]
-        return found, segment_codes, pooled
+        whole = len(signals) == len(self.settings.numeric_like())
+        return found, segment_codes, pooled, scores if whole else None
 
     def _segment_codes(self, groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Each record's segment code; segments met for the first time are made in order of

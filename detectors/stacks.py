@@ -53,17 +53,21 @@ class SegmentStack:
         if not channels:
             return []
         self._sync(channels)
-        present = np.diff(bounds) > 0
-        active = np.array([c.reference is not None for c in channels])
-        for code in np.flatnonzero(present & ~active).tolist():
+        present = (np.diff(bounds) > 0).tolist()
+        warming = [code for code, channel in enumerate(channels)
+                   if channel.reference is None and present[code]]
+        for code in warming:
             self._load_warmup(code, channels[code])
+        active = np.ones(len(channels), dtype=np.bool_)
+        active[warming] = False
         found: list[tuple[int, Alarm]] = []
         first = 0
         while True:
-            counted = self.warm_count.copy()
+            counted = self.warm_count.copy() if warming else self.warm_count
             segment, stop, event = self._run(values, positions, order, bounds, first, active,
                                              scores, channels[0])
-            self._store_warmups(channels, counted)
+            if warming:
+                self._store_warmups(channels, counted)
             if event == k.SEGMENTS_DONE:
                 return found
             # As NumericChannel.feed does: after an alarm its finding and relearning, after
