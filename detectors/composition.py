@@ -387,21 +387,39 @@ def _canonical_rfc3339_ms(array: np.ndarray) -> np.ndarray | None:
     paths give the same times; ASCII bytes of the form are read as their text)."""
     if array.ndim != 1 or not array.size or array.dtype.kind not in "OU":
         return None
-    # One byte more than the form: a longer value shows in it; a shorter one, or a value
-    # that is no text (None reads "None"), fails the form's check below.
-    width = CANONICAL_LENGTH + 1
-    try:
-        text = array.astype(f"S{width}")
-    except (UnicodeEncodeError, TypeError, ValueError):
-        return None
-    chars = text.view(np.uint8).reshape(len(text), width)
-    if chars[:, CANONICAL_LENGTH].any():
-        return None
-    out = np.empty(len(text), dtype=np.int64)
+    chars = _joined_chars(array)
+    if chars is None:
+        # One byte more than the form: a longer value shows in it; a shorter one, or a
+        # value that is no text (None reads "None"), fails the form's check below.
+        width = CANONICAL_LENGTH + 1
+        try:
+            text = array.astype(f"S{width}")
+        except (UnicodeEncodeError, TypeError, ValueError):
+            return None
+        chars = text.view(np.uint8).reshape(len(text), width)
+        if chars[:, CANONICAL_LENGTH].any():
+            return None
+    out = np.empty(len(chars), dtype=np.int64)
     if not _parse_canonical(chars, CANONICAL_SEPARATORS, CANONICAL_DAYS_BEFORE_MONTH,
                             CANONICAL_DAYS_IN_MONTH, out):
         return None
     return out
+
+
+def _joined_chars(array: np.ndarray) -> np.ndarray | None:
+    """The values' bytes as rows (the form's 24, then "|"), when every value is ASCII text of
+    24 characters: joined with "|" (which the form never holds) and encoded at once, ~3x
+    cheaper than numpy's cast of each. None otherwise (the cast then decides)."""
+    try:
+        joined = "|".join(array.tolist()).encode("ascii")
+    except (TypeError, UnicodeEncodeError):
+        return None
+    # With "|" at every 25th byte and none elsewhere (the form's check), each value is 24.
+    width = CANONICAL_LENGTH + 1
+    if len(joined) != width * len(array) - 1:
+        return None
+    chars = np.frombuffer(joined + b"|", dtype=np.uint8).reshape(len(array), width)
+    return chars if bool((chars[:, CANONICAL_LENGTH] == ord("|")).all()) else None
 
 
 @njit(cache=True)
