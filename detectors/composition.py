@@ -81,26 +81,23 @@ class CompositionMonitor:
         for name in self.signals:
             if name not in coded and columns.get(name) is not None:
                 coded[name] = code_column(columns[name])
-        valid = times_ms >= 0
-        previous = -1 if self.watermark is None else self.watermark
-        running = np.maximum.accumulate(np.where(valid, times_ms, -1))
-        running = np.maximum(running, previous)
-        bound = np.where(running >= 0, (running - self.lateness_ms) // self.window_ms, -1)
-        window = np.where(valid, times_ms // self.window_ms, -1)
-        late = valid & (window < bound)
-        self.late_records += int(late.sum())
-        counted = valid & ~late
-        before = -1 if self.closed_below is None else self.closed_below
-        raises = np.flatnonzero(np.diff(np.concatenate([[before], bound])) > 0)
+        window, bound = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+        counted, raises = np.empty(n, dtype=np.bool_), np.empty(n, dtype=np.int64)
+        n_raises, late, running = _window_bounds(
+            np.ascontiguousarray(times_ms, dtype=np.int64),
+            -1 if self.watermark is None else self.watermark,
+            -1 if self.closed_below is None else self.closed_below, self.window_ms,
+            self.lateness_ms, window, bound, counted, raises)
+        self.late_records += int(late)
         decisions: list[DriftDecision] = []
         start = 0
-        for index in [int(i) for i in raises] + [n]:
+        for index in raises[:n_raises].tolist() + [n]:
             self._count(coded, positions, window, counted, start, index)
             if index < n:
                 decisions += self._close_below(int(bound[index]), int(positions[index]))
             start = index
-        if running[-1] >= 0:
-            self.watermark = int(running[-1])
+        if running >= 0:
+            self.watermark = int(running)
         return decisions
 
     def _count(self, coded: Mapping[str, Coded], positions: np.ndarray, window: np.ndarray,
@@ -304,6 +301,33 @@ class CompositionMonitor:
                              for name in self.signals}
         self.late_records = int(state["late_records"])
         self.windows_closed = int(state["windows_closed"])
+
+
+@njit(cache=True)
+def _window_bounds(times: np.ndarray, watermark: int, closed_below: int, window_ms: int,
+                   lateness_ms: int, window: np.ndarray, bound: np.ndarray,
+                   counted: np.ndarray, raises: np.ndarray) -> tuple[int, int, int]:
+    """Per record (times: ms, negative = none): its window (-1: none), the windows closed
+    once it is seen (``bound``: those below, from the running largest time less the
+    lateness; -1 before any time), and whether it is counted (dated and not late). Fills
+    ``raises`` with the records at which ``bound`` rises; returns (how many, late records,
+    largest time seen or -1)."""
+    running, previous, n_raises, late = watermark, closed_below, 0, 0
+    for index in range(times.shape[0]):
+        time = times[index]
+        dated = time >= 0
+        if dated and time > running:
+            running = time
+        bound[index] = (running - lateness_ms) // window_ms if running >= 0 else -1
+        window[index] = time // window_ms if dated else -1
+        is_late = dated and window[index] < bound[index]
+        late += is_late
+        counted[index] = dated and not is_late
+        if bound[index] > previous:
+            raises[n_raises] = index
+            n_raises += 1
+        previous = bound[index]
+    return n_raises, late, running
 
 
 def code_column(column: Any) -> Coded:
