@@ -250,7 +250,9 @@ class SegmentedBank:
         bounds = np.searchsorted(segment_codes[order], np.arange(len(banks) + 1))
         alarms: list[list[tuple[int, int, str, Alarm]]] = [[] for _ in banks]
         for row, name in enumerate(signals):
-            stack = self.stacks.setdefault(name, SegmentStack())
+            stack = self.stacks.get(name)
+            if stack is None:
+                stack = self.stacks[name] = SegmentStack(self.settings.max_segments + 1)
             channels = [cast(NumericChannel, bank.channels[name]) for bank in banks]
             for code, alarm in stack.feed(values[row], positions, order, bounds, scores[row],
                                           channels):

@@ -26,7 +26,8 @@ FIRST_CAPACITY = 8
 class SegmentStack:
     """The stacked state of one signal; row ``code`` is segment ``code``'s channel."""
 
-    def __init__(self) -> None:
+    def __init__(self, most: int) -> None:
+        self.most = most  # segments there can be (max_segments and "(other)")
         self.channels: list[NumericChannel] = []
         self.arrays: dict[str, np.ndarray] = {}
         # Reference tables, padded to the longest; the reference each row was copied from.
@@ -69,6 +70,7 @@ class SegmentStack:
             if warming:
                 self._store_warmups(channels, counted)
             if event == k.SEGMENTS_DONE:
+                self._release_warmups(channels)
                 return found
             # As NumericChannel.feed does: after an alarm its finding and relearning, after
             # a warm-up the reference; the segment's later records then go through it.
@@ -110,6 +112,13 @@ class SegmentStack:
         self.warm_span[code] = (channel.warmup_first or 0, channel.warmup_last or 0)
         self.warm_target[code] = channel.warmup_target
         self.warm_lists[code], self.warm_sizes[code] = listed, len(listed)
+
+    def _release_warmups(self, channels: list[NumericChannel]) -> None:
+        """Warm-ups are rare (a new segment, a relearn): their buffer (2,000 values per
+        segment) is kept only while one is under way."""
+        if self.warm_values.shape[1] and all(c.reference is not None for c in channels):
+            self.warm_values = np.zeros((self.warm_values.shape[0], 0))
+            self.warm_lists = [None] * len(self.warm_lists)
 
     def _store_warmups(self, channels: list[NumericChannel], counted: np.ndarray) -> None:
         """Channels whose warm-up grew in the compiled call get it back (a view, no copy):
@@ -168,7 +177,7 @@ class SegmentStack:
 
     def _grow(self, needed: int) -> None:
         """Room for ``needed`` segments or more; stacked channels re-pointed at the new rows."""
-        capacity = max(needed, 2 * len(self.u_min), FIRST_CAPACITY)
+        capacity = max(needed, min(max(2 * len(self.u_min), FIRST_CAPACITY), self.most))
         for name in STACKED:
             old = self.arrays[name]
             grown = np.zeros((capacity,) + old.shape[1:], dtype=old.dtype)
