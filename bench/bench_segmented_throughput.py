@@ -8,7 +8,9 @@
 Both banks are fed the same prebuilt columns (``arrived``: the consumer's columns, batches of
 2,000), interleaved, and timed in wall and CPU (process) time. ``--cache DIR`` keeps the
 columns between runs, so two builds can be run one after the other on the same records
-(``PYTHONPATH`` chooses the build); ``--json`` prints one line of rates per order.
+(each build's own checkout of this script: ``bench_arrival_orders`` puts the repository it
+sits in first on ``sys.path``, whatever ``PYTHONPATH`` says); ``--json`` prints one line of
+rates per order. ``--segment-by`` sets the segmented bank's segment fields.
 """
 
 from __future__ import annotations

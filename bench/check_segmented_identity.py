@@ -3,8 +3,12 @@ consumer's columns in several arrival orders and a stream with segment and poole
 under ``segment_by`` county and county + tax_district, and records every decision and a hash
 of the snapshot every 50 batches.
 
-    PYTHONPATH=<old build> python bench/check_segmented_identity.py --write before.json
-    PYTHONPATH=<new build> python bench/check_segmented_identity.py --compare before.json
+    <old checkout>/bench/check_segmented_identity.py --write before.json   (a copy of this file)
+    <new checkout>/bench/check_segmented_identity.py --compare before.json
+
+Each build runs from its own checkout: ``bench_arrival_orders`` puts the repository it sits
+in first on ``sys.path``, whatever ``PYTHONPATH`` says (the first line printed names the
+build). E.g. ``git archive <commit> | tar -x -C /tmp/old`` and copy this file into it.
 
 ``--compare`` exits 1 on any difference. The old build's snapshot at batch 75 of each run
 (``--write`` keeps them beside the JSON) is also restored by this build and fed the rest of
