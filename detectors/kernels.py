@@ -500,25 +500,26 @@ def run_numeric_segments(values: np.ndarray, positions: np.ndarray, order: np.nd
                          aw_counts: np.ndarray, ring_values: np.ndarray,
                          ring_positions: np.ndarray, counters: np.ndarray, alarm: np.ndarray,
                          scoring: int, scores_out: np.ndarray, warm_values: np.ndarray,
-                         warm_count: np.ndarray, warm_span: np.ndarray,
+                         warm_row: np.ndarray, warm_count: np.ndarray, warm_span: np.ndarray,
                          warm_target: np.ndarray) -> tuple[int, int, int]:
     """``run_numeric`` for one signal of every segment from ``first`` on, in one call: segment
     ``s`` holds the records ``order[bounds[s]:bounds[s + 1]]`` (ascending) and its state in
     row ``s`` of every stacked array (reference tables padded, ``n_knots`` long). Each
     segment's records run through ``run_numeric`` itself, so every operation is the one a
     call per segment made. A segment not ``active`` is warming up: its values are collected
-    in ``warm_values`` (``warm_count`` of them, first and last position in ``warm_span``)
-    up to its ``warm_target``. Returns (segment, index after the stopping value within its
-    records, what stopped: ``SEGMENT_ALARM`` or ``SEGMENT_WARMED``), or (-1, 0,
-    ``SEGMENTS_DONE``); ``scores_out`` receives the location scores by record."""
+    in row ``warm_row[s]`` of ``warm_values`` (``warm_count`` of them, first and last
+    position in ``warm_span``) up to its ``warm_target``. Returns (segment, index after
+    the stopping value within its records, what stopped: ``SEGMENT_ALARM`` or
+    ``SEGMENT_WARMED``), or (-1, 0, ``SEGMENTS_DONE``); ``scores_out`` receives the location
+    scores by record."""
     for s in range(first, bounds.shape[0] - 1):
         lo, hi = bounds[s], bounds[s + 1]
         if hi == lo:
             continue
         rows = order[lo:hi]
         if not active[s]:
-            stop = _collect_warmup(values, positions, rows, s, warm_values, warm_count,
-                                   warm_span, warm_target)
+            stop = _collect_warmup(values, positions, rows, s, warm_values[warm_row[s]],
+                                   warm_count, warm_span, warm_target)
             if stop >= 0:
                 return s, stop, SEGMENT_WARMED
             continue
@@ -539,16 +540,16 @@ def run_numeric_segments(values: np.ndarray, positions: np.ndarray, order: np.nd
 
 @njit(cache=True, inline="always")
 def _collect_warmup(values: np.ndarray, positions: np.ndarray, rows: np.ndarray, s: int,
-                    warm_values: np.ndarray, warm_count: np.ndarray, warm_span: np.ndarray,
+                    into: np.ndarray, warm_count: np.ndarray, warm_span: np.ndarray,
                     warm_target: np.ndarray) -> int:
-    """Segment ``s``'s values (NaN skipped) into its warm-up; the index after the value
-    that completes it, or -1."""
+    """Segment ``s``'s values (NaN skipped) into its warm-up (``into``); the index after the
+    value that completes it, or -1."""
     for index in range(rows.shape[0]):
         x = values[rows[index]]
         if math.isnan(x):
             continue
         count = warm_count[s]
-        warm_values[s, count] = x
+        into[count] = x
         if count == 0:
             warm_span[s, 0] = positions[rows[index]]
         warm_span[s, 1] = positions[rows[index]]

@@ -252,7 +252,7 @@ class SegmentedBank:
         for row, name in enumerate(signals):
             stack = self.stacks.get(name)
             if stack is None:
-                stack = self.stacks[name] = SegmentStack(self.settings.max_segments + 1)
+                stack = self.stacks[name] = SegmentStack()
             channels = [cast(NumericChannel, bank.channels[name]) for bank in banks]
             for code, alarm in stack.feed(values[row], positions, order, bounds, scores[row],
                                           channels):

@@ -20,14 +20,12 @@ from detectors.channels import Alarm, NumericChannel
 # The channel arrays the compiled loop reads and writes, all shaped by the settings alone.
 STACKED = ("ph_par", "ph_f", "ph_i", "aw_s", "aw_totals", "aw_variances", "aw_counts",
            "ring_values", "ring_positions", "counters", "alarm")
-FIRST_CAPACITY = 8
 
 
 class SegmentStack:
     """The stacked state of one signal; row ``code`` is segment ``code``'s channel."""
 
-    def __init__(self, most: int) -> None:
-        self.most = most  # segments there can be (max_segments and "(other)")
+    def __init__(self) -> None:
         self.channels: list[NumericChannel] = []
         self.arrays: dict[str, np.ndarray] = {}
         # Reference tables, padded to the longest; the reference each row was copied from.
@@ -37,7 +35,10 @@ class SegmentStack:
         self.u_min = np.zeros(0)
         # Warm-ups being collected: values, count, first and last position, target; and the
         # list each channel was given, to know whether it changed since.
+        # Rows of ``warm_values`` go to the segments warming up (``warm_row``, -1: none).
         self.warm_values = np.zeros((0, 0))
+        self.warm_row = np.zeros(0, dtype=np.int64)
+        self.row_owner: list[int] = []
         self.warm_count = np.zeros(0, dtype=np.int64)
         self.warm_span = np.zeros((0, 2), dtype=np.int64)
         self.warm_target = np.zeros(0, dtype=np.int64)
@@ -55,6 +56,7 @@ class SegmentStack:
             return []
         self._sync(channels)
         present = (np.diff(bounds) > 0).tolist()
+        self._free_rows(channels)
         warming = [code for code, channel in enumerate(channels)
                    if channel.reference is None and present[code]]
         for code in warming:
@@ -93,7 +95,8 @@ class SegmentStack:
             self.at_or_below, self.n_knots, self.u_min, a["ph_par"], a["ph_f"], a["ph_i"],
             model.aw_par, a["aw_s"], a["aw_totals"], a["aw_variances"], a["aw_counts"],
             a["ring_values"], a["ring_positions"], a["counters"], a["alarm"], model.scoring,
-            scores, self.warm_values, self.warm_count, self.warm_span, self.warm_target)
+            scores, self.warm_values, self.warm_row, self.warm_count, self.warm_span,
+            self.warm_target)
         return int(segment), int(stop), int(event)
 
     # ------------------------------------------------------------------ warm-ups
@@ -101,23 +104,59 @@ class SegmentStack:
         """A warming channel's values so far into the stack, unless they are there already
         (its list is the one the stack gave it, unchanged)."""
         listed = channel.warmup_values
-        if self.warm_lists[code] is listed and self.warm_sizes[code] == len(listed):
+        row = int(self.warm_row[code])
+        if row >= 0 and self.warm_lists[code] is listed and self.warm_sizes[code] == len(listed):
             return
+        if row < 0:
+            row = self._take_row(code)
         collected = np.concatenate(listed) if listed else np.zeros(0)
         width = max(collected.size, channel.warmup_target)
         if width > self.warm_values.shape[1]:
             self.warm_values = _widened(self.warm_values, width)
-        self.warm_values[code, :collected.size] = collected
+        self.warm_values[row, :collected.size] = collected
         self.warm_count[code] = collected.size
         self.warm_span[code] = (channel.warmup_first or 0, channel.warmup_last or 0)
         self.warm_target[code] = channel.warmup_target
         self.warm_lists[code], self.warm_sizes[code] = listed, len(listed)
 
+    def _take_row(self, code: int) -> int:
+        """A row of the warm-up buffer for segment ``code``: a free one, or a new one."""
+        row = self.row_owner.index(-1) if -1 in self.row_owner else len(self.row_owner)
+        if row == len(self.row_owner):
+            self.row_owner.append(-1)
+            self.warm_values = _taller(self.warm_values, len(self.row_owner))
+        self.row_owner[row], self.warm_row[code] = code, row
+        return row
+
+    def _free_rows(self, channels: list[NumericChannel]) -> None:
+        """Rows of segments whose warm-up ended (their channels no longer hold views of
+        them: a reference replaces the warm-up list) go back to the pool."""
+        for code in np.flatnonzero(self.warm_row[:len(channels)] >= 0).tolist():
+            if channels[code].reference is not None:
+                self.row_owner[int(self.warm_row[code])] = -1
+                self.warm_row[code], self.warm_lists[code] = -1, None
+        owned = [code for code in self.row_owner if code >= 0]
+        if len(self.row_owner) > max(2 * len(owned), 8):
+            self._compact(owned, channels)
+
+    def _compact(self, owned: list[int], channels: list[NumericChannel]) -> None:
+        """A buffer with the rows of the segments still warming up only (after many began
+        at once, as districts do); their channels' views re-pointed."""
+        buffer = self.warm_values[[int(self.warm_row[code]) for code in owned]]
+        for row, code in enumerate(owned):
+            self.warm_row[code] = row
+            channel = channels[code]
+            if self.warm_lists[code] is channel.warmup_values:  # the stack's view: new one
+                channel.warmup_values = [buffer[row, :int(self.warm_count[code])]]
+                self.warm_lists[code], self.warm_sizes[code] = channel.warmup_values, 1
+        self.warm_values, self.row_owner = buffer, owned
+
     def _release_warmups(self, channels: list[NumericChannel]) -> None:
         """Warm-ups are rare (a new segment, a relearn): their buffer (2,000 values per
-        segment) is kept only while one is under way."""
-        if self.warm_values.shape[1] and all(c.reference is not None for c in channels):
-            self.warm_values = np.zeros((self.warm_values.shape[0], 0))
+        segment warming up) is dropped once none is under way."""
+        if self.row_owner and all(c.reference is not None for c in channels):
+            self.warm_values, self.row_owner = np.zeros((0, 0)), []
+            self.warm_row[:] = -1
             self.warm_lists = [None] * len(self.warm_lists)
 
     def _store_warmups(self, channels: list[NumericChannel], counted: np.ndarray) -> None:
@@ -126,7 +165,8 @@ class SegmentStack:
         grew = self.warm_count[:len(channels)] != counted[:len(channels)]
         for code in np.flatnonzero(grew).tolist():
             channel = channels[code]
-            channel.warmup_values = [self.warm_values[code, :int(self.warm_count[code])]]
+            row, count = int(self.warm_row[code]), int(self.warm_count[code])
+            channel.warmup_values = [self.warm_values[row, :count]]
             channel.warmup_first = int(self.warm_span[code, 0])
             channel.warmup_last = int(self.warm_span[code, 1])
             self.warm_lists[code], self.warm_sizes[code] = channel.warmup_values, 1
@@ -176,8 +216,9 @@ class SegmentStack:
         self.references[code] = channel.reference
 
     def _grow(self, needed: int) -> None:
-        """Room for ``needed`` segments or more; stacked channels re-pointed at the new rows."""
-        capacity = max(needed, min(max(2 * len(self.u_min), FIRST_CAPACITY), self.most))
+        """Room for ``needed`` segments, exactly (a segment's rows are ~14 KB a signal, and
+        new segments are rare); stacked channels re-pointed at the new rows."""
+        capacity = needed
         for name in STACKED:
             old = self.arrays[name]
             grown = np.zeros((capacity,) + old.shape[1:], dtype=old.dtype)
@@ -187,7 +228,8 @@ class SegmentStack:
             _taller(table, capacity) for table in (self.knots, self.below, self.at_or_below))
         self.n_knots = _taller(self.n_knots, capacity)
         self.u_min = _taller(self.u_min, capacity)
-        self.warm_values = _taller(self.warm_values, capacity)
+        self.warm_row = np.concatenate([self.warm_row, np.full(capacity - len(self.warm_row),
+                                                               -1, dtype=np.int64)])
         self.warm_count = _taller(self.warm_count, capacity)
         self.warm_span = _taller(self.warm_span, capacity)
         self.warm_target = _taller(self.warm_target, capacity)
