@@ -33,9 +33,9 @@ class SegmentStack:
         self.knots, self.below, self.at_or_below = (np.zeros((0, 0)) for _ in range(3))
         self.n_knots = np.zeros(0, dtype=np.int64)
         self.u_min = np.zeros(0)
-        # Warm-ups being collected: values, count, first and last position, target; and the
-        # list each channel was given, to know whether it changed since.
-        # Rows of ``warm_values`` go to the segments warming up (``warm_row``, -1: none).
+        # Warm-ups being collected: a row of values per segment warming up (``warm_row``,
+        # -1: none), and per segment the count, first and last position, target, and the
+        # list its channel was given (to know whether it changed since).
         self.warm_values = np.zeros((0, 0))
         self.warm_row = np.zeros(0, dtype=np.int64)
         self.row_owner: list[int] = []
