@@ -2,12 +2,15 @@
 ``bench_arrival_orders.py`` without its decision tables), for comparing builds.
 
     .venv/bin/python bench/bench_segmented_throughput.py [--records 500000] [--repeats 5]
-        [--orders county-batches shuffled] [--cache DIR] [--json]
+        [--orders county-batches shuffled] [--segment-by county tax_district] [--cache DIR]
+        [--json]
 
 Both banks are fed the same prebuilt columns (``arrived``: the consumer's columns, batches of
 2,000), interleaved, and timed in wall and CPU (process) time. ``--cache DIR`` keeps the
 columns between runs, so two builds can be run one after the other on the same records
-(``PYTHONPATH`` chooses the build); ``--json`` prints one line of rates per order.
+(each build's own checkout of this script: ``bench_arrival_orders`` puts the repository it
+sits in first on ``sys.path``, whatever ``PYTHONPATH`` says); ``--json`` prints one line of
+rates per order. ``--segment-by`` sets the segmented bank's segment fields.
 """
 
 from __future__ import annotations
@@ -59,11 +62,12 @@ def timed_feed(bank, columns: dict[str, np.ndarray]) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def rates(columns: dict[str, np.ndarray], repeats: int) -> dict[str, dict[str, list[float]]]:
+def rates(columns: dict[str, np.ndarray], repeats: int, segment_by: tuple[str, ...]
+          ) -> dict[str, dict[str, list[float]]]:
     """records/s per bank and clock, the banks interleaved so load drift hits both."""
     n = len(columns["index"])
     makers = {"single": lambda: DetectorBank(DetectorSettings()),
-              "segmented": lambda: SegmentedBank(DetectorSettings())}
+              "segmented": lambda: SegmentedBank(DetectorSettings(segment_by=segment_by))}
     for make in makers.values():
         timed_feed(make(), {k: v[:BATCH * 5] for k, v in columns.items()})  # compile
     out: dict[str, dict[str, list[float]]] = {
@@ -87,6 +91,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--orders", nargs="+", default=["county-batches", "shuffled"])
     parser.add_argument("--cache", type=Path)
+    parser.add_argument("--segment-by", nargs="+", default=["county"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not args.json:
@@ -94,7 +99,8 @@ def main() -> None:
         print("| order | bank | clock | records/s min / median / max | ratio (median) |\n"
               "|---|---|---|---|---|")
     for order in args.orders:
-        measured = rates(columns_for(order, args.records, args.cache), args.repeats)
+        measured = rates(columns_for(order, args.records, args.cache), args.repeats,
+                         tuple(args.segment_by))
         if args.json:
             print(json.dumps({"order": order, **measured}), flush=True)
             continue

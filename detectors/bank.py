@@ -106,8 +106,15 @@ class DetectorBank:
             fired = channel.feed(column, positions, None if scores is None else scores.get(name))
             for alarm in fired:
                 alarms.append((alarm.index, order[name], name, alarm))
+        return self.account(alarms, positions)
+
+    def account(self, alarms: list[tuple[int, int, str, Alarm]],
+                positions: np.ndarray) -> list[DriftDecision]:
+        """A fed batch's decisions from its channels' alarms (index in the batch, channel
+        order, signal, alarm), and the batch counted. The segment layer, which feeds every
+        segment's channels in one compiled call, accounts each segment's part here."""
         alarms.sort(key=lambda item: (item[0], item[1]))
-        decisions = self._episodes(alarms, positions)
+        decisions = self._episodes(alarms, positions) if alarms else []
         self.records_seen += len(positions)
         if len(positions):
             self.last_position = int(positions[-1])

@@ -217,10 +217,16 @@ class NumericChannel:
                 continue
             start = self._run(values, positions, start, scores)
             if self.alarm[:, k.AL_FIRED].any():
-                alarms.append(Alarm(start - 1, self._finding()))
-                self.alarm[:, :] = 0.0
-                self.start_warmup(self.settings.relearn_records)
+                alarms.append(self.take_alarm(start - 1))
         return alarms
+
+    def take_alarm(self, index: int) -> Alarm:
+        """The alarm the detectors just raised at batch ``index``; they restart and the
+        reference is learned again (after an alarm the old one is stale)."""
+        alarm = Alarm(index, self._finding())
+        self.alarm[:, :] = 0.0
+        self.start_warmup(self.settings.relearn_records)
+        return alarm
 
     def _run(self, values: np.ndarray, positions: np.ndarray, start: int,
              scores: np.ndarray | None) -> int:
@@ -250,10 +256,13 @@ class NumericChannel:
             self.warmup_last = int(positions[take[-1]])
         if have + take.size < self.warmup_target:
             return int(values.shape[0])
-        reference = NumericReference.from_values(np.concatenate(self.warmup_values),
-                                                 self.warmup_first, self.warmup_last)
-        self.set_reference(reference)
+        self.finish_warmup()
         return int(take[-1]) + 1
+
+    def finish_warmup(self) -> None:
+        """The warm-up values collected make the reference."""
+        self.set_reference(NumericReference.from_values(
+            np.concatenate(self.warmup_values), self.warmup_first, self.warmup_last))
 
     # ------------------------------------------------------------------ explanation
     def _finding(self) -> SignalFinding:

@@ -35,6 +35,8 @@ from detectors.reference import CategoricalReference
 MISSING = "(missing)"
 MAX_TRACKED_CATEGORIES = 5000  # per signal and window; rarer ones count as "(other)"
 OTHER = "(other)"
+# A category column coded: a code per record (-1 = missing) and each code's name.
+Coded = tuple[np.ndarray, list[str]]
 
 
 class CompositionMonitor:
@@ -67,63 +69,60 @@ class CompositionMonitor:
 
     # ------------------------------------------------------------------ feeding
     def update(self, columns: Mapping[str, Any], positions: np.ndarray,
-               times_ms: np.ndarray) -> list[DriftDecision]:
+               times_ms: np.ndarray, coded: Mapping[str, Coded] | None = None
+               ) -> list[DriftDecision]:
         """Count one batch (``times_ms``: event time per record, int64 ms; negative = none)
-        and judge every window it closes."""
+        and judge every window it closes. ``coded``: columns the caller already coded
+        (``code_column``); the others are coded here, once per batch."""
         n = len(positions)
         if n == 0:
             return []
-        valid = times_ms >= 0
-        previous = -1 if self.watermark is None else self.watermark
-        running = np.maximum.accumulate(np.where(valid, times_ms, -1))
-        running = np.maximum(running, previous)
-        bound = np.where(running >= 0, (running - self.lateness_ms) // self.window_ms, -1)
-        window = np.where(valid, times_ms // self.window_ms, -1)
-        late = valid & (window < bound)
-        self.late_records += int(late.sum())
-        counted = valid & ~late
-        before = -1 if self.closed_below is None else self.closed_below
-        raises = np.flatnonzero(np.diff(np.concatenate([[before], bound])) > 0)
+        coded = dict(coded or {})
+        for name in self.signals:
+            if name not in coded and columns.get(name) is not None:
+                coded[name] = code_column(columns[name])
+        window, bound = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+        counted, raises = np.empty(n, dtype=np.bool_), np.empty(n, dtype=np.int64)
+        n_raises, late, running = _window_bounds(
+            np.ascontiguousarray(times_ms, dtype=np.int64),
+            -1 if self.watermark is None else self.watermark,
+            -1 if self.closed_below is None else self.closed_below, self.window_ms,
+            self.lateness_ms, window, bound, counted, raises)
+        self.late_records += int(late)
         decisions: list[DriftDecision] = []
         start = 0
-        for index in [int(i) for i in raises] + [n]:
-            self._count(columns, positions, window, counted, start, index)
+        for index in raises[:n_raises].tolist() + [n]:
+            self._count(coded, positions, window, counted, start, index)
             if index < n:
                 decisions += self._close_below(int(bound[index]), int(positions[index]))
             start = index
-        if running[-1] >= 0:
-            self.watermark = int(running[-1])
+        if running >= 0:
+            self.watermark = int(running)
         return decisions
 
-    def _count(self, columns: Mapping[str, Any], positions: np.ndarray, window: np.ndarray,
+    def _count(self, coded: Mapping[str, Coded], positions: np.ndarray, window: np.ndarray,
                counted: np.ndarray, start: int, stop: int) -> None:
         if stop <= start:
             return
         rows = np.flatnonzero(counted[start:stop]) + start
         if not rows.size:
             return
-        for index in np.unique(window[rows]):
-            members = rows[window[rows] == index]
+        windows = window[rows]
+        one = windows.min() == windows.max()  # nearly always: no sort to find the windows
+        for index in (windows[:1] if one else np.unique(windows)):
+            members = rows if one else rows[windows == index]
             state = self.open.setdefault(int(index), {
                 "n": 0, "first": int(positions[members[0]]), "last": 0,
                 "counts": {name: {} for name in self.signals}})
             state["n"] += int(members.size)
             state["first"] = min(state["first"], int(positions[members[0]]))
             state["last"] = max(state["last"], int(positions[members[-1]]))
+            whole = members.size == len(positions)  # the batch: its codes are in order
             for name in self.signals:
-                column = columns.get(name)
-                if column is None:
-                    continue
-                codes, uniques = pd.factorize(np.asarray(column, dtype=object)[members])
-                tally = np.bincount(codes + 1, minlength=len(uniques) + 1)  # slot 0: missing
-                names = [MISSING] + [str(u) if str(u) else MISSING for u in uniques]
-                into = state["counts"][name]
-                for category, count in zip(names, tally.tolist(), strict=True):
-                    if not count:
-                        continue
-                    key = category if (category in into or len(into) < MAX_TRACKED_CATEGORIES
-                                       ) else OTHER
-                    into[key] = into.get(key, 0) + int(count)
+                if name in coded:
+                    codes, names = coded[name]
+                    _tally(state["counts"][name], codes if whole else codes[members], names,
+                           whole)
 
     def close_all(self, position: int) -> list[DriftDecision]:
         """End of input: judge every open window (decisions at ``position``)."""
@@ -304,6 +303,64 @@ class CompositionMonitor:
         self.windows_closed = int(state["windows_closed"])
 
 
+@njit(cache=True)
+def _window_bounds(times: np.ndarray, watermark: int, closed_below: int, window_ms: int,
+                   lateness_ms: int, window: np.ndarray, bound: np.ndarray,
+                   counted: np.ndarray, raises: np.ndarray) -> tuple[int, int, int]:
+    """Per record (times: ms, negative = none): its window (-1: none), the windows closed
+    once it is seen (``bound``: those below, from the running largest time less the
+    lateness; -1 before any time), and whether it is counted (dated and not late). Fills
+    ``raises`` with the records at which ``bound`` rises; returns (how many, late records,
+    largest time seen or -1)."""
+    running, previous, n_raises, late = watermark, closed_below, 0, 0
+    for index in range(times.shape[0]):
+        time = times[index]
+        dated = time >= 0
+        if dated and time > running:
+            running = time
+        bound[index] = (running - lateness_ms) // window_ms if running >= 0 else -1
+        window[index] = time // window_ms if dated else -1
+        is_late = dated and window[index] < bound[index]
+        late += is_late
+        counted[index] = dated and not is_late
+        if bound[index] > previous:
+            raises[n_raises] = index
+            n_raises += 1
+        previous = bound[index]
+    return n_raises, late, running
+
+
+def code_column(column: Any) -> Coded:
+    """A category column as codes (numbered in order of first appearance, -1 = missing) and
+    each code's name (an empty value reads as missing)."""
+    codes, uniques = pd.factorize(np.asarray(column, dtype=object))
+    return codes, [str(u) if str(u) else MISSING for u in uniques]
+
+
+def _tally(into: dict[str, int], codes: np.ndarray, names: list[str], whole: bool) -> None:
+    """Add a window's records (``codes``) to its counts by name: missing first, then the
+    categories in order of first appearance among these records (the counts' order is
+    part of the snapshot), beyond ``MAX_TRACKED_CATEGORIES`` names as "(other)". ``whole``:
+    these are the batch's records, in which codes are numbered by first appearance."""
+    tally = np.bincount(codes + 1, minlength=len(names) + 1)  # slot 0: missing
+    labels = [MISSING, *names]
+    seen = range(len(names)) if whole else _first_seen(codes)
+    for slot in [0, *(code + 1 for code in seen if code >= 0)]:
+        count = int(tally[slot])
+        if not count:
+            continue
+        category = labels[slot]
+        key = category if (category in into or len(into) < MAX_TRACKED_CATEGORIES) else OTHER
+        into[key] = into.get(key, 0) + count
+
+
+def _first_seen(codes: np.ndarray) -> list[int]:
+    """The codes present, in order of first appearance."""
+    present, first = np.unique(codes, return_index=True)
+    ordered: list[int] = present[np.argsort(first, kind="stable")].tolist()
+    return ordered
+
+
 def _top_shares(counts: Mapping[str, float], n: float) -> tuple[tuple[str, float], ...]:
     ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:20]
     return tuple((name, float(count) / n) for name, count in ordered)
@@ -354,21 +411,39 @@ def _canonical_rfc3339_ms(array: np.ndarray) -> np.ndarray | None:
     paths give the same times; ASCII bytes of the form are read as their text)."""
     if array.ndim != 1 or not array.size or array.dtype.kind not in "OU":
         return None
-    # One byte more than the form: a longer value shows in it; a shorter one, or a value
-    # that is no text (None reads "None"), fails the form's check below.
-    width = CANONICAL_LENGTH + 1
-    try:
-        text = array.astype(f"S{width}")
-    except (UnicodeEncodeError, TypeError, ValueError):
-        return None
-    chars = text.view(np.uint8).reshape(len(text), width)
-    if chars[:, CANONICAL_LENGTH].any():
-        return None
-    out = np.empty(len(text), dtype=np.int64)
+    chars = _joined_chars(array)
+    if chars is None:
+        # One byte more than the form: a longer value shows in it; a shorter one, or a
+        # value that is no text (None reads "None"), fails the form's check below.
+        width = CANONICAL_LENGTH + 1
+        try:
+            text = array.astype(f"S{width}")
+        except (UnicodeEncodeError, TypeError, ValueError):
+            return None
+        chars = text.view(np.uint8).reshape(len(text), width)
+        if chars[:, CANONICAL_LENGTH].any():
+            return None
+    out = np.empty(len(chars), dtype=np.int64)
     if not _parse_canonical(chars, CANONICAL_SEPARATORS, CANONICAL_DAYS_BEFORE_MONTH,
                             CANONICAL_DAYS_IN_MONTH, out):
         return None
     return out
+
+
+def _joined_chars(array: np.ndarray) -> np.ndarray | None:
+    """The values' bytes as rows (the form's 24, then "|"), when every value is ASCII text of
+    24 characters: joined with "|" (which the form never holds) and encoded at once, ~3x
+    cheaper than numpy's cast of each. None otherwise (the cast then decides)."""
+    try:
+        joined = "|".join(array.tolist()).encode("ascii")
+    except (TypeError, UnicodeEncodeError):
+        return None
+    # With "|" at every 25th byte and none elsewhere (the form's check), each value is 24.
+    width = CANONICAL_LENGTH + 1
+    if len(joined) != width * len(array) - 1:
+        return None
+    chars = np.frombuffer(joined + b"|", dtype=np.uint8).reshape(len(array), width)
+    return chars if bool((chars[:, CANONICAL_LENGTH] == ord("|")).all()) else None
 
 
 @njit(cache=True)

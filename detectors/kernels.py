@@ -486,6 +486,79 @@ def run_numeric(values: np.ndarray, positions: np.ndarray, start: int,
     return int(stop)
 
 
+# What stopped ``run_numeric_segments``.
+SEGMENTS_DONE, SEGMENT_ALARM, SEGMENT_WARMED = 0, 1, 2
+
+
+@njit(cache=True)
+def run_numeric_segments(values: np.ndarray, positions: np.ndarray, order: np.ndarray,
+                         bounds: np.ndarray, first: int, active: np.ndarray,
+                         knots: np.ndarray, below: np.ndarray, at_or_below: np.ndarray,
+                         n_knots: np.ndarray, u_min: np.ndarray, ph_par: np.ndarray,
+                         ph_f: np.ndarray, ph_i: np.ndarray, aw_par: np.ndarray,
+                         aw_s: np.ndarray, aw_totals: np.ndarray, aw_variances: np.ndarray,
+                         aw_counts: np.ndarray, ring_values: np.ndarray,
+                         ring_positions: np.ndarray, counters: np.ndarray, alarm: np.ndarray,
+                         scoring: int, scores_out: np.ndarray, warm_values: np.ndarray,
+                         warm_row: np.ndarray, warm_count: np.ndarray, warm_span: np.ndarray,
+                         warm_target: np.ndarray) -> tuple[int, int, int]:
+    """``run_numeric`` for one signal of every segment from ``first`` on, in one call: segment
+    ``s`` holds the records ``order[bounds[s]:bounds[s + 1]]`` (ascending) and its state in
+    row ``s`` of every stacked array (reference tables padded, ``n_knots`` long). Each
+    segment's records run through ``run_numeric`` itself, so every operation is the one a
+    call per segment made. A segment not ``active`` is warming up: its values are collected
+    in row ``warm_row[s]`` of ``warm_values`` (``warm_count`` of them, first and last
+    position in ``warm_span``) up to its ``warm_target``. Returns (segment, index after
+    the stopping value within its records, what stopped: ``SEGMENT_ALARM`` or
+    ``SEGMENT_WARMED``), or (-1, 0, ``SEGMENTS_DONE``); ``scores_out`` receives the location
+    scores by record."""
+    for s in range(first, bounds.shape[0] - 1):
+        lo, hi = bounds[s], bounds[s + 1]
+        if hi == lo:
+            continue
+        rows = order[lo:hi]
+        if not active[s]:
+            stop = _collect_warmup(values, positions, rows, s, warm_values[warm_row[s]],
+                                   warm_count, warm_span, warm_target)
+            if stop >= 0:
+                return s, stop, SEGMENT_WARMED
+            continue
+        part_scores = np.full(hi - lo, np.nan)
+        m = n_knots[s]
+        stop = run_numeric(values[rows], positions[rows], 0, knots[s, :m], below[s, :m],
+                           at_or_below[s, :m], u_min[s], ph_par[s], ph_f[s], ph_i[s], aw_par,
+                           aw_s[s], aw_totals[s], aw_variances[s], aw_counts[s],
+                           ring_values[s], ring_positions[s], counters[s], alarm[s], scoring,
+                           part_scores)
+        for index in range(stop):
+            scores_out[rows[index]] = part_scores[index]
+        for row in range(alarm.shape[1]):
+            if alarm[s, row, AL_FIRED] != 0.0:
+                return s, stop, SEGMENT_ALARM
+    return -1, 0, SEGMENTS_DONE
+
+
+@njit(cache=True, inline="always")
+def _collect_warmup(values: np.ndarray, positions: np.ndarray, rows: np.ndarray, s: int,
+                    into: np.ndarray, warm_count: np.ndarray, warm_span: np.ndarray,
+                    warm_target: np.ndarray) -> int:
+    """Segment ``s``'s values (NaN skipped) into its warm-up (``into``); the index after the
+    value that completes it, or -1."""
+    for index in range(rows.shape[0]):
+        x = values[rows[index]]
+        if math.isnan(x):
+            continue
+        count = warm_count[s]
+        into[count] = x
+        if count == 0:
+            warm_span[s, 0] = positions[rows[index]]
+        warm_span[s, 1] = positions[rows[index]]
+        warm_count[s] = count + 1
+        if count + 1 >= warm_target[s]:
+            return index + 1
+    return -1
+
+
 @njit(cache=True, inline="always")
 def _page_hinkley_rows(z: float, w: float, count: int, par: np.ndarray, ph: np.ndarray,
                        marks: np.ndarray, alarm: np.ndarray) -> bool:
@@ -544,67 +617,142 @@ def run_location_page_hinkley(values: np.ndarray, positions: np.ndarray, start: 
                               ring_values: np.ndarray, ring_positions: np.ndarray,
                               counters: np.ndarray, alarm: np.ndarray) -> int:
     """``run_numeric`` for a signal of given scores watched by location Page-Hinkley rows
-    only (no spread rows, ADWIN off: the pooled layer), operation for operation, with the
-    rows' state held in local arrays during the loop: the pooled layer sees every record
-    again, and state kept in the shared arrays costs ~6x the arithmetic (measured)."""
+    only (no spread rows, ADWIN off: the pooled layer), operation for operation. The rows
+    share river's running mean (they restart together), so it is computed first for every
+    value; then the rows run over the deviations ``GROUP`` at a time, their state in
+    scalars and their extremes kept by selects: a new minimum comes at random under no
+    change, and the mispredicted branches cost 3x the arithmetic (measured). Rows are
+    independent, so a group that ran past the batch's first alarm runs again up to it."""
     n_ph = ph_par.shape[0]
-    ring_size = ring_values.shape[0]
-    alpha, delta = ph_par[:, PH_ALPHA].copy(), ph_par[:, PH_DELTA].copy()
-    threshold, mode = ph_par[:, PH_THRESHOLD].copy(), ph_par[:, PH_MODE].copy()
-    min_instances = ph_par[:, PH_MIN_INSTANCES].copy()
-    sum_inc, sum_dec = ph_f[:, PH_SUM_INC].copy(), ph_f[:, PH_SUM_DEC].copy()
-    min_inc, max_dec = ph_f[:, PH_MIN_INC].copy(), ph_f[:, PH_MAX_DEC].copy()
-    cp_inc, cp_dec = ph_i[:, PH_CP_INC].copy(), ph_i[:, PH_CP_DEC].copy()
-    # Rows watching one source restart together, so they share river's running mean.
+    size = values.shape[0] - start
+    devs, ns, means = np.empty(size), np.empty(size), np.empty(size)
+    counts, rows = np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64)
     n, mean = ph_f[0, PH_N], ph_f[0, PH_MEAN]
-    count, head = counters[C_COUNT], counters[C_RING_HEAD]
-    stop = values.shape[0]
-    fired = False
-    directions = np.zeros(n_ph, dtype=np.int64)
+    count = counters[C_COUNT]
+    m = 0
     for idx in range(start, values.shape[0]):
         x = values[idx]
         if math.isnan(x):
             continue
         count += 1
-        ring_values[head] = x
-        ring_positions[head] = positions[idx]
-        head = head + 1 if head + 1 < ring_size else 0
         n = n + 1.0
         mean = mean + (1.0 / n) * (x - mean)
-        dev = x - mean
-        for d in range(n_ph):
-            sum_inc[d] = alpha[d] * sum_inc[d] + dev - delta[d]
-            sum_dec[d] = alpha[d] * sum_dec[d] + dev + delta[d]
-            if sum_inc[d] < min_inc[d]:
-                min_inc[d] = sum_inc[d]
-                cp_inc[d] = count
-            if sum_dec[d] > max_dec[d]:
-                max_dec[d] = sum_dec[d]
-                cp_dec[d] = count
-            if n < min_instances[d]:
-                continue
-            if mode[d] != MODE_DOWN and sum_inc[d] - min_inc[d] > threshold[d]:
-                directions[d] = 1
-                fired = True
-            elif mode[d] != MODE_UP and max_dec[d] - sum_dec[d] > threshold[d]:
-                directions[d] = -1
-                fired = True
-        if fired:
-            stop = idx + 1
+        devs[m], ns[m], means[m], counts[m], rows[m] = x - mean, n, mean, count, idx
+        m += 1
+    if m == 0:
+        return int(values.shape[0])
+    last = m - 1  # the last value to take: the first alarm's, once a row fired
+    groups = (n_ph + GROUP - 1) // GROUP
+    ran_to = np.empty(groups, dtype=np.int64)
+    directions = np.zeros(n_ph, dtype=np.int64)
+    state_f, state_i = ph_f.copy(), ph_i.copy()
+    for g in range(groups):
+        ran_to[g] = _location_group(devs, ns, counts, last, ph_par, state_f, state_i,
+                                    g * GROUP, directions)
+        last = min(last, ran_to[g])
+    for g in range(groups):
+        rows_of_group = slice(g * GROUP, min(n_ph, (g + 1) * GROUP))
+        if ran_to[g] > last:  # ran past the first alarm: again from its start, up to it
+            state_f[rows_of_group], state_i[rows_of_group] = (ph_f[rows_of_group],
+                                                              ph_i[rows_of_group])
+            _location_group(devs, ns, counts, last, ph_par, state_f, state_i, g * GROUP,
+                            directions)
+        elif ran_to[g] < last:  # impossible: a group stops only at an alarm
+            directions[rows_of_group] = 0
+    ring_size = ring_values.shape[0]
+    head = counters[C_RING_HEAD]
+    for j in range(last + 1):
+        ring_values[head] = values[rows[j]]
+        ring_positions[head] = positions[rows[j]]
+        head = head + 1 if head + 1 < ring_size else 0
+    counters[C_COUNT], counters[C_RING_HEAD] = counts[last], head
+    ph_f[:, :], ph_i[:, :] = state_f, state_i
+    ph_f[:, PH_N], ph_f[:, PH_MEAN] = ns[last], means[last]
+    if not directions.any():
+        return int(values.shape[0])
+    for d in range(n_ph):
+        if directions[d] != 0:
+            _record_ph_alarm(alarm[d], directions[d], ph_par[d], ph_f[d], ph_i[d])
+    for d in range(n_ph):
+        ph_reset(ph_f, ph_i, d)
+    adwin_reset(aw_s, aw_totals, aw_variances, aw_counts)
+    return int(rows[last]) + 1
+
+
+GROUP = 4  # location rows run together: their chains of dependent operations overlap
+
+
+@njit(cache=True)
+def _location_group(devs: np.ndarray, ns: np.ndarray, counts: np.ndarray, last: int,
+                    par: np.ndarray, f: np.ndarray, i: np.ndarray, first: int,
+                    directions: np.ndarray) -> int:
+    """Rows ``first``.. ``first + GROUP - 1`` (those that exist; a missing one repeats the
+    last row and is dropped) over ``devs[:last + 1]``, with ``ph_update``'s operations,
+    up to the first value at which one fires. Updates their state in ``f`` and ``i`` and
+    their ``directions``; returns the index of the last value taken."""
+    top = par.shape[0] - 1
+    r0, r1, r2, r3 = first, min(first + 1, top), min(first + 2, top), min(first + 3, top)
+    s0, s1, s2, s3 = (_row_state(f, i, r0), _row_state(f, i, r1), _row_state(f, i, r2),
+                      _row_state(f, i, r3))
+    q0, q1, q2, q3 = (_row_par(par, r0), _row_par(par, r1), _row_par(par, r2),
+                      _row_par(par, r3))
+    reached, d0, d1, d2, d3 = last, 0, 0, 0, 0
+    for j in range(last + 1):
+        s0 = _location_step(devs[j], counts[j], q0, s0)
+        s1 = _location_step(devs[j], counts[j], q1, s1)
+        s2 = _location_step(devs[j], counts[j], q2, s2)
+        s3 = _location_step(devs[j], counts[j], q3, s3)
+        d0, d1 = _location_fires(ns[j], q0, s0), _location_fires(ns[j], q1, s1)
+        d2, d3 = _location_fires(ns[j], q2, s2), _location_fires(ns[j], q3, s3)
+        if d0 != 0 or d1 != 0 or d2 != 0 or d3 != 0:
+            reached = j
             break
-    counters[C_COUNT], counters[C_RING_HEAD] = count, head
-    ph_f[:, PH_N], ph_f[:, PH_MEAN] = n, mean
-    ph_f[:, PH_SUM_INC], ph_f[:, PH_SUM_DEC] = sum_inc, sum_dec
-    ph_f[:, PH_MIN_INC], ph_f[:, PH_MAX_DEC] = min_inc, max_dec
-    ph_i[:, PH_CP_INC], ph_i[:, PH_CP_DEC] = cp_inc, cp_dec
-    if fired:
-        for d in range(n_ph):
-            if directions[d] != 0:
-                _record_ph_alarm(alarm[d], directions[d], ph_par[d], ph_f[d], ph_i[d])
-        for d in range(n_ph):
-            ph_reset(ph_f, ph_i, d)
-        adwin_reset(aw_s, aw_totals, aw_variances, aw_counts)
-    return int(stop)
+    for k, (row, state, direction) in enumerate(((r0, s0, d0), (r1, s1, d1), (r2, s2, d2),
+                                                 (r3, s3, d3))):
+        if first + k <= top:  # not a repeat of the last row
+            f[row, PH_SUM_INC], f[row, PH_SUM_DEC] = state[0], state[1]
+            f[row, PH_MIN_INC], f[row, PH_MAX_DEC] = state[2], state[3]
+            i[row, PH_CP_INC], i[row, PH_CP_DEC] = state[4], state[5]
+            directions[row] = direction
+    return reached
+
+
+@njit(cache=True, inline="always")
+def _row_state(f: np.ndarray, i: np.ndarray,
+               row: int) -> tuple[float, float, float, float, int, int]:
+    return (f[row, PH_SUM_INC], f[row, PH_SUM_DEC], f[row, PH_MIN_INC], f[row, PH_MAX_DEC],
+            i[row, PH_CP_INC], i[row, PH_CP_DEC])
+
+
+@njit(cache=True, inline="always")
+def _row_par(par: np.ndarray, row: int) -> tuple[float, float, float, float, float]:
+    return (par[row, PH_ALPHA], par[row, PH_DELTA], par[row, PH_THRESHOLD], par[row, PH_MODE],
+            par[row, PH_MIN_INSTANCES])
+
+
+@njit(cache=True, inline="always")
+def _location_step(dev: float, count: int, q: tuple[float, float, float, float, float],
+                   s: tuple[float, float, float, float, int, int]
+                   ) -> tuple[float, float, float, float, int, int]:
+    """``ph_update``'s state step for one row given the deviation from the running mean."""
+    sum_inc = q[0] * s[0] + dev - q[1]
+    sum_dec = q[0] * s[1] + dev + q[1]
+    lower, higher = sum_inc < s[2], sum_dec > s[3]
+    return (sum_inc, sum_dec, sum_inc if lower else s[2], sum_dec if higher else s[3],
+            count if lower else s[4], count if higher else s[5])
+
+
+@njit(cache=True, inline="always")
+def _location_fires(n: float, q: tuple[float, float, float, float, float],
+                    s: tuple[float, float, float, float, int, int]) -> int:
+    """``ph_update``'s test: +1 (increase), -1 (decrease) or 0."""
+    if n < q[4]:
+        return 0
+    if q[3] != MODE_DOWN and s[0] - s[2] > q[2]:
+        return 1
+    if q[3] != MODE_UP and s[3] - s[1] > q[2]:
+        return -1
+    return 0
 
 
 @njit(cache=True, inline="always")

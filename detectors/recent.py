@@ -22,6 +22,7 @@ class Batch:
     times: np.ndarray  # int64 ms, -1 = none
     codes: np.ndarray  # int32 segment codes
     scores: dict[str, np.ndarray]  # float, NaN = not scored
+    matrix: np.ndarray | None = None  # the same scores as rows in the ring's signal order
 
 
 class RecentRecords:
@@ -39,13 +40,22 @@ class RecentRecords:
         keep = min(len(batch.positions), self.size)
         if keep == 0:
             return
-        slots = (self.head + np.arange(keep)) % self.size
-        self.positions[slots] = batch.positions[-keep:]
-        self.times[slots] = batch.times[-keep:]
-        self.codes[slots] = batch.codes[-keep:]
-        for row, name in enumerate(self.signals):
-            column = batch.scores.get(name)
-            self.scores[row, slots] = np.nan if column is None else column[-keep:]
+        # At most two runs of slots (the ring wraps once): slices, not a gather per array.
+        first = min(keep, self.size - self.head)
+        for into, (start, stop) in ((slice(self.head, self.head + first), (0, first)),
+                                    (slice(0, keep - first), (first, keep))):
+            if stop == start:
+                continue
+            part = slice(len(batch.positions) - keep + start, len(batch.positions) - keep + stop)
+            self.positions[into] = batch.positions[part]
+            self.times[into] = batch.times[part]
+            self.codes[into] = batch.codes[part]
+            if batch.matrix is not None:  # every signal's scores, in ring order: at once
+                self.scores[:, into] = batch.matrix[:, part]
+                continue
+            for row, name in enumerate(self.signals):
+                column = batch.scores.get(name)
+                self.scores[row, into] = np.nan if column is None else column[part]
         self.head = (self.head + keep) % self.size
         self.held = min(self.held + keep, self.size)
 

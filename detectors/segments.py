@@ -28,21 +28,22 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import replace
 from statistics import NormalDist
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
 import pandas as pd
 
 from detectors.bank import DetectorBank, check_positions
-from detectors.channels import DetectorStatus
-from detectors.composition import CompositionMonitor, event_times_ms
+from detectors.channels import Alarm, DetectorStatus, NumericChannel
+from detectors.composition import Coded, CompositionMonitor, code_column, event_times_ms
 from detectors.config import DetectorSettings
 from detectors.decision import KINDS, DriftDecision, SignalFinding
 from detectors.errors import DetectorConfigError, SnapshotError
 from detectors.recent import Batch, RecentRecords
 from detectors.reference import KNOT_PROBABILITIES, NumericReference, Reference
 from detectors.snapshot import decode, encode
+from detectors.stacks import SegmentStack
 
 __all__ = ["OTHER_SEGMENT", "SegmentedBank", "is_single_bank_snapshot"]
 
@@ -108,6 +109,10 @@ class SegmentedBank:
         self.pooled_marks: dict[str, list[int]] = {}
         self.absorbed = 0
         self.codes: dict[str, int] = {}  # segment -> code in the recent-records ring
+        # Per numeric signal, every segment's detector state stacked (fed in one call).
+        self.stacks: dict[str, SegmentStack] = {}
+        self.channel_order = {name: i for i, name in
+                              enumerate(self.segment_settings.numeric_like())}
         self.recent = RecentRecords(settings.numeric_like())
 
     def _composition_signals(self) -> tuple[str, ...]:
@@ -128,14 +133,16 @@ class SegmentedBank:
                  else np.full(n, -1, dtype=np.int64))
         if len(times) != n:
             raise ValueError(f"event_time has {len(times)} values for {n} positions")
-        groups, labels = self.segment_groups(columns, n)
-        composition_columns = dict(columns)
+        # Each category column coded once, for routing and composition alike.
+        coded = {name: code_column(columns[name]) for name in dict.fromkeys(
+            self.settings.segment_by + self.composition.signals) if columns.get(name) is not None}
+        groups, labels = self._groups(coded, n)
         if len(self.settings.segment_by) > 1:
-            composition_columns["+".join(self.settings.segment_by)] = labels[groups]
-        found, codes, scores = self._feed_segments(columns, positions, groups, labels)
+            coded["+".join(self.settings.segment_by)] = (groups, [str(label) for label in labels])
+        found, codes, scores, matrix = self._feed_segments(columns, positions, groups, labels)
         found += [("composition", d)
-                  for d in self.composition.update(composition_columns, positions, times)]
-        batch = Batch(positions, times, codes, scores)
+                  for d in self.composition.update(columns, positions, times, coded)]
+        batch = Batch(positions, times, codes, scores, matrix)
         decisions = self._episodes(found, batch)
         self.recent.push(batch)
         self.records_seen += n
@@ -191,18 +198,28 @@ class SegmentedBank:
         """``segment_keys`` as (group per record, label per group), groups numbered in order
         of first appearance, without building a string per record. Two groups may share a
         label (values whose text is the same, such as "" and a missing value)."""
+        return self._groups({name: code_column(columns[name]) for name in self.settings.segment_by
+                             if columns.get(name) is not None}, n)
+
+    def _groups(self, coded: Mapping[str, Coded], n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``segment_groups`` from the segment fields already coded."""
         fields = self.settings.segment_by
         if not fields:
             return np.zeros(n, dtype=np.int64), np.array([""] if n else [], dtype=object)
+        single = coded.get(fields[0]) if len(fields) == 1 else None
+        if single is not None and (not n or single[0].min() >= 0):
+            # Codes already numbered in order of first appearance, none missing: the groups.
+            prefix = fields[0] + "="
+            return single[0].astype(np.int64), np.array([prefix + text for text in single[1]],
+                                                        dtype=object)
         combined, labels = np.zeros(n, dtype=np.int64), np.array([""], dtype=object)
         for number, name in enumerate(fields):
-            column = columns.get(name)
-            if column is None:
+            entry = coded.get(name)
+            if entry is None:
                 codes, texts = np.zeros(n, dtype=np.int64), [MISSING]
             else:  # label the few distinct values, not every record
-                codes, uniques = pd.factorize(np.asarray(column, dtype=object))
-                codes = np.where(codes < 0, len(uniques), codes)  # missing: the last label
-                texts = [str(u) if str(u) else MISSING for u in uniques] + [MISSING]
+                codes, texts = entry[0], [*entry[1], MISSING]
+                codes = np.where(codes < 0, len(texts) - 1, codes)  # missing: the last label
             prefix = ("," if number else "") + name + "="
             field_labels = np.array([prefix + text for text in texts], dtype=object)
             combined, first = pd.factorize(combined * len(field_labels) + codes)
@@ -212,13 +229,12 @@ class SegmentedBank:
     def _feed_segments(self, columns: Mapping[str, Any], positions: np.ndarray,
                        groups: np.ndarray, labels: np.ndarray
                        ) -> tuple[list[tuple[str, DriftDecision]], np.ndarray,
-                                  dict[str, np.ndarray]]:
-        """Each segment's records to its bank (relative order kept), then every record's
-        score to the pooled bank. Returns (layer, decision) pairs, each record's segment
-        code and the pooled scores."""
+                                  dict[str, np.ndarray], np.ndarray | None]:
+        """Each segment's records to its bank's channels (relative order kept), one compiled
+        call per signal for every segment, then every record's score to the pooled bank.
+        Returns (layer, decision) pairs, each record's segment code, the pooled scores and,
+        when every signal has a column, the same as rows in signal order."""
         signals = [name for name in self.settings.numeric_like() if columns.get(name) is not None]
-        # One row per signal: a segment's records are then one gather, one fill and one
-        # scatter for all signals, not one per signal.
         values = np.empty((len(signals), len(positions)))
         for row, name in enumerate(signals):
             column = np.asarray(columns[name], dtype=np.float64)
@@ -227,40 +243,40 @@ class SegmentedBank:
                                  f"{len(positions)} positions")
             values[row] = column
         scores = np.full(values.shape, np.nan)
+        segment_codes = self._segment_codes(groups, labels)
+        banks = list(self.segments.values())  # in code order
+        # Each segment's rows, ascending; 16-bit codes (max_segments <= 4096) sort by radix.
+        order = np.argsort(segment_codes.astype(np.int16), kind="stable")
+        bounds = np.searchsorted(segment_codes[order], np.arange(len(banks) + 1))
+        alarms: list[list[tuple[int, int, str, Alarm]]] = [[] for _ in banks]
+        for row, name in enumerate(signals):
+            stack = self.stacks.get(name)
+            if stack is None:
+                stack = self.stacks[name] = SegmentStack()
+            channels = [cast(NumericChannel, bank.channels[name]) for bank in banks]
+            for code, alarm in stack.feed(values[row], positions, order, bounds, scores[row],
+                                          channels):
+                alarms[code].append((alarm.index, self.channel_order[name], name, alarm))
         found: list[tuple[str, DriftDecision]] = []
-        segment_codes = np.full(len(positions), -1, dtype=np.int32)
-        for label, rows in self._route(groups, labels).items():
-            segment_codes[rows] = self.codes[label]
-            # One run of records (county slices): views, no copies.
-            out = scores[:, rows] if isinstance(rows, slice) else np.full(
-                (len(signals), rows.size), np.nan)
-            decisions = self.segments[label].update(
-                dict(zip(signals, values[:, rows], strict=True)), positions[rows],
-                dict(zip(signals, out, strict=True)), positions_checked=True)
-            found += [("segment", replace(d, segment=label)) for d in decisions]
-            if not isinstance(rows, slice):
-                scores[:, rows] = out
+        for code, label in enumerate(self.segments):
+            if bounds[code + 1] > bounds[code]:
+                part = positions[order[bounds[code]:bounds[code + 1]]]
+                found += [("segment", replace(d, segment=label))
+                          for d in banks[code].account(alarms[code], part)]
         pooled = dict(zip(signals, scores, strict=True))
         if self.pool is not None and signals:
             found += [("pooled", d) for d in self.pool.update(pooled, positions,
                                                                positions_checked=True)]
-        return found, segment_codes, pooled
+        whole = len(signals) == len(self.settings.numeric_like())
+        return found, segment_codes, pooled, scores if whole else None
 
-    def _route(self, groups: np.ndarray, labels: np.ndarray) -> dict[str, slice | np.ndarray]:
-        """Each segment's rows (ascending), segments in order of first appearance: a slice
-        when they are one run of consecutive records."""
-        order = np.argsort(groups, kind="stable")
-        bounds = np.searchsorted(groups[order], np.arange(len(labels) + 1))
-        parts: dict[str, list[np.ndarray]] = {}
-        for group, label in enumerate(labels):
-            parts.setdefault(self._segment_for(str(label)), []).append(
-                order[bounds[group]:bounds[group + 1]])
-        routed: dict[str, slice | np.ndarray] = {}
-        for label, pieces in parts.items():
-            rows = pieces[0] if len(pieces) == 1 else np.sort(np.concatenate(pieces))
-            first, last = int(rows[0]), int(rows[-1])
-            routed[label] = slice(first, last + 1) if last - first + 1 == rows.size else rows
-        return routed
+    def _segment_codes(self, groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Each record's segment code; segments met for the first time are made in order of
+        first appearance."""
+        by_group = np.array([self.codes[self._segment_for(str(label))] for label in labels],
+                            dtype=np.int32)
+        codes: np.ndarray = by_group[groups]
+        return codes
 
     def _segment_for(self, label: str) -> str:
         if label in self.segments:

@@ -108,17 +108,21 @@ def test_lazy_categorical_cusum_alarms_where_the_eager_one_does(seed: int) -> No
     assert lazy_categorical(codes, n_known, par, shares, 2000.0, 50, 500) == eager
 
 
-@pytest.mark.parametrize("upward_only", [False, True])
-def test_the_pooled_loop_runs_exactly_as_the_general_one(upward_only: bool) -> None:
+@pytest.mark.parametrize(("upward_only", "levels"), [(False, 3), (True, 3), (False, 1),
+                                                     (False, 5), (True, 8)])
+def test_the_pooled_loop_runs_exactly_as_the_general_one(upward_only: bool,
+                                                         levels: int) -> None:
     """``run_location_page_hinkley`` is ``run_numeric`` for the pooled layer's channels
-    (given scores, location Page-Hinkley only): same stops, alarms and state, bit for bit."""
+    (given scores, location Page-Hinkley only): same stops, alarms and state, bit for bit,
+    whatever the number of rows (they run in groups of four)."""
     from detectors.channels import NO_SCORES, NumericChannel
     from detectors.config import DetectorSettings
 
     settings = DetectorSettings(
         numeric_signals=("x",), categorical_signals=(), prediction_signals=(),
         performance_signals=("x",) if upward_only else (), scoring="given", adwin=False,
-        spread=False, min_instances=30, performance_upward_only=upward_only)
+        spread=False, min_instances=30, performance_upward_only=upward_only,
+        mean_shift_levels=levels)
     rng = np.random.default_rng(7)
     values = rng.standard_normal(60_000)
     values[rng.random(values.size) < 0.3] = np.nan

@@ -424,6 +424,15 @@ def test_canonical_event_times_are_read_as_pandas_reads_them() -> None:
     for value in odd:
         values = np.array(["2026-01-01T00:00:00.000Z", value], dtype=object)
         np.testing.assert_array_equal(event_times_ms(values), by_pandas(values))
+    # Values joined into one text are split at every 25th byte: two values whose lengths
+    # add up to two forms', or one holding the separator, must not pass for two times.
+    form = "2026-01-01T00:00:00.000Z"
+    for values in ([form + form, ""], ["", form + form], [form[:23], "|" + form],
+                   [form[:23] + "|", form]):
+        array = np.array(values, dtype=object)
+        np.testing.assert_array_equal(event_times_ms(array), by_pandas(array))
+    both = event_times_ms(np.array([form.encode(), form], dtype=object))  # bytes: as text
+    np.testing.assert_array_equal(both, [1_767_225_600_000] * 2)
 
 
 @pytest.mark.parametrize("fields", [(), ("county",), ("county", "district")])
