@@ -248,14 +248,15 @@ class SegmentedBank:
         # Each segment's rows, ascending; 16-bit codes (max_segments <= 4096) sort by radix.
         order = np.argsort(segment_codes.astype(np.int16), kind="stable")
         bounds = np.searchsorted(segment_codes[order], np.arange(len(banks) + 1))
+        present = (np.diff(bounds) > 0).tolist()
         alarms: list[list[tuple[int, int, str, Alarm]]] = [[] for _ in banks]
         for row, name in enumerate(signals):
             stack = self.stacks.get(name)
             if stack is None:
                 stack = self.stacks[name] = SegmentStack()
             channels = [cast(NumericChannel, bank.channels[name]) for bank in banks]
-            for code, alarm in stack.feed(values[row], positions, order, bounds, scores[row],
-                                          channels):
+            for code, alarm in stack.feed(values[row], positions, order, bounds, present,
+                                          scores[row], channels):
                 alarms[code].append((alarm.index, self.channel_order[name], name, alarm))
         found: list[tuple[str, DriftDecision]] = []
         for code, label in enumerate(self.segments):

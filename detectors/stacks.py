@@ -44,25 +44,24 @@ class SegmentStack:
         self.warm_target = np.zeros(0, dtype=np.int64)
         self.warm_lists: list[list[np.ndarray] | None] = []
         self.warm_sizes: list[int] = []
+        self.all_active = np.zeros(0, dtype=np.bool_)
 
     def feed(self, values: np.ndarray, positions: np.ndarray, order: np.ndarray,
-             bounds: np.ndarray, scores: np.ndarray,
+             bounds: np.ndarray, present: list[bool], scores: np.ndarray,
              channels: list[NumericChannel]) -> list[tuple[int, Alarm]]:
         """Feed the batch's ``values`` (one signal, every record) to the channel of each
-        record's segment: segment ``s`` holds ``order[bounds[s]:bounds[s + 1]]``. Writes
-        location scores into ``scores``; returns (segment, alarm) pairs, the alarm's index
-        counted within the segment's records."""
+        record's segment: segment ``s`` holds ``order[bounds[s]:bounds[s + 1]]`` (``present``:
+        whether it holds any). Writes location scores into ``scores``; returns (segment,
+        alarm) pairs, the alarm's index counted within the segment's records."""
         if not channels:
             return []
         self._sync(channels)
-        present = (np.diff(bounds) > 0).tolist()
         self._free_rows(channels)
         warming = [code for code, channel in enumerate(channels)
                    if channel.reference is None and present[code]]
         for code in warming:
             self._load_warmup(code, channels[code])
-        active = np.ones(len(channels), dtype=np.bool_)
-        active[warming] = False
+        active = self._active(len(channels), warming)
         found: list[tuple[int, Alarm]] = []
         first = 0
         while True:
@@ -85,6 +84,17 @@ class SegmentStack:
             found += [(segment, Alarm(alarm.index + stop, alarm.finding)) for alarm in
                       _feed_channel(channel, values, positions, rows[stop:], scores)]
             first = segment + 1
+
+    def _active(self, segments: int, warming: list[int]) -> np.ndarray:
+        """Which segments detect (the others warm up); all of them, the usual case, is one
+        array kept between batches (the compiled call only reads it)."""
+        if warming or len(self.all_active) != segments:
+            active = np.ones(segments, dtype=np.bool_)
+            active[warming] = False
+            if not warming:
+                self.all_active = active
+            return active
+        return self.all_active
 
     def _run(self, values: np.ndarray, positions: np.ndarray, order: np.ndarray,
              bounds: np.ndarray, first: int, active: np.ndarray, scores: np.ndarray,
@@ -131,6 +141,8 @@ class SegmentStack:
     def _free_rows(self, channels: list[NumericChannel]) -> None:
         """Rows of segments whose warm-up ended (their channels no longer hold views of
         them: a reference replaces the warm-up list) go back to the pool."""
+        if not self.row_owner:  # no row held: no warm-up since the buffer was dropped
+            return
         for code in np.flatnonzero(self.warm_row[:len(channels)] >= 0).tolist():
             if channels[code].reference is not None:
                 self.row_owner[int(self.warm_row[code])] = -1
