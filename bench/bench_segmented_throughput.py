@@ -8,11 +8,12 @@
 Both banks are fed the same prebuilt columns, as the consumer feeds them (``arrived``: the
 consumer's columns and model signals, batches of 2,000; ``event_time`` as int64 epoch
 milliseconds, which ``consumer/processing.py`` parses once per batch before ``bank.update``,
-not the RFC 3339 text of the records), interleaved, and timed in wall and CPU (process) time. ``--cache DIR`` keeps the
-columns between runs, so two builds can be run one after the other on the same records
-(each build's own checkout of this script: ``bench_arrival_orders`` puts the repository it
-sits in first on ``sys.path``, whatever ``PYTHONPATH`` says); ``--json`` prints one line of
-rates per order. ``--segment-by`` sets the segmented bank's segment fields.
+not the RFC 3339 text of the records), interleaved, and timed in wall and CPU (process)
+time. ``--cache DIR`` keeps the columns between runs, so two builds can be run one after the
+other on the same records (each build's own checkout of this script: ``bench_arrival_orders``
+puts the repository it sits in first on ``sys.path``, whatever ``PYTHONPATH`` says);
+``--json`` prints one line of rates per order. ``--segment-by`` sets the segmented bank's
+segment fields.
 """
 
 from __future__ import annotations
