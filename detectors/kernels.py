@@ -594,18 +594,16 @@ def _page_hinkley_rows(z: float, w: float, count: int, par: np.ndarray, ph: np.n
         sum_dec = par[PH_ALPHA, d] * ph[PH_SUM_DEC, d] + dev + par[PH_DELTA, d]
         ph[PH_N, d], ph[PH_MEAN, d] = n, mean
         ph[PH_SUM_INC, d], ph[PH_SUM_DEC, d] = sum_inc, sum_dec
-        # Extremes kept by selects, stored always: under no change a new one comes at
-        # random, and a branch on it is mispredicted (as in run_location_page_hinkley).
-        lower, higher = sum_inc < ph[PH_MIN_INC, d], sum_dec > ph[PH_MAX_DEC, d]
-        low = sum_inc if lower else ph[PH_MIN_INC, d]
-        high = sum_dec if higher else ph[PH_MAX_DEC, d]
-        ph[PH_MIN_INC, d], ph[PH_MAX_DEC, d] = low, high
-        marks[PH_CP_INC, d] = count if lower else marks[PH_CP_INC, d]
-        marks[PH_CP_DEC, d] = count if higher else marks[PH_CP_DEC, d]
+        if sum_inc < ph[PH_MIN_INC, d]:
+            ph[PH_MIN_INC, d] = sum_inc
+            marks[PH_CP_INC, d] = count
+        if sum_dec > ph[PH_MAX_DEC, d]:
+            ph[PH_MAX_DEC, d] = sum_dec
+            marks[PH_CP_DEC, d] = count
         if n < par[PH_MIN_INSTANCES, d]:
             continue
-        up = sum_inc - low
-        down = high - sum_dec
+        up = sum_inc - ph[PH_MIN_INC, d]
+        down = ph[PH_MAX_DEC, d] - sum_dec
         if par[PH_MODE, d] != MODE_DOWN and up > par[PH_THRESHOLD, d]:
             fired = True
             _record_alarm(alarm[d], 1.0, up, par[PH_THRESHOLD, d], marks[PH_CP_INC, d])
