@@ -501,7 +501,12 @@ def run_numeric_segments(values: np.ndarray, positions: np.ndarray, order: np.nd
                          ring_positions: np.ndarray, counters: np.ndarray, alarm: np.ndarray,
                          scoring: int, scores_out: np.ndarray, warm_values: np.ndarray,
                          warm_row: np.ndarray, warm_count: np.ndarray, warm_span: np.ndarray,
-                         warm_target: np.ndarray) -> tuple[int, int, int]:
+                         warm_target: np.ndarray, pooled: bool, pool_ph_par: np.ndarray,
+                         pool_ph_f: np.ndarray, pool_ph_i: np.ndarray, pool_aw_s: np.ndarray,
+                         pool_aw_totals: np.ndarray, pool_aw_variances: np.ndarray,
+                         pool_aw_counts: np.ndarray, pool_ring_values: np.ndarray,
+                         pool_ring_positions: np.ndarray, pool_counters: np.ndarray,
+                         pool_alarm: np.ndarray) -> tuple[int, int, int]:
     """``run_numeric`` for one signal of every segment from ``first`` on, in one call: segment
     ``s`` holds the records ``order[bounds[s]:bounds[s + 1]]`` (ascending) and its state in
     row ``s`` of every stacked array (reference tables padded, ``n_knots`` long). Each
@@ -510,8 +515,11 @@ def run_numeric_segments(values: np.ndarray, positions: np.ndarray, order: np.nd
     in row ``warm_row[s]`` of ``warm_values`` (``warm_count`` of them, first and last
     position in ``warm_span``) up to its ``warm_target``. Returns (segment, index after
     the stopping value within its records, what stopped: ``SEGMENT_ALARM`` or
-    ``SEGMENT_WARMED``), or (-1, 0, ``SEGMENTS_DONE``); ``scores_out`` receives the location
-    scores by record."""
+    ``SEGMENT_WARMED``), or (-1, index, ``SEGMENTS_DONE``); ``scores_out`` receives the
+    location scores by record. ``pooled``: once every segment is done, the scores go through
+    the pooled layer's channel (its ``pool_`` arrays) by ``run_location_page_hinkley``, in
+    the same call (a call of its own per signal cost ~10 us); ``index`` is where that
+    stopped, as ``run_location_page_hinkley`` returns it (0 when not ``pooled``)."""
     for s in range(first, bounds.shape[0] - 1):
         lo, hi = bounds[s], bounds[s + 1]
         if hi == lo:
@@ -535,7 +543,13 @@ def run_numeric_segments(values: np.ndarray, positions: np.ndarray, order: np.nd
         for row in range(alarm.shape[1]):
             if alarm[s, row, AL_FIRED] != 0.0:
                 return s, stop, SEGMENT_ALARM
-    return -1, 0, SEGMENTS_DONE
+    if not pooled:
+        return -1, 0, SEGMENTS_DONE
+    stop = run_location_page_hinkley(scores_out, positions, 0, pool_ph_par, pool_ph_f,
+                                     pool_ph_i, pool_aw_s, pool_aw_totals, pool_aw_variances,
+                                     pool_aw_counts, pool_ring_values, pool_ring_positions,
+                                     pool_counters, pool_alarm)
+    return -1, stop, SEGMENTS_DONE
 
 
 @njit(cache=True, inline="always")

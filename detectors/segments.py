@@ -43,7 +43,7 @@ from detectors.errors import DetectorConfigError, SnapshotError
 from detectors.recent import Batch, RecentRecords
 from detectors.reference import KNOT_PROBABILITIES, NumericReference, Reference
 from detectors.snapshot import decode, encode
-from detectors.stacks import SegmentStack
+from detectors.stacks import POOLED, SegmentStack, fits_pool
 
 __all__ = ["OTHER_SEGMENT", "SegmentedBank", "is_single_bank_snapshot"]
 
@@ -248,15 +248,24 @@ class SegmentedBank:
         # Each segment's rows, ascending; 16-bit codes (max_segments <= 4096) sort by radix.
         order = np.argsort(segment_codes.astype(np.int16), kind="stable")
         bounds = np.searchsorted(segment_codes[order], np.arange(len(banks) + 1))
+        present = (np.diff(bounds) > 0).tolist()
         alarms: list[list[tuple[int, int, str, Alarm]]] = [[] for _ in banks]
+        pooled_alarms: list[tuple[int, int, str, Alarm]] = []
         for row, name in enumerate(signals):
             stack = self.stacks.get(name)
             if stack is None:
                 stack = self.stacks[name] = SegmentStack()
             channels = [cast(NumericChannel, bank.channels[name]) for bank in banks]
-            for code, alarm in stack.feed(values[row], positions, order, bounds, scores[row],
-                                          channels):
-                alarms[code].append((alarm.index, self.channel_order[name], name, alarm))
+            pool = (None if self.pool is None
+                    else cast(NumericChannel, self.pool.channels[name]))
+            in_call = pool if pool is not None and fits_pool(pool) else None
+            found_here = stack.feed(values[row], positions, order, bounds, present, scores[row],
+                                    channels, in_call)
+            if pool is not None and in_call is None:  # warming up: through its own feed
+                found_here += [(POOLED, alarm) for alarm in pool.feed(scores[row], positions)]
+            for code, alarm in found_here:
+                entry = (alarm.index, self.channel_order[name], name, alarm)
+                (pooled_alarms if code == POOLED else alarms[code]).append(entry)
         found: list[tuple[str, DriftDecision]] = []
         for code, label in enumerate(self.segments):
             if bounds[code + 1] > bounds[code]:
@@ -264,9 +273,8 @@ class SegmentedBank:
                 found += [("segment", replace(d, segment=label))
                           for d in banks[code].account(alarms[code], part)]
         pooled = dict(zip(signals, scores, strict=True))
-        if self.pool is not None and signals:
-            found += [("pooled", d) for d in self.pool.update(pooled, positions,
-                                                               positions_checked=True)]
+        if self.pool is not None and signals:  # its channels were fed in the calls above
+            found += [("pooled", d) for d in self.pool.account(pooled_alarms, positions)]
         whole = len(signals) == len(self.settings.numeric_like())
         return found, segment_codes, pooled, scores if whole else None
 

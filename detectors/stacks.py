@@ -22,6 +22,9 @@ STACKED = ("ph_par", "ph_f", "ph_i", "aw_s", "aw_totals", "aw_variances", "aw_co
            "ring_values", "ring_positions", "counters", "alarm")
 
 
+POOLED = -1  # the segment of the pooled channel's alarms in ``SegmentStack.feed``
+
+
 class SegmentStack:
     """The stacked state of one signal; row ``code`` is segment ``code``'s channel."""
 
@@ -44,36 +47,39 @@ class SegmentStack:
         self.warm_target = np.zeros(0, dtype=np.int64)
         self.warm_lists: list[list[np.ndarray] | None] = []
         self.warm_sizes: list[int] = []
+        self.all_active = np.zeros(0, dtype=np.bool_)
 
     def feed(self, values: np.ndarray, positions: np.ndarray, order: np.ndarray,
-             bounds: np.ndarray, scores: np.ndarray,
-             channels: list[NumericChannel]) -> list[tuple[int, Alarm]]:
+             bounds: np.ndarray, present: list[bool], scores: np.ndarray,
+             channels: list[NumericChannel], pool: NumericChannel | None = None
+             ) -> list[tuple[int, Alarm]]:
         """Feed the batch's ``values`` (one signal, every record) to the channel of each
-        record's segment: segment ``s`` holds ``order[bounds[s]:bounds[s + 1]]``. Writes
-        location scores into ``scores``; returns (segment, alarm) pairs, the alarm's index
-        counted within the segment's records."""
+        record's segment: segment ``s`` holds ``order[bounds[s]:bounds[s + 1]]`` (``present``:
+        whether it holds any). Writes location scores into ``scores``, then feeds them to
+        ``pool`` (the pooled layer's channel of the signal: see ``fits_pool``), within the
+        same compiled call. Returns (segment, alarm) pairs, the alarm's index counted within
+        the segment's records; ``POOLED`` for the segment: the pool's, counted in the batch."""
         if not channels:
             return []
         self._sync(channels)
-        present = (np.diff(bounds) > 0).tolist()
         self._free_rows(channels)
         warming = [code for code, channel in enumerate(channels)
                    if channel.reference is None and present[code]]
         for code in warming:
             self._load_warmup(code, channels[code])
-        active = np.ones(len(channels), dtype=np.bool_)
-        active[warming] = False
+        active = self._active(len(channels), warming)
         found: list[tuple[int, Alarm]] = []
         first = 0
         while True:
             counted = self.warm_count.copy() if warming else self.warm_count
             segment, stop, event = self._run(values, positions, order, bounds, first, active,
-                                             scores, channels[0])
+                                             scores, channels[0], pool)
             if warming:
                 self._store_warmups(channels, counted)
             if event == k.SEGMENTS_DONE:
                 self._release_warmups(channels)
-                return found
+                return found if pool is None else found + _pool_rest(pool, scores, positions,
+                                                                     stop)
             # As NumericChannel.feed does: after an alarm its finding and relearning, after
             # a warm-up the reference; the segment's later records then go through it.
             channel = channels[segment]
@@ -86,17 +92,30 @@ class SegmentStack:
                       _feed_channel(channel, values, positions, rows[stop:], scores)]
             first = segment + 1
 
+    def _active(self, segments: int, warming: list[int]) -> np.ndarray:
+        """Which segments detect (the others warm up); all of them, the usual case, is one
+        array kept between batches (the compiled call only reads it)."""
+        if warming or len(self.all_active) != segments:
+            active = np.ones(segments, dtype=np.bool_)
+            active[warming] = False
+            if not warming:
+                self.all_active = active
+            return active
+        return self.all_active
+
     def _run(self, values: np.ndarray, positions: np.ndarray, order: np.ndarray,
              bounds: np.ndarray, first: int, active: np.ndarray, scores: np.ndarray,
-             model: NumericChannel) -> tuple[int, int, int]:
+             model: NumericChannel, pool: NumericChannel | None) -> tuple[int, int, int]:
         a = self.arrays
+        p = model if pool is None else pool  # without a pool: arrays of the right types, unread
         segment, stop, event = k.run_numeric_segments(
             values, positions, order, bounds, first, active, self.knots, self.below,
             self.at_or_below, self.n_knots, self.u_min, a["ph_par"], a["ph_f"], a["ph_i"],
             model.aw_par, a["aw_s"], a["aw_totals"], a["aw_variances"], a["aw_counts"],
             a["ring_values"], a["ring_positions"], a["counters"], a["alarm"], model.scoring,
             scores, self.warm_values, self.warm_row, self.warm_count, self.warm_span,
-            self.warm_target)
+            self.warm_target, pool is not None, p.ph_par, p.ph_f, p.ph_i, p.aw_s, p.aw_totals,
+            p.aw_variances, p.aw_counts, p.ring_values, p.ring_positions, p.counters, p.alarm)
         return int(segment), int(stop), int(event)
 
     # ------------------------------------------------------------------ warm-ups
@@ -131,6 +150,8 @@ class SegmentStack:
     def _free_rows(self, channels: list[NumericChannel]) -> None:
         """Rows of segments whose warm-up ended (their channels no longer hold views of
         them: a reference replaces the warm-up list) go back to the pool."""
+        if not self.row_owner:  # no row held: no warm-up since the buffer was dropped
+            return
         for code in np.flatnonzero(self.warm_row[:len(channels)] >= 0).tolist():
             if channels[code].reference is not None:
                 self.row_owner[int(self.warm_row[code])] = -1
@@ -241,6 +262,23 @@ class SegmentStack:
         """Empty stacks shaped like ``channel``'s arrays (every segment's are alike)."""
         self.arrays = {name: np.zeros((0,) + getattr(channel, name).shape,
                                       dtype=getattr(channel, name).dtype) for name in STACKED}
+
+
+def fits_pool(channel: NumericChannel) -> bool:
+    """Whether the stacked call can feed the pooled ``channel``: it runs
+    ``run_location_page_hinkley`` (so only when its ``feed`` would) and has a reference."""
+    return channel.location_only and channel.reference is not None
+
+
+def _pool_rest(pool: NumericChannel, scores: np.ndarray, positions: np.ndarray,
+               stop: int) -> list[tuple[int, Alarm]]:
+    """After the compiled call fed ``scores[:stop]`` to the pooled channel, as its ``feed``
+    goes on: the alarm it stopped at, then the rest of the batch."""
+    if not pool.alarm[:, k.AL_FIRED].any():
+        return []
+    found = [(POOLED, pool.take_alarm(stop - 1))]
+    rest = pool.feed(scores[stop:], positions[stop:])
+    return found + [(POOLED, Alarm(alarm.index + stop, alarm.finding)) for alarm in rest]
 
 
 def _feed_channel(channel: NumericChannel, values: np.ndarray, positions: np.ndarray,
