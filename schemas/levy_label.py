@@ -19,7 +19,7 @@ import msgspec
 import numpy as np
 
 from schemas import _rules as rules
-from schemas._json import parse_json_object
+from schemas._json import FAST_PATH_REFUSALS, decode_each, parse_json_object
 from schemas._rules import Money, TaxYear, Text
 from schemas.errors import RecordRejected, Rejection
 from schemas.timestamps import TIMESTAMP
@@ -49,7 +49,6 @@ TEXT_FIELDS: Final = ("record_id", "parcel_id", "event_time", "source")
 
 _DECODER = msgspec.json.Decoder(LevyLabel)
 _ENCODER = msgspec.json.Encoder()
-_FAST_PATH_REFUSALS = (msgspec.DecodeError, msgspec.ValidationError, ValueError)
 # Quote bytes in a label msgspec accepted: two per key and per text value (msgspec checked every
 # occurrence of a key, so text fields hold strings and the rest numbers), plus one per escaped
 # quote. Exactly those of the keys and text values present means no key came twice. A
@@ -65,7 +64,7 @@ def decode_levy_label(value: bytes | None) -> LevyLabel:
     if value is not None and len(value) <= MAX_LABEL_BYTES:
         try:
             label = _DECODER.decode(value)
-        except _FAST_PATH_REFUSALS:
+        except FAST_PATH_REFUSALS:
             pass
         else:
             quotes = _QUOTES_WITHOUT_SOURCE if label.source is None else _QUOTES_WITH_SOURCE
@@ -85,7 +84,7 @@ def decode_levy_labels(
     own (one JSON array of them all would let a value holding two objects move labels between
     offsets), the Python-side checks run over the batch, and only the values they flag take the
     careful path, which names the reason."""
-    decoded = _decode_each(values)
+    decoded = decode_each(_DECODER, values, MAX_LABEL_BYTES)
     passed = _pass_fast_checks(decoded, values)
     if passed.all():
         return cast(list[LevyLabel], decoded), []
@@ -100,27 +99,6 @@ def decode_levy_labels(
         except RecordRejected as error:
             rejected.append((index, error.rejection))
     return labels, rejected
-
-
-def _decode_each(values: Sequence[bytes | None]) -> list[LevyLabel | None]:
-    """msgspec's typed decode of each value on its own; None where it refused, where the value
-    is too large to try, or a tombstone."""
-    if None not in values and max(map(len, cast(Sequence[bytes], values)), default=0) \
-            <= MAX_LABEL_BYTES:
-        try:
-            return list(map(_DECODER.decode, cast(Sequence[bytes], values)))
-        except _FAST_PATH_REFUSALS:
-            pass  # the usual batch has no refusal and no Python loop; this one takes it
-    return [_decode_one(value) for value in values]
-
-
-def _decode_one(value: bytes | None) -> LevyLabel | None:
-    if value is None or len(value) > MAX_LABEL_BYTES:
-        return None
-    try:
-        return _DECODER.decode(value)
-    except _FAST_PATH_REFUSALS:
-        return None
 
 
 def _pass_fast_checks(decoded: list[LevyLabel | None],

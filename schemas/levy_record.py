@@ -21,14 +21,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import compress, repeat
-from operator import attrgetter
+from operator import attrgetter, is_not
 from typing import Annotated, Any, Final, Literal, cast
 
 import msgspec
 import numpy as np
 
 from schemas import _rules as rules
-from schemas._json import parse_json_object
+from schemas._json import FAST_PATH_REFUSALS, decode_each, parse_json_object
 from schemas._rules import MONEY_BOUNDS, Money, TaxYear, Text
 from schemas._rules import MONEY_MAX as MONEY_MAX
 from schemas._rules import TAX_YEAR_MAX as TAX_YEAR_MAX
@@ -84,7 +84,6 @@ NUMERIC_FIELDS: Final = tuple(name for name in FIELDS if name not in TEXT_FIELDS
 
 _DECODER = msgspec.json.Decoder(LevyRecord)
 _ENCODER = msgspec.json.Encoder()
-_FAST_PATH_REFUSALS = (msgspec.DecodeError, msgspec.ValidationError, ValueError)
 
 
 def decode_levy_record(value: bytes | None) -> LevyRecord:
@@ -93,7 +92,7 @@ def decode_levy_record(value: bytes | None) -> LevyRecord:
     if value is not None and len(value) <= MAX_RECORD_BYTES:
         try:
             record = _DECODER.decode(value)
-        except _FAST_PATH_REFUSALS:
+        except FAST_PATH_REFUSALS:
             pass
         else:
             if (record.exemption_amount <= record.assessed_value
@@ -184,27 +183,10 @@ def decode_levy_batch(
 
 
 def _decode_each(values: Sequence[bytes | None]) -> tuple[list[Any], np.ndarray]:
-    """msgspec's typed decode of each value on its own: the records (None where it refused,
-    where the value is too large to try, or a tombstone) and a mask of the decoded ones."""
-    if None not in values:
-        present = cast(Sequence[bytes], values)
-        if max(map(len, present), default=0) <= MAX_RECORD_BYTES:
-            try:
-                return list(map(_DECODER.decode, present)), np.ones(len(values), dtype=bool)
-            except _FAST_PATH_REFUSALS:
-                pass  # the usual batch had no refusal and no Python loop; this one takes it
-    records = [_decode_one(value) for value in values]
-    return records, np.fromiter((record is not None for record in records), dtype=bool,
+    """``decode_each``'s records and a mask of the decoded ones."""
+    records = decode_each(_DECODER, values, MAX_RECORD_BYTES)
+    return records, np.fromiter(map(is_not, records, repeat(None)), dtype=bool,
                                 count=len(records))
-
-
-def _decode_one(value: bytes | None) -> LevyRecord | None:
-    if value is None or len(value) > MAX_RECORD_BYTES:
-        return None
-    try:
-        return _DECODER.decode(value)
-    except _FAST_PATH_REFUSALS:
-        return None
 
 
 def _pass_fast_checks(columns: dict[str, np.ndarray], values: Sequence[bytes]) -> np.ndarray:
