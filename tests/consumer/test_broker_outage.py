@@ -126,8 +126,10 @@ def test_the_consumer_waits_out_a_broker_outage(broker: PrivateBroker, reference
         broker.start()
     assert len(lag_times) == 1, "the lag was refreshed while no broker answered"
 
+    # Generous: librdkafka's reconnect backoff and a loaded CI machine decide when; the
+    # guarantee under test is that the lag is measured again at all.
     wait_until(lambda: scrape(port)["levydrift_consumer_lag_timestamp_seconds"]
-               > max(lag_times), 60, "the lag to be measured again")
+               > max(lag_times), 180, "the lag to be measured again")
     wait_processed(broker.bootstrap, "outage", topics, RECORDS, timeout_s=240, runs=[run])
     resets = scrape(port)["levydrift_consumer_producer_resets_total"]
     assert run.stop() == 0, run.log()[-3000:]
