@@ -60,6 +60,10 @@ class ConsumerSection:
     # labels go ahead: they are not waiting for records that will come. A record its sender
     # holds back longer than this finds its label already counted unmatched.
     label_idle_release_s: float = 5.0
+    # A partition's detector state above this many bytes is written as several records (see
+    # consumer/state.py): at most Kafka's record limits (the producer's message.max.bytes,
+    # 1,000,000; the topic's max.message.bytes, 1,048,588), less room for the batch.
+    state_record_max_bytes: int = 900_000
 
     def validate(self) -> None:
         if not self.group_id or not self.instance_id or not self.model_name:
@@ -78,6 +82,10 @@ class ConsumerSection:
             raise ConfigError("consumer.state_dir must not be empty")
         if self.max_queued_labels < 1:
             raise ConfigError("consumer.max_queued_labels must be >= 1")
+        if not 16_384 <= self.state_record_max_bytes <= 1_000_000:
+            raise ConfigError("consumer.state_record_max_bytes must be 16384..1000000 (below "
+                              "Kafka's record limits), got "
+                              f"{self.state_record_max_bytes}")
         if self.restore_timeout_s <= self.transaction_timeout_s:
             raise ConfigError("consumer.restore_timeout_s must exceed "
                               "consumer.transaction_timeout_s, or a restore can give up while a "

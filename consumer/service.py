@@ -46,17 +46,20 @@ from consumer.state import (
     StateRestoreError,
     StoredState,
     encode_state,
+    part_key,
     read_latest_states,
     refuse_state,
     restorable_state,
     resume_point,
     state_key,
+    state_records,
 )
 from detectors.errors import SnapshotError
 from levydrift.errors import BrokerUnavailableError
 from levydrift.kafka import admin_client, consumer_config, ensure_reachable, producer_config
 from levydrift.kafka.transactions import (
     FatalKafkaError,
+    MessageRefused,
     TransactionAborted,
     TransactionalOutput,
     producer_overrides,
@@ -101,6 +104,7 @@ class ConsumerService:
         self._labels_behind = False
         self._records_quiet = False
         self._changelog_ends: dict[int, int] = {}  # partition -> next changelog offset
+        self._state_parts: dict[int, int] = {}  # partition -> records of its last snapshot
         self._changelog_prefix = changelog_prefix(self.section.group_id)  # groups share it
         self.output = TransactionalOutput(self._new_producer, self.section.transaction_timeout_s,
                                           metrics.observe_transaction)
@@ -406,14 +410,14 @@ class ConsumerService:
         try:
             for monitor in moved:
                 self._produce_changelog(monitor)
-            for state in states.values():
-                self.output.produce(self.settings.topics.detector_state, encode_state(state),
-                                    key=state_key(state.group, state.topic, state.partition))
+            parts = {partition: self._produce_state(state)
+                     for partition, state in states.items()}
             self.output.commit(offsets, self.consumer, timeout_s)
         except TransactionAborted as error:
             self._after_abort(error, started)
             return False
         self._stalled_since = None
+        self._state_parts.update(parts)
         self.dead_letters.committed()
         self.output.poll()  # delivery reports: where each changelog partition now ends
         for monitor in moved:
@@ -424,6 +428,26 @@ class ConsumerService:
                                states[monitor.partition].next_offset)
         self._export_gauges()
         return True
+
+    def _produce_state(self, state: PartitionState) -> int:
+        """The partition's snapshot into this transaction, in parts when it is large (many
+        segments); tombstones for parts a larger snapshot before it left. Returns how many
+        records it took."""
+        topic = self.settings.topics.detector_state
+        key = state_key(state.group, state.topic, state.partition)
+        records = state_records(key, encode_state(state), self.section.state_record_max_bytes)
+        try:
+            for record_key, value in records:
+                self.output.produce(topic, value, key=record_key)
+        except MessageRefused as refusal:
+            raise FatalKafkaError(
+                f"{topic} refused a detector-state record of up to "
+                f"{max(len(value) for _, value in records)} bytes ({refusal.error.str()}); "
+                "lower consumer.state_record_max_bytes below the producer's message.max.bytes "
+                "and the topic's max.message.bytes") from None
+        for index in range(len(records), self._state_parts.get(state.partition, 1)):
+            self.output.produce(topic, None, key=part_key(key, index))
+        return len(records)
 
     def _produce_changelog(self, monitor: PartitionMonitor) -> None:
         """The partition's uncommitted store changes, into this transaction."""
@@ -537,6 +561,8 @@ class ConsumerService:
         snapshot of exactly the committed offset and passes every check, else fresh."""
         saved = restorable_state(stored, self.section.group_id, position.topic,
                                  position.partition)
+        if stored is not None and stored.parts:  # so the next snapshot clears what it leaves
+            self._state_parts[position.partition] = max(stored.parts) + 1
         start, usable = resume_point(position.offset, low_watermark, saved)
         if saved is not None and usable is None:
             log.warning("detector snapshot does not belong to the committed offset; "

@@ -6,6 +6,13 @@ the champion version the bank was baselined against), then the bank's own snapsh
 snapshot is produced in the same transaction that commits the consumed offsets, so the latest
 committed snapshot always belongs to the committed offset.
 
+A snapshot larger than ``consumer.state_record_max_bytes`` (900,000 by default: Kafka refuses a
+record above the producer's ``message.max.bytes``, 1,000,000, and the topic's
+``max.message.bytes``, 1,048,588; each segment adds ~41 KiB) is written as parts in the same
+transaction: the first under the key itself, part ``i`` under ``key|part=i``, each with the part
+count and the CRC-32 of the whole value. A restore joins the latest parts of the key and uses
+them only when all are there and agree.
+
 Only the latest value of a key counts, and a tombstone clears it. That value is decoded only
 when it is needed, and trusted in nothing: a value that cannot be read, fails its bounds or
 names another group, topic or partition is refused with one log line naming its key and
@@ -17,7 +24,9 @@ from __future__ import annotations
 
 import logging
 import struct
-from dataclasses import dataclass
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -33,6 +42,10 @@ log = logging.getLogger(__name__)
 ENVELOPE_VERSION = 1
 MAX_ENVELOPE_HEADER_BYTES = 4096  # the header is a handful of short fields
 _HEADER_LENGTH = struct.Struct(">I")
+STATE_RECORD_MAX_BYTES = 900_000
+PART_MAGIC = b"LDPART1"  # never the start of an envelope (its header length is <= 4096)
+_PART_HEADER = struct.Struct(">7sIII")  # magic, part index, part count, CRC-32 of the whole
+_PART_SUFFIX = b"|part="
 
 
 class StateRestoreError(LevyDriftError):
@@ -55,6 +68,8 @@ class StoredState:
     partition: int  # of the state topic
     offset: int
     value: bytes
+    # The latest value of each ``key|part=i`` (a snapshot written in parts), by ``i``.
+    parts: Mapping[int, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,57 @@ def encode_state(state: PartitionState) -> bytes:
                       watermark_ms=state.watermark_ms, error_bank_bytes=len(state.error_bank))
     header = orjson.dumps(fields)
     return _HEADER_LENGTH.pack(len(header)) + header + state.bank + state.error_bank
+
+
+def part_key(key: bytes, index: int) -> bytes:
+    return key + _PART_SUFFIX + str(index).encode()
+
+
+def state_records(key: bytes, value: bytes,
+                  max_bytes: int = STATE_RECORD_MAX_BYTES) -> list[tuple[bytes, bytes]]:
+    """The (key, value) records that carry ``value``: itself when it fits in ``max_bytes``,
+    else parts of at most ``max_bytes`` each (see the module docstring)."""
+    if len(value) <= max_bytes:
+        return [(key, value)]
+    size = max_bytes - _PART_HEADER.size
+    chunks = [value[start:start + size] for start in range(0, len(value), size)]
+    checksum = zlib.crc32(value)
+    return [(key if index == 0 else part_key(key, index),
+             _PART_HEADER.pack(PART_MAGIC, index, len(chunks), checksum) + chunk)
+            for index, chunk in enumerate(chunks)]
+
+
+def joined_value(stored: StoredState) -> bytes:
+    """The whole value of ``stored``, its parts joined; raises ``StateRefused`` when a part is
+    missing or belongs to another snapshot."""
+    if not stored.value.startswith(PART_MAGIC):
+        return stored.value
+    index, count, checksum = _part_header(stored.value, 0, None)
+    chunks = [stored.value[_PART_HEADER.size:]]
+    for index in range(1, count):
+        part = stored.parts.get(index)
+        if part is None:
+            raise StateRefused(f"detector-state part {index} of {count} is missing",
+                               "incomplete")
+        _part_header(part, index, (count, checksum))
+        chunks.append(part[_PART_HEADER.size:])
+    value = b"".join(chunks)
+    if zlib.crc32(value) != checksum:
+        raise StateRefused("detector-state parts do not add up to the value they were cut "
+                           "from (CRC-32 mismatch)", "corrupt")
+    return value
+
+
+def _part_header(value: bytes, index: int,
+                 expected: tuple[int, int] | None) -> tuple[int, int, int]:
+    """(index, count, checksum) of a part, checked against its place and the first part's."""
+    if len(value) < _PART_HEADER.size or not value.startswith(PART_MAGIC):
+        raise StateRefused(f"detector-state part {index} is not a part", "incomplete")
+    _, at, count, checksum = _PART_HEADER.unpack_from(value)
+    if at != index or count < 2 or (expected is not None and (count, checksum) != expected):
+        raise StateRefused(f"detector-state part {index} belongs to another snapshot "
+                           f"(part {at} of {count})", "incomplete")
+    return at, count, checksum
 
 
 def decode_state(value: bytes) -> PartitionState:
@@ -165,7 +231,7 @@ def restorable_state(stored: StoredState | None, group: str, topic: str,
     if stored is None:
         return None
     try:
-        state = decode_state(stored.value)
+        state = decode_state(joined_value(stored))
     except StateRefused as refusal:
         refuse_state(stored, refusal.reason, str(refusal))
         return None
@@ -205,16 +271,33 @@ def read_latest_states(consumer_config: dict, state_topic: str, keys: set[bytes]
 def _read_to_end(reader: Consumer, topic: str, keys: set[bytes],
                  timeout_s: float) -> dict[bytes, StoredState | None]:
     latest: dict[bytes, StoredState | None] = dict.fromkeys(keys)
+    parts: dict[bytes, dict[int, bytes]] = {}
     try:
         for message in read_to_end(reader, topic, timeout_s):
             key, value = message.key(), message.value()
             if key in latest:
                 latest[key] = None if value is None else StoredState(
                     key, partition_of(message), offset_of(message), value)
+            elif key is not None and _PART_SUFFIX in key:
+                _keep_part(parts, latest, key, value)
     except MissingTopicError:
         raise StateRestoreError(f"detector-state topic {topic} does not exist; "
                                 "create it with `levydrift topics create`") from None
     except BrokerUnavailableError as error:
         raise StateRestoreError(f"detector state: {error}; if the topic is just large, raise "
                                 "consumer.restore_timeout_s") from None
-    return latest
+    return {key: stored if stored is None or key not in parts else replace(
+        stored, parts=parts[key]) for key, stored in latest.items()}
+
+
+def _keep_part(parts: dict[bytes, dict[int, bytes]], wanted: Mapping[bytes, object],
+               key: bytes, value: bytes | None) -> None:
+    """The latest value of part ``i`` of a wanted key (a tombstone removes it)."""
+    base, _, number = key.rpartition(_PART_SUFFIX)
+    if base not in wanted or not number.isdigit():
+        return
+    held = parts.setdefault(base, {})
+    if value is None:
+        held.pop(int(number), None)
+    else:
+        held[int(number)] = value

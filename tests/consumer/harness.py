@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from consumer.state import decode_state
+from consumer.state import PartitionState, StoredState, decode_state, joined_value
 from levydrift.simulator import LevySimulator, SimulatorConfig
 from schemas.drift_event import DriftEvent
 from tests.kafka_helpers import create_topic, read_all, wait_until
@@ -174,24 +174,35 @@ def wait_processed(bootstrap: str, group: str, topics: Topics, total: int,
     wait_until(done, timeout_s, f"group {group} to commit {total} records", interval_s=0.2)
 
 
+def latest_states(bootstrap: str, topics: Topics) -> dict[int, PartitionState]:
+    """partition -> the latest committed snapshot, its parts joined when it was written in
+    parts (a large one)."""
+    values: dict[bytes, bytes | None] = {}
+    for message in read_all(bootstrap, topics.names["detector_state"]):
+        values[message.key()] = message.value()
+    latest: dict[int, PartitionState] = {}
+    for key, value in values.items():
+        if b"|part=" in key or value is None:
+            continue
+        parts = {int(k.rpartition(b"|part=")[2]): v for k, v in values.items()
+                 if v is not None and k.startswith(key + b"|part=")}
+        state = decode_state(joined_value(StoredState(key, 0, 0, value, parts)))
+        latest[state.partition] = state
+    return latest
+
+
 def final_banks(bootstrap: str, topics: Topics) -> dict[int, tuple[int, bytes]]:
     """partition -> (next offset, bank bytes) of the latest committed snapshot."""
-    latest: dict[int, tuple[int, bytes]] = {}
-    for message in read_all(bootstrap, topics.names["detector_state"]):
-        state = decode_state(message.value())
-        latest[state.partition] = (state.next_offset, state.bank)
-    return latest
+    return {partition: (state.next_offset, state.bank)
+            for partition, state in latest_states(bootstrap, topics).items()}
 
 
 def final_states(bootstrap: str, topics: Topics) -> dict[int, tuple]:
     """partition -> the latest committed snapshot's offsets (records, labels), records
     watermark and both banks' bytes."""
-    latest: dict[int, tuple] = {}
-    for message in read_all(bootstrap, topics.names["detector_state"]):
-        state = decode_state(message.value())
-        latest[state.partition] = (state.next_offset, state.labels_next_offset,
-                                   state.watermark_ms, state.bank, state.error_bank)
-    return latest
+    return {partition: (state.next_offset, state.labels_next_offset, state.watermark_ms,
+                        state.bank, state.error_bank)
+            for partition, state in latest_states(bootstrap, topics).items()}
 
 
 def drift_events(bootstrap: str, topics: Topics) -> list[DriftEvent]:

@@ -20,7 +20,7 @@ from tests.consumer.harness import (
     produce_scenario,
     wait_processed,
 )
-from tests.kafka_helpers import wait_until
+from tests.kafka_helpers import read_all, wait_until
 
 RECORDS = 30_000
 CHANGE_AT = 16_000
@@ -72,6 +72,47 @@ def test_kill_minus_nine_at_random_points_loses_and_duplicates_nothing(
     wait_processed(kafka_bootstrap, group, topics, RECORDS, runs=[run])
     assert run.stop() == 0, run.log()[-3000:]
 
+    events = [comparable(e) for e in drift_events(kafka_bootstrap, topics)]
+    assert per_partition(events) == per_partition(expected_events)
+    assert final_banks(kafka_bootstrap, topics) == expected_banks
+
+
+@pytest.mark.slow
+def test_a_snapshot_too_large_for_one_record_goes_in_parts_and_survives_kill_minus_nine(
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    """Each partition's state (~300 KB with five county segments) above a 64 KiB record limit
+    is written in parts; restores after kill -9 join them, so nothing differs from the
+    uninterrupted run (a refused or partial restore would start fresh detectors and end
+    with other banks)."""
+    records_topic, expected_events, expected_banks = reference_run(kafka_bootstrap, unique,
+                                                                   tmp_path)
+    topics = Topics(f"parts-{unique}", PARTITIONS, records_topic).create(kafka_bootstrap)
+    env = {"LEVYDRIFT_CONSUMER_BATCH_SIZE": "200",
+           "LEVYDRIFT_CONSUMER_CHECKPOINT_INTERVAL_S": "0.1",
+           "LEVYDRIFT_CONSUMER_STATE_RECORD_MAX_BYTES": "65536"}
+    group = f"parts-{unique}"
+
+    def progress() -> int:
+        return committed_total(kafka_bootstrap, group, records_topic, PARTITIONS)
+
+    runs = []
+    for attempt, share in enumerate((0.3, 0.6)):
+        run = ConsumerRun(kafka_bootstrap, topics, group, "parted",
+                          tmp_path / f"parts-{attempt}.log", extra_env=env).start()
+        runs.append(run)
+        wait_until(lambda run=run, share=share: progress() >= RECORDS * share
+                   or not run.alive(), 90, f"progress past {share:.0%}")
+        assert run.alive(), run.log()[-3000:]
+        run.kill()
+    run = ConsumerRun(kafka_bootstrap, topics, group, "parted", tmp_path / "parts-last.log",
+                      extra_env=env).start()
+    wait_processed(kafka_bootstrap, group, topics, RECORDS, runs=[run])
+    assert run.stop() == 0, run.log()[-3000:]
+    assert not any("detector state refused" in r.log() for r in [*runs, run])
+
+    state = read_all(kafka_bootstrap, topics.names["detector_state"])
+    assert all(len(m.value() or b"") <= 65536 for m in state)
+    assert any(b"|part=" in m.key() for m in state), "no snapshot was written in parts"
     events = [comparable(e) for e in drift_events(kafka_bootstrap, topics)]
     assert per_partition(events) == per_partition(expected_events)
     assert final_banks(kafka_bootstrap, topics) == expected_banks
