@@ -138,11 +138,11 @@ JOIN_RESTORE_DURATION = Histogram(
 # instead of no series before the first event.
 RECORD_OUTCOMES = ("valid", "dead_lettered")
 TRANSACTION_OUTCOMES = ("committed", "aborted")
-REBALANCE_KINDS = ("assigned", "revoked", "lost")
+REBALANCE_KINDS = ("assigned", "revoked", "lost", "foreign")
 INCOMPLETE_FORMS = ("truncated", "pointer", "dropped")
 # Envelope problems (consumer.state) and snapshot problems (detectors.errors.SnapshotError).
 STATE_REFUSALS = ("envelope", "version", "foreign", "inconsistent", "magic", "corrupt",
-                  "too_large", "header", "shape")
+                  "too_large", "header", "shape", "incomplete")
 LABEL_OUTCOMES = ("joined", "duplicate", "unmatched", "expired", "dead_lettered")
 for _outcome in RECORD_OUTCOMES:
     RECORDS.labels(outcome=_outcome)

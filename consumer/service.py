@@ -105,6 +105,7 @@ class ConsumerService:
         self._records_quiet = False
         self._changelog_ends: dict[int, int] = {}  # partition -> next changelog offset
         self._state_parts: dict[int, int] = {}  # partition -> records of its last snapshot
+        self._rejoin_due = False  # partitions of another topic were assigned (_on_assign)
         self._changelog_prefix = changelog_prefix(self.section.group_id)  # groups share it
         self.output = TransactionalOutput(self._new_producer, self.section.transaction_timeout_s,
                                           metrics.observe_transaction)
@@ -143,9 +144,7 @@ class ConsumerService:
         # What start-up built (modules, the model) lives as long as the service: keep it out
         # of every garbage collection (a full one walked it every ~20k records with labels).
         gc.freeze()
-        self.consumer = Consumer(self._consumer_config)
-        self.consumer.subscribe([self.settings.topics.records], on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self._subscribe()
         self.lag.start()
         log.info("consuming", extra={"topic": self.settings.topics.records,
                                      "group": self.section.group_id,
@@ -164,6 +163,26 @@ class ConsumerService:
             self._close()
         log.info("stopped cleanly")
         return 0
+
+    def _subscribe(self) -> None:
+        self.consumer = Consumer(self._consumer_config)
+        self.consumer.subscribe([self.settings.topics.records], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+
+    def _rejoin(self) -> None:
+        """Leave the group and join it afresh once this instance's static membership has
+        expired (see ``_on_assign``): a member that rejoins in time gets the old assignment
+        back whatever it subscribes to."""
+        self._rejoin_due = False
+        assert self.consumer is not None
+        self.consumer.close()  # revokes this consumer's own partitions, checkpointing them
+        self.consumer = None
+        expired = time.monotonic() + self.section.session_timeout_s + 1.0
+        while not self._stopping and time.monotonic() < expired:
+            time.sleep(0.2)
+        if not self._stopping:
+            self._subscribe()
+            log.info("rejoined the group", extra={"topic": self.settings.topics.records})
 
     def _new_producer(self) -> Producer:
         return Producer(producer_config(self.settings.kafka, **producer_overrides(
@@ -185,6 +204,9 @@ class ConsumerService:
 
     def step(self) -> BatchResult | None:
         """One iteration: follow the champion, consume a batch, process it, maybe checkpoint."""
+        if self._rejoin_due:
+            self._rejoin()
+            return None
         assert self.consumer is not None
         if not self._transactions_ready():
             return None
@@ -519,11 +541,33 @@ class ConsumerService:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(kind="assigned").inc()
         started = time.perf_counter()
-        consumer.incremental_assign(self._restore(consumer, partitions))
+        ours = self._ours(partitions)
+        if len(ours) < len(partitions):
+            self._foreign_assignment(partitions)
+        consumer.incremental_assign(self._restore(consumer, ours))
         metrics.STATE_RESTORE_DURATION.observe(time.perf_counter() - started)
         log.info("partitions assigned", extra={
             "partitions": sorted(p.partition for p in partitions),
+            "topics": sorted({p.topic for p in partitions}),
             "restore_seconds": round(time.perf_counter() - started, 3)})
+
+    def _ours(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [p for p in partitions if p.topic == self.settings.topics.records]
+
+    def _foreign_assignment(self, partitions: list[TopicPartition]) -> None:
+        """Kafka assigned partitions of a topic this consumer does not read. Seen when an
+        instance restarts within the session timeout with another ``topics.records``: static
+        membership hands the old assignment back and no rebalance follows, so the consumer
+        would sit idle without a word. Those partitions are left alone, and the consumer
+        rejoins once the old membership has expired."""
+        metrics.REBALANCES.labels(kind="foreign").inc()
+        log.error("Kafka assigned partitions of a topic this consumer does not read: the "
+                  "group still holds the assignment of an earlier run of this instance_id "
+                  "(static membership); rejoining after consumer.session_timeout_s",
+                  extra={"topics": sorted({p.topic for p in partitions}
+                                          - {self.settings.topics.records}),
+                         "records_topic": self.settings.topics.records})
+        self._rejoin_due = True
 
     def _restore_assignment(self) -> None:
         """After transactions restarted: every assigned partition from what Kafka holds."""
@@ -660,6 +704,7 @@ class ConsumerService:
         """Only the partitions that move are revoked (cooperative rebalancing): checkpoint
         everything, then let go of those; the others carry on."""
         metrics.REBALANCES.labels(kind="revoked").inc()
+        partitions = self._ours(partitions)  # others were never taken (_foreign_assignment)
         try:
             if not self._failed:
                 self.checkpoint(self.section.revoke_checkpoint_budget_s)
@@ -674,6 +719,7 @@ class ConsumerService:
         """Lost partitions are dropped without committing. The open transaction is aborted,
         so partitions still held (if any) rewind to their last checkpoint."""
         metrics.REBALANCES.labels(kind="lost").inc()
+        partitions = self._ours(partitions)
         for position in partitions:
             self._drop_monitor(position.partition)
             self.lag.forget(position.topic, position.partition)

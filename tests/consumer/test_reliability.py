@@ -189,3 +189,33 @@ def test_a_joining_consumer_moves_only_its_partitions(kafka_bootstrap: str, uniq
     first_revokes = logged_partitions(first.log(), "partitions revoked")
     assert first_revokes[0] == taken, first_revokes
     assert logged_partitions(first.log(), "partitions assigned") == [list(range(partitions))]
+
+
+@pytest.mark.slow
+def test_a_restart_on_another_records_topic_does_not_sit_on_the_old_assignment(
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    """Same group and instance id, a new ``topics.records``, restarted within the session
+    timeout: static membership hands back the old topic's partitions (without the fix the
+    consumer idled on them for good, with no log line). It must say so, rejoin once the old
+    membership expires, and process the new topic."""
+    group, records = f"move-{unique}", 3_000
+    old = Topics(f"move-old-{unique}", 1).create(kafka_bootstrap)
+    new = Topics(f"move-new-{unique}", 1).create(kafka_bootstrap)
+    for topics in (old, new):
+        produce_scenario(kafka_bootstrap, topics.names["records"], "none", records, 0)
+    # A long session: the restart surely comes back within it, however slow the machine.
+    env = {"LEVYDRIFT_CONSUMER_SESSION_TIMEOUT_S": "30"}
+    first = ConsumerRun(kafka_bootstrap, old, group, "mover", tmp_path / "old.log",
+                        extra_env=env).start()
+    wait_processed(kafka_bootstrap, group, old, records, runs=[first])
+    assert first.stop() == 0, first.log()[-3000:]
+
+    second = ConsumerRun(kafka_bootstrap, new, group, "mover", tmp_path / "new.log",
+                         extra_env=env).start()
+    wait_processed(kafka_bootstrap, group, new, records, timeout_s=150, runs=[second])
+    assert second.stop() == 0, second.log()[-3000:]
+    log = second.log()
+    assert "Kafka assigned partitions of a topic this consumer does not read" in log, (
+        "the old assignment was not handed back: the test proves nothing")
+    assert "rejoined the group" in log
+    assert committed_total(kafka_bootstrap, group, old.names["records"], 1) == records
