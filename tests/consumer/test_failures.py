@@ -3,6 +3,7 @@ and a restart produces each dead letter exactly once."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -12,6 +13,7 @@ from confluent_kafka import Producer
 import consumer.service as service_module
 from consumer.config import ConsumerSection, ConsumerSettings
 from consumer.service import ConsumerService
+from levydrift.kafka.transactions import FatalKafkaError
 from levydrift.settings import KafkaSettings, MetricsSettings, TopicSettings
 from levydrift.simulator import LevySimulator, SimulatorConfig
 from schemas.dead_letter import source_of
@@ -87,3 +89,18 @@ def test_an_error_mid_batch_commits_nothing_partial(kafka_bootstrap: str, unique
                                                           (m.headers() for m in letters)))
     assert len(sources) == poison
     assert len(set(sources)) == poison, "a dead letter was committed twice"
+
+
+def test_a_state_record_kafka_refuses_ends_the_run_with_what_to_change(
+        kafka_bootstrap: str, unique: str) -> None:
+    """A producer limit below consumer.state_record_max_bytes: the client refuses the
+    snapshot's first part. The run ends with one message naming the setting to lower
+    (not a traceback from the checkpoint, which a restart would meet again)."""
+    topics = Topics(unique, records_partitions=2).create(kafka_bootstrap)
+    produce_partitioned(kafka_bootstrap, topics.names["records"])
+    settings = settings_for(kafka_bootstrap, topics, f"g-{unique}")
+    settings = replace(
+        settings, kafka=replace(settings.kafka, client={"message.max.bytes": "20000"}),
+        consumer=replace(settings.consumer, state_record_max_bytes=30_000))
+    with pytest.raises(FatalKafkaError, match="lower consumer.state_record_max_bytes"):
+        ConsumerService(settings).run(stop_when=processed_all)
