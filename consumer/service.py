@@ -194,7 +194,10 @@ class ConsumerService:
         last committed checkpoint."""
         self._failed = True
         self._drop_monitors()
-        self.output.abort()  # if Kafka cannot confirm it, the restart's init_transactions will
+        try:  # if Kafka cannot confirm it, the restart's init_transactions will
+            self.output.abort()
+        except FatalKafkaError as error:  # fenced: the error that ended the run stays first
+            log.warning("abort after a failure failed", extra={"error": str(error)})
 
     def request_stop(self, signal_number: int | None = None, *_: Any) -> None:
         """Finish the current batch, checkpoint, close (a signal handler, or call directly)."""

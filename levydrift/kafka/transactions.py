@@ -156,6 +156,9 @@ class TransactionalOutput:
         error = exception.args[0]
         if is_refusal(error):
             raise MessageRefused(error) from None
+        if _is_fencing(error):  # another instance took the transactional id over
+            self._fenced(error, f"produce to {topic} in")
+            raise TransactionAborted(self.broken or error.str()) from None
         if error.code() == KafkaError._STATE or error.txn_requires_abort():
             # An earlier message of this transaction failed at the broker (a delivery
             # report not polled yet): it can only be aborted now.
@@ -226,7 +229,13 @@ class TransactionalOutput:
         timeout_s = timeout_s or self._timeout_s
         try:
             call_within(lambda: self._producer.abort_transaction(timeout_s), timeout_s)
-        except (KafkaException, CallStuck) as error:
+        except KafkaException as exception:
+            if _is_fencing(exception.args[0]):
+                self._fenced(exception.args[0], "abort")
+            else:
+                self._break(f"cannot abort the Kafka transaction: {_describe(exception)}")
+            return
+        except CallStuck as error:
             self._break(f"cannot abort the Kafka transaction: {_describe(error)}")
             return
         self.open = False
@@ -239,7 +248,11 @@ class TransactionalOutput:
     def close(self, timeout_s: float) -> None:
         """Abort what is open and deliver what is queued; logs instead of raising, so an
         error on the way out never hides the one that ended the run."""
-        self.abort(timeout_s)
+        try:
+            self.abort(timeout_s)
+        except FatalKafkaError as error:
+            log.warning("abort on shutdown failed", extra={"error": str(error)})
+            return
         if self.broken is not None:
             return
         try:
@@ -291,7 +304,8 @@ class TransactionalOutput:
         if not self._troubled:
             raise FatalKafkaError(
                 f"cannot {what} the Kafka transaction: {error.str()} (another instance with the "
-                "same transactional id may be running)")
+                "same transactional id may be running: each instance needs its own "
+                "instance_id)")
         self._break(f"{what} the transaction: {error.str()} after Kafka was unreachable")
 
 
@@ -341,8 +355,10 @@ def call_within(operation: Callable[[], T], timeout_s: float) -> T:
 
 
 def _is_fencing(error: KafkaError) -> bool:
+    # _FATAL: what produce() raises once the producer has a fatal error (fenced, in practice).
     return error.fatal() or error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
-                                             KafkaError.INVALID_PRODUCER_EPOCH)
+                                             KafkaError.INVALID_PRODUCER_EPOCH,
+                                             KafkaError._FATAL)
 
 
 def _is_timeout(error: KafkaError) -> bool:

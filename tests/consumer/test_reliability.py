@@ -219,3 +219,32 @@ def test_a_restart_on_another_records_topic_does_not_sit_on_the_old_assignment(
         "the old assignment was not handed back: the test proves nothing")
     assert "rejoined the group" in log
     assert committed_total(kafka_bootstrap, group, old.names["records"], 1) == records
+
+
+@pytest.mark.slow
+def test_a_second_instance_with_the_same_instance_id_ends_the_first_with_one_line(
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    """Two instances configured with one instance_id share a transactional id: the second
+    fences the first. The first must end with exit code 4 and one line saying so (it died
+    with a KafkaException traceback from a produce), and the second carry on to the end."""
+    topics = Topics(f"twins-{unique}", PARTITIONS).create(kafka_bootstrap)
+    produce_scenario(kafka_bootstrap, topics.names["records"], "none", RECORDS, 0)
+    group = f"twins-{unique}"
+    env = {"LEVYDRIFT_CONSUMER_BATCH_SIZE": "200",
+           "LEVYDRIFT_CONSUMER_CHECKPOINT_INTERVAL_S": "0.1"}
+    first = ConsumerRun(kafka_bootstrap, topics, group, "same", tmp_path / "first.log",
+                        extra_env=env).start()
+    wait_until(lambda: committed_total(kafka_bootstrap, group, topics.names["records"],
+                                       PARTITIONS) >= RECORDS * 0.1 or not first.alive(), 90,
+               "the first instance to make progress")
+    second = ConsumerRun(kafka_bootstrap, topics, group, "same", tmp_path / "second.log",
+                         extra_env=env).start()
+    wait_until(lambda: not first.alive(), 90, "the fenced instance to end")
+    assert first.process is not None and first.process.returncode == 4, first.log()[-3000:]
+    log = first.log()
+    assert "Traceback" not in log, log[-3000:]
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("levydrift consume: "), last
+    assert "same transactional id" in last and "instance_id" in last, last
+    wait_processed(kafka_bootstrap, group, topics, RECORDS, runs=[second])
+    assert second.stop() == 0, second.log()[-3000:]
