@@ -25,7 +25,6 @@ import argparse
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +58,6 @@ CHECK_SLICE_ROWS = 262_144  # rows fed to the detectors at a time, between progr
 # What a check reads of a file: all but the record and parcel ids (validated all the same),
 # 2 M Python strs for 1 M rows that nothing here reads.
 CHECKED_FIELDS = tuple(name for name in FIELDS if name not in ("record_id", "parcel_id"))
-WARM_UP_EVENT_TIME = "2026-01-01T00:00:00.000Z"  # the producers' form: the parser's fast path
 
 
 # ---------------------------------------------------------------------- the check itself
@@ -215,24 +213,12 @@ def check_file(path: Path, settings: CheckSettings, reference: Path | None = Non
     """Read, validate and check one file against the registry's champion."""
     if progress is not None:
         progress.phase(f"reading {path}")
-    # numba's first call in a process costs ~0.3 s of Python (its CPU target, scipy's BLAS):
-    # paid in a second thread while this one reads, when pyarrow decodes with the GIL
-    # released. Joined before any detector runs; a bad file's error still wins.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="check-warm-up") as pool:
-        warmed_up = pool.submit(warm_up_kernels)
-        columns = read_levy_file(path, progress, CHECKED_FIELDS)
-        warmed_up.result()  # its exception, if any, is raised here
+    columns = read_levy_file(path, progress, CHECKED_FIELDS)
     if progress is not None:
         progress.total = len(columns["event_time"])
     return check_columns(columns, settings, str(path),
                          file_window(path, len(columns["event_time"])), reference, model,
                          registry, note, progress)
-
-
-def warm_up_kernels() -> None:
-    """Load what the first compiled call of a process loads (numba's CPU target and the
-    event-time parser from its on-disk cache), by parsing one time as the check will."""
-    event_times_ms(np.array([WARM_UP_EVENT_TIME], dtype=object))
 
 
 def check_columns(columns: dict[str, np.ndarray], settings: CheckSettings, source: str,

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,10 +12,7 @@ import pytest
 
 from detectors.config import DetectorSettings
 from levydrift.cli import main
-from levydrift.commands import check as check_module
-from levydrift.commands.check_result import load_check_settings
 from levydrift.commands.simulate import write_file
-from levydrift.errors import UsageError
 from levydrift.features import to_model_frame
 from levydrift.simulator import LevySimulator, SimulatorConfig
 from tests.champions import train_champion
@@ -406,49 +401,3 @@ def test_the_report_says_where_a_one_county_change_happened(
     assert {e["segment"] for e in summary["episodes"]} == {"county=Grant"}
     html = (files / "where" / "index.html").read_text()
     assert "<h2>Where</h2>" in html and "<strong>county=Grant</strong>" in html
-
-
-# ---------------------------------------------------------------------- the warm-up thread
-
-WARM_UP_PROBE = """
-import sys
-from pathlib import Path
-from detectors.composition import _parse_canonical, event_times_ms
-from levydrift.commands.check import CHECKED_FIELDS, warm_up_kernels
-from levydrift.levyfile import read_levy_file
-warm_up_kernels()
-warmed = list(_parse_canonical.signatures)
-event_times_ms(read_levy_file(Path(sys.argv[1]), fields=CHECKED_FIELDS)["event_time"])
-print(len(warmed), warmed == list(_parse_canonical.signatures))
-"""
-
-
-@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
-def test_the_warm_up_loads_the_parser_variant_a_files_event_times_take(
-        suffix: str, files: Path) -> None:
-    """In a fresh process (nothing compiled yet): what ``check_file`` loads in its second
-    thread is the variant the file's times then use; nothing is left to load after the read."""
-    path = simulated(files, "none", suffix)
-    probe = subprocess.run([sys.executable, "-c", WARM_UP_PROBE, str(path)],
-                           capture_output=True, text=True, timeout=300, check=True)
-    assert probe.stdout.split() == ["1", "True"], probe.stdout + probe.stderr
-
-
-def test_a_failed_warm_up_is_raised_once_the_file_is_read(
-        files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(check_module, "warm_up_kernels", _broken_warm_up)
-    with pytest.raises(RuntimeError, match="no compiler"):
-        check_module.check_file(simulated(files, "none", ".parquet"), load_check_settings(None))
-
-
-def test_a_bad_files_error_wins_over_a_failed_warm_up(
-        files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(check_module, "warm_up_kernels", _broken_warm_up)
-    corrupt = files / "corrupt-warm-up.parquet"
-    corrupt.write_bytes(b"PAR1 this is not parquet")
-    with pytest.raises(UsageError, match="cannot be read"):
-        check_module.check_file(corrupt, load_check_settings(None))
-
-
-def _broken_warm_up() -> None:
-    raise RuntimeError("no compiler")
