@@ -167,10 +167,10 @@ def _is_text(kind: pa.DataType) -> bool:
 
 def _parquet_texts(column: pa.ChunkedArray,
                    wanted: bool) -> tuple[pa.ChunkedArray, np.ndarray | None]:
-    """A Parquet text column as the screen takes it (plain Arrow text) and, if ``wanted``, as
-    an object array of str (None where null)."""
+    """A Parquet text column as the screen takes it (Arrow text, a dictionary as it is) and,
+    if ``wanted``, as an object array of str (None where null)."""
     if pa.types.is_dictionary(column.type):
-        return column.cast(pa.string()), _dictionary_texts(column) if wanted else None
+        return column, _dictionary_texts(column) if wanted else None
     return column, (column.to_numpy(zero_copy_only=False).astype(object, copy=False)
                     if wanted else None)
 

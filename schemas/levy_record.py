@@ -285,13 +285,13 @@ def rows_breaking_rules(columns: Mapping[str, Any]) -> np.ndarray:
 
     ``columns`` holds every field: float64 arrays for numbers (NaN where the value is null,
     which ``actual_levy_amount`` alone may be); for text, object arrays of str or None, or
-    Arrow string arrays (checked by Arrow's kernels, the same pattern in RE2). It only says
-    *which* rows; the codec, the authority on *why*, names the reason for a flagged row."""
+    Arrow string arrays or dictionaries of them (checked by Arrow's kernels, the same pattern
+    in RE2; a dictionary's values once each). It only says *which* rows; the codec, the
+    authority on *why*, names the reason for a flagged row."""
     count = len(columns["schema_version"])
     bad = np.zeros(count, dtype=bool)
     for name in TEXT_FIELDS:
-        is_text, lengths, timely = _text_facts(columns[name], count, name == "event_time")
-        bad |= ~is_text | (lengths < 1) | (lengths > TEXT_MAX_CHARS) | ~timely
+        bad |= _text_breaks(columns[name], count, name == "event_time")
     with np.errstate(invalid="ignore"):  # NaN compares False: a null breaks every bound
         for name, (low, high, low_inclusive) in NUMBER_BOUNDS.items():
             numbers = columns[name]
@@ -304,22 +304,52 @@ def rows_breaking_rules(columns: Mapping[str, Any]) -> np.ndarray:
     return bad
 
 
-def _text_facts(column: Any, count: int,
-                timestamp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(is a string, length in characters, matches the timestamp pattern or need not)."""
+def _text_breaks(column: Any, count: int, timestamp: bool) -> np.ndarray:
+    """Rows whose value is no string, is empty or too long, or (``timestamp``) does not match
+    the timestamp pattern."""
     if not isinstance(column, np.ndarray):  # Arrow: its compute kernels, no Python objects
-        import pyarrow.compute as pc  # lazy: pyarrow (0.2 s), only for Arrow columns of a file
+        # lazy: pyarrow (0.2 s), only for Arrow columns of a file
+        import pyarrow as pa
 
-        is_text = pc.is_valid(column).to_numpy(zero_copy_only=False)
-        lengths = pc.fill_null(pc.utf8_length(column), 0).to_numpy(zero_copy_only=False)
-        timely = (pc.fill_null(pc.match_substring_regex(column, RFC3339_PATTERN), False)
-                  .to_numpy(zero_copy_only=False) if timestamp else np.ones(count, dtype=bool))
-        return is_text, lengths, timely
-    texts, is_text = _texts_or_empty(column, count)
-    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=count)
-    timely = (np.fromiter(map(bool, map(_TIMESTAMP.fullmatch, texts)), dtype=bool, count=count)
-              if timestamp else np.ones(count, dtype=bool))
+        if pa.types.is_dictionary(column.type):
+            return _dictionary_breaks(column, timestamp)
+        is_text, lengths, timely = _arrow_text_facts(column, count, timestamp)
+    else:
+        texts, is_text = _texts_or_empty(column, count)
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=count)
+        timely = (np.fromiter(map(bool, map(_TIMESTAMP.fullmatch, texts)), dtype=bool,
+                              count=count) if timestamp else np.ones(count, dtype=bool))
+    breaks: np.ndarray = ~is_text | (lengths < 1) | (lengths > TEXT_MAX_CHARS) | ~timely
+    return breaks
+
+
+def _arrow_text_facts(column: Any, count: int,
+                      timestamp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(is a string, length in characters, matches the timestamp pattern or need not)."""
+    import pyarrow.compute as pc  # lazy: pyarrow (0.2 s), only for Arrow columns of a file
+
+    is_text = pc.is_valid(column).to_numpy(zero_copy_only=False)
+    lengths = pc.fill_null(pc.utf8_length(column), 0).to_numpy(zero_copy_only=False)
+    timely = (pc.fill_null(pc.match_substring_regex(column, RFC3339_PATTERN), False)
+              .to_numpy(zero_copy_only=False) if timestamp else np.ones(count, dtype=bool))
     return is_text, lengths, timely
+
+
+def _dictionary_breaks(column: Any, timestamp: bool) -> np.ndarray:
+    """``_text_breaks`` of an Arrow dictionary of text: each distinct value judged once (a
+    county column is a few dozen strings, not a million), then taken by the rows' indices;
+    a null row (null index) is no string."""
+    # lazy: pyarrow (0.2 s), only for Arrow columns of a file
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    parts = [np.zeros(0, dtype=bool)]
+    for chunk in chunks:  # each chunk may have a dictionary of its own
+        size = len(chunk.dictionary)
+        breaks = np.append(_text_breaks(chunk.dictionary, size, timestamp), True)
+        parts.append(breaks[pc.fill_null(chunk.indices, size).to_numpy(zero_copy_only=False)])
+    return np.concatenate(parts)
 
 
 def _texts_or_empty(column: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:

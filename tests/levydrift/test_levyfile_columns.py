@@ -124,15 +124,28 @@ def test_csv_columns_and_rows_agree(table: list[dict[str, Any]], junk: list[str]
     assert_same(outcome(lambda: levyfile.read_levy_file(path)), outcome(per_row(path)))
 
 
+def as_arrow_text(texts: list[Any], form: str, chunk_rows: int) -> Any:
+    """``texts`` as the screen may take them: an object array, or Arrow text (plain, or
+    dictionaries of ``chunk_rows`` rows each, every chunk with its own dictionary)."""
+    if form == "numpy":
+        return np.array(texts, dtype=object)
+    chunks = [pa.array(texts[start:start + chunk_rows], pa.string())
+              for start in range(0, len(texts), chunk_rows)]
+    if form == "dictionary":
+        chunks = [pc.dictionary_encode(chunk) for chunk in chunks]
+    return pa.chunked_array(chunks)
+
+
 @settings(max_examples=300, deadline=None)
-@given(rows())
+@given(rows(), st.sampled_from(["numpy", "arrow", "dictionary"]), st.integers(1, 6))
 def test_the_screen_flags_exactly_the_rows_the_codec_refuses(
-        table: list[dict[str, Any]]) -> None:
-    """Typed columns (float64 with NaN for null, str or None) against each row as JSON."""
+        table: list[dict[str, Any]], text_form: str, chunk_rows: int) -> None:
+    """Typed columns (float64 with NaN for null; text as str or None, or in Arrow) against
+    each row as JSON."""
     columns = {name: np.array([np.nan if row[name] is None else float(row[name])
                                for row in table], dtype=np.float64)
-               if name in NUMERIC_FIELDS else np.array([row[name] for row in table],
-                                                       dtype=object)
+               if name in NUMERIC_FIELDS else
+               as_arrow_text([row[name] for row in table], text_form, chunk_rows)
                for name in FIELDS}
     columns["actual_levy_amount"][~np.isfinite(columns["actual_levy_amount"])] = np.nan
     refused = []
