@@ -37,6 +37,7 @@ lineage queries (``registry_lineage``).
 
 from __future__ import annotations
 
+import tempfile
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -176,11 +177,25 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ registering
 
+    def ensure_writable(self) -> None:
+        """Raise ``RegistryError`` unless the root can be created and written: checked before
+        training, so a bad ``registry.root`` costs no training run and gives no traceback."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-check-"):
+                pass
+        except OSError as error:
+            raise RegistryError(_unwritable(self.root, error)) from None
+
     def register(self, name: str, candidate: NewVersion, finish: bool = True) -> VersionInfo:
         """Write a complete version (claimed number, staged, renamed) and, with ``finish``,
         finish its registration at once (``finish_registration``). The trainer worker finishes
-        it later, together with announcing it. Returns the new version."""
-        version = self.store.write(name, candidate)
+        it later, together with announcing it. Returns the new version. A write the disk
+        refuses (full, read-only) raises ``RegistryError`` and leaves no version."""
+        try:
+            version = self.store.write(name, candidate)
+        except OSError as error:
+            raise RegistryError(_unwritable(self.root, error)) from None
         if finish:
             self.finish_registration(name, version)
         return self.get(name, version)
@@ -202,3 +217,9 @@ class ModelRegistry:
                                      info.metrics.get("gate", {}).get("reason", ""),
                                      list(info.lineage.get("drift_event_ids", [])))
             return self.champion(name) == version
+
+
+def _unwritable(root: Path, error: OSError) -> str:
+    where = f" ({error.filename})" if error.filename else ""
+    return (f"cannot write to the model registry {root}: {error.strerror or error}{where}; "
+            "set registry.root (or --registry) to a writable directory with free space")

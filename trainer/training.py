@@ -46,6 +46,7 @@ def train_and_register(registry: ModelRegistry, name: str, request: TrainingRequ
     the data cannot produce a candidate. Without ``finish`` the version is left for the caller
     to finish (``ModelRegistry.finish_registration``: history row, champion move)."""
     started = time.perf_counter()
+    registry.ensure_writable()  # before the fit: a bad registry root costs no training run
     frame = request.frame[np.isfinite(request.frame[TARGET].to_numpy(float))]
     if len(frame) < request.min_training_records:
         raise TrainingError(f"only {len(frame)} labelled records in the training window; "

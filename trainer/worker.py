@@ -119,6 +119,7 @@ class TrainWorker:
         worker waits, retries and carries on; past the limit (or on a fatal Kafka error) it
         raises ``BrokerUnavailableError``, whose one line the CLI prints (exit code 3)."""
         kafka = self.settings.kafka
+        self.registry.ensure_writable()  # at start, not at the first drift event
         if not self._until_done(lambda: ensure_reachable(admin_client(kafka), kafka)):
             return 0
         removed = self.registry.clean_stale_staging(self.model_name)

@@ -52,3 +52,21 @@ def test_train_command_reports_a_bad_file_in_one_line(tmp_path, capsys) -> None:
     assert len(errors) == 3
     assert "unknown file type" in errors[0] and "no such file" in errors[1]
     assert "actual_levy_amount" in errors[2]
+
+
+def test_train_command_reports_an_unwritable_registry_in_one_line_before_training(
+        tmp_path, capsys, monkeypatch) -> None:
+    """A regular file where the registry root should be (as root, no permission bit stops
+    a write; a path that cannot be a directory does). It ended in a traceback after the
+    whole training run."""
+    SIMULATOR.frame(0, 1500).to_csv(tmp_path / "levy.csv", index=False)
+    (tmp_path / "models").write_text("not a directory")
+    fitted = []
+    monkeypatch.setattr("trainer.training.fit_model",
+                        lambda *args, **kwargs: fitted.append(1) or fit_model(*args, **kwargs))
+    assert main(["train", "--data-path", str(tmp_path / "levy.csv"),
+                 "--registry", str(tmp_path / "models")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    assert "cannot write to the model registry" in error and "registry.root" in error
+    assert not fitted, "the model was trained before the registry was found unwritable"

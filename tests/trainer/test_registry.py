@@ -155,3 +155,16 @@ def test_a_missing_artifact_is_refused(tmp_path) -> None:
     info.artifact_path.unlink()
     with pytest.raises(ArtifactError, match=rf"{NAME}/1.*missing"):
         registry.load_model(NAME, 1)
+
+
+def test_a_write_the_disk_refuses_is_a_registry_error_and_leaves_no_version(tmp_path) -> None:
+    """The model's versions directory cannot be made (a file in its way, as a full or
+    read-only disk would refuse it): one RegistryError naming the fix, no version."""
+    registry = ModelRegistry(tmp_path)
+    registry.ensure_writable()
+    (tmp_path / NAME).mkdir()
+    (tmp_path / NAME / "versions").write_text("in the way")
+    with pytest.raises(RegistryError, match="registry.root"):
+        _register(registry)
+    (tmp_path / NAME / "versions").unlink()
+    assert registry.versions(NAME) == []

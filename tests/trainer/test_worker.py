@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from levydrift import settings as settings_module
 from levydrift.artifacts import load_version_dir
+from levydrift.errors import RegistryError
 from levydrift.simulator import LevySimulator, SimulatorConfig, to_records
 from schemas.drift_event import (
     DetectorSpec,
@@ -441,3 +442,13 @@ def test_the_training_window_starts_at_the_onset(stack: Stack) -> None:
     assert {w["partition"]: w["first_offset"] for w in whole.offsets} != {
         w["partition"]: w["first_offset"] for w in since_onset.offsets}
     assert 0 < len(since_onset.frame) < len(whole.frame)
+
+
+def test_a_worker_with_an_unwritable_registry_says_so_at_start(tmp_path: Path) -> None:
+    """Not at the first drift event, hours later, after a training run."""
+    (tmp_path / "models").write_text("a file where the registry root should be")
+    config = tmp_path / "levydrift.toml"
+    config.write_text(f'[registry]\nroot = "{tmp_path / "models"}"\n')
+    worker = TrainWorker(settings_module.load(TrainerSettings, config, environ={}))
+    with pytest.raises(RegistryError, match="cannot write to the model registry"):
+        worker.run()
