@@ -10,6 +10,7 @@ label in its record's partition, given the two topics' equal partition counts (c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import time
@@ -336,8 +337,9 @@ def write_file(simulator: LevySimulator, records: int, path: Path, order: str = 
             os.replace(partials[1], labels.path)
         os.replace(partials[0], path)
     except OSError as error:
-        for partial in partials:
-            partial.unlink(missing_ok=True)
+        for partial in partials:  # its directory may be what failed: never a second error
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
         failed = (labels.path if labels.path is not None
                   and error.filename in (str(labels.path), str(partials[-1])) else path)
         raise UsageError(f"cannot write {failed}: {error.strerror or error}") from None

@@ -137,6 +137,17 @@ def test_bad_arguments_fail_in_one_line(tmp_path, monkeypatch, capsys, arguments
     assert message in error and error.count("\n") == 1
 
 
+@pytest.mark.parametrize("suffix", ["csv", "parquet", "jsonl"])
+def test_an_output_under_a_file_fails_in_one_line(tmp_path, monkeypatch, capsys, suffix):
+    """A path whose directory is a file: removing the partial file failed too, and that
+    second error came out as a traceback."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    assert simulate("--output", f"afile/levy.{suffix}") == 2
+    error = capsys.readouterr().err
+    assert f"cannot write afile/levy.{suffix}" in error and error.count("\n") == 1
+
+
 def test_an_unreachable_broker_fails_in_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LEVYDRIFT_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
     monkeypatch.setenv("LEVYDRIFT_KAFKA_REQUEST_TIMEOUT_S", "1")
