@@ -61,6 +61,7 @@ from detectors.composition import event_times_ms
 from detectors.segments import SegmentedBank
 from levydrift.errors import ConfigError, TopicLayoutError
 from levydrift.kafka.messages import offset_of
+from levydrift.paths import ensure_writable_dir
 from schemas.levy_label import decode_levy_labels
 
 if TYPE_CHECKING:
@@ -421,6 +422,17 @@ def retention_shortfall(retention_ms: int | None, horizon_days: float, records: 
             f"consumer.label_horizon_days ({horizon_days:g}): the trainer will not find the "
             "records of labels that come later than that. Raise topics.records_retention_hours "
             "(`levydrift topics create` applies it) or lower consumer.label_horizon_days")
+
+
+def check_state_dir(state_dir: str) -> None:
+    """Raise ``ConfigError`` unless ``consumer.state_dir`` can be written: at start, not at
+    the first partition assignment (where it was a traceback)."""
+    try:
+        ensure_writable_dir(Path(state_dir))
+    except OSError as error:
+        raise ConfigError(f"consumer.state_dir {state_dir} cannot be used: "
+                          f"{error.strerror or error}; set it (LEVYDRIFT_CONSUMER_STATE_DIR) "
+                          "to a writable directory") from None
 
 
 def store_path(state_dir: str, group: str, topic: str, partition: int) -> Path:

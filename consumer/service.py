@@ -34,6 +34,7 @@ from consumer.labels import (
     NO_WATERMARK,
     LabelJoin,
     check_co_partitioned,
+    check_state_dir,
     open_join_store,
     restore_errors,
     retention_shortfall,
@@ -134,6 +135,7 @@ class ConsumerService:
                                   for name in needed}, topics.records, topics.labels,
                                  topics.join_changelog)
             self._check_records_retention(admin)
+            check_state_dir(self.section.state_dir)
             self.label_reader = Consumer({**self._reader_config,
                                          "group.id": f"{self.section.group_id}.labels"})
         try:

@@ -37,12 +37,12 @@ lineage queries (``registry_lineage``).
 
 from __future__ import annotations
 
-import tempfile
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from levydrift.errors import RegistryError
+from levydrift.paths import ensure_writable_dir
 from trainer.registry_aliases import ALIAS_HISTORY_NAME, ALIASES_NAME, CHAMPION, AliasBook
 from trainer.registry_history import (
     TRAINING_HISTORY_COLUMNS,
@@ -181,9 +181,7 @@ class ModelRegistry:
         """Raise ``RegistryError`` unless the root can be created and written: checked before
         training, so a bad ``registry.root`` costs no training run and gives no traceback."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-check-"):
-                pass
+            ensure_writable_dir(self.root)
         except OSError as error:
             raise RegistryError(_unwritable(self.root, error)) from None
 

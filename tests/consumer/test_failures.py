@@ -13,6 +13,7 @@ from confluent_kafka import Producer
 import consumer.service as service_module
 from consumer.config import ConsumerSection, ConsumerSettings
 from consumer.service import ConsumerService
+from levydrift.errors import ConfigError
 from levydrift.kafka.transactions import FatalKafkaError
 from levydrift.settings import KafkaSettings, MetricsSettings, TopicSettings
 from levydrift.simulator import LevySimulator, SimulatorConfig
@@ -104,3 +105,15 @@ def test_a_state_record_kafka_refuses_ends_the_run_with_what_to_change(
         consumer=replace(settings.consumer, state_record_max_bytes=30_000))
     with pytest.raises(FatalKafkaError, match="lower consumer.state_record_max_bytes"):
         ConsumerService(settings).run(stop_when=processed_all)
+
+
+def test_a_state_dir_that_cannot_be_written_is_one_line_at_start(
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    """It was a traceback at the first partition assignment."""
+    topics = Topics(unique, records_partitions=2).create(kafka_bootstrap)
+    settings = settings_for(kafka_bootstrap, topics, f"g-{unique}")
+    (tmp_path / "state").write_text("a file where the state directory should be")
+    settings = replace(settings, consumer=replace(settings.consumer,
+                                                  state_dir=str(tmp_path / "state")))
+    with pytest.raises(ConfigError, match="consumer.state_dir .* a file is in the way"):
+        ConsumerService(settings).run(stop_when=lambda service: True)
