@@ -49,7 +49,7 @@ from trainer.registry_history import (
     TRAINING_HISTORY_NAME,
     TrainingHistory,
 )
-from trainer.registry_layout import RegistryLayout, utc_now
+from trainer.registry_layout import RegistryLayout, unwritable, utc_now
 from trainer.registry_lineage import LineageIndex, data_sha256
 from trainer.registry_versions import (
     LINEAGE_NAME,
@@ -183,7 +183,7 @@ class ModelRegistry:
         try:
             ensure_writable_dir(self.root)
         except OSError as error:
-            raise RegistryError(_unwritable(self.root, error)) from None
+            raise RegistryError(unwritable(self.root, error)) from None
 
     def register(self, name: str, candidate: NewVersion, finish: bool = True) -> VersionInfo:
         """Write a complete version (claimed number, staged, renamed) and, with ``finish``,
@@ -193,7 +193,7 @@ class ModelRegistry:
         try:
             version = self.store.write(name, candidate)
         except OSError as error:
-            raise RegistryError(_unwritable(self.root, error)) from None
+            raise RegistryError(unwritable(self.root, error)) from None
         if finish:
             self.finish_registration(name, version)
         return self.get(name, version)
@@ -215,9 +215,3 @@ class ModelRegistry:
                                      info.metrics.get("gate", {}).get("reason", ""),
                                      list(info.lineage.get("drift_event_ids", [])))
             return self.champion(name) == version
-
-
-def _unwritable(root: Path, error: OSError) -> str:
-    where = f" ({error.filename})" if error.filename else ""
-    return (f"cannot write to the model registry {root}: {error.strerror or error}{where}; "
-            "set registry.root (or --registry) to a writable directory with free space")

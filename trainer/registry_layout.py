@@ -66,8 +66,12 @@ class RegistryLayout:
             finally:
                 setattr(self._held, name, depth)
             return
-        self.model_dir(name).mkdir(parents=True, exist_ok=True)
-        with open(self.model_dir(name) / ".lock", "a") as handle:
+        try:
+            self.model_dir(name).mkdir(parents=True, exist_ok=True)
+            handle = open(self.model_dir(name) / ".lock", "a")  # noqa: SIM115 (closed below)
+        except OSError as error:
+            raise RegistryError(unwritable(self.root, error)) from None
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             setattr(self._held, name, 1)
             try:
@@ -125,3 +129,10 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def unwritable(root: Path, error: OSError) -> str:
+    """The one line for a registry the file system refuses to write."""
+    where = f" ({error.filename})" if error.filename else ""
+    return (f"cannot write to the model registry {root}: {error.strerror or error}{where}; "
+            "set registry.root (or --registry) to a writable directory with free space")

@@ -39,6 +39,7 @@ from levydrift.commands.retraining import retrain_once
 from levydrift.commands.schedule import read_topic_window, topic_window
 from levydrift.errors import TrainingError, UsageError
 from levydrift.logs import configure as configure_logging
+from levydrift.paths import ensure_writable_dir
 from trainer.registry import (
     ALIAS_HISTORY_NAME,
     ALIASES_NAME,
@@ -325,6 +326,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _run_daily(arguments: argparse.Namespace) -> int:
     if arguments.window_records < 1:
         raise UsageError("--window-records must be >= 1")
+    try:
+        ensure_writable_dir(arguments.out)
+    except OSError as error:
+        raise UsageError(f"--out {arguments.out} cannot be used: "
+                         f"{error.strerror or error}") from None
     # An outcome left from an earlier run must not be notified as this one's.
     (arguments.out / OUTCOME_NAME).unlink(missing_ok=True)
     settings = load_daily_settings(arguments.config)

@@ -168,3 +168,10 @@ def test_a_write_the_disk_refuses_is_a_registry_error_and_leaves_no_version(tmp_
         _register(registry)
     (tmp_path / NAME / "versions").unlink()
     assert registry.versions(NAME) == []
+
+
+def test_a_registry_root_that_is_a_file_is_a_registry_error(tmp_path) -> None:
+    """Promote, rollback and reconcile take the model's lock first: that was a traceback."""
+    (tmp_path / "models").write_text("x")
+    with pytest.raises(RegistryError, match="cannot write to the model registry"):
+        ModelRegistry(tmp_path / "models").rollback(NAME)

@@ -127,3 +127,14 @@ def test_a_job_that_died_before_its_outcome_is_notified(
     assert [(r.body["kind"], r.body["severity"]) for r in received] == [("failed", "critical")]
     assert received[0].body["run_url"] == "https://ci/runs/7"
     assert "nothing to notify (no_drift)" in capsys.readouterr().out
+
+
+def test_an_out_dir_under_a_file_is_one_line(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """It was a traceback from removing the last outcome."""
+    (tmp_path / "afile").write_text("x")
+    assert main(["daily", "--source", str(SAMPLE), "--out", str(tmp_path / "afile" / "out"),
+                 "--check-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out" in err and "a file is in the way" not in err
+    assert "cannot be used: Not a directory" in err
