@@ -111,6 +111,12 @@ class ConsumerSettings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
+    def validate(self) -> None:
+        # lazy: the record schema loads numpy, which building the CLI parser must not
+        from levydrift.signals import check_detector_fields
+
+        check_detector_fields(self.detectors)
+
 
 def load_consumer_settings(path: str | None) -> ConsumerSettings:
     """Load and validate; any problem is a one-line ``ConfigError``."""

@@ -295,7 +295,7 @@ def _build(settings_type: type[T], table: Any, prefix: str) -> T:
             validate()
         except ValueError as error:  # sections outside levydrift/ raise their own ValueErrors
             message = str(error)
-            if not message.startswith(prefix):
+            if not message.startswith((prefix, prefix.rstrip(".") + ":")):
                 message = f"{prefix.rstrip('.') or 'settings'}: {message}"
             raise ConfigError(message) from None
     return instance

@@ -4,9 +4,19 @@ batch tools (``levydrift check``, per file), so both feed the bank exactly the s
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import difflib
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+from levydrift.errors import ConfigError
+from schemas.levy_record import FIELDS, NUMERIC_FIELDS, TEXT_FIELDS
+
+if TYPE_CHECKING:
+    from detectors.config import DetectorSettings
+
+PREDICTION_SIGNALS = ("prediction",)
+PERFORMANCE_SIGNALS = ("abs_error", "relative_error")
 
 
 class Scorer(Protocol):
@@ -39,3 +49,19 @@ def signal_columns(columns: dict[str, np.ndarray],
     # Relative error keeps a county of mansions from dominating the performance signal.
     columns["relative_error"] = columns["abs_error"] / np.maximum(actual, 1.0)
     return columns
+
+
+def check_detector_fields(detectors: DetectorSettings) -> None:
+    """Raise ``ConfigError`` for a signal or segment field no levy record or model signal
+    has: a misspelt name was never watched (or made one segment of everything), silently."""
+    allowed = {
+        "numeric_signals": NUMERIC_FIELDS, "categorical_signals": TEXT_FIELDS,
+        "prediction_signals": PREDICTION_SIGNALS, "performance_signals": PERFORMANCE_SIGNALS,
+        "segment_by": tuple(name for name in FIELDS if name != "event_time")}
+    for setting, names in allowed.items():
+        for name in getattr(detectors, setting):
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ConfigError(f"detectors.{setting} names {name!r}, which no levy record "
+                                  f"has{hint}; choose from " + ", ".join(names))

@@ -32,6 +32,12 @@ class CheckSettings:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
+    def validate(self) -> None:
+        # lazy: the record schema loads numpy, which building the CLI parser must not
+        from levydrift.signals import check_detector_fields
+
+        check_detector_fields(self.detectors)
+
 
 def load_check_settings(path: str | None) -> CheckSettings:
     """Load and validate; any problem is a one-line ``ConfigError``."""

@@ -192,3 +192,34 @@ def test_consumer_timeouts_that_cannot_work_together_are_refused() -> None:
         load(ConsumerSettings, None, environ={"LEVYDRIFT_CONSUMER_RESTORE_TIMEOUT_S": "30"})
     settings = load(ConsumerSettings, None, environ={})
     assert settings.consumer.restore_timeout_s > settings.consumer.transaction_timeout_s
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("LEVYDRIFT_DETECTORS_SEGMENT_BY", "countie", "segment_by names 'countie', which no levy "
+                                                  "record has (did you mean county?)"),
+    ("LEVYDRIFT_DETECTORS_NUMERIC_SIGNALS", "assessed_value,assesed_value",
+     "did you mean assessed_value?"),
+    ("LEVYDRIFT_DETECTORS_CATEGORICAL_SIGNALS", "county,districts", "categorical_signals "
+                                                                     "names 'districts'"),
+    ("LEVYDRIFT_DETECTORS_PERFORMANCE_SIGNALS", "abs_eror", "did you mean abs_error?"),
+])
+def test_a_detector_field_no_record_has_is_refused_naming_the_closest(
+        variable: str, value: str, message: str) -> None:
+    """A misspelt signal was never watched (no drift, ever) and a misspelt segment field put
+    every record in one segment, both without a word."""
+    from consumer.config import ConsumerSettings
+    from levydrift.commands.check_result import CheckSettings
+    from levydrift.commands.daily import DailySettings
+
+    for service in (ConsumerSettings, CheckSettings, DailySettings):
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")
+                           .replace("?", r"\?")):
+            load(service, None, environ={variable: value})
+
+
+def test_the_default_detector_fields_are_all_record_fields() -> None:
+    from consumer.config import ConsumerSettings
+
+    settings = load(ConsumerSettings, None,
+                    environ={"LEVYDRIFT_DETECTORS_SEGMENT_BY": "county,property_class"})
+    assert settings.detectors.segment_by == ("county", "property_class")
