@@ -24,8 +24,10 @@ import statistics
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -40,6 +42,7 @@ from consumer.champion import Champion  # noqa: E402
 from consumer.processing import signal_columns  # noqa: E402
 from detectors import DetectorBank, DetectorSettings  # noqa: E402
 from detectors.segments import SegmentedBank  # noqa: E402
+from detectors.snapshot import encode  # noqa: E402
 from levydrift.features import to_model_frame  # noqa: E402
 from levydrift.simulator import (  # noqa: E402
     ORDERS,
@@ -50,6 +53,7 @@ from levydrift.simulator import (  # noqa: E402
 from trainer.model import ModelParams, fit_model  # noqa: E402
 
 BATCH = 2000
+Bank = TypeVar("Bank", DetectorBank, SegmentedBank)
 COUNTY = "Grant"
 HEADING = "## Arrival orders and segments"
 MODEL_SIGNALS = frozenset({"prediction", "abs_error", "relative_error"})
@@ -153,7 +157,7 @@ def throughput(kept: dict[str, dict[str, np.ndarray]], repeats: int) -> str:
     return "\n".join(lines)
 
 
-def _traced(make, columns: dict[str, np.ndarray]) -> tuple[int, object]:
+def _traced(make: Callable[[], Bank], columns: dict[str, np.ndarray]) -> tuple[int, Bank]:
     gc.collect()
     tracemalloc.start()
     baseline = tracemalloc.get_traced_memory()[0]
@@ -182,8 +186,8 @@ def footprint(columns: dict[str, np.ndarray]) -> str:
             f"{every / 1024:,.0f} KiB, so {marginal / 1024:,.0f} KiB per segment; today's "
             f"bank {today_bytes / 1024:,.0f} KiB. Snapshot per partition: "
             f"{len(snapshot) / 1024:,.0f} KiB ({count} segments; today's single bank: "
-            f"{len(today.snapshot()) / 1024:,.0f} KiB); per segment bank "
-            f"{len(segmented.segments[f'county={COUNTY}'].snapshot()) / 1024:,.0f} KiB.")
+            f"{len(encode(today)) / 1024:,.0f} KiB); per segment bank "
+            f"{len(encode(segmented.segments[f'county={COUNTY}'])) / 1024:,.0f} KiB.")
 
 
 # ------------------------------------------------------------------ 3. one-county scenarios
