@@ -10,7 +10,7 @@ are the same change seen by slower detectors or other signals).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,14 +141,19 @@ class DetectorBank:
         return decisions
 
     # ------------------------------------------------------------------ re-baselining
-    def rebaseline(self, reference: Reference | None = None) -> None:
+    def rebaseline(self, reference: Reference | None = None,
+                   signals: Collection[str] | None = None) -> None:
         """Start again against a new champion: signals in ``reference`` use it at once, the
         others warm up on the next ``warmup_records`` values. Detectors restart (fresh
-        running means, empty windows), so the old regime cannot raise a burst of alarms."""
-        for channel in self.channels.values():
+        running means, empty windows), so the old regime cannot raise a burst of alarms.
+        ``signals``: only those start again (None: all)."""
+        chosen = [channel for name, channel in self.channels.items()
+                  if signals is None or name in signals]
+        for channel in chosen:
             channel.start_warmup()
         if reference is not None:
-            self._apply_reference(reference)
+            for channel in chosen:
+                channel.use_reference(reference)
         self.cooldown_until = {kind: 0 for kind in KINDS}
 
     def _apply_reference(self, reference: Reference) -> None:

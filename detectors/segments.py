@@ -395,13 +395,17 @@ class SegmentedBank:
 
     # ------------------------------------------------------------------ re-baselining
     def rebaseline(self, reference: Reference | None = None) -> None:
-        """A new champion: every segment re-learns (a stream-wide reference would make every
-        segment whose level differs from the mix alarm, CALIBRATION.md 7); composition takes
-        the champion's category shares when it has them."""
+        """A new champion moves predictions and errors, not the records' fields: the model's
+        signals re-learn in every segment (a stream-wide reference would make every segment
+        whose level differs from the mix alarm, CALIBRATION.md 7), the fields keep their
+        references and detectors (re-learning them too left every field unwatched for a
+        segment warm-up after each retrain); composition takes the champion's category shares
+        when it has them."""
+        model = self.settings.prediction_signals + self.settings.performance_signals
         for bank in self.segments.values():
-            bank.rebaseline(None)
+            bank.rebaseline(None, model)
         if self.pool is not None:
-            self.pool.rebaseline(self.pool.reference())
+            self.pool.rebaseline(self.pool.reference(), model)
         if reference is not None:
             self.composition.set_reference(reference.categorical)
         self.pooled_marks = {}

@@ -211,3 +211,14 @@ def test_lists_with_missing_values_are_accepted() -> None:
     assert rows["levy_rate"].statistic >= 0.0
     assert int(bank.channels["levy_rate"].counters[0]) == 2
     assert int(bank.channels["county"].counters[0]) == 1
+
+
+def test_rebaseline_of_some_signals_leaves_the_others_watching() -> None:
+    bank = DetectorBank(DetectorSettings(numeric_signals=("a", "b"), categorical_signals=(),
+                                         prediction_signals=(), performance_signals=(),
+                                         warmup_records=200))
+    rng = np.random.default_rng(5)
+    bank.update({"a": rng.normal(size=400), "b": rng.normal(size=400)}, np.arange(400))
+    bank.rebaseline(signals=("b",))
+    assert bank.channels["a"].reference is not None
+    assert bank.channels["b"].reference is None

@@ -448,3 +448,25 @@ def test_segment_groups_label_records_as_segment_keys_do(fields: tuple[str, ...]
         assert labels[groups].tolist() == keys.tolist()
         firsts = [keys.tolist().index(label) for label in dict.fromkeys(labels.tolist())]
         assert firsts == sorted(firsts)  # labels in order of first appearance
+
+
+def test_a_new_champion_relearns_the_model_signals_not_the_record_fields() -> None:
+    """A champion swap (after every retrain) moves predictions and errors only. The fields
+    keep watching: a shift of x right after the swap is found as fast as without a swap
+    (before, every segment re-learned x too and was blind for its warm-up)."""
+    settings = replace(SMALL, prediction_signals=("prediction",))
+    columns = stream({"A": 0.0, "B": 2.0}, 12_000, np.random.default_rng(7),
+                     shift=("A", 1.5, 6_000))
+    columns["prediction"] = columns["x"] * 10.0
+    swapped, plain = SegmentedBank(settings), SegmentedBank(settings)
+    head = {name: values[:6_000] for name, values in columns.items()}
+    tail = {name: values[6_000:] for name, values in columns.items()}
+    assert feed(swapped, head) == feed(plain, head) == []
+    swapped.rebaseline()
+    for bank in swapped.segments.values():
+        assert bank.channels["x"].reference is not None, "the field re-learns"
+        assert bank.channels["prediction"].reference is None, "the model signal keeps"
+    found = [d for d in feed(swapped, tail, start=6_000) if "x" in d.signal_names]
+    expected = [d for d in feed(plain, tail, start=6_000) if "x" in d.signal_names]
+    assert found and expected
+    assert found[0].detected_at == expected[0].detected_at
