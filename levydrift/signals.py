@@ -57,11 +57,19 @@ def check_detector_fields(detectors: DetectorSettings) -> None:
     allowed = {
         "numeric_signals": NUMERIC_FIELDS, "categorical_signals": TEXT_FIELDS,
         "prediction_signals": PREDICTION_SIGNALS, "performance_signals": PERFORMANCE_SIGNALS,
-        "segment_by": tuple(name for name in FIELDS if name != "event_time")}
+        # Ids name one record or parcel each: a segment per record never warms up.
+        "segment_by": tuple(name for name in FIELDS
+                            if name not in ("event_time", "record_id", "parcel_id"))}
     for setting, names in allowed.items():
         for name in getattr(detectors, setting):
-            if name not in names:
-                close = difflib.get_close_matches(name, names, n=1)
-                hint = f" (did you mean {close[0]}?)" if close else ""
-                raise ConfigError(f"detectors.{setting} names {name!r}, which no levy record "
-                                  f"has{hint}; choose from " + ", ".join(names))
+            if name in names:
+                continue
+            if name in FIELDS:  # a record field, but not one this setting can take
+                why = ("one segment per record never warms up" if setting == "segment_by"
+                       else f"not a field {setting} can watch")
+                raise ConfigError(f"detectors.{setting} names {name!r}: {why}; choose from "
+                                  + ", ".join(names))
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"detectors.{setting} names {name!r}, which no levy record "
+                              f"has{hint}; choose from " + ", ".join(names))

@@ -202,6 +202,7 @@ def test_consumer_timeouts_that_cannot_work_together_are_refused() -> None:
     ("LEVYDRIFT_DETECTORS_CATEGORICAL_SIGNALS", "county,districts", "categorical_signals "
                                                                      "names 'districts'"),
     ("LEVYDRIFT_DETECTORS_PERFORMANCE_SIGNALS", "abs_eror", "did you mean abs_error?"),
+    ("LEVYDRIFT_DETECTORS_SEGMENT_BY", "county,parcel_id", "segment_by names 'parcel_id'"),
 ])
 def test_a_detector_field_no_record_has_is_refused_naming_the_closest(
         variable: str, value: str, message: str) -> None:
