@@ -63,6 +63,7 @@ from levydrift.kafka.transactions import (
     MessageRefused,
     TransactionAborted,
     TransactionalOutput,
+    is_refusal,
     producer_overrides,
 )
 from schemas.dead_letter import Headers
@@ -107,6 +108,7 @@ class ConsumerService:
         self._changelog_ends: dict[int, int] = {}  # partition -> next changelog offset
         self._state_parts: dict[int, int] = {}  # partition -> records of its last snapshot
         self._rejoin_due = False  # partitions of another topic were assigned (_on_assign)
+        self._state_refusal: str | None = None  # why the broker refused a state record
         self._changelog_prefix = changelog_prefix(self.section.group_id)  # groups share it
         self.output = TransactionalOutput(self._new_producer, self.section.transaction_timeout_s,
                                           metrics.observe_transaction)
@@ -187,8 +189,13 @@ class ConsumerService:
             log.info("rejoined the group", extra={"topic": self.settings.topics.records})
 
     def _new_producer(self) -> Producer:
-        return Producer(producer_config(self.settings.kafka, **producer_overrides(
-            self.section.transactional_id, self.section.transaction_timeout_s)))
+        overrides = producer_overrides(self.section.transactional_id,
+                                       self.section.transaction_timeout_s)
+        # A topic's max.message.bytes bounds a whole batch: state parts batched together
+        # must stay below it as each part does.
+        overrides["batch.size"] = min(overrides["batch.size"],
+                                      self.section.state_record_max_bytes)
+        return Producer(producer_config(self.settings.kafka, **overrides))
 
     def _fail(self) -> None:
         """After an error mid-batch the open transaction holds part of a batch: abort it and
@@ -441,6 +448,8 @@ class ConsumerService:
                      for partition, state in states.items()}
             self.output.commit(offsets, self.consumer, timeout_s)
         except TransactionAborted as error:
+            if self._state_refusal is not None:
+                raise self._state_refused(self._state_refusal) from None
             self._after_abort(error, started)
             return False
         self._stalled_since = None
@@ -465,16 +474,27 @@ class ConsumerService:
         records = state_records(key, encode_state(state), self.section.state_record_max_bytes)
         try:
             for record_key, value in records:
-                self.output.produce(topic, value, key=record_key)
+                self.output.produce(topic, value, key=record_key,
+                                    on_delivery=self._state_delivered)
         except MessageRefused as refusal:
-            raise FatalKafkaError(
-                f"{topic} refused a detector-state record of up to "
-                f"{max(len(value) for _, value in records)} bytes ({refusal.error.str()}); "
-                "lower consumer.state_record_max_bytes below the producer's message.max.bytes "
-                "and the topic's max.message.bytes") from None
+            raise self._state_refused(refusal.error.str()) from None
         for index in range(len(records), self._state_parts.get(state.partition, 1)):
             self.output.produce(topic, None, key=part_key(key, index))
         return len(records)
+
+    def _state_delivered(self, error: KafkaError | None, _message: Message) -> None:
+        """A broker that refuses a state record (a topic ``max.message.bytes`` below
+        ``consumer.state_record_max_bytes``) fails the transaction, and its replay would
+        fail alike until ``outage_limit_s``: remembered, so the abort ends the run at once."""
+        if error is not None and is_refusal(error):
+            self._state_refusal = error.str()
+
+    def _state_refused(self, reason: str) -> FatalKafkaError:
+        return FatalKafkaError(
+            f"{self.settings.topics.detector_state} refused a detector-state record "
+            f"({reason}); lower consumer.state_record_max_bytes (now "
+            f"{self.section.state_record_max_bytes}) below the producer's message.max.bytes "
+            "and the topic's max.message.bytes")
 
     def _produce_changelog(self, monitor: PartitionMonitor) -> None:
         """The partition's uncommitted store changes, into this transaction."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 import consumer.service as service_module
 from consumer.config import ConsumerSection, ConsumerSettings
@@ -117,3 +118,28 @@ def test_a_state_dir_that_cannot_be_written_is_one_line_at_start(
                                                   state_dir=str(tmp_path / "state")))
     with pytest.raises(ConfigError, match="consumer.state_dir .* a file is in the way"):
         ConsumerService(settings).run(stop_when=lambda service: True)
+
+
+def test_a_state_topic_with_smaller_records_ends_the_run_at_once_then_parts_fit_it(
+        kafka_bootstrap: str, unique: str) -> None:
+    """The broker refuses a state record (the topic's max.message.bytes is 100,000): the run
+    ends at the first checkpoint with the setting to lower, instead of aborting and replaying
+    until consumer.outage_limit_s. Lowered below the topic's limit, parts fit."""
+    topics = Topics(unique, records_partitions=2).create(kafka_bootstrap)
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    limit = ConfigResource(ConfigResource.Type.TOPIC, topics.names["detector_state"],
+                           incremental_configs=[ConfigEntry(
+                               "max.message.bytes", "100000",
+                               incremental_operation=AlterConfigOpType.SET)])
+    for future in admin.incremental_alter_configs([limit]).values():
+        future.result()
+    produce_partitioned(kafka_bootstrap, topics.names["records"])
+    settings = settings_for(kafka_bootstrap, topics, f"g-{unique}")
+    with pytest.raises(FatalKafkaError, match=r"refused a detector-state record .*"
+                                              r"lower consumer.state_record_max_bytes"):
+        ConsumerService(settings).run(stop_when=processed_all)
+    fitting = replace(settings, consumer=replace(settings.consumer,
+                                                 state_record_max_bytes=60_000))
+    ConsumerService(fitting).run(stop_when=processed_all)
+    states = read_all(kafka_bootstrap, topics.names["detector_state"])
+    assert any(b"|part=" in message.key() for message in states)
