@@ -232,6 +232,8 @@ def _refuse_dated_ahead(messages: Sequence[Message], kept: np.ndarray, ahead: np
     """Dead-letter the records at rows ``ahead`` (``kept``: each row's message); returns the
     mask of the rows that stay."""
     limit = settings.consumer.max_event_time_ahead_s
+    if ahead.size == len(event_times) >= CLOCK_SUSPECT_RECORDS:
+        _warn_clock_behind(str(event_times[int(ahead[0])])[:40], limit)
     for row in ahead.tolist():
         rejection = Rejection(Reason.INVALID_VALUE, "event_time",
                               f"{str(event_times[row])[:40]!r} is more than "
@@ -241,6 +243,24 @@ def _refuse_dated_ahead(messages: Sequence[Message], kept: np.ndarray, ahead: np
     keep = np.ones(len(event_times), dtype=bool)
     keep[ahead] = False
     return keep
+
+
+# A whole batch of this many records dated ahead is more likely this machine's clock
+# behind than that many typos: said in the log, at most once a minute.
+CLOCK_SUSPECT_RECORDS = 100
+_clock_warned_at = [0.0]
+
+
+def _warn_clock_behind(example: str, limit_s: float) -> None:
+    now = time.monotonic()
+    if now - _clock_warned_at[0] < 60.0:
+        return
+    _clock_warned_at[0] = now
+    log.error("every record of a batch is dated more than consumer.max_event_time_ahead_s "
+              "ahead of this machine's clock, and dead-lettered: if the records are right, "
+              "this machine's clock is behind (check its time synchronisation)",
+              extra={"example_event_time": example, "max_event_time_ahead_s": limit_s,
+                     "clock_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
 
 def _dead_letter(message: Message, rejection: Any, topic: str, produce: Produce) -> None:

@@ -3,12 +3,15 @@ offsets, and rewinding to the last committed snapshot after an aborted transacti
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+import pytest
 
+import consumer.processing as processing_module
 from consumer.config import ConsumerSettings
 from consumer.join_store import JoinStore
 from consumer.labels import DAY_MS, LabelJoin, restore_errors
@@ -157,3 +160,26 @@ def test_a_record_dated_within_the_allowance_is_kept() -> None:
     messages[5] = ListMessage(5, orjson.dumps(soon))
     result = process_partition(fresh_monitor(), messages, None, SETTINGS, Produced())
     assert (result.valid, result.dead_lettered) == (10, 0)
+
+
+def test_a_whole_batch_dated_ahead_says_the_clock_may_be_behind(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every record two days ahead: more likely this machine's clock than 200 typos. They
+    are dead-lettered all the same (nothing is lost), and the log says what to check."""
+    monkeypatch.setattr(processing_module, "_clock_warned_at", [0.0])
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() + 2 * 86_400))
+    messages = []
+    for offset, message in enumerate(stream("none", 200, 0)):
+        record = orjson.loads(message.value())
+        record["event_time"] = stamp
+        messages.append(ListMessage(offset, orjson.dumps(record)))
+    with caplog.at_level(logging.ERROR, logger="consumer.processing"):
+        result = process_partition(fresh_monitor(), messages, None, SETTINGS, Produced())
+    assert (result.valid, result.dead_lettered) == (0, 200)
+    lines = [r for r in caplog.records if "clock is behind" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].example_event_time == stamp
+    caplog.clear()
+    one = process_partition(fresh_monitor(), stream("none", 200, 0)[:1] + messages[1:2], None,
+                            SETTINGS, Produced())
+    assert one.dead_lettered == 1
+    assert not [r for r in caplog.records if "clock is behind" in r.getMessage()]
