@@ -147,7 +147,7 @@ def joined_value(stored: StoredState) -> bytes:
     missing or belongs to another snapshot."""
     if not stored.value.startswith(PART_MAGIC):
         return stored.value
-    index, count, checksum = _part_header(stored.value, 0, None)
+    _, count, checksum = _part_header(stored.value, 0, None)
     chunks = [stored.value[_PART_HEADER.size:]]
     for index in range(1, count):
         part = stored.parts.get(index)
