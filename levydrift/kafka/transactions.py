@@ -304,8 +304,8 @@ class TransactionalOutput:
         if not self._troubled:
             raise FatalKafkaError(
                 f"cannot {what} the Kafka transaction: {error.str()} (another instance with the "
-                "same transactional id may be running: each instance needs its own "
-                "instance_id)")
+                "same transactional id may be running: each levydrift consume needs its own "
+                "consumer.instance_id, and each model one train-worker)")
         self._break(f"{what} the transaction: {error.str()} after Kafka was unreachable")
 
 
