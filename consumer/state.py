@@ -128,6 +128,12 @@ def part_key(key: bytes, index: int) -> bytes:
     return key + _PART_SUFFIX + str(index).encode()
 
 
+def split_part_key(key: bytes) -> tuple[bytes, int] | None:
+    """(the snapshot's key, the part number) of a ``part_key``, else None."""
+    base, suffix, number = key.rpartition(_PART_SUFFIX)
+    return (base, int(number)) if suffix and number.isdigit() else None
+
+
 def state_records(key: bytes, value: bytes,
                   max_bytes: int = STATE_RECORD_MAX_BYTES) -> list[tuple[bytes, bytes]]:
     """The (key, value) records that carry ``value``: itself when it fits in ``max_bytes``,
@@ -278,8 +284,8 @@ def _read_to_end(reader: Consumer, topic: str, keys: set[bytes],
             if key in latest:
                 latest[key] = None if value is None else StoredState(
                     key, partition_of(message), offset_of(message), value)
-            elif key is not None and _PART_SUFFIX in key:
-                _keep_part(parts, latest, key, value)
+            elif key is not None and (part := split_part_key(key)) and part[0] in latest:
+                _keep_part(parts.setdefault(part[0], {}), part[1], value)
     except MissingTopicError:
         raise StateRestoreError(f"detector-state topic {topic} does not exist; "
                                 "create it with `levydrift topics create`") from None
@@ -290,14 +296,9 @@ def _read_to_end(reader: Consumer, topic: str, keys: set[bytes],
         stored, parts=parts[key]) for key, stored in latest.items()}
 
 
-def _keep_part(parts: dict[bytes, dict[int, bytes]], wanted: Mapping[bytes, object],
-               key: bytes, value: bytes | None) -> None:
-    """The latest value of part ``i`` of a wanted key (a tombstone removes it)."""
-    base, _, number = key.rpartition(_PART_SUFFIX)
-    if base not in wanted or not number.isdigit():
-        return
-    held = parts.setdefault(base, {})
+def _keep_part(held: dict[int, bytes], number: int, value: bytes | None) -> None:
+    """The latest value of part ``number`` of a wanted key (a tombstone removes it)."""
     if value is None:
-        held.pop(int(number), None)
+        held.pop(number, None)
     else:
-        held[int(number)] = value
+        held[number] = value

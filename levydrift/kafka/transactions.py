@@ -158,7 +158,7 @@ class TransactionalOutput:
             raise MessageRefused(error) from None
         if _is_fencing(error):  # another instance took the transactional id over
             self._fenced(error, f"produce to {topic} in")
-            raise TransactionAborted(self.broken or error.str()) from None
+            raise TransactionAborted(self.broken) from None
         if error.code() == KafkaError._STATE or error.txn_requires_abort():
             # An earlier message of this transaction failed at the broker (a delivery
             # report not polled yet): it can only be aborted now.

@@ -14,7 +14,13 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from consumer.state import PartitionState, StoredState, decode_state, joined_value
+from consumer.state import (
+    PartitionState,
+    StoredState,
+    decode_state,
+    joined_value,
+    split_part_key,
+)
 from levydrift.simulator import LevySimulator, SimulatorConfig
 from schemas.drift_event import DriftEvent
 from tests.kafka_helpers import create_topic, read_all, wait_until
@@ -180,13 +186,17 @@ def latest_states(bootstrap: str, topics: Topics) -> dict[int, PartitionState]:
     values: dict[bytes, bytes | None] = {}
     for message in read_all(bootstrap, topics.names["detector_state"]):
         values[message.key()] = message.value()
+    parts: dict[bytes, dict[int, bytes]] = {}
+    for key, value in values.items():
+        part = split_part_key(key)
+        if part is not None and value is not None:
+            parts.setdefault(part[0], {})[part[1]] = value
     latest: dict[int, PartitionState] = {}
     for key, value in values.items():
-        if b"|part=" in key or value is None:
+        if value is None or split_part_key(key) is not None:
             continue
-        parts = {int(k.rpartition(b"|part=")[2]): v for k, v in values.items()
-                 if v is not None and k.startswith(key + b"|part=")}
-        state = decode_state(joined_value(StoredState(key, 0, 0, value, parts)))
+        stored = StoredState(key, 0, 0, value, parts.get(key, {}))
+        state = decode_state(joined_value(stored))
         latest[state.partition] = state
     return latest
 

@@ -23,6 +23,7 @@ from consumer.state import (
     part_key,
     restorable_state,
     resume_point,
+    split_part_key,
     state_key,
     state_records,
 )
@@ -140,7 +141,7 @@ BIG = PartitionState("g", "t", 0, 9_000, 3, bytes(range(256)) * 400)  # ~100 KB 
 def as_stored(records: list[tuple[bytes, bytes]]) -> StoredState:
     """What a restore reads: the first record under the key, the others by part number."""
     (key, head), rest = records[0], records[1:]
-    parts = {int(k.rpartition(b"|part=")[2]): value for k, value in rest}
+    parts = {part[1]: value for k, value in rest if (part := split_part_key(k))}
     return StoredState(key, 0, 41, head, parts)
 
 
