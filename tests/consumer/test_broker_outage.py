@@ -14,6 +14,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from consumer.state import split_part_key
 from levydrift.simulator import LevySimulator, SimulatorConfig
 from schemas.dead_letter import source_of
 from tests.consumer.harness import (
@@ -40,6 +41,9 @@ OUTAGE_S = 30  # beyond the session timeout (10 s) and the transaction timeout b
 TIMEOUTS = {"LEVYDRIFT_CONSUMER_TRANSACTION_TIMEOUT_S": "12",
             "LEVYDRIFT_CONSUMER_RESTORE_TIMEOUT_S": "30"}
 BUSY = {"LEVYDRIFT_CONSUMER_BATCH_SIZE": "100", "LEVYDRIFT_CONSUMER_CHECKPOINT_INTERVAL_S": "0.1"}
+# The smallest part size: every checkpoint writes each partition's snapshot (~280 KiB) as
+# parts, so the outage also falls between the parts of one snapshot's transaction.
+IN_PARTS = {"LEVYDRIFT_CONSUMER_STATE_RECORD_MAX_BYTES": "16384"}
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +96,11 @@ def assert_same_as_reference(bootstrap: str, topics: Topics, reference: dict) ->
     assert final_banks(bootstrap, topics) == reference["banks"]
 
 
+def written_in_parts(bootstrap: str, topics: Topics) -> bool:
+    return any(split_part_key(message.key()) is not None
+               for message in read_all(bootstrap, topics.names["detector_state"]))
+
+
 def scrape(port: int) -> dict[str, float]:
     """The consumer's unlabelled metrics, by sample name."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
@@ -108,7 +117,8 @@ def test_the_consumer_waits_out_a_broker_outage(broker: PrivateBroker, reference
     topics = Topics("outage", PARTITIONS, reference["records_topic"]).create(broker.bootstrap)
     port = free_port_pair()
     run = ConsumerRun(broker.bootstrap, topics, "outage", "steady", tmp_path / "outage.log",
-                      extra_env={**BUSY, **TIMEOUTS, "LEVYDRIFT_METRICS_PORT": str(port)}).start()
+                      extra_env={**BUSY, **TIMEOUTS, **IN_PARTS,
+                                 "LEVYDRIFT_METRICS_PORT": str(port)}).start()
     wait_until(lambda: progress(broker.bootstrap, "outage", topics.names["records"])
                >= RECORDS * 0.25 or not run.alive(), 120, "a quarter of the stream")
     assert run.alive(), run.log()[-3000:]
@@ -134,6 +144,7 @@ def test_the_consumer_waits_out_a_broker_outage(broker: PrivateBroker, reference
     resets = scrape(port)["levydrift_consumer_producer_resets_total"]
     assert run.stop() == 0, run.log()[-3000:]
     assert resets >= 1, "the outage never hit an open transaction; it proves nothing"
+    assert written_in_parts(broker.bootstrap, topics), "no snapshot went in parts"
     assert_same_as_reference(broker.bootstrap, topics, reference)
 
 
@@ -167,8 +178,10 @@ def test_past_the_outage_limit_the_consumer_exits_with_one_line(broker: PrivateB
     assert last.startswith("levydrift consume: no checkpoint committed for"), last
     assert "consumer.outage_limit_s" in last
 
+    # The restart restores the one-record snapshot and goes on writing parts.
     again = ConsumerRun(broker.bootstrap, topics, "limit", "impatient",
-                        tmp_path / "again.log", extra_env=BUSY).start()
+                        tmp_path / "again.log", extra_env={**BUSY, **IN_PARTS}).start()
     wait_processed(broker.bootstrap, "limit", topics, RECORDS, runs=[again])
     assert again.stop() == 0, again.log()[-3000:]
+    assert written_in_parts(broker.bootstrap, topics), "no snapshot went in parts"
     assert_same_as_reference(broker.bootstrap, topics, reference)
