@@ -44,14 +44,16 @@ from detectors.recent import Batch, RecentRecords
 from detectors.reference import KNOT_PROBABILITIES, NumericReference, Reference
 from detectors.snapshot import decode, encode
 from detectors.stacks import POOLED, SegmentStack, fits_pool
+from schemas.drift_event import MISSING_SEGMENT_LABEL, OTHER_SEGMENT_LABEL
 
 __all__ = ["OTHER_SEGMENT", "SegmentedBank", "is_single_bank_snapshot"]
 
 MAGIC = b"LDSEGS"
 FORMAT_VERSION = 1
 SINGLE_BANK_MAGIC = b"LDSNAP"
-OTHER_SEGMENT = "(other)"  # segments beyond max_segments share one bank
-MISSING = "(missing)"
+# The labels drift events carry (the trainer reads them back: schemas.drift_event)
+OTHER_SEGMENT = OTHER_SEGMENT_LABEL  # segments beyond max_segments share one bank
+MISSING = MISSING_SEGMENT_LABEL
 # A pooled decision is one segment's when that segment's scores since the onset are shifted
 # (|z| of their sum >= 3 in the decision's direction) and the other segments' are not (< 2)...
 ATTRIBUTE_SEGMENT_Z, ATTRIBUTE_REST_Z = 3.0, 2.0

@@ -187,6 +187,27 @@ def _check_windows(document: Mapping[str, Any]) -> None:
                      f"{document['current_window']['last_offset']}")
 
 
+# Segment labels the consumer writes for what is not one segment's own value.
+OTHER_SEGMENT_LABEL = "(other)"  # segments beyond detectors.max_segments, sharing one bank
+MISSING_SEGMENT_LABEL = "(missing)"  # an empty or absent field value
+
+
+def segment_fields(segment: str | None) -> dict[str, str] | None:
+    """The record fields and values an event's ``segment`` names (``"county=Walla Walla,
+    tax_district=WAL-TCA-01"`` -> {"county": "Walla Walla", "tax_district": "WAL-TCA-01"};
+    a missing value is ""). None when it names no one segment: the whole stream (empty or
+    absent), the shared "(other)" bank, or text that does not read as field=value pairs."""
+    if not segment:
+        return None
+    fields: dict[str, str] = {}
+    for pair in segment.split(","):
+        name, equals, value = pair.partition("=")
+        if not equals or not name or name in fields or value == OTHER_SEGMENT_LABEL:
+            return None
+        fields[name] = "" if value == MISSING_SEGMENT_LABEL else value
+    return fields
+
+
 def drift_episode_id(model_name: str, segment: str, signal: str, direction: str,
                      onset_window: str | None) -> str:
     """Deterministic episode id (UUIDv5): no partition or offset in it, so every partition

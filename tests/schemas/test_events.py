@@ -21,6 +21,7 @@ from schemas.drift_event import (
     WindowSummary,
     drift_episode_id,
     drift_event_id,
+    segment_fields,
 )
 from schemas.errors import Reason, RecordRejected
 from schemas.model_version import Metrics, ModelVersionEvent
@@ -278,3 +279,18 @@ def test_bad_located_events_are_refused_by_codec_and_schema(change, field: str) 
     if field != "onset.offset":  # the onset/detection order is the codec's rule alone
         assert list(Draft202012Validator(load_schema("drift-event.v1.json")).iter_errors(
             document))
+
+
+@pytest.mark.parametrize(("segment", "fields"), [
+    ("county=Yakima", {"county": "Yakima"}),
+    ("county=Walla Walla,tax_district=WAL-TCA-01",
+     {"county": "Walla Walla", "tax_district": "WAL-TCA-01"}),
+    ("county=Grant,property_class=(missing)", {"county": "Grant", "property_class": ""}),
+    ("tax_district=A=B", {"tax_district": "A=B"}),  # the first "=" ends the name
+    ("", None), (None, None),  # the whole stream
+    ("county=(other)", None),  # the bank segments beyond max_segments share
+    ("county", None), ("=Grant", None), ("county=Grant,county=Yakima", None),
+])
+def test_segment_fields_read_back_what_the_consumer_names(segment: str | None,
+                                                          fields: dict | None) -> None:
+    assert segment_fields(segment) == fields
