@@ -142,6 +142,7 @@ def _train_file(arguments: argparse.Namespace, config: TrainerSettings, name: st
         frame=frame, trigger_event_ids=[], training_offsets=[file_window(path, len(frame))],
         code_version=section.code_version or code_version(),
         holdout_fraction=section.holdout_fraction, gate_margin=section.gate_margin,
+        slice_tolerance=section.slice_tolerance,
         min_training_records=section.min_training_records,
         params=ModelParams(max_iter=section.max_iter),
         extra_lineage={"source_file": str(Path(arguments.data_path).resolve())}))

@@ -29,6 +29,9 @@ class TrainerSection:
     holdout_fraction: float = 0.2
     # Promote only when the candidate's MAE is this fraction better than the champion's.
     gate_margin: float = 0.01
+    # ... and not worse than the champion by more than this fraction on any county with 200
+    # holdout rows (a county's change must not be fixed at the other counties' expense).
+    slice_tolerance: float = 0.1
     max_iter: int = 100
     # Drift events that arrive together (within this linger) form one retrain (one episode).
     episode_linger_s: float = 2.0
@@ -54,6 +57,9 @@ class TrainerSection:
                               f"got {self.holdout_fraction}")
         if not 0.0 <= self.gate_margin < 1.0:
             raise ConfigError(f"trainer.gate_margin must be within [0, 1), got {self.gate_margin}")
+        if not 0.0 <= self.slice_tolerance <= 10.0:
+            raise ConfigError(f"trainer.slice_tolerance must be within [0, 10], got "
+                              f"{self.slice_tolerance}")
         if self.min_training_records < 10:
             raise ConfigError("trainer.min_training_records must be >= 10")
         if self.max_iter < 1:

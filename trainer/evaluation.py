@@ -3,11 +3,16 @@
 Candidate and champion are always scored on the same holdout rows, so their metrics compare
 like with like. The gate is MAE-based (dollars are what a levy error costs): a candidate is
 promoted when there is no champion, or when its MAE beats the champion's by at least
-``margin`` (a fraction: 0.01 = 1 % better). Anything else is a rejection.
+``margin`` (a fraction: 0.01 = 1 % better), and it is not worse than the champion by more than
+``slice_tolerance`` on any county with ``SLICE_MIN_ROWS`` holdout rows: levy drift is
+usually one county's, and a window whose newest records are that county's upload can fit a
+model that wins overall while failing the parcels of every other county. Anything else is a
+rejection.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -15,6 +20,8 @@ import numpy as np
 
 # Denominator floor for MAPE: a fully exempt parcel's levy can be $0.
 MAPE_FLOOR_DOLLARS = 1.0
+# A county with fewer holdout rows is too noisy to veto a candidate on its own.
+SLICE_MIN_ROWS = 200
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,42 @@ class GateDecision:
         return "promoted" if self.promote else "rejected"
 
 
+@dataclass(frozen=True)
+class SliceComparison:
+    """Candidate and champion on the holdout rows of one slice (``county=Grant``)."""
+
+    name: str
+    rows: int
+    candidate_mae: float
+    champion_mae: float
+
+    def worse_by(self) -> float:
+        """How much worse the candidate is, as a fraction of the champion's MAE (< 0: better)."""
+        if self.champion_mae <= 0:
+            return float("inf") if self.candidate_mae > 0 else 0.0
+        return self.candidate_mae / self.champion_mae - 1.0
+
+
+def slice_comparisons(field: str, values: np.ndarray, actual: np.ndarray,
+                      candidate: np.ndarray, champion: np.ndarray,
+                      min_rows: int = SLICE_MIN_ROWS) -> list[SliceComparison]:
+    """Per value of ``field`` with at least ``min_rows`` rows, both models' MAE on its rows;
+    the values in order of first appearance."""
+    keys = np.asarray(values).astype(str)
+    names, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    candidate_error = np.abs(np.asarray(candidate, dtype=float) - actual)
+    champion_error = np.abs(np.asarray(champion, dtype=float) - actual)
+    found = []
+    for index in np.argsort(first):
+        if counts[index] < min_rows:
+            continue
+        rows = keys == names[index]
+        found.append(SliceComparison(f"{field}={names[index]}", int(counts[index]),
+                                     float(candidate_error[rows].mean()),
+                                     float(champion_error[rows].mean())))
+    return found
+
+
 def holdout_metrics(actual: np.ndarray, predicted: np.ndarray) -> HoldoutMetrics:
     """MAE, RMSE, MAPE (with a $1 denominator floor) and R² of ``predicted`` against ``actual``."""
     actual = np.asarray(actual, dtype=float)
@@ -60,14 +103,23 @@ def holdout_metrics(actual: np.ndarray, predicted: np.ndarray) -> HoldoutMetrics
     )
 
 
-def gate(candidate: HoldoutMetrics, champion: HoldoutMetrics | None,
-         margin: float) -> GateDecision:
-    """Promote when there is no champion or the candidate's MAE is at least ``margin`` better."""
+def gate(candidate: HoldoutMetrics, champion: HoldoutMetrics | None, margin: float,
+         slices: Sequence[SliceComparison] = (), slice_tolerance: float = 0.1) -> GateDecision:
+    """Promote when there is no champion, or the candidate's MAE is at least ``margin``
+    better and no slice's MAE more than ``slice_tolerance`` worse than the champion's."""
     if champion is None:
         return GateDecision(True, "no champion to compare with")
     required = champion.mae * (1.0 - margin)
-    if candidate.mae <= required:
-        return GateDecision(True, f"candidate MAE {candidate.mae:.2f} beats champion "
-                                  f"{champion.mae:.2f} by at least {margin:.1%}")
-    return GateDecision(False, f"candidate MAE {candidate.mae:.2f} is not {margin:.1%} better "
-                               f"than champion {champion.mae:.2f} (needed <= {required:.2f})")
+    if candidate.mae > required:
+        return GateDecision(False, f"candidate MAE {candidate.mae:.2f} is not {margin:.1%} "
+                                   f"better than champion {champion.mae:.2f} (needed <= "
+                                   f"{required:.2f})")
+    overall = (f"candidate MAE {candidate.mae:.2f} beats champion {champion.mae:.2f} by at "
+               f"least {margin:.1%}")
+    worst = max(slices, key=SliceComparison.worse_by, default=None)
+    if worst is not None and worst.worse_by() > slice_tolerance:
+        return GateDecision(False, f"{overall}, but is {worst.worse_by():.1%} worse on "
+                                   f"{worst.name} (MAE {worst.candidate_mae:.2f} against "
+                                   f"{worst.champion_mae:.2f} on {worst.rows} holdout rows; "
+                                   f"trainer.slice_tolerance {slice_tolerance:.0%})")
+    return GateDecision(True, overall)

@@ -60,6 +60,8 @@ class NewVersion:
     extra_lineage: dict[str, Any] = field(default_factory=dict)
     # Holdout inputs, predictions and errors: the detectors' reference while this is champion.
     reference_sample: Any = None  # pandas.DataFrame
+    # Per county with enough holdout rows: {"name", "rows", "candidate_mae", "champion_mae"}
+    slices: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,8 @@ class VersionStore:
             "holdout_records": candidate.holdout_records,
             "candidate": candidate.candidate_metrics, "champion": candidate.champion_metrics,
             "champion_version": candidate.champion_version,
-            "gate": {"decision": candidate.decision, "reason": candidate.reason}})
+            "gate": {"decision": candidate.decision, "reason": candidate.reason,
+                     "slices": candidate.slices}})
         write_json_atomic(directory / LINEAGE_NAME, {
             "training_window": {"offsets": candidate.training_offsets,
                                 "record_count": candidate.training_records},

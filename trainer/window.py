@@ -10,9 +10,13 @@ deployment from before it), the window has the inline levies only, and says so o
 The window ends, per partition, at the last offset a drift event names for it (the records the
 detectors saw drift in); partitions no event names end at their high watermark. When an event
 names the estimated onset of the change, that partition's window is the post-change records:
-from the onset to the high watermark, never before the onset. An event found from labels names
-offsets of the labels topic (partition p of it holds the labels of records partition p): its
-window is the records whose labels are at or after its onset (up to its end, without one).
+from the onset to the high watermark, never before the onset. When every such event names one
+segment (``county=Grant``: levy drift is usually one county's), only that segment's records
+must come from after the onset; the other segments' records before it still describe the
+present, so the window takes them too (records arrive in county slices: a window cut at one
+county's onset could hold little but that county). An event found from labels names offsets
+of the labels topic (partition p of it holds the labels of records partition p): its window is
+the records whose labels are at or after its onset (up to its end, without one).
 Each partition contributes up to ``window_records / partitions`` rows, read backwards in chunks
 from its end, scanning at most ``max_scan_records / partitions`` records (and as many labels).
 Reads are ``read_committed`` and never join a group or commit.
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -59,6 +63,11 @@ class TrainingWindow:
     joined_records: int = 0
     scanned_labels: int = 0
     rejected_labels: int = 0
+    # partition -> the segments whose records come from after the onset only (the others'
+    # from before it too); partitions cut at an onset for the whole stream are not listed
+    post_change_segments: dict[str, list[str]] = field(default_factory=dict)
+    # per frame row: (records partition, offset) of its record
+    record_offsets: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
 
     def lineage(self) -> dict[str, Any]:
         """What a version's lineage says about the window besides its offset ranges: how much
@@ -69,7 +78,8 @@ class TrainingWindow:
             "inline_records": len(self.frame) - self.joined_records,
             "scanned_labels": self.scanned_labels, "refused_labels": self.rejected_labels}
         return {"scanned_records": self.scanned_records,
-                "refused_records": self.rejected_records, "labels": labels}
+                "refused_records": self.rejected_records, "labels": labels,
+                "post_change_segments": self.post_change_segments}
 
 
 @dataclass
@@ -79,11 +89,13 @@ class _Chunk:
     columns: dict[str, np.ndarray]
     label_partitions: np.ndarray  # per row: the labels partition of its levy, -1 for inline
     label_offsets: np.ndarray  # per row: the labels offset of its levy, -1 for inline
+    partitions: np.ndarray  # per row: its records partition
 
     def rows(self, keep: np.ndarray | slice) -> _Chunk:
         return _Chunk(self.offsets[keep], self.timestamps[keep],
                       {k: v[keep] for k, v in self.columns.items()},
-                      self.label_partitions[keep], self.label_offsets[keep])
+                      self.label_partitions[keep], self.label_offsets[keep],
+                      self.partitions[keep])
 
 
 @dataclass
@@ -95,6 +107,8 @@ class _Partition:
     end: int
     labels: LabelIndex | None = None
     inline: bool = True  # whether records' own levies count (not in a labels event's window)
+    onset: int = -1  # records of ``changed`` segments before this offset are not used
+    changed: tuple[dict[str, str], ...] = ()
 
 
 @dataclass
@@ -112,12 +126,15 @@ def read_training_window(kafka: KafkaSettings, topic: str, event_ends: dict[int,
                          event_starts: dict[int, int] | None = None, *,
                          labels_topic: str | None = None,
                          label_ends: dict[int, int] | None = None,
-                         label_starts: dict[int, int] | None = None) -> TrainingWindow:
+                         label_starts: dict[int, int] | None = None,
+                         changed_segments: dict[int, tuple[dict[str, str], ...]] | None = None,
+                         ) -> TrainingWindow:
     """The training window of ``topic`` ending at ``event_ends`` ({partition: last offset}),
     or, for the partitions in ``event_starts`` ({partition: onset offset}), running from the
-    onset to the newest record. With ``labels_topic`` its labels are joined; ``label_ends``
-    and ``label_starts`` are the same for drift events on the labels topic ({labels partition
-    = records partition: labels offset})."""
+    onset to the newest record; in partitions of ``changed_segments`` only those segments'
+    records run from the onset, the others' from before it too. With ``labels_topic`` its
+    labels are joined; ``label_ends`` and ``label_starts`` are the same for drift events on
+    the labels topic ({labels partition = records partition: labels offset})."""
     consumer = Consumer(consumer_config(kafka, group_id="levy-trainer-window-reader",
                                         **{"enable.partition.eof": True}))
     try:
@@ -128,7 +145,8 @@ def read_training_window(kafka: KafkaSettings, topic: str, event_ends: dict[int,
                                    label_starts or {})
         totals = _Totals()
         for partition, (low, high) in partitions.items():
-            plan = _plan(partition, low, high, event_ends, event_starts or {})
+            plan = _plan(partition, low, high, event_ends, event_starts or {},
+                         (changed_segments or {}).get(partition, ()))
             if label_spans is not None and labels_topic is not None:
                 plan.labels = _label_index(consumer, kafka, labels_topic, label_spans,
                                            partition, partition in (label_starts or {}),
@@ -137,16 +155,28 @@ def read_training_window(kafka: KafkaSettings, topic: str, event_ends: dict[int,
             _read_partition(consumer, topic, plan, quota, scan_limit, totals)
     finally:
         consumer.close()
-    return _window(totals, labels_topic if label_spans is not None else None,
-                   label_spans)
+    window = _window(totals, labels_topic if label_spans is not None else None, label_spans)
+    scoped = {partition: changed for partition, changed in (changed_segments or {}).items()
+              if partition in partitions and partition in (event_starts or {}) and changed}
+    return replace(window, post_change_segments=segment_scopes(scoped))
+
+
+def segment_scopes(changed: dict[int, tuple[dict[str, str], ...]]) -> dict[str, list[str]]:
+    """``changed_segments`` as text for logs and lineage: {"0": ["county=Grant"]}."""
+    return {str(partition): [",".join(f"{name}={value}" for name, value in fields.items())
+                             for fields in segments]
+            for partition, segments in changed.items()}
 
 
 def _plan(partition: int, low: int, high: int, event_ends: dict[int, int],
-          event_starts: dict[int, int]) -> _Partition:
+          event_starts: dict[int, int], changed: tuple[dict[str, str], ...]) -> _Partition:
     end = min(event_ends.get(partition, high - 1), high - 1)
-    if partition in event_starts:  # post-change records only
-        low, end = max(low, event_starts[partition]), high - 1
-    return _Partition(partition, low, end)
+    if partition not in event_starts:
+        return _Partition(partition, low, end)
+    if changed:  # post-change records of the changed segments, any of the others
+        return _Partition(partition, low, high - 1, onset=event_starts[partition],
+                          changed=changed)
+    return _Partition(partition, max(low, event_starts[partition]), high - 1)
 
 
 def _label_index(consumer: Consumer, kafka: KafkaSettings, labels_topic: str,
@@ -250,10 +280,25 @@ def _read_range(consumer: Consumer, topic: str, plan: _Partition, first: int,
     count = len(records)
     chunk = _Chunk(np.asarray(offsets, dtype=np.int64)[accepted],
                    np.asarray(timestamps, dtype=np.int64)[accepted], columns,
-                   np.full(count, -1, np.int64), np.full(count, -1, np.int64))
+                   np.full(count, -1, np.int64), np.full(count, -1, np.int64),
+                   np.full(count, plan.partition, np.int64))
     if plan.labels is not None and count:
         plan.labels.cover_since(int(chunk.timestamps.min()))
+    if plan.changed and count:
+        chunk = chunk.rows(~_before_change(chunk, plan))
     return _with_levies(chunk, plan), len(values), len(rejections)
+
+
+def _before_change(chunk: _Chunk, plan: _Partition) -> np.ndarray:
+    """Rows of a changed segment from before the onset: the old regime of that segment."""
+    before = chunk.offsets < plan.onset
+    changed = np.zeros(len(chunk.offsets), dtype=bool)
+    for fields in plan.changed:
+        match = before.copy()
+        for name, value in fields.items():
+            match &= np.asarray(chunk.columns[name]).astype(str) == value
+        changed |= match
+    return changed
 
 
 def _with_levies(chunk: _Chunk, plan: _Partition) -> _Chunk:
@@ -276,9 +321,10 @@ def _window(totals: _Totals, labels_topic: str | None,
             spans: dict[int, list[LabelSpan]] | None) -> TrainingWindow:
     ranges = totals.ranges + _label_ranges(totals.chunks, labels_topic, spans)
     joined = sum(int((chunk.label_offsets >= 0).sum()) for chunk in totals.chunks)
-    return TrainingWindow(_ordered_frame(totals.chunks), ranges, totals.scanned,
-                          totals.refused, labels_topic, joined, totals.scanned_labels,
-                          totals.refused_labels)
+    frame, record_offsets = _ordered_frame(totals.chunks)
+    return TrainingWindow(frame, ranges, totals.scanned, totals.refused, labels_topic, joined,
+                          totals.scanned_labels, totals.refused_labels,
+                          record_offsets=record_offsets)
 
 
 def _label_ranges(chunks: list[_Chunk], labels_topic: str | None,
@@ -301,16 +347,21 @@ def _concat(chunks: list[_Chunk]) -> _Chunk:
                   np.concatenate([c.timestamps for c in chunks]),
                   {k: np.concatenate([c.columns[k] for c in chunks]) for k in chunks[0].columns},
                   np.concatenate([c.label_partitions for c in chunks]),
-                  np.concatenate([c.label_offsets for c in chunks]))
+                  np.concatenate([c.label_offsets for c in chunks]),
+                  np.concatenate([c.partitions for c in chunks]))
 
 
-def _ordered_frame(chunks: list[_Chunk]) -> pd.DataFrame:
-    """All partitions' rows as one model frame, oldest to newest by record timestamp."""
+def _ordered_frame(chunks: list[_Chunk]) -> tuple[pd.DataFrame, np.ndarray]:
+    """All partitions' rows as one model frame, oldest to newest by record timestamp, and
+    each row's (records partition, offset)."""
     if not chunks:
-        return to_model_frame({k: [] for k in _empty_columns()}, include_target=True)
+        return (to_model_frame({k: [] for k in _empty_columns()}, include_target=True),
+                np.zeros((0, 2), np.int64))
     merged = _concat(chunks)
     order = np.argsort(merged.timestamps, kind="stable")
-    return to_model_frame({k: v[order] for k, v in merged.columns.items()}, include_target=True)
+    frame = to_model_frame({k: v[order] for k, v in merged.columns.items()},
+                           include_target=True)
+    return frame, np.column_stack([merged.partitions[order], merged.offsets[order]])
 
 
 def _empty_columns() -> dict[str, np.ndarray]:

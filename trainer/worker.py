@@ -51,8 +51,9 @@ from levydrift.faults import crash_point
 from levydrift.kafka import admin_client, consumer_config, ensure_reachable, producer_config
 from levydrift.kafka.messages import offset_of, partition_of, topic_of
 from levydrift.kafka.transactions import FatalKafkaError, TransactionAborted, TransactionalOutput
-from schemas.drift_event import DriftEvent
+from schemas.drift_event import DriftEvent, segment_fields
 from schemas.errors import RecordRejected
+from schemas.levy_record import FIELDS
 from schemas.model_version import ModelVersionEvent
 from trainer import metrics
 from trainer.announcements import read_model_events, reconcile, registration_announcement
@@ -62,7 +63,7 @@ from trainer.model import ModelParams
 from trainer.registry import ModelRegistry, VersionInfo
 from trainer.registry_lineage import trained_through
 from trainer.training import TrainingRequest, train_and_register
-from trainer.window import read_training_window
+from trainer.window import read_training_window, segment_scopes
 
 log = logging.getLogger(__name__)
 
@@ -342,27 +343,31 @@ class TrainWorker:
         started = time.perf_counter()
         topics = self.settings.topics
         ends, starts = window_bounds(events, topics.records)
+        segments = changed_segments(events, topics.records)
         label_ends, label_starts = window_bounds(events, topics.labels)
         log.info("training started", extra={
             "model": self.model_name, "event_ids": event_ids,
             "window_ends": _by_partition(ends), "window_starts": _by_partition(starts),
             "label_window_ends": _by_partition(label_ends),
-            "label_window_starts": _by_partition(label_starts)})
+            "label_window_starts": _by_partition(label_starts),
+            "post_change_segments": segment_scopes(segments)})
         try:
             training_window = read_training_window(
                 self.settings.kafka, topics.records, ends, self.section.window_records,
                 self.section.max_scan_records, starts, labels_topic=topics.labels,
-                label_ends=label_ends, label_starts=label_starts)
+                label_ends=label_ends, label_starts=label_starts, changed_segments=segments)
             metrics.TRAINING_RECORDS.set(len(training_window.frame))
             info = train_and_register(self.registry, self.model_name, TrainingRequest(
                 frame=training_window.frame, trigger_event_ids=event_ids,
                 training_offsets=training_window.offsets, code_version=self._code_version(),
                 holdout_fraction=self.section.holdout_fraction,
                 gate_margin=self.section.gate_margin,
+                slice_tolerance=self.section.slice_tolerance,
                 min_training_records=self.section.min_training_records,
                 params=ModelParams(max_iter=self.section.max_iter),
                 extra_lineage={"drift_events": [event_summary(e) for e in events],
-                               **training_window.lineage()}),
+                               **training_window.lineage()},
+                records_topic=topics.records, record_offsets=training_window.record_offsets),
                 finish=False)
         except (BrokerUnavailableError, KafkaException):
             raise
@@ -503,6 +508,28 @@ def window_bounds(events: Sequence[DriftEvent], topic: str
             starts[window.partition] = min(starts.get(window.partition, event.onset.offset),
                                            event.onset.offset)
     return ends, starts
+
+
+def changed_segments(events: Sequence[DriftEvent], topic: str
+                     ) -> dict[int, tuple[dict[str, str], ...]]:
+    """Per partition whose window starts at an onset, the segments that changed, when every
+    event with an onset there names one (``county=Grant``): only their records must come
+    from after the onset, the other segments' still describe the present. A partition with
+    any event of the whole stream (or of no single segment, or of fields records lack) is
+    left out: all its records must come from after the onset."""
+    named: dict[int, list[dict[str, str]]] = {}
+    whole: set[int] = set()
+    for event in events:
+        window = event.current_window
+        if window.topic != topic or event.onset is None:
+            continue
+        fields = segment_fields(event.segment)
+        if fields is None or not set(fields) <= set(FIELDS):
+            whole.add(window.partition)
+        elif fields not in named.setdefault(window.partition, []):
+            named[window.partition].append(fields)
+    return {partition: tuple(segments) for partition, segments in named.items()
+            if partition not in whole}
 
 
 def _by_partition(offsets: dict[int, int]) -> dict[str, int]:

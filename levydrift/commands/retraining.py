@@ -86,6 +86,7 @@ def train_on_result(result: CheckResult, settings: CheckSettings, registry_root:
         training_offsets=[result.window],
         code_version=section.code_version or code_version(),
         holdout_fraction=section.holdout_fraction, gate_margin=section.gate_margin,
+        slice_tolerance=section.slice_tolerance,
         min_training_records=section.min_training_records,
         params=ModelParams(max_iter=section.max_iter),
         extra_lineage={"source": result.source,

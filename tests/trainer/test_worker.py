@@ -11,6 +11,7 @@ import threading
 import uuid
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -442,6 +443,41 @@ def test_the_training_window_starts_at_the_onset(stack: Stack) -> None:
     assert {w["partition"]: w["first_offset"] for w in whole.offsets} != {
         w["partition"]: w["first_offset"] for w in since_onset.offsets}
     assert 0 < len(since_onset.frame) < len(whole.frame)
+
+
+def test_a_county_drift_window_takes_that_county_since_the_onset_and_the_rest_before_it(
+        stack: Stack) -> None:
+    from levydrift.settings import KafkaSettings
+    from trainer.window import read_training_window
+
+    last = stack.produce_records(3_000)
+    onsets = {partition: end // 2 for partition, end in last.items()}
+    changed = {partition: ({"county": "Grant"},) for partition in last}
+    window = read_training_window(KafkaSettings(bootstrap_servers=stack.bootstrap),
+                                  stack.records, dict(last), 10_000, 100_000, onsets,
+                                  changed_segments=changed)
+    expected: dict[str, int] = {}
+    for message in read_all(stack.bootstrap, stack.records):
+        record = orjson.loads(message.value())
+        if record.get("actual_levy_amount") is None:
+            continue  # not a training row
+        if record["county"] != "Grant" or message.offset() >= onsets[message.partition()]:
+            expected[record["county"]] = expected.get(record["county"], 0) + 1
+    assert window.frame["county"].value_counts().to_dict() == expected
+    # Each row's record is known (the gate keeps the champion's training rows out of the
+    # holdout by them): Grant's rows all come from after the onset.
+    partitions, offsets = window.record_offsets.T
+    grant = window.frame["county"].to_numpy() == "Grant"
+    assert len(offsets) == len(window.frame)
+    assert all(offsets[grant] >= np.array([onsets[p] for p in partitions[grant]]))
+    assert any(offsets[~grant] < np.array([onsets[p] for p in partitions[~grant]]))
+    grant_before = sum(1 for m in read_all(stack.bootstrap, stack.records)
+                       if orjson.loads(m.value())["county"] == "Grant"
+                       and m.offset() < onsets[m.partition()])
+    assert grant_before > 0, "no Grant record before the onset: the test would prove nothing"
+    assert window.lineage()["post_change_segments"] == {str(p): ["county=Grant"] for p in last}
+    # The other counties' records before the onset are in: the window reaches back before it.
+    assert all(w["first_offset"] < onsets[w["partition"]] for w in window.offsets)
 
 
 def test_a_worker_with_an_unwritable_registry_says_so_at_start(tmp_path: Path) -> None:
