@@ -12,6 +12,7 @@ from levydrift.settings import (
     RegistrySettings,
     TopicSettings,
 )
+from trainer.evaluation import SLICE_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class TrainerSection:
     gate_margin: float = 0.01
     # ... and not worse than the champion by more than this fraction on any county with 200
     # holdout rows (a county's change must not be fixed at the other counties' expense).
-    slice_tolerance: float = 0.1
+    slice_tolerance: float = SLICE_TOLERANCE
     max_iter: int = 100
     # Drift events that arrive together (within this linger) form one retrain (one episode).
     episode_linger_s: float = 2.0

@@ -22,6 +22,10 @@ import numpy as np
 MAPE_FLOOR_DOLLARS = 1.0
 # A county with fewer holdout rows is too noisy to veto a candidate on its own.
 SLICE_MIN_ROWS = 200
+# How much worse than the champion a county may be. A good candidate's worst county was up to
+# 19 % worse on fresh records; one trained without a county's records, 5-48 times
+# (bench/bench_county_retrain.py).
+SLICE_TOLERANCE = 0.25
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,8 @@ def holdout_metrics(actual: np.ndarray, predicted: np.ndarray) -> HoldoutMetrics
 
 
 def gate(candidate: HoldoutMetrics, champion: HoldoutMetrics | None, margin: float,
-         slices: Sequence[SliceComparison] = (), slice_tolerance: float = 0.1) -> GateDecision:
+         slices: Sequence[SliceComparison] = (),
+         slice_tolerance: float = SLICE_TOLERANCE) -> GateDecision:
     """Promote when there is no champion, or the candidate's MAE is at least ``margin``
     better and no slice's MAE more than ``slice_tolerance`` worse than the champion's."""
     if champion is None:

@@ -18,7 +18,7 @@ from levydrift.errors import ArtifactError, LevyDriftError, TrainingError
 from levydrift.faults import crash_point
 from levydrift.features import TARGET, feature_signature, model_columns
 from levydrift.signals import signal_columns
-from trainer.evaluation import gate, holdout_metrics, slice_comparisons
+from trainer.evaluation import SLICE_TOLERANCE, gate, holdout_metrics, slice_comparisons
 from trainer.model import ModelParams, fit_model, predict
 from trainer.registry import ModelRegistry, NewVersion, VersionInfo, data_sha256
 
@@ -37,7 +37,7 @@ class TrainingRequest:
     code_version: str
     holdout_fraction: float = 0.2
     gate_margin: float = 0.01
-    slice_tolerance: float = 0.1
+    slice_tolerance: float = SLICE_TOLERANCE
     min_training_records: int = 200
     params: ModelParams = field(default_factory=ModelParams)
     extra_lineage: dict[str, Any] = field(default_factory=dict)
