@@ -16,7 +16,8 @@ must come from after the onset; the other segments' records before it still desc
 present, so the window takes them too (records arrive in county slices: a window cut at one
 county's onset could hold little but that county). An event found from labels names offsets
 of the labels topic (partition p of it holds the labels of records partition p): its window is
-the records whose labels are at or after its onset (up to its end, without one).
+the records whose labels are at or after its onset (up to its end, without one); for one
+segment's, the worker adds the other segments' records read with ``other_segments_of``.
 Each partition contributes up to ``window_records / partitions`` rows, read backwards in chunks
 from its end, scanning at most ``max_scan_records / partitions`` records (and as many labels).
 Reads are ``read_committed`` and never join a group or commit.
@@ -66,8 +67,28 @@ class TrainingWindow:
     # partition -> the segments whose records come from after the onset only (the others'
     # from before it too); partitions cut at an onset for the whole stream are not listed
     post_change_segments: dict[str, list[str]] = field(default_factory=dict)
-    # per frame row: (records partition, offset) of its record
+    # per frame row: (records partition, offset) of its record, and its record timestamp
     record_offsets: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    record_times: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def merged(self, other: TrainingWindow) -> TrainingWindow:
+        """This window's rows and ``other``'s (of the same topics) that it lacks, oldest to
+        newest; the offset ranges of both."""
+        have = set(map(tuple, self.record_offsets.tolist()))
+        new = np.array([tuple(row) not in have for row in other.record_offsets.tolist()],
+                       dtype=bool)
+        times = np.concatenate([self.record_times, other.record_times[new]])
+        order = np.argsort(times, kind="stable")
+        frame = pd.concat([self.frame, other.frame[new]], ignore_index=True).iloc[order]
+        return TrainingWindow(
+            frame.reset_index(drop=True), self.offsets + other.offsets,
+            self.scanned_records + other.scanned_records,
+            self.rejected_records + other.rejected_records, self.labels_topic or other.labels_topic,
+            self.joined_records + other.joined_records, self.scanned_labels + other.scanned_labels,
+            self.rejected_labels + other.rejected_labels,
+            {**other.post_change_segments, **self.post_change_segments},
+            np.concatenate([self.record_offsets, other.record_offsets[new]])[order],
+            times[order])
 
     def lineage(self) -> dict[str, Any]:
         """What a version's lineage says about the window besides its offset ranges: how much
@@ -128,13 +149,16 @@ def read_training_window(kafka: KafkaSettings, topic: str, event_ends: dict[int,
                          label_ends: dict[int, int] | None = None,
                          label_starts: dict[int, int] | None = None,
                          changed_segments: dict[int, tuple[dict[str, str], ...]] | None = None,
+                         other_segments_of: dict[int, tuple[dict[str, str], ...]] | None = None,
                          ) -> TrainingWindow:
     """The training window of ``topic`` ending at ``event_ends`` ({partition: last offset}),
     or, for the partitions in ``event_starts`` ({partition: onset offset}), running from the
     onset to the newest record; in partitions of ``changed_segments`` only those segments'
     records run from the onset, the others' from before it too. With ``labels_topic`` its
     labels are joined; ``label_ends`` and ``label_starts`` are the same for drift events on
-    the labels topic ({labels partition = records partition: labels offset})."""
+    the labels topic ({labels partition = records partition: labels offset}). With
+    ``other_segments_of`` only its partitions are read, and only their records outside the
+    segments named (the rest of a window a segment's labels event cut at its onset)."""
     consumer = Consumer(consumer_config(kafka, group_id="levy-trainer-window-reader",
                                         **{"enable.partition.eof": True}))
     try:
@@ -145,8 +169,12 @@ def read_training_window(kafka: KafkaSettings, topic: str, event_ends: dict[int,
                                    label_starts or {})
         totals = _Totals()
         for partition, (low, high) in partitions.items():
+            if other_segments_of is not None and partition not in other_segments_of:
+                continue
             plan = _plan(partition, low, high, event_ends, event_starts or {},
                          (changed_segments or {}).get(partition, ()))
+            if other_segments_of is not None:  # every record counts as before any change
+                plan.onset, plan.changed = high, other_segments_of[partition]
             if label_spans is not None and labels_topic is not None:
                 plan.labels = _label_index(consumer, kafka, labels_topic, label_spans,
                                            partition, partition in (label_starts or {}),
@@ -321,10 +349,10 @@ def _window(totals: _Totals, labels_topic: str | None,
             spans: dict[int, list[LabelSpan]] | None) -> TrainingWindow:
     ranges = totals.ranges + _label_ranges(totals.chunks, labels_topic, spans)
     joined = sum(int((chunk.label_offsets >= 0).sum()) for chunk in totals.chunks)
-    frame, record_offsets = _ordered_frame(totals.chunks)
+    frame, record_offsets, record_times = _ordered_frame(totals.chunks)
     return TrainingWindow(frame, ranges, totals.scanned, totals.refused, labels_topic, joined,
                           totals.scanned_labels, totals.refused_labels,
-                          record_offsets=record_offsets)
+                          record_offsets=record_offsets, record_times=record_times)
 
 
 def _label_ranges(chunks: list[_Chunk], labels_topic: str | None,
@@ -351,17 +379,18 @@ def _concat(chunks: list[_Chunk]) -> _Chunk:
                   np.concatenate([c.partitions for c in chunks]))
 
 
-def _ordered_frame(chunks: list[_Chunk]) -> tuple[pd.DataFrame, np.ndarray]:
-    """All partitions' rows as one model frame, oldest to newest by record timestamp, and
-    each row's (records partition, offset)."""
+def _ordered_frame(chunks: list[_Chunk]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """All partitions' rows as one model frame, oldest to newest by record timestamp, each
+    row's (records partition, offset), and its timestamp."""
     if not chunks:
         return (to_model_frame({k: [] for k in _empty_columns()}, include_target=True),
-                np.zeros((0, 2), np.int64))
+                np.zeros((0, 2), np.int64), np.zeros(0, np.int64))
     merged = _concat(chunks)
     order = np.argsort(merged.timestamps, kind="stable")
     frame = to_model_frame({k: v[order] for k, v in merged.columns.items()},
                            include_target=True)
-    return frame, np.column_stack([merged.partitions[order], merged.offsets[order]])
+    return (frame, np.column_stack([merged.partitions[order], merged.offsets[order]]),
+            merged.timestamps[order])
 
 
 def _empty_columns() -> dict[str, np.ndarray]:

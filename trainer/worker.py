@@ -63,7 +63,7 @@ from trainer.model import ModelParams
 from trainer.registry import ModelRegistry, VersionInfo
 from trainer.registry_lineage import trained_through
 from trainer.training import TrainingRequest, train_and_register
-from trainer.window import read_training_window, segment_scopes
+from trainer.window import TrainingWindow, read_training_window, segment_scopes
 
 log = logging.getLogger(__name__)
 
@@ -337,6 +337,25 @@ class TrainWorker:
                     return version
         return None
 
+    def _read_window(self, ends: dict[int, int], starts: dict[int, int],
+                     segments: dict[int, tuple[dict[str, str], ...]],
+                     label_ends: dict[int, int], label_starts: dict[int, int],
+                     label_segments: dict[int, tuple[dict[str, str], ...]]) -> TrainingWindow:
+        """The episode's training window. A labels event of one segment cuts its partition
+        at its onset (the labels from there on, of every segment); the other segments'
+        records labelled before it then fill the rest of the window, as for records events."""
+        topics, section = self.settings.topics, self.section
+        window = read_training_window(
+            self.settings.kafka, topics.records, ends, section.window_records,
+            section.max_scan_records, starts, labels_topic=topics.labels,
+            label_ends=label_ends, label_starts=label_starts, changed_segments=segments)
+        room = section.window_records - len(window.frame)
+        if not label_segments or room <= 0:
+            return window
+        return window.merged(read_training_window(
+            self.settings.kafka, topics.records, {}, room, section.max_scan_records,
+            labels_topic=topics.labels, other_segments_of=label_segments))
+
     def _retrain(self, events: list[DriftEvent]) -> VersionInfo | None:
         """One retrain for an episode; None (and a failure recorded) if training failed."""
         event_ids = [event.event_id for event in events]
@@ -345,17 +364,17 @@ class TrainWorker:
         ends, starts = window_bounds(events, topics.records)
         segments = changed_segments(events, topics.records)
         label_ends, label_starts = window_bounds(events, topics.labels)
+        label_segments = changed_segments(events, topics.labels)
         log.info("training started", extra={
             "model": self.model_name, "event_ids": event_ids,
             "window_ends": _by_partition(ends), "window_starts": _by_partition(starts),
             "label_window_ends": _by_partition(label_ends),
             "label_window_starts": _by_partition(label_starts),
-            "post_change_segments": segment_scopes(segments)})
+            "post_change_segments": segment_scopes(segments),
+            "post_change_label_segments": segment_scopes(label_segments)})
         try:
-            training_window = read_training_window(
-                self.settings.kafka, topics.records, ends, self.section.window_records,
-                self.section.max_scan_records, starts, labels_topic=topics.labels,
-                label_ends=label_ends, label_starts=label_starts, changed_segments=segments)
+            training_window = self._read_window(ends, starts, segments, label_ends,
+                                                label_starts, label_segments)
             metrics.TRAINING_RECORDS.set(len(training_window.frame))
             info = train_and_register(self.registry, self.model_name, TrainingRequest(
                 frame=training_window.frame, trigger_event_ids=event_ids,
@@ -366,7 +385,8 @@ class TrainWorker:
                 min_training_records=self.section.min_training_records,
                 params=ModelParams(max_iter=self.section.max_iter),
                 extra_lineage={"drift_events": [event_summary(e) for e in events],
-                               **training_window.lineage()},
+                               **training_window.lineage(),
+                               "post_change_label_segments": segment_scopes(label_segments)},
                 records_topic=topics.records, record_offsets=training_window.record_offsets),
                 finish=False)
         except (BrokerUnavailableError, KafkaException):

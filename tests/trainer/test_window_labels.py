@@ -191,6 +191,33 @@ def test_a_labels_event_window_holds_the_records_labelled_from_its_onset_on(
         assert label_ranges[partition]["last_offset"] == placed.last[partition]
 
 
+def test_a_county_labels_event_window_adds_the_other_counties_labelled_before_its_onset(
+        topics: Topics) -> None:
+    records = to_records(SIMULATOR.columns(0, 1_000))
+    inline = records[::5]
+    labelled = [r for r in records if r not in inline]
+    topics.produce(topics.records, [r if r in inline else without_levy(r) for r in records])
+    placed = topics.produce(topics.labels, shuffled([label_for(r) for r in labelled]))
+    onsets = {partition: last // 2 for partition, last in placed.last.items()}
+    grant = {partition: ({"county": "Grant"},) for partition in onsets}
+
+    # As the worker reads a Grant labels event's window: the labels from the onset, then
+    # the records of the other counties, labelled (or levied inline) whenever.
+    cut = topics.window(label_starts=onsets, label_ends=onsets)
+    window = cut.merged(topics.window(other_segments_of=grant))
+
+    def label_after_onset(record: dict[str, Any]) -> bool:
+        partition, offset = placed.at[record["record_id"]]
+        return offset >= onsets[partition]
+
+    expected = [r for r in labelled if label_after_onset(r)]
+    expected += [r for r in records if r["county"] != "Grant" and r not in expected]
+    assert any(r["county"] == "Grant" and not label_after_onset(r) for r in labelled)
+    assert levies(window) == sorted(r["actual_levy_amount"] for r in expected)
+    assert len(window.record_offsets) == len(window.frame) == len(expected)
+    assert np.all(np.diff(window.record_times) >= 0)  # oldest to newest, both reads merged
+
+
 def test_a_labels_event_window_without_an_onset_ends_at_its_last_label(
         topics: Topics) -> None:
     records = to_records(SIMULATOR.columns(0, 600))

@@ -135,7 +135,7 @@ port = 0
 
     def send_event(self, last_offsets: dict[int, int], detected_at: str,
                    event_id: str | None = None, topic: str | None = None,
-                   onset: Onset | None = None) -> DriftEvent:
+                   onset: Onset | None = None, segment: str | None = None) -> DriftEvent:
         """A performance drift event on ``topic`` (the records by default) whose current
         window ends at the lowest partition's last offset."""
         topic = topic or self.records
@@ -149,7 +149,8 @@ port = 0
                                  9.0, 5.0, 1.2, summary, summary),),
             reference_window=SourceOffsets(topic, partition, 0, max(0, end - 200)),
             current_window=SourceOffsets(topic, partition, max(0, end - 199), end),
-            detected_at=detected_at, consumer_group="levy-drift-monitor", onset=onset)
+            detected_at=detected_at, consumer_group="levy-drift-monitor", onset=onset,
+            segment=segment)
         self.send_raw(event.to_bytes())
         return event
 
@@ -282,6 +283,29 @@ def test_a_drift_event_found_from_labels_retrains_on_the_records_labelled_since_
         assert registry.version_for_event(NAME, event.event_id) is not None
     finally:
         worker.stop()
+
+
+def test_a_county_labels_event_retrains_on_its_labels_since_the_onset_and_the_rest(
+        stack: Stack, tmp_path: Path) -> None:
+    stack.create_labels()
+    labels_at = stack.produce_late_labels(4000)
+    last = {p: max(o for q, o in labels_at.values() if q == p) for p in (0, 1)}
+    onset = last[0] // 2
+    worker = RunningWorker(stack.config_file(tmp_path))
+    try:
+        stack.send_event({0: last[0]}, "2026-03-01T00:00:00Z", topic=stack.labels,
+                         onset=Onset(onset, None), segment="county=Grant")
+        wait_until(stack.version_events, 120, "the model-version event")
+        lineage = ModelRegistry(stack.root).get(NAME, 1).lineage
+    finally:
+        worker.stop()
+    assert lineage["post_change_label_segments"] == {"0": ["county=Grant"]}
+    since_onset = sum(1 for p, o in labels_at.values() if p == 0 and o >= onset)
+    elsewhere = min(1000, sum(1 for p, _ in labels_at.values() if p == 1))
+    # Beyond the cut window (as the whole-stream event above): partition 0's other counties
+    # labelled before the onset, read as a second range of the records partition.
+    assert lineage["training_window"]["record_count"] > since_onset + elsewhere
+    assert len([r for r in window_ranges(lineage, stack.records) if r["partition"] == 0]) == 2
 
 
 def test_a_bad_drift_event_and_a_failed_training_keep_the_worker_serving(
