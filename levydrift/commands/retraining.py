@@ -11,6 +11,7 @@ import numpy as np
 from confluent_kafka import Producer
 
 from consumer.events import decision_to_event
+from detectors.composition import event_times_ms
 from levydrift.commands.check_result import CheckResult, CheckSettings, signal_table
 from levydrift.errors import BrokerUnavailableError
 from levydrift.kafka import admin_client, ensure_reachable, producer_config
@@ -20,6 +21,8 @@ from trainer.config import TrainerSettings
 from trainer.registry import ModelRegistry
 
 if TYPE_CHECKING:  # imported when retraining (scikit-learn)
+    import pandas as pd
+
     from trainer.worker import TrainWorker
 
 CHECK_GROUP = "levydrift-check"  # the "consumer group" named in drift events from a file
@@ -78,9 +81,8 @@ def train_on_result(result: CheckResult, settings: CheckSettings, registry_root:
     from trainer.worker import event_summary
 
     section = settings.trainer
-    frame = to_model_frame(result.columns, include_target=True)
-    labelled = frame[np.isfinite(frame["actual_levy_amount"].to_numpy(float))]
-    frame = labelled.iloc[-section.window_records:].reset_index(drop=True)
+    frame = newest_labelled(to_model_frame(result.columns, include_target=True),
+                            result.columns.get("event_time"), section.window_records)
     return train_and_register(ModelRegistry(registry_root), result.model, TrainingRequest(
         frame=frame, trigger_event_ids=[event.event_id for event in events],
         training_offsets=[result.window],
@@ -91,8 +93,20 @@ def train_on_result(result: CheckResult, settings: CheckSettings, registry_root:
         params=ModelParams(max_iter=section.max_iter),
         extra_lineage={"source": result.source,
                        "drifted_signals": result.drifted_signals(),
-        "signals": signal_table(result),
+                       "signals": signal_table(result),
                        "drift_events": [event_summary(event) for event in events]}))
+
+
+def newest_labelled(frame: pd.DataFrame, event_times: Any, window_records: int) -> pd.DataFrame:
+    """The newest ``window_records`` labelled rows of a file's model ``frame``, oldest to
+    newest by event time (file order where times are equal or missing). Files hold county
+    rolls one after another: by file position, the newest rows would be the last counties'
+    alone, and the candidate would never see the others."""
+    labelled = np.isfinite(frame["actual_levy_amount"].to_numpy(float))
+    order = (np.arange(len(frame)) if event_times is None
+             else np.argsort(event_times_ms(event_times), kind="stable"))
+    order = order[labelled[order]]
+    return frame.iloc[order[-window_records:]].reset_index(drop=True)
 
 
 def _worker(settings: CheckSettings, registry_root: str, model: str) -> TrainWorker:

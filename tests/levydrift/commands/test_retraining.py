@@ -1,0 +1,35 @@
+"""levydrift.commands.retraining: what a retrain from a file trains on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from levydrift.commands.retraining import newest_labelled
+
+
+def roll_file() -> tuple[pd.DataFrame, np.ndarray]:
+    """Five counties' rolls one after another (the file's order), each spanning the same
+    days, every third row without its levy; and their event times as RFC 3339 text."""
+    counties = np.repeat(["Benton", "Franklin", "Grant", "Walla Walla", "Yakima"], 300)
+    day = np.tile(np.arange(300), 5)
+    levy = np.where(np.arange(counties.size) % 3 == 0, np.nan, day.astype(float))
+    times = np.array([f"2026-01-01T{d // 60:02d}:{d % 60:02d}:00.000Z" for d in day])
+    return pd.DataFrame({"county": counties, "day": day, "actual_levy_amount": levy}), times
+
+
+def test_the_newest_rows_of_a_file_of_county_rolls_hold_every_county() -> None:
+    frame, times = roll_file()
+    window = newest_labelled(frame, times, 500)
+    assert len(window) == 500
+    assert window["actual_levy_amount"].notna().all()
+    assert window["county"].value_counts().to_dict() == dict.fromkeys(
+        ["Benton", "Franklin", "Grant", "Walla Walla", "Yakima"], 100)  # not the last two
+    assert window["day"].min() >= 150  # the newest by event time, oldest first
+    assert window["day"].is_monotonic_increasing
+
+
+def test_without_event_times_the_file_order_decides() -> None:
+    frame, _ = roll_file()
+    window = newest_labelled(frame, None, 500)
+    assert set(window["county"]) == {"Grant", "Walla Walla", "Yakima"}  # the file's last
