@@ -56,11 +56,12 @@ def registration_announcement(registry: ModelRegistry, info: VersionInfo
 
 def reconcile(registry: ModelRegistry, name: str,
               read_topic: Callable[[], Sequence[ModelVersionEvent]],
-              publish: Publish) -> ModelVersionEvent | None:
+              publish: Publish, announcing: int | None = None) -> ModelVersionEvent | None:
     """Make what the fleet was told agree with the registry; returns the event it announced,
     if one was missing. ``read_topic`` gives the model's events on the topic, oldest first; it
     is read under the registry lock, so no other announcer is half-way through. Re-entrant:
-    call it inside a move's lock to settle what came before."""
+    call it inside a move's lock to settle what came before. ``announcing``: the version the
+    caller has just made champion and announces next, not a move a crash kept back."""
     with registry.locked(name):
         on_topic = read_topic()
         announced = {(event.version, event.decision) for event in on_topic}
@@ -75,6 +76,8 @@ def reconcile(registry: ModelRegistry, name: str,
         newest = champions[-1] if champions else None
         if newest is not None and (newest.version, newest.decision) == (move["version"],
                                                                          move["action"]):
+            return None
+        if announcing is not None and int(move["version"]) == announcing:
             return None
         event = move_event(registry, name, move)
         publish(event)

@@ -149,7 +149,7 @@ def _train_file(arguments: argparse.Namespace, config: TrainerSettings, name: st
     if arguments.publish:
         progress.phase("publishing the model-version event")
         with registry.locked(name):
-            _reconcile(config, registry, name)
+            _reconcile(config, registry, name, announcing=info.version)
             event = registration_announcement(registry, info)
             if event is not None and not registry.get(name, info.version).published:
                 _announce(config, event, f"version {info.version} is registered")
@@ -325,11 +325,11 @@ def _run_reconcile(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _reconcile(config: TrainerSettings, registry: ModelRegistry,
-               name: str) -> ModelVersionEvent | None:
+def _reconcile(config: TrainerSettings, registry: ModelRegistry, name: str,
+               announcing: int | None = None) -> ModelVersionEvent | None:
     return reconcile(registry, name, lambda: read_model_events(
         config.kafka, config.topics.model_versions, name),
-        lambda event: _publish(config, event))
+        lambda event: _publish(config, event), announcing)
 
 
 def _announce(config: TrainerSettings, event: ModelVersionEvent, done: str) -> None:

@@ -80,6 +80,21 @@ def test_reconcile_announces_a_move_the_topic_lacks_exactly_once(tmp_path) -> No
     assert len(published) == 1
 
 
+def test_reconcile_leaves_the_move_its_caller_announces_next_and_settles_an_older_one(
+        tmp_path) -> None:
+    """``levydrift train --publish``: the version it just made champion is its own to
+    announce (once, as a registration), not a move "a crash kept from the fleet"."""
+    registry = ModelRegistry(tmp_path)
+    first = _register(registry, events=["e1"])
+    published: list[ModelVersionEvent] = []
+    assert reconcile(registry, NAME, list, published.append, announcing=first.version) is None
+    assert published == [] and not registry.get(NAME, first.version).published
+    # A move older than the caller's own is still a missing one: announced.
+    second = _register(registry, events=["e2"])
+    event = reconcile(registry, NAME, list, published.append, announcing=second.version + 1)
+    assert published == [event] and event.version == second.version
+
+
 def test_reconcile_marks_what_the_topic_holds_and_announces_nothing(tmp_path) -> None:
     registry = ModelRegistry(tmp_path)
     info = _register(registry, events=["e1"])

@@ -417,6 +417,23 @@ def test_rollback_restores_the_previous_champion_and_publishes_it(
     assert event.artifact_sha256 == registry.get(NAME, 1).sha256
 
 
+def test_train_from_a_file_publishes_each_version_once_and_blames_no_crash(
+        stack: Stack, tmp_path: Path) -> None:
+    data = tmp_path / "levy.csv"
+    SIMULATOR.frame(0, 3000).to_csv(data, index=False)
+    for run in (1, 2):
+        completed = subprocess.run(
+            [sys.executable, "-m", "levydrift.cli", "--config", str(stack.config_file(tmp_path)),
+             "train", "--data-path", str(data), "--publish"], cwd=REPO, capture_output=True,
+            text=True, timeout=300,
+            env={k: v for k, v in os.environ.items() if not k.startswith("LEVYDRIFT_")})
+        assert completed.returncode == 0, completed.stderr
+        assert "a crash had kept" not in completed.stderr  # nothing crashed
+        assert [event.version for event in stack.version_events()] == list(range(1, run + 1))
+    registry = ModelRegistry(stack.root)
+    assert all(registry.get(NAME, version).published for version in (1, 2))
+
+
 def test_the_champion_gauge_follows_a_rollback_made_while_the_worker_runs(
         stack: Stack, tmp_path: Path) -> None:
     from trainer import metrics
