@@ -176,6 +176,9 @@ def read_training_file(path: Path) -> pd.DataFrame:
         raise UsageError(f"{path}: no {TARGET} column; training needs actual levies")
     if "event_time" in raw.columns:
         raw = raw.sort_values("event_time", kind="stable").reset_index(drop=True)
+    if "record_id" in raw.columns:  # a record twice could be trained on and held out
+        again = raw["record_id"].notna() & raw.duplicated("record_id", keep="last")
+        raw = raw[~again].reset_index(drop=True)
     try:
         return to_model_frame(raw, include_target=True)
     except KeyError as error:

@@ -70,6 +70,7 @@ class TrainingWindow:
     # per frame row: (records partition, offset) of its record, and its record timestamp
     record_offsets: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     record_times: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    duplicate_records: int = 0  # rows of records read again (same record_id), dropped
 
     def merged(self, other: TrainingWindow) -> TrainingWindow:
         """This window's rows and ``other``'s (of the same topics) that it lacks, oldest to
@@ -88,7 +89,7 @@ class TrainingWindow:
             self.rejected_labels + other.rejected_labels,
             {**other.post_change_segments, **self.post_change_segments},
             np.concatenate([self.record_offsets, other.record_offsets[new]])[order],
-            times[order])
+            times[order], self.duplicate_records + other.duplicate_records)
 
     def lineage(self) -> dict[str, Any]:
         """What a version's lineage says about the window besides its offset ranges: how much
@@ -99,7 +100,8 @@ class TrainingWindow:
             "inline_records": len(self.frame) - self.joined_records,
             "scanned_labels": self.scanned_labels, "refused_labels": self.rejected_labels}
         return {"scanned_records": self.scanned_records,
-                "refused_records": self.rejected_records, "labels": labels,
+                "refused_records": self.rejected_records,
+                "duplicate_records": self.duplicate_records, "labels": labels,
                 "post_change_segments": self.post_change_segments}
 
 
@@ -350,9 +352,11 @@ def _window(totals: _Totals, labels_topic: str | None,
     ranges = totals.ranges + _label_ranges(totals.chunks, labels_topic, spans)
     joined = sum(int((chunk.label_offsets >= 0).sum()) for chunk in totals.chunks)
     frame, record_offsets, record_times = _ordered_frame(totals.chunks)
+    rows = sum(len(chunk.offsets) for chunk in totals.chunks)
     return TrainingWindow(frame, ranges, totals.scanned, totals.refused, labels_topic, joined,
                           totals.scanned_labels, totals.refused_labels,
-                          record_offsets=record_offsets, record_times=record_times)
+                          record_offsets=record_offsets, record_times=record_times,
+                          duplicate_records=rows - len(frame))
 
 
 def _label_ranges(chunks: list[_Chunk], labels_topic: str | None,
@@ -381,16 +385,28 @@ def _concat(chunks: list[_Chunk]) -> _Chunk:
 
 def _ordered_frame(chunks: list[_Chunk]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """All partitions' rows as one model frame, oldest to newest by record timestamp, each
-    row's (records partition, offset), and its timestamp."""
+    row's (records partition, offset), and its timestamp. A record sent again (a producer's
+    retry, a county uploading its slice twice) is one row, its newest: twice, it could be
+    trained on and held out at once, and the candidate judged on what it learnt."""
     if not chunks:
         return (to_model_frame({k: [] for k in _empty_columns()}, include_target=True),
                 np.zeros((0, 2), np.int64), np.zeros(0, np.int64))
     merged = _concat(chunks)
-    order = np.argsort(merged.timestamps, kind="stable")
+    order = newest_of_each(merged.columns["record_id"],
+                           np.argsort(merged.timestamps, kind="stable"))
     frame = to_model_frame({k: v[order] for k, v in merged.columns.items()},
                            include_target=True)
     return (frame, np.column_stack([merged.partitions[order], merged.offsets[order]]),
             merged.timestamps[order])
+
+
+def newest_of_each(record_ids: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``order`` (row indices, oldest first) keeping only the last row of each record id."""
+    ids = np.asarray(record_ids)[order]
+    _, last_from_end = np.unique(ids[::-1], return_index=True)
+    keep = np.zeros(len(order), dtype=bool)
+    keep[len(order) - 1 - last_from_end] = True
+    return order[keep]
 
 
 def _empty_columns() -> dict[str, np.ndarray]:

@@ -19,6 +19,7 @@ from levydrift.settings import RegistrySettings
 from schemas.drift_event import DriftEvent
 from trainer.config import TrainerSettings
 from trainer.registry import ModelRegistry
+from trainer.window import newest_of_each
 
 if TYPE_CHECKING:  # imported when retraining (scikit-learn)
     import pandas as pd
@@ -82,7 +83,8 @@ def train_on_result(result: CheckResult, settings: CheckSettings, registry_root:
 
     section = settings.trainer
     frame = newest_labelled(to_model_frame(result.columns, include_target=True),
-                            result.columns.get("event_time"), section.window_records)
+                            result.columns.get("event_time"), section.window_records,
+                            result.columns.get("record_id"))
     return train_and_register(ModelRegistry(registry_root), result.model, TrainingRequest(
         frame=frame, trigger_event_ids=[event.event_id for event in events],
         training_offsets=[result.window],
@@ -97,15 +99,18 @@ def train_on_result(result: CheckResult, settings: CheckSettings, registry_root:
                        "drift_events": [event_summary(event) for event in events]}))
 
 
-def newest_labelled(frame: pd.DataFrame, event_times: Any, window_records: int) -> pd.DataFrame:
+def newest_labelled(frame: pd.DataFrame, event_times: Any, window_records: int,
+                    record_ids: Any = None) -> pd.DataFrame:
     """The newest ``window_records`` labelled rows of a file's model ``frame``, oldest to
-    newest by event time (file order where times are equal or missing). Files hold county
-    rolls one after another: by file position, the newest rows would be the last counties'
-    alone, and the candidate would never see the others."""
+    newest by event time (file order where times are equal or missing), each record once
+    (its last row). Files hold county rolls one after another: by file position, the newest
+    rows would be the last counties' alone, and the candidate would never see the others."""
     labelled = np.isfinite(frame["actual_levy_amount"].to_numpy(float))
     order = (np.arange(len(frame)) if event_times is None
              else np.argsort(event_times_ms(event_times), kind="stable"))
     order = order[labelled[order]]
+    if record_ids is not None:
+        order = newest_of_each(np.asarray(record_ids), order)
     return frame.iloc[order[-window_records:]].reset_index(drop=True)
 
 

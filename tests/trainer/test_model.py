@@ -70,3 +70,13 @@ def test_train_command_reports_an_unwritable_registry_in_one_line_before_trainin
     assert len(error.splitlines()) == 1, error
     assert "cannot write to the model registry" in error and "registry.root" in error
     assert not fitted, "the model was trained before the registry was found unwritable"
+
+
+def test_train_command_trains_on_each_record_once(tmp_path) -> None:
+    frame = SIMULATOR.frame(0, 1500)
+    frame = frame.iloc[list(range(1500)) + list(range(300))]  # a slice exported twice
+    frame.to_csv(tmp_path / "levy.csv", index=False)
+    assert main(["train", "--data-path", str(tmp_path / "levy.csv"),
+                 "--registry", str(tmp_path / "models")]) == 0
+    version = ModelRegistry(tmp_path / "models").get("levy-impact", 1)
+    assert version.lineage["training_window"]["record_count"] == 1500

@@ -218,6 +218,20 @@ def test_a_county_labels_event_window_adds_the_other_counties_labelled_before_it
     assert np.all(np.diff(window.record_times) >= 0)  # oldest to newest, both reads merged
 
 
+def test_a_record_sent_twice_is_one_training_row_its_newest(topics: Topics) -> None:
+    records = to_records(SIMULATOR.columns(0, 600))
+    topics.produce(topics.records, records)
+    again = [dict(r, actual_levy_amount=r["actual_levy_amount"] + 1.0) for r in records[:200]]
+    topics.produce(topics.records, again)  # a county's slice uploaded again, corrected
+
+    window = topics.window()
+
+    assert len(window.frame) == 600
+    assert window.lineage()["duplicate_records"] == 200
+    assert levies(window) == sorted([r["actual_levy_amount"] for r in again]
+                                    + [r["actual_levy_amount"] for r in records[200:]])
+
+
 def test_a_labels_event_window_without_an_onset_ends_at_its_last_label(
         topics: Topics) -> None:
     records = to_records(SIMULATOR.columns(0, 600))

@@ -33,3 +33,10 @@ def test_without_event_times_the_file_order_decides() -> None:
     frame, _ = roll_file()
     window = newest_labelled(frame, None, 500)
     assert set(window["county"]) == {"Grant", "Walla Walla", "Yakima"}  # the file's last
+
+
+def test_a_record_twice_in_a_file_is_one_training_row_its_last() -> None:
+    frame = pd.DataFrame({"county": ["Grant"] * 4, "actual_levy_amount": [1.0, 2.0, 3.0, 4.0]})
+    times = np.array(["2026-01-01T00:00:00.000Z"] * 4)
+    window = newest_labelled(frame, times, 10, np.array(["a", "b", "a", "c"]))
+    assert window["actual_levy_amount"].tolist() == [2.0, 3.0, 4.0]
