@@ -13,8 +13,8 @@ rules, the same champion (trained on the first 60,000 records), the same model c
   stream), the holdout its newest fifth, the gate overall MAE only;
 * **after** (trainer/ now): Grant's records from the onset, the other counties' records before
   it too (``trainer.worker.changed_segments``), the newest fifth of each county held out
-  among the records the champion did not train on (``split_holdout``), and no county with 200
-  holdout rows more than ``trainer.slice_tolerance`` worse (``gate``).
+  (``holdout_mask``), the models compared on the held-out records the champion did not train
+  on, and no county with 200 of them more than ``trainer.slice_tolerance`` worse (``gate``).
 
 Both windows hold at most ``--window`` records (``trainer.window_records``). Each candidate is
 then scored, with the champion, on the ``--test`` records that arrive after the window:
@@ -39,7 +39,7 @@ from levydrift.simulator import LevySimulator, SimulatorConfig, ordered_blocks  
 from trainer.config import TrainerSection  # noqa: E402
 from trainer.evaluation import gate, holdout_metrics, slice_comparisons  # noqa: E402
 from trainer.model import fit_model, predict  # noqa: E402
-from trainer.training import HOLDOUT_SLICE, split_holdout  # noqa: E402
+from trainer.training import HOLDOUT_SLICE, holdout_mask  # noqa: E402
 
 COUNTY = "Grant"
 LEVY_FACTOR = 1.3
@@ -60,19 +60,22 @@ def stream(seed: int, order: str, records: int, change_at: int
     return frame, grant, int(np.flatnonzero(changed)[0])
 
 
-def newest_fifth(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    held = int(round(len(frame) * 0.2))
-    return frame.iloc[:-held], frame.iloc[-held:]
+def newest_fifth(rows: int) -> np.ndarray:
+    held = np.zeros(rows, dtype=bool)
+    held[rows - int(round(rows * 0.2)):] = True
+    return held
 
 
 def retrain(frame: pd.DataFrame, rows: np.ndarray, champion: object, by_county: bool
             ) -> tuple[object, str, str]:
     window = frame.iloc[rows]
-    # as the trainer does by offsets: no row the champion trained on in the new holdout
-    unseen = rows >= CHAMPION_RECORDS
-    train, holdout = (split_holdout(window, 0.2, unseen if unseen.any() else None) if by_county
-                      else newest_fifth(window))
+    held = holdout_mask(window, 0.2) if by_county else newest_fifth(len(window))
+    train, holdout = window[~held], window[held]
     candidate = fit_model(train)
+    # as the trainer does by offsets: the gate compares on rows the champion did not learn
+    compared = rows[held] >= CHAMPION_RECORDS if by_county else np.ones(len(holdout), bool)
+    compared = compared if compared.any() else np.ones(len(holdout), bool)
+    holdout = holdout[compared]
     actual = holdout[TARGET].to_numpy(float)
     ours, theirs = predict(candidate, holdout), predict(champion, holdout)
     slices = slice_comparisons(HOLDOUT_SLICE, holdout[HOLDOUT_SLICE].to_numpy(), actual, ours,

@@ -18,7 +18,14 @@ from levydrift.errors import ArtifactError, LevyDriftError, TrainingError
 from levydrift.faults import crash_point
 from levydrift.features import TARGET, feature_signature, model_columns
 from levydrift.signals import signal_columns
-from trainer.evaluation import SLICE_TOLERANCE, gate, holdout_metrics, slice_comparisons
+from trainer.evaluation import (
+    SLICE_TOLERANCE,
+    HoldoutMetrics,
+    SliceComparison,
+    gate,
+    holdout_metrics,
+    slice_comparisons,
+)
 from trainer.model import ModelParams, fit_model, predict
 from trainer.registry import ModelRegistry, NewVersion, VersionInfo, data_sha256
 
@@ -42,7 +49,7 @@ class TrainingRequest:
     params: ModelParams = field(default_factory=ModelParams)
     extra_lineage: dict[str, Any] = field(default_factory=dict)
     # Per frame row, (partition, offset) of its record on ``records_topic`` (a window read
-    # from Kafka): rows the champion trained on are then kept out of the holdout.
+    # from Kafka): the gate then leaves out the holdout rows the champion trained on.
     records_topic: str | None = None
     record_offsets: np.ndarray | None = None
 
@@ -60,21 +67,21 @@ def train_and_register(registry: ModelRegistry, name: str, request: TrainingRequ
         raise TrainingError(f"only {len(frame)} labelled records in the training window; "
                             f"at least {request.min_training_records} are needed")
     champion_version = registry.champion(name)
+    held = holdout_mask(frame, request.holdout_fraction)
+    train, holdout = frame[~held], frame[held]
     unseen = _unseen_by_champion(registry, name, champion_version, request, labelled)
-    train, holdout = split_holdout(frame, request.holdout_fraction, unseen)
     log.info("fitting a candidate", extra={
         "model": name, "train_records": len(train), "holdout_records": len(holdout),
-        "champion_trained_on": 0 if unseen is None else int((~unseen).sum())})
+        "holdout_champion_trained_on": 0 if unseen is None else int((~unseen[held]).sum())})
     candidate = fit_model(train, request.params)
-    actual = holdout[TARGET].to_numpy(float)
     predicted = predict(candidate, holdout)
-    candidate_metrics = holdout_metrics(actual, predicted)
     champion_predicted, champion_note = _champion_predictions(registry, name, champion_version,
                                                               holdout)
-    champion_metrics = (None if champion_predicted is None
-                        else holdout_metrics(actual, champion_predicted))
-    slices = [] if champion_predicted is None else slice_comparisons(
-        HOLDOUT_SLICE, holdout[HOLDOUT_SLICE].to_numpy(), actual, predicted, champion_predicted)
+    compared, compared_note = _comparable(unseen, held)
+    champion_note = "; ".join(filter(None, [champion_note, compared_note]))
+    candidate_metrics, champion_metrics, slices = _compare(holdout[compared],
+                                                            predicted[compared],
+                                                            champion_predicted, compared)
     decision = gate(candidate_metrics, champion_metrics, request.gate_margin, slices,
                     request.slice_tolerance)
     reason = decision.reason + (f"; {champion_note}" if champion_note else "")
@@ -121,25 +128,55 @@ class _Fixed:
         return self.predicted
 
 
-def split_holdout(frame: pd.DataFrame, fraction: float, eligible: np.ndarray | None = None
-                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, holdout): the holdout is the most recent ``fraction`` of each county's rows (at
-    least one row in all), taken among the ``eligible`` ones (default: all). Counties upload
-    in slices, so the window's newest rows may all be one county's: held out per county,
-    every county in the window is in the holdout, and the gate can see a candidate that
-    fails the others."""
+def holdout_mask(frame: pd.DataFrame, fraction: float) -> np.ndarray:
+    """Which rows are held out: the most recent ``fraction`` of each county's rows (at least
+    one row in all). Counties upload in slices, so the window's newest rows may all be one
+    county's: held out per county, every county in the window is in the holdout, the gate
+    sees a candidate that fails the others, and the holdout (the consumer's reference for
+    the version) has the window's mix of counties."""
     county = frame[HOLDOUT_SLICE].to_numpy()
-    sizes = pd.Series(county).groupby(county, sort=False).transform("size").to_numpy()
-    allowed = np.ones(len(frame), dtype=bool) if eligible is None else eligible
-    newest_first = np.full(len(frame), len(frame))
-    newest_first[allowed] = pd.Series(county[allowed]).groupby(
-        county[allowed], sort=False).cumcount(ascending=False).to_numpy()
-    held = newest_first < np.round(sizes * fraction)
+    groups = pd.Series(county).groupby(county, sort=False)
+    newest_first = groups.cumcount(ascending=False).to_numpy()
+    held: np.ndarray = newest_first < np.round(groups.transform("size").to_numpy() * fraction)
     if not held.any() and len(frame):
         held[-1] = True
     if held.all():
         raise TrainingError(f"{len(frame)} records leave nothing to train on after the holdout")
+    return held
+
+
+def split_holdout(frame: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, holdout) by ``holdout_mask``."""
+    held = holdout_mask(frame, fraction)
     return frame[~held], frame[held]
+
+
+def _compare(holdout: pd.DataFrame, predicted: np.ndarray, champion: np.ndarray | None,
+             compared: np.ndarray
+             ) -> tuple[HoldoutMetrics, HoldoutMetrics | None, list[SliceComparison]]:
+    """Candidate and champion metrics, and per county, on the ``holdout`` rows compared (the
+    ``compared`` ones of the champion's predictions)."""
+    actual = holdout[TARGET].to_numpy(float)
+    if champion is None:
+        return holdout_metrics(actual, predicted), None, []
+    theirs = champion[compared]
+    return (holdout_metrics(actual, predicted), holdout_metrics(actual, theirs),
+            slice_comparisons(HOLDOUT_SLICE, holdout[HOLDOUT_SLICE].to_numpy(), actual,
+                              predicted, theirs))
+
+
+def _comparable(unseen: np.ndarray | None, held: np.ndarray) -> tuple[np.ndarray, str]:
+    """Which holdout rows the gate compares the models on: those the champion did not train
+    on (all when that is unknown, or when it trained on every one), and a note saying so."""
+    if unseen is None:
+        return np.ones(int(held.sum()), dtype=bool), ""
+    compared = unseen[held]
+    if not compared.any():
+        return np.ones(len(compared), dtype=bool), "the champion trained on every holdout record"
+    if compared.all():
+        return compared, ""
+    return compared, (f"compared on the {int(compared.sum())} of {len(compared)} holdout "
+                      "records the champion did not train on")
 
 
 def _unseen_by_champion(registry: ModelRegistry, name: str, version: int | None,
@@ -147,7 +184,7 @@ def _unseen_by_champion(registry: ModelRegistry, name: str, version: int | None,
     """Per labelled row, whether the champion did not train on it (its record is outside the
     champion's training window): scoring the champion on rows it learnt would favour it, by
     a county's whole holdout where that county's newest rows are old. None when unknown
-    (no champion, no record offsets) or when the champion trained on every row."""
+    (no champion, no record offsets, no lineage)."""
     if version is None or request.record_offsets is None or request.records_topic is None:
         return None
     try:
@@ -160,7 +197,7 @@ def _unseen_by_champion(registry: ModelRegistry, name: str, version: int | None,
         if window.get("topic") == request.records_topic:
             seen |= ((partitions == window["partition"]) & (offsets >= window["first_offset"])
                      & (offsets <= window["last_offset"]))
-    return None if seen.all() else ~seen
+    return ~seen
 
 
 def _champion_predictions(registry: ModelRegistry, name: str, version: int | None,
