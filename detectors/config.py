@@ -11,6 +11,7 @@ from detectors.errors import DetectorConfigError
 DEFAULT_NUMERIC = ("assessed_value", "market_value", "exemption_amount", "levy_rate",
                    "prior_levy_amount", "new_construction_value")
 DEFAULT_CATEGORICAL = ("county", "tax_district", "property_class")
+MAX_COMPOSITION_LATENESS_S = 366 * 86400
 
 
 @dataclass(frozen=True)
@@ -148,8 +149,8 @@ def _check_numbers(s: DetectorSettings) -> None:
         (1 <= s.max_segments <= 4096, "max_segments must be within 1..4096"),
         (60 <= s.composition_window_s <= 366 * 86400,
          "composition_window_s must be within 60..31622400 (one minute to a year)"),
-        (0 <= s.composition_lateness_s <= 366 * 86400,
-         "composition_lateness_s must be within 0..31622400"),
+        (0 <= s.composition_lateness_s <= MAX_COMPOSITION_LATENESS_S,
+         f"composition_lateness_s must be within 0..{MAX_COMPOSITION_LATENESS_S}"),
         (1 <= s.composition_sustain <= 100, "composition_sustain must be within 1..100"),
         (0.0 < s.composition_min_change < 0.5, "composition_min_change must be within (0, 0.5)"),
     ]

@@ -252,7 +252,7 @@ def _read_table(path: Path, suffix: str) -> pa.Table | None:
     """The file as an Arrow table (a CSV as text columns); None for an empty CSV."""
     try:
         if suffix == ".parquet":
-            return pq.read_table(path, read_dictionary=_CATEGORY_FIELDS)
+            return _without_pandas_index(pq.read_table(path, read_dictionary=_CATEGORY_FIELDS))
         # Text, not inferred types: a stray "n/a" must be reported in its own row, not turn
         # the whole column into strings.
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -263,6 +263,16 @@ def _read_table(path: Path, suffix: str) -> pa.Table | None:
     except Exception as error:  # noqa: BLE001 - pandas and pyarrow raise many kinds
         raise UsageError(f"{path}: cannot be read: {str(error).splitlines()[0]}") from None
     return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _without_pandas_index(table: pa.Table) -> pa.Table:
+    """The table without the index pandas stored as columns (``__index_level_0__`` when a
+    sorted or filtered frame was written without ``index=False``): pandas itself reads them
+    back as the index, not as data, and so does ``levydrift train``."""
+    metadata = table.schema.pandas_metadata or {}
+    stored = [name for name in metadata.get("index_columns", [])
+              if isinstance(name, str) and name in table.column_names]
+    return table.drop_columns(stored) if stored else table
 
 
 def _csv_values(name: str, text: pd.Series) -> list[Any]:

@@ -25,7 +25,7 @@ import argparse
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import numpy as np
 
 from consumer.clock import dated_ahead
 from detectors.composition import event_times_ms
-from detectors.config import DetectorSettings
+from detectors.config import MAX_COMPOSITION_LATENESS_S, DetectorSettings
 from detectors.errors import DetectorConfigError
 from detectors.reference import Reference, reference_for_signals
 from detectors.segments import SegmentedBank
@@ -77,6 +77,17 @@ def warmup_baseline(detectors: DetectorSettings) -> Baseline:
                           "(warm-up, no champion reference sample)", "warm-up")
 
 
+def whole_file_windows(detectors: DetectorSettings, times_ms: np.ndarray) -> DetectorSettings:
+    """Composition settings for a file: its event-time windows close at its end, not once a
+    later event time has been read. A file holds every row at once, so none is late, but
+    files are often sorted by county: read in that order, the first county's rows would close
+    every window alone, and each window would read as that county's takeover."""
+    known = times_ms[times_ms >= 0]
+    span_s = int((known.max() - known.min()) // 1000) + 1 if known.size else 0
+    lateness_s = min(max(span_s, detectors.composition_lateness_s), MAX_COMPOSITION_LATENESS_S)
+    return replace(detectors, composition_lateness_s=lateness_s)
+
+
 def run_check(columns: dict[str, np.ndarray], detectors: DetectorSettings,
               scorer: ModelScorer | None = None, baseline: Baseline | None = None,
               source: str = "", model: str = "",
@@ -93,7 +104,7 @@ def run_check(columns: dict[str, np.ndarray], detectors: DetectorSettings,
     times = event_times_ms(columns["event_time"]) if times_ms is None else times_ms
     fed = {**columns, "event_time": times}  # the bank reads ms, not text, as the consumer's
     baseline = baseline or warmup_baseline(detectors)
-    bank = SegmentedBank(detectors, baseline.reference)
+    bank = SegmentedBank(whole_file_windows(detectors, times), baseline.reference)
     if baseline.kind == "file":  # baseline rows seed every segment; the champion's holdout
         assert baseline.columns is not None, "a file baseline keeps its rows"
         bank.learn(baseline.columns)  # sample is used as the consumer uses it

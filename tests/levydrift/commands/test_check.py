@@ -8,6 +8,7 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas
 import pytest
 
 from detectors.config import DetectorSettings
@@ -381,6 +382,22 @@ def test_realistic_arrival_orders_of_a_stationary_file_are_no_drift(
                  "--registry", str(registry)])
     out = capsys.readouterr().out
     assert code == 0, out
+
+
+def test_a_file_of_county_rolls_one_after_another_is_no_drift(
+        files: Path, registry: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each county's rows of every day, then the next county's, as counties' exports are
+    concatenated; saved by pandas after the sort, so with its index as a column. Read in that
+    order, the first county's rows closed every day's window alone: 'share of Benton +72 pp'
+    and 'new category' for the rest."""
+    path = files / "none-by-county.csv"
+    simulator = LevySimulator(SimulatorConfig(labelled_share=0.5, event_interval_ms=5_000))
+    write_file(simulator, 60_000, path)
+    rolls = pandas.read_csv(path).sort_values("county", kind="stable")
+    rolls.to_parquet(files / "none-by-county.parquet")  # index kept: __index_level_0__
+    code, out, err = check(capsys, "--data-path", files / "none-by-county.parquet",
+                           "--registry", registry)
+    assert code == 0, out + err
 
 
 def test_the_report_says_where_a_one_county_change_happened(
