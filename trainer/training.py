@@ -79,9 +79,9 @@ def train_and_register(registry: ModelRegistry, name: str, request: TrainingRequ
                                                               holdout)
     compared, compared_note = _comparable(unseen, held)
     champion_note = "; ".join(filter(None, [champion_note, compared_note]))
-    candidate_metrics, champion_metrics, slices = _compare(holdout[compared],
-                                                            predicted[compared],
-                                                            champion_predicted, compared)
+    candidate_metrics, champion_metrics, slices = _compare(
+        holdout[compared], predicted[compared],
+        None if champion_predicted is None else champion_predicted[compared])
     decision = gate(candidate_metrics, champion_metrics, request.gate_margin, slices,
                     request.slice_tolerance)
     reason = decision.reason + (f"; {champion_note}" if champion_note else "")
@@ -151,18 +151,16 @@ def split_holdout(frame: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, p
     return frame[~held], frame[held]
 
 
-def _compare(holdout: pd.DataFrame, predicted: np.ndarray, champion: np.ndarray | None,
-             compared: np.ndarray
+def _compare(rows: pd.DataFrame, ours: np.ndarray, theirs: np.ndarray | None
              ) -> tuple[HoldoutMetrics, HoldoutMetrics | None, list[SliceComparison]]:
-    """Candidate and champion metrics, and per county, on the ``holdout`` rows compared (the
-    ``compared`` ones of the champion's predictions)."""
-    actual = holdout[TARGET].to_numpy(float)
-    if champion is None:
-        return holdout_metrics(actual, predicted), None, []
-    theirs = champion[compared]
-    return (holdout_metrics(actual, predicted), holdout_metrics(actual, theirs),
-            slice_comparisons(HOLDOUT_SLICE, holdout[HOLDOUT_SLICE].to_numpy(), actual,
-                              predicted, theirs))
+    """Candidate (``ours``) and champion (``theirs``) metrics on ``rows``, overall and per
+    county."""
+    actual = rows[TARGET].to_numpy(float)
+    if theirs is None:
+        return holdout_metrics(actual, ours), None, []
+    return (holdout_metrics(actual, ours), holdout_metrics(actual, theirs),
+            slice_comparisons(HOLDOUT_SLICE, rows[HOLDOUT_SLICE].to_numpy(), actual, ours,
+                              theirs))
 
 
 def _comparable(unseen: np.ndarray | None, held: np.ndarray) -> tuple[np.ndarray, str]:
