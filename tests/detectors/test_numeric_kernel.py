@@ -106,20 +106,21 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "adwin_only": {"page_hinkley": False, "spread": False, "adwin_clock": 8},
 }
 
-# Recorded from the loop above (= run_numeric at commit 395d833) by ``digest``.
+# Recorded from the loop above (= run_numeric at commit 395d833) by ``digest``; recorded again
+# when the stream was rounded (the same kernel: the test above holds it equal to the loop).
 RECORDED_DIGESTS = {
     "mid_rank":
-        "a6f1fd4a70df70e5153a9925dd2f83322ff31f46896175cd37f2e9c1eaa94452",
+        "dcbdf1a63008fede807b02d469305b13122e3046690c8ac92f393cb4f6904463",
     "randomised_every_value":
         "c6a9bae81ccb11f22cd3fd11889ae1d91e145d3e7c86806b5e8457c592d1422e",
     "given_scores":
         "409721a6751a65cbb3e98b8fe7c4b39b66b67a85d0260cdc133b0a2effd502a7",
     "upward_only":
-        "e784dfe47a0cf917fe776658e6aa957a87ec4a1ffcd84ba11652449ba4a0051f",
+        "df75c23022c50018166cd8d70c6739656d1da6842fdad2766ae7ed45cea0d0c2",
     "no_adwin":
-        "a12bd5e9337f15b6edb47b3d2e32af8b8d6e060e31760ffc609e73884389c5c6",
+        "9f2858c583c5f5bfb6ab7d9de3bdd868ee2fa0a98e6519ff401b6a55c10f7258",
     "adwin_only":
-        "390414b955a02f7506bf7ea2e8d8588e7aea287ff4a4d4971bb5a15cc468900c",
+        "e7e1d2706920dd63c46ed9ff174f82e2f68ed22c50ff659caeaf8d064be40980",
 }
 
 
@@ -141,7 +142,9 @@ def stream(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
     shift = np.repeat(rng.choice([-0.8, 0.0, 0.0, 0.5, 1.2], size // 3_000 + 1), 3_000)[:size]
     values = shift + scale * rng.standard_normal(size)
     if name != "given_scores":
-        values = np.exp(1.0 + 0.5 * values)
+        # numpy's exp can differ in the last bit from one CPU to another (its AVX2 and
+        # AVX-512 code paths); rounded, the stream and so the recorded digests do not.
+        values = np.round(np.exp(1.0 + 0.5 * values), 6)
     if name == "randomised_every_value":
         values = np.round(values, 0)
     values[rng.random(size) < 0.2] = np.nan
