@@ -40,6 +40,7 @@ from trainer.events import code_version, version_event
 from trainer.model import ModelParams
 from trainer.registry import CHAMPION, ModelRegistry, VersionInfo, utc_now
 from trainer.training import TrainingRequest, train_and_register
+from trainer.window import event_time_order, newest_of_each
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -158,7 +159,8 @@ def _train_file(arguments: argparse.Namespace, config: TrainerSettings, name: st
 
 
 def read_training_file(path: Path) -> pd.DataFrame:
-    """A labelled model frame from CSV, Parquet or JSONL, ordered by event_time when present."""
+    """A labelled model frame from CSV, Parquet or JSONL, ordered by event_time when present,
+    each record once."""
     readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet,
                ".jsonl": lambda p: pd.read_json(p, lines=True),
                ".ndjson": lambda p: pd.read_json(p, lines=True)}
@@ -174,11 +176,11 @@ def read_training_file(path: Path) -> pd.DataFrame:
         raise UsageError(f"{path}: cannot be read: {str(error).splitlines()[0]}") from None
     if TARGET not in raw.columns:
         raise UsageError(f"{path}: no {TARGET} column; training needs actual levies")
-    if "event_time" in raw.columns:
-        raw = raw.sort_values("event_time", kind="stable").reset_index(drop=True)
-    if "record_id" in raw.columns:  # a record twice could be trained on and held out
-        again = raw["record_id"].notna() & raw.duplicated("record_id", keep="last")
-        raw = raw[~again].reset_index(drop=True)
+    # Oldest to newest, each record once (its last row): twice, it could be trained on and
+    # held out at once.
+    order = newest_of_each(raw.get("record_id"), event_time_order(raw.get("event_time"),
+                                                                  len(raw)))
+    raw = raw.iloc[order].reset_index(drop=True)
     try:
         return to_model_frame(raw, include_target=True)
     except KeyError as error:

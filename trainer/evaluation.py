@@ -75,19 +75,14 @@ def slice_comparisons(field: str, values: np.ndarray, actual: np.ndarray,
                       min_rows: int = SLICE_MIN_ROWS) -> list[SliceComparison]:
     """Per value of ``field`` with at least ``min_rows`` rows, both models' MAE on its rows;
     the values in order of first appearance."""
-    keys = np.asarray(values).astype(str)
-    names, first, counts = np.unique(keys, return_index=True, return_counts=True)
-    candidate_error = np.abs(np.asarray(candidate, dtype=float) - actual)
-    champion_error = np.abs(np.asarray(champion, dtype=float) - actual)
-    found = []
-    for index in np.argsort(first):
-        if counts[index] < min_rows:
-            continue
-        rows = keys == names[index]
-        found.append(SliceComparison(f"{field}={names[index]}", int(counts[index]),
-                                     float(candidate_error[rows].mean()),
-                                     float(champion_error[rows].mean())))
-    return found
+    names, first, slice_of, counts = np.unique(np.asarray(values).astype(str),
+                                               return_index=True, return_inverse=True,
+                                               return_counts=True)
+    ours = np.bincount(slice_of, np.abs(np.asarray(candidate, dtype=float) - actual))
+    theirs = np.bincount(slice_of, np.abs(np.asarray(champion, dtype=float) - actual))
+    return [SliceComparison(f"{field}={names[i]}", int(counts[i]), float(ours[i] / counts[i]),
+                            float(theirs[i] / counts[i]))
+            for i in np.argsort(first) if counts[i] >= min_rows]
 
 
 def holdout_metrics(actual: np.ndarray, predicted: np.ndarray) -> HoldoutMetrics:

@@ -70,14 +70,14 @@ def train_and_register(registry: ModelRegistry, name: str, request: TrainingRequ
     held = holdout_mask(frame, request.holdout_fraction)
     train, holdout = frame[~held], frame[held]
     unseen = _unseen_by_champion(registry, name, champion_version, request, labelled)
+    compared, compared_note = _comparable(unseen, held)
     log.info("fitting a candidate", extra={
         "model": name, "train_records": len(train), "holdout_records": len(holdout),
-        "holdout_champion_trained_on": 0 if unseen is None else int((~unseen[held]).sum())})
+        "compared_records": int(compared.sum())})
     candidate = fit_model(train, request.params)
     predicted = predict(candidate, holdout)
     champion_predicted, champion_note = _champion_predictions(registry, name, champion_version,
                                                               holdout)
-    compared, compared_note = _comparable(unseen, held)
     champion_note = "; ".join(filter(None, [champion_note, compared_note]))
     candidate_metrics, champion_metrics, slices = _compare(
         holdout[compared], predicted[compared],
@@ -143,12 +143,6 @@ def holdout_mask(frame: pd.DataFrame, fraction: float) -> np.ndarray:
     if held.all():
         raise TrainingError(f"{len(frame)} records leave nothing to train on after the holdout")
     return held
-
-
-def split_holdout(frame: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, holdout) by ``holdout_mask``."""
-    held = holdout_mask(frame, fraction)
-    return frame[~held], frame[held]
 
 
 def _compare(rows: pd.DataFrame, ours: np.ndarray, theirs: np.ndarray | None

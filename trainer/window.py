@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from confluent_kafka import Consumer
 
+from detectors.composition import event_times_ms
 from levydrift.errors import MissingTopicError
 from levydrift.features import TARGET, to_model_frame
 from levydrift.kafka import consumer_config, read_ranges, watermarks
@@ -75,9 +76,7 @@ class TrainingWindow:
     def merged(self, other: TrainingWindow) -> TrainingWindow:
         """This window's rows and ``other``'s (of the same topics) that it lacks, oldest to
         newest; the offset ranges of both."""
-        have = set(map(tuple, self.record_offsets.tolist()))
-        new = np.array([tuple(row) not in have for row in other.record_offsets.tolist()],
-                       dtype=bool)
+        new = ~np.isin(_record_keys(other.record_offsets), _record_keys(self.record_offsets))
         times = np.concatenate([self.record_times, other.record_times[new]])
         order = np.argsort(times, kind="stable")
         frame = pd.concat([self.frame, other.frame[new]], ignore_index=True).iloc[order]
@@ -103,6 +102,11 @@ class TrainingWindow:
                 "refused_records": self.rejected_records,
                 "duplicate_records": self.duplicate_records, "labels": labels,
                 "post_change_segments": self.post_change_segments}
+
+
+def _record_keys(record_offsets: np.ndarray) -> np.ndarray:
+    """One int64 per (partition, offset) row: offsets stay far below 2**40."""
+    return (record_offsets[:, 0] << 40) | record_offsets[:, 1]
 
 
 @dataclass
@@ -400,13 +404,22 @@ def _ordered_frame(chunks: list[_Chunk]) -> tuple[pd.DataFrame, np.ndarray, np.n
             merged.timestamps[order])
 
 
-def newest_of_each(record_ids: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """``order`` (row indices, oldest first) keeping only the last row of each record id."""
-    ids = np.asarray(record_ids)[order]
-    _, last_from_end = np.unique(ids[::-1], return_index=True)
-    keep = np.zeros(len(order), dtype=bool)
-    keep[len(order) - 1 - last_from_end] = True
-    return order[keep]
+def event_time_order(event_times: Any, rows: int) -> np.ndarray:
+    """Row indices oldest to newest by event time (RFC 3339 text, datetime64 or ms; rows
+    without one first), the given order where times are equal; that order without times."""
+    if event_times is None:
+        return np.arange(rows)
+    return np.argsort(event_times_ms(event_times), kind="stable")
+
+
+def newest_of_each(record_ids: Any, order: np.ndarray) -> np.ndarray:
+    """``order`` (row indices, oldest first) keeping only the last row of each record id
+    (rows without one all stay); ``order`` itself without ids."""
+    if record_ids is None:
+        return order
+    ids = pd.Series(np.asarray(record_ids, dtype=object)[order])
+    again = ids.notna().to_numpy() & ids.duplicated(keep="last").to_numpy()
+    return order[~again]
 
 
 def _empty_columns() -> dict[str, np.ndarray]:

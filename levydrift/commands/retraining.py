@@ -11,7 +11,6 @@ import numpy as np
 from confluent_kafka import Producer
 
 from consumer.events import decision_to_event
-from detectors.composition import event_times_ms
 from levydrift.commands.check_result import CheckResult, CheckSettings, signal_table
 from levydrift.errors import BrokerUnavailableError
 from levydrift.kafka import admin_client, ensure_reachable, producer_config
@@ -19,7 +18,7 @@ from levydrift.settings import RegistrySettings
 from schemas.drift_event import DriftEvent
 from trainer.config import TrainerSettings
 from trainer.registry import ModelRegistry
-from trainer.window import newest_of_each
+from trainer.window import event_time_order, newest_of_each
 
 if TYPE_CHECKING:  # imported when retraining (scikit-learn)
     import pandas as pd
@@ -106,11 +105,8 @@ def newest_labelled(frame: pd.DataFrame, event_times: Any, window_records: int,
     (its last row). Files hold county rolls one after another: by file position, the newest
     rows would be the last counties' alone, and the candidate would never see the others."""
     labelled = np.isfinite(frame["actual_levy_amount"].to_numpy(float))
-    order = (np.arange(len(frame)) if event_times is None
-             else np.argsort(event_times_ms(event_times), kind="stable"))
-    order = order[labelled[order]]
-    if record_ids is not None:
-        order = newest_of_each(np.asarray(record_ids), order)
+    order = event_time_order(event_times, len(frame))
+    order = newest_of_each(record_ids, order[labelled[order]])
     return frame.iloc[order[-window_records:]].reset_index(drop=True)
 
 

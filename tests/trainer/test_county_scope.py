@@ -20,7 +20,7 @@ from schemas.drift_event import (
 )
 from trainer.model import ModelParams
 from trainer.registry import ModelRegistry, VersionInfo
-from trainer.training import TrainingRequest, split_holdout, train_and_register
+from trainer.training import TrainingRequest, holdout_mask, train_and_register
 from trainer.window import segment_scopes
 from trainer.worker import changed_segments
 
@@ -59,7 +59,8 @@ def test_the_holdout_is_the_newest_share_of_each_county_even_when_one_arrived_la
     # Benton's roll first, then Grant's: the newest fifth of the window is all Grant.
     frame = pd.DataFrame({"county": ["Benton"] * 500 + ["Grant"] * 500,
                           "order": np.arange(1000)})
-    train, holdout = split_holdout(frame, 0.2)
+    held = holdout_mask(frame, 0.2)
+    train, holdout = frame[~held], frame[held]
     assert holdout["county"].value_counts().to_dict() == {"Benton": 100, "Grant": 100}
     for county in ("Benton", "Grant"):  # each county's newest rows, in the window's order
         rows = frame[frame["county"] == county]["order"]
@@ -70,7 +71,8 @@ def test_the_holdout_is_the_newest_share_of_each_county_even_when_one_arrived_la
 
 def test_a_county_too_small_to_hold_out_stays_in_training() -> None:
     frame = pd.DataFrame({"county": ["Benton"] * 100 + ["Grant"] * 2})
-    train, holdout = split_holdout(frame, 0.2)
+    held = holdout_mask(frame, 0.2)
+    train, holdout = frame[~held], frame[held]
     assert holdout["county"].tolist() == ["Benton"] * 20
     assert train["county"].tolist().count("Grant") == 2
 
