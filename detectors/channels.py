@@ -8,6 +8,7 @@ bank feeds it, reads its status, and saves and resumes it through ``state()`` /
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import reduce
 from typing import Any, Protocol, Self
@@ -124,7 +125,7 @@ class NumericChannel:
             settings, self.upward_only)
         self.ph_thresholds = self.ph_par[:, k.PH_THRESHOLD].copy()
         self.scoring = {"mid_rank": k.SCORE_MID_RANK, "randomised": k.SCORE_RANDOMISED,
-                        "given": k.SCORE_GIVEN}[settings.scoring]
+                        "given": k.SCORE_GIVEN, "normal": k.SCORE_NORMAL}[settings.scoring]
         self.ring_values = np.zeros(settings.summary_window)
         self.ring_positions = np.zeros(settings.summary_window, dtype=np.int64)
         self.counters = np.zeros(2, dtype=np.int64)
@@ -169,10 +170,13 @@ class NumericChannel:
         # A segment's signal with a handful of values (a county's levy rate: one per
         # district) has no spread of its own: its "spread" is the district mix, which
         # composition judges per event-time window. Spread detectors stay silent on it.
-        discrete = (self.scoring == k.SCORE_RANDOMISED
-                    and len(reference.knots) < MIN_SPREAD_VALUES)
+        self.quiet_spread(self.scoring == k.SCORE_RANDOMISED
+                          and len(reference.knots) < MIN_SPREAD_VALUES)
+
+    def quiet_spread(self, quiet: bool) -> None:
+        """Spread detectors silent (``quiet``) or back at their thresholds."""
         spread_rows = self.ph_par[:, k.PH_SOURCE] == k.SOURCE_SPREAD
-        self.ph_par[:, k.PH_THRESHOLD] = np.where(discrete & spread_rows, np.inf,
+        self.ph_par[:, k.PH_THRESHOLD] = np.where(quiet & spread_rows, np.inf,
                                                   self.ph_thresholds)
 
     def start_warmup(self, length: int | None = None) -> None:
@@ -203,11 +207,13 @@ class NumericChannel:
                 collected, self.warmup_first, self.warmup_last))
 
     # ------------------------------------------------------------------ feeding
-    def feed(self, column: Any, positions: np.ndarray,
-             scores: np.ndarray | None = None) -> list[Alarm]:
+    def feed(self, column: Any, positions: np.ndarray, scores: np.ndarray | None = None,
+             after_alarm: Callable[[int], np.ndarray] | None = None) -> list[Alarm]:
         """Feed one batch. With ``scores`` (same length, NaN-filled by the caller), also
         write each value's location score against the reference that judged it (NaN while
-        warming up): the segment layer pools them, exactly, whatever the batching."""
+        warming up): the segment layer pools them, exactly, whatever the batching.
+        ``after_alarm(index)``: the values from ``index`` on, as they read after an alarm
+        (the stratum layer re-learns its references then)."""
         values = np.ascontiguousarray(column, dtype=np.float64)
         alarms: list[Alarm] = []
         start = 0
@@ -218,6 +224,9 @@ class NumericChannel:
             start = self._run(values, positions, start, scores)
             if self.alarm[:, k.AL_FIRED].any():
                 alarms.append(self.take_alarm(start - 1))
+                if after_alarm is not None:
+                    values = values.copy()
+                    values[start:] = after_alarm(start)
         return alarms
 
     def take_alarm(self, index: int) -> Alarm:

@@ -12,6 +12,7 @@ DEFAULT_NUMERIC = ("assessed_value", "market_value", "exemption_amount", "levy_r
                    "prior_levy_amount", "new_construction_value")
 DEFAULT_CATEGORICAL = ("county", "tax_district", "property_class")
 MAX_COMPOSITION_LATENESS_S = 366 * 86400
+STRATA_KEYS = ("stratify_by", "stratum_warmup_records")
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,15 @@ class DetectorSettings:
     # reference, such as a district's levy rate, gets the atom's mid-rank), "randomised" (a
     # uniform draw within the atom: N(0, 1) scores even for a signal with a handful of
     # values; the segment banks use it) or "given" (values are scores already: the segment
-    # layer's pooled bank).
+    # layer's pooled bank) or "normal" (values are N(0, 1) scores already, the stratum
+    # layer's: spread scores from their probability).
     scoring: str = "mid_rank"
     segment_by: tuple[str, ...] = ("county",)
+    # Within a segment, each record's numeric values are scored against its stratum's own
+    # reference (detectors/strata.py): a district's levy rate is its own, so districts
+    # arriving in turn are no change. Fields already in segment_by are ignored here.
+    stratify_by: tuple[str, ...] = ("tax_district",)
+    stratum_warmup_records: int = 2000
     segment_warmup_records: int = 2000
     max_segments: int = 64
     pooled: bool = True
@@ -81,6 +88,10 @@ class DetectorSettings:
         return (self.numeric_signals + self.categorical_signals + self.prediction_signals
                 + self.performance_signals)
 
+    def strata_fields(self) -> tuple[str, ...]:
+        """The ``stratify_by`` fields that refine the segments (empty: no strata)."""
+        return tuple(name for name in self.stratify_by if name not in self.segment_by)
+
     def numeric_like(self) -> tuple[str, ...]:
         """Signals with numeric values: features, predictions, errors."""
         return self.numeric_signals + self.prediction_signals + self.performance_signals
@@ -93,13 +104,20 @@ class DetectorSettings:
         return "distribution"
 
     def to_dict(self) -> dict[str, Any]:
-        return {key: list(value) if isinstance(value, tuple) else value
+        """The settings as JSON types. Without strata the strata keys are left out, so
+        settings written before strata existed read back as what they were."""
+        data = {key: list(value) if isinstance(value, tuple) else value
                 for key, value in asdict(self).items()}
+        if not self.stratify_by:
+            for key in STRATA_KEYS:
+                del data[key]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DetectorSettings:
         fields: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value
                                   for key, value in data.items()}
+        fields.setdefault("stratify_by", ())  # written without strata (before they existed)
         return cls(**fields)
 
 
@@ -110,6 +128,12 @@ def _check_signals(s: DetectorSettings) -> None:
                                   "(e.g. [\"county\"]; [] = one segment)")
     if len(set(s.segment_by)) != len(s.segment_by) or len(s.segment_by) > 4:
         raise DetectorConfigError("detectors.segment_by: at most 4 distinct fields")
+    if not isinstance(s.stratify_by, tuple) or not all(
+            isinstance(f, str) and f.strip() for f in s.stratify_by):
+        raise DetectorConfigError("detectors.stratify_by must be a list of field names "
+                                  "(e.g. [\"tax_district\"]; [] = no strata)")
+    if len(set(s.stratify_by)) != len(s.stratify_by) or len(s.stratify_by) > 4:
+        raise DetectorConfigError("detectors.stratify_by: at most 4 distinct fields")
     names = s.all_signals()
     if not names:
         raise DetectorConfigError("detectors: no signals configured; list at least one")
@@ -143,9 +167,11 @@ def _check_numbers(s: DetectorSettings) -> None:
         (s.reference_prior_cap >= 1, "reference_prior_cap must be >= 1"),
         (200 <= s.segment_warmup_records <= 1000000,
          "segment_warmup_records must be within 200..1000000"),
-        (s.scoring in ("mid_rank", "randomised", "given"),
-         "scoring must be one of mid_rank, randomised, given"),
+        (s.scoring in ("mid_rank", "randomised", "given", "normal"),
+         "scoring must be one of mid_rank, randomised, given, normal"),
         (s.scoring != "given" or not s.spread, "scoring = given needs spread = false"),
+        (100 <= s.stratum_warmup_records <= 1000000,
+         "stratum_warmup_records must be within 100..1000000"),
         (1 <= s.max_segments <= 4096, "max_segments must be within 1..4096"),
         (60 <= s.composition_window_s <= 366 * 86400,
          "composition_window_s must be within 60..31622400 (one minute to a year)"),

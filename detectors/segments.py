@@ -26,7 +26,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from statistics import NormalDist
 from typing import Any, cast
 
@@ -44,6 +44,7 @@ from detectors.recent import Batch, RecentRecords
 from detectors.reference import KNOT_PROBABILITIES, NumericReference, Reference
 from detectors.snapshot import decode, encode
 from detectors.stacks import POOLED, SegmentStack, fits_pool
+from detectors.strata import StrataScaler
 from schemas.drift_event import MISSING_SEGMENT_LABEL, OTHER_SEGMENT_LABEL
 
 __all__ = ["OTHER_SEGMENT", "SegmentedBank", "is_single_bank_snapshot"]
@@ -85,11 +86,17 @@ class SegmentedBank:
         settings.validate()
         self.settings = settings
         share = 2.0 if settings.pooled and settings.page_hinkley else 1.0
+        self.normal = standard_normal_reference()
+        # With strata, a segment's values reach it as normal scores against their stratum's
+        # reference (detectors/strata.py); without, it scores them against its own.
+        self.strata_fields = settings.strata_fields()
+        self.strata = (StrataScaler(settings.numeric_like(), settings.stratum_warmup_records)
+                       if self.strata_fields else None)
         # Each value is judged by its segment's tests and the pooled tests: half the budget
         # each keeps the union bound per value at false_alarm_rate (CALIBRATION.md 7).
         self.segment_settings = replace(
             settings, categorical_signals=(), false_alarm_rate=settings.false_alarm_rate / share,
-            scoring="randomised",
+            scoring="normal" if self.strata is not None else "randomised",
             warmup_records=settings.segment_warmup_records,
             relearn_records=min(settings.relearn_records, settings.segment_warmup_records))
         self.pool: DetectorBank | None = None
@@ -98,9 +105,8 @@ class SegmentedBank:
             # the pooled layer must stay cheap (it sees every record again).
             pool_settings = replace(self.segment_settings, adwin=False, spread=False,
                                     scoring="given")
-            normal = standard_normal_reference()
-            self.pool = DetectorBank(pool_settings, Reference(
-                numeric={name: normal for name in settings.numeric_like()}))
+            self.pool = DetectorBank(pool_settings, self._normal_reference(
+                settings.numeric_like()))
         self.segments: dict[str, DetectorBank] = {}
         self.composition = CompositionMonitor(settings, self._composition_signals())
         if reference is not None:
@@ -116,6 +122,11 @@ class SegmentedBank:
         self.channel_order = {name: i for i, name in
                               enumerate(self.segment_settings.numeric_like())}
         self.recent = RecentRecords(settings.numeric_like())
+        self.spread_synced = -1  # the strata's change count the segments' spread follows
+
+    def _normal_reference(self, signals: tuple[str, ...]) -> Reference:
+        """N(0, 1) for each of ``signals``: what scores are under no change."""
+        return Reference(numeric={name: self.normal for name in signals})
 
     def _composition_signals(self) -> tuple[str, ...]:
         signals = tuple(self.settings.categorical_signals)
@@ -137,11 +148,14 @@ class SegmentedBank:
             raise ValueError(f"event_time has {len(times)} values for {n} positions")
         # Each category column coded once, for routing and composition alike.
         coded = {name: code_column(columns[name]) for name in dict.fromkeys(
-            self.settings.segment_by + self.composition.signals) if columns.get(name) is not None}
+            self.settings.segment_by + self.strata_fields + self.composition.signals)
+            if columns.get(name) is not None}
         groups, labels = self._groups(coded, n)
+        strata_groups = self._groups(coded, n, self.strata_fields) if self.strata else None
         if len(self.settings.segment_by) > 1:
             coded["+".join(self.settings.segment_by)] = (groups, [str(label) for label in labels])
-        found, codes, scores, matrix = self._feed_segments(columns, positions, groups, labels)
+        found, codes, scores, matrix = self._feed_segments(columns, positions, groups, labels,
+                                                           strata_groups)
         found += [("composition", d)
                   for d in self.composition.update(columns, positions, times, coded)]
         batch = Batch(positions, times, codes, scores, matrix)
@@ -171,11 +185,31 @@ class SegmentedBank:
         if self.last_position is not None or n == 0:
             return
         positions = np.arange(-n - 1, -1, dtype=np.int64)
+        if self.strata is not None:  # the strata learn; the segments judge normal scores
+            self._learn_strata(columns, positions)
+            return
         self._feed_segments(columns, positions, *self.segment_groups(columns, n))
         self.pooled_marks = {}
         for bank in self.segments.values():  # a short baseline still sets each reference
             for channel in bank.channels.values():
                 channel.adopt_warmup(MIN_LEARNED_VALUES)
+
+    def _learn_strata(self, columns: Mapping[str, Any], positions: np.ndarray) -> None:
+        """Each stratum's reference from the baseline rows (from ``MIN_LEARNED_VALUES``)."""
+        assert self.strata is not None
+        n = len(positions)
+        coded = {name: code_column(columns[name]) for name in
+                 dict.fromkeys(self.settings.segment_by + self.strata_fields)
+                 if columns.get(name) is not None}
+        segment_codes = self._segment_codes(*self._groups(coded, n))
+        strata = self.strata.strata_of(segment_codes, *self._groups(coded, n,
+                                                                    self.strata_fields))
+        every, scratch = np.arange(n), np.empty(n)
+        for name in self.settings.numeric_like():
+            if columns.get(name) is not None:
+                values = np.ascontiguousarray(columns[name], dtype=np.float64)
+                self.strata.scores(name, values, positions, strata, every, scratch)
+        self.strata.adopt_warmups(MIN_LEARNED_VALUES)
 
     def segment_keys(self, columns: Mapping[str, Any], n: int) -> np.ndarray:
         """Each record's segment label, e.g. ``county=Yakima`` (empty: no segmentation)."""
@@ -203,9 +237,11 @@ class SegmentedBank:
         return self._groups({name: code_column(columns[name]) for name in self.settings.segment_by
                              if columns.get(name) is not None}, n)
 
-    def _groups(self, coded: Mapping[str, Coded], n: int) -> tuple[np.ndarray, np.ndarray]:
-        """``segment_groups`` from the segment fields already coded."""
-        fields = self.settings.segment_by
+    def _groups(self, coded: Mapping[str, Coded], n: int,
+                fields: tuple[str, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``segment_groups`` from the segment fields already coded (or the groups of other
+        ``fields``: the strata)."""
+        fields = self.settings.segment_by if fields is None else fields
         if not fields:
             return np.zeros(n, dtype=np.int64), np.array([""] if n else [], dtype=object)
         single = coded.get(fields[0]) if len(fields) == 1 else None
@@ -229,11 +265,13 @@ class SegmentedBank:
         return combined.astype(np.int64), labels
 
     def _feed_segments(self, columns: Mapping[str, Any], positions: np.ndarray,
-                       groups: np.ndarray, labels: np.ndarray
+                       groups: np.ndarray, labels: np.ndarray,
+                       strata_groups: tuple[np.ndarray, np.ndarray] | None = None
                        ) -> tuple[list[tuple[str, DriftDecision]], np.ndarray,
                                   dict[str, np.ndarray], np.ndarray | None]:
         """Each segment's records to its bank's channels (relative order kept), one compiled
         call per signal for every segment, then every record's score to the pooled bank.
+        With strata, the values go as normal scores against each record's stratum.
         Returns (layer, decision) pairs, each record's segment code, the pooled scores and,
         when every signal has a column, the same as rows in signal order."""
         signals = [name for name in self.settings.numeric_like() if columns.get(name) is not None]
@@ -246,6 +284,16 @@ class SegmentedBank:
             values[row] = column
         scores = np.full(values.shape, np.nan)
         segment_codes = self._segment_codes(groups, labels)
+        relearn: list[Relearn | None] = [None] * len(signals)
+        if self.strata is not None:
+            strata = self.strata.strata_of(segment_codes, *(
+                strata_groups or (np.zeros(len(positions), dtype=np.int64), np.array([MISSING]))))
+            raw, values = values, np.full(values.shape, np.nan)
+            every = np.arange(len(positions))
+            for row, name in enumerate(signals):
+                self.strata.scores(name, raw[row], positions, strata, every, values[row])
+                relearn[row] = Relearn(self, name, raw[row], values[row], positions, strata)
+            self._quiet_spreads()
         banks = list(self.segments.values())  # in code order
         # Each segment's rows, ascending; 16-bit codes (max_segments <= 4096) sort by radix.
         order = np.argsort(segment_codes.astype(np.int16), kind="stable")
@@ -262,7 +310,7 @@ class SegmentedBank:
                     else cast(NumericChannel, self.pool.channels[name]))
             in_call = pool if pool is not None and fits_pool(pool) else None
             found_here = stack.feed(values[row], positions, order, bounds, present, scores[row],
-                                    channels, in_call)
+                                    channels, in_call, relearn[row])
             if pool is not None and in_call is None:  # warming up: through its own feed
                 found_here += [(POOLED, alarm) for alarm in pool.feed(scores[row], positions)]
             for code, alarm in found_here:
@@ -295,9 +343,30 @@ class SegmentedBank:
             label = OTHER_SEGMENT
             if label in self.segments:
                 return label
-        self.segments[label] = DetectorBank(self.segment_settings)
+        self.segments[label] = DetectorBank(self.segment_settings, self._segment_reference())
         self.codes[label] = len(self.codes)
         return label
+
+    def _quiet_spreads(self) -> None:
+        """Each segment's spread tests silent on the signals some stratum of it knows as a
+        handful of values (``StrataScaler.quiet_spread``), once the strata changed."""
+        assert self.strata is not None
+        if self.strata.changes == self.spread_synced:
+            return
+        banks = list(self.segments.values())
+        for name in self.strata.signals:
+            quiet = self.strata.quiet_spread(name)
+            for code, bank in enumerate(banks):
+                channel = bank.channels.get(name)
+                if isinstance(channel, NumericChannel):
+                    channel.quiet_spread(code in quiet)
+        self.spread_synced = self.strata.changes
+
+    def _segment_reference(self) -> Reference | None:
+        """A new segment's: N(0, 1) when it is fed stratum scores, else its own warm-up."""
+        if self.strata is None:
+            return None
+        return self._normal_reference(self.segment_settings.numeric_like())
 
     # ------------------------------------------------------------------ episodes
     def _episodes(self, found: list[tuple[str, DriftDecision]],
@@ -404,8 +473,11 @@ class SegmentedBank:
         segment warm-up after each retrain); composition takes the champion's category shares
         when it has them."""
         model = self.settings.prediction_signals + self.settings.performance_signals
+        if self.strata is not None:  # each stratum re-learns them; segments judge at once
+            for name in model:
+                self.strata.relearn(name)
         for bank in self.segments.values():
-            bank.rebaseline(None, model)
+            bank.rebaseline(self._normal_reference(model) if self.strata else None, model)
         if self.pool is not None:
             self.pool.rebaseline(self.pool.reference(), model)
         if reference is not None:
@@ -417,7 +489,8 @@ class SegmentedBank:
         """Per (signal, detector): the row with the largest statistic/threshold over the
         segments and the pooled layer (bounded labels for Prometheus)."""
         best: dict[tuple[str, str], DetectorStatus] = {}
-        rows = [row for bank in self.segments.values() for row in bank.status()]
+        rows = [row for code, bank in enumerate(self.segments.values())
+                for row in self._segment_status(code, bank)]
         judged = {row.signal for row in rows if not row.warming_up}
         if self.pool is not None:  # the pooled layer only judges what some segment scores
             rows += [replace(row, detector="pooled_" + row.detector,
@@ -431,24 +504,37 @@ class SegmentedBank:
                 best[key] = row
         return list(best.values())
 
+    def _segment_status(self, code: int, bank: DetectorBank) -> list[DetectorStatus]:
+        """A segment's rows; with strata, a signal none of its strata judges yet is
+        warming up (its detectors have the N(0, 1) reference from the start)."""
+        rows = bank.status()
+        if self.strata is None:
+            return rows
+        judging = {name: code in self.strata.judging(name) for name in self.strata.signals}
+        return [row if judging.get(row.signal, True) else replace(row, warming_up=True)
+                for row in rows]
+
     # ------------------------------------------------------------------ snapshot
     def snapshot(self) -> bytes:
         """``LDSEGS | u16 version | u32 length | zlib(header JSON) | recent-records ring |
-        pooled bank | segment banks``. Each bank's bytes are ``DetectorBank.snapshot()``;
-        every part's length is in the header."""
+        pooled bank | segment banks | strata``. Each bank's bytes are
+        ``DetectorBank.snapshot()``, the strata's ``StrataScaler.to_bytes()`` (none without
+        strata); every part's length is in the header."""
         blobs = [(label, encode(bank)) for label, bank in self.segments.items()]
         pool = encode(self.pool) if self.pool is not None else b""
         ring = self.recent.to_bytes()
+        strata = self.strata.to_bytes() if self.strata is not None else b""
         header = orjson.dumps({
             "settings": self.settings.to_dict(), "records_seen": self.records_seen,
             "last_position": self.last_position,
             "segments": [[label, len(blob)] for label, blob in blobs],
             "pool": len(pool), "composition": self.composition.state(),
             "pooled_marks": self.pooled_marks, "absorbed": self.absorbed,
-            "ring": len(ring), "ring_held": self.recent.held})
+            "ring": len(ring), "ring_held": self.recent.held,
+            **({"strata": len(strata)} if strata else {})})
         header = zlib.compress(header, 6)
         return (MAGIC + struct.pack("<HI", FORMAT_VERSION, len(header)) + header
-                + ring + pool + b"".join(blob for _, blob in blobs))
+                + ring + pool + b"".join(blob for _, blob in blobs) + strata)
 
     @classmethod
     def restore(cls, data: bytes, settings: DetectorSettings) -> SegmentedBank:
@@ -462,7 +548,8 @@ class SegmentedBank:
             entries = _segment_entries(header["segments"], settings.max_segments + 1)
             pool_length = _length(header["pool"])
             ring_length = _length(header["ring"])
-            if offset + ring_length + pool_length + sum(
+            strata_length = _length(header.get("strata", 0))  # none before strata existed
+            if offset + ring_length + pool_length + strata_length + sum(
                     length for _, length in entries) != len(data):
                 raise SnapshotError("segmented snapshot: bank sizes do not add up to the "
                                     "snapshot length (truncated or padded)", "corrupt")
@@ -479,6 +566,7 @@ class SegmentedBank:
                 bank.segments[label] = decode(data[offset:offset + length], segment_settings)
                 bank.codes[label] = len(bank.codes)
                 offset += length
+            bank._restore_strata(data[offset:], saved_settings)
             if saved_settings == settings:
                 bank._load_state(header)
                 bank.recent.load(ring, _length(header["ring_held"]))
@@ -492,6 +580,31 @@ class SegmentedBank:
             raise SnapshotError(f"segmented snapshot header: {type(error).__name__}: "
                                 f"{error}", "header") from None
 
+    def _restore_strata(self, data: bytes, saved: DetectorSettings) -> None:
+        """The strata's references, when they were saved under the same segments, strata
+        and warm-up. A snapshot whose segments were (or were not) fed stratum scores, unlike
+        this bank's, holds references on the other scale: its segments start afresh."""
+        if bool(data) != (self.strata is not None):
+            self._restart_segment_references()
+            return
+        if self.strata is None or (saved.segment_by, saved.strata_fields(),
+                                   saved.stratum_warmup_records) != (
+                self.settings.segment_by, self.strata_fields,
+                self.settings.stratum_warmup_records):
+            return
+        self.strata = StrataScaler.from_bytes(data, self.settings.numeric_like(),
+                                              self.settings.stratum_warmup_records,
+                                              len(self.segments))
+
+    def _restart_segment_references(self) -> None:
+        for bank in self.segments.values():
+            for channel in bank.channels.values():
+                if not isinstance(channel, NumericChannel):
+                    continue
+                channel.start_warmup(self.segment_settings.warmup_records)
+                if self.strata is not None:
+                    channel.set_reference(self.normal)
+
     def _load_state(self, header: Mapping[str, Any]) -> None:
         self.records_seen = int(header["records_seen"])
         last = header["last_position"]
@@ -500,6 +613,29 @@ class SegmentedBank:
         self.pooled_marks = {str(k): [int(v) for v in marks]
                              for k, marks in header["pooled_marks"].items()}
         self.absorbed = int(header["absorbed"])
+
+
+@dataclass(frozen=True)
+class Relearn:
+    """After a segment's alarm on a stratified signal: that segment's strata learn the
+    signal again (their references describe the stream before the change) and the segment's
+    records after the alarm are scored again (NaN while the strata warm up); the segment
+    judges the new scores against N(0, 1) at once."""
+
+    bank: SegmentedBank
+    signal: str
+    raw: np.ndarray  # the batch's values of the signal
+    values: np.ndarray  # their stratum scores, rewritten in place
+    positions: np.ndarray
+    strata: np.ndarray
+
+    def __call__(self, segment: int, channel: NumericChannel, rows: np.ndarray) -> None:
+        scaler = self.bank.strata
+        assert scaler is not None, "only a stratified bank re-learns strata"
+        scaler.relearn(self.signal, segment)
+        scaler.scores(self.signal, self.raw, self.positions, self.strata, rows, self.values)
+        channel.set_reference(self.bank.normal)
+        channel.quiet_spread(segment in scaler.quiet_spread(self.signal))
 
 
 def is_single_bank_snapshot(data: bytes) -> bool:

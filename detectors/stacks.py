@@ -12,6 +12,8 @@ given a view of them), as many districts of ``county, tax_district`` warm up for
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from detectors import kernels as k
@@ -23,6 +25,9 @@ STACKED = ("ph_par", "ph_f", "ph_i", "aw_s", "aw_totals", "aw_variances", "aw_co
 
 
 POOLED = -1  # the segment of the pooled channel's alarms in ``SegmentStack.feed``
+# Called after segment ``code``'s alarm with its channel and its records still to feed (batch
+# rows): the stratum layer re-learns there and rewrites those records' values.
+AfterAlarm = Callable[[int, NumericChannel, np.ndarray], None]
 
 
 class SegmentStack:
@@ -51,8 +56,8 @@ class SegmentStack:
 
     def feed(self, values: np.ndarray, positions: np.ndarray, order: np.ndarray,
              bounds: np.ndarray, present: list[bool], scores: np.ndarray,
-             channels: list[NumericChannel], pool: NumericChannel | None = None
-             ) -> list[tuple[int, Alarm]]:
+             channels: list[NumericChannel], pool: NumericChannel | None = None,
+             after_alarm: AfterAlarm | None = None) -> list[tuple[int, Alarm]]:
         """Feed the batch's ``values`` (one signal, every record) to the channel of each
         record's segment: segment ``s`` holds ``order[bounds[s]:bounds[s + 1]]`` (``present``:
         whether it holds any). Writes location scores into ``scores``, then feeds them to
@@ -83,13 +88,16 @@ class SegmentStack:
             # As NumericChannel.feed does: after an alarm its finding and relearning, after
             # a warm-up the reference; the segment's later records then go through it.
             channel = channels[segment]
+            rows = order[bounds[segment]:bounds[segment + 1]]
             if event == k.SEGMENT_ALARM:
                 found.append((segment, channel.take_alarm(stop - 1)))
+                if after_alarm is not None:
+                    after_alarm(segment, channel, rows[stop:])
             else:
                 channel.finish_warmup()
-            rows = order[bounds[segment]:bounds[segment + 1]]
             found += [(segment, Alarm(alarm.index + stop, alarm.finding)) for alarm in
-                      _feed_channel(channel, values, positions, rows[stop:], scores)]
+                      _feed_channel(channel, values, positions, rows[stop:], scores,
+                                    after_alarm, segment)]
             first = segment + 1
 
     def _active(self, segments: int, warming: list[int]) -> np.ndarray:
@@ -282,12 +290,19 @@ def _pool_rest(pool: NumericChannel, scores: np.ndarray, positions: np.ndarray,
 
 
 def _feed_channel(channel: NumericChannel, values: np.ndarray, positions: np.ndarray,
-                  rows: np.ndarray, scores: np.ndarray) -> list[Alarm]:
+                  rows: np.ndarray, scores: np.ndarray, after_alarm: AfterAlarm | None = None,
+                  segment: int = -1) -> list[Alarm]:
     """One segment's records through its channel (warming up, or relearning)."""
     if not rows.size:
         return []
     out = np.full(rows.size, np.nan)
-    alarms = channel.feed(values[rows], positions[rows], out)
+    rest: Callable[[int], np.ndarray] | None = None
+    if after_alarm is not None:
+        def rest(index: int) -> np.ndarray:  # the records after an alarm, as re-learned
+            after_alarm(segment, channel, rows[index:])
+            later: np.ndarray = values[rows[index:]]
+            return later
+    alarms = channel.feed(values[rows], positions[rows], out, rest)
     scores[rows] = out
     return alarms
 

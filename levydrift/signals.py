@@ -52,20 +52,22 @@ def signal_columns(columns: dict[str, np.ndarray],
 
 
 def check_detector_fields(detectors: DetectorSettings) -> None:
-    """Raise ``ConfigError`` for a signal or segment field no levy record or model signal
-    has: a misspelt name was never watched (or made one segment of everything), silently."""
+    """Raise ``ConfigError`` for a signal, segment or stratum field no levy record or model
+    signal has: a misspelt name was never watched (or made one segment of everything),
+    silently."""
+    keys = tuple(name for name in FIELDS if name not in ("event_time", "record_id", "parcel_id"))
     allowed = {
         "numeric_signals": NUMERIC_FIELDS, "categorical_signals": TEXT_FIELDS,
         "prediction_signals": PREDICTION_SIGNALS, "performance_signals": PERFORMANCE_SIGNALS,
         # Ids name one record or parcel each: a segment per record never warms up.
-        "segment_by": tuple(name for name in FIELDS
-                            if name not in ("event_time", "record_id", "parcel_id"))}
+        "segment_by": keys, "stratify_by": keys}
     for setting, names in allowed.items():
         for name in getattr(detectors, setting):
             if name in names:
                 continue
             if name in FIELDS:  # a record field, but not one this setting can take
-                why = ("one segment per record never warms up" if setting == "segment_by"
+                keyed = setting in ("segment_by", "stratify_by")
+                why = ("one segment per record never warms up" if keyed
                        else f"not a field {setting} can watch")
                 raise ConfigError(f"detectors.{setting} names {name!r}: {why}; choose from "
                                   + ", ".join(names))

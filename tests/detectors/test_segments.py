@@ -27,7 +27,7 @@ SMALL = DetectorSettings(
     numeric_signals=("x",), categorical_signals=("county",), prediction_signals=(),
     performance_signals=(), warmup_records=200, segment_warmup_records=200,
     relearn_records=200, cooldown_records=200, composition_window_s=86_400,
-    composition_lateness_s=0, min_instances=50)
+    composition_lateness_s=0, min_instances=50, stratum_warmup_records=200)
 
 
 def stream(levels: dict[str, float], records: int, rng: np.random.Generator,
@@ -361,8 +361,10 @@ def test_one_change_in_one_segment_is_one_decision_across_layers(seed: int) -> N
     columns = {k: v.astype(np.float64) if v.dtype.kind in "fiub" else v.astype(object)
                for k, v in merged.items()}  # as the consumer decodes them
     columns["x"] = columns["assessed_value"]  # ``feed`` counts records by x
-    decisions = [d for d in feed(SegmentedBank(DetectorSettings()), columns, batch=2000)
-                 if d.kind == "distribution"]
+    # Without district strata: Grant's districts get ~600 records before the change here,
+    # short of a stratum's warm-up (test_strata.py has the stratified case).
+    decisions = [d for d in feed(SegmentedBank(DetectorSettings(stratify_by=())), columns,
+                                 batch=2000) if d.kind == "distribution"]
     first = decisions[0]
     episode = [d for d in decisions
                if d.detected_at <= first.detected_at + DetectorSettings().cooldown_records]
@@ -378,7 +380,7 @@ def test_many_segments_in_slices_decide_and_snapshot_as_before() -> None:
     columns = stream(levels, 60_000, np.random.default_rng(11), shift=("C03", 0.7, 25_000))
     columns["x"][45_000:] += 0.5  # the whole stream moves: a pooled decision
     arrived = sliced(columns, 700)
-    settings = replace(SMALL, max_segments=10)
+    settings = replace(SMALL, max_segments=10, stratify_by=())  # as that build had
     lean, plain = SegmentedBank(settings), SegmentedBank(settings)
     assert plain.pool is not None
     for channel in plain.pool.channels.values():
@@ -450,11 +452,14 @@ def test_segment_groups_label_records_as_segment_keys_do(fields: tuple[str, ...]
         assert firsts == sorted(firsts)  # labels in order of first appearance
 
 
-def test_a_new_champion_relearns_the_model_signals_not_the_record_fields() -> None:
+@pytest.mark.parametrize("stratify_by", [(), ("tax_district",)])
+def test_a_new_champion_relearns_the_model_signals_not_the_record_fields(
+        stratify_by: tuple[str, ...]) -> None:
     """A champion swap (after every retrain) moves predictions and errors only. The fields
     keep watching: a shift of x right after the swap is found as fast as without a swap
-    (before, every segment re-learned x too and was blind for its warm-up)."""
-    settings = replace(SMALL, prediction_signals=("prediction",))
+    (before, every segment re-learned x too and was blind for its warm-up). With strata,
+    the strata re-learn the model signals and the segments judge their scores at once."""
+    settings = replace(SMALL, prediction_signals=("prediction",), stratify_by=stratify_by)
     columns = stream({"A": 0.0, "B": 2.0}, 12_000, np.random.default_rng(7),
                      shift=("A", 1.5, 6_000))
     columns["prediction"] = columns["x"] * 10.0
@@ -463,9 +468,14 @@ def test_a_new_champion_relearns_the_model_signals_not_the_record_fields() -> No
     tail = {name: values[6_000:] for name, values in columns.items()}
     assert feed(swapped, head) == feed(plain, head) == []
     swapped.rebaseline()
-    for bank in swapped.segments.values():
-        assert bank.channels["x"].reference is not None, "the field re-learns"
-        assert bank.channels["prediction"].reference is None, "the model signal keeps"
+    strata = swapped.strata
+    for code, bank in enumerate(swapped.segments.values()):
+        assert bank.channels["x"].reference is not None, "the field keeps its reference"
+        if strata is None:
+            assert bank.channels["prediction"].reference is None, "the model signal re-learns"
+        else:
+            assert code in strata.judging("x"), "the field's strata keep theirs"
+            assert code not in strata.judging("prediction"), "the model signal's re-learn"
     found = [d for d in feed(swapped, tail, start=6_000) if "x" in d.signal_names]
     expected = [d for d in feed(plain, tail, start=6_000) if "x" in d.signal_names]
     assert found and expected

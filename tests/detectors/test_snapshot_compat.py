@@ -27,12 +27,12 @@ SEGMENTED_FIXTURE = DATA / "segmented-bank-v1.snapshot"
 BANK_SETTINGS = DetectorSettings(
     numeric_signals=("x",), categorical_signals=("county",), prediction_signals=("y",),
     performance_signals=(), warmup_records=200, relearn_records=200, cooldown_records=50,
-    min_instances=30, summary_window=64)
+    min_instances=30, summary_window=64, stratify_by=())  # written before strata existed
 SEGMENTED_SETTINGS = DetectorSettings(
     numeric_signals=("x",), categorical_signals=("county",), prediction_signals=(),
     performance_signals=(), warmup_records=200, segment_warmup_records=200,
     relearn_records=200, cooldown_records=50, min_instances=30, summary_window=64,
-    composition_window_s=3600, composition_lateness_s=0)
+    composition_window_s=3600, composition_lateness_s=0, stratify_by=())
 RECORDS, SNAPSHOT_AT, BATCH = 2400, 1450, 97
 
 

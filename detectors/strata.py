@@ -1,0 +1,293 @@
+"""``StrataScaler``: each record's numeric values as normal scores against its stratum's own
+reference, before its segment's detectors see them.
+
+A segment (a county) is made of strata (its tax districts, ``detectors.stratify_by``) whose
+levels differ: a district's levy rate is its own. Records sorted by district within a county
+arrive as one district's plateau after another, which detectors judging raw values against
+the county's mix call drift (667 false decisions per million records in district-sorted
+order, bench/RESULTS-detectors.md). Scored against its own district's reference, each value
+is N(0, 1) under no change whatever order the districts arrive in, while a change of one
+district or of the whole county still moves the scores (CALIBRATION.md 7).
+
+A stratum learns its reference from its first ``warmup`` values of each signal; until then
+its values are not judged (NaN). Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from detectors import kernels as k
+from detectors.channels import MIN_SPREAD_VALUES
+from detectors.errors import SnapshotError
+from detectors.reference import KNOT_PROBABILITIES, NumericReference
+
+__all__ = ["MAX_STRATA", "OTHER_STRATUM", "StrataScaler"]
+
+MAX_STRATA = 4096  # beyond: a segment's further strata share its OTHER_STRATUM
+OTHER_STRATUM = "(other)"
+MAX_KNOTS = len(KNOT_PROBABILITIES)
+MAX_STRATA_HEADER_BYTES = 8 << 20
+MAX_STRATA_BYTES = 256 << 20  # inflated; bounds what a hostile snapshot can make us allocate
+MAX_STRATUM_LABEL_CHARS = 512
+
+
+@dataclass
+class _Tables:
+    """One signal's stratum references, padded to ``MAX_KNOTS``; warm-ups under way."""
+
+    knots: np.ndarray = field(default_factory=lambda: np.zeros((0, MAX_KNOTS)))
+    below: np.ndarray = field(default_factory=lambda: np.zeros((0, MAX_KNOTS)))
+    at_or_below: np.ndarray = field(default_factory=lambda: np.zeros((0, MAX_KNOTS)))
+    n_knots: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    u_min: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ready: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.bool_))
+    warm: dict[int, list[np.ndarray]] = field(default_factory=dict)
+
+    def grow(self, strata: int) -> None:
+        if strata <= len(self.ready):
+            return
+        size = max(strata, 2 * len(self.ready), 8)
+        for name in ("knots", "below", "at_or_below", "n_knots", "u_min", "ready"):
+            old = getattr(self, name)
+            grown = np.zeros((size,) + old.shape[1:], dtype=old.dtype)
+            grown[:len(old)] = old
+            setattr(self, name, grown)
+
+    def set_reference(self, stratum: int, values: np.ndarray) -> None:
+        reference = NumericReference.from_values(values)
+        knots, below, at_or_below = reference.arrays()
+        m = len(knots)
+        self.knots[stratum, :m], self.below[stratum, :m] = knots, below
+        self.at_or_below[stratum, :m] = at_or_below
+        self.n_knots[stratum], self.u_min[stratum] = m, reference.u_min()
+        self.ready[stratum] = True
+        self.warm.pop(stratum, None)
+
+    def discrete(self, stratum: int) -> bool:
+        """A reference of a handful of distinct values (a district's levy rate, exemptions
+        that are mostly zero or the flat homestead amount)."""
+        return bool(self.ready[stratum] and self.n_knots[stratum] < MIN_SPREAD_VALUES)
+
+    def warmed(self, stratum: int) -> int:
+        return sum(chunk.size for chunk in self.warm.get(stratum, ()))
+
+
+class StrataScaler:
+    """Per numeric signal, a reference per stratum; ``scores`` turns a batch's values into
+    normal scores against them."""
+
+    def __init__(self, signals: tuple[str, ...], warmup: int) -> None:
+        self.signals = signals
+        self.warmup = warmup
+        self.keys: dict[tuple[int, str], int] = {}  # (segment code, stratum label) -> index
+        self.tables = {name: _Tables() for name in signals}
+        self.changes = 0  # counts reference changes, for ``quiet_spread``'s callers
+
+    # ------------------------------------------------------------------ strata
+    def strata_of(self, segment_codes: np.ndarray, groups: np.ndarray,
+                  labels: np.ndarray) -> np.ndarray:
+        """Each record's stratum index from its segment code and stratum group (``labels``:
+        the text of each group); strata met for the first time are made."""
+        n = len(segment_codes)
+        if not n:
+            return np.zeros(0, dtype=np.int64)
+        width = max(len(labels), 1)
+        pairs, inverse = np.unique(segment_codes.astype(np.int64) * width + groups,
+                                   return_inverse=True)
+        index = np.array([self._stratum(int(pair // width), str(labels[pair % width]))
+                          for pair in pairs.tolist()], dtype=np.int64)
+        strata: np.ndarray = index[inverse.reshape(-1)]
+        return strata
+
+    def _stratum(self, segment: int, label: str) -> int:
+        found = self.keys.get((segment, label))
+        if found is not None:
+            return found
+        if len(self.keys) >= MAX_STRATA:
+            label = OTHER_STRATUM
+            found = self.keys.get((segment, label))
+            if found is not None:
+                return found
+        self.keys[(segment, label)] = len(self.keys)
+        for tables in self.tables.values():
+            tables.grow(len(self.keys))
+        return len(self.keys) - 1
+
+    # ------------------------------------------------------------------ scoring
+    def scores(self, signal: str, values: np.ndarray, positions: np.ndarray,
+               strata: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+        """``out[rows]``: the normal scores of ``values[rows]`` (one signal, ``rows``
+        ascending) against each record's stratum; NaN while its stratum warms up (the values
+        go to its warm-up instead)."""
+        tables = self.tables[signal]
+        ready_from = np.where(tables.ready[:len(self.keys)], 0, len(values))
+        present = np.unique(strata[rows]) if rows.size else rows
+        if not tables.ready[present].all():
+            for stratum in present[~tables.ready[present]].tolist():
+                ready_from[stratum] = self._warm(tables, stratum, values, strata, rows)
+        k.stratum_scores(values, rows, strata, positions, ready_from, tables.knots,
+                         tables.below, tables.at_or_below, tables.n_knots, tables.u_min, out)
+
+    def _warm(self, tables: _Tables, stratum: int, values: np.ndarray, strata: np.ndarray,
+              rows: np.ndarray) -> int:
+        """The stratum's values among ``rows`` into its warm-up; the batch index from which
+        its records are judged (past the batch while it still warms up)."""
+        mine = rows[strata[rows] == stratum]
+        mine = mine[~np.isnan(values[mine])]
+        take = mine[:self.warmup - tables.warmed(stratum)]
+        if take.size:
+            tables.warm.setdefault(stratum, []).append(values[take])
+        if tables.warmed(stratum) < self.warmup:
+            return len(values)
+        tables.set_reference(stratum, np.concatenate(tables.warm[stratum]))
+        self.changes += 1
+        return int(take[-1]) + 1 if take.size else 0
+
+    # ------------------------------------------------------------------ re-learning
+    def relearn(self, signal: str, segment: int | None = None) -> None:
+        """The strata of ``segment`` (None: all) learn ``signal``'s reference again from
+        their next values: after a change the old ones no longer describe them."""
+        tables = self.tables[signal]
+        for (code, _), stratum in self.keys.items():
+            if segment is None or code == segment:
+                tables.ready[stratum] = False
+                tables.warm.pop(stratum, None)
+        self.changes += 1
+
+    def adopt_warmups(self, min_values: int) -> None:
+        """Strata with at least ``min_values`` warm-up values take them as their reference
+        (a baseline file shorter than the warm-up)."""
+        for tables in self.tables.values():
+            for stratum in list(tables.warm):
+                if tables.warmed(stratum) >= min_values:
+                    tables.set_reference(stratum, np.concatenate(tables.warm[stratum]))
+                    self.changes += 1
+
+    def quiet_spread(self, signal: str) -> set[int]:
+        """Codes of the segments whose spread of ``signal`` is no test: one of their strata
+        knows it as a handful of values. Randomised scores on such atoms are N(0, 1) only
+        as far as the reference's atom shares are exact; with 2,000 values per stratum the
+        spread tests then cried wolf (an exemption spread in 1 M stationary records)."""
+        tables = self.tables[signal]
+        return {code for (code, _), stratum in self.keys.items() if tables.discrete(stratum)}
+
+    def judging(self, signal: str) -> set[int]:
+        """Codes of the segments with a stratum that judges ``signal`` (has a reference)."""
+        ready = self.tables[signal].ready
+        return {code for (code, _), stratum in self.keys.items() if ready[stratum]}
+
+    # ------------------------------------------------------------------ snapshot
+    def to_bytes(self) -> bytes:
+        """``zlib(u32 header length | header JSON | float64 arrays)``: the strata, and per
+        signal each stratum's reference tables or warm-up values, in header order."""
+        arrays: list[np.ndarray] = []
+        entries = []
+        for signal, tables in self.tables.items():
+            for stratum in range(len(self.keys)):
+                if tables.ready[stratum]:
+                    m = int(tables.n_knots[stratum])
+                    entries.append([signal, stratum, "reference", m,
+                                    float(tables.u_min[stratum])])
+                    arrays += [tables.knots[stratum, :m], tables.below[stratum, :m],
+                               tables.at_or_below[stratum, :m]]
+                elif stratum in tables.warm:
+                    chunk = np.concatenate(tables.warm[stratum])
+                    entries.append([signal, stratum, "warmup", int(chunk.size), 0.0])
+                    arrays.append(chunk)
+        header = orjson.dumps({"strata": [[code, label] for code, label in self.keys],
+                               "entries": entries})
+        body = b"".join(np.ascontiguousarray(a, dtype="<f8").tobytes() for a in arrays)
+        return zlib.compress(struct.pack("<I", len(header)) + header + body, 6)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, signals: tuple[str, ...], warmup: int,
+                   segments: int) -> StrataScaler:
+        """Rebuild from ``to_bytes()``; malformed input raises ``SnapshotError``. Signals
+        not in ``signals`` are dropped; strata of a segment code >= ``segments`` refused."""
+        try:
+            inflate = zlib.decompressobj()
+            raw = inflate.decompress(data, MAX_STRATA_BYTES)
+            if inflate.unconsumed_tail or not inflate.eof or inflate.unused_data:
+                raise SnapshotError("strata state is not one whole zlib stream", "corrupt")
+        except zlib.error as error:
+            raise SnapshotError(f"corrupt strata state: {error}", "corrupt") from None
+        if len(raw) < 4:
+            raise SnapshotError("strata state truncated", "corrupt")
+        (length,) = struct.unpack_from("<I", raw)
+        if length > MAX_STRATA_HEADER_BYTES or 4 + length > len(raw):
+            raise SnapshotError("strata state header length out of range", "corrupt")
+        try:
+            header = orjson.loads(raw[4:4 + length])
+            scaler = cls(signals, warmup)
+            scaler._load_strata(header["strata"], segments)
+            scaler._load_entries(header["entries"], raw[4 + length:], warmup)
+        except SnapshotError:
+            raise
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError,
+                OverflowError) as error:
+            raise SnapshotError(f"strata state: {type(error).__name__}: {error}",
+                                "header") from None
+        return scaler
+
+    def _load_strata(self, strata: Any, segments: int) -> None:
+        if not isinstance(strata, list) or len(strata) > MAX_STRATA + segments:
+            raise SnapshotError("strata state: the strata list is malformed or too long",
+                                "header")
+        for code, label in strata:
+            if (not _is_count(code) or code >= segments or not isinstance(label, str)
+                    or len(label) > MAX_STRATUM_LABEL_CHARS or (code, label) in self.keys):
+                raise SnapshotError("strata state: malformed or repeated stratum", "header")
+            self.keys[(code, label)] = len(self.keys)
+        for tables in self.tables.values():
+            tables.grow(len(self.keys))
+
+    def _load_entries(self, entries: Any, body: bytes, warmup: int) -> None:
+        if not isinstance(entries, list):
+            raise SnapshotError("strata state: entries are not a list", "header")
+        offset = 0
+        for signal, stratum, kind, count, u_min in entries:
+            if not (_is_count(stratum) and stratum < len(self.keys) and _is_count(count)):
+                raise SnapshotError("strata state: malformed entry", "header")
+            if kind == "reference" and 1 <= count <= MAX_KNOTS and 0.0 < u_min < 0.5:
+                knots, below, at_or_below = _floats(body, offset, 3 * count).reshape(3, count)
+                offset += 24 * count
+                if not (np.all(np.diff(knots) > 0) and np.all(below <= at_or_below)
+                        and below.min() >= 0.0 and at_or_below.max() <= 1.0):
+                    raise SnapshotError(f"strata state: {signal} reference tables out of "
+                                        "order", "corrupt")
+                tables = self.tables.get(signal)
+                if tables is not None:
+                    tables.knots[stratum, :count], tables.below[stratum, :count] = knots, below
+                    tables.at_or_below[stratum, :count] = at_or_below
+                    tables.n_knots[stratum], tables.u_min[stratum] = count, u_min
+                    tables.ready[stratum] = True
+            elif kind == "warmup" and count <= warmup:
+                values = _floats(body, offset, count)
+                offset += 8 * count
+                if signal in self.tables and count:
+                    self.tables[signal].warm[stratum] = [values]
+            else:
+                raise SnapshotError(f"strata state: bad {str(kind)[:20]} entry", "header")
+        if offset != len(body):
+            raise SnapshotError("strata state: array bytes do not match the entries",
+                                "corrupt")
+
+
+def _floats(body: bytes, offset: int, count: int) -> np.ndarray:
+    if offset + 8 * count > len(body):
+        raise SnapshotError("strata state truncated in its arrays", "corrupt")
+    values = np.frombuffer(body, dtype="<f8", count=count, offset=offset).astype(np.float64)
+    if not np.isfinite(values).all():
+        raise SnapshotError("strata state holds a value that is not finite", "corrupt")
+    return values
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

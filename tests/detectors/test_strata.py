@@ -1,0 +1,259 @@
+"""District strata (detectors/strata.py) fed from lists: each value is scored against its own
+district's reference, so districts arriving in turn are no change, while a change of one
+district is found in its county, once; the strata's state survives a snapshot."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from detectors.config import DetectorSettings
+from detectors.errors import DetectorConfigError, SnapshotError
+from detectors.segments import SegmentedBank
+from detectors.strata import StrataScaler
+
+DAY_MS = 86_400_000
+SETTINGS = DetectorSettings(
+    numeric_signals=("x",), categorical_signals=("county",), prediction_signals=(),
+    performance_signals=(), warmup_records=300, segment_warmup_records=300,
+    stratum_warmup_records=300, relearn_records=300, cooldown_records=300,
+    composition_window_s=86_400, composition_lateness_s=0, min_instances=50)
+# Each district its own level and spread; D3 is one value (a district's levy rate).
+DISTRICTS = {"A": {"A1": (0.0, 1.0), "A2": (4.0, 0.5), "A3": (9.0, 0.0)},
+             "B": {"B1": (-3.0, 2.0), "B2": (1.0, 1.0)}}
+
+
+def district_stream(records: int, seed: int, per_day: int = 6_000,
+                    shift: tuple[str, float, int] | None = None) -> dict[str, np.ndarray]:
+    """Records whose event times run in order, re-ordered within each day by county then
+    district (districts certify in turn); ``shift`` = (district, change, from this event-time
+    index on)."""
+    rng = np.random.default_rng(seed)
+    pairs = [(county, district) for county, group in DISTRICTS.items() for district in group]
+    pick = rng.integers(len(pairs), size=records)
+    county = np.array([pairs[i][0] for i in pick], dtype=object)
+    district = np.array([pairs[i][1] for i in pick], dtype=object)
+    level = np.array([DISTRICTS[c][d][0] for c, d in zip(county, district, strict=True)])
+    spread = np.array([DISTRICTS[c][d][1] for c, d in zip(county, district, strict=True)])
+    x = level + spread * rng.normal(size=records)
+    if shift is not None:
+        name, change, start = shift
+        x[start:] += np.where(district[start:] == name, change, 0.0)
+    times = np.arange(records, dtype=np.int64) * (DAY_MS // per_day)
+    order = np.lexsort((np.arange(records), district, county, times // DAY_MS))
+    columns = {"county": county, "tax_district": district, "x": x, "event_time": times,
+               "index": np.arange(records)}
+    return {name: values[order] for name, values in columns.items()}
+
+
+def feed(bank: SegmentedBank, columns: dict[str, np.ndarray], batch: int = 1000,
+         start: int = 0) -> list:
+    decisions = []
+    n = len(columns["x"])
+    for first in range(0, n, batch):
+        part = {name: values[first:first + batch] for name, values in columns.items()}
+        decisions += bank.update(part, np.arange(start + first, start + min(n, first + batch),
+                                                 dtype=np.int64))
+    return decisions
+
+
+def numeric(decisions: list) -> list:
+    return [d for d in decisions if "x" in d.signal_names]
+
+
+# ---------------------------------------------------------------------- the scaler itself
+
+def test_values_before_the_warm_up_are_not_judged_and_after_it_are_normal_scores() -> None:
+    rng = np.random.default_rng(3)
+    scaler = StrataScaler(("x",), warmup=500)
+    values = np.concatenate([rng.normal(100.0, 20.0, 6_000), np.full(6_000, 0.0123)])
+    labels = np.array(["d1"] * 6_000 + ["d2"] * 6_000, dtype=object)
+    order = rng.permutation(12_000)
+    values, labels = values[order], labels[order]
+    groups = (labels == "d2").astype(np.int64)
+    strata = scaler.strata_of(np.zeros(12_000, dtype=np.int32), groups,
+                              np.array(["d1", "d2"], dtype=object))
+    out = np.full(12_000, np.nan)
+    scaler.scores("x", values, np.arange(12_000), strata, np.arange(12_000), out)
+    for stratum in (0, 1):
+        mine = np.flatnonzero(strata == stratum)
+        assert np.isnan(out[mine[:500]]).all(), "the first 500 values are its warm-up"
+        scores = out[mine[500:]]
+        assert np.isfinite(scores).all()
+        # N(0, 1) whatever the stratum's own level, spread or atom
+        assert abs(scores.mean()) < 0.08 and abs(scores.std() - 1.0) < 0.08, stratum
+
+
+def test_batches_of_any_size_give_the_same_scores() -> None:
+    rng = np.random.default_rng(4)
+    n = 5_000
+    values = rng.normal(size=n) + rng.integers(3, size=n)
+    groups = rng.integers(3, size=n)
+    labels = np.array(["a", "b", "c"], dtype=object)
+    whole = StrataScaler(("x",), warmup=400)
+    expected = np.full(n, np.nan)
+    strata = whole.strata_of(np.zeros(n, dtype=np.int32), groups, labels)
+    whole.scores("x", values, np.arange(n), strata, np.arange(n), expected)
+    cut = StrataScaler(("x",), warmup=400)
+    got = np.full(n, np.nan)
+    for first in range(0, n, 333):
+        part = slice(first, first + 333)
+        m = len(values[part])
+        out = np.full(m, np.nan)
+        where = cut.strata_of(np.zeros(m, dtype=np.int32), groups[part], labels)
+        cut.scores("x", values[part], np.arange(first, first + m), where, np.arange(m), out)
+        got[part] = out
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_the_same_district_name_in_two_segments_is_two_strata() -> None:
+    scaler = StrataScaler(("x",), warmup=100)
+    strata = scaler.strata_of(np.array([0, 1, 0, 1], dtype=np.int32), np.zeros(4, dtype=np.int64),
+                              np.array(["D1"], dtype=object))
+    assert strata.tolist() == [0, 1, 0, 1]
+
+
+def test_relearning_one_segment_leaves_the_others_strata_alone() -> None:
+    scaler = StrataScaler(("x",), warmup=100)
+    n = 1_000
+    segments = np.arange(n, dtype=np.int32) % 2
+    strata = scaler.strata_of(segments, np.zeros(n, dtype=np.int64), np.array(["D"]))
+    scaler.scores("x", np.random.default_rng(1).normal(size=n), np.arange(n), strata,
+                  np.arange(n), np.full(n, np.nan))
+    assert scaler.judging("x") == {0, 1}
+    scaler.relearn("x", 1)
+    assert scaler.judging("x") == {0}
+
+
+# ---------------------------------------------------------------------- in the segmented bank
+
+def test_districts_arriving_in_turn_are_no_drift_with_strata() -> None:
+    columns = district_stream(60_000, seed=1)
+    assert feed(SegmentedBank(SETTINGS), columns) == []
+    # The same records judged against their county's mix: each district's plateau alarms.
+    assert len(feed(SegmentedBank(replace(SETTINGS, stratify_by=())), columns)) > 0
+
+
+def test_a_change_of_one_district_is_found_in_its_county_after_its_onset_once() -> None:
+    change = 30_000  # event-time index; in arrival order the first changed record is later
+    columns = district_stream(90_000, seed=2, shift=("A2", 1.0, change))
+    onset = int(np.flatnonzero(columns["index"] >= change)[0])
+    decisions = numeric(feed(SegmentedBank(SETTINGS), columns))
+    assert decisions, "the district's change must be found"
+    assert all(d.detected_at >= onset for d in decisions)
+    assert decisions[0].segment == "county=A"
+    # The county's strata re-learn after the decision: the changed district arrives again
+    # every day, and its new level is not a new change (without re-learning: one a day).
+    assert len([d for d in decisions if d.segment == "county=A"]) == 1, [
+        (d.segment, d.detected_at) for d in decisions]
+
+
+def test_batching_and_the_lean_pooled_loop_change_no_decision_with_strata() -> None:
+    columns = district_stream(60_000, seed=5, shift=("B1", 1.5, 25_000))
+    expected = feed(SegmentedBank(SETTINGS), columns, batch=1_000)
+    assert numeric(expected)
+    assert feed(SegmentedBank(SETTINGS), columns, batch=777) == expected
+    plain = SegmentedBank(SETTINGS)
+    assert plain.pool is not None
+    for channel in plain.pool.channels.values():
+        channel.location_only = False  # type: ignore[union-attr]
+    assert feed(plain, columns, batch=1_000) == expected
+
+
+def test_a_signal_some_stratum_knows_as_one_value_has_no_spread_test() -> None:
+    bank = SegmentedBank(SETTINGS)
+    feed(bank, district_stream(20_000, seed=6))
+    quiet = {label: np.isinf(bank.segments[label].channels["x"].ph_par[:, 1]).any()
+             for label in bank.segments}
+    assert quiet == {"county=A": True, "county=B": False}  # A3 is one value
+
+
+def test_a_segment_whose_strata_still_warm_up_says_so() -> None:
+    bank = SegmentedBank(SETTINGS)
+    feed(bank, district_stream(600, seed=7))
+    assert all(row.warming_up for row in bank.status() if row.signal == "x"
+               and not row.detector.startswith("pooled_"))
+    feed(bank, district_stream(20_000, seed=8), start=600)
+    assert not all(row.warming_up for row in bank.status() if row.signal == "x")
+
+
+def test_baseline_rows_give_each_stratum_its_reference() -> None:
+    """``learn`` (``check --reference``): a stratum with 200 baseline values judges from the
+    stream's first record, long before its own warm-up would end."""
+    settings = replace(SETTINGS, stratum_warmup_records=5_000)
+    baseline = district_stream(6_000, seed=9)  # ~1,200 values per district
+    columns = district_stream(12_000, seed=10, shift=("A1", 2.0, 1_000))
+    taught = SegmentedBank(settings)
+    taught.learn(baseline)
+    assert taught.strata is not None and taught.strata.judging("x") == {0, 1}
+    found = numeric(feed(taught, columns))
+    assert found and found[0].segment == "county=A"
+    assert numeric(feed(SegmentedBank(settings), columns)) == [], "untaught: still warming"
+
+
+# ---------------------------------------------------------------------- snapshots
+
+@pytest.mark.parametrize("at", [700, 40_000])  # strata warming up; all learned, after a change
+def test_a_restored_bank_continues_exactly_with_its_strata(at: int) -> None:
+    columns = district_stream(80_000, seed=11, shift=("A1", 1.0, 30_000))
+    straight = SegmentedBank(SETTINGS)
+    head = {name: values[:at] for name, values in columns.items()}
+    tail = {name: values[at:] for name, values in columns.items()}
+    feed(straight, head)
+    restored = SegmentedBank.restore(straight.snapshot(), SETTINGS)
+    assert restored.snapshot() == straight.snapshot()
+
+    after = feed(straight, tail, start=at)
+    assert feed(restored, tail, start=at) == after
+    assert restored.snapshot() == straight.snapshot()
+
+
+def test_a_snapshot_from_before_strata_restarts_the_segments_on_the_normal_scale() -> None:
+    columns = district_stream(60_000, seed=12)
+    old = SegmentedBank(replace(SETTINGS, stratify_by=()))
+    feed(old, {name: values[:20_000] for name, values in columns.items()})
+    bank = SegmentedBank.restore(old.snapshot(), SETTINGS)
+    for segment in bank.segments.values():
+        assert segment.channels["x"].reference is bank.normal  # not the raw-value one
+    rest = {name: values[20_000:] for name, values in columns.items()}
+    decisions = feed(bank, rest, start=20_000)
+    assert numeric(decisions) == []
+    # ... and the other way: stratified state into a bank without strata re-warms.
+    back = SegmentedBank.restore(bank.snapshot(), replace(SETTINGS, stratify_by=()))
+    assert all(s.channels["x"].reference is None for s in back.segments.values())
+
+
+def test_damaged_strata_state_is_refused_with_snapshot_error() -> None:
+    bank = SegmentedBank(SETTINGS)
+    feed(bank, district_stream(5_000, seed=13))
+    assert bank.strata is not None
+    good = bank.strata.to_bytes()
+    count = len(bank.segments)
+    restored = StrataScaler.from_bytes(good, ("x",), 300, count)
+    assert restored.keys == bank.strata.keys
+    raw = zlib.decompress(good)
+    for damaged in (good[:-5], zlib.compress(raw[:-8]), zlib.compress(raw + b"\0" * 8),
+                    zlib.compress(raw.replace(b'"reference"', b'"referenxe"', 1)),
+                    b"not zlib"):
+        with pytest.raises(SnapshotError):
+            StrataScaler.from_bytes(damaged, ("x",), 300, count)
+    with pytest.raises(SnapshotError):  # a stratum of a segment the snapshot does not have
+        StrataScaler.from_bytes(good, ("x",), 300, 1)
+
+
+def test_bad_stratify_settings_are_one_line_errors() -> None:
+    for bad in (replace(SETTINGS, stratify_by=("",)),
+                replace(SETTINGS, stratify_by=("a", "a")),
+                replace(SETTINGS, stratum_warmup_records=10)):
+        with pytest.raises(DetectorConfigError) as error:
+            bad.validate()
+        assert "\n" not in str(error.value) and "strat" in str(error.value)
+
+
+def test_strata_fields_already_segments_are_no_strata() -> None:
+    settings = replace(SETTINGS, segment_by=("county", "tax_district"))
+    assert settings.strata_fields() == ()
+    assert SegmentedBank(settings).strata is None
