@@ -2,8 +2,8 @@
 ``bench_arrival_orders.py`` without its decision tables), for comparing builds.
 
     .venv/bin/python bench/bench_segmented_throughput.py [--records 500000] [--repeats 5]
-        [--orders county-batches shuffled] [--segment-by county tax_district] [--cache DIR]
-        [--json]
+        [--orders county-batches shuffled] [--segment-by county tax_district]
+        [--stratify-by tax_district] [--cache DIR] [--json]
 
 Both banks are fed the same prebuilt columns, as the consumer feeds them (``arrived``: the
 consumer's columns and model signals, batches of 2,000; ``event_time`` as int64 epoch
@@ -13,7 +13,8 @@ time. ``--cache DIR`` keeps the columns between runs, so two builds can be run o
 other on the same records (each build's own checkout of this script: ``bench_arrival_orders``
 puts the repository it sits in first on ``sys.path``, whatever ``PYTHONPATH`` says);
 ``--json`` prints one line of rates per order. ``--segment-by`` sets the segmented bank's
-segment fields.
+segment fields, ``--stratify-by`` its strata (default tax_district, as the consumer runs);
+with strata the same bank without them runs beside it ("segmented, no strata").
 """
 
 from __future__ import annotations
@@ -72,12 +73,16 @@ def timed_feed(bank, columns: dict[str, np.ndarray]) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def rates(columns: dict[str, np.ndarray], repeats: int, segment_by: tuple[str, ...]
-          ) -> dict[str, dict[str, list[float]]]:
+def rates(columns: dict[str, np.ndarray], repeats: int, segment_by: tuple[str, ...],
+          stratify_by: tuple[str, ...] = ()) -> dict[str, dict[str, list[float]]]:
     """records/s per bank and clock, the banks interleaved so load drift hits both."""
     n = len(columns["index"])
+    segmented = DetectorSettings(segment_by=segment_by, stratify_by=stratify_by)
     makers = {"single": lambda: DetectorBank(DetectorSettings()),
-              "segmented": lambda: SegmentedBank(DetectorSettings(segment_by=segment_by))}
+              "segmented": lambda: SegmentedBank(segmented)}
+    if segmented.strata_fields():
+        plain = DetectorSettings(segment_by=segment_by, stratify_by=())
+        makers["segmented, no strata"] = lambda: SegmentedBank(plain)
     for make in makers.values():
         timed_feed(make(), {k: v[:BATCH * 5] for k, v in columns.items()})  # compile
     out: dict[str, dict[str, list[float]]] = {
@@ -102,6 +107,7 @@ def main() -> None:
     parser.add_argument("--orders", nargs="+", default=["county-batches", "shuffled"])
     parser.add_argument("--cache", type=Path)
     parser.add_argument("--segment-by", nargs="+", default=["county"])
+    parser.add_argument("--stratify-by", nargs="*", default=["tax_district"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not args.json:
@@ -110,16 +116,17 @@ def main() -> None:
               "|---|---|---|---|---|")
     for order in args.orders:
         columns = as_consumer_feeds(columns_for(order, args.records, args.cache))
-        measured = rates(columns, args.repeats, tuple(args.segment_by))
+        measured = rates(columns, args.repeats, tuple(args.segment_by),
+                         tuple(args.stratify_by))
         if args.json:
             print(json.dumps({"order": order, **measured}), flush=True)
             continue
         for clock in ("wall", "cpu"):
-            ratio = (statistics.median(measured["segmented"][clock])
-                     / statistics.median(measured["single"][clock]))
+            single = statistics.median(measured["single"][clock])
             for name in measured:
+                ratio = statistics.median(measured[name][clock]) / single
                 print(f"| {order} | {name} | {clock} | {summary(measured[name][clock])} | "
-                      + (f"{ratio:.2f}x |" if name == "segmented" else "1.00x |"), flush=True)
+                      f"{ratio:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

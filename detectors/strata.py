@@ -49,6 +49,7 @@ class _Tables:
     u_min: np.ndarray = field(default_factory=lambda: np.zeros(0))
     ready: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.bool_))
     warm: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    counts: dict[int, int] = field(default_factory=dict)  # values in each warm-up
 
     def grow(self, strata: int) -> None:
         if strata <= len(self.ready):
@@ -68,7 +69,11 @@ class _Tables:
         self.at_or_below[stratum, :m] = at_or_below
         self.n_knots[stratum], self.u_min[stratum] = m, reference.u_min()
         self.ready[stratum] = True
+        self.forget_warmup(stratum)
+
+    def forget_warmup(self, stratum: int) -> None:
         self.warm.pop(stratum, None)
+        self.counts.pop(stratum, None)
 
     def discrete(self, stratum: int) -> bool:
         """A reference of a handful of distinct values (a district's levy rate, exemptions
@@ -76,7 +81,7 @@ class _Tables:
         return bool(self.ready[stratum] and self.n_knots[stratum] < MIN_SPREAD_VALUES)
 
     def warmed(self, stratum: int) -> int:
-        return sum(chunk.size for chunk in self.warm.get(stratum, ()))
+        return self.counts.get(stratum, 0)
 
 
 class StrataScaler:
@@ -127,24 +132,33 @@ class StrataScaler:
         ascending) against each record's stratum; NaN while its stratum warms up (the values
         go to its warm-up instead)."""
         tables = self.tables[signal]
-        ready_from = np.where(tables.ready[:len(self.keys)], 0, len(values))
-        present = np.unique(strata[rows]) if rows.size else rows
-        if not tables.ready[present].all():
-            for stratum in present[~tables.ready[present]].tolist():
-                ready_from[stratum] = self._warm(tables, stratum, values, strata, rows)
+        known = len(self.keys)
+        ready = tables.ready[:known]
+        if ready.all():  # the usual case, once every stratum has its reference
+            ready_from = np.zeros(known, dtype=np.int64)
+        else:
+            ready_from = np.where(ready, 0, len(values))
+            waiting = rows[~ready[strata[rows]]]
+            if waiting.size:  # grouped by stratum, each group in batch order
+                grouped = waiting[np.argsort(strata[waiting], kind="stable")]
+                cuts = np.flatnonzero(np.diff(strata[grouped])) + 1
+                for mine in np.split(grouped, cuts):
+                    stratum = int(strata[mine[0]])
+                    ready_from[stratum] = self._warm(tables, stratum, values, mine)
         k.stratum_scores(values, rows, strata, positions, ready_from, tables.knots,
                          tables.below, tables.at_or_below, tables.n_knots, tables.u_min, out)
 
-    def _warm(self, tables: _Tables, stratum: int, values: np.ndarray, strata: np.ndarray,
-              rows: np.ndarray) -> int:
-        """The stratum's values among ``rows`` into its warm-up; the batch index from which
-        its records are judged (past the batch while it still warms up)."""
-        mine = rows[strata[rows] == stratum]
+    def _warm(self, tables: _Tables, stratum: int, values: np.ndarray,
+              mine: np.ndarray) -> int:
+        """The stratum's values (batch rows ``mine``) into its warm-up; the batch index from
+        which its records are judged (past the batch while it still warms up)."""
         mine = mine[~np.isnan(values[mine])]
-        take = mine[:self.warmup - tables.warmed(stratum)]
+        have = tables.warmed(stratum)
+        take = mine[:self.warmup - have]
         if take.size:
             tables.warm.setdefault(stratum, []).append(values[take])
-        if tables.warmed(stratum) < self.warmup:
+            tables.counts[stratum] = have + take.size
+        if have + take.size < self.warmup:
             return len(values)
         tables.set_reference(stratum, np.concatenate(tables.warm[stratum]))
         self.changes += 1
@@ -158,7 +172,7 @@ class StrataScaler:
         for (code, _), stratum in self.keys.items():
             if segment is None or code == segment:
                 tables.ready[stratum] = False
-                tables.warm.pop(stratum, None)
+                tables.forget_warmup(stratum)
         self.changes += 1
 
     def adopt_warmups(self, min_values: int) -> None:
@@ -273,6 +287,7 @@ class StrataScaler:
                 offset += 8 * count
                 if signal in self.tables and count:
                     self.tables[signal].warm[stratum] = [values]
+                    self.tables[signal].counts[stratum] = count
             else:
                 raise SnapshotError(f"strata state: bad {str(kind)[:20]} entry", "header")
         if offset != len(body):
