@@ -125,7 +125,7 @@ class NumericChannel:
             settings, self.upward_only)
         self.ph_thresholds = self.ph_par[:, k.PH_THRESHOLD].copy()
         self.scoring = {"mid_rank": k.SCORE_MID_RANK, "randomised": k.SCORE_RANDOMISED,
-                        "given": k.SCORE_GIVEN, "normal": k.SCORE_NORMAL}[settings.scoring]
+                        "given": k.SCORE_GIVEN, "uniform": k.SCORE_UNIFORM}[settings.scoring]
         self.ring_values = np.zeros(settings.summary_window)
         self.ring_positions = np.zeros(settings.summary_window, dtype=np.int64)
         self.counters = np.zeros(2, dtype=np.int64)

@@ -61,8 +61,8 @@ class DetectorSettings:
     # reference, such as a district's levy rate, gets the atom's mid-rank), "randomised" (a
     # uniform draw within the atom: N(0, 1) scores even for a signal with a handful of
     # values; the segment banks use it) or "given" (values are scores already: the segment
-    # layer's pooled bank) or "normal" (values are N(0, 1) scores already, the stratum
-    # layer's: spread scores from their probability).
+    # layer's pooled bank) or "uniform" (values are probabilities already, the stratum
+    # layer's: see detectors/strata.py).
     scoring: str = "mid_rank"
     segment_by: tuple[str, ...] = ("county",)
     # Within a segment, each record's numeric values are scored against its stratum's own
@@ -167,8 +167,8 @@ def _check_numbers(s: DetectorSettings) -> None:
         (s.reference_prior_cap >= 1, "reference_prior_cap must be >= 1"),
         (200 <= s.segment_warmup_records <= 1000000,
          "segment_warmup_records must be within 200..1000000"),
-        (s.scoring in ("mid_rank", "randomised", "given", "normal"),
-         "scoring must be one of mid_rank, randomised, given, normal"),
+        (s.scoring in ("mid_rank", "randomised", "given", "uniform"),
+         "scoring must be one of mid_rank, randomised, given, uniform"),
         (s.scoring != "given" or not s.spread, "scoring = given needs spread = false"),
         (100 <= s.stratum_warmup_records <= 1000000,
          "stratum_warmup_records must be within 100..1000000"),

@@ -48,7 +48,7 @@ AL_COLUMNS = 5
 MID_RANK = -1.0  # ``_cdf``'s atom_fraction for the mid-rank
 
 # How run_numeric scores a value (see there).
-SCORE_MID_RANK, SCORE_RANDOMISED, SCORE_GIVEN, SCORE_NORMAL = 0, 1, 2, 3
+SCORE_MID_RANK, SCORE_RANDOMISED, SCORE_GIVEN, SCORE_UNIFORM = 0, 1, 2, 3
 # Salt of the stratum layer's atom draws, so they are independent of the segment's own.
 STRATUM_DRAW_SALT = 0x5DEECE66D
 
@@ -161,25 +161,16 @@ def randomised_cdf(x: float, position: int, knots: np.ndarray, below: np.ndarray
     return _cdf(x, knots, below, at_or_below, u_min, _atom_draw(position))
 
 
-@njit(cache=True, inline="always")
-def _normal_scores(z: float, u_min: float) -> tuple[float, float]:
-    """A value that is a normal score already (the stratum layer's output): itself for
-    location, and the spread score of its probability."""
-    u = 0.5 * math.erfc(-z / math.sqrt(2.0))
-    folded = min(max(abs(2.0 * u - 1.0), 2.0 * u_min), 1.0 - 2.0 * u_min)
-    return z, normal_quantile(folded)
-
-
 @njit(cache=True)
 def stratum_scores(values: np.ndarray, rows: np.ndarray, strata: np.ndarray,
                    positions: np.ndarray, ready_from: np.ndarray, knots: np.ndarray,
                    below: np.ndarray, at_or_below: np.ndarray, n_knots: np.ndarray,
                    u_min: np.ndarray, out: np.ndarray) -> None:
-    """Each of ``rows``' values (one signal) as a normal score against its stratum's
+    """Each of ``rows``' values (one signal) as its probability under its stratum's
     reference (row ``strata[i]`` of the tables, ``n_knots`` long): a randomised probability
-    integral transform, so the scores are N(0, 1) under no change even when a stratum's
-    values are one atom (a district's levy rate). A row before its stratum's ``ready_from``
-    (batch index; the stratum warms up) or with a NaN value stays NaN."""
+    integral transform, so the probabilities are U(0, 1) under no change even when a
+    stratum's values are one atom (a district's levy rate). A row before its stratum's
+    ``ready_from`` (batch index; the stratum warms up) or with a NaN value stays NaN."""
     for index in range(rows.shape[0]):
         i = rows[index]
         s = strata[i]
@@ -189,8 +180,7 @@ def stratum_scores(values: np.ndarray, rows: np.ndarray, strata: np.ndarray,
             continue
         m = n_knots[s]
         draw = _atom_draw(positions[i] ^ STRATUM_DRAW_SALT)
-        u = _cdf(x, knots[s, :m], below[s, :m], at_or_below[s, :m], u_min[s], draw)
-        out[i] = normal_quantile(u)
+        out[i] = _cdf(x, knots[s, :m], below[s, :m], at_or_below[s, :m], u_min[s], draw)
 
 
 @njit(cache=True, inline="always")
@@ -450,10 +440,10 @@ def run_numeric(values: np.ndarray, positions: np.ndarray, start: int,
     """Feed values[start:] to one numeric signal's detectors; stop after the first alarm.
     ``scoring``: SCORE_MID_RANK (values on an atom of the reference get its mid-rank),
     SCORE_RANDOMISED (``randomised_cdf``), SCORE_GIVEN (the values are location scores
-    already; no spread score, so spread detectors must be off) or SCORE_NORMAL (the values
-    are N(0, 1) scores already, the stratum layer's: spread scores from their
-    probability). A non-empty ``scores_out`` (same length as ``values``; empty = none
-    wanted) receives each judged value's location score.
+    already; no spread score, so spread detectors must be off) or SCORE_UNIFORM (the values
+    are probabilities already, the stratum layer's: scored as ``randomised_cdf``'s are).
+    A non-empty ``scores_out`` (same length as ``values``; empty = none wanted) receives
+    each judged value's location score.
 
     Rows of ``alarm``: one per Page-Hinkley detector, then ADWIN. After an alarm every
     detector of the signal restarts, so the next alarm needs fresh evidence.
@@ -485,8 +475,8 @@ def run_numeric(values: np.ndarray, positions: np.ndarray, start: int,
         head = head + 1 if head + 1 < ring_size else 0
         if scoring == SCORE_GIVEN:
             z, w = x, 0.0
-        elif scoring == SCORE_NORMAL:
-            z, w = _normal_scores(x, u_min)
+        elif scoring == SCORE_UNIFORM:
+            z, w = _scores_of(min(max(x, u_min), 1.0 - u_min), u_min)
         elif scoring == SCORE_RANDOMISED:
             z, w = _scores_of(randomised_cdf(x, positions[idx], knots, below, at_or_below,
                                              u_min), u_min)

@@ -66,6 +66,17 @@ MAX_HEADER_BYTES = 16 << 20
 MAX_NAME_CHARS = 512
 
 
+def uniform_reference() -> NumericReference:
+    """The segments' reference under strata: U(0, 1) itself (their input is each value's
+    probability under its stratum's reference)."""
+    probabilities = np.clip(KNOT_PROBABILITIES, 1e-7, 1 - 1e-7)
+    return NumericReference(n=10_000_000, mean=0.5, std=float(np.sqrt(1 / 12)),
+                            quantiles=(0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99),
+                            knots=tuple(map(float, probabilities)),
+                            below=tuple(map(float, probabilities)),
+                            at_or_below=tuple(map(float, probabilities)))
+
+
 def standard_normal_reference() -> NumericReference:
     """The pooled layer's reference: N(0, 1) itself (its input is already normal scores)."""
     normal = NormalDist()
@@ -86,8 +97,8 @@ class SegmentedBank:
         settings.validate()
         self.settings = settings
         share = 2.0 if settings.pooled and settings.page_hinkley else 1.0
-        self.normal = standard_normal_reference()
-        # With strata, a segment's values reach it as normal scores against their stratum's
+        self.uniform = uniform_reference()
+        # With strata, a segment's values reach it as probabilities under their stratum's
         # reference (detectors/strata.py); without, it scores them against its own.
         self.strata_fields = settings.strata_fields()
         self.strata = (StrataScaler(settings.numeric_like(), settings.stratum_warmup_records)
@@ -96,7 +107,7 @@ class SegmentedBank:
         # each keeps the union bound per value at false_alarm_rate (CALIBRATION.md 7).
         self.segment_settings = replace(
             settings, categorical_signals=(), false_alarm_rate=settings.false_alarm_rate / share,
-            scoring="normal" if self.strata is not None else "randomised",
+            scoring="uniform" if self.strata is not None else "randomised",
             warmup_records=settings.segment_warmup_records,
             relearn_records=min(settings.relearn_records, settings.segment_warmup_records))
         self.pool: DetectorBank | None = None
@@ -105,8 +116,9 @@ class SegmentedBank:
             # the pooled layer must stay cheap (it sees every record again).
             pool_settings = replace(self.segment_settings, adwin=False, spread=False,
                                     scoring="given")
-            self.pool = DetectorBank(pool_settings, self._normal_reference(
-                settings.numeric_like()))
+            normal = standard_normal_reference()
+            self.pool = DetectorBank(pool_settings, Reference(
+                numeric={name: normal for name in settings.numeric_like()}))
         self.segments: dict[str, DetectorBank] = {}
         self.composition = CompositionMonitor(settings, self._composition_signals())
         if reference is not None:
@@ -124,9 +136,9 @@ class SegmentedBank:
         self.recent = RecentRecords(settings.numeric_like())
         self.spread_synced = -1  # the strata's change count the segments' spread follows
 
-    def _normal_reference(self, signals: tuple[str, ...]) -> Reference:
-        """N(0, 1) for each of ``signals``: what scores are under no change."""
-        return Reference(numeric={name: self.normal for name in signals})
+    def _uniform_reference(self, signals: tuple[str, ...]) -> Reference:
+        """U(0, 1) for each of ``signals``: what stratum probabilities are under no change."""
+        return Reference(numeric={name: self.uniform for name in signals})
 
     def _composition_signals(self) -> tuple[str, ...]:
         signals = tuple(self.settings.categorical_signals)
@@ -185,7 +197,7 @@ class SegmentedBank:
         if self.last_position is not None or n == 0:
             return
         positions = np.arange(-n - 1, -1, dtype=np.int64)
-        if self.strata is not None:  # the strata learn; the segments judge normal scores
+        if self.strata is not None:  # the strata learn; the segments judge probabilities
             self._learn_strata(columns, positions)
             return
         self._feed_segments(columns, positions, *self.segment_groups(columns, n))
@@ -271,7 +283,7 @@ class SegmentedBank:
                                   dict[str, np.ndarray], np.ndarray | None]:
         """Each segment's records to its bank's channels (relative order kept), one compiled
         call per signal for every segment, then every record's score to the pooled bank.
-        With strata, the values go as normal scores against each record's stratum.
+        With strata, the values go as probabilities under each record's stratum.
         Returns (layer, decision) pairs, each record's segment code, the pooled scores and,
         when every signal has a column, the same as rows in signal order."""
         signals = [name for name in self.settings.numeric_like() if columns.get(name) is not None]
@@ -366,7 +378,7 @@ class SegmentedBank:
         """A new segment's: N(0, 1) when it is fed stratum scores, else its own warm-up."""
         if self.strata is None:
             return None
-        return self._normal_reference(self.segment_settings.numeric_like())
+        return self._uniform_reference(self.segment_settings.numeric_like())
 
     # ------------------------------------------------------------------ episodes
     def _episodes(self, found: list[tuple[str, DriftDecision]],
@@ -477,7 +489,7 @@ class SegmentedBank:
             for name in model:
                 self.strata.relearn(name)
         for bank in self.segments.values():
-            bank.rebaseline(self._normal_reference(model) if self.strata else None, model)
+            bank.rebaseline(self._uniform_reference(model) if self.strata else None, model)
         if self.pool is not None:
             self.pool.rebaseline(self.pool.reference(), model)
         if reference is not None:
@@ -603,7 +615,7 @@ class SegmentedBank:
                     continue
                 channel.start_warmup(self.segment_settings.warmup_records)
                 if self.strata is not None:
-                    channel.set_reference(self.normal)
+                    channel.set_reference(self.uniform)
 
     def _load_state(self, header: Mapping[str, Any]) -> None:
         self.records_seen = int(header["records_seen"])
@@ -620,7 +632,7 @@ class Relearn:
     """After a segment's alarm on a stratified signal: that segment's strata learn the
     signal again (their references describe the stream before the change) and the segment's
     records after the alarm are scored again (NaN while the strata warm up); the segment
-    judges the new scores against N(0, 1) at once."""
+    judges the new probabilities against U(0, 1) at once."""
 
     bank: SegmentedBank
     signal: str
@@ -634,7 +646,7 @@ class Relearn:
         assert scaler is not None, "only a stratified bank re-learns strata"
         scaler.relearn(self.signal, segment)
         scaler.scores(self.signal, self.raw, self.positions, self.strata, rows, self.values)
-        channel.set_reference(self.bank.normal)
+        channel.set_reference(self.bank.uniform)
         channel.quiet_spread(segment in scaler.quiet_spread(self.signal))
 
 

@@ -1,12 +1,12 @@
-"""``StrataScaler``: each record's numeric values as normal scores against its stratum's own
+"""``StrataScaler``: each record's numeric values as probabilities under its stratum's own
 reference, before its segment's detectors see them.
 
 A segment (a county) is made of strata (its tax districts, ``detectors.stratify_by``) whose
 levels differ: a district's levy rate is its own. Records sorted by district within a county
 arrive as one district's plateau after another, which detectors judging raw values against
 the county's mix call drift (667 false decisions per million records in district-sorted
-order, bench/RESULTS-detectors.md). Scored against its own district's reference, each value
-is N(0, 1) under no change whatever order the districts arrive in, while a change of one
+order, bench/RESULTS-detectors.md). Under its own district's reference, each value's
+probability is U(0, 1) under no change whatever order the districts arrive in, while a change of one
 district or of the whole county still moves the scores (CALIBRATION.md 7).
 
 A stratum learns its reference from its first ``warmup`` values of each signal; until then
@@ -86,7 +86,8 @@ class _Tables:
 
 class StrataScaler:
     """Per numeric signal, a reference per stratum; ``scores`` turns a batch's values into
-    normal scores against them."""
+    probabilities under them (the segments score those as they score raw values against a
+    reference: ``kernels.SCORE_UNIFORM``)."""
 
     def __init__(self, signals: tuple[str, ...], warmup: int) -> None:
         self.signals = signals
@@ -128,7 +129,7 @@ class StrataScaler:
     # ------------------------------------------------------------------ scoring
     def scores(self, signal: str, values: np.ndarray, positions: np.ndarray,
                strata: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
-        """``out[rows]``: the normal scores of ``values[rows]`` (one signal, ``rows``
+        """``out[rows]``: the probabilities of ``values[rows]`` (one signal, ``rows``
         ascending) against each record's stratum; NaN while its stratum warms up (the values
         go to its warm-up instead)."""
         tables = self.tables[signal]
