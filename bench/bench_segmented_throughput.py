@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--orders", nargs="+", default=["county-batches", "shuffled"])
     parser.add_argument("--cache", type=Path)
     parser.add_argument("--segment-by", nargs="+", default=["county"])
-    parser.add_argument("--stratify-by", nargs="*", default=["tax_district"])
+    parser.add_argument("--stratify-by", nargs="*", default=["tax_district"])  # as advised
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not args.json:

@@ -67,8 +67,9 @@ class DetectorSettings:
     segment_by: tuple[str, ...] = ("county",)
     # Within a segment, each record's numeric values are scored against its stratum's own
     # reference (detectors/strata.py): a district's levy rate is its own, so districts
-    # arriving in turn are no change. Fields already in segment_by are ignored here.
-    stratify_by: tuple[str, ...] = ("tax_district",)
+    # arriving in turn are no change. Fields already in segment_by are ignored here. Off by
+    # default: a stratum judges only after its own warm-up (CALIBRATION.md 7).
+    stratify_by: tuple[str, ...] = ()
     stratum_warmup_records: int = 2000
     segment_warmup_records: int = 2000
     max_segments: int = 64
@@ -104,12 +105,12 @@ class DetectorSettings:
         return "distribution"
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as JSON types. Without strata the strata keys are left out, so
-        settings written before strata existed read back as what they were."""
+        """The settings as JSON types. Strata keys at their defaults are left out, so
+        settings (and snapshots) written before strata existed read back as what they were."""
         data = {key: list(value) if isinstance(value, tuple) else value
                 for key, value in asdict(self).items()}
-        if not self.stratify_by:
-            for key in STRATA_KEYS:
+        for key in STRATA_KEYS:
+            if data[key] == STRATA_DEFAULTS[key]:
                 del data[key]
         return data
 
@@ -117,8 +118,12 @@ class DetectorSettings:
     def from_dict(cls, data: Mapping[str, Any]) -> DetectorSettings:
         fields: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value
                                   for key, value in data.items()}
-        fields.setdefault("stratify_by", ())  # written without strata (before they existed)
         return cls(**fields)
+
+
+_DEFAULTS = DetectorSettings()
+STRATA_DEFAULTS = {"stratify_by": list(_DEFAULTS.stratify_by),
+                   "stratum_warmup_records": _DEFAULTS.stratum_warmup_records}
 
 
 def _check_signals(s: DetectorSettings) -> None:

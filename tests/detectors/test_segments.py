@@ -27,7 +27,7 @@ SMALL = DetectorSettings(
     numeric_signals=("x",), categorical_signals=("county",), prediction_signals=(),
     performance_signals=(), warmup_records=200, segment_warmup_records=200,
     relearn_records=200, cooldown_records=200, composition_window_s=86_400,
-    composition_lateness_s=0, min_instances=50, stratum_warmup_records=200)
+    composition_lateness_s=0, min_instances=50)
 
 
 def stream(levels: dict[str, float], records: int, rng: np.random.Generator,
@@ -459,7 +459,8 @@ def test_a_new_champion_relearns_the_model_signals_not_the_record_fields(
     keep watching: a shift of x right after the swap is found as fast as without a swap
     (before, every segment re-learned x too and was blind for its warm-up). With strata,
     the strata re-learn the model signals and the segments judge their scores at once."""
-    settings = replace(SMALL, prediction_signals=("prediction",), stratify_by=stratify_by)
+    settings = replace(SMALL, prediction_signals=("prediction",), stratify_by=stratify_by,
+                       stratum_warmup_records=200)
     columns = stream({"A": 0.0, "B": 2.0}, 12_000, np.random.default_rng(7),
                      shift=("A", 1.5, 6_000))
     columns["prediction"] = columns["x"] * 10.0

@@ -19,7 +19,8 @@ DAY_MS = 86_400_000
 SETTINGS = DetectorSettings(
     numeric_signals=("x",), categorical_signals=("county",), prediction_signals=(),
     performance_signals=(), warmup_records=300, segment_warmup_records=300,
-    stratum_warmup_records=300, relearn_records=300, cooldown_records=300,
+    stratify_by=("tax_district",), stratum_warmup_records=300, relearn_records=300,
+    cooldown_records=300,
     composition_window_s=86_400, composition_lateness_s=0, min_instances=50)
 # Each district its own level and spread; D3 is one value (a district's levy rate).
 DISTRICTS = {"A": {"A1": (0.0, 1.0), "A2": (4.0, 0.5), "A3": (9.0, 0.0)},
