@@ -73,8 +73,11 @@ class Baseline:
 
 
 def warmup_baseline(detectors: DetectorSettings) -> Baseline:
-    return Baseline(None, f"each segment's first {detectors.segment_warmup_records:,} values "
-                          "(warm-up, no champion reference sample)", "warm-up")
+    strata = detectors.strata_fields()
+    learner = (f"each {', '.join(strata)}'s first {detectors.stratum_warmup_records:,} values "
+               "within its segment" if strata
+               else f"each segment's first {detectors.segment_warmup_records:,} values")
+    return Baseline(None, f"{learner} (warm-up, no champion reference sample)", "warm-up")
 
 
 def whole_file_windows(detectors: DetectorSettings, times_ms: np.ndarray) -> DetectorSettings:

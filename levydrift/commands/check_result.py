@@ -221,6 +221,8 @@ def top_category(finding: SignalFinding) -> str | None:
 
 def rows_text(first: int | None, last: int | None, reference_kind: str = "file") -> str:
     if first is None or last is None or first < 0:  # a reference not taken from these rows
+        if reference_kind == "warm-up":  # strata: each value against its own stratum's
+            return "(each stratum's first values)"
         return "(champion's reference sample)" if reference_kind == "champion" \
             else "(reference file)"
     return f"{first + 1:,}-{last + 1:,}"

@@ -203,6 +203,10 @@ def test_consumer_timeouts_that_cannot_work_together_are_refused() -> None:
                                                                      "names 'districts'"),
     ("LEVYDRIFT_DETECTORS_PERFORMANCE_SIGNALS", "abs_eror", "did you mean abs_error?"),
     ("LEVYDRIFT_DETECTORS_SEGMENT_BY", "county,parcel_id", "segment_by names 'parcel_id'"),
+    ("LEVYDRIFT_DETECTORS_STRATIFY_BY", "tax_distrct", "stratify_by names 'tax_distrct', "
+                                                       "which no levy record has (did you "
+                                                       "mean tax_district?)"),
+    ("LEVYDRIFT_DETECTORS_STRATIFY_BY", "record_id", "stratify_by names 'record_id'"),
 ])
 def test_a_detector_field_no_record_has_is_refused_naming_the_closest(
         variable: str, value: str, message: str) -> None:
@@ -222,5 +226,7 @@ def test_the_default_detector_fields_are_all_record_fields() -> None:
     from consumer.config import ConsumerSettings
 
     settings = load(ConsumerSettings, None,
-                    environ={"LEVYDRIFT_DETECTORS_SEGMENT_BY": "county,property_class"})
+                    environ={"LEVYDRIFT_DETECTORS_SEGMENT_BY": "county,property_class",
+                             "LEVYDRIFT_DETECTORS_STRATIFY_BY": "tax_district"})
     assert settings.detectors.segment_by == ("county", "property_class")
+    assert settings.detectors.strata_fields() == ("tax_district",)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -382,6 +383,33 @@ def test_realistic_arrival_orders_of_a_stationary_file_are_no_drift(
                  "--registry", str(registry)])
     out = capsys.readouterr().out
     assert code == 0, out
+
+
+def test_district_strata_keep_county_segments_through_a_district_sorted_file(
+        files: Path, registry: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Sorted by district, each county's districts arrive one after another. With district
+    strata (each value against its own district's first 2,000) the county stays the
+    segment: no drift in a stationary file, and one district's levy vote is found in its
+    county. Without them the same stationary file reads as drift."""
+    stationary, vote = files / "strata-none.parquet", files / "strata-vote.parquet"
+    config = SimulatorConfig(labelled_share=0.5, event_interval_ms=5_000)
+    write_file(LevySimulator(config), 150_000, stationary, "district-sorted")
+    write_file(LevySimulator(replace(config, scenario="district-levy-change", county="Grant",
+                                     change_at=100_000)), 150_000, vote, "district-sorted")
+    strata, plain = files / "strata.toml", files / "no-strata.toml"
+    strata.write_text('[detectors]\nsegment_by = ["county"]\nstratify_by = ["tax_district"]\n')
+    plain.write_text('[detectors]\nsegment_by = ["county"]\n')
+
+    def run(settings: Path, path: Path) -> tuple[int, str]:
+        code = main(["--config", str(settings), "check", "--data-path", str(path),
+                     "--registry", str(registry)])
+        return code, capsys.readouterr().out
+
+    code, out = run(strata, stationary)
+    assert code == 0, out
+    assert run(plain, stationary)[0] == 1
+    code, out = run(strata, vote)
+    assert code == 1 and "levy_rate" in out and "in county=Grant" in out, out
 
 
 def test_a_file_of_county_rolls_one_after_another_is_no_drift(
