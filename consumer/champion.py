@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -247,8 +248,8 @@ class ChampionTracker:
             return None
         columns = {name: sample[name].to_numpy() for name in sample.columns
                    if name in self._signals}
-        try:
-            return Reference.from_columns(columns)
+        try:  # the rows stay with it: the districts' references are learned from them too
+            return replace(Reference.from_columns(columns), rows=columns)
         except ValueError as error:  # too few holdout records to describe a signal
             log.warning("holdout sample too small for a reference; detectors will warm up",
                         extra={"model": event.model_name, "version": event.version,

@@ -82,8 +82,11 @@ _RECORD_ID, _EVENT_TIME, _AMOUNT = (attrgetter(name) for name in
 
 
 def error_settings(settings: DetectorSettings) -> DetectorSettings:
-    """The error detectors: the performance signals only, segmented like the record bank."""
-    return replace(settings, numeric_signals=(), prediction_signals=(), categorical_signals=())
+    """The error detectors: the performance signals only, segmented like the record bank.
+    No strata: a pending prediction keeps its segment fields only, and labels arrive in
+    their own order, not in the districts' turn."""
+    return replace(settings, numeric_signals=(), prediction_signals=(), categorical_signals=(),
+                   stratify_by=())
 
 
 @dataclass(slots=True)

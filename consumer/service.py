@@ -117,7 +117,9 @@ class ConsumerService:
         self.consumer: Consumer | None = None
         self.champion = ChampionTracker(self._reader_config, settings.topics.model_versions,
                                         self.section.model_name, settings.registry.root,
-                                        settings.detectors.all_signals())
+                                        settings.detectors.all_signals()
+                                        + settings.detectors.segment_by
+                                        + settings.detectors.stratify_by)
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -93,10 +93,14 @@ class CategoricalReference:
 
 @dataclass(frozen=True)
 class Reference:
-    """Per-signal reference statistics; serialisable with ``to_dict``/``from_dict``."""
+    """Per-signal reference statistics; serialisable with ``to_dict``/``from_dict``.
+    ``rows``: the sample they were built from (a champion's holdout), when kept, so that
+    finer references (each district's, ``detectors.strata``) can be learned from it too;
+    not serialised."""
 
     numeric: dict[str, NumericReference] = field(default_factory=dict)
     categorical: dict[str, CategoricalReference] = field(default_factory=dict)
+    rows: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_columns(cls, columns: Mapping[str, Any],

@@ -135,6 +135,8 @@ class SegmentedBank:
                               enumerate(self.segment_settings.numeric_like())}
         self.recent = RecentRecords(settings.numeric_like())
         self.spread_synced = -1  # the strata's change count the segments' spread follows
+        if reference is not None:
+            self._learn_model_strata(reference)
 
     def _uniform_reference(self, signals: tuple[str, ...]) -> Reference:
         """U(0, 1) for each of ``signals``: what stratum probabilities are under no change."""
@@ -206,8 +208,22 @@ class SegmentedBank:
             for channel in bank.channels.values():
                 channel.adopt_warmup(MIN_LEARNED_VALUES)
 
-    def _learn_strata(self, columns: Mapping[str, Any], positions: np.ndarray) -> None:
-        """Each stratum's reference from the baseline rows (from ``MIN_LEARNED_VALUES``)."""
+    def _learn_model_strata(self, reference: Reference) -> None:
+        """The prediction and error signals' strata from the champion's holdout rows (its
+        predictions and errors, out of sample), so a new champion is watched in every
+        district at once rather than after each district's next 2,000 values."""
+        rows = reference.rows
+        if self.strata is None or not rows:
+            return
+        model = self.settings.prediction_signals + self.settings.performance_signals
+        n = len(next(iter(rows.values())))
+        if n:
+            self._learn_strata(rows, np.arange(-n - 1, -1, dtype=np.int64), model)
+
+    def _learn_strata(self, columns: Mapping[str, Any], positions: np.ndarray,
+                      signals: tuple[str, ...] | None = None) -> None:
+        """Each stratum's reference of ``signals`` (default: all) from the baseline rows
+        (from ``MIN_LEARNED_VALUES``)."""
         assert self.strata is not None
         n = len(positions)
         coded = {name: code_column(columns[name]) for name in
@@ -217,11 +233,12 @@ class SegmentedBank:
         strata = self.strata.strata_of(segment_codes, *self._groups(coded, n,
                                                                     self.strata_fields))
         every, scratch = np.arange(n), np.empty(n)
-        for name in self.settings.numeric_like():
+        signals = self.settings.numeric_like() if signals is None else signals
+        for name in signals:
             if columns.get(name) is not None:
                 values = np.ascontiguousarray(columns[name], dtype=np.float64)
                 self.strata.scores(name, values, positions, strata, every, scratch)
-        self.strata.adopt_warmups(MIN_LEARNED_VALUES)
+        self.strata.adopt_warmups(MIN_LEARNED_VALUES, signals)
 
     def segment_keys(self, columns: Mapping[str, Any], n: int) -> np.ndarray:
         """Each record's segment label, e.g. ``county=Yakima`` (empty: no segmentation)."""
@@ -488,6 +505,8 @@ class SegmentedBank:
         if self.strata is not None:  # each stratum re-learns them; segments judge at once
             for name in model:
                 self.strata.relearn(name)
+            if reference is not None:
+                self._learn_model_strata(reference)
         for bank in self.segments.values():
             bank.rebaseline(self._uniform_reference(model) if self.strata else None, model)
         if self.pool is not None:

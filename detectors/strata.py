@@ -176,10 +176,12 @@ class StrataScaler:
                 tables.forget_warmup(stratum)
         self.changes += 1
 
-    def adopt_warmups(self, min_values: int) -> None:
-        """Strata with at least ``min_values`` warm-up values take them as their reference
-        (a baseline file shorter than the warm-up)."""
-        for tables in self.tables.values():
+    def adopt_warmups(self, min_values: int, signals: tuple[str, ...] | None = None) -> None:
+        """Strata with at least ``min_values`` warm-up values of ``signals`` (default: all)
+        take them as their reference (a baseline file shorter than the warm-up)."""
+        for name, tables in self.tables.items():
+            if signals is not None and name not in signals:
+                continue
             for stratum in list(tables.warm):
                 if tables.warmed(stratum) >= min_values:
                     tables.set_reference(stratum, np.concatenate(tables.warm[stratum]))

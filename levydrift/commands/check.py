@@ -151,7 +151,8 @@ def champion_baseline(registry_root: str, model: str, version: int,
     if sample is None:
         return None
     columns = {name: sample[name].to_numpy() for name in sample.columns}
-    return Baseline(reference_for_signals(columns, detectors.all_signals()),
+    reference = replace(reference_for_signals(columns, detectors.all_signals()), rows=columns)
+    return Baseline(reference,
                     f"champion {model} v{version} reference sample ({len(sample):,} holdout "
                     f"rows, {version_dir / 'reference.parquet'})", "champion", columns)
 

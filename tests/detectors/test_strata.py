@@ -12,6 +12,7 @@ import pytest
 
 from detectors.config import DetectorSettings
 from detectors.errors import DetectorConfigError, SnapshotError
+from detectors.reference import Reference
 from detectors.segments import SegmentedBank
 from detectors.strata import StrataScaler
 
@@ -261,3 +262,32 @@ def test_strata_fields_already_segments_are_no_strata() -> None:
     settings = replace(SETTINGS, segment_by=("county", "tax_district"))
     assert settings.strata_fields() == ()
     assert SegmentedBank(settings).strata is None
+
+
+def test_a_champion_holdout_gives_the_model_signals_their_district_references_at_once(
+        ) -> None:
+    """A new champion's predictions differ from the last one's: its holdout rows (its
+    predictions, out of sample) teach each district, so the prediction is judged from the
+    swap on, not after each district's next warm-up. The fields keep their own."""
+    settings = replace(SETTINGS, prediction_signals=("prediction",),
+                       stratum_warmup_records=2_000)
+    columns = district_stream(30_000, seed=14)
+    columns["prediction"] = columns["x"] * 3.0 + 1.0
+    holdout = {name: values[:6_000] for name, values in district_stream(6_000, seed=15).items()}
+    holdout["prediction"] = holdout["x"] * 3.0 + 1.0
+    with_rows = replace(Reference(), rows=holdout)
+    bank = SegmentedBank(settings, with_rows)
+    assert bank.strata is not None
+    assert bank.strata.judging("prediction") == {0, 1} and bank.strata.judging("x") == set()
+    assert feed(bank, columns) == []  # the holdout describes the stream: no decision
+    bank.rebaseline(with_rows)
+    assert bank.strata.judging("prediction") == {0, 1}
+    assert bank.strata.judging("x") == {0, 1}, "the fields keep their references"
+    bank.rebaseline(Reference())  # no rows: the districts learn it from the stream
+    assert bank.strata.judging("prediction") == set()
+
+
+def test_the_late_label_error_bank_has_no_strata() -> None:
+    from consumer.labels import error_settings
+
+    assert error_settings(SETTINGS).strata_fields() == ()
