@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pandas as pd
 
 from detectors import kernels as k
 from detectors.channels import MIN_SPREAD_VALUES
@@ -50,6 +51,8 @@ class _Tables:
     ready: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.bool_))
     warm: dict[int, list[np.ndarray]] = field(default_factory=dict)
     counts: dict[int, int] = field(default_factory=dict)  # values in each warm-up
+    # Per segment code: whether its spread tests are silent (see ``StrataScaler.quiet_spread``)
+    quiet: dict[int, bool] = field(default_factory=dict)
 
     def grow(self, strata: int) -> None:
         if strata <= len(self.ready):
@@ -95,21 +98,22 @@ class StrataScaler:
         self.keys: dict[tuple[int, str], int] = {}  # (segment code, stratum label) -> index
         self.tables = {name: _Tables() for name in signals}
         self.changes = 0  # counts reference changes, for ``quiet_spread``'s callers
+        self._segments: list[int] = []  # segment code of each stratum (cache of ``keys``)
 
     # ------------------------------------------------------------------ strata
     def strata_of(self, segment_codes: np.ndarray, groups: np.ndarray,
                   labels: np.ndarray) -> np.ndarray:
         """Each record's stratum index from its segment code and stratum group (``labels``:
-        the text of each group); strata met for the first time are made."""
+        the text of each group); strata met for the first time are made in order of first
+        appearance, so the same records make the same strata however they are batched."""
         n = len(segment_codes)
         if not n:
             return np.zeros(0, dtype=np.int64)
         width = max(len(labels), 1)
-        pairs, inverse = np.unique(segment_codes.astype(np.int64) * width + groups,
-                                   return_inverse=True)
+        inverse, pairs = pd.factorize(segment_codes.astype(np.int64) * width + groups)
         index = np.array([self._stratum(int(pair // width), str(labels[pair % width]))
                           for pair in pairs.tolist()], dtype=np.int64)
-        strata: np.ndarray = index[inverse.reshape(-1)]
+        strata: np.ndarray = index[inverse]
         return strata
 
     def _stratum(self, segment: int, label: str) -> int:
@@ -143,9 +147,13 @@ class StrataScaler:
             if waiting.size:  # grouped by stratum, each group in batch order
                 grouped = waiting[np.argsort(strata[waiting], kind="stable")]
                 cuts = np.flatnonzero(np.diff(strata[grouped])) + 1
+                learned = []
                 for mine in np.split(grouped, cuts):
                     stratum = int(strata[mine[0]])
                     ready_from[stratum] = self._warm(tables, stratum, values, mine)
+                    if tables.ready[stratum]:
+                        learned.append((int(ready_from[stratum]), stratum))
+                self._set_quiet(tables, sorted(learned))
         k.stratum_scores(values, rows, strata, positions, ready_from, tables.knots,
                          tables.below, tables.at_or_below, tables.n_knots, tables.u_min, out)
 
@@ -165,6 +173,21 @@ class StrataScaler:
         self.changes += 1
         return int(take[-1]) + 1 if take.size else 0
 
+    def _set_quiet(self, tables: _Tables, learned: list[tuple[int, int]]) -> None:
+        """A segment's spread tests follow the first of its strata to learn the signal (in
+        record order: the same however the records are batched); until then the segment
+        judges none of the signal's values, so nothing is judged under another rule."""
+        for _, stratum in learned:
+            segment = self.segment_of(stratum)
+            if segment not in tables.quiet:
+                tables.quiet[segment] = tables.discrete(stratum)
+                self.changes += 1
+
+    def segment_of(self, stratum: int) -> int:
+        if len(self._segments) != len(self.keys):
+            self._segments = [code for code, _ in self.keys]
+        return self._segments[stratum]
+
     # ------------------------------------------------------------------ re-learning
     def relearn(self, signal: str, segment: int | None = None) -> None:
         """The strata of ``segment`` (None: all) learn ``signal``'s reference again from
@@ -174,6 +197,7 @@ class StrataScaler:
             if segment is None or code == segment:
                 tables.ready[stratum] = False
                 tables.forget_warmup(stratum)
+                tables.quiet.pop(code, None)
         self.changes += 1
 
     def adopt_warmups(self, min_values: int, signals: tuple[str, ...] | None = None) -> None:
@@ -182,18 +206,21 @@ class StrataScaler:
         for name, tables in self.tables.items():
             if signals is not None and name not in signals:
                 continue
-            for stratum in list(tables.warm):
-                if tables.warmed(stratum) >= min_values:
-                    tables.set_reference(stratum, np.concatenate(tables.warm[stratum]))
-                    self.changes += 1
+            adopted = [stratum for stratum in sorted(tables.warm)
+                        if tables.warmed(stratum) >= min_values]
+            for stratum in adopted:
+                tables.set_reference(stratum, np.concatenate(tables.warm[stratum]))
+                self.changes += 1
+            self._set_quiet(tables, [(0, stratum) for stratum in adopted])
 
     def quiet_spread(self, signal: str) -> set[int]:
-        """Codes of the segments whose spread of ``signal`` is no test: one of their strata
-        knows it as a handful of values. Randomised scores on such atoms are N(0, 1) only
-        as far as the reference's atom shares are exact; with 2,000 values per stratum the
-        spread tests then cried wolf (an exemption spread in 1 M stationary records)."""
-        tables = self.tables[signal]
-        return {code for (code, _), stratum in self.keys.items() if tables.discrete(stratum)}
+        """Codes of the segments whose spread of ``signal`` is no test: the first of their
+        strata to learn it knows it as a handful of values (a district's levy rate;
+        exemptions mostly zero or the flat homestead amount: alike in every district).
+        Randomised scores on such atoms are N(0, 1) only as far as the reference's atom
+        shares are exact; with 2,000 values per stratum the spread tests then cried wolf (an
+        exemption spread in 1 M stationary records)."""
+        return {code for code, quiet in self.tables[signal].quiet.items() if quiet}
 
     def judging(self, signal: str) -> set[int]:
         """Codes of the segments with a stratum that judges ``signal`` (has a reference)."""
@@ -219,7 +246,9 @@ class StrataScaler:
                     entries.append([signal, stratum, "warmup", int(chunk.size), 0.0])
                     arrays.append(chunk)
         header = orjson.dumps({"strata": [[code, label] for code, label in self.keys],
-                               "entries": entries})
+                               "entries": entries,
+                               "quiet": {signal: sorted(tables.quiet.items())
+                                         for signal, tables in self.tables.items()}})
         body = b"".join(np.ascontiguousarray(a, dtype="<f8").tobytes() for a in arrays)
         return zlib.compress(struct.pack("<I", len(header)) + header + body, 6)
 
@@ -245,6 +274,7 @@ class StrataScaler:
             scaler = cls(signals, warmup)
             scaler._load_strata(header["strata"], segments)
             scaler._load_entries(header["entries"], raw[4 + length:], warmup)
+            scaler._load_quiet(header["quiet"], segments)
         except SnapshotError:
             raise
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError,
@@ -264,6 +294,17 @@ class StrataScaler:
             self.keys[(code, label)] = len(self.keys)
         for tables in self.tables.values():
             tables.grow(len(self.keys))
+
+    def _load_quiet(self, quiet: Any, segments: int) -> None:
+        if not isinstance(quiet, dict):
+            raise SnapshotError("strata state: quiet flags are not an object", "header")
+        for signal, flags in quiet.items():
+            tables = self.tables.get(signal)
+            for code, flag in flags:
+                if not _is_count(code) or code >= segments or not isinstance(flag, bool):
+                    raise SnapshotError("strata state: malformed quiet flag", "header")
+                if tables is not None:
+                    tables.quiet[code] = flag
 
     def _load_entries(self, entries: Any, body: bytes, warmup: int) -> None:
         if not isinstance(entries, list):

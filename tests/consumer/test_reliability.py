@@ -25,15 +25,21 @@ from tests.kafka_helpers import read_all, wait_until
 RECORDS = 30_000
 CHANGE_AT = 16_000
 PARTITIONS = 2
+# District strata (detectors/strata.py) in the snapshot too: each district learns from its
+# first 150 values here, so every district of a partition judges before the change.
+STRATA = {"LEVYDRIFT_DETECTORS_STRATIFY_BY": "tax_district",
+          "LEVYDRIFT_DETECTORS_STRATUM_WARMUP_RECORDS": "150"}
 
 
-def reference_run(bootstrap: str, unique: str, tmp_path: Path) -> tuple[str, list, dict]:
+def reference_run(bootstrap: str, unique: str, tmp_path: Path,
+                  detectors: dict[str, str] | None = None) -> tuple[str, list, dict]:
     """Produce the stream once and process it without interruption."""
     topics = Topics(f"ref-{unique}", PARTITIONS).create(bootstrap)
     # Benton (28 % of rows): each partition has its own 2,000 Benton values before the change.
     produce_scenario(bootstrap, topics.names["records"], "levy-rate-change", RECORDS, CHANGE_AT,
                      county="Benton")
-    run = ConsumerRun(bootstrap, topics, f"ref-{unique}", "ref", tmp_path / "ref.log").start()
+    run = ConsumerRun(bootstrap, topics, f"ref-{unique}", "ref", tmp_path / "ref.log",
+                      extra_env=detectors or {}).start()
     wait_processed(bootstrap, f"ref-{unique}", topics, RECORDS, runs=[run])
     assert run.stop() == 0
     events = [comparable(e) for e in drift_events(bootstrap, topics)]
@@ -42,14 +48,15 @@ def reference_run(bootstrap: str, unique: str, tmp_path: Path) -> tuple[str, lis
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("detectors", [{}, STRATA], ids=["segments", "strata"])
 def test_kill_minus_nine_at_random_points_loses_and_duplicates_nothing(
-        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+        kafka_bootstrap: str, unique: str, tmp_path: Path, detectors: dict[str, str]) -> None:
     records_topic, expected_events, expected_banks = reference_run(kafka_bootstrap, unique,
-                                                                   tmp_path)
+                                                                   tmp_path, detectors)
     topics = Topics(f"crash-{unique}", PARTITIONS, records_topic).create(kafka_bootstrap)
     # Small batches and frequent checkpoints: many transactions for the kills to land in.
     env = {"LEVYDRIFT_CONSUMER_BATCH_SIZE": "100",
-           "LEVYDRIFT_CONSUMER_CHECKPOINT_INTERVAL_S": "0.1"}
+           "LEVYDRIFT_CONSUMER_CHECKPOINT_INTERVAL_S": "0.1", **detectors}
     group = f"crash-{unique}"
     randomness = random.Random(unique)
 

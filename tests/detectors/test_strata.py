@@ -29,17 +29,19 @@ DISTRICTS = {"A": {"A1": (0.0, 1.0), "A2": (4.0, 0.5), "A3": (9.0, 0.0)},
 
 
 def district_stream(records: int, seed: int, per_day: int = 6_000,
-                    shift: tuple[str, float, int] | None = None) -> dict[str, np.ndarray]:
+                    shift: tuple[str, float, int] | None = None,
+                    districts: dict[str, dict[str, tuple[float, float]]] = DISTRICTS
+                    ) -> dict[str, np.ndarray]:
     """Records whose event times run in order, re-ordered within each day by county then
     district (districts certify in turn); ``shift`` = (district, change, from this event-time
     index on)."""
     rng = np.random.default_rng(seed)
-    pairs = [(county, district) for county, group in DISTRICTS.items() for district in group]
+    pairs = [(county, district) for county, group in districts.items() for district in group]
     pick = rng.integers(len(pairs), size=records)
     county = np.array([pairs[i][0] for i in pick], dtype=object)
     district = np.array([pairs[i][1] for i in pick], dtype=object)
-    level = np.array([DISTRICTS[c][d][0] for c, d in zip(county, district, strict=True)])
-    spread = np.array([DISTRICTS[c][d][1] for c, d in zip(county, district, strict=True)])
+    level = np.array([districts[c][d][0] for c, d in zip(county, district, strict=True)])
+    spread = np.array([districts[c][d][1] for c, d in zip(county, district, strict=True)])
     x = level + spread * rng.normal(size=records)
     if shift is not None:
         name, change, start = shift
@@ -168,12 +170,20 @@ def test_batching_and_the_lean_pooled_loop_change_no_decision_with_strata() -> N
     assert feed(plain, columns, batch=1_000) == expected
 
 
-def test_a_signal_some_stratum_knows_as_one_value_has_no_spread_test() -> None:
-    bank = SegmentedBank(SETTINGS)
-    feed(bank, district_stream(20_000, seed=6))
-    quiet = {label: np.isinf(bank.segments[label].channels["x"].ph_par[:, 1]).any()
-             for label in bank.segments}
-    assert quiet == {"county=A": True, "county=B": False}  # A3 is one value
+def test_a_signal_its_districts_know_as_one_value_has_no_spread_test() -> None:
+    """Like a levy rate: each of A's districts one value. The first district to learn
+    decides, so any batching gives the same tests (and a restored bank keeps them)."""
+    rates = {"A": {"A1": (0.011, 0.0), "A2": (0.013, 0.0)}, "B": DISTRICTS["B"]}
+    columns = district_stream(20_000, seed=6, districts=rates)
+    for batch in (1_000, 333):
+        bank = SegmentedBank(SETTINGS)
+        feed(bank, columns, batch=batch)
+        restored = SegmentedBank.restore(bank.snapshot(), SETTINGS)
+        feed(restored, {name: values[:1] for name, values in columns.items()}, start=20_000)
+        for each in (bank, restored):
+            quiet = {label: bool(np.isinf(each.segments[label].channels["x"].ph_par[:, 1]).any())
+                     for label in each.segments}
+            assert quiet == {"county=A": True, "county=B": False}
 
 
 def test_a_segment_whose_strata_still_warm_up_says_so() -> None:
