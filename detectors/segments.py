@@ -377,8 +377,8 @@ class SegmentedBank:
         return label
 
     def _quiet_spreads(self) -> None:
-        """Each segment's spread tests silent on the signals some stratum of it knows as a
-        handful of values (``StrataScaler.quiet_spread``), once the strata changed."""
+        """Each segment's spread tests silent on the signals its strata know as a handful of
+        values (``StrataScaler.quiet_spread``), once the strata changed."""
         assert self.strata is not None
         if self.strata.changes == self.spread_synced:
             return
@@ -392,7 +392,8 @@ class SegmentedBank:
         self.spread_synced = self.strata.changes
 
     def _segment_reference(self) -> Reference | None:
-        """A new segment's: N(0, 1) when it is fed stratum scores, else its own warm-up."""
+        """A new segment's: U(0, 1) when it is fed stratum probabilities, else its own
+        warm-up."""
         if self.strata is None:
             return None
         return self._uniform_reference(self.segment_settings.numeric_like())
@@ -537,7 +538,7 @@ class SegmentedBank:
 
     def _segment_status(self, code: int, bank: DetectorBank) -> list[DetectorStatus]:
         """A segment's rows; with strata, a signal none of its strata judges yet is
-        warming up (its detectors have the N(0, 1) reference from the start)."""
+        warming up (its detectors have the U(0, 1) reference from the start)."""
         rows = bank.status()
         if self.strata is None:
             return rows
