@@ -55,7 +55,7 @@ from trainer.model import ModelParams, fit_model  # noqa: E402
 BATCH = 2000
 Bank = TypeVar("Bank", DetectorBank, SegmentedBank)
 COUNTY = "Grant"
-HEADING = "## Arrival orders and segments"
+HEADING = "## Arrival orders, segments and district strata"
 MODEL_SIGNALS = frozenset({"prediction", "abs_error", "relative_error"})
 # Districts certify in turn and a district's levy rate is its own: district strata score each
 # value against its district; without them, district order needs the district as the segment.

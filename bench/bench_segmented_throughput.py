@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/bench_segmented_throughput.py [--records 500000] [--repeats 5]
         [--orders county-batches shuffled] [--segment-by county tax_district]
-        [--stratify-by tax_district] [--cache DIR] [--json]
+        [--stratify-by tax_district] [--steady] [--cache DIR] [--json]
 
 Both banks are fed the same prebuilt columns, as the consumer feeds them (``arrived``: the
 consumer's columns and model signals, batches of 2,000; ``event_time`` as int64 epoch
@@ -14,7 +14,9 @@ other on the same records (each build's own checkout of this script: ``bench_arr
 puts the repository it sits in first on ``sys.path``, whatever ``PYTHONPATH`` says);
 ``--json`` prints one line of rates per order. ``--segment-by`` sets the segmented bank's
 segment fields, ``--stratify-by`` its strata (default tax_district, as the consumer runs);
-with strata the same bank without them runs beside it ("segmented, no strata").
+with strata the same bank without them runs beside it ("segmented, no strata"). ``--steady``
+times the second half of the records only, each bank having been fed the first half
+(warm-ups over: the rate a long-running consumer sees).
 """
 
 from __future__ import annotations
@@ -61,11 +63,15 @@ def as_consumer_feeds(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {**columns, "event_time": event_times_ms(columns["event_time"])}
 
 
-def timed_feed(bank, columns: dict[str, np.ndarray]) -> tuple[float, float]:
-    """(wall, CPU) seconds to feed every record in batches, as the consumer does."""
+def timed_feed(bank, columns: dict[str, np.ndarray], untimed: int = 0) -> tuple[float, float]:
+    """(wall, CPU) seconds to feed every record after the first ``untimed`` in batches, as
+    the consumer does (the first ``untimed`` are fed before the clocks start)."""
     n = len(columns["index"])
+    for first in range(0, untimed, BATCH):
+        part = {name: values[first:min(untimed, first + BATCH)] for name, values in columns.items()}
+        bank.update(part, np.arange(first, min(untimed, first + BATCH)))
     wall, cpu = time.perf_counter(), time.process_time()
-    for first in range(0, n, BATCH):
+    for first in range(untimed, n, BATCH):
         part = {name: values[first:first + BATCH] for name, values in columns.items()}
         bank.update(part, np.arange(first, min(n, first + BATCH)))
     if isinstance(bank, SegmentedBank):
@@ -74,7 +80,8 @@ def timed_feed(bank, columns: dict[str, np.ndarray]) -> tuple[float, float]:
 
 
 def rates(columns: dict[str, np.ndarray], repeats: int, segment_by: tuple[str, ...],
-          stratify_by: tuple[str, ...] = ()) -> dict[str, dict[str, list[float]]]:
+          stratify_by: tuple[str, ...] = (), steady: bool = False
+          ) -> dict[str, dict[str, list[float]]]:
     """records/s per bank and clock, the banks interleaved so load drift hits both."""
     n = len(columns["index"])
     segmented = DetectorSettings(segment_by=segment_by, stratify_by=stratify_by)
@@ -87,11 +94,12 @@ def rates(columns: dict[str, np.ndarray], repeats: int, segment_by: tuple[str, .
         timed_feed(make(), {k: v[:BATCH * 5] for k, v in columns.items()})  # compile
     out: dict[str, dict[str, list[float]]] = {
         name: {"wall": [], "cpu": []} for name in makers}
+    untimed = n // 2 if steady else 0
     for _ in range(repeats):
         for name, make in makers.items():
-            wall, cpu = timed_feed(make(), columns)
-            out[name]["wall"].append(n / wall)
-            out[name]["cpu"].append(n / cpu)
+            wall, cpu = timed_feed(make(), columns, untimed)
+            out[name]["wall"].append((n - untimed) / wall)
+            out[name]["cpu"].append((n - untimed) / cpu)
     return out
 
 
@@ -108,6 +116,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path)
     parser.add_argument("--segment-by", nargs="+", default=["county"])
     parser.add_argument("--stratify-by", nargs="*", default=["tax_district"])  # as advised
+    parser.add_argument("--steady", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not args.json:
@@ -117,7 +126,7 @@ def main() -> None:
     for order in args.orders:
         columns = as_consumer_feeds(columns_for(order, args.records, args.cache))
         measured = rates(columns, args.repeats, tuple(args.segment_by),
-                         tuple(args.stratify_by))
+                         tuple(args.stratify_by), args.steady)
         if args.json:
             print(json.dumps({"order": order, **measured}), flush=True)
             continue
