@@ -126,19 +126,17 @@ STRATA_DEFAULTS = {"stratify_by": list(_DEFAULTS.stratify_by),
                    "stratum_warmup_records": _DEFAULTS.stratum_warmup_records}
 
 
+def _check_fields(key: str, fields: Any, example: str) -> None:
+    """A list of at most 4 distinct record field names (segment or stratum keys)."""
+    if not isinstance(fields, tuple) or not all(isinstance(f, str) and f.strip() for f in fields):
+        raise DetectorConfigError(f"detectors.{key} must be a list of field names ({example})")
+    if len(set(fields)) != len(fields) or len(fields) > 4:
+        raise DetectorConfigError(f"detectors.{key}: at most 4 distinct fields")
+
+
 def _check_signals(s: DetectorSettings) -> None:
-    if not isinstance(s.segment_by, tuple) or not all(
-            isinstance(f, str) and f.strip() for f in s.segment_by):
-        raise DetectorConfigError("detectors.segment_by must be a list of field names "
-                                  "(e.g. [\"county\"]; [] = one segment)")
-    if len(set(s.segment_by)) != len(s.segment_by) or len(s.segment_by) > 4:
-        raise DetectorConfigError("detectors.segment_by: at most 4 distinct fields")
-    if not isinstance(s.stratify_by, tuple) or not all(
-            isinstance(f, str) and f.strip() for f in s.stratify_by):
-        raise DetectorConfigError("detectors.stratify_by must be a list of field names "
-                                  "(e.g. [\"tax_district\"]; [] = no strata)")
-    if len(set(s.stratify_by)) != len(s.stratify_by) or len(s.stratify_by) > 4:
-        raise DetectorConfigError("detectors.stratify_by: at most 4 distinct fields")
+    _check_fields("segment_by", s.segment_by, 'e.g. ["county"]; [] = one segment')
+    _check_fields("stratify_by", s.stratify_by, 'e.g. ["tax_district"]; [] = no strata')
     names = s.all_signals()
     if not names:
         raise DetectorConfigError("detectors: no signals configured; list at least one")
