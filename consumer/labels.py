@@ -427,6 +427,10 @@ def retention_shortfall(retention_ms: int | None, horizon_days: float, records: 
             "(`levydrift topics create` applies it) or lower consumer.label_horizon_days")
 
 
+STORE_LOCK_WAIT_S = 30.0  # a fenced instance ends at its next poll: seconds, not minutes
+STORE_LOCK_POLL_S = 0.5
+
+
 def check_state_dir(state_dir: str) -> None:
     """Raise ``ConfigError`` unless ``consumer.state_dir`` can be written: at start, not at
     the first partition assignment (where it was a traceback)."""
@@ -444,22 +448,38 @@ def store_path(state_dir: str, group: str, topic: str, partition: int) -> Path:
     return Path(state_dir) / f"{safe}-{partition}"
 
 
-def open_join_store(path: Path) -> JoinStore:
+def open_join_store(path: Path, lock_wait_s: float = STORE_LOCK_WAIT_S) -> JoinStore:
     """The partition's store; a directory RocksDB cannot open (damaged files) is set aside
-    and rebuilt from the changelog, logged and counted. One another process holds is a
-    one-line error: two instances share ``consumer.state_dir``."""
-    try:
-        return JoinStore(path)
-    except JoinStoreError as error:
-        if "lock" in str(error).lower():
-            raise ConfigError(f"{error}: another process uses this consumer.state_dir; give "
-                              "each instance its own") from None
-        aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
-        path.rename(aside)
-        metrics.STATE_RESTORE_FAILURES.labels(reason="join_store").inc()
-        log.warning("join store unreadable; set aside and rebuilt from the changelog",
-                    extra={"path": str(path), "moved_to": str(aside), "error": str(error)[:300]})
-        return JoinStore(path)
+    and rebuilt from the changelog, logged and counted. One another process holds is waited
+    for up to ``lock_wait_s`` (an instance replacing a fenced one with the same instance id
+    is given the partition before the old one has ended), then a one-line error: two
+    instances share ``consumer.state_dir``."""
+    deadline = time.monotonic() + lock_wait_s
+    waiting = False
+    while True:
+        try:
+            return JoinStore(path)
+        except JoinStoreError as error:
+            if "lock" not in str(error).lower():
+                return _rebuilt_store(path, error)
+            if time.monotonic() >= deadline:
+                raise ConfigError(f"{error}: another process uses this consumer.state_dir; "
+                                  "give each instance its own") from None
+            if not waiting:
+                log.info("join store locked by another process; waiting for it to end",
+                         extra={"path": str(path), "wait_s": lock_wait_s})
+                waiting = True
+            time.sleep(STORE_LOCK_POLL_S)
+
+
+def _rebuilt_store(path: Path, error: JoinStoreError) -> JoinStore:
+    """A store RocksDB cannot open, set aside; a new one is rebuilt from the changelog."""
+    aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+    path.rename(aside)
+    metrics.STATE_RESTORE_FAILURES.labels(reason="join_store").inc()
+    log.warning("join store unreadable; set aside and rebuilt from the changelog",
+                extra={"path": str(path), "moved_to": str(aside), "error": str(error)[:300]})
+    return JoinStore(path)
 
 
 def restore_errors(snapshot: bytes, settings: DetectorSettings,

@@ -379,8 +379,13 @@ class ConsumerService:
 
     @staticmethod
     def _raise_if_fatal(error: KafkaError) -> None:
-        if error.fatal():
-            raise FatalKafkaError(f"consumer error: {error.str()}")
+        # librdkafka hands a fatal consumer error (fenced static membership) to consume() as
+        # _FATAL, whose fatal() is False: counted as a warning, it left a fenced instance
+        # running, idle, with the state directory's lock the instance replacing it needs.
+        if error.fatal() or error.code() == KafkaError._FATAL:
+            hint = (" (another instance with the same consumer.instance_id joined the group: "
+                    "each levydrift consume needs its own)" if "fenced" in error.str() else "")
+            raise FatalKafkaError(f"consumer error: {error.str()}{hint}")
         log.warning("consume error", extra={"error": error.str()})
 
     def _follow_champion(self) -> None:

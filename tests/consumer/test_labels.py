@@ -349,7 +349,23 @@ def test_a_damaged_store_directory_is_set_aside_and_rebuilt(tmp_path: Path) -> N
 
 def test_a_store_another_instance_holds_is_a_one_line_error(tmp_path: Path) -> None:
     with JoinStore(tmp_path / "store"), pytest.raises(ConfigError, match="state_dir"):
-        open_join_store(tmp_path / "store")
+        open_join_store(tmp_path / "store", lock_wait_s=0.0)
+
+
+def test_a_store_is_waited_for_while_the_instance_it_replaces_ends(tmp_path: Path) -> None:
+    """A fenced instance with the same instance id still holds the store for a moment after
+    the partition has moved to its replacement: the replacement waits rather than dies."""
+    import threading
+
+    held = JoinStore(tmp_path / "store")
+    held.put_batch(["a"], [1], [0], [1.0], [()], 1)
+    held.commit(5)
+    release = threading.Timer(1.0, held.close)
+    release.start()
+    store = open_join_store(tmp_path / "store", lock_wait_s=30.0)
+    release.join()
+    assert store.get("a") is not None  # the same store, not a rebuilt one
+    store.close()
 
 
 def test_quiet_records_release_no_label_while_records_wait_in_kafka(join: LabelJoin) -> None:

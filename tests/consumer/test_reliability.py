@@ -235,7 +235,10 @@ def test_a_second_instance_with_the_same_instance_id_ends_the_first_with_one_lin
     fences the first. The first must end with exit code 4 and one line saying so (it died
     with a KafkaException traceback from a produce), and the second carry on to the end."""
     topics = Topics(f"twins-{unique}", PARTITIONS).create(kafka_bootstrap)
-    produce_scenario(kafka_bootstrap, topics.names["records"], "none", RECORDS, 0)
+    # Long enough that the first is still at work when the second has started (~2 s): an
+    # instance that finished the stream sits idle, and an idle one is never fenced.
+    records = RECORDS * 4
+    produce_scenario(kafka_bootstrap, topics.names["records"], "none", records, 0)
     group = f"twins-{unique}"
     env = {"LEVYDRIFT_CONSUMER_BATCH_SIZE": "200",
            "LEVYDRIFT_CONSUMER_CHECKPOINT_INTERVAL_S": "0.1"}
@@ -253,5 +256,26 @@ def test_a_second_instance_with_the_same_instance_id_ends_the_first_with_one_lin
     last = log.strip().splitlines()[-1]
     assert last.startswith("levydrift consume: "), last
     assert "same transactional id" in last and "instance_id" in last, last
-    wait_processed(kafka_bootstrap, group, topics, RECORDS, runs=[second])
+    wait_processed(kafka_bootstrap, group, topics, records, runs=[second])
+    assert second.stop() == 0, second.log()[-3000:]
+
+
+def test_an_idle_instance_fenced_by_its_replacement_ends_and_the_replacement_carries_on(
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    """The first instance has read everything and waits; a second with the same instance_id
+    joins. librdkafka fences the first's static membership with an error whose fatal() is
+    False: it was logged as a warning and the fenced instance ran on, holding the join
+    store's lock, so its replacement died at its first assignment."""
+    topics = Topics(f"idle-{unique}", PARTITIONS).create(kafka_bootstrap)
+    produce_scenario(kafka_bootstrap, topics.names["records"], "none", 3_000, 0)
+    group = f"idle-{unique}"
+    first = ConsumerRun(kafka_bootstrap, topics, group, "same", tmp_path / "first.log").start()
+    wait_processed(kafka_bootstrap, group, topics, 3_000, runs=[first])
+    second = ConsumerRun(kafka_bootstrap, topics, group, "same", tmp_path / "second.log").start()
+    wait_until(lambda: not first.alive(), 90, "the fenced idle instance to end")
+    assert first.process is not None and first.process.returncode == 4, first.log()[-3000:]
+    last = first.log().strip().splitlines()[-1]
+    assert last.startswith("levydrift consume: ") and "instance_id" in last, last
+    produce_scenario(kafka_bootstrap, topics.names["records"], "none", 3_000, 0, seed=8)
+    wait_processed(kafka_bootstrap, group, topics, 6_000, runs=[second])
     assert second.stop() == 0, second.log()[-3000:]
