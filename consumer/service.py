@@ -58,6 +58,7 @@ from consumer.state import (
 from detectors.errors import SnapshotError
 from levydrift.errors import BrokerUnavailableError
 from levydrift.kafka import admin_client, consumer_config, ensure_reachable, producer_config
+from levydrift.kafka.messages import ends_consumer
 from levydrift.kafka.transactions import (
     FatalKafkaError,
     MessageRefused,
@@ -379,10 +380,9 @@ class ConsumerService:
 
     @staticmethod
     def _raise_if_fatal(error: KafkaError) -> None:
-        # librdkafka hands a fatal consumer error (fenced static membership) to consume() as
-        # _FATAL, whose fatal() is False: counted as a warning, it left a fenced instance
-        # running, idle, with the state directory's lock the instance replacing it needs.
-        if error.fatal() or error.code() == KafkaError._FATAL:
+        # Counted as a warning, a fenced static membership left the instance running, idle,
+        # with the state directory's lock the instance replacing it needs.
+        if ends_consumer(error):
             hint = (" (another instance with the same consumer.instance_id joined the group: "
                     "each levydrift consume needs its own)" if "fenced" in error.str() else "")
             raise FatalKafkaError(f"consumer error: {error.str()}{hint}")

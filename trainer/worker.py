@@ -49,7 +49,7 @@ from confluent_kafka import (
 from levydrift.errors import BrokerUnavailableError, LevyDriftError
 from levydrift.faults import crash_point
 from levydrift.kafka import admin_client, consumer_config, ensure_reachable, producer_config
-from levydrift.kafka.messages import offset_of, partition_of, topic_of
+from levydrift.kafka.messages import ends_consumer, offset_of, partition_of, topic_of
 from levydrift.kafka.transactions import FatalKafkaError, TransactionAborted, TransactionalOutput
 from schemas.drift_event import DriftEvent, segment_fields
 from schemas.errors import RecordRejected
@@ -569,7 +569,7 @@ def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
 def _raise_fatal(error: KafkaError) -> bool:
     """Consumer errors: fatal ones stop the worker; others (partition EOF, a broker that went
     away: the health check and the next commit see to that) are dropped."""
-    if error.fatal():
+    if ends_consumer(error):
         raise _FatalKafkaError(f"drift-event consumer failed: {error.str()}")
     return False
 

@@ -1,4 +1,5 @@
-"""Typed access to a consumed message's position and headers.
+"""Typed access to a consumed message's position and headers, and whether its error ends
+the consumer.
 
 confluent-kafka's stubs make a ``Message``'s topic, partition and offset optional: they are
 None on an error event (and on a ``Message`` built by hand), never on a message the consumer
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from confluent_kafka import Message
+from confluent_kafka import KafkaError, Message
 
 from schemas.dead_letter import Headers
 
@@ -37,3 +38,10 @@ def headers_of(message: Message) -> Headers | None:
     """The stub types headers as what ``produce`` accepts (a dict, or str values); a consumed
     message's headers are always a list of (name, bytes or None) pairs."""
     return cast("Headers | None", message.headers())
+
+
+def ends_consumer(error: KafkaError) -> bool:
+    """A consumer error after which the consumer is dead. librdkafka hands a fatal consumer
+    error (a static membership fenced by another instance with the same group.instance.id)
+    to ``consume()`` as ``_FATAL``, whose ``fatal()`` is False."""
+    return bool(error.fatal() or error.code() == KafkaError._FATAL)
