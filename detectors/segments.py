@@ -315,8 +315,8 @@ class SegmentedBank:
         segment_codes = self._segment_codes(groups, labels)
         relearn: list[Relearn | None] = [None] * len(signals)
         if self.strata is not None:
-            strata = self.strata.strata_of(segment_codes, *(
-                strata_groups or (np.zeros(len(positions), dtype=np.int64), np.array([MISSING]))))
+            assert strata_groups is not None, "update() groups the records by stratum"
+            strata = self.strata.strata_of(segment_codes, *strata_groups)
             raw, values = values, np.full(values.shape, np.nan)
             every = np.arange(len(positions))
             for row, name in enumerate(signals):
@@ -521,8 +521,10 @@ class SegmentedBank:
         """Per (signal, detector): the row with the largest statistic/threshold over the
         segments and the pooled layer (bounded labels for Prometheus)."""
         best: dict[tuple[str, str], DetectorStatus] = {}
+        judging = ({name: self.strata.judging(name) for name in self.strata.signals}
+                   if self.strata is not None else None)
         rows = [row for code, bank in enumerate(self.segments.values())
-                for row in self._segment_status(code, bank)]
+                for row in self._segment_status(code, bank, judging)]
         judged = {row.signal for row in rows if not row.warming_up}
         if self.pool is not None:  # the pooled layer only judges what some segment scores
             rows += [replace(row, detector="pooled_" + row.detector,
@@ -536,14 +538,17 @@ class SegmentedBank:
                 best[key] = row
         return list(best.values())
 
-    def _segment_status(self, code: int, bank: DetectorBank) -> list[DetectorStatus]:
-        """A segment's rows; with strata, a signal none of its strata judges yet is
-        warming up (its detectors have the U(0, 1) reference from the start)."""
+    @staticmethod
+    def _segment_status(code: int, bank: DetectorBank,
+                        judging: dict[str, set[int]] | None) -> list[DetectorStatus]:
+        """A segment's rows; with strata (``judging``: per signal, the segments some stratum
+        judges), a signal none of its strata judges yet is warming up (its detectors have
+        the U(0, 1) reference from the start)."""
         rows = bank.status()
-        if self.strata is None:
+        if judging is None:
             return rows
-        judging = {name: code in self.strata.judging(name) for name in self.strata.signals}
-        return [row if judging.get(row.signal, True) else replace(row, warming_up=True)
+        return [replace(row, warming_up=True)
+                if row.signal in judging and code not in judging[row.signal] else row
                 for row in rows]
 
     # ------------------------------------------------------------------ snapshot
