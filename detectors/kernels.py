@@ -161,7 +161,7 @@ def randomised_cdf(x: float, position: int, knots: np.ndarray, below: np.ndarray
     return _cdf(x, knots, below, at_or_below, u_min, _atom_draw(position))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def stratum_scores(values: np.ndarray, rows: np.ndarray, strata: np.ndarray,
                    positions: np.ndarray, ready_from: np.ndarray, knots: np.ndarray,
                    below: np.ndarray, at_or_below: np.ndarray, n_knots: np.ndarray,
@@ -429,7 +429,7 @@ def _store_adwin_scalars(s: np.ndarray, total: float, variance: float, width: fl
         total, variance, width, tick, levels)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def run_numeric(values: np.ndarray, positions: np.ndarray, start: int,
                 knots: np.ndarray, below: np.ndarray, at_or_below: np.ndarray, u_min: float,
                 ph_par: np.ndarray, ph_f: np.ndarray, ph_i: np.ndarray,
@@ -517,7 +517,7 @@ def run_numeric(values: np.ndarray, positions: np.ndarray, start: int,
 SEGMENTS_DONE, SEGMENT_ALARM, SEGMENT_WARMED = 0, 1, 2
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def run_numeric_segments(values: np.ndarray, positions: np.ndarray, order: np.ndarray,
                          bounds: np.ndarray, first: int, active: np.ndarray,
                          knots: np.ndarray, below: np.ndarray, at_or_below: np.ndarray,

@@ -27,6 +27,7 @@ import struct
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from statistics import NormalDist
 from typing import Any, cast
 
@@ -40,6 +41,7 @@ from detectors.composition import Coded, CompositionMonitor, code_column, event_
 from detectors.config import DetectorSettings
 from detectors.decision import KINDS, DriftDecision, SignalFinding
 from detectors.errors import DetectorConfigError, SnapshotError
+from detectors.parallel import run_each
 from detectors.recent import Batch, RecentRecords
 from detectors.reference import KNOT_PROBABILITIES, NumericReference, Reference
 from detectors.snapshot import decode, encode
@@ -134,7 +136,8 @@ class SegmentedBank:
         self.channel_order = {name: i for i, name in
                               enumerate(self.segment_settings.numeric_like())}
         self.recent = RecentRecords(settings.numeric_like())
-        self.spread_synced = -1  # the strata's change count the segments' spread follows
+        # Per signal, the strata's change count the segments' spread tests follow.
+        self.spread_synced: dict[str, int] = {}
         if reference is not None:
             self._learn_model_strata(reference)
 
@@ -313,35 +316,22 @@ class SegmentedBank:
             values[row] = column
         scores = np.full(values.shape, np.nan)
         segment_codes = self._segment_codes(groups, labels)
-        relearn: list[Relearn | None] = [None] * len(signals)
+        strata = None
         if self.strata is not None:
             assert strata_groups is not None, "update() groups the records by stratum"
             strata = self.strata.strata_of(segment_codes, *strata_groups)
-            raw, values = values, np.full(values.shape, np.nan)
-            every = np.arange(len(positions))
-            for row, name in enumerate(signals):
-                self.strata.scores(name, raw[row], positions, strata, every, values[row])
-                relearn[row] = Relearn(self, name, raw[row], values[row], positions, strata)
-            self._quiet_spreads()
         banks = list(self.segments.values())  # in code order
         # Each segment's rows, ascending; 16-bit codes (max_segments <= 4096) sort by radix.
         order = np.argsort(segment_codes.astype(np.int16), kind="stable")
         bounds = np.searchsorted(segment_codes[order], np.arange(len(banks) + 1))
-        present = (np.diff(bounds) > 0).tolist()
+        routes = Routes(positions, order, bounds, (np.diff(bounds) > 0).tolist(), strata)
+        for name in signals:
+            self.stacks.setdefault(name, SegmentStack())
+        fed = run_each([partial(self._feed_signal, name, values[row], scores[row], routes,
+                                banks) for row, name in enumerate(signals)], values.size)
         alarms: list[list[tuple[int, int, str, Alarm]]] = [[] for _ in banks]
         pooled_alarms: list[tuple[int, int, str, Alarm]] = []
-        for row, name in enumerate(signals):
-            stack = self.stacks.get(name)
-            if stack is None:
-                stack = self.stacks[name] = SegmentStack()
-            channels = [cast(NumericChannel, bank.channels[name]) for bank in banks]
-            pool = (None if self.pool is None
-                    else cast(NumericChannel, self.pool.channels[name]))
-            in_call = pool if pool is not None and fits_pool(pool) else None
-            found_here = stack.feed(values[row], positions, order, bounds, present, scores[row],
-                                    channels, in_call, relearn[row])
-            if pool is not None and in_call is None:  # warming up: through its own feed
-                found_here += [(POOLED, alarm) for alarm in pool.feed(scores[row], positions)]
+        for name, found_here in zip(signals, fed, strict=True):
             for code, alarm in found_here:
                 entry = (alarm.index, self.channel_order[name], name, alarm)
                 (pooled_alarms if code == POOLED else alarms[code]).append(entry)
@@ -356,6 +346,30 @@ class SegmentedBank:
             found += [("pooled", d) for d in self.pool.account(pooled_alarms, positions)]
         whole = len(signals) == len(self.settings.numeric_like())
         return found, segment_codes, pooled, scores if whole else None
+
+    def _feed_signal(self, name: str, values: np.ndarray, scores: np.ndarray, routes: Routes,
+                     banks: list[DetectorBank]) -> list[tuple[int, Alarm]]:
+        """One signal's batch through its strata (if any), its segments and its pooled
+        channel; touches no other signal's state (``run_each`` runs signals side by side).
+        ``values`` is replaced by stratum probabilities in place; ``scores`` gets the
+        location scores."""
+        relearn = None
+        if self.strata is not None:
+            assert routes.strata is not None, "update() groups the records by stratum"
+            raw = values.copy()
+            values[:] = np.nan
+            self.strata.scores(name, raw, routes.positions, routes.strata,
+                               np.arange(len(raw)), values)
+            relearn = Relearn(self, name, raw, values, routes.positions, routes.strata)
+            self._quiet_spread(name, banks)
+        channels = [cast(NumericChannel, bank.channels[name]) for bank in banks]
+        pool = None if self.pool is None else cast(NumericChannel, self.pool.channels[name])
+        in_call = pool if pool is not None and fits_pool(pool) else None
+        found = self.stacks[name].feed(values, routes.positions, routes.order, routes.bounds,
+                                       routes.present, scores, channels, in_call, relearn)
+        if pool is not None and in_call is None:  # warming up: through its own feed
+            found += [(POOLED, alarm) for alarm in pool.feed(scores, routes.positions)]
+        return found
 
     def _segment_codes(self, groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Each record's segment code; segments met for the first time are made in order of
@@ -376,20 +390,19 @@ class SegmentedBank:
         self.codes[label] = len(self.codes)
         return label
 
-    def _quiet_spreads(self) -> None:
-        """Each segment's spread tests silent on the signals its strata know as a handful of
-        values (``StrataScaler.quiet_spread``), once the strata changed."""
+    def _quiet_spread(self, name: str, banks: list[DetectorBank]) -> None:
+        """Each segment's spread tests of ``name`` silent where its strata know it as a
+        handful of values (``StrataScaler.quiet_spread``), once the strata changed."""
         assert self.strata is not None
-        if self.strata.changes == self.spread_synced:
+        changes = self.strata.changes_of(name)
+        if self.spread_synced.get(name) == changes:
             return
-        banks = list(self.segments.values())
-        for name in self.strata.signals:
-            quiet = self.strata.quiet_spread(name)
-            for code, bank in enumerate(banks):
-                channel = bank.channels.get(name)
-                if isinstance(channel, NumericChannel):
-                    channel.quiet_spread(code in quiet)
-        self.spread_synced = self.strata.changes
+        quiet = self.strata.quiet_spread(name)
+        for code, bank in enumerate(banks):
+            channel = bank.channels.get(name)
+            if isinstance(channel, NumericChannel):
+                channel.quiet_spread(code in quiet)
+        self.spread_synced[name] = changes
 
     def _segment_reference(self) -> Reference | None:
         """A new segment's: U(0, 1) when it is fed stratum probabilities, else its own
@@ -650,6 +663,19 @@ class SegmentedBank:
         self.pooled_marks = {str(k): [int(v) for v in marks]
                              for k, marks in header["pooled_marks"].items()}
         self.absorbed = int(header["absorbed"])
+
+
+@dataclass(frozen=True)
+class Routes:
+    """Where a batch's records go: their positions, each segment's rows (``order``
+    between ``bounds``; ``present``: whether it has any) and, with strata, each record's
+    stratum."""
+
+    positions: np.ndarray
+    order: np.ndarray
+    bounds: np.ndarray
+    present: list[bool]
+    strata: np.ndarray | None
 
 
 @dataclass(frozen=True)

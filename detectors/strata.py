@@ -53,6 +53,8 @@ class _Tables:
     counts: dict[int, int] = field(default_factory=dict)  # values in each warm-up
     # Per segment code: whether its spread tests are silent (see ``StrataScaler.quiet_spread``)
     quiet: dict[int, bool] = field(default_factory=dict)
+    # Reference and quiet-flag changes; per signal, as the segments feed signals in parallel.
+    changes: int = field(default=0, compare=False)
 
     def grow(self, strata: int) -> None:
         if strata <= len(self.ready):
@@ -97,8 +99,7 @@ class StrataScaler:
         self.warmup = warmup
         self.keys: dict[tuple[int, str], int] = {}  # (segment code, stratum label) -> index
         self.tables = {name: _Tables() for name in signals}
-        self.changes = 0  # counts reference changes, for ``quiet_spread``'s callers
-        self._segments: list[int] = []  # segment code of each stratum (cache of ``keys``)
+        self._segments: list[int] = []  # segment code of each stratum, kept with ``keys``
 
     # ------------------------------------------------------------------ strata
     def strata_of(self, segment_codes: np.ndarray, groups: np.ndarray,
@@ -126,6 +127,7 @@ class StrataScaler:
             if found is not None:
                 return found
         self.keys[(segment, label)] = len(self.keys)
+        self._segments.append(segment)
         for tables in self.tables.values():
             tables.grow(len(self.keys))
         return len(self.keys) - 1
@@ -170,7 +172,7 @@ class StrataScaler:
         if have + take.size < self.warmup:
             return len(values)
         tables.set_reference(stratum, np.concatenate(tables.warm[stratum]))
-        self.changes += 1
+        tables.changes += 1
         return int(take[-1]) + 1 if take.size else 0
 
     def _set_quiet(self, tables: _Tables, learned: list[tuple[int, int]]) -> None:
@@ -181,12 +183,15 @@ class StrataScaler:
             segment = self.segment_of(stratum)
             if segment not in tables.quiet:
                 tables.quiet[segment] = tables.discrete(stratum)
-                self.changes += 1
+                tables.changes += 1
 
     def segment_of(self, stratum: int) -> int:
-        if len(self._segments) != len(self.keys):
-            self._segments = [code for code, _ in self.keys]
         return self._segments[stratum]
+
+    def changes_of(self, signal: str) -> int:
+        """Counts ``signal``'s reference and quiet-flag changes, for ``quiet_spread``'s
+        callers."""
+        return self.tables[signal].changes
 
     # ------------------------------------------------------------------ re-learning
     def relearn(self, signal: str, segment: int | None = None) -> None:
@@ -198,7 +203,7 @@ class StrataScaler:
                 tables.ready[stratum] = False
                 tables.forget_warmup(stratum)
                 tables.quiet.pop(code, None)
-        self.changes += 1
+        tables.changes += 1
 
     def adopt_warmups(self, min_values: int, signals: tuple[str, ...] | None = None) -> None:
         """Strata with at least ``min_values`` warm-up values of ``signals`` (default: all)
@@ -210,7 +215,7 @@ class StrataScaler:
                         if tables.warmed(stratum) >= min_values]
             for stratum in adopted:
                 tables.set_reference(stratum, np.concatenate(tables.warm[stratum]))
-                self.changes += 1
+                tables.changes += 1
             self._set_quiet(tables, [(0, stratum) for stratum in adopted])
 
     def quiet_spread(self, signal: str) -> set[int]:
@@ -292,6 +297,7 @@ class StrataScaler:
                     or len(label) > MAX_STRATUM_LABEL_CHARS or (code, label) in self.keys):
                 raise SnapshotError("strata state: malformed or repeated stratum", "header")
             self.keys[(code, label)] = len(self.keys)
+            self._segments.append(code)
         for tables in self.tables.values():
             tables.grow(len(self.keys))
 

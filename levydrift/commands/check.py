@@ -21,7 +21,6 @@ Exit codes: 0 no drift, 1 drift, 2 usage error or bad file, 3 broker unreachable
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections.abc import Callable
@@ -38,26 +37,16 @@ from detectors.errors import DetectorConfigError
 from detectors.reference import Reference, reference_for_signals
 from detectors.segments import SegmentedBank
 from levydrift.artifacts import file_window, load_reference_sample
-from levydrift.commands.check_result import (
-    CheckResult,
-    CheckSettings,
-    describe,
-    load_check_settings,
-)
+from levydrift.commands.check_result import CHECKED_FIELDS, CheckResult, CheckSettings
 from levydrift.errors import UsageError
 from levydrift.levyfile import read_levy_file
-from levydrift.logs import configure as configure_logging
 from levydrift.progress import Progress
 from levydrift.signals import ModelScorer, signal_columns
-from schemas.levy_record import FIELDS
 from trainer.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
 CHECK_SLICE_ROWS = 262_144  # rows fed to the detectors at a time, between progress updates
-# What a check reads of a file: all but the record and parcel ids (validated all the same),
-# 2 M Python strs for 1 M rows that nothing here reads.
-CHECKED_FIELDS = tuple(name for name in FIELDS if name not in ("record_id", "parcel_id"))
 
 
 # ---------------------------------------------------------------------- the check itself
@@ -168,59 +157,6 @@ def load_scorer(registry_root: str, model: str) -> tuple[ModelScorer | None, str
     return ModelScorer(registry.load_model(model, version), version), ""
 
 
-# ---------------------------------------------------------------------- command line
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "check", help="run the drift detectors over a file of levy records",
-        description="Run the consumer's detector bank over a CSV, Parquet or JSONL file of "
-                    "levy records (in arrival order). Exit codes: 0 no drift, 1 drift, "
-                    "2 usage error or bad file, 3 broker unreachable.")
-    parser.add_argument("--data-path", required=True, type=Path, metavar="FILE",
-                        help="levy records (.csv, .parquet, .jsonl) in arrival order")
-    parser.add_argument("--reference", type=Path, metavar="FILE",
-                        help="baseline records (default: the champion's reference sample, "
-                             "else the first detectors.warmup_records rows of --data-path)")
-    parser.add_argument("--report", type=Path, metavar="PATH",
-                        help="write an HTML report (a table of every signal, distributions "
-                             "and time course per drifted one) and a JSON summary: PATH.html "
-                             "+ PATH.json, or PATH/index.html + PATH/summary.json")
-    parser.add_argument("--trigger-retraining", action="store_true",
-                        help="on drift no version has handled yet, train a candidate on the "
-                             "file and gate it against the registry's champion (or, with "
-                             "--publish-events, leave that to the trainer worker)")
-    parser.add_argument("--publish-events", action="store_true",
-                        help="with --trigger-retraining: publish the drift events to the "
-                             "drift-events topic instead of training here")
-    parser.add_argument("--model", help="model name (default: trainer.model_name)")
-    parser.add_argument("--registry", metavar="DIR",
-                        help="registry root (default: registry.root)")
-    parser.set_defaults(handler=_run)
-
-
-def _run(arguments: argparse.Namespace) -> int:
-    if arguments.publish_events and not arguments.trigger_retraining:
-        raise UsageError("--publish-events only makes sense with --trigger-retraining")
-    settings = load_check_settings(arguments.config)
-    configure_logging(settings.logging.level)
-    with Progress("check", unit="rows") as progress:
-        result = check_file(arguments.data_path, settings, arguments.reference,
-                            arguments.model, arguments.registry, progress=progress)
-    for line in describe(result):
-        print(line)
-    if arguments.report is not None:
-        from levydrift.commands.report import write_report  # lazy: matplotlib
-
-        html, json_path = write_report(result, arguments.report)
-        print(f"report: {html} (summary {json_path})")
-    if result.drifted and arguments.trigger_retraining:
-        from levydrift.commands.retraining import trigger_retraining  # lazy: Kafka, trainer
-
-        print(trigger_retraining(result, settings, arguments.registry,
-                                 arguments.publish_events).line)
-    return result.exit_code
-
-
 def check_file(path: Path, settings: CheckSettings, reference: Path | None = None,
                model: str | None = None, registry: str | None = None,
                note: Callable[[str], None] = lambda text: print(f"note: {text}"),
@@ -229,6 +165,15 @@ def check_file(path: Path, settings: CheckSettings, reference: Path | None = Non
     if progress is not None:
         progress.phase(f"reading {path}")
     columns = read_levy_file(path, progress, CHECKED_FIELDS)
+    return check_read_file(path, columns, settings, reference, model, registry, note, progress)
+
+
+def check_read_file(path: Path, columns: dict[str, np.ndarray], settings: CheckSettings,
+                    reference: Path | None = None, model: str | None = None,
+                    registry: str | None = None,
+                    note: Callable[[str], None] = lambda text: print(f"note: {text}"),
+                    progress: Progress | None = None) -> CheckResult:
+    """``check_file`` on the file's ``columns`` (``read_levy_file``'s, ``CHECKED_FIELDS``)."""
     if progress is not None:
         progress.total = len(columns["event_time"])
     return check_columns(columns, settings, str(path),
@@ -289,6 +234,12 @@ def choose_baseline(detectors: DetectorSettings, scorer: ModelScorer | None,
         if baseline is not None:
             return baseline
     return warmup_baseline(detectors)
+
+
+def load_kernels() -> None:
+    """What the first compiled call pays (numba's CPU target, ~0.4 s, and a kernel from its
+    cache), paid now: the command line does it while the file is read on another thread."""
+    event_times_ms(np.array(["1970-01-01T00:00:00.000Z"], dtype=object))
 
 
 class ShortInputError(UsageError):

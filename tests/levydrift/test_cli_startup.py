@@ -70,3 +70,11 @@ def test_the_consumer_service_loads_scikit_learn_only_with_a_model() -> None:
     estimator) and scikit-learn wait until a champion is loaded."""
     loaded = imported_after("import consumer.service")
     assert not loaded & {"sklearn", "skops"}, sorted(loaded & {"sklearn", "skops"})
+
+
+def test_check_starts_reading_before_the_detectors_load() -> None:
+    """``levydrift check`` reads its file on a thread while numba and the detectors load
+    (levydrift.commands.check_cli): building its parser must not load them first."""
+    loaded = imported_after("from levydrift.cli import build_parser; build_parser('check')")
+    assert not loaded & {"numba", "sklearn", "skops", "river"}, sorted(
+        loaded & {"numba", "sklearn", "skops", "river"})
