@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from statistics import NormalDist
@@ -171,10 +171,10 @@ class SegmentedBank:
         strata_groups = self._groups(coded, n, self.strata_fields) if self.strata else None
         if len(self.settings.segment_by) > 1:
             coded["+".join(self.settings.segment_by)] = (groups, [str(label) for label in labels])
+        # The composition runs beside the signals (its state is its own).
+        composing = partial(self.composition.update, columns, positions, times, coded)
         found, codes, scores, matrix = self._feed_segments(columns, positions, groups, labels,
-                                                           strata_groups)
-        found += [("composition", d)
-                  for d in self.composition.update(columns, positions, times, coded)]
+                                                           strata_groups, composing)
         batch = Batch(positions, times, codes, scores, matrix)
         decisions = self._episodes(found, batch)
         self.recent.push(batch)
@@ -298,12 +298,14 @@ class SegmentedBank:
 
     def _feed_segments(self, columns: Mapping[str, Any], positions: np.ndarray,
                        groups: np.ndarray, labels: np.ndarray,
-                       strata_groups: tuple[np.ndarray, np.ndarray] | None = None
+                       strata_groups: tuple[np.ndarray, np.ndarray] | None = None,
+                       composing: Callable[[], list[DriftDecision]] | None = None
                        ) -> tuple[list[tuple[str, DriftDecision]], np.ndarray,
                                   dict[str, np.ndarray], np.ndarray | None]:
         """Each segment's records to its bank's channels (relative order kept), one compiled
         call per signal for every segment, then every record's score to the pooled bank.
         With strata, the values go as probabilities under each record's stratum.
+        ``composing``: the composition's update, run beside the signals.
         Returns (layer, decision) pairs, each record's segment code, the pooled scores and,
         when every signal has a column, the same as rows in signal order."""
         signals = [name for name in self.settings.numeric_like() if columns.get(name) is not None]
@@ -327,15 +329,19 @@ class SegmentedBank:
         routes = Routes(positions, order, bounds, (np.diff(bounds) > 0).tolist(), strata)
         for name in signals:
             self.stacks.setdefault(name, SegmentStack())
-        fed = run_each([partial(self._feed_signal, name, values[row], scores[row], routes,
-                                banks) for row, name in enumerate(signals)], values.size)
+        tasks: list[Callable[[], list[Any]]] = [
+            partial(self._feed_signal, name, values[row], scores[row], routes, banks)
+            for row, name in enumerate(signals)]
+        # The composition first: it holds the GIL most of its time; the signals' compiled
+        # loops do not, so the other cores run them meanwhile.
+        composed, *fed = run_each([composing or list, *tasks], values.size)
         alarms: list[list[tuple[int, int, str, Alarm]]] = [[] for _ in banks]
         pooled_alarms: list[tuple[int, int, str, Alarm]] = []
         for name, found_here in zip(signals, fed, strict=True):
             for code, alarm in found_here:
                 entry = (alarm.index, self.channel_order[name], name, alarm)
                 (pooled_alarms if code == POOLED else alarms[code]).append(entry)
-        found: list[tuple[str, DriftDecision]] = []
+        found: list[tuple[str, DriftDecision]] = [("composition", d) for d in composed]
         for code, label in enumerate(self.segments):
             if bounds[code + 1] > bounds[code]:
                 part = positions[order[bounds[code]:bounds[code + 1]]]

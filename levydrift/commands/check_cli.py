@@ -85,7 +85,7 @@ def _read_and_check(arguments: argparse.Namespace, settings: CheckSettings,
         reading = reader.submit(read_levy_file, path, progress, CHECKED_FIELDS)
         from levydrift.commands import check  # lazy: numba and the detectors, during the read
 
-        check.load_kernels()
+        check.load_kernels(settings.detectors)
         columns = reading.result()
     return check.check_read_file(path, columns, settings, arguments.reference,
                                  arguments.model, arguments.registry, progress=progress)
