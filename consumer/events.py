@@ -97,6 +97,7 @@ def _signal(finding: SignalFinding) -> DriftSignal:
         current=_window(finding.current),
         effect_measure=finding.effect_measure,
         effect_unit=EFFECT_UNITS.get(finding.effect_measure),
+        window_scale=None if finding.scale == "value" else finding.scale,
     )
 
 

@@ -5,6 +5,12 @@ the batch check). Effect sizes: ``mean_shift`` is the current window's mean norm
 (reference standard deviations, rank-based so outliers do not dominate); ``std_ratio`` is the
 current window's normal-score std (1.0 = unchanged spread); ``share_change`` is the current
 minus reference share of the bucket that moved (a never-seen category has reference share 0).
+
+A numeric finding's window summaries (mean, std, quantiles) are in what its detectors were fed,
+``SignalFinding.scale``: ``value`` (the signal's own units), ``normal_score`` (the pooled
+layer: each record's normal score against its segment's reference) or ``stratum_probability``
+(with strata: each value's probability under its stratum's reference, 0.5 = that stratum's
+median).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 KINDS = ("distribution", "prediction", "performance")
+SCALES = ("value", "normal_score", "stratum_probability")
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,7 @@ class SignalFinding:
     effect_measure: str  # "mean_shift" | "std_ratio" | "share_change"
     reference: WindowSummary
     current: WindowSummary
+    scale: str = "value"  # what the window summaries are in: one of SCALES
 
 
 @dataclass(frozen=True)

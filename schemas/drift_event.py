@@ -3,8 +3,8 @@
 Validated against ``drift-event.v1.json`` itself (see ``schemas._contract``), plus rules the
 schema cannot state: each window's first_offset is not above its last_offset, and an onset
 is not after the detection. The optional fields (segment, onset, episode, a signal's
-effect_measure / effect_unit) are written only when set, so an event without them is the
-same document as before they existed.
+effect_measure / effect_unit / window_scale) are written only when set, so an event without
+them is the same document as before they existed.
 """
 
 from __future__ import annotations
@@ -64,6 +64,9 @@ class DriftSignal:
     current: WindowSummary
     effect_measure: str | None = None  # mean_shift | std_ratio | share_change
     effect_unit: str | None = None  # sd | ratio | share
+    # What the windows' mean/std/quantiles are in when not the signal's own units:
+    # normal_score | stratum_probability (None: the signal's own units).
+    window_scale: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +241,8 @@ def _signal_to_dict(signal: DriftSignal) -> dict[str, Any]:
         document["effect_measure"] = signal.effect_measure
     if signal.effect_unit is not None:
         document["effect_unit"] = signal.effect_unit
+    if signal.window_scale is not None:
+        document["window_scale"] = signal.window_scale
     return document
 
 
@@ -247,4 +252,5 @@ def _signal_from_dict(document: Mapping[str, Any]) -> DriftSignal:
                        document["statistic"], document["threshold"], document["effect_size"],
                        _window_from_dict(document["reference"]),
                        _window_from_dict(document["current"]),
-                       document.get("effect_measure"), document.get("effect_unit"))
+                       document.get("effect_measure"), document.get("effect_unit"),
+                       document.get("window_scale"))

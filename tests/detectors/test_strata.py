@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from consumer.events import decision_to_event
 from detectors.config import DetectorSettings
 from detectors.errors import DetectorConfigError, SnapshotError
 from detectors.reference import Reference
@@ -156,6 +157,31 @@ def test_a_change_of_one_district_is_found_in_its_county_after_its_onset_once() 
     # every day, and its new level is not a new change (without re-learning: one a day).
     assert len([d for d in decisions if d.segment == "county=A"]) == 1, [
         (d.segment, d.detected_at) for d in decisions]
+
+
+def test_findings_and_their_events_say_what_their_window_summaries_are_in() -> None:
+    """With strata a county's windows hold probabilities under each district's reference,
+    the pooled layer's hold normal scores; events say so (``window_scale``), as raw values
+    need no word."""
+    columns = district_stream(90_000, seed=2, shift=("A2", 1.0, 30_000))
+    columns["x"][60_000:] += 3.0  # then the whole stream: a pooled decision too
+    scales = {}
+    for stratify_by in (("tax_district",), ()):
+        bank = SegmentedBank(replace(SETTINGS, stratify_by=stratify_by))
+        for decision in numeric(feed(bank, columns)):
+            finding = next(f for f in decision.signals if f.signal == "x")
+            scales.setdefault((stratify_by, finding.scale), decision)
+            event = decision_to_event(decision, "levy.records", 0, group="g",
+                                      model_name="m", model_version=None,
+                                      detected_at="2026-01-01T00:00:00.000Z")
+            signal = next(s for s in event.signals if s.signal == "x")
+            assert signal.window_scale == (None if finding.scale == "value"
+                                           else finding.scale)
+            if finding.scale == "stratum_probability":
+                assert 0.0 <= finding.current.mean <= 1.0  # type: ignore[operator]
+    assert {scale for (_, scale) in scales} == {"stratum_probability", "normal_score", "value"}
+    assert (("tax_district",), "stratum_probability") in scales
+    assert ((), "value") in scales
 
 
 def test_batching_and_the_lean_pooled_loop_change_no_decision_with_strata() -> None:

@@ -231,7 +231,8 @@ def _located(partition: int = 3, onset: int = 119_500) -> DriftEvent:
                                   "2024-03-01T00:00:00.000Z")
     return replace(
         EVENT, current_window=SourceOffsets("levy.records", partition, 119_201, 120_000),
-        signals=(replace(SIGNAL, effect_measure="mean_shift", effect_unit="sd"),),
+        signals=(replace(SIGNAL, effect_measure="mean_shift", effect_unit="sd",
+                         window_scale="stratum_probability"),),
         segment="county=Yakima", onset=Onset(onset, "2024-03-01T11:40:00.000Z"),
         episode=Episode(episode_id, "county=Yakima", "assessed_value", "up",
                         "2024-03-01T00:00:00.000Z"))
@@ -246,12 +247,13 @@ def test_segment_onset_and_episode_round_trip_under_both_validators() -> None:
         document))
     assert document["segment"] == "county=Yakima" and document["onset"]["offset"] == 119_500
     assert document["signals"][0]["effect_unit"] == "sd"
+    assert document["signals"][0]["window_scale"] == "stratum_probability"
 
 
 def test_an_event_without_the_optional_fields_is_the_same_document_as_before() -> None:
     document = orjson.loads(EVENT.to_bytes())
     assert not {"segment", "onset", "episode"} & set(document)
-    assert not {"effect_measure", "effect_unit"} & set(document["signals"][0])
+    assert not {"effect_measure", "effect_unit", "window_scale"} & set(document["signals"][0])
     assert DriftEvent.from_bytes(EVENT.to_bytes()) == EVENT
 
 
@@ -268,6 +270,7 @@ def test_the_episode_id_is_the_same_on_every_partition() -> None:
     (lambda d: d["onset"].update(offset=120_001), "onset.offset"),
     (lambda d: d["episode"].update(direction="sideways"), "episode.direction"),
     (lambda d: d["signals"][0].update(effect_unit="furlongs"), "signals[0].effect_unit"),
+    (lambda d: d["signals"][0].update(window_scale="value"), "signals[0].window_scale"),
     (lambda d: d.update(segment=7), "segment"),
 ])
 def test_bad_located_events_are_refused_by_codec_and_schema(change, field: str) -> None:
