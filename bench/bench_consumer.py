@@ -80,6 +80,8 @@ class Timing:
     end_to_end: float  # records / s from launch to the end
     steady: float  # records / s between the steady-state marks
     rss_mib: tuple[float, float] = (0.0, 0.0)  # min, max over the run (service only)
+    # Resident MiB when the service had processed each fifth of the records (service only).
+    rss_by_fifth: tuple[float, ...] = ()
     metrics: str = ""  # the service's /metrics page once it was done (service only)
 
 
@@ -172,7 +174,7 @@ def run_service(bootstrap: str, names: dict[str, str], records: int, workdir: Pa
     process = subprocess.Popen([sys.executable, "-m", "levydrift.cli", "consume"], cwd=REPO,
                                env=env, stdout=log, stderr=subprocess.STDOUT)
     samples: list[tuple[float, int]] = []
-    memory: list[float] = []
+    memory: list[tuple[int, float]] = []  # (records processed, resident MiB)
     try:
         while True:
             if process.poll() is not None:
@@ -180,8 +182,8 @@ def run_service(bootstrap: str, names: dict[str, str], records: int, workdir: Pa
                                  f"log: {log.name}")
             processed = records_processed(port)
             samples.append((time.monotonic() - launched, processed))
-            if processed > records * STEADY_FROM:
-                memory.append(rss_mib(process.pid))
+            if processed > records * STEADY_FROM or processed >= records // 5:
+                memory.append((processed, rss_mib(process.pid)))
             if processed >= records and committed(probe, names["records"]) >= records \
                     and (done is None or done()):
                 break
@@ -195,7 +197,11 @@ def run_service(bootstrap: str, names: dict[str, str], records: int, workdir: Pa
     first = next((t, n) for t, n in samples if n >= records * STEADY_FROM)
     last = next((t, n) for t, n in samples if n >= records * STEADY_TO)
     steady = (last[1] - first[1]) / (last[0] - first[0]) if last[0] > first[0] else float("nan")
-    return Timing(records / end, steady, (min(memory), max(memory)), page)
+    steady_memory = [mib for n, mib in memory if n > records * STEADY_FROM]
+    by_fifth = tuple(next(mib for n, mib in memory if n >= records * fifth // 5)
+                     for fifth in range(1, 6))
+    return Timing(records / end, steady, (min(steady_memory), max(steady_memory)), page,
+                  by_fifth)
 
 
 def spread(values: list[float]) -> str:
@@ -267,6 +273,8 @@ def main() -> None:
           + ratio_spread([s.steady / b.steady for s, b in zip(service, bare, strict=True)]))
     print("levydrift consume resident memory over each run (MiB, min-max): "
           + ", ".join(f"{low:.0f}-{high:.0f}" for low, high in (t.rss_mib for t in service)))
+    print("levydrift consume resident memory after each fifth of the records (MiB): "
+          + "; ".join(" / ".join(f"{mib:.0f}" for mib in t.rss_by_fifth) for t in service))
     delete_topics(admin, names.values())
 
 

@@ -29,7 +29,9 @@ _pool_pid = 0  # a forked child gets a pool object without threads: it makes its
 
 def feed_threads() -> int:
     """Threads for the signals: the cores this process may run on (8 at most)."""
-    return max(1, min(len(os.sched_getaffinity(0)), MAX_THREADS))
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")  # not on macOS
+             else os.cpu_count() or 1)
+    return max(1, min(cores, MAX_THREADS))
 
 
 def run_each(tasks: Sequence[Callable[[], T]], values: int) -> list[T]:
