@@ -38,8 +38,12 @@ def reference_run(bootstrap: str, unique: str, tmp_path: Path,
     # Benton (28 % of rows): each partition has its own 2,000 Benton values before the change.
     produce_scenario(bootstrap, topics.names["records"], "levy-rate-change", RECORDS, CHANGE_AT,
                      county="Benton")
+    # Big batches (up to 15,000 records per partition x 6 signals): the bank feeds its
+    # signals side by side (detectors/parallel.py); the crashed runs' batches of 100 feed
+    # them in turn.
     run = ConsumerRun(bootstrap, topics, f"ref-{unique}", "ref", tmp_path / "ref.log",
-                      extra_env=detectors or {}).start()
+                      extra_env={"LEVYDRIFT_CONSUMER_BATCH_SIZE": "30000",
+                                 **(detectors or {})}).start()
     wait_processed(bootstrap, f"ref-{unique}", topics, RECORDS, runs=[run])
     assert run.stop() == 0
     events = [comparable(e) for e in drift_events(bootstrap, topics)]
