@@ -200,8 +200,8 @@ def run_service(bootstrap: str, names: dict[str, str], records: int, workdir: Pa
     steady_memory = [mib for n, mib in memory if n > records * STEADY_FROM]
     by_fifth = tuple(next(mib for n, mib in memory if n >= records * fifth // 5)
                      for fifth in range(1, 6))
-    return Timing(records / end, steady, (min(steady_memory), max(steady_memory)), page,
-                  by_fifth)
+    return Timing(records / end, steady, rss_mib=(min(steady_memory), max(steady_memory)),
+                  rss_by_fifth=by_fifth, metrics=page)
 
 
 def spread(values: list[float]) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from detectors.errors import DetectorConfigError
@@ -13,6 +13,7 @@ DEFAULT_NUMERIC = ("assessed_value", "market_value", "exemption_amount", "levy_r
 DEFAULT_CATEGORICAL = ("county", "tax_district", "property_class")
 MAX_COMPOSITION_LATENESS_S = 366 * 86400
 STRATA_KEYS = ("stratify_by", "stratum_warmup_records")
+RUNTIME_KEYS = ("threads",)  # how the bank runs, not what it decides
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,9 @@ class DetectorSettings:
     composition_lateness_s: int = 3600
     composition_sustain: int = 2
     composition_min_change: float = 0.02
+    # Threads a big batch's signals are fed on (detectors/parallel.py): 0 = one per core this
+    # process may use. How fast, not what is decided: not part of a snapshot's settings.
+    threads: int = field(default=0, compare=False)
 
     def validate(self) -> None:
         """Raise ``DetectorConfigError`` with a one-line reason for an invalid combination."""
@@ -105,10 +109,11 @@ class DetectorSettings:
         return "distribution"
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as JSON types. Strata keys at their defaults are left out, so
-        settings (and snapshots) written before strata existed read back as what they were."""
+        """The settings as JSON types, without the runtime ones (``threads``). Strata keys at
+        their defaults are left out, so settings (and snapshots) written before strata
+        existed read back as what they were."""
         data = {key: list(value) if isinstance(value, tuple) else value
-                for key, value in asdict(self).items()}
+                for key, value in asdict(self).items() if key not in RUNTIME_KEYS}
         for key in STRATA_KEYS:
             if data[key] == STRATA_DEFAULTS[key]:
                 del data[key]
@@ -176,6 +181,7 @@ def _check_numbers(s: DetectorSettings) -> None:
         (100 <= s.stratum_warmup_records <= 1000000,
          "stratum_warmup_records must be within 100..1000000"),
         (1 <= s.max_segments <= 4096, "max_segments must be within 1..4096"),
+        (0 <= s.threads <= 64, "threads must be within 0..64 (0: one per core)"),
         (60 <= s.composition_window_s <= 366 * 86400,
          "composition_window_s must be within 60..31622400 (one minute to a year)"),
         (0 <= s.composition_lateness_s <= MAX_COMPOSITION_LATENESS_S,

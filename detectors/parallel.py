@@ -25,26 +25,33 @@ MAX_THREADS = 8
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = 0  # a forked child gets a pool object without threads: it makes its own
+_pool_threads = 0
 
 
 def feed_threads() -> int:
-    """Threads for the signals: the cores this process may run on (8 at most)."""
+    """Threads for the signals by default: the cores this process may run on (8 at most;
+    ``detectors.threads`` sets it, e.g. under a container's CPU quota, which this cannot
+    see)."""
     cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")  # not on macOS
              else os.cpu_count() or 1)
     return max(1, min(cores, MAX_THREADS))
 
 
-def run_each(tasks: Sequence[Callable[[], T]], values: int) -> list[T]:
-    """Each task's result, in order; side by side when ``values`` make it worth it."""
-    if len(tasks) < 2 or values < PARALLEL_MIN_VALUES or feed_threads() < 2:
+def run_each(tasks: Sequence[Callable[[], T]], values: int, threads: int = 0) -> list[T]:
+    """Each task's result, in order; side by side on ``threads`` threads (0: one per core)
+    when ``values`` make it worth it."""
+    threads = threads or feed_threads()
+    if len(tasks) < 2 or values < PARALLEL_MIN_VALUES or threads < 2:
         return [task() for task in tasks]
-    return list(_shared_pool().map(lambda task: task(), tasks))
+    return list(_shared_pool(threads).map(lambda task: task(), tasks))
 
 
-def _shared_pool() -> ThreadPoolExecutor:
-    global _pool, _pool_pid
+def _shared_pool(threads: int) -> ThreadPoolExecutor:
+    global _pool, _pool_pid, _pool_threads
     with _lock:
-        if _pool is None or _pool_pid != os.getpid():
-            _pool = ThreadPoolExecutor(feed_threads(), thread_name_prefix="levydrift-signals")
-            _pool_pid = os.getpid()
+        if _pool is None or _pool_pid != os.getpid() or _pool_threads != threads:
+            if _pool is not None and _pool_pid == os.getpid():
+                _pool.shutdown(wait=False)  # idle between batches: its threads just end
+            _pool = ThreadPoolExecutor(threads, thread_name_prefix="levydrift-signals")
+            _pool_pid, _pool_threads = os.getpid(), threads
         return _pool

@@ -334,7 +334,8 @@ class SegmentedBank:
             for row, name in enumerate(signals)]
         # The composition first: it holds the GIL most of its time; the signals' compiled
         # loops do not, so the other cores run them meanwhile.
-        composed, *fed = run_each([composing or list, *tasks], values.size)
+        composed, *fed = run_each([composing or list, *tasks], values.size,
+                                  self.settings.threads)
         alarms: list[list[tuple[int, int, str, Alarm]]] = [[] for _ in banks]
         pooled_alarms: list[tuple[int, int, str, Alarm]] = []
         for name, found_here in zip(signals, fed, strict=True):

@@ -42,6 +42,8 @@ def test_fields_use_only_toml_friendly_types() -> None:
       "performance_signals": ()}, "no signals"),
     ({"numeric_signals": ("",)}, "non-empty"),
     ({"summary_window": 4}, "summary_window"),
+    ({"threads": -1}, "threads must be within 0..64"),
+    ({"threads": 65}, "threads must be within 0..64"),
 ])
 def test_invalid_settings_are_refused_with_one_line(changes: dict, words: str) -> None:
     settings = dataclasses.replace(DetectorSettings(), **changes)

@@ -88,3 +88,22 @@ def test_a_failing_signal_raises_in_the_caller(monkeypatch: pytest.MonkeyPatch) 
 
     with pytest.raises(ValueError, match="bad column"):
         parallel.run_each([lambda: 1, broken], parallel.PARALLEL_MIN_VALUES)
+
+
+def test_detectors_threads_sets_the_threads_and_is_no_part_of_a_snapshot(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parallel, "feed_threads", lambda: 4)
+
+    def task() -> str:
+        return threading.current_thread().name
+
+    here = threading.current_thread().name
+    assert parallel.run_each([task] * 3, parallel.PARALLEL_MIN_VALUES, threads=1) == [here] * 3
+    assert here not in parallel.run_each([task] * 3, parallel.PARALLEL_MIN_VALUES, threads=2)
+
+    settings = replace(SETTINGS, threads=3)
+    assert "threads" not in settings.to_dict()
+    bank = SegmentedBank(settings)
+    feed(bank, stream(3_000), batch=1_000)
+    assert SegmentedBank.restore(bank.snapshot(), replace(SETTINGS, threads=1)).snapshot() == (
+        bank.snapshot())
