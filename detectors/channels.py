@@ -47,7 +47,8 @@ ADWIN_MAX_BUCKETS, ADWIN_MIN_WINDOW, ADWIN_GRACE = 5, 5, 10  # river's defaults
 CATEGORY_REFRESH = 512  # values between recomputations of the ratios; a power of two
 MAX_NEW_NAMES = 32  # never-seen categories tracked by name; later ones share one code
 NO_SCORES = np.zeros(0)
-# What a channel's window summaries are in, by what it is fed (decision.SCALES; else "value").
+# What a channel's window summaries are in, by what it is fed (SignalFinding.scale; else
+# "value").
 WINDOW_SCALES = {k.SCORE_GIVEN: "normal_score", k.SCORE_UNIFORM: "stratum_probability"}
 MIN_SPREAD_VALUES = 20  # distinct reference values below which a segment has no spread test
 # State arrays that only ever hold finite numbers (Page-Hinkley's minimum starts at infinity).

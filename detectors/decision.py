@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 KINDS = ("distribution", "prediction", "performance")
-SCALES = ("value", "normal_score", "stratum_probability")
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class SignalFinding:
     effect_measure: str  # "mean_shift" | "std_ratio" | "share_change"
     reference: WindowSummary
     current: WindowSummary
-    scale: str = "value"  # what the window summaries are in: one of SCALES
+    scale: str = "value"  # value | normal_score | stratum_probability (module docstring)
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,10 @@ def feed_threads() -> int:
 def run_each(tasks: Sequence[Callable[[], T]], values: int, threads: int = 0) -> list[T]:
     """Each task's result, in order; side by side on ``threads`` threads (0: one per core)
     when ``values`` make it worth it."""
+    if len(tasks) < 2 or values < PARALLEL_MIN_VALUES:  # the usual consumer batch: no syscall
+        return [task() for task in tasks]
     threads = threads or feed_threads()
-    if len(tasks) < 2 or values < PARALLEL_MIN_VALUES or threads < 2:
+    if threads < 2:
         return [task() for task in tasks]
     return list(_shared_pool(threads).map(lambda task: task(), tasks))
 

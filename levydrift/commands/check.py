@@ -52,6 +52,11 @@ CHECK_SLICE_ROWS = 262_144  # rows fed to the detectors at a time, between progr
 
 # ---------------------------------------------------------------------- the check itself
 
+def print_note(text: str) -> None:
+    """How a file check tells the user what it could not check (no champion...)."""
+    print(f"note: {text}")
+
+
 @dataclass(frozen=True)
 class Baseline:
     """What the current rows are compared against; ``reference`` None means the warm-up."""
@@ -160,7 +165,7 @@ def load_scorer(registry_root: str, model: str) -> tuple[ModelScorer | None, str
 
 def check_file(path: Path, settings: CheckSettings, reference: Path | None = None,
                model: str | None = None, registry: str | None = None,
-               note: Callable[[str], None] = lambda text: print(f"note: {text}"),
+               note: Callable[[str], None] = print_note,
                progress: Progress | None = None) -> CheckResult:
     """Read, validate and check one file against the registry's champion."""
     if progress is not None:
@@ -172,7 +177,7 @@ def check_file(path: Path, settings: CheckSettings, reference: Path | None = Non
 def check_read_file(path: Path, columns: dict[str, np.ndarray], settings: CheckSettings,
                     reference: Path | None = None, model: str | None = None,
                     registry: str | None = None,
-                    note: Callable[[str], None] = lambda text: print(f"note: {text}"),
+                    note: Callable[[str], None] = print_note,
                     progress: Progress | None = None) -> CheckResult:
     """``check_file`` on the file's ``columns`` (``read_levy_file``'s, ``CHECKED_FIELDS``)."""
     if progress is not None:

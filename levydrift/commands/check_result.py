@@ -271,7 +271,7 @@ def _finding_summary(decision: DriftDecision, finding: SignalFinding) -> dict[st
         "current_rows": rows(finding.current.first_position, decision.detected_at),
         "reference_mean": finding.reference.mean, "current_mean": finding.current.mean,
         "reference_std": finding.reference.std, "current_std": finding.current.std,
-        "window_scale": finding.scale,  # what the means and stds are in (decision.SCALES)
+        "window_scale": finding.scale,  # what the means and stds are in (SignalFinding)
     }
 
 
