@@ -16,9 +16,11 @@ returns the index of the next value; the bank records the alarm and calls it aga
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 from numba import njit
+from numba.core.registry import cpu_target
 
 # Page-Hinkley float state columns.
 PH_N, PH_MEAN, PH_SUM_INC, PH_SUM_DEC, PH_MIN_INC, PH_MAX_DEC = range(6)
@@ -51,6 +53,28 @@ MID_RANK = -1.0  # ``_cdf``'s atom_fraction for the mid-rank
 SCORE_MID_RANK, SCORE_RANDOMISED, SCORE_GIVEN, SCORE_UNIFORM = 0, 1, 2, 3
 # Salt of the stratum layer's atom draws, so they are independent of the segment's own.
 STRATUM_DRAW_SALT = 0x5DEECE66D
+
+
+def start_compiler() -> None:
+    """Set numba's CPU target up now (~0.25 s, once per process; a command does it while its
+    input is read) and without importing scipy.linalg. numba imports it there only to choose
+    how ``np.convolve`` and ``np.correlate`` multiply (BLAS or a plain loop), which no kernel
+    here calls; the import costs ~0.2 s, 0.13 of it numpy.f2py, pulled in by scipy's array-API
+    layer. A ``None`` in ``sys.modules`` makes that import fail, so numba takes the plain
+    loop; the entry is removed at once, so a later ``import scipy.linalg`` (scikit-learn)
+    works as usual. No other thread may import scipy.linalg meanwhile (``check``'s file
+    reader does not)."""
+    if "numba.np.arraymath" in sys.modules:  # set up already
+        return
+    blocked = "scipy.linalg" not in sys.modules
+    if blocked:
+        sys.modules["scipy.linalg"] = None  # type: ignore[assignment]
+    try:
+        cpu_target.typing_context.refresh()
+        cpu_target.target_context.refresh()
+    finally:
+        if blocked and sys.modules.get("scipy.linalg", 0) is None:
+            del sys.modules["scipy.linalg"]
 
 
 # ----------------------------------------------------------------------------- standardisation

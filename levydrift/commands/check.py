@@ -34,6 +34,7 @@ from consumer.clock import dated_ahead
 from detectors.composition import event_times_ms
 from detectors.config import MAX_COMPOSITION_LATENESS_S, DetectorSettings
 from detectors.errors import DetectorConfigError
+from detectors.kernels import start_compiler
 from detectors.reference import Reference, reference_for_signals
 from detectors.segments import SegmentedBank
 from detectors.synthetic import stationary_batch
@@ -243,9 +244,11 @@ def choose_baseline(detectors: DetectorSettings, scorer: ModelScorer | None,
 
 
 def load_kernels(detectors: DetectorSettings) -> None:
-    """What the first compiled calls pay (numba's CPU target, ~0.4 s, and each kernel from
-    its cache, ~0.02 s), paid now by a throwaway bank on a few synthetic records: the
-    command line does it while the file is read on another thread."""
+    """What the first compiled calls pay (numba's CPU target, ~0.25 s once ``start_compiler``
+    spares it scipy, and each kernel from its cache, ~0.02 s), paid now by a throwaway bank
+    on a few synthetic records: the command line does it while the file is read on another
+    thread."""
+    start_compiler()
     event_times_ms(np.array(["1970-01-01T00:00:00.000Z"], dtype=object))
     small = replace(detectors, warmup_records=200, segment_warmup_records=200,
                     stratum_warmup_records=min(detectors.stratum_warmup_records, 200))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -155,3 +157,19 @@ def test_the_pooled_loop_runs_exactly_as_the_general_one(upward_only: bool,
                 general.alarm[:] = 0.0
             start = stop
     assert len(stops) >= (2 if upward_only else 3)
+
+
+def test_the_compiler_starts_without_scipy_linalg_which_imports_as_usual_after() -> None:
+    """``start_compiler`` keeps numba from importing scipy.linalg (~0.2 s of a command's
+    start); the kernels still run, and scikit-learn's later ``import scipy.linalg`` works."""
+    probe = ("import sys\n"
+             "from detectors import kernels\n"
+             "kernels.start_compiler()\n"
+             "from numba.np import arraymath\n"
+             "print('scipy.linalg' in sys.modules, arraymath._HAVE_BLAS)\n"
+             "print(round(kernels.normal_quantile(0.975), 6))\n"
+             "import scipy.linalg\n"
+             "print(scipy.linalg.cholesky([[4.0]])[0][0])\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=300, check=True)
+    assert result.stdout.split() == ["False", "False", "1.959964", "2.0"], result.stdout
