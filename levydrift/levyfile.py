@@ -54,6 +54,15 @@ def read_levy_file(path: Path, progress: Progress | None = None,
     """The file's records as columns (``levy_records_to_columns``), in file order. Every field
     is validated; the ``fields`` are returned (a Parquet text field left out is never made
     Python strings)."""
+    return read_levy_file_timed(path, progress, fields)[0]
+
+
+def read_levy_file_timed(path: Path, progress: Progress | None = None,
+                         fields: Collection[str] = FIELDS) -> tuple[Columns, np.ndarray | None]:
+    """``read_levy_file``, and the rows' event times as int64 epoch ms when Arrow can read
+    them straight from the file's text (CSV, Parquet: every one in the producers' form
+    ``2026-01-01T18:17:48.000Z``), ~0.03 s per 1 M rows without holding the GIL; else None,
+    and ``event_times_ms`` reads the column."""
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise UsageError(f"{path}: unknown file type {suffix or '(none)'!r}; use "
@@ -62,12 +71,12 @@ def read_levy_file(path: Path, progress: Progress | None = None,
         raise UsageError(f"{path}: no such file")
     try:
         if suffix in (".jsonl", ".ndjson"):
-            columns = _jsonl_columns(path)
+            columns, times = _jsonl_columns(path), None
         else:
-            columns = _table_columns(path, suffix, progress, fields)
+            columns, times = _table_columns(path, suffix, progress, fields)
     except OSError as error:
         raise UsageError(f"{path}: cannot be read: {error.strerror or error}") from None
-    return {name: columns[name] for name in FIELDS if name in fields}
+    return {name: columns[name] for name in FIELDS if name in fields}, times
 
 
 def _refuse(path: Path, rows: list[int], rejections: list[tuple[int, Rejection]]) -> None:
@@ -94,7 +103,7 @@ def _jsonl_columns(path: Path) -> Columns:
 
 
 def _table_columns(path: Path, suffix: str, progress: Progress | None,
-                   fields: Collection[str]) -> Columns:
+                   fields: Collection[str]) -> tuple[Columns, np.ndarray | None]:
     table = _read_table(path, suffix)
     csv = suffix == ".csv"
     if table is None or table.num_rows == 0:
@@ -108,7 +117,7 @@ def _table_columns(path: Path, suffix: str, progress: Progress | None,
     typed = (_typed_columns(table, csv, fields) if set(table.column_names) <= set(FIELDS)
              else None)
     if typed is None:  # a column the screen does not take: every row through the codec
-        return _per_row_columns(path, table, csv, progress)
+        return _per_row_columns(path, table, csv, progress), None
     columns, unparsed, screened = typed
     flagged = np.flatnonzero(rows_breaking_rules(screened) | unparsed).tolist()
     if flagged:
@@ -116,7 +125,25 @@ def _table_columns(path: Path, suffix: str, progress: Progress | None,
                 _codec_reasons(table, csv, flagged))
     if progress is not None:
         progress.update(table.num_rows)
-    return columns
+    return columns, _canonical_event_times(table.column("event_time"))
+
+
+# "2026-01-01T18:17:48.000Z": of the RFC 3339 times the screen passes, the only ones this
+# long (any other fraction or a "+01:00" zone changes the length).
+CANONICAL_TIME_LENGTH = 24
+
+
+def _canonical_event_times(column: pa.ChunkedArray) -> np.ndarray | None:
+    """Epoch ms of a screened event-time column when every value has the canonical form,
+    read by Arrow's ISO 8601 cast (to the millisecond, as ``event_times_ms`` reads them);
+    None for any other column."""
+    if not _is_text(column.type) or column.null_count or not len(column):
+        return None
+    if not pc.all(pc.equal(pc.binary_length(column), CANONICAL_TIME_LENGTH)).as_py():
+        return None
+    stamps = pc.cast(column, pa.timestamp("ms", tz="UTC"))
+    times: np.ndarray = pc.cast(stamps, pa.int64()).to_numpy()
+    return times
 
 
 def _typed_columns(table: pa.Table, csv: bool, fields: Collection[str]
@@ -309,4 +336,4 @@ def _csv_values(name: str, text: pd.Series) -> list[Any]:
     return values.tolist()
 
 
-__all__ = ["FIELDS", "FORMATS", "read_levy_file"]
+__all__ = ["FIELDS", "FORMATS", "read_levy_file", "read_levy_file_timed"]

@@ -41,7 +41,7 @@ from detectors.synthetic import stationary_batch
 from levydrift.artifacts import file_window, load_reference_sample
 from levydrift.commands.check_result import CHECKED_FIELDS, CheckResult, CheckSettings
 from levydrift.errors import UsageError
-from levydrift.levyfile import read_levy_file
+from levydrift.levyfile import read_levy_file, read_levy_file_timed
 from levydrift.progress import Progress
 from levydrift.signals import ModelScorer, signal_columns
 from trainer.registry import ModelRegistry
@@ -171,31 +171,37 @@ def check_file(path: Path, settings: CheckSettings, reference: Path | None = Non
     """Read, validate and check one file against the registry's champion."""
     if progress is not None:
         progress.phase(f"reading {path}")
-    columns = read_levy_file(path, progress, CHECKED_FIELDS)
-    return check_read_file(path, columns, settings, reference, model, registry, note, progress)
+    columns, times_ms = read_levy_file_timed(path, progress, CHECKED_FIELDS)
+    return check_read_file(path, columns, settings, reference, model, registry, note, progress,
+                           times_ms)
 
 
 def check_read_file(path: Path, columns: dict[str, np.ndarray], settings: CheckSettings,
                     reference: Path | None = None, model: str | None = None,
                     registry: str | None = None,
                     note: Callable[[str], None] = print_note,
-                    progress: Progress | None = None) -> CheckResult:
-    """``check_file`` on the file's ``columns`` (``read_levy_file``'s, ``CHECKED_FIELDS``)."""
+                    progress: Progress | None = None,
+                    times_ms: np.ndarray | None = None) -> CheckResult:
+    """``check_file`` on the file's ``columns`` and event times (``read_levy_file_timed``'s,
+    ``CHECKED_FIELDS``)."""
     if progress is not None:
         progress.total = len(columns["event_time"])
     return check_columns(columns, settings, str(path),
                          file_window(path, len(columns["event_time"])), reference, model,
-                         registry, note, progress)
+                         registry, note, progress, times_ms)
 
 
 def check_columns(columns: dict[str, np.ndarray], settings: CheckSettings, source: str,
                   window: dict[str, Any], reference: Path | None = None,
                   model: str | None = None, registry: str | None = None,
                   note: Callable[[str], None] = log.info,
-                  progress: Progress | None = None) -> CheckResult:
+                  progress: Progress | None = None,
+                  times_ms: np.ndarray | None = None) -> CheckResult:
     """Check records (a file's, a topic window's) against the baseline ``choose_baseline``
-    picks, scored by the registry's champion."""
-    times = event_times_ms(columns["event_time"])  # once: the date guard and the bank
+    picks, scored by the registry's champion. ``times_ms``: the rows' event times as
+    ``event_times_ms`` reads them, if already read."""
+    # Once: the date guard and the bank.
+    times = event_times_ms(columns["event_time"]) if times_ms is None else times_ms
     refuse_dated_ahead(times, columns["event_time"], settings.consumer.max_event_time_ahead_s,
                        source)
     model = model or settings.trainer.model_name

@@ -5,6 +5,7 @@ for a bad one, equal columns for a good one."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from detectors.composition import event_times_ms
 from levydrift import levyfile
 from levydrift.errors import UsageError
 from schemas.errors import RecordRejected
@@ -203,3 +205,34 @@ def write(frame: pd.DataFrame, path: Path) -> None:
         frame.to_parquet(path)
     else:
         frame.to_csv(path, index=False)
+
+
+canonical_times = st.datetimes(min_value=datetime(1900, 1, 1),
+                               max_value=datetime(2199, 12, 31, 23, 59, 59, 999999)).map(
+    lambda moment: moment.isoformat(timespec="milliseconds") + "Z")
+other_times = st.sampled_from(["2024-03-01T12:00:00+05:30", "2024-03-01T12:00:00Z",
+                               "2024-03-01T12:00:00.5Z", "2024-03-01T12:00:00.123456Z",
+                               "1969-12-31T23:59:59.999+00:00"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(times=st.lists(st.one_of(canonical_times, canonical_times, other_times), min_size=1,
+                      max_size=8), suffix=st.sampled_from([".parquet", ".csv"]))
+def test_event_times_arrow_reads_are_the_ones_event_times_ms_reads(
+        times: list[str], suffix: str, tmp_path: Path) -> None:
+    """``read_levy_file_timed`` reads a file's event times with Arrow when every one has the
+    producers' form, and then they are exactly what ``event_times_ms`` reads from the text;
+    any other form (a zone offset, another fraction) is left to ``event_times_ms``."""
+    path = tmp_path / f"records{suffix}"
+    frame = pd.DataFrame([{**GOOD, "event_time": moment} for moment in times])
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
+    columns, read = levyfile.read_levy_file_timed(path)
+    canonical = all(len(moment) == 24 and moment.endswith("Z") for moment in times)
+    assert (read is not None) == canonical, times
+    if read is not None:
+        np.testing.assert_array_equal(read, event_times_ms(columns["event_time"]))
+        assert read.dtype == np.int64
