@@ -334,7 +334,24 @@ def code_column(column: Any) -> Coded:
     """A category column as codes (numbered in order of first appearance, -1 = missing) and
     each code's name (an empty value reads as missing)."""
     codes, uniques = pd.factorize(np.asarray(column, dtype=object))
-    return codes, [str(u) if str(u) else MISSING for u in uniques]
+    return codes, _names(uniques)
+
+
+def code_dictionary(indices: np.ndarray, values: np.ndarray) -> Coded:
+    """``code_column`` of a column stored as a dictionary: ``indices`` (-1 = missing) into
+    distinct ``values``. The same codes and names, hashing an integer per record rather than
+    a string (~10x cheaper)."""
+    codes, first = pd.factorize(indices)
+    missing = np.flatnonzero(first < 0)
+    if missing.size:  # -1 is a value to factorize: it becomes code -1, later codes close up
+        slot = int(missing[0])
+        codes = np.where(codes == slot, -1, codes - (codes > slot))
+        first = np.delete(first, slot)
+    return codes, _names(values[first])
+
+
+def _names(uniques: Any) -> list[str]:
+    return [str(u) if str(u) else MISSING for u in uniques]
 
 
 def _tally(into: dict[str, int], codes: np.ndarray, names: list[str], whole: bool) -> None:

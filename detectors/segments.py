@@ -152,10 +152,12 @@ class SegmentedBank:
         return signals
 
     # ------------------------------------------------------------------ feeding
-    def update(self, columns: Mapping[str, Any], positions: Any) -> list[DriftDecision]:
+    def update(self, columns: Mapping[str, Any], positions: Any,
+               coded: Mapping[str, Coded] | None = None) -> list[DriftDecision]:
         """Feed one batch (arrival order): one array per signal, the segment fields and
         ``event_time`` (datetime64, int ms or RFC 3339 strings), and strictly increasing
-        positions. Returns the decisions, in order of detection."""
+        positions. ``coded``: category columns of the batch coded already, as
+        ``code_column`` codes them. Returns the decisions, in order of detection."""
         positions = np.ascontiguousarray(positions, dtype=np.int64)
         check_positions(positions, self.last_position)
         n = len(positions)
@@ -164,9 +166,11 @@ class SegmentedBank:
         if len(times) != n:
             raise ValueError(f"event_time has {len(times)} values for {n} positions")
         # Each category column coded once, for routing and composition alike.
-        coded = {name: code_column(columns[name]) for name in dict.fromkeys(
-            self.settings.segment_by + self.strata_fields + self.composition.signals)
-            if columns.get(name) is not None}
+        given = coded or {}
+        coded = {name: given[name] if name in given else code_column(columns[name])
+                 for name in dict.fromkeys(self.settings.segment_by + self.strata_fields
+                                           + self.composition.signals)
+                 if columns.get(name) is not None}
         groups, labels = self._groups(coded, n)
         strata_groups = self._groups(coded, n, self.strata_fields) if self.strata else None
         if len(self.settings.segment_by) > 1:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,20 +50,30 @@ _CATEGORY_FIELDS = ["county", "tax_district", "property_class"]
 Columns = dict[str, np.ndarray]
 
 
+@dataclass(frozen=True)
+class FileColumns:
+    """A file's validated columns, and what Arrow read of them without a Python object per
+    row, for the detectors: the event times as int64 epoch ms (CSV, Parquet: when every one
+    has the producers' form ``2026-01-01T18:17:48.000Z``; ~0.03 s per 1 M rows, without
+    holding the GIL), else None; and each category field stored as a Parquet dictionary as
+    (indices, distinct values), -1 where missing."""
+
+    columns: Columns
+    times_ms: np.ndarray | None = None
+    dictionaries: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
 def read_levy_file(path: Path, progress: Progress | None = None,
                    fields: Collection[str] = FIELDS) -> Columns:
     """The file's records as columns (``levy_records_to_columns``), in file order. Every field
     is validated; the ``fields`` are returned (a Parquet text field left out is never made
     Python strings)."""
-    return read_levy_file_timed(path, progress, fields)[0]
+    return read_levy_file_columns(path, progress, fields).columns
 
 
-def read_levy_file_timed(path: Path, progress: Progress | None = None,
-                         fields: Collection[str] = FIELDS) -> tuple[Columns, np.ndarray | None]:
-    """``read_levy_file``, and the rows' event times as int64 epoch ms when Arrow can read
-    them straight from the file's text (CSV, Parquet: every one in the producers' form
-    ``2026-01-01T18:17:48.000Z``), ~0.03 s per 1 M rows without holding the GIL; else None,
-    and ``event_times_ms`` reads the column."""
+def read_levy_file_columns(path: Path, progress: Progress | None = None,
+                           fields: Collection[str] = FIELDS) -> FileColumns:
+    """``read_levy_file``, with what Arrow read for the detectors (``FileColumns``)."""
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise UsageError(f"{path}: unknown file type {suffix or '(none)'!r}; use "
@@ -71,12 +82,12 @@ def read_levy_file_timed(path: Path, progress: Progress | None = None,
         raise UsageError(f"{path}: no such file")
     try:
         if suffix in (".jsonl", ".ndjson"):
-            columns, times = _jsonl_columns(path), None
+            read = FileColumns(_jsonl_columns(path))
         else:
-            columns, times = _table_columns(path, suffix, progress, fields)
+            read = _table_columns(path, suffix, progress, fields)
     except OSError as error:
         raise UsageError(f"{path}: cannot be read: {error.strerror or error}") from None
-    return {name: columns[name] for name in FIELDS if name in fields}, times
+    return replace(read, columns={name: read.columns[name] for name in FIELDS if name in fields})
 
 
 def _refuse(path: Path, rows: list[int], rejections: list[tuple[int, Rejection]]) -> None:
@@ -103,7 +114,7 @@ def _jsonl_columns(path: Path) -> Columns:
 
 
 def _table_columns(path: Path, suffix: str, progress: Progress | None,
-                   fields: Collection[str]) -> tuple[Columns, np.ndarray | None]:
+                   fields: Collection[str]) -> FileColumns:
     table = _read_table(path, suffix)
     csv = suffix == ".csv"
     if table is None or table.num_rows == 0:
@@ -117,7 +128,7 @@ def _table_columns(path: Path, suffix: str, progress: Progress | None,
     typed = (_typed_columns(table, csv, fields) if set(table.column_names) <= set(FIELDS)
              else None)
     if typed is None:  # a column the screen does not take: every row through the codec
-        return _per_row_columns(path, table, csv, progress), None
+        return FileColumns(_per_row_columns(path, table, csv, progress))
     columns, unparsed, screened = typed
     flagged = np.flatnonzero(rows_breaking_rules(screened) | unparsed).tolist()
     if flagged:
@@ -125,7 +136,11 @@ def _table_columns(path: Path, suffix: str, progress: Progress | None,
                 _codec_reasons(table, csv, flagged))
     if progress is not None:
         progress.update(table.num_rows)
-    return columns, _canonical_event_times(table.column("event_time"))
+    dictionaries = {name: coding for name in _CATEGORY_FIELDS
+                    if name in fields and name in table.column_names
+                    and (coding := _distinct_dictionary(table.column(name))) is not None}
+    return FileColumns(columns, _canonical_event_times(table.column("event_time")),
+                       dictionaries)
 
 
 # "2026-01-01T18:17:48.000Z": of the RFC 3339 times the screen passes, the only ones this
@@ -211,12 +226,30 @@ def _is_text_dictionary(kind: pa.DataType) -> bool:
 def _dictionary_texts(column: pa.ChunkedArray) -> np.ndarray:
     """A dictionary column as an object array of str (None where null): one str per distinct
     value, shared by its rows."""
+    indices, values = _dictionary_coding(column)
+    return np.append(values, None)[indices]  # -1: the None appended
+
+
+def _dictionary_coding(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """A dictionary column as (indices, -1 where null; its values as an object array)."""
     column = column.unify_dictionaries()  # one dictionary for every chunk
     dictionary = column.chunk(0).dictionary if column.num_chunks else pa.array([], pa.string())
-    values = np.array([*dictionary.to_pylist(), None], dtype=object)
+    values = np.array(dictionary.to_pylist(), dtype=object)
     indices = pa.chunked_array([chunk.indices for chunk in column.chunks],
                                column.type.index_type)
-    return values[pc.fill_null(indices, len(dictionary)).to_numpy()]
+    return pc.fill_null(indices, -1).to_numpy().astype(np.int64, copy=False), values
+
+
+def _distinct_dictionary(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``_dictionary_coding`` of a text dictionary column whose values are distinct strs
+    (a value's rows then share one index); None for any other column."""
+    if not _is_text_dictionary(column.type):
+        return None
+    indices, values = _dictionary_coding(column)
+    texts = values.tolist()
+    if None in texts or len(set(texts)) != len(texts):
+        return None
+    return indices, values
 
 
 def _csv_numbers(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -336,4 +369,4 @@ def _csv_values(name: str, text: pd.Series) -> list[Any]:
     return values.tolist()
 
 
-__all__ = ["FIELDS", "FORMATS", "read_levy_file", "read_levy_file_timed"]
+__all__ = ["FIELDS", "FORMATS", "FileColumns", "read_levy_file", "read_levy_file_columns"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from consumer.clock import dated_ahead
-from detectors.composition import event_times_ms
+from detectors.composition import code_dictionary, event_times_ms
 from detectors.config import MAX_COMPOSITION_LATENESS_S, DetectorSettings
 from detectors.errors import DetectorConfigError
 from detectors.kernels import start_compiler
@@ -41,7 +41,7 @@ from detectors.synthetic import stationary_batch
 from levydrift.artifacts import file_window, load_reference_sample
 from levydrift.commands.check_result import CHECKED_FIELDS, CheckResult, CheckSettings
 from levydrift.errors import UsageError
-from levydrift.levyfile import read_levy_file, read_levy_file_timed
+from levydrift.levyfile import FileColumns, read_levy_file, read_levy_file_columns
 from levydrift.progress import Progress
 from levydrift.signals import ModelScorer, signal_columns
 from trainer.registry import ModelRegistry
@@ -92,9 +92,12 @@ def run_check(columns: dict[str, np.ndarray], detectors: DetectorSettings,
               source: str = "", model: str = "",
               window: dict[str, Any] | None = None,
               progress: Progress | None = None,
-              times_ms: np.ndarray | None = None) -> CheckResult:
+              times_ms: np.ndarray | None = None,
+              dictionaries: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
+              ) -> CheckResult:
     """Feed ``columns`` (arrival order) through a fresh bank; pure apart from the model.
-    ``times_ms``: the rows' event times as ``event_times_ms`` reads them, if already read."""
+    ``times_ms``: the rows' event times as ``event_times_ms`` reads them, if already read;
+    ``dictionaries``: category columns as (indices, distinct values), if the file had them."""
     started = time.perf_counter()
     rows = len(columns["event_time"])
     if progress is not None:
@@ -114,8 +117,10 @@ def run_check(columns: dict[str, np.ndarray], detectors: DetectorSettings,
     # In slices, to show progress: the bank gives the same decisions however a stream is cut.
     for start in range(0, rows, CHECK_SLICE_ROWS):
         stop = min(rows, start + CHECK_SLICE_ROWS)
+        coded = {name: code_dictionary(indices[start:stop], values)
+                 for name, (indices, values) in (dictionaries or {}).items()}
         decisions.extend(bank.update({name: values[start:stop] for name, values in fed.items()},
-                                     np.arange(start, stop, dtype=np.int64)))
+                                     np.arange(start, stop, dtype=np.int64), coded))
         if progress is not None:
             progress.update(stop)
     decisions.extend(bank.finish())  # end of input closes every event-time window
@@ -171,24 +176,21 @@ def check_file(path: Path, settings: CheckSettings, reference: Path | None = Non
     """Read, validate and check one file against the registry's champion."""
     if progress is not None:
         progress.phase(f"reading {path}")
-    columns, times_ms = read_levy_file_timed(path, progress, CHECKED_FIELDS)
-    return check_read_file(path, columns, settings, reference, model, registry, note, progress,
-                           times_ms)
+    read = read_levy_file_columns(path, progress, CHECKED_FIELDS)
+    return check_read_file(path, read, settings, reference, model, registry, note, progress)
 
 
-def check_read_file(path: Path, columns: dict[str, np.ndarray], settings: CheckSettings,
+def check_read_file(path: Path, read: FileColumns, settings: CheckSettings,
                     reference: Path | None = None, model: str | None = None,
                     registry: str | None = None,
                     note: Callable[[str], None] = print_note,
-                    progress: Progress | None = None,
-                    times_ms: np.ndarray | None = None) -> CheckResult:
-    """``check_file`` on the file's ``columns`` and event times (``read_levy_file_timed``'s,
-    ``CHECKED_FIELDS``)."""
+                    progress: Progress | None = None) -> CheckResult:
+    """``check_file`` on the file as read (``read_levy_file_columns``, ``CHECKED_FIELDS``)."""
+    rows = len(read.columns["event_time"])
     if progress is not None:
-        progress.total = len(columns["event_time"])
-    return check_columns(columns, settings, str(path),
-                         file_window(path, len(columns["event_time"])), reference, model,
-                         registry, note, progress, times_ms)
+        progress.total = rows
+    return check_columns(read.columns, settings, str(path), file_window(path, rows), reference,
+                         model, registry, note, progress, read.times_ms, read.dictionaries)
 
 
 def check_columns(columns: dict[str, np.ndarray], settings: CheckSettings, source: str,
@@ -196,10 +198,12 @@ def check_columns(columns: dict[str, np.ndarray], settings: CheckSettings, sourc
                   model: str | None = None, registry: str | None = None,
                   note: Callable[[str], None] = log.info,
                   progress: Progress | None = None,
-                  times_ms: np.ndarray | None = None) -> CheckResult:
+                  times_ms: np.ndarray | None = None,
+                  dictionaries: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
+                  ) -> CheckResult:
     """Check records (a file's, a topic window's) against the baseline ``choose_baseline``
-    picks, scored by the registry's champion. ``times_ms``: the rows' event times as
-    ``event_times_ms`` reads them, if already read."""
+    picks, scored by the registry's champion. ``times_ms`` and ``dictionaries``: what
+    ``FileColumns`` says of a file's columns, if known."""
     # Once: the date guard and the bank.
     times = event_times_ms(columns["event_time"]) if times_ms is None else times_ms
     refuse_dated_ahead(times, columns["event_time"], settings.consumer.max_event_time_ahead_s,
@@ -219,7 +223,8 @@ def check_columns(columns: dict[str, np.ndarray], settings: CheckSettings, sourc
                 "there is no reference; pass --reference FILE (baseline rows) or a longer "
                 "file")
         return run_check(columns, settings.detectors, scorer, baseline, source=source,
-                         model=model, window=window, progress=progress, times_ms=times)
+                         model=model, window=window, progress=progress, times_ms=times,
+                         dictionaries=dictionaries)
     except DetectorConfigError as error:  # a reference too small to describe a signal
         raise UsageError(f"{reference or source}: {error}") from None
 

@@ -20,7 +20,7 @@ from levydrift.commands.check_result import (
     load_check_settings,
 )
 from levydrift.errors import UsageError
-from levydrift.levyfile import read_levy_file_timed
+from levydrift.levyfile import read_levy_file_columns
 from levydrift.logs import configure as configure_logging
 from levydrift.progress import Progress
 
@@ -82,11 +82,10 @@ def _read_and_check(arguments: argparse.Namespace, settings: CheckSettings,
     path: Path = arguments.data_path
     progress.phase(f"reading {path}")
     with ThreadPoolExecutor(1, thread_name_prefix="levydrift-read") as reader:
-        reading = reader.submit(read_levy_file_timed, path, progress, CHECKED_FIELDS)
+        reading = reader.submit(read_levy_file_columns, path, progress, CHECKED_FIELDS)
         from levydrift.commands import check  # lazy: numba and the detectors, during the read
 
         check.load_kernels(settings.detectors)
-        columns, times_ms = reading.result()
-    return check.check_read_file(path, columns, settings, arguments.reference,
-                                 arguments.model, arguments.registry, progress=progress,
-                                 times_ms=times_ms)
+        read = reading.result()
+    return check.check_read_file(path, read, settings, arguments.reference, arguments.model,
+                                 arguments.registry, progress=progress)

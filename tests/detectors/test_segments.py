@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detectors.bank import DetectorBank
+from detectors.composition import code_column, code_dictionary
 from detectors.config import DetectorSettings
 from detectors.errors import DetectorConfigError, SnapshotError
 from detectors.segments import SegmentedBank
@@ -488,3 +489,49 @@ def test_a_new_champion_relearns_the_model_signals_not_the_record_fields(
     expected = [d for d in feed(plain, tail, start=6_000) if "x" in d.signal_names]
     assert found and expected
     assert found[0].detected_at == expected[0].detected_at
+
+
+category_values = st.lists(st.one_of(st.sampled_from(["Yakima", "King", "Grant", ""]),
+                                     st.none()), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(category_values, st.permutations(["Yakima", "King", "Grant", "", "Adams"]))
+def test_a_dictionary_column_is_coded_as_its_texts_are(values: list[str | None],
+                                                       dictionary: list[str]) -> None:
+    """``code_dictionary`` (a Parquet dictionary column: indices into distinct values) gives
+    ``code_column``'s codes and names for the same texts: first appearance, missing -1, an
+    empty text named as missing, a dictionary value no row uses left out."""
+    values_array = np.array(dictionary, dtype=object)
+    indices = np.array([-1 if value is None else dictionary.index(value) for value in values],
+                       dtype=np.int64)
+    texts = np.array(values, dtype=object)
+    codes, names = code_dictionary(indices, values_array)
+    want_codes, want_names = code_column(texts)
+    np.testing.assert_array_equal(codes, want_codes)
+    assert names == want_names
+
+
+def test_categories_given_coded_feed_the_bank_as_their_texts_do() -> None:
+    """``SegmentedBank.update`` with the category columns coded already (as ``check`` gives
+    them from a Parquet dictionary) makes the decisions the texts make."""
+    rng = np.random.default_rng(11)
+    columns = sliced(stream({"Adams": 0.0, "Grant": 0.0, "King": 0.0}, 12_000, rng,
+                            shift=("Grant", 1.0, 6_000)), 500)
+    dictionary = np.array(["King", "Grant", "Adams"], dtype=object)
+    indices = np.array([dictionary.tolist().index(name) for name in columns["county"]])
+    by_text, by_code, by_upper = SegmentedBank(SMALL), SegmentedBank(SMALL), SegmentedBank(SMALL)
+    found_text, found_code, found_upper = [], [], []
+    for start in range(0, len(indices), 1_000):
+        part = {name: values[start:start + 1_000] for name, values in columns.items()}
+        positions = np.arange(start, start + len(part["x"]))
+        codes, names = code_dictionary(indices[start:start + 1_000], dictionary)
+        found_text += by_text.update(part, positions)
+        found_code += by_code.update(part, positions, {"county": (codes, names)})
+        found_upper += by_upper.update(part, positions,
+                                       {"county": (codes, [name.upper() for name in names])})
+    assert any("county=Grant" in repr(decision) for decision in found_text)
+    assert repr(found_code) == repr(found_text)
+    assert by_code.snapshot() == by_text.snapshot()
+    # The codes given are the ones used, not the texts coded again.
+    assert any("county=GRANT" in repr(decision) for decision in found_upper)

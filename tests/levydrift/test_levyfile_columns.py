@@ -221,7 +221,7 @@ other_times = st.sampled_from(["2024-03-01T12:00:00+05:30", "2024-03-01T12:00:00
                       max_size=8), suffix=st.sampled_from([".parquet", ".csv"]))
 def test_event_times_arrow_reads_are_the_ones_event_times_ms_reads(
         times: list[str], suffix: str, tmp_path: Path) -> None:
-    """``read_levy_file_timed`` reads a file's event times with Arrow when every one has the
+    """``read_levy_file_columns`` reads a file's event times with Arrow when every one has the
     producers' form, and then they are exactly what ``event_times_ms`` reads from the text;
     any other form (a zone offset, another fraction) is left to ``event_times_ms``."""
     path = tmp_path / f"records{suffix}"
@@ -230,9 +230,28 @@ def test_event_times_arrow_reads_are_the_ones_event_times_ms_reads(
         frame.to_csv(path, index=False)
     else:
         frame.to_parquet(path, index=False)
-    columns, read = levyfile.read_levy_file_timed(path)
+    read = levyfile.read_levy_file_columns(path)
     canonical = all(len(moment) == 24 and moment.endswith("Z") for moment in times)
-    assert (read is not None) == canonical, times
-    if read is not None:
-        np.testing.assert_array_equal(read, event_times_ms(columns["event_time"]))
-        assert read.dtype == np.int64
+    assert (read.times_ms is not None) == canonical, times
+    if read.times_ms is not None:
+        np.testing.assert_array_equal(read.times_ms, event_times_ms(read.columns["event_time"]))
+        assert read.times_ms.dtype == np.int64
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(table=rows())
+def test_category_dictionaries_hold_the_texts_the_columns_hold(
+        table: list[dict[str, Any]], tmp_path: Path) -> None:
+    """Each category field of a Parquet file comes with its dictionary coding (indices into
+    distinct values, -1 where missing), and that coding spells the column's texts."""
+    path = tmp_path / "records.parquet"
+    try:
+        pq.write_table(pa.Table.from_pylist(table), path)
+        read = levyfile.read_levy_file_columns(path)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, UsageError):
+        return  # not a file anyone can write, or one the screen refuses
+    assert set(read.dictionaries) == {"county", "tax_district", "property_class"}
+    for name, (indices, values) in read.dictionaries.items():
+        assert len(set(values.tolist())) == len(values)
+        assert np.append(values, None)[indices].tolist() == read.columns[name].tolist(), name
