@@ -227,7 +227,8 @@ def _dictionary_texts(column: pa.ChunkedArray) -> np.ndarray:
     """A dictionary column as an object array of str (None where null): one str per distinct
     value, shared by its rows."""
     indices, values = _dictionary_coding(column)
-    return np.append(values, None)[indices]  # -1: the None appended
+    texts: np.ndarray = np.array([*values, None], dtype=object)[indices]  # -1: the None
+    return texts
 
 
 def _dictionary_coding(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
