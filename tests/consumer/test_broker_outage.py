@@ -61,25 +61,35 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
         private.stop()
 
 
-@pytest.fixture(scope="module")
-def reference(broker: PrivateBroker, tmp_path_factory: pytest.TempPathFactory) -> dict:
+# The detectors as shipped, and with district strata (each district learns from its first 150
+# values here): their state rewinds from the last snapshot after an aborted transaction too.
+DETECTORS = {"segments": {},
+             "strata": {"LEVYDRIFT_DETECTORS_STRATIFY_BY": "tax_district",
+                        "LEVYDRIFT_DETECTORS_STRATUM_WARMUP_RECORDS": "150"}}
+
+
+@pytest.fixture(scope="module", params=sorted(DETECTORS))
+def reference(request: pytest.FixtureRequest, broker: PrivateBroker,
+              tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The stream (with poison records) and what an uninterrupted run makes of it."""
-    topics = Topics("reference", PARTITIONS).create(broker.bootstrap)
+    name, detectors = request.param, DETECTORS[request.param]
+    topics = Topics(f"reference-{name}", PARTITIONS).create(broker.bootstrap)
     simulator = LevySimulator(SimulatorConfig(seed=11, scenario="levy-rate-change",
                                               change_at=CHANGE_AT))
     pairs = [(r["parcel_id"].encode(), b"{poison" if i % POISON_EVERY == 5 else orjson.dumps(r))
              for i, r in enumerate(simulator.records(0, RECORDS))]
     produce_values(broker.bootstrap, topics.names["records"], pairs)
     log = tmp_path_factory.mktemp("logs") / "reference.log"
-    run = ConsumerRun(broker.bootstrap, topics, "reference", "ref", log).start()
-    wait_processed(broker.bootstrap, "reference", topics, RECORDS, runs=[run])
+    run = ConsumerRun(broker.bootstrap, topics, f"reference-{name}", "ref", log,
+                      extra_env=detectors).start()
+    wait_processed(broker.bootstrap, f"reference-{name}", topics, RECORDS, runs=[run])
     assert run.stop() == 0, run.log()[-3000:]
     events = [comparable(e) for e in drift_events(broker.bootstrap, topics)]
     assert events, "no drift in the reference run: the comparison would prove nothing"
     letters = dead_letter_sources(broker.bootstrap, topics)
     assert len(letters) == RECORDS // POISON_EVERY + 1
-    return {"records_topic": topics.names["records"], "events": events, "letters": letters,
-            "banks": final_banks(broker.bootstrap, topics)}
+    return {"name": name, "detectors": detectors, "records_topic": topics.names["records"],
+            "events": events, "letters": letters, "banks": final_banks(broker.bootstrap, topics)}
 
 
 def dead_letter_sources(bootstrap: str, topics: Topics) -> list[tuple[int, int]]:
@@ -114,12 +124,13 @@ def progress(bootstrap: str, group: str, topic: str) -> int:
 
 def test_the_consumer_waits_out_a_broker_outage(broker: PrivateBroker, reference: dict,
                                                 tmp_path: Path) -> None:
-    topics = Topics("outage", PARTITIONS, reference["records_topic"]).create(broker.bootstrap)
+    group = f"outage-{reference['name']}"
+    topics = Topics(group, PARTITIONS, reference["records_topic"]).create(broker.bootstrap)
     port = free_port_pair()
-    run = ConsumerRun(broker.bootstrap, topics, "outage", "steady", tmp_path / "outage.log",
-                      extra_env={**BUSY, **TIMEOUTS, **IN_PARTS,
+    run = ConsumerRun(broker.bootstrap, topics, group, "steady", tmp_path / "outage.log",
+                      extra_env={**BUSY, **TIMEOUTS, **IN_PARTS, **reference["detectors"],
                                  "LEVYDRIFT_METRICS_PORT": str(port)}).start()
-    wait_until(lambda: progress(broker.bootstrap, "outage", topics.names["records"])
+    wait_until(lambda: progress(broker.bootstrap, group, topics.names["records"])
                >= RECORDS * 0.25 or not run.alive(), 120, "a quarter of the stream")
     assert run.alive(), run.log()[-3000:]
 
@@ -140,7 +151,7 @@ def test_the_consumer_waits_out_a_broker_outage(broker: PrivateBroker, reference
     # guarantee under test is that the lag is measured again at all.
     wait_until(lambda: scrape(port)["levydrift_consumer_lag_timestamp_seconds"]
                > max(lag_times), 180, "the lag to be measured again")
-    wait_processed(broker.bootstrap, "outage", topics, RECORDS, timeout_s=240, runs=[run])
+    wait_processed(broker.bootstrap, group, topics, RECORDS, timeout_s=240, runs=[run])
     resets = scrape(port)["levydrift_consumer_producer_resets_total"]
     assert run.stop() == 0, run.log()[-3000:]
     assert resets >= 1, "the outage never hit an open transaction; it proves nothing"
@@ -151,12 +162,13 @@ def test_the_consumer_waits_out_a_broker_outage(broker: PrivateBroker, reference
 def test_past_the_outage_limit_the_consumer_exits_with_one_line(broker: PrivateBroker,
                                                                 reference: dict,
                                                                 tmp_path: Path) -> None:
-    topics = Topics("limit", PARTITIONS, reference["records_topic"]).create(broker.bootstrap)
+    group = f"limit-{reference['name']}"
+    topics = Topics(group, PARTITIONS, reference["records_topic"]).create(broker.bootstrap)
     limit_s, transaction_timeout_s = 8, 12
-    run = ConsumerRun(broker.bootstrap, topics, "limit", "impatient", tmp_path / "limit.log",
-                      extra_env={**BUSY, **TIMEOUTS,
+    run = ConsumerRun(broker.bootstrap, topics, group, "impatient", tmp_path / "limit.log",
+                      extra_env={**BUSY, **TIMEOUTS, **reference["detectors"],
                                  "LEVYDRIFT_CONSUMER_OUTAGE_LIMIT_S": str(limit_s)}).start()
-    wait_until(lambda: progress(broker.bootstrap, "limit", topics.names["records"])
+    wait_until(lambda: progress(broker.bootstrap, group, topics.names["records"])
                >= RECORDS * 0.25 or not run.alive(), 120, "a quarter of the stream")
     assert run.alive(), run.log()[-3000:]
 
@@ -179,9 +191,9 @@ def test_past_the_outage_limit_the_consumer_exits_with_one_line(broker: PrivateB
     assert "consumer.outage_limit_s" in last
 
     # The restart restores the one-record snapshot and goes on writing parts.
-    again = ConsumerRun(broker.bootstrap, topics, "limit", "impatient",
-                        tmp_path / "again.log", extra_env={**BUSY, **IN_PARTS}).start()
-    wait_processed(broker.bootstrap, "limit", topics, RECORDS, runs=[again])
+    again = ConsumerRun(broker.bootstrap, topics, group, "impatient", tmp_path / "again.log",
+                        extra_env={**BUSY, **IN_PARTS, **reference["detectors"]}).start()
+    wait_processed(broker.bootstrap, group, topics, RECORDS, runs=[again])
     assert again.stop() == 0, again.log()[-3000:]
     assert written_in_parts(broker.bootstrap, topics), "no snapshot went in parts"
     assert_same_as_reference(broker.bootstrap, topics, reference)
