@@ -558,13 +558,24 @@ def run_numeric(values: np.ndarray, positions: np.ndarray, start: int,
     counters[C_COUNT], counters[C_RING_HEAD] = counts[last], head
     if not adwin_fired and not directions.any():
         return int(values.shape[0])
-    for d in range(n_ph):
+    _restart_after_alarm(directions, ph_par, ph_f, ph_i, aw_s, aw_totals, aw_variances,
+                         aw_counts, alarm)
+    return int(rows[last]) + 1
+
+
+@njit(cache=True, inline="always")
+def _restart_after_alarm(directions: np.ndarray, ph_par: np.ndarray, ph_f: np.ndarray,
+                         ph_i: np.ndarray, aw_s: np.ndarray, aw_totals: np.ndarray,
+                         aw_variances: np.ndarray, aw_counts: np.ndarray,
+                         alarm: np.ndarray) -> None:
+    """Record the alarm of each Page-Hinkley row that fired (``directions``; ADWIN records
+    its own), then restart every detector of the signal."""
+    for d in range(ph_par.shape[0]):
         if directions[d] != 0:
             _record_ph_alarm(alarm[d], directions[d], ph_par[d], ph_f[d], ph_i[d])
-    for d in range(n_ph):
+    for d in range(ph_par.shape[0]):
         ph_reset(ph_f, ph_i, d)
     adwin_reset(aw_s, aw_totals, aw_variances, aw_counts)
-    return int(rows[last]) + 1
 
 
 @njit(cache=True, inline="always")
@@ -771,12 +782,8 @@ def run_location_page_hinkley(values: np.ndarray, positions: np.ndarray, start: 
     ph_f[:, PH_N], ph_f[:, PH_MEAN] = ns[last], means[last]
     if not directions.any():
         return int(values.shape[0])
-    for d in range(n_ph):
-        if directions[d] != 0:
-            _record_ph_alarm(alarm[d], directions[d], ph_par[d], ph_f[d], ph_i[d])
-    for d in range(n_ph):
-        ph_reset(ph_f, ph_i, d)
-    adwin_reset(aw_s, aw_totals, aw_variances, aw_counts)
+    _restart_after_alarm(directions, ph_par, ph_f, ph_i, aw_s, aw_totals, aw_variances,
+                         aw_counts, alarm)
     return int(rows[last]) + 1
 
 
