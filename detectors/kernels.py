@@ -506,15 +506,32 @@ def run_numeric(values: np.ndarray, positions: np.ndarray, start: int,
     if m == 0:
         return int(values.shape[0])
     rows, counts = taken[0, :m], taken[1, :m]
-    n_ph = ph_par.shape[0]
     for source in range(2):  # SOURCE_LOCATION, SOURCE_SPREAD
         _running_means(scores[source, :m], ph_par, ph_f, source, devs[source], ns[source],
                        means[source])
+    return _detect(values, positions, scores[0, :m], rows, counts, devs, ns, means, ph_par,
+                   ph_f, ph_i, aw_par, aw_s, aw_totals, aw_variances, aw_counts, ring_values,
+                   ring_positions, counters, alarm, scores_out)
+
+
+@njit(cache=True)
+def _detect(values: np.ndarray, positions: np.ndarray, zs: np.ndarray, rows: np.ndarray,
+            counts: np.ndarray, devs: np.ndarray, ns: np.ndarray, means: np.ndarray,
+            ph_par: np.ndarray, ph_f: np.ndarray, ph_i: np.ndarray, aw_par: np.ndarray,
+            aw_s: np.ndarray, aw_totals: np.ndarray, aw_variances: np.ndarray,
+            aw_counts: np.ndarray, ring_values: np.ndarray, ring_positions: np.ndarray,
+            counters: np.ndarray, alarm: np.ndarray, scores_out: np.ndarray) -> int:
+    """The detectors of ``run_numeric`` (and of the pooled layer's location rows) over the
+    ``len(rows)`` values of a call that are not NaN: their batch indices ``rows``, value
+    counts, location scores ``zs`` (read for ADWIN and ``scores_out`` only) and, per source,
+    deviations from the running mean, value counts and means. An empty ``aw_par`` means no
+    ADWIN. Returns where the caller goes on, as ``run_numeric`` does."""
+    n_ph = ph_par.shape[0]
     # Per group: first row, last row, value reached; then each row's direction if it fired.
     groups = np.zeros((4, n_ph), dtype=np.int64)
     directions = groups[3]
     state_f, state_i = ph_f.copy(), ph_i.copy()
-    last, n_groups = m - 1, 0
+    last, n_groups = rows.shape[0] - 1, 0
     first = 0
     while first < n_ph:  # rows watching one source, GROUP at a time
         source = int(ph_par[first, PH_SOURCE])
@@ -528,9 +545,9 @@ def run_numeric(values: np.ndarray, positions: np.ndarray, start: int,
         n_groups += 1
         first = top + 1
     adwin_fired = False
-    if aw_par[AW_ENABLED] != 0.0:
-        reached = _adwin_run(scores[0, :m], counts, last, aw_par, aw_s, aw_totals,
-                             aw_variances, aw_counts, alarm[n_ph])
+    if aw_par.shape[0] and aw_par[AW_ENABLED] != 0.0:
+        reached = _adwin_run(zs, counts, last, aw_par, aw_s, aw_totals, aw_variances,
+                             aw_counts, alarm[n_ph])
         adwin_fired = reached >= 0
         if adwin_fired:
             last = reached
@@ -554,7 +571,7 @@ def run_numeric(values: np.ndarray, positions: np.ndarray, start: int,
         ring_positions[head] = positions[rows[j]]
         head = head + 1 if head + 1 < ring_size else 0
         if want_scores:
-            scores_out[rows[j]] = scores[0, j]
+            scores_out[rows[j]] = zs[j]
     counters[C_COUNT], counters[C_RING_HEAD] = counts[last], head
     if not adwin_fired and not directions.any():
         return int(values.shape[0])
@@ -729,16 +746,12 @@ def run_location_page_hinkley(values: np.ndarray, positions: np.ndarray, start: 
                               ring_values: np.ndarray, ring_positions: np.ndarray,
                               counters: np.ndarray, alarm: np.ndarray) -> int:
     """``run_numeric`` for a signal of given scores watched by location Page-Hinkley rows
-    only (no spread rows, ADWIN off: the pooled layer), operation for operation. The rows
-    share river's running mean (they restart together), so it is computed first for every
-    value; then the rows run over the deviations ``GROUP`` at a time, their state in
-    scalars and their extremes kept by selects: a new minimum comes at random under no
-    change, and the mispredicted branches cost 3x the arithmetic (measured). Rows are
-    independent, so a group that ran past the batch's first alarm runs again up to it."""
-    n_ph = ph_par.shape[0]
+    only (no spread rows, ADWIN off: the pooled layer), operation for operation: the values
+    are the scores, so it takes them and their running mean in one pass, then ``_detect``."""
     size = values.shape[0] - start
-    devs, ns, means = np.empty(size), np.empty(size), np.empty(size)
-    counts, rows = np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64)
+    # Per source, as ``_detect`` takes them: the location source only (every row's).
+    devs, ns, means = np.empty((1, size)), np.empty((1, size)), np.empty((1, size))
+    taken = np.empty((2, size), dtype=np.int64)  # batch index, value count
     n, mean = ph_f[0, PH_N], ph_f[0, PH_MEAN]
     count = counters[C_COUNT]
     m = 0
@@ -749,42 +762,15 @@ def run_location_page_hinkley(values: np.ndarray, positions: np.ndarray, start: 
         count += 1
         n = n + 1.0
         mean = mean + (1.0 / n) * (x - mean)
-        devs[m], ns[m], means[m], counts[m], rows[m] = x - mean, n, mean, count, idx
+        devs[0, m], ns[0, m], means[0, m] = x - mean, n, mean
+        taken[0, m], taken[1, m] = idx, count
         m += 1
     if m == 0:
         return int(values.shape[0])
-    last = m - 1  # the last value to take: the first alarm's, once a row fired
-    groups = (n_ph + GROUP - 1) // GROUP
-    ran_to = np.empty(groups, dtype=np.int64)
-    directions = np.zeros(n_ph, dtype=np.int64)
-    state_f, state_i = ph_f.copy(), ph_i.copy()
-    for g in range(groups):
-        ran_to[g] = _location_group(devs, ns, counts, last, ph_par, state_f, state_i,
-                                    g * GROUP, min(n_ph, (g + 1) * GROUP) - 1, directions)
-        last = min(last, ran_to[g])
-    for g in range(groups):
-        rows_of_group = slice(g * GROUP, min(n_ph, (g + 1) * GROUP))
-        if ran_to[g] > last:  # ran past the first alarm: again from its start, up to it
-            state_f[rows_of_group], state_i[rows_of_group] = (ph_f[rows_of_group],
-                                                              ph_i[rows_of_group])
-            _location_group(devs, ns, counts, last, ph_par, state_f, state_i, g * GROUP,
-                            min(n_ph, (g + 1) * GROUP) - 1, directions)
-        elif ran_to[g] < last:  # impossible: a group stops only at an alarm
-            directions[rows_of_group] = 0
-    ring_size = ring_values.shape[0]
-    head = counters[C_RING_HEAD]
-    for j in range(last + 1):
-        ring_values[head] = values[rows[j]]
-        ring_positions[head] = positions[rows[j]]
-        head = head + 1 if head + 1 < ring_size else 0
-    counters[C_COUNT], counters[C_RING_HEAD] = counts[last], head
-    ph_f[:, :], ph_i[:, :] = state_f, state_i
-    ph_f[:, PH_N], ph_f[:, PH_MEAN] = ns[last], means[last]
-    if not directions.any():
-        return int(values.shape[0])
-    _restart_after_alarm(directions, ph_par, ph_f, ph_i, aw_s, aw_totals, aw_variances,
-                         aw_counts, alarm)
-    return int(rows[last]) + 1
+    no_values = np.empty(0)
+    return _detect(values, positions, no_values, taken[0, :m], taken[1, :m], devs, ns, means,
+                   ph_par, ph_f, ph_i, no_values, aw_s, aw_totals, aw_variances, aw_counts,
+                   ring_values, ring_positions, counters, alarm, no_values)
 
 
 GROUP = 4  # location rows run together: their chains of dependent operations overlap
