@@ -31,6 +31,7 @@ from detectors.channels import DetectorStatus
 from detectors.config import DetectorSettings
 from detectors.decision import DetectorFiring, DriftDecision, SignalFinding, WindowSummary
 from detectors.reference import CategoricalReference
+from schemas.timestamps import CANONICAL_FORM
 
 MISSING = "(missing)"
 MAX_TRACKED_CATEGORIES = 5000  # per signal and window; rarer ones count as "(other)"
@@ -413,8 +414,8 @@ def event_times_ms(column: Any) -> np.ndarray:
 
 
 # The producers' one format, "2026-01-01T18:17:48.000Z": its fields sit at fixed offsets.
-CANONICAL_LENGTH = 24
-CANONICAL_SEPARATORS = np.frombuffer(b"0000-00-00T00:00:00.000Z", dtype=np.uint8)
+CANONICAL_LENGTH = len(CANONICAL_FORM)
+CANONICAL_SEPARATORS = np.frombuffer(CANONICAL_FORM.encode("ascii"), dtype=np.uint8)
 CANONICAL_DAYS_BEFORE_MONTH = np.array([0, 0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304,
                                         334], dtype=np.int64)
 CANONICAL_DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31],

@@ -37,6 +37,7 @@ from schemas.levy_record import (
     decode_levy_record,
     rows_breaking_rules,
 )
+from schemas.timestamps import CANONICAL_FORM
 
 if TYPE_CHECKING:  # pandas is imported for CSV only: a Parquet read starts ~0.2 s sooner
     import pandas as pd
@@ -125,8 +126,11 @@ def _table_columns(path: Path, suffix: str, progress: Progress | None,
                          f"{missing[0]} column")
     if progress is not None:
         progress.total = table.num_rows
-    typed = (_typed_columns(table, csv, fields) if set(table.column_names) <= set(FIELDS)
-             else None)
+    # Each wanted dictionary column decoded once: for its texts and for the detectors.
+    codings = {name: _dictionary_coding(table.column(name)) for name in table.column_names
+               if name in fields and _is_text_dictionary(table.column(name).type)}
+    typed = (_typed_columns(table, csv, fields, codings)
+             if set(table.column_names) <= set(FIELDS) else None)
     if typed is None:  # a column the screen does not take: every row through the codec
         return FileColumns(_per_row_columns(path, table, csv, progress))
     columns, unparsed, screened = typed
@@ -136,36 +140,33 @@ def _table_columns(path: Path, suffix: str, progress: Progress | None,
                 _codec_reasons(table, csv, flagged))
     if progress is not None:
         progress.update(table.num_rows)
-    dictionaries = {name: coding for name in _CATEGORY_FIELDS
-                    if name in fields and name in table.column_names
-                    and (coding := _distinct_dictionary(table.column(name))) is not None}
+    dictionaries = {name: coding for name, coding in codings.items()
+                    if name in _CATEGORY_FIELDS and _distinct(coding[1])}
     return FileColumns(columns, _canonical_event_times(table.column("event_time")),
                        dictionaries)
 
 
-# "2026-01-01T18:17:48.000Z": of the RFC 3339 times the screen passes, the only ones this
-# long (any other fraction or a "+01:00" zone changes the length).
-CANONICAL_TIME_LENGTH = 24
-
-
 def _canonical_event_times(column: pa.ChunkedArray) -> np.ndarray | None:
-    """Epoch ms of a screened event-time column when every value has the canonical form,
-    read by Arrow's ISO 8601 cast (to the millisecond, as ``event_times_ms`` reads them);
+    """Epoch ms of a screened event-time column when every value has the canonical form
+    (of the RFC 3339 times the screen passes, the only ones of its length), read by Arrow's
+    ISO 8601 cast (to the millisecond, as ``event_times_ms`` reads them);
     None for any other column."""
     if not _is_text(column.type) or column.null_count or not len(column):
         return None
-    if not pc.all(pc.equal(pc.binary_length(column), CANONICAL_TIME_LENGTH)).as_py():
+    if not pc.all(pc.equal(pc.binary_length(column), len(CANONICAL_FORM))).as_py():
         return None
     stamps = pc.cast(column, pa.timestamp("ms", tz="UTC"))
     times: np.ndarray = pc.cast(stamps, pa.int64()).to_numpy()
     return times
 
 
-def _typed_columns(table: pa.Table, csv: bool, fields: Collection[str]
+def _typed_columns(table: pa.Table, csv: bool, fields: Collection[str],
+                   codings: dict[str, tuple[np.ndarray, np.ndarray]]
                    ) -> tuple[Columns, np.ndarray, dict[str, Any]] | None:
-    """The fields as ``levy_records_to_columns`` gives them (at least ``fields``), a mask of
-    CSV cells that are text where a number belongs, and every column as the screen takes it
-    (Parquet text stays in Arrow); None when a column has a type the screen does not take."""
+    """The fields as ``levy_records_to_columns`` gives them (at least ``fields``; a text
+    dictionary column from its ``codings`` entry), a mask of CSV cells that are text where a
+    number belongs, and every column as the screen takes it (Parquet text stays in Arrow);
+    None when a column has a type the screen does not take."""
     count = table.num_rows
     unparsed = np.zeros(count, dtype=bool)
     columns: Columns = {}
@@ -191,7 +192,7 @@ def _typed_columns(table: pa.Table, csv: bool, fields: Collection[str]
             numbers = (pc.cast(column, pa.float64(), safe=False)
                        .to_numpy(zero_copy_only=False))
         elif _is_text(column.type) or _is_text_dictionary(column.type):
-            screened[name], texts = _parquet_texts(column, name in fields)
+            screened[name], texts = _parquet_texts(column, name in fields, codings.get(name))
         else:
             return None
         if name not in NUMERIC_FIELDS:
@@ -209,12 +210,14 @@ def _is_text(kind: pa.DataType) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
 
-def _parquet_texts(column: pa.ChunkedArray,
-                   wanted: bool) -> tuple[pa.ChunkedArray, np.ndarray | None]:
+def _parquet_texts(column: pa.ChunkedArray, wanted: bool,
+                   coding: tuple[np.ndarray, np.ndarray] | None
+                   ) -> tuple[pa.ChunkedArray, np.ndarray | None]:
     """A Parquet text column as the screen takes it (Arrow text, a dictionary as it is) and,
-    if ``wanted``, as an object array of str (None where null)."""
+    if ``wanted``, as an object array of str (None where null; a dictionary's from its
+    ``coding``)."""
     if pa.types.is_dictionary(column.type):
-        return column, _dictionary_texts(column) if wanted else None
+        return column, _dictionary_texts(*coding) if wanted and coding is not None else None
     return column, (column.to_numpy(zero_copy_only=False).astype(object, copy=False)
                     if wanted else None)
 
@@ -223,10 +226,9 @@ def _is_text_dictionary(kind: pa.DataType) -> bool:
     return pa.types.is_dictionary(kind) and _is_text(kind.value_type)
 
 
-def _dictionary_texts(column: pa.ChunkedArray) -> np.ndarray:
-    """A dictionary column as an object array of str (None where null): one str per distinct
-    value, shared by its rows."""
-    indices, values = _dictionary_coding(column)
+def _dictionary_texts(indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """A dictionary column (``_dictionary_coding``) as an object array of str (None where
+    null): one str per distinct value, shared by its rows."""
     texts: np.ndarray = np.array([*values, None], dtype=object)[indices]  # -1: the None
     return texts
 
@@ -241,16 +243,11 @@ def _dictionary_coding(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]
     return pc.fill_null(indices, -1).to_numpy().astype(np.int64, copy=False), values
 
 
-def _distinct_dictionary(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray] | None:
-    """``_dictionary_coding`` of a text dictionary column whose values are distinct strs
-    (a value's rows then share one index); None for any other column."""
-    if not _is_text_dictionary(column.type):
-        return None
-    indices, values = _dictionary_coding(column)
+def _distinct(values: np.ndarray) -> bool:
+    """Whether a dictionary's values are distinct strs (a value's rows then share one
+    index)."""
     texts = values.tolist()
-    if None in texts or len(set(texts)) != len(texts):
-        return None
-    return indices, values
+    return None not in texts and len(set(texts)) == len(texts)
 
 
 def _csv_numbers(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

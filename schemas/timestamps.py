@@ -19,6 +19,9 @@ RFC3339_PATTERN: Final = (
 )
 # Use with fullmatch, so a trailing newline never slips past '$' as it would with re.search.
 TIMESTAMP: Final = re.compile(RFC3339_PATTERN)
+# The one form producers write (``timestamp_from_ms``), "2026-01-01T18:17:48.000Z": digits
+# where this has "0". Of the RFC 3339 times, the only ones of its length.
+CANONICAL_FORM: Final = "0000-00-00T00:00:00.000Z"
 
 
 def is_rfc3339(text: str) -> bool:
