@@ -1,7 +1,7 @@
 """Same decisions and snapshot bytes as another build: feeds the segmented bank the
 consumer's columns in several arrival orders and a stream with segment and pooled decisions,
-under ``segment_by`` county and county + tax_district, and records every decision and a hash
-of the snapshot every 50 batches.
+under ``segment_by`` county, county + tax_district and county with tax_district strata, and
+records every decision and a hash of the snapshot every 50 batches.
 
     <old checkout>/bench/check_segmented_identity.py --write before.json   (a copy of this file)
     <new checkout>/bench/check_segmented_identity.py --compare before.json
@@ -37,7 +37,10 @@ from levydrift.simulator import LevySimulator, SimulatorConfig  # noqa: E402
 RECORDS = 300_000
 EVERY = 50  # batches between snapshot hashes
 MIDDLE = 75  # the batch before which a snapshot is taken to resume from
-SEGMENTINGS = {"county": ("county",), "county+district": ("county", "tax_district")}
+# name -> (segment_by, stratify_by)
+SEGMENTINGS = {"county": (("county",), ()),
+               "county+district": (("county", "tax_district"), ()),
+               "county, district strata": (("county",), ("tax_district",))}
 
 
 def drifting(columns: dict[str, np.ndarray], start: int) -> dict[str, np.ndarray]:
@@ -71,12 +74,12 @@ def streams(cache: Path) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def run(columns: dict[str, np.ndarray], segment_by: tuple[str, ...],
+def run(columns: dict[str, np.ndarray], segmenting: tuple[tuple[str, ...], tuple[str, ...]],
         resume: bytes | None = None) -> tuple[dict[str, object], bytes]:
     """Every decision (batch, repr) and the snapshot hash every ``EVERY`` batches, and the
     snapshot at batch ``MIDDLE``. With ``resume`` (such a snapshot), the bank restored from
     it is fed from batch ``MIDDLE`` on."""
-    settings = DetectorSettings(segment_by=segment_by)
+    settings = DetectorSettings(segment_by=segmenting[0], stratify_by=segmenting[1])
     bank = (SegmentedBank(settings) if resume is None
             else SegmentedBank.restore(resume, settings))
     n = len(columns["index"])
@@ -109,9 +112,9 @@ def main() -> None:
     results, snapshots = {}, {}
     data = streams(args.cache)
     for order, columns in data.items():
-        for name, segment_by in SEGMENTINGS.items():
+        for name, segmenting in SEGMENTINGS.items():
             key = f"{order}/{name}"
-            results[key], snapshots[key] = run(columns, segment_by)
+            results[key], snapshots[key] = run(columns, segmenting)
             print(key, results[key]["counts"], flush=True)
     if args.write:
         args.write.write_text(json.dumps(results))

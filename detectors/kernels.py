@@ -207,6 +207,29 @@ def stratum_scores(values: np.ndarray, rows: np.ndarray, strata: np.ndarray,
         out[i] = _cdf(x, knots[s, :m], below[s, :m], at_or_below[s, :m], u_min[s], draw)
 
 
+@njit(cache=True, nogil=True)
+def collect_stratum_warmups(values: np.ndarray, rows: np.ndarray, strata: np.ndarray,
+                            ready: np.ndarray, counts: np.ndarray, target: int,
+                            into_values: np.ndarray, into_strata: np.ndarray, size: int,
+                            ready_from: np.ndarray) -> int:
+    """The values of ``rows`` (ascending; NaN skipped) whose stratum is not ``ready`` into
+    the warm-up buffer (``into_values``/``into_strata`` from ``size``, room for every row),
+    each stratum's up to its ``target``-th (``counts`` per stratum). A stratum reaching it
+    gets ``ready_from`` = the batch index after that value. Returns the new size."""
+    for index in range(rows.shape[0]):
+        i = rows[index]
+        s = strata[i]
+        x = values[i]
+        if ready[s] or counts[s] >= target or math.isnan(x):
+            continue
+        into_values[size], into_strata[size] = x, s
+        size += 1
+        counts[s] += 1
+        if counts[s] == target:
+            ready_from[s] = i + 1
+    return size
+
+
 @njit(cache=True, inline="always")
 def _scores_of(u: float, u_min: float) -> tuple[float, float]:
     folded = min(max(abs(2.0 * u - 1.0), 2.0 * u_min), 1.0 - 2.0 * u_min)

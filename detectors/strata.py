@@ -41,7 +41,8 @@ MAX_STRATUM_LABEL_CHARS = 512
 
 @dataclass
 class _Tables:
-    """One signal's stratum references, padded to ``MAX_KNOTS``; warm-ups under way."""
+    """One signal's stratum references, padded to ``MAX_KNOTS``; warm-ups under way, as one
+    buffer of (stratum, value) in arrival order, so a batch goes in by one compiled call."""
 
     knots: np.ndarray = field(default_factory=lambda: np.zeros((0, MAX_KNOTS)))
     below: np.ndarray = field(default_factory=lambda: np.zeros((0, MAX_KNOTS)))
@@ -49,8 +50,10 @@ class _Tables:
     n_knots: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     u_min: np.ndarray = field(default_factory=lambda: np.zeros(0))
     ready: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.bool_))
-    warm: dict[int, list[np.ndarray]] = field(default_factory=dict)
-    counts: dict[int, int] = field(default_factory=dict)  # values in each warm-up
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # warm-up
+    warm_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    warm_strata: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    warm_size: int = 0
     # Per segment code: whether its spread tests are silent (see ``StrataScaler.quiet_spread``)
     quiet: dict[int, bool] = field(default_factory=dict)
     # Reference and quiet-flag changes; per signal, as the segments feed signals in parallel.
@@ -60,13 +63,14 @@ class _Tables:
         if strata <= len(self.ready):
             return
         size = max(strata, 2 * len(self.ready), 8)
-        for name in ("knots", "below", "at_or_below", "n_knots", "u_min", "ready"):
+        for name in ("knots", "below", "at_or_below", "n_knots", "u_min", "ready", "counts"):
             old = getattr(self, name)
             grown = np.zeros((size,) + old.shape[1:], dtype=old.dtype)
             grown[:len(old)] = old
             setattr(self, name, grown)
 
     def set_reference(self, stratum: int, values: np.ndarray) -> None:
+        """The stratum's reference from ``values``; its warm-up is the caller's to forget."""
         reference = NumericReference.from_values(values)
         knots, below, at_or_below = reference.arrays()
         m = len(knots)
@@ -74,19 +78,76 @@ class _Tables:
         self.at_or_below[stratum, :m] = at_or_below
         self.n_knots[stratum], self.u_min[stratum] = m, reference.u_min()
         self.ready[stratum] = True
-        self.forget_warmup(stratum)
 
-    def forget_warmup(self, stratum: int) -> None:
-        self.warm.pop(stratum, None)
-        self.counts.pop(stratum, None)
+    def reserve(self, extra: int) -> None:
+        """Room for ``extra`` more warm-up values."""
+        needed = self.warm_size + extra
+        if needed > len(self.warm_values):
+            self._resize(max(needed, 2 * len(self.warm_values)))
+
+    def add_warmup(self, stratum: int, values: np.ndarray) -> None:
+        self.reserve(len(values))
+        end = self.warm_size + len(values)
+        self.warm_values[self.warm_size:end], self.warm_strata[self.warm_size:end] = \
+            values, stratum
+        self.warm_size = end
+        self.counts[stratum] += len(values)
+
+    def warmup_values(self) -> dict[int, np.ndarray]:
+        """Each warming stratum's values, in arrival order."""
+        size = self.warm_size
+        if not size:
+            return {}
+        strata = self.warm_strata[:size]
+        order = np.argsort(strata, kind="stable")
+        codes, starts = np.unique(strata[order], return_index=True)
+        chunks = np.split(self.warm_values[:size][order], starts[1:])
+        return dict(zip(codes.tolist(), chunks, strict=True))
+
+    def take_warmups(self, strata: np.ndarray) -> dict[int, np.ndarray]:
+        """Take the warm-ups of ``strata`` (full: they learn now) out of the buffer."""
+        owners = self.warm_strata[:self.warm_size]
+        hit = self._owned_by(strata, owners)
+        values, of = self.warm_values[:self.warm_size][hit], owners[hit]
+        self._drop(strata, hit)
+        return {stratum: values[of == stratum] for stratum in strata.tolist()}
+
+    def forget_warmups(self, strata: np.ndarray | list[int]) -> None:
+        """Drop the warm-ups of ``strata`` (they have learned, or must learn again)."""
+        strata = np.asarray(strata, dtype=np.int64)
+        self._drop(strata, self._owned_by(strata, self.warm_strata[:self.warm_size]))
+
+    def _owned_by(self, strata: np.ndarray, owners: np.ndarray) -> np.ndarray:
+        """Which ``owners`` are among ``strata`` (a table lookup: ``np.isin`` sorts)."""
+        among = np.zeros(len(self.counts), dtype=bool)
+        among[strata] = True
+        hit: np.ndarray = among[owners]
+        return hit
+
+    def _drop(self, strata: np.ndarray, hit: np.ndarray) -> None:
+        """``strata``'s values (at ``hit``) out of the buffer, the others' order kept."""
+        self.counts[strata] = 0
+        if not hit.any():
+            return
+        keep = np.flatnonzero(~hit)
+        size = len(keep)
+        if 4 * size < len(self.warm_values):  # give memory back as strata learn
+            values, owners = np.empty(2 * size), np.empty(2 * size, dtype=np.int32)
+        else:
+            values, owners = self.warm_values, self.warm_strata
+        values[:size], owners[:size] = self.warm_values[keep], self.warm_strata[keep]
+        self.warm_values, self.warm_strata, self.warm_size = values, owners, size
+
+    def _resize(self, capacity: int) -> None:
+        size = self.warm_size
+        values, strata = np.empty(capacity), np.empty(capacity, dtype=np.int32)
+        values[:size], strata[:size] = self.warm_values[:size], self.warm_strata[:size]
+        self.warm_values, self.warm_strata = values, strata
 
     def discrete(self, stratum: int) -> bool:
         """A reference of a handful of distinct values (a district's levy rate, exemptions
         that are mostly zero or the flat homestead amount)."""
         return bool(self.ready[stratum] and self.n_knots[stratum] < MIN_SPREAD_VALUES)
-
-    def warmed(self, stratum: int) -> int:
-        return self.counts.get(stratum, 0)
 
 
 class StrataScaler:
@@ -145,35 +206,23 @@ class StrataScaler:
             ready_from = np.zeros(known, dtype=np.int64)
         else:
             ready_from = np.where(ready, 0, len(values))
-            waiting = rows[~ready[strata[rows]]]
-            if waiting.size:  # grouped by stratum, each group in batch order
-                grouped = waiting[np.argsort(strata[waiting], kind="stable")]
-                cuts = np.flatnonzero(np.diff(strata[grouped])) + 1
-                learned = []
-                for mine in np.split(grouped, cuts):
-                    stratum = int(strata[mine[0]])
-                    ready_from[stratum] = self._warm(tables, stratum, values, mine)
-                    if tables.ready[stratum]:
-                        learned.append((int(ready_from[stratum]), stratum))
-                self._set_quiet(tables, sorted(learned))
+            tables.reserve(len(rows))
+            tables.warm_size = k.collect_stratum_warmups(
+                values, rows, strata, tables.ready, tables.counts, self.warmup,
+                tables.warm_values, tables.warm_strata, tables.warm_size, ready_from)
+            filled = np.flatnonzero(~ready & (tables.counts[:known] >= self.warmup))
+            if filled.size:
+                self._learn(tables, filled, ready_from[filled])
         k.stratum_scores(values, rows, strata, positions, ready_from, tables.knots,
                          tables.below, tables.at_or_below, tables.n_knots, tables.u_min, out)
 
-    def _warm(self, tables: _Tables, stratum: int, values: np.ndarray,
-              mine: np.ndarray) -> int:
-        """The stratum's values (batch rows ``mine``) into its warm-up; the batch index from
-        which its records are judged (past the batch while it still warms up)."""
-        mine = mine[~np.isnan(values[mine])]
-        have = tables.warmed(stratum)
-        take = mine[:self.warmup - have]
-        if take.size:
-            tables.warm.setdefault(stratum, []).append(values[take])
-            tables.counts[stratum] = have + take.size
-        if have + take.size < self.warmup:
-            return len(values)
-        tables.set_reference(stratum, np.concatenate(tables.warm[stratum]))
-        tables.changes += 1
-        return int(take[-1]) + 1 if take.size else 0
+    def _learn(self, tables: _Tables, strata: np.ndarray, ready_from: np.ndarray) -> None:
+        """``strata`` (warm-ups full) take their references, judged from ``ready_from``."""
+        chunks = tables.take_warmups(strata)
+        for stratum in strata.tolist():
+            tables.set_reference(stratum, chunks[stratum])
+            tables.changes += 1
+        self._set_quiet(tables, sorted(zip(ready_from.tolist(), strata.tolist(), strict=True)))
 
     def _set_quiet(self, tables: _Tables, learned: list[tuple[int, int]]) -> None:
         """A segment's spread tests follow the first of its strata to learn the signal (in
@@ -198,11 +247,12 @@ class StrataScaler:
         """The strata of ``segment`` (None: all) learn ``signal``'s reference again from
         their next values: after a change the old ones no longer describe them."""
         tables = self.tables[signal]
-        for (code, _), stratum in self.keys.items():
-            if segment is None or code == segment:
-                tables.ready[stratum] = False
-                tables.forget_warmup(stratum)
-                tables.quiet.pop(code, None)
+        again = [stratum for (code, _), stratum in self.keys.items()
+                 if segment is None or code == segment]
+        for stratum in again:
+            tables.ready[stratum] = False
+            tables.quiet.pop(self._segments[stratum], None)
+        tables.forget_warmups(again)
         tables.changes += 1
 
     def adopt_warmups(self, min_values: int, signals: tuple[str, ...] | None = None) -> None:
@@ -211,11 +261,12 @@ class StrataScaler:
         for name, tables in self.tables.items():
             if signals is not None and name not in signals:
                 continue
-            adopted = [stratum for stratum in sorted(tables.warm)
-                        if tables.warmed(stratum) >= min_values]
+            chunks = tables.warmup_values()
+            adopted = [stratum for stratum in sorted(chunks) if len(chunks[stratum]) >= min_values]
             for stratum in adopted:
-                tables.set_reference(stratum, np.concatenate(tables.warm[stratum]))
+                tables.set_reference(stratum, chunks[stratum])
                 tables.changes += 1
+            tables.forget_warmups(adopted)
             self._set_quiet(tables, [(0, stratum) for stratum in adopted])
 
     def quiet_spread(self, signal: str) -> set[int]:
@@ -239,6 +290,7 @@ class StrataScaler:
         arrays: list[np.ndarray] = []
         entries = []
         for signal, tables in self.tables.items():
+            chunks = tables.warmup_values()
             for stratum in range(len(self.keys)):
                 if tables.ready[stratum]:
                     m = int(tables.n_knots[stratum])
@@ -246,8 +298,8 @@ class StrataScaler:
                                     float(tables.u_min[stratum])])
                     arrays += [tables.knots[stratum, :m], tables.below[stratum, :m],
                                tables.at_or_below[stratum, :m]]
-                elif stratum in tables.warm:
-                    chunk = np.concatenate(tables.warm[stratum])
+                elif stratum in chunks:
+                    chunk = chunks[stratum]
                     entries.append([signal, stratum, "warmup", int(chunk.size), 0.0])
                     arrays.append(chunk)
         header = orjson.dumps({"strata": [[code, label] for code, label in self.keys],
@@ -315,10 +367,12 @@ class StrataScaler:
     def _load_entries(self, entries: Any, body: bytes, warmup: int) -> None:
         if not isinstance(entries, list):
             raise SnapshotError("strata state: entries are not a list", "header")
-        offset = 0
+        offset, seen = 0, set()
         for signal, stratum, kind, count, u_min in entries:
-            if not (_is_count(stratum) and stratum < len(self.keys) and _is_count(count)):
-                raise SnapshotError("strata state: malformed entry", "header")
+            if not (_is_count(stratum) and stratum < len(self.keys) and _is_count(count)
+                    and (signal, stratum) not in seen):
+                raise SnapshotError("strata state: malformed or repeated entry", "header")
+            seen.add((signal, stratum))
             if kind == "reference" and 1 <= count <= MAX_KNOTS and 0.0 < u_min < 0.5:
                 knots, below, at_or_below = _floats(body, offset, 3 * count).reshape(3, count)
                 offset += 24 * count
@@ -336,8 +390,7 @@ class StrataScaler:
                 values = _floats(body, offset, count)
                 offset += 8 * count
                 if signal in self.tables and count:
-                    self.tables[signal].warm[stratum] = [values]
-                    self.tables[signal].counts[stratum] = count
+                    self.tables[signal].add_warmup(stratum, values)
             else:
                 raise SnapshotError(f"strata state: bad {str(kind)[:20]} entry", "header")
         if offset != len(body):

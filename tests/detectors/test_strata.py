@@ -8,12 +8,15 @@ import zlib
 from dataclasses import replace
 
 import numpy as np
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from consumer.events import decision_to_event
 from detectors.config import DetectorSettings
 from detectors.errors import DetectorConfigError, SnapshotError
-from detectors.reference import Reference
+from detectors.reference import NumericReference, Reference
 from detectors.segments import SegmentedBank
 from detectors.strata import StrataScaler
 
@@ -115,6 +118,53 @@ def test_batches_of_any_size_give_the_same_scores() -> None:
         cut.scores("x", values[part], np.arange(first, first + m), where, np.arange(m), out)
         got[part] = out
     np.testing.assert_array_equal(got, expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 700),
+       nan_share=st.sampled_from([0.0, 0.2, 0.9]))
+def test_each_stratum_learns_from_its_first_values_in_record_order_however_batched(
+        seed: int, batch: int, nan_share: float) -> None:
+    # The warm-up buffer holds every warming stratum's values together; each stratum must
+    # still learn from exactly its own first ``warmup`` values (NaN skipped), in record order,
+    # be judged from the record after the last of them, and the buffer must be given back.
+    rng = np.random.default_rng(seed)
+    n, warmup = 3_000, 150
+    groups = rng.choice(5, size=n, p=[0.5, 0.3, 0.1, 0.07, 0.03])  # the rarest may not warm
+    values = rng.normal(size=n) * (1 + groups) + 10 * groups
+    values[rng.random(n) < nan_share] = np.nan
+    labels = np.array(list("abcde"), dtype=object)
+    scaler = StrataScaler(("x",), warmup=warmup)
+    out = np.full(n, np.nan)
+    for first in range(0, n, batch):
+        part = slice(first, first + batch)
+        m = len(values[part])
+        where = scaler.strata_of(np.zeros(m, dtype=np.int32), groups[part], labels)
+        scores = np.full(m, np.nan)
+        scaler.scores("x", values[part], np.arange(first, first + m), where, np.arange(m),
+                      scores)
+        out[part] = scores
+    tables = scaler.tables["x"]
+    for group in range(5):
+        stratum = scaler.keys.get((0, str(labels[group])))
+        if stratum is None:
+            continue
+        mine = np.flatnonzero((groups == group) & ~np.isnan(values))
+        if len(mine) < warmup:
+            assert not tables.ready[stratum] and tables.counts[stratum] == len(mine)
+            assert np.isnan(out[groups == group]).all()
+            continue
+        learned = NumericReference.from_values(values[mine[:warmup]]).arrays()
+        m = int(tables.n_knots[stratum])
+        for got, want in zip((tables.knots[stratum, :m], tables.below[stratum, :m],
+                              tables.at_or_below[stratum, :m]), learned, strict=True):
+            np.testing.assert_array_equal(got, want)
+        assert np.isnan(out[mine[:warmup]]).all()
+        assert np.isfinite(out[mine[warmup:]]).all()
+    still = tables.counts[:len(scaler.keys)][~tables.ready[:len(scaler.keys)]].sum()
+    assert tables.warm_size == still  # learned strata's values leave the buffer
+    if not still:  # ... and once every stratum has learned, so does its memory
+        assert len(tables.warm_values) == 0
 
 
 def test_the_same_district_name_in_two_segments_is_two_strata() -> None:
@@ -283,6 +333,24 @@ def test_damaged_strata_state_is_refused_with_snapshot_error() -> None:
             StrataScaler.from_bytes(damaged, ("x",), 300, count)
     with pytest.raises(SnapshotError):  # a stratum of a segment the snapshot does not have
         StrataScaler.from_bytes(good, ("x",), 300, 1)
+    warming_bank = SegmentedBank(SETTINGS)
+    feed(warming_bank, district_stream(700, seed=13))
+    assert warming_bank.strata is not None
+    raw = zlib.decompress(warming_bank.strata.to_bytes())
+    count = len(warming_bank.segments)
+    header_length = int.from_bytes(raw[:4], "little")
+    header = orjson.loads(raw[4:4 + header_length])
+    warming = next(entry for entry in header["entries"] if entry[2] == "warmup")
+    at = header["entries"].index(warming)
+    header["entries"].insert(at, warming)  # the same stratum's warm-up twice
+    arrays = raw[4 + header_length:]
+    before = sum(8 * (3 * e[3] if e[2] == "reference" else e[3]) for e in header["entries"][:at])
+    arrays = arrays[:before] + arrays[before:before + 8 * warming[3]] + arrays[before:]
+    repeated = orjson.dumps(header)
+    StrataScaler.from_bytes(zlib.compress(raw), ("x",), 300, count)  # as written: restores
+    with pytest.raises(SnapshotError, match="repeated"):
+        StrataScaler.from_bytes(zlib.compress(len(repeated).to_bytes(4, "little") + repeated
+                                              + arrays), ("x",), 300, count)
 
 
 def test_bad_stratify_settings_are_one_line_errors() -> None:
