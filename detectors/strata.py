@@ -130,13 +130,11 @@ class _Tables:
         if not hit.any():
             return
         keep = np.flatnonzero(~hit)
-        size = len(keep)
+        self.warm_size = size = len(keep)
+        self.warm_values[:size], self.warm_strata[:size] = (self.warm_values[keep],
+                                                            self.warm_strata[keep])
         if 4 * size < len(self.warm_values):  # give memory back as strata learn
-            values, owners = np.empty(2 * size), np.empty(2 * size, dtype=np.int32)
-        else:
-            values, owners = self.warm_values, self.warm_strata
-        values[:size], owners[:size] = self.warm_values[keep], self.warm_strata[keep]
-        self.warm_values, self.warm_strata, self.warm_size = values, owners, size
+            self._resize(2 * size)
 
     def _resize(self, capacity: int) -> None:
         size = self.warm_size
@@ -261,13 +259,14 @@ class StrataScaler:
         for name, tables in self.tables.items():
             if signals is not None and name not in signals:
                 continue
-            chunks = tables.warmup_values()
-            adopted = [stratum for stratum in sorted(chunks) if len(chunks[stratum]) >= min_values]
-            for stratum in adopted:
+            known = len(self.keys)
+            adopted = np.flatnonzero(~tables.ready[:known]
+                                     & (tables.counts[:known] >= max(min_values, 1)))
+            chunks = tables.take_warmups(adopted)
+            for stratum in adopted.tolist():
                 tables.set_reference(stratum, chunks[stratum])
                 tables.changes += 1
-            tables.forget_warmups(adopted)
-            self._set_quiet(tables, [(0, stratum) for stratum in adopted])
+            self._set_quiet(tables, [(0, stratum) for stratum in adopted.tolist()])
 
     def quiet_spread(self, signal: str) -> set[int]:
         """Codes of the segments whose spread of ``signal`` is no test: the first of their
