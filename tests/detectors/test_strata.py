@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumer.events import decision_to_event
+from detectors import kernels as k
 from detectors.config import DetectorSettings
 from detectors.errors import DetectorConfigError, SnapshotError
 from detectors.reference import NumericReference, Reference
@@ -395,3 +396,38 @@ def test_the_late_label_error_bank_has_no_strata() -> None:
     from consumer.labels import error_settings
 
     assert error_settings(SETTINGS).strata_fields() == ()
+
+
+def test_each_value_is_scored_under_its_own_strata_table_whatever_the_mix() -> None:
+    """``kernels.stratum_scores`` takes the rows stratum by stratum; each value still gets
+    ``randomised_cdf`` under its own stratum's table (with the strata's salt), a stratum
+    still warming up leaves its rows NaN, and rows not asked for are left alone."""
+    rng = np.random.default_rng(11)
+    n, n_strata = 3_000, 7
+    tables = StrataScaler(("x",), warmup=10).tables["x"]
+    tables.grow(n_strata)
+    for stratum in range(n_strata):  # one-atom, continuous and discrete references
+        spread = rng.normal(size=(1, 400, 4)[stratum % 3]) * (stratum + 1)
+        tables.set_reference(stratum, np.resize(spread, 400))
+    values = rng.normal(size=n) * 3
+    strata = rng.integers(n_strata, size=n)
+    values[rng.random(n) < 0.1] = np.nan
+    values[::7] = tables.knots[strata[::7], 0]  # on an atom: the draw decides
+    positions = np.arange(n, dtype=np.int64) * 5 + 3
+    rows = np.flatnonzero(rng.random(n) < 0.8)
+    ready_from = np.zeros(n_strata, dtype=np.int64)
+    ready_from[4] = 1_500  # still warming up before row 1,500
+    out = np.full(n, -1.0)
+    k.stratum_scores(values, rows, strata, positions, ready_from, tables.knots, tables.below,
+                     tables.at_or_below, tables.n_knots, tables.u_min, out)
+    expected = np.full(n, -1.0)
+    for i in rows.tolist():
+        s, m = strata[i], tables.n_knots[strata[i]]
+        if i < ready_from[s] or np.isnan(values[i]):
+            expected[i] = np.nan
+            continue
+        expected[i] = k.randomised_cdf(values[i], positions[i] ^ k.STRATUM_DRAW_SALT,
+                                       tables.knots[s, :m], tables.below[s, :m],
+                                       tables.at_or_below[s, :m], tables.u_min[s])
+    np.testing.assert_array_equal(out, expected)
+    assert np.isnan(out[rows][strata[rows] == 4][:10]).all()
