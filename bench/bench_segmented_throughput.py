@@ -3,20 +3,22 @@
 
     .venv/bin/python bench/bench_segmented_throughput.py [--records 500000] [--repeats 5]
         [--orders county-batches shuffled] [--segment-by county tax_district]
-        [--stratify-by tax_district] [--steady] [--cache DIR] [--json]
+        [--stratify-by tax_district] [--steady] [--chunk 10] [--cache DIR] [--json]
 
 Both banks are fed the same prebuilt columns, as the consumer feeds them (``arrived``: the
 consumer's columns and model signals, batches of 2,000; ``event_time`` as int64 epoch
 milliseconds, which ``consumer/processing.py`` parses once per batch before ``bank.update``,
-not the RFC 3339 text of the records), interleaved, and timed in wall and CPU (process)
-time. ``--cache DIR`` keeps the columns between runs, so two builds can be run one after the
-other on the same records (each build's own checkout of this script: ``bench_arrival_orders``
-puts the repository it sits in first on ``sys.path``, whatever ``PYTHONPATH`` says);
-``--json`` prints one line of rates per order. ``--segment-by`` sets the segmented bank's
-segment fields, ``--stratify-by`` its strata (default tax_district, as the consumer runs);
-with strata the same bank without them runs beside it ("segmented, no strata"). ``--steady``
-times the second half of the records only, each bank having been fed the first half
-(warm-ups over: the rate a long-running consumer sees).
+not the RFC 3339 text of the records), and timed in wall and CPU (process) time. The banks
+take turns every ``--chunk`` batches (default 10: 20,000 records), each timed on its own
+turns only, so the load of a shared machine, which drifts over seconds, weighs on every bank
+alike. ``--cache DIR`` keeps the columns between runs, so two builds can be run one after
+the other on the same records (each build's own checkout of this script:
+``bench_arrival_orders`` puts the repository it sits in first on ``sys.path``, whatever
+``PYTHONPATH`` says); ``--json`` prints one line of rates per order. ``--segment-by`` sets
+the segmented bank's segment fields, ``--stratify-by`` its strata (default tax_district, as
+the consumer runs); with strata the same bank without them runs beside it ("segmented, no
+strata"). ``--steady`` times the second half of the records only, each bank having been fed
+the first half (warm-ups over: the rate a long-running consumer sees).
 """
 
 from __future__ import annotations
@@ -63,26 +65,41 @@ def as_consumer_feeds(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {**columns, "event_time": event_times_ms(columns["event_time"])}
 
 
-def timed_feed(bank, columns: dict[str, np.ndarray], untimed: int = 0) -> tuple[float, float]:
-    """(wall, CPU) seconds to feed every record after the first ``untimed`` in batches, as
-    the consumer does (the first ``untimed`` are fed before the clocks start)."""
+def feed(bank: DetectorBank | SegmentedBank, columns: dict[str, np.ndarray], start: int,
+         stop: int) -> None:
+    """Records ``start``..``stop`` in batches, as the consumer feeds them."""
+    for first in range(start, stop, BATCH):
+        last = min(stop, first + BATCH)
+        bank.update({name: values[first:last] for name, values in columns.items()},
+                    np.arange(first, last))
+
+
+def interleaved_feed(banks: dict[str, DetectorBank | SegmentedBank],
+                     columns: dict[str, np.ndarray], untimed: int,
+                     chunk: int) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) seconds each bank takes for every record after the first ``untimed``
+    (fed before the clocks start). The banks take turns every ``chunk`` batches, so a
+    machine whose speed drifts over seconds slows each of them alike."""
     n = len(columns["index"])
-    for first in range(0, untimed, BATCH):
-        part = {name: values[first:min(untimed, first + BATCH)] for name, values in columns.items()}
-        bank.update(part, np.arange(first, min(untimed, first + BATCH)))
-    wall, cpu = time.perf_counter(), time.process_time()
-    for first in range(untimed, n, BATCH):
-        part = {name: values[first:first + BATCH] for name, values in columns.items()}
-        bank.update(part, np.arange(first, min(n, first + BATCH)))
-    if isinstance(bank, SegmentedBank):
-        bank.finish()
-    return time.perf_counter() - wall, time.process_time() - cpu
+    for bank in banks.values():
+        feed(bank, columns, 0, untimed)
+    spent = {name: [0.0, 0.0] for name in banks}
+    for start in range(untimed, n, chunk * BATCH):
+        stop = min(n, start + chunk * BATCH)
+        for name, bank in banks.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            feed(bank, columns, start, stop)
+            if stop == n and isinstance(bank, SegmentedBank):
+                bank.finish()
+            spent[name][0] += time.perf_counter() - wall
+            spent[name][1] += time.process_time() - cpu
+    return {name: (wall, cpu) for name, (wall, cpu) in spent.items()}
 
 
 def rates(columns: dict[str, np.ndarray], repeats: int, segment_by: tuple[str, ...],
-          stratify_by: tuple[str, ...] = (), steady: bool = False
+          stratify_by: tuple[str, ...] = (), steady: bool = False, chunk: int = 10
           ) -> dict[str, dict[str, list[float]]]:
-    """records/s per bank and clock, the banks interleaved so load drift hits both."""
+    """records/s per bank and clock, the banks taking turns every ``chunk`` batches."""
     n = len(columns["index"])
     segmented = DetectorSettings(segment_by=segment_by, stratify_by=stratify_by)
     makers = {"single": lambda: DetectorBank(DetectorSettings()),
@@ -91,13 +108,13 @@ def rates(columns: dict[str, np.ndarray], repeats: int, segment_by: tuple[str, .
         plain = DetectorSettings(segment_by=segment_by, stratify_by=())
         makers["segmented, no strata"] = lambda: SegmentedBank(plain)
     for make in makers.values():
-        timed_feed(make(), {k: v[:BATCH * 5] for k, v in columns.items()})  # compile
+        feed(make(), columns, 0, BATCH * 5)  # compile
     out: dict[str, dict[str, list[float]]] = {
         name: {"wall": [], "cpu": []} for name in makers}
     untimed = n // 2 if steady else 0
     for _ in range(repeats):
-        for name, make in makers.items():
-            wall, cpu = timed_feed(make(), columns, untimed)
+        banks = {name: make() for name, make in makers.items()}
+        for name, (wall, cpu) in interleaved_feed(banks, columns, untimed, chunk).items():
             out[name]["wall"].append((n - untimed) / wall)
             out[name]["cpu"].append((n - untimed) / cpu)
     return out
@@ -117,6 +134,7 @@ def main() -> None:
     parser.add_argument("--segment-by", nargs="+", default=["county"])
     parser.add_argument("--stratify-by", nargs="*", default=["tax_district"])  # as advised
     parser.add_argument("--steady", action="store_true")
+    parser.add_argument("--chunk", type=int, default=10, help="batches per turn")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not args.json:
@@ -126,7 +144,7 @@ def main() -> None:
     for order in args.orders:
         columns = as_consumer_feeds(columns_for(order, args.records, args.cache))
         measured = rates(columns, args.repeats, tuple(args.segment_by),
-                         tuple(args.stratify_by), args.steady)
+                         tuple(args.stratify_by), args.steady, args.chunk)
         if args.json:
             print(json.dumps({"order": order, **measured}), flush=True)
             continue

@@ -332,7 +332,8 @@ class SegmentedBank:
         bounds = np.searchsorted(segment_codes[order], np.arange(len(banks) + 1))
         routes = Routes(positions, order, bounds, (np.diff(bounds) > 0).tolist(), strata)
         for name in signals:
-            self.stacks.setdefault(name, SegmentStack())
+            if name not in self.stacks:  # (setdefault would build a stack per call)
+                self.stacks[name] = SegmentStack()
         tasks: list[Callable[[], list[Any]]] = [
             partial(self._feed_signal, name, values[row], scores[row], routes, banks)
             for row, name in enumerate(signals)]
@@ -591,7 +592,7 @@ class SegmentedBank:
             "segments": [[label, len(blob)] for label, blob in blobs],
             "pool": len(pool), "composition": self.composition.state(),
             "pooled_marks": self.pooled_marks, "absorbed": self.absorbed,
-            "ring": len(ring), "ring_held": self.recent.held,
+            "ring": len(ring), "ring_held": self.recent.records_held(),
             **({"strata": len(strata)} if strata else {})})
         header = zlib.compress(header, 6)
         return (MAGIC + struct.pack("<HI", FORMAT_VERSION, len(header)) + header
