@@ -844,9 +844,10 @@ def _location_group(devs: np.ndarray, ns: np.ndarray, counts: np.ndarray, last: 
         s1 = _location_step(devs[j], counts[j], q1, s1)
         s2 = _location_step(devs[j], counts[j], q2, s2)
         s3 = _location_step(devs[j], counts[j], q3, s3)
-        d0, d1 = _location_fires(ns[j], q0, s0), _location_fires(ns[j], q1, s1)
-        d2, d3 = _location_fires(ns[j], q2, s2), _location_fires(ns[j], q3, s3)
-        if d0 != 0 or d1 != 0 or d2 != 0 or d3 != 0:
+        if (_location_trips(ns[j], q0, s0) or _location_trips(ns[j], q1, s1)
+                or _location_trips(ns[j], q2, s2) or _location_trips(ns[j], q3, s3)):
+            d0, d1 = _location_fires(ns[j], q0, s0), _location_fires(ns[j], q1, s1)
+            d2, d3 = _location_fires(ns[j], q2, s2), _location_fires(ns[j], q3, s3)
             reached = j
             break
     for k, (row, state, direction) in enumerate(((r0, s0, d0), (r1, s1, d1), (r2, s2, d2),
@@ -867,13 +868,20 @@ def _row_state(f: np.ndarray, i: np.ndarray,
 
 
 @njit(cache=True, inline="always")
-def _row_par(par: np.ndarray, row: int) -> tuple[float, float, float, float, float]:
-    return (par[row, PH_ALPHA], par[row, PH_DELTA], par[row, PH_THRESHOLD], par[row, PH_MODE],
-            par[row, PH_MIN_INSTANCES])
+def _row_par(par: np.ndarray, row: int
+             ) -> tuple[float, float, float, float, float, float, float]:
+    """alpha, delta, threshold, mode, min instances, then the thresholds of an increase and
+    of a decrease (infinite where the mode does not test that way: ``_location_trips``)."""
+    mode = par[row, PH_MODE]
+    threshold = par[row, PH_THRESHOLD]
+    return (par[row, PH_ALPHA], par[row, PH_DELTA], threshold, mode,
+            par[row, PH_MIN_INSTANCES], math.inf if mode == MODE_DOWN else threshold,
+            math.inf if mode == MODE_UP else threshold)
 
 
 @njit(cache=True, inline="always")
-def _location_step(dev: float, count: int, q: tuple[float, float, float, float, float],
+def _location_step(dev: float, count: int,
+                   q: tuple[float, float, float, float, float, float, float],
                    s: tuple[float, float, float, float, int, int]
                    ) -> tuple[float, float, float, float, int, int]:
     """``ph_update``'s state step for one row given the deviation from the running mean."""
@@ -885,7 +893,15 @@ def _location_step(dev: float, count: int, q: tuple[float, float, float, float, 
 
 
 @njit(cache=True, inline="always")
-def _location_fires(n: float, q: tuple[float, float, float, float, float],
+def _location_trips(n: float, q: tuple[float, float, float, float, float, float, float],
+                    s: tuple[float, float, float, float, int, int]) -> bool:
+    """Whether ``_location_fires`` is not 0, in fewer operations (the mode folded into the
+    thresholds): the test of every value, so ``_location_fires`` runs only on an alarm."""
+    return n >= q[4] and (s[0] - s[2] > q[5] or s[3] - s[1] > q[6])
+
+
+@njit(cache=True, inline="always")
+def _location_fires(n: float, q: tuple[float, float, float, float, float, float, float],
                     s: tuple[float, float, float, float, int, int]) -> int:
     """``ph_update``'s test: +1 (increase), -1 (decrease) or 0."""
     if n < q[4]:
