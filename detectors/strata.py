@@ -170,10 +170,21 @@ class StrataScaler:
         if not n:
             return np.zeros(0, dtype=np.int64)
         width = max(len(labels), 1)
-        inverse, pairs = pd.factorize(segment_codes.astype(np.int64) * width + groups)
-        index = np.array([self._stratum(int(pair // width), str(labels[pair % width]))
-                          for pair in pairs.tolist()], dtype=np.int64)
-        strata: np.ndarray = index[inverse]
+        pairs = segment_codes.astype(np.int64) * width + groups
+        present = np.bincount(pairs)
+        index = np.zeros(len(present), dtype=np.int64)
+        new = []
+        for pair in np.flatnonzero(present).tolist():
+            found = self.keys.get((pair // width, str(labels[pair % width])))
+            if found is None:
+                new.append(pair)
+            else:
+                index[pair] = found
+        if new:  # made in order of first appearance (the only order a new one has)
+            firsts = sorted((int(np.argmax(pairs == pair)), pair) for pair in new)
+            for _, pair in firsts:
+                index[pair] = self._stratum(pair // width, str(labels[pair % width]))
+        strata: np.ndarray = index[pairs]
         return strata
 
     def _stratum(self, segment: int, label: str) -> int:
