@@ -691,7 +691,7 @@ def _adwin_run(zs: np.ndarray, counts: np.ndarray, last: int, par: np.ndarray,
 
 
 # What stopped ``run_numeric_segments``.
-SEGMENTS_DONE, SEGMENT_ALARM, SEGMENT_WARMED = 0, 1, 2
+SEGMENTS_DONE, SEGMENT_ALARM, SEGMENT_WARMED, POOL_ALARM = 0, 1, 2, 3
 
 
 @njit(cache=True, nogil=True)
@@ -719,7 +719,8 @@ def run_numeric_segments(values: np.ndarray, positions: np.ndarray, order: np.nd
     in row ``warm_row[s]`` of ``warm_values`` (``warm_count`` of them, first and last
     position in ``warm_span``) up to its ``warm_target``. Returns (segment, index after
     the stopping value within its records, what stopped: ``SEGMENT_ALARM`` or
-    ``SEGMENT_WARMED``), or (-1, index, ``SEGMENTS_DONE``); ``scores_out`` receives the
+    ``SEGMENT_WARMED``), or (-1, index, ``SEGMENTS_DONE`` or, when the pooled layer
+    stopped at an alarm, ``POOL_ALARM``); ``scores_out`` receives the
     location scores by record. ``pooled``: once every segment is done, the scores go through
     the pooled layer's channel (its ``pool_`` arrays) by ``run_location_page_hinkley``, in
     the same call (a call of its own per signal cost ~10 us); ``index`` is where that
@@ -753,6 +754,9 @@ def run_numeric_segments(values: np.ndarray, positions: np.ndarray, order: np.nd
                                      pool_ph_i, pool_aw_s, pool_aw_totals, pool_aw_variances,
                                      pool_aw_counts, pool_ring_values, pool_ring_positions,
                                      pool_counters, pool_alarm)
+    for row in range(pool_alarm.shape[0]):
+        if pool_alarm[row, AL_FIRED] != 0.0:
+            return -1, stop, POOL_ALARM
     return -1, stop, SEGMENTS_DONE
 
 

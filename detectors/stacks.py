@@ -81,10 +81,11 @@ class SegmentStack:
                                              scores, channels[0], pool)
             if warming:
                 self._store_warmups(channels, counted)
-            if event == k.SEGMENTS_DONE:
+            if event in (k.SEGMENTS_DONE, k.POOL_ALARM):
                 self._release_warmups(channels)
-                return found if pool is None else found + _pool_rest(pool, scores, positions,
-                                                                     stop)
+                if event == k.SEGMENTS_DONE or pool is None:
+                    return found
+                return found + _pool_rest(pool, scores, positions, stop)
             # As NumericChannel.feed does: after an alarm its finding and relearning, after
             # a warm-up the reference; the segment's later records then go through it.
             channel = channels[segment]
@@ -280,10 +281,8 @@ def fits_pool(channel: NumericChannel) -> bool:
 
 def _pool_rest(pool: NumericChannel, scores: np.ndarray, positions: np.ndarray,
                stop: int) -> list[tuple[int, Alarm]]:
-    """After the compiled call fed ``scores[:stop]`` to the pooled channel, as its ``feed``
-    goes on: the alarm it stopped at, then the rest of the batch."""
-    if not pool.alarm[:, k.AL_FIRED].any():
-        return []
+    """After the compiled call fed ``scores[:stop]`` to the pooled channel and it stopped at
+    an alarm, as its ``feed`` goes on: that alarm, then the rest of the batch."""
     found = [(POOLED, pool.take_alarm(stop - 1))]
     rest = pool.feed(scores[stop:], positions[stop:])
     return found + [(POOLED, Alarm(alarm.index + stop, alarm.finding)) for alarm in rest]
