@@ -360,11 +360,12 @@ def _tally(into: dict[str, int], codes: np.ndarray, names: list[str], whole: boo
     categories in order of first appearance among these records (the counts' order is
     part of the snapshot), beyond ``MAX_TRACKED_CATEGORIES`` names as "(other)". ``whole``:
     these are the batch's records, in which codes are numbered by first appearance."""
-    tally = np.bincount(codes + 1, minlength=len(names) + 1)  # slot 0: missing
+    tally = np.bincount(codes + 1, minlength=len(names) + 1).tolist()  # slot 0: missing
     labels = [MISSING, *names]
-    seen = range(len(names)) if whole else _first_seen(codes)
-    for slot in [0, *(code + 1 for code in seen if code >= 0)]:
-        count = int(tally[slot])
+    slots = (range(len(labels)) if whole
+             else [0, *(code + 1 for code in _first_seen(codes) if code >= 0)])
+    for slot in slots:
+        count = tally[slot]
         if not count:
             continue
         category = labels[slot]
