@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-import pandas as pd
 
 from detectors import kernels as k
 from detectors.channels import MIN_SPREAD_VALUES
