@@ -5,8 +5,9 @@ today's single DetectorBank, fed the same records in each order the simulator kn
         [--scenario-records 200000] [--write bench/RESULTS-detectors.md]
 
 1. ``none`` in each order, ``--records`` records: decisions of each bank (all false).
-2. Throughput: both banks on the same prebuilt columns, interleaved, repeated (min/median/max
-   records/s); memory per segment (tracemalloc); snapshot bytes per partition.
+2. Throughput: both banks on the same prebuilt columns, taking turns every 10 batches
+   (``take_turns``), repeated (min/median/max records/s); memory per segment (tracemalloc);
+   snapshot bytes per partition.
 3. One-county scenarios (Grant, 20 % of records) in each order: detected after the onset
    and never before, the decision names county=Grant and a signal the scenario moved; delay
    in records *of that county* from the onset to the decision.
@@ -101,6 +102,36 @@ def feed(bank, columns: dict[str, np.ndarray]) -> tuple[list, float]:
     return decisions, time.perf_counter() - started
 
 
+def feed_range(bank: DetectorBank | SegmentedBank, columns: dict[str, np.ndarray], start: int,
+               stop: int) -> None:
+    """Records ``start``..``stop`` in batches, as the consumer feeds them."""
+    for first in range(start, stop, BATCH):
+        last = min(stop, first + BATCH)
+        bank.update({name: values[first:last] for name, values in columns.items()},
+                    np.arange(first, last))
+
+
+def take_turns(banks: dict[str, DetectorBank | SegmentedBank], columns: dict[str, np.ndarray],
+               untimed: int = 0, chunk: int = 10) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) seconds each bank takes for every record after the first ``untimed``
+    (fed before the clocks start). The banks take turns every ``chunk`` batches, each timed
+    on its own turns only, so a machine whose speed drifts over seconds slows each alike."""
+    n = len(columns["index"])
+    for bank in banks.values():
+        feed_range(bank, columns, 0, untimed)
+    spent = {name: [0.0, 0.0] for name in banks}
+    for start in range(untimed, n, chunk * BATCH):
+        stop = min(n, start + chunk * BATCH)
+        for name, bank in banks.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            feed_range(bank, columns, start, stop)
+            if stop == n and isinstance(bank, SegmentedBank):
+                bank.finish()
+            spent[name][0] += time.perf_counter() - wall
+            spent[name][1] += time.process_time() - cpu
+    return {name: (wall, cpu) for name, (wall, cpu) in spent.items()}
+
+
 # ------------------------------------------------------------------ 1. none in each order
 
 def none_table(records: int, seed: int) -> tuple[str, dict[str, dict[str, np.ndarray]]]:
@@ -147,10 +178,10 @@ def throughput(kept: dict[str, dict[str, np.ndarray]], repeats: int) -> str:
     for order, columns in kept.items():
         n = len(columns["index"])
         rates: dict[str, list[float]] = {"today": [], "segmented": []}
-        for _ in range(repeats):  # interleaved, so drift in machine load hits both
-            for name, make in (("today", lambda: DetectorBank(DetectorSettings())),
-                               ("segmented", lambda: SegmentedBank(DetectorSettings()))):
-                _, seconds = feed(make(), columns)
+        for _ in range(repeats):  # taking turns, so drift in machine load hits both
+            banks = {"today": DetectorBank(DetectorSettings()),
+                     "segmented": SegmentedBank(DetectorSettings())}
+            for name, (seconds, _) in take_turns(banks, columns).items():
                 rates[name].append(n / seconds)
         ratio = statistics.median(rates["segmented"]) / statistics.median(rates["today"])
         for name, values in rates.items():
@@ -301,7 +332,8 @@ def main() -> None:
         print(memory, flush=True)
         parts += [f"`none`, {args.records:,} records per order, decisions (all false):", "",
                   table, "", "Throughput (the first 500,000 records of each order, batches "
-                  f"of {BATCH:,}, {args.repeats} interleaved runs):", "", speed, "", memory, ""]
+                  f"of {BATCH:,}, {args.repeats} runs, the banks taking turns every 10 "
+                  "batches, wall):", "", speed, "", memory, ""]
     if "scenarios" not in args.skip:
         table = scenario_table(args.seeds, args.scenario_records)
         parts += [f"One-county scenarios ({COUNTY}, ~20 % of records; {args.seeds} seeds, "

@@ -28,14 +28,20 @@ import json
 import pickle
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_arrival_orders import BATCH, COUNTY, arrived, champion_for  # noqa: E402
+from bench_arrival_orders import (  # noqa: E402
+    BATCH,
+    COUNTY,
+    arrived,
+    champion_for,
+    feed_range,
+    take_turns,
+)
 from machine import describe  # noqa: E402
 
 from detectors import DetectorBank, DetectorSettings  # noqa: E402
@@ -65,37 +71,6 @@ def as_consumer_feeds(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {**columns, "event_time": event_times_ms(columns["event_time"])}
 
 
-def feed(bank: DetectorBank | SegmentedBank, columns: dict[str, np.ndarray], start: int,
-         stop: int) -> None:
-    """Records ``start``..``stop`` in batches, as the consumer feeds them."""
-    for first in range(start, stop, BATCH):
-        last = min(stop, first + BATCH)
-        bank.update({name: values[first:last] for name, values in columns.items()},
-                    np.arange(first, last))
-
-
-def interleaved_feed(banks: dict[str, DetectorBank | SegmentedBank],
-                     columns: dict[str, np.ndarray], untimed: int,
-                     chunk: int) -> dict[str, tuple[float, float]]:
-    """(wall, CPU) seconds each bank takes for every record after the first ``untimed``
-    (fed before the clocks start). The banks take turns every ``chunk`` batches, so a
-    machine whose speed drifts over seconds slows each of them alike."""
-    n = len(columns["index"])
-    for bank in banks.values():
-        feed(bank, columns, 0, untimed)
-    spent = {name: [0.0, 0.0] for name in banks}
-    for start in range(untimed, n, chunk * BATCH):
-        stop = min(n, start + chunk * BATCH)
-        for name, bank in banks.items():
-            wall, cpu = time.perf_counter(), time.process_time()
-            feed(bank, columns, start, stop)
-            if stop == n and isinstance(bank, SegmentedBank):
-                bank.finish()
-            spent[name][0] += time.perf_counter() - wall
-            spent[name][1] += time.process_time() - cpu
-    return {name: (wall, cpu) for name, (wall, cpu) in spent.items()}
-
-
 def rates(columns: dict[str, np.ndarray], repeats: int, segment_by: tuple[str, ...],
           stratify_by: tuple[str, ...] = (), steady: bool = False, chunk: int = 10
           ) -> dict[str, dict[str, list[float]]]:
@@ -108,13 +83,13 @@ def rates(columns: dict[str, np.ndarray], repeats: int, segment_by: tuple[str, .
         plain = DetectorSettings(segment_by=segment_by, stratify_by=())
         makers["segmented, no strata"] = lambda: SegmentedBank(plain)
     for make in makers.values():
-        feed(make(), columns, 0, BATCH * 5)  # compile
+        feed_range(make(), columns, 0, BATCH * 5)  # compile
     out: dict[str, dict[str, list[float]]] = {
         name: {"wall": [], "cpu": []} for name in makers}
     untimed = n // 2 if steady else 0
     for _ in range(repeats):
         banks = {name: make() for name, make in makers.items()}
-        for name, (wall, cpu) in interleaved_feed(banks, columns, untimed, chunk).items():
+        for name, (wall, cpu) in take_turns(banks, columns, untimed, chunk).items():
             out[name]["wall"].append((n - untimed) / wall)
             out[name]["cpu"].append((n - untimed) / cpu)
     return out
