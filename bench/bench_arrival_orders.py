@@ -91,24 +91,22 @@ def arrived(simulator: LevySimulator, records: int, order: str, champion: Champi
 
 
 def feed(bank, columns: dict[str, np.ndarray]) -> tuple[list, float]:
-    n = len(columns["index"])
-    decisions = []
     started = time.perf_counter()
-    for first in range(0, n, BATCH):
-        part = {name: values[first:first + BATCH] for name, values in columns.items()}
-        decisions += bank.update(part, np.arange(first, min(n, first + BATCH)))
+    decisions = feed_range(bank, columns, 0, len(columns["index"]))
     if isinstance(bank, SegmentedBank):
         decisions += bank.finish()
     return decisions, time.perf_counter() - started
 
 
 def feed_range(bank: DetectorBank | SegmentedBank, columns: dict[str, np.ndarray], start: int,
-               stop: int) -> None:
-    """Records ``start``..``stop`` in batches, as the consumer feeds them."""
+               stop: int) -> list:
+    """Records ``start``..``stop`` in batches, as the consumer feeds them; their decisions."""
+    decisions = []
     for first in range(start, stop, BATCH):
         last = min(stop, first + BATCH)
-        bank.update({name: values[first:last] for name, values in columns.items()},
-                    np.arange(first, last))
+        decisions += bank.update({name: values[first:last] for name, values in columns.items()},
+                                 np.arange(first, last))
+    return decisions
 
 
 def take_turns(banks: dict[str, DetectorBank | SegmentedBank], columns: dict[str, np.ndarray],

@@ -83,9 +83,9 @@ class SegmentStack:
                 self._store_warmups(channels, counted)
             if event in (k.SEGMENTS_DONE, k.POOL_ALARM):
                 self._release_warmups(channels)
-                if event == k.SEGMENTS_DONE or pool is None:
-                    return found
-                return found + _pool_rest(pool, scores, positions, stop)
+                if event == k.POOL_ALARM and pool is not None:
+                    return found + _pool_rest(pool, scores, positions, stop)
+                return found
             # As NumericChannel.feed does: after an alarm its finding and relearning, after
             # a warm-up the reference; the segment's later records then go through it.
             channel = channels[segment]

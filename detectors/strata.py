@@ -272,11 +272,7 @@ class StrataScaler:
             known = len(self.keys)
             adopted = np.flatnonzero(~tables.ready[:known]
                                      & (tables.counts[:known] >= max(min_values, 1)))
-            chunks = tables.take_warmups(adopted)
-            for stratum in adopted.tolist():
-                tables.set_reference(stratum, chunks[stratum])
-                tables.changes += 1
-            self._set_quiet(tables, [(0, stratum) for stratum in adopted.tolist()])
+            self._learn(tables, adopted, np.zeros(len(adopted), dtype=np.int64))
 
     def quiet_spread(self, signal: str) -> set[int]:
         """Codes of the segments whose spread of ``signal`` is no test: the first of their
