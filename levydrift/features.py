@@ -86,18 +86,27 @@ def _as_frame(data: Mapping[str, Sequence[Any]] | Iterable[Mapping[str, Any]]) -
 def add_levy_terms(frame: pd.DataFrame) -> pd.DataFrame:
     """The model frame plus the engineered levy terms (used inside the model pipeline)."""
     out = frame.copy()
-    out["taxable_value"] = np.clip(out["assessed_value"].to_numpy(float)
-                                   - out["exemption_amount"].to_numpy(float), 0.0, None)
-    out["base_levy"] = base_levy(out)
-    out["log_base_levy"] = np.log1p(out["base_levy"].to_numpy())
+    out["taxable_value"], out["base_levy"], out["log_base_levy"] = levy_terms(
+        out["assessed_value"].to_numpy(float), out["exemption_amount"].to_numpy(float),
+        out["levy_rate"].to_numpy(float))
     return out
+
+
+def levy_terms(assessed: np.ndarray, exemption: np.ndarray,
+               rate: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``ENGINEERED_FEATURES`` from float columns: taxable value (assessed - exemption,
+    floored at 0), base levy (taxable x rate) and log1p of the base levy. The one definition
+    the pipeline and the column scorer (``levydrift.scoring``) both compute."""
+    taxable = np.clip(assessed - exemption, 0.0, None)
+    base = taxable * rate
+    return taxable, base, np.log1p(base)
 
 
 def base_levy(frame: pd.DataFrame) -> np.ndarray:
     """(assessed - exemption, floored at 0) x levy rate: the levy before corrections."""
-    taxable = np.clip(frame["assessed_value"].to_numpy(float)
-                      - frame["exemption_amount"].to_numpy(float), 0.0, None)
-    return taxable * frame["levy_rate"].to_numpy(float)
+    return levy_terms(frame["assessed_value"].to_numpy(float),
+                      frame["exemption_amount"].to_numpy(float),
+                      frame["levy_rate"].to_numpy(float))[1]
 
 
 class BaseLevyResidualRegressor(RegressorMixin, BaseEstimator):

@@ -26,15 +26,25 @@ class Scorer(Protocol):
 
 
 class ModelScorer:
-    """A loaded levy model as a ``Scorer``: record columns in, levy amounts out."""
+    """A loaded levy model as a ``Scorer``: record columns in, levy amounts out. The levy
+    pipeline is scored from the columns directly (``levydrift.scoring``), the same levies
+    to the bit without its pandas frame; any other model through its own ``predict``."""
 
     def __init__(self, model: Any, version: int | None = None) -> None:
         self.model = model
         self.version = version
+        self._column_scorer: Any = None  # built on the first batch: needs scikit-learn
+        self._compiled = False
 
     def predict(self, columns: dict[str, np.ndarray]) -> np.ndarray:
-        from levydrift.features import to_model_frame  # lazy: scikit-learn, only with a model
+        # lazy: scikit-learn, only with a model
+        from levydrift.features import to_model_frame
+        from levydrift.scoring import compile_scorer
 
+        if not self._compiled:
+            self._column_scorer, self._compiled = compile_scorer(self.model), True
+        if self._column_scorer is not None and self._column_scorer.accepts(columns):
+            return np.asarray(self._column_scorer.predict(columns), dtype=np.float64)
         return np.asarray(self.model.predict(to_model_frame(columns)), dtype=np.float64)
 
 
