@@ -8,7 +8,8 @@ per-value category lookup (~10 us per record against ~9 in the trees, 2,000-reco
 
 ``ColumnScorer`` reads what the fitted pipeline learned (which columns in which order, each
 category's code) and fills the trees' input matrix from the columns directly, with the same
-arithmetic, so the trees see the same numbers and predict the same levies to the bit. It is
+arithmetic, so the trees see the same numbers and predict the same levies to the bit (the
+trees themselves summed in one compiled pass, ``levydrift.boosted_trees``). It is
 built only for a model of exactly that shape, and only once it agreed with the model's own
 ``predict`` on probe rows (every known category, an unknown one); any other model, and any
 columns it does not expect (not float numbers, not str categories), go through the
@@ -26,6 +27,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder
 
+from levydrift import boosted_trees
 from levydrift.features import (
     CATEGORICAL_FEATURES,
     ENGINEERED_FEATURES,
@@ -118,7 +120,17 @@ def _read_pipeline(model: Any) -> ColumnScorer:
     numeric, categorical, encoder = _column_plan(columns)
     # object indexes: looking str values up in pandas' Arrow-backed "str" index costs more
     categories = [pd.Index(values, dtype=object) for values in encoder.categories_]
-    return ColumnScorer(numeric, categorical, categories, _unknown_code(encoder), trees)
+    return ColumnScorer(numeric, categorical, categories, _unknown_code(encoder),
+                        _compiled_trees(trees))
+
+
+def _compiled_trees(estimator: Any) -> Any:
+    """The estimator's trees compiled (``levydrift.boosted_trees``), or the estimator itself
+    when they are not trees that module knows."""
+    try:
+        return boosted_trees.from_estimator(estimator)
+    except boosted_trees.Unrecognised:
+        return estimator
 
 
 def _column_plan(columns: ColumnTransformer) -> tuple[list[str], list[str], OrdinalEncoder]:

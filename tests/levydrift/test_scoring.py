@@ -17,6 +17,7 @@ from sklearn.preprocessing import OneHotEncoder
 
 from levydrift import scoring
 from levydrift.artifacts import load_verified_model, save_model
+from levydrift.boosted_trees import BoostedTrees
 from levydrift.features import (
     CATEGORICAL_FEATURES,
     NUMERIC_FEATURES,
@@ -51,6 +52,12 @@ def test_the_levy_pipeline_compiles_and_scores_stream_columns_to_the_bit() -> No
     levies = scorer.predict(columns)
     assert levies.dtype == np.float64 and levies.shape == (2000,)
     assert np.array_equal(levies, pipeline_levies(model, columns))
+
+
+def test_the_levy_model_is_scored_by_the_compiled_trees() -> None:
+    """Not by scikit-learn's own trees (the scorer would fall back to them silently)."""
+    scorer = scoring.compile_scorer(levy_model())
+    assert scorer is not None and isinstance(scorer.trees, BoostedTrees)
 
 
 def test_a_saved_and_loaded_model_compiles_too(tmp_path) -> None:
