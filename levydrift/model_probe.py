@@ -111,11 +111,16 @@ def main(argv: list[str]) -> int:
     """The child: one JSON line on stdout; exit 0 accepted, 1 refused."""
     version_dir, expected = argv[0], (argv[1] if len(argv) > 1 else "")
     try:
-        load_version_dir(version_dir, expected_sha256=expected or None)
+        model = load_version_dir(version_dir, expected_sha256=expected or None)
     except ArtifactError as error:
         print(json.dumps({"reason": error.reason, "error": str(error)}), flush=True)
         return 1
-    print(json.dumps({"accepted": True}), flush=True)
+    # The service scores from columns where it can (levydrift.scoring): that path, compiled
+    # trees included, runs here first too, where a crash refuses the version and costs nothing.
+    from levydrift.scoring import compile_scorer  # lazy: the child only (scikit-learn, numba)
+
+    compiled = compile_scorer(model) is not None
+    print(json.dumps({"accepted": True, "column_scoring": compiled}), flush=True)
     return 0
 
 

@@ -131,6 +131,21 @@ def test_the_probe_process_accepts_a_sound_version(levy_model, tmp_path) -> None
     assert probe.seconds is not None and probe.seconds > 0
 
 
+def test_the_probe_process_runs_the_column_scoring_the_service_will_use(levy_model,
+                                                                        tmp_path) -> None:
+    """The child scores the probe rows through the compiled path too, so a crash there
+    refuses the version before the service runs it."""
+    import json
+    import subprocess
+    import sys
+
+    directory, sha = _version_dir(tmp_path, levy_model)
+    child = subprocess.run([sys.executable, "-m", "levydrift.model_probe", str(directory), sha],
+                           capture_output=True, text=True, timeout=120, check=True)
+    verdict = json.loads(child.stdout.strip().splitlines()[-1])
+    assert verdict == {"accepted": True, "column_scoring": True}
+
+
 def test_the_probe_process_passes_on_the_reason_of_a_refusal(levy_model, tmp_path) -> None:
     directory, sha = _version_dir(tmp_path, build_pipeline())
     with pytest.raises(ArtifactError) as refused:
