@@ -5,6 +5,7 @@ batch tools (``levydrift check``, per file), so both feed the bank exactly the s
 from __future__ import annotations
 
 import difflib
+import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -14,6 +15,8 @@ from schemas.levy_record import FIELDS, NUMERIC_FIELDS, TEXT_FIELDS
 
 if TYPE_CHECKING:
     from detectors.config import DetectorSettings
+
+log = logging.getLogger(__name__)
 
 PREDICTION_SIGNALS = ("prediction",)
 PERFORMANCE_SIGNALS = ("abs_error", "relative_error")
@@ -44,7 +47,13 @@ class ModelScorer:
         if not self._compiled:
             self._column_scorer, self._compiled = compile_scorer(self.model), True
         if self._column_scorer is not None and self._column_scorer.accepts(columns):
-            return np.asarray(self._column_scorer.predict(columns), dtype=np.float64)
+            try:
+                return np.asarray(self._column_scorer.predict(columns), dtype=np.float64)
+            except Exception as error:  # noqa: BLE001 - the model itself may still predict
+                log.warning("column scoring failed; the model predicts through its pipeline "
+                            "from now on", extra={"version": self.version,
+                                                   "error": f"{type(error).__name__}: {error}"})
+                self._column_scorer = None
         return np.asarray(self.model.predict(to_model_frame(columns)), dtype=np.float64)
 
 

@@ -170,3 +170,24 @@ def test_the_probe_visits_every_category_and_an_unseen_one(rows: int) -> None:
         codes = known.get_indexer(probe[name])
         assert set(codes.tolist()) == set(range(len(known))) | {-1}
     assert len(probe["county"]) == rows
+
+
+def test_a_column_scorer_that_fails_at_run_time_hands_over_to_the_pipeline(caplog) -> None:
+    """The fast path failing on a batch must not fail a model that predicts: the batch and
+    every later one go through the pipeline, and the log says so once."""
+    model = levy_model()
+    served = ModelScorer(model, version=7)
+    columns = SIMULATOR.columns(8000, 8100)
+    assert np.array_equal(served.predict(columns), pipeline_levies(model, columns))
+    scorer = served._column_scorer
+    assert isinstance(scorer, scoring.ColumnScorer)
+
+    def broken(_matrix):
+        raise MemoryError("no room for the matrix")
+
+    scorer.trees = type("Broken", (), {"predict": staticmethod(broken)})()
+    assert np.array_equal(served.predict(columns), pipeline_levies(model, columns))
+    assert served._column_scorer is None
+    assert np.array_equal(served.predict(columns), pipeline_levies(model, columns))
+    failures = [r for r in caplog.records if "column scoring failed" in r.getMessage()]
+    assert len(failures) == 1 and "MemoryError" in failures[0].error
