@@ -31,6 +31,9 @@ class BoostedTrees:
 
     def __init__(self, estimator: Any) -> None:
         self.categorical, self.numerical, self.category_codes = _input_plan(estimator)
+        self.width = len(self.categorical) + len(self.numerical)
+        if self.width != estimator.n_features_in_:
+            raise Unrecognised
         predictors = [trees[0] for trees in estimator._predictors]
         nodes = np.concatenate([predictor.nodes for predictor in predictors])
         sizes = [len(predictor.nodes) for predictor in predictors]
@@ -66,6 +69,8 @@ class BoostedTrees:
     def predict(self, matrix: np.ndarray) -> np.ndarray:
         """The estimator's ``predict`` of ``matrix`` (its input columns, categories as the
         pipeline coded them)."""
+        if matrix.ndim != 2 or matrix.shape[1] != self.width:
+            raise ValueError(f"the trees take {self.width} columns, not {matrix.shape[1:]}")
         trees_input = np.empty(matrix.shape)
         for position, column in enumerate(self.categorical):
             trees_input[:, position] = self.recode(column, matrix[:, column])
@@ -81,11 +86,11 @@ class BoostedTrees:
 def from_estimator(estimator: Any) -> BoostedTrees:
     """``BoostedTrees`` for a fitted single-output squared-error regressor with categorical
     features; raises ``Unrecognised`` for anything else."""
-    if type(estimator) is not HistGradientBoostingRegressor \
-            or getattr(estimator, "n_trees_per_iteration_", None) != 1 \
-            or type(estimator._loss.link).__name__ != "IdentityLink":
-        raise Unrecognised
     try:
+        if type(estimator) is not HistGradientBoostingRegressor \
+                or estimator.n_trees_per_iteration_ != 1 \
+                or type(estimator._loss.link).__name__ != "IdentityLink":
+            raise Unrecognised
         return BoostedTrees(estimator)
     except (AttributeError, KeyError, TypeError, ValueError, IndexError) as error:
         raise Unrecognised from error

@@ -79,3 +79,11 @@ def test_other_estimators_are_refused(estimator) -> None:
     estimator.fit(matrix, generator.uniform(1, 2, 200))
     with pytest.raises(Unrecognised):
         from_estimator(estimator)
+
+
+def test_a_matrix_of_the_wrong_width_is_refused_not_read_past() -> None:
+    """The compiled walk does not check bounds: a matrix narrower than the trees' input
+    would be read past its end, so it is refused before the walk."""
+    trees = from_estimator(fitted())
+    with pytest.raises(ValueError, match="4 columns"):
+        trees.predict(np.zeros((3, 3)))
