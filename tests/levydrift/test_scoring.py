@@ -28,6 +28,7 @@ from levydrift.features import (
 )
 from levydrift.signals import ModelScorer
 from levydrift.simulator import LevySimulator, SimulatorConfig
+from schemas.levy_record import decode_levy_records, levy_records_to_columns
 from trainer.model import ModelParams, fit_model
 
 SIMULATOR = LevySimulator(SimulatorConfig(seed=5, labelled_share=1.0, parcels=2_000))
@@ -58,6 +59,21 @@ def test_the_levy_model_is_scored_by_the_compiled_trees() -> None:
     """Not by scikit-learn's own trees (the scorer would fall back to them silently)."""
     scorer = scoring.compile_scorer(levy_model())
     assert scorer is not None and isinstance(scorer.trees, BoostedTrees)
+
+
+def test_the_consumers_columns_take_the_column_path() -> None:
+    """What the consumer hands the champion (the codec's records as columns) is what the
+    scorer accepts: otherwise the service would score through the pipeline, silently."""
+    import orjson
+
+    values = [orjson.dumps(record) for batch in SIMULATOR.record_batches(9000, 9500)
+              for record in batch]
+    records, rejected = decode_levy_records(values)
+    assert not rejected
+    columns = levy_records_to_columns(records)
+    scorer = scoring.compile_scorer(levy_model())
+    assert scorer is not None and scorer.accepts(columns)
+    assert np.array_equal(scorer.predict(columns), pipeline_levies(levy_model(), columns))
 
 
 def test_a_saved_and_loaded_model_compiles_too(tmp_path) -> None:
