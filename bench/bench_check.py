@@ -1,6 +1,6 @@
 """``levydrift check`` on a big Parquet file beside a plain pandas read of the same file.
 
-    python bench/bench_check.py [--records 1000000] [--repeat 3]
+    python bench/bench_check.py [--records 1000000] [--repeat 3] [--with-model]
 
 Makes the file once with the simulator, then per repetition, interleaved (machine load hits
 all alike), each as its own process timed from launch to exit:
@@ -10,6 +10,11 @@ all alike), each as its own process timed from launch to exit:
 Then the same two reads in this process (imports paid already): ``pandas.read_parquet`` and
 ``levydrift.levyfile.read_levy_file`` (read + validate into the columns the bank takes).
 Reported: min / median / max seconds and the median ratio to pandas.
+
+By default the registry is empty (no champion, as on a first run). ``--with-model`` first
+trains one (``levydrift train`` on 20,000 other simulated rows, promoted as version 1), so the
+check scores every row with it and takes its holdout as the baseline, as after a first
+training.
 """
 
 from __future__ import annotations
@@ -53,10 +58,23 @@ def row(name: str, seconds: list[float], floor: list[float]) -> str:
             f"{max(seconds):7.2f}   {ratio:5.2f}x")
 
 
+def train_champion(scratch: Path, registry: str, env: dict[str, str]) -> None:
+    """Version 1 of the levy model in ``registry``, trained on rows of another seed."""
+    training = scratch / "training.parquet"
+    subprocess.run([sys.executable, "-m", "levydrift.cli", "simulate", "--records", "20000",
+                    "--seed", "99", "--labelled-share", "1", "--output", str(training)],
+                   cwd=REPO, env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "levydrift.cli", "train", "--data-path",
+                    str(training), "--registry", registry], cwd=REPO, env=env, check=True,
+                   capture_output=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--with-model", action="store_true",
+                        help="train a champion first, so the check scores every row")
     args = parser.parse_args()
     print(describe())
     with tempfile.TemporaryDirectory(prefix="bench-check-") as scratch:
@@ -66,6 +84,8 @@ def main() -> None:
                         str(args.records), "--output", str(path)], cwd=REPO, env=env,
                        check=True, capture_output=True)
         registry = str(Path(scratch) / "registry")  # empty: no champion, as on a first run
+        if args.with_model:
+            train_champion(Path(scratch), registry, env)
         pandas_process = [sys.executable, "-c",
                           f"import pandas; pandas.read_parquet({str(path)!r})"]
         check_process = [sys.executable, "-m", "levydrift.cli", "check", "--data-path",
@@ -78,6 +98,7 @@ def main() -> None:
             times["lr"].append(timed(lambda: read_levy_file(path)))
         size = path.stat().st_size / 2**20
     print(f"file: {args.records:,} simulated rows, Parquet {size:.0f} MiB; "
+          f"{'a champion scoring every row' if args.with_model else 'no model'}; "
           f"{args.repeat} interleaved repetitions; load average after "
           f"{os.getloadavg()[0]:.1f}")
     print(f"{'seconds (min median max), ratio to pandas':<44} {'min':>7} {'median':>7} "
