@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -214,11 +215,29 @@ def load_reference_sample(version_dir: str | Path) -> pd.DataFrame | None:
 
 
 def _skops() -> Any:
-    """skops.io, imported on first use: importing it scans every scikit-learn estimator (seconds),
-    which a command that never loads or saves a model should not pay for."""
-    import skops.io  # lazy: skops scans every estimator on import (seconds)
+    """skops.io, imported on first use, without the list of every scikit-learn estimator it
+    builds on import (~2-3 s: it imports every scikit-learn module) for its default trust.
 
-    return skops.io
+    That trust is one this module never relies on: a model is loaded only after
+    ``verified_bytes`` found every type it names in ``ALLOWED_TYPES``, which is also what
+    ``loads`` is told to trust. With the list empty, skops' default trust shrinks to its own
+    internal types, so its check can only refuse more, never less."""
+    if "skops.io" not in sys.modules:
+        # lazy: scikit-learn and skops, only where a model is loaded or saved
+        import sklearn.utils
+
+        listing = sklearn.utils.all_estimators
+        sklearn.utils.all_estimators = _no_estimators
+        try:
+            import skops.io  # noqa: F401 - imported for sys.modules
+        finally:
+            sklearn.utils.all_estimators = listing
+    return sys.modules["skops.io"]
+
+
+def _no_estimators(*_: Any, **__: Any) -> list[tuple[str, type]]:
+    """``sklearn.utils.all_estimators`` while skops imports (see ``_skops``)."""
+    return []
 
 
 def file_window(path: Path, rows: int) -> dict[str, Any]:
