@@ -229,7 +229,7 @@ def _skops() -> Any:
         listing = sklearn.utils.all_estimators
         sklearn.utils.all_estimators = _no_estimators
         try:
-            import skops.io  # noqa: F401 - imported for sys.modules
+            import skops.io  # noqa: F401  # lazy: seconds of imports, only with a model
         finally:
             sklearn.utils.all_estimators = listing
     return sys.modules["skops.io"]
