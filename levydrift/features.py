@@ -97,16 +97,21 @@ def levy_terms(assessed: np.ndarray, exemption: np.ndarray,
     """``ENGINEERED_FEATURES`` from float columns: taxable value (assessed - exemption,
     floored at 0), base levy (taxable x rate) and log1p of the base levy. The one definition
     the pipeline and the column scorer (``levydrift.scoring``) both compute."""
-    taxable = np.clip(assessed - exemption, 0.0, None)
-    base = taxable * rate
+    taxable, base = _taxable_and_base(assessed, exemption, rate)
     return taxable, base, np.log1p(base)
 
 
 def base_levy(frame: pd.DataFrame) -> np.ndarray:
     """(assessed - exemption, floored at 0) x levy rate: the levy before corrections."""
-    return levy_terms(frame["assessed_value"].to_numpy(float),
-                      frame["exemption_amount"].to_numpy(float),
-                      frame["levy_rate"].to_numpy(float))[1]
+    return _taxable_and_base(frame["assessed_value"].to_numpy(float),
+                             frame["exemption_amount"].to_numpy(float),
+                             frame["levy_rate"].to_numpy(float))[1]
+
+
+def _taxable_and_base(assessed: np.ndarray, exemption: np.ndarray,
+                      rate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    taxable = np.clip(assessed - exemption, 0.0, None)
+    return taxable, taxable * rate
 
 
 class BaseLevyResidualRegressor(RegressorMixin, BaseEstimator):
