@@ -33,9 +33,9 @@ def openmp_threads_sleep(environ: MutableMapping[str, str] = os.environ) -> None
 
 def _run(arguments: argparse.Namespace) -> int:
     openmp_threads_sleep()
-    from consumer.service import ConsumerService  # lazy: heavy imports only when consuming
+    from consumer.service import run_consumer  # lazy: heavy imports only when consuming
 
     settings = load_consumer_settings(arguments.config)
     configure_logging(settings.logging.level)
     start_metrics_server(settings.metrics.port, settings.metrics.host)
-    return ConsumerService(settings).run()
+    return run_consumer(settings)

@@ -17,6 +17,7 @@ import gc
 import logging
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -58,7 +59,7 @@ from consumer.state import (
 from detectors.errors import SnapshotError
 from levydrift.errors import BrokerUnavailableError
 from levydrift.kafka import admin_client, consumer_config, ensure_reachable, producer_config
-from levydrift.kafka.messages import ends_consumer
+from levydrift.kafka.messages import ends_consumer, fenced_membership, names_fenced_membership
 from levydrift.kafka.transactions import (
     FatalKafkaError,
     MessageRefused,
@@ -72,6 +73,46 @@ from schemas.dead_letter import Headers
 log = logging.getLogger(__name__)
 
 RESET_TIMEOUT_S = 5.0  # one attempt to restart transactions while Kafka is away
+# The group's rebalance timeout: a JoinGroup may wait this long on the broker before it is
+# answered, so a join this consumer sent after losing its assignment can land this late.
+MAX_POLL_INTERVAL_S = 300.0
+# Fenced by its own join this often within the window, the service gives up: something keeps
+# rejoining under this instance's name.
+OWN_FENCE_LIMIT = 3
+OWN_FENCE_WINDOW_S = 600.0
+
+
+class FencedByOwnJoin(FatalKafkaError):
+    """The group fenced this instance's static membership while it was rejoining after losing
+    its assignment (a broker restart, a session timeout): librdkafka can send that rejoin
+    twice (a retried JoinGroup the broker had already taken, KAFKA-20985's race), and
+    whichever join the broker handles last fences the other. The service starts afresh from
+    its last checkpoint. A fence with no loss before it is another instance: exit 4."""
+
+
+def run_consumer(settings: ConsumerSettings,
+                 build: Callable[[ConsumerSettings], ConsumerService] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> int:
+    """Run the service until stopped. Fenced by its own join, it is built afresh and resumes
+    from the last checkpoint, exactly as a restarted process would (the crash tests' path);
+    fenced so more than ``OWN_FENCE_LIMIT`` times within ``OWN_FENCE_WINDOW_S`` it gives up."""
+    fences: deque[float] = deque()
+    while True:
+        service = (build or ConsumerService)(settings)
+        try:
+            return service.run()
+        except FencedByOwnJoin as error:
+            now = clock()
+            fences.append(now)
+            while now - fences[0] > OWN_FENCE_WINDOW_S:
+                fences.popleft()
+            if len(fences) > OWN_FENCE_LIMIT:
+                raise FatalKafkaError(f"{error}; fenced by its own join {len(fences)} times "
+                                      f"within {OWN_FENCE_WINDOW_S:g}s") from None
+            if service.stop_requested:
+                return 0
+            log.warning("fenced by its own earlier join; starting afresh from the last "
+                        "checkpoint", extra={"error": str(error)})
 
 
 class ConsumerService:
@@ -91,7 +132,7 @@ class ConsumerService:
         self._consumer_config = consumer_config(kafka, self.section.group_id, **{
             "group.instance.id": self.section.instance_id,  # static membership
             "session.timeout.ms": int(self.section.session_timeout_s * 1000),
-            "max.poll.interval.ms": 300_000, "fetch.max.bytes": 52_428_800,
+            "max.poll.interval.ms": int(MAX_POLL_INTERVAL_S * 1000), "fetch.max.bytes": 52_428_800,
             # Incremental rebalancing: a member joining or leaving moves only the partitions
             # that change owner; the others keep processing and committing.
             "partition.assignment.strategy": "cooperative-sticky"})
@@ -111,6 +152,7 @@ class ConsumerService:
         self._rejoin_due = False  # partitions of another topic were assigned (_on_assign)
         self._state_refusal: str | None = None  # why the broker refused a state record
         self._changelog_prefix = changelog_prefix(self.section.group_id)  # groups share it
+        self._lost_at: float | None = None  # when Kafka last took the assignment away
         self.output = TransactionalOutput(self._new_producer, self.section.transaction_timeout_s,
                                           metrics.observe_transaction)
         self.lag = LagProbe(self._reader_config)
@@ -210,6 +252,10 @@ class ConsumerService:
             self.output.abort()
         except FatalKafkaError as error:  # fenced: the error that ended the run stays first
             log.warning("abort after a failure failed", extra={"error": str(error)})
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stopping
 
     def request_stop(self, signal_number: int | None = None, *_: Any) -> None:
         """Finish the current batch, checkpoint, close (a signal handler, or call directly)."""
@@ -378,15 +424,23 @@ class ConsumerService:
         else:
             self.output.produce(topic, value, key=key, headers=headers)
 
-    @staticmethod
-    def _raise_if_fatal(error: KafkaError) -> None:
+    def _raise_if_fatal(self, error: KafkaError) -> None:
         # Counted as a warning, a fenced static membership left the instance running, idle,
         # with the state directory's lock the instance replacing it needs.
-        if ends_consumer(error):
-            hint = (" (another instance with the same consumer.instance_id joined the group: "
-                    "each levydrift consume needs its own)" if "fenced" in error.str() else "")
-            raise FatalKafkaError(f"consumer error: {error.str()}{hint}")
-        log.warning("consume error", extra={"error": error.str()})
+        if not ends_consumer(error):
+            log.warning("consume error", extra={"error": error.str()})
+            return
+        if not fenced_membership(error):
+            raise FatalKafkaError(f"consumer error: {error.str()}")
+        self._raise_fenced(f"consumer error: {error.str()}")
+
+    def _raise_fenced(self, reason: str) -> None:
+        """The group fenced this instance: by its own second join if it was rejoining after a
+        loss (start afresh), else by another instance with its instance id (exit)."""
+        if self._lost_at is not None and time.monotonic() - self._lost_at <= MAX_POLL_INTERVAL_S:
+            raise FencedByOwnJoin(f"{reason} (while rejoining after the assignment was lost)")
+        raise FatalKafkaError(f"{reason} (another instance with the same consumer.instance_id "
+                              "joined the group: each levydrift consume needs its own)")
 
     def _follow_champion(self) -> None:
         self.champion.poll()
@@ -522,6 +576,8 @@ class ConsumerService:
     def _after_abort(self, error: TransactionAborted, started: float) -> None:
         """The open transaction was aborted: rewind every partition to its last checkpoint,
         or, when its outcome is unknown, wait for Kafka and restore from what it holds."""
+        if names_fenced_membership(str(error)):  # the offsets' group fenced this instance
+            self._raise_fenced(f"transaction aborted: {error}")
         self._stalled_since = self._stalled_since or started
         self._stall_reason = str(error)
         if self.output.broken is None:
@@ -751,6 +807,7 @@ class ConsumerService:
         """Lost partitions are dropped without committing. The open transaction is aborted,
         so partitions still held (if any) rewind to their last checkpoint."""
         metrics.REBALANCES.labels(kind="lost").inc()
+        self._lost_at = time.monotonic()
         partitions = self._ours(partitions)
         for position in partitions:
             self._drop_monitor(position.partition)

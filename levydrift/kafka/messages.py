@@ -45,3 +45,15 @@ def ends_consumer(error: KafkaError) -> bool:
     error (a static membership fenced by another instance with the same group.instance.id)
     to ``consume()`` as ``_FATAL``, whose ``fatal()`` is False."""
     return bool(error.fatal() or error.code() == KafkaError._FATAL)
+
+
+def fenced_membership(error: KafkaError) -> bool:
+    """The group fenced this consumer's static membership: a join with the same
+    group.instance.id replaced it (``_FATAL`` carries the broker's reason only as text)."""
+    return error.code() == KafkaError.FENCED_INSTANCE_ID or names_fenced_membership(error.str())
+
+
+def names_fenced_membership(text: str) -> bool:
+    """An error's text (a transaction's, which names the broker's error only so) says the
+    group fenced the static membership whose offsets it carried."""
+    return "fenced by other consumer with same group.instance.id" in text

@@ -6,14 +6,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.consumer.harness import ConsumerRun
+from tests.consumer.harness import ConsumerRun, kill_leftovers
+
+
+@pytest.fixture(autouse=True)
+def no_consumer_outlives_its_test() -> Iterator[None]:
+    """A consumer still running when its test ends (it failed) is killed: left running, it
+    would fence the next test's instance of the same instance id."""
+    yield
+    kill_leftovers()
 
 
 @pytest.fixture
-def consumers() -> Iterator[list[ConsumerRun]]:
-    """The consumers a test starts; any still running when it ends (it failed) is killed."""
-    runs: list[ConsumerRun] = []
-    yield runs
-    for run in runs:
-        if run.alive():
-            run.kill()
+def consumers() -> list[ConsumerRun]:
+    """The consumers a test starts (each is killed at the test's end if still running)."""
+    return []

@@ -67,7 +67,9 @@ class Topics:
 
 @dataclass
 class ConsumerRun:
-    """One ``levydrift consume`` process."""
+    """One ``levydrift consume`` process. Every one started is in ``STARTED`` until a test's
+    end kills it (tests/consumer/conftest.py): one left behind by a failed test would fence
+    the next test's instance of the same instance id."""
 
     bootstrap: str
     topics: Topics
@@ -92,6 +94,7 @@ class ConsumerRun:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen([sys.executable, "-m", "levydrift.cli", "consume"],
                                         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        STARTED.append(self)
         return self
 
     def kill(self) -> None:
@@ -110,6 +113,16 @@ class ConsumerRun:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+STARTED: list[ConsumerRun] = []
+
+
+def kill_leftovers() -> None:
+    while STARTED:
+        run = STARTED.pop()
+        if run.alive():
+            run.kill()
 
 
 def produce_scenario(bootstrap: str, topic: str, scenario: str, records: int, change_at: int,

@@ -4,10 +4,13 @@ leaving; the drift events and the final detector state equal an uninterrupted ru
 from __future__ import annotations
 
 import random
+import signal
 from pathlib import Path
 
 import orjson
 import pytest
+from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient
 
 from tests.consumer.harness import (
     ConsumerRun,
@@ -262,6 +265,77 @@ def test_a_second_instance_with_the_same_instance_id_ends_the_first_with_one_lin
     assert "same transactional id" in last and "instance_id" in last, last
     wait_processed(kafka_bootstrap, group, topics, records, runs=[second])
     assert second.stop() == 0, second.log()[-3000:]
+
+
+def logged_after(log: str, first: str, then: str) -> bool:
+    """The log has a line with message ``then`` after one with message ``first``."""
+    messages = [orjson.loads(line).get("message", "") for line in log.splitlines()
+                if line.startswith("{")]
+    return first in messages and then in messages[messages.index(first):]
+
+
+@pytest.mark.slow
+def test_fenced_while_rejoining_after_a_loss_the_consumer_starts_afresh_and_loses_nothing(
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    """Across a broker restart librdkafka may send its rejoin twice (a retried JoinGroup the
+    broker had already taken); the join handled last fences the consumer by its own hand
+    (this ended the broker outage test in CI). The broker's view is rebuilt here: the
+    consumer is paused past its session timeout (it loses its assignment and rejoins), then
+    a second join under its instance id arrives. The service starts afresh from its last
+    checkpoint instead of exiting, and the events and final state equal an uninterrupted
+    run's. (Fenced with no loss before, it exits: the twin tests below.)"""
+    records_topic, expected_events, expected_banks = reference_run(kafka_bootstrap, unique,
+                                                                   tmp_path)
+    topics = Topics(f"own-{unique}", PARTITIONS, records_topic).create(kafka_bootstrap)
+    group = f"own-{unique}"
+    env = {"LEVYDRIFT_CONSUMER_BATCH_SIZE": "100",
+           "LEVYDRIFT_CONSUMER_CHECKPOINT_INTERVAL_S": "0.1",
+           "LEVYDRIFT_CONSUMER_SESSION_TIMEOUT_S": "6"}
+    run = ConsumerRun(kafka_bootstrap, topics, group, "own", tmp_path / "own.log",
+                      extra_env=env).start()
+    wait_until(lambda: committed_total(kafka_bootstrap, group, records_topic, PARTITIONS)
+               >= RECORDS * 0.1 or not run.alive(), 90, "a tenth of the stream")
+    assert run.process is not None and run.alive(), run.log()[-3000:]
+    run.process.send_signal(signal.SIGSTOP)
+    try:  # the broker expires the paused member once its session times out
+        wait_until(lambda: not group_members(kafka_bootstrap, group), 60,
+                   "the paused member to expire")
+    finally:
+        run.process.send_signal(signal.SIGCONT)
+    wait_until(lambda: logged_after(run.log(), "partitions lost; dropped without committing",
+                                    "partitions assigned") or not run.alive(), 60,
+               "the consumer to rejoin")
+    double = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group,
+                       "group.instance.id": "own", "enable.auto.commit": False,
+                       "session.timeout.ms": 6_000,
+                       "partition.assignment.strategy": "cooperative-sticky"})
+    committed_when_fenced: list[int] = []
+
+    def fenced() -> bool:
+        double.poll(0.2)
+        if "fenced by its own earlier join" in run.log():
+            committed_when_fenced.append(
+                committed_total(kafka_bootstrap, group, records_topic, PARTITIONS))
+            return True
+        return not run.alive()
+
+    try:
+        double.subscribe([records_topic])
+        wait_until(fenced, 90, "the consumer to be fenced")
+    finally:
+        double.close()  # a static member's close leaves the group nothing
+    assert run.alive(), run.log()[-3000:]
+    assert committed_when_fenced[0] < RECORDS, "the stream ended before the fence"
+    wait_processed(kafka_bootstrap, group, topics, RECORDS, runs=[run])
+    assert run.stop() == 0, run.log()[-3000:]
+    events = [comparable(e) for e in drift_events(kafka_bootstrap, topics)]
+    assert per_partition(events) == per_partition(expected_events)
+    assert final_banks(kafka_bootstrap, topics) == expected_banks
+
+
+def group_members(bootstrap: str, group: str) -> int:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    return len(admin.describe_consumer_groups([group])[group].result(timeout=10).members)
 
 
 def test_an_idle_instance_fenced_by_its_replacement_ends_and_the_replacement_carries_on(
