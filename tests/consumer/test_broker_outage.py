@@ -111,8 +111,9 @@ def written_in_parts(bootstrap: str, topics: Topics) -> bool:
                for message in read_all(bootstrap, topics.names["detector_state"]))
 
 
-def scrape(port: int) -> dict[str, float]:
-    """The consumer's unlabelled metrics, by sample name."""
+def scrape(port: int, run: ConsumerRun) -> dict[str, float]:
+    """The consumer's unlabelled metrics, by sample name (its log, if it has exited)."""
+    assert run.alive(), f"the consumer exited:\n{run.log()[-3000:]}"
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return {sample.name: sample.value for family in text_string_to_metric_families(text)
             for sample in family.samples if not sample.labels}
@@ -141,7 +142,7 @@ def test_the_consumer_waits_out_a_broker_outage(broker: PrivateBroker, reference
         while time.monotonic() - down_since < OUTAGE_S:
             assert run.alive(), f"the consumer exited during the outage:\n{run.log()[-3000:]}"
             if time.monotonic() - down_since > 8:  # after the last measurement that could succeed
-                lag_times.add(scrape(port).get("levydrift_consumer_lag_timestamp_seconds"))
+                lag_times.add(scrape(port, run).get("levydrift_consumer_lag_timestamp_seconds"))
             time.sleep(0.5)
     finally:
         broker.start()
@@ -149,10 +150,10 @@ def test_the_consumer_waits_out_a_broker_outage(broker: PrivateBroker, reference
 
     # Generous: librdkafka's reconnect backoff and a loaded CI machine decide when; the
     # guarantee under test is that the lag is measured again at all.
-    wait_until(lambda: scrape(port)["levydrift_consumer_lag_timestamp_seconds"]
+    wait_until(lambda: scrape(port, run)["levydrift_consumer_lag_timestamp_seconds"]
                > max(lag_times), 180, "the lag to be measured again")
     wait_processed(broker.bootstrap, group, topics, RECORDS, timeout_s=240, runs=[run])
-    resets = scrape(port)["levydrift_consumer_producer_resets_total"]
+    resets = scrape(port, run)["levydrift_consumer_producer_resets_total"]
     assert run.stop() == 0, run.log()[-3000:]
     assert resets >= 1, "the outage never hit an open transaction; it proves nothing"
     assert written_in_parts(broker.bootstrap, topics), "no snapshot went in parts"
