@@ -23,7 +23,8 @@ from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder
 
 
 class Unrecognised(Exception):
-    """The estimator is not what this module knows how to read."""
+    """The estimator (or, in ``levydrift.scoring``, the pipeline around it) is not what the
+    reader knows; the model's own ``predict`` is used instead."""
 
 
 class BoostedTrees:

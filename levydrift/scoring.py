@@ -28,6 +28,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder
 
 from levydrift import boosted_trees
+from levydrift.boosted_trees import Unrecognised
 from levydrift.features import (
     CATEGORICAL_FEATURES,
     ENGINEERED_FEATURES,
@@ -87,10 +88,6 @@ class ColumnScorer:
         return predicted
 
 
-class _Unrecognised(Exception):
-    """The model is not the levy pipeline this module knows how to read."""
-
-
 def compile_scorer(model: Any) -> ColumnScorer | None:
     """A ``ColumnScorer`` for ``model``, or None when it is not the levy pipeline of
     trainer/model.py or does not predict the same levies through it."""
@@ -105,18 +102,18 @@ def compile_scorer(model: Any) -> ColumnScorer | None:
 
 
 def _read_pipeline(model: Any) -> ColumnScorer:
-    """What the fitted pipeline learned, or ``_Unrecognised``."""
+    """What the fitted pipeline learned, or ``Unrecognised``."""
     pipeline: Any = getattr(model, "regressor_", None)
     if type(model) is not BaseLevyResidualRegressor or type(pipeline) is not Pipeline \
             or len(pipeline.steps) != 3:
-        raise _Unrecognised
+        raise Unrecognised
     (_, terms), (_, columns), (_, trees) = pipeline.steps
     if type(terms) is not FunctionTransformer or terms.func is not add_levy_terms \
             or terms.kw_args or type(columns) is not ColumnTransformer:
-        raise _Unrecognised
+        raise Unrecognised
     if getattr(columns, "_sklearn_output_config", {}).get("transform", "default") != "default" \
             or getattr(columns, "sparse_output_", False):
-        raise _Unrecognised
+        raise Unrecognised
     numeric, categorical, encoder = _column_plan(columns)
     # object indexes: looking str values up in pandas' Arrow-backed "str" index costs more
     categories = [pd.Index(values, dtype=object) for values in encoder.categories_]
@@ -129,7 +126,7 @@ def _compiled_trees(estimator: Any) -> Any:
     when they are not trees that module knows."""
     try:
         return boosted_trees.from_estimator(estimator)
-    except boosted_trees.Unrecognised:
+    except Unrecognised:
         return estimator
 
 
@@ -139,14 +136,14 @@ def _column_plan(columns: ColumnTransformer) -> tuple[list[str], list[str], Ordi
     kept = [(transformer, list(names)) for _, transformer, names in columns.transformers_
             if not (isinstance(transformer, str) and transformer == "drop")]
     if len(kept) != 2 or not _passes_through(kept[0][0]):
-        raise _Unrecognised
+        raise Unrecognised
     (_, numeric), (encoder, categorical) = kept
     if type(encoder) is not OrdinalEncoder or encoder.dtype not in (float, np.float64) \
             or getattr(encoder, "_infrequent_enabled", False) \
             or not set(numeric) <= _KNOWN_COLUMNS - set(CATEGORICAL_FEATURES) \
             or tuple(categorical) != CATEGORICAL_FEATURES \
             or not all(isinstance(name, str) for name in numeric):
-        raise _Unrecognised
+        raise Unrecognised
     return numeric, categorical, encoder
 
 
@@ -162,7 +159,7 @@ def _passes_through(transformer: Any) -> bool:
 def _unknown_code(encoder: OrdinalEncoder) -> float:
     """The code an unseen category gets (the encoder raises instead unless told not to)."""
     if encoder.handle_unknown != "use_encoded_value":
-        raise _Unrecognised  # the pipeline would raise on an unseen category: let it
+        raise Unrecognised  # the pipeline would raise on an unseen category: let it
     return float(encoder.unknown_value)
 
 
