@@ -72,6 +72,10 @@ PRODUCER_RESETS = Counter(
     "levydrift_consumer_producer_resets",
     "Transactional producers replaced after Kafka was unreachable mid-transaction.",
     registry=REGISTRY)
+OWN_FENCE_RESTARTS = Counter(
+    "levydrift_consumer_own_fence_restarts",
+    "Times the service started afresh from its last checkpoint after the group fenced it by "
+    "its own rejoin (after losing its assignment).", registry=REGISTRY)
 
 
 REBALANCES = Counter(

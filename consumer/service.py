@@ -113,6 +113,7 @@ def run_consumer(settings: ConsumerSettings,
                 return 0
             log.warning("fenced by its own earlier join; starting afresh from the last "
                         "checkpoint", extra={"error": str(error)})
+            metrics.OWN_FENCE_RESTARTS.inc()
 
 
 class ConsumerService:

@@ -8,6 +8,7 @@ import pytest
 from confluent_kafka import KafkaError
 
 import consumer.service as service_module
+from consumer import metrics
 from consumer.config import ConsumerSettings
 from consumer.service import FencedByOwnJoin, run_consumer
 from levydrift.kafka.messages import ends_consumer, fenced_membership, names_fenced_membership
@@ -47,9 +48,11 @@ def test_the_fatal_fence_is_recognised_from_its_code_or_its_text() -> None:
 
 
 def test_fenced_by_its_own_join_the_service_is_built_afresh() -> None:
+    restarts = metrics.OWN_FENCE_RESTARTS._value.get()
     script = ScriptedService([FencedByOwnJoin("fenced"), FencedByOwnJoin("fenced"), 0])
     assert run_consumer(ConsumerSettings(), build=script) == 0  # type: ignore[arg-type]
     assert script.built == 3
+    assert metrics.OWN_FENCE_RESTARTS._value.get() == restarts + 2
 
 
 def test_fenced_by_its_own_join_too_often_it_exits_saying_so() -> None:
