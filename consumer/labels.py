@@ -405,11 +405,13 @@ def check_co_partitioned(partition_counts: dict[str, int], records: str, labels:
     each belongs to whoever owns records partition p. One line naming the counts otherwise."""
     wanted = partition_counts[records]
     for topic in (labels, changelog):
-        if partition_counts[topic] != wanted:
+        count = partition_counts[topic]
+        if count != wanted:
             raise TopicLayoutError(
-                f"{topic} has {partition_counts[topic]} partitions and {records} has {wanted}: "
-                f"they must be co-partitioned (the same count). Recreate {topic} with {wanted} "
-                "partitions (`levydrift topics create` makes new topics so), or set "
+                f"{topic} has {count} partitions and {records} has {wanted}: they must be "
+                f"co-partitioned (the same count). Set topics.records_partitions = "
+                f"{max(count, wanted)} and run `levydrift topics create` (it adds partitions "
+                f"to {records}, {labels} and {changelog}; Kafka removes none), or set "
                 "consumer.join_labels = false")
 
 

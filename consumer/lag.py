@@ -5,6 +5,10 @@ brokers by a separate client every ``interval_s``, so the gauge keeps moving whi
 is stuck in a commit, and costs the loop nothing. While the brokers do not answer, the gauge
 keeps its last value and ``levydrift_consumer_lag_timestamp_seconds`` stops advancing: the lag
 is then stale, and says so.
+
+The same client watches topics' partition counts (``LayoutWatch``): a layout that stops
+passing its check mid-run (partitions added to one of co-partitioned topics and not the
+others) is kept in ``layout_problem`` for the run loop to end on.
 """
 
 from __future__ import annotations
@@ -12,14 +16,43 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from consumer import metrics
+from levydrift.errors import LevyDriftError
 
 LAG_INTERVAL_S = 5.0
 QUERY_TIMEOUT_S = 2.0
+# A layout may fail its check this long while co-partitioned topics grow one after the other
+# (`levydrift topics create` after raising topics.records_partitions takes well under this).
+LAYOUT_GRACE_S = 30.0
+
+
+class LayoutWatch:
+    """Partition counts of some topics, checked as they are observed: a failure that lasts
+    ``grace_s`` becomes ``problem`` (one passing observation clears the clock)."""
+
+    def __init__(self, topics: list[str], check: Callable[[dict[str, int]], None],
+                 grace_s: float = LAYOUT_GRACE_S) -> None:
+        self.topics = topics
+        self._check = check
+        self._grace_s = grace_s
+        self._failing_since: float | None = None
+        self.problem: LevyDriftError | None = None
+
+    def observe(self, counts: dict[str, int], now: float) -> None:
+        try:
+            self._check(counts)
+        except LevyDriftError as error:
+            if self._failing_since is None:
+                self._failing_since = now
+            if now - self._failing_since >= self._grace_s:
+                self.problem = error
+        else:
+            self._failing_since = None
 
 
 class LagProbe:
@@ -34,6 +67,11 @@ class LagProbe:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.layout: LayoutWatch | None = None  # set before start(), read by the run loop
+
+    @property
+    def layout_problem(self) -> LevyDriftError | None:
+        return None if self.layout is None else self.layout.problem
 
     def committed(self, topic: str, partition: int, offset: int) -> None:
         with self._lock:
@@ -60,6 +98,7 @@ class LagProbe:
         try:
             while not self._stop.wait(self._interval_s):
                 self.measure(client)
+                self.check_layout(client)
         finally:
             client.close()
 
@@ -83,3 +122,19 @@ class LagProbe:
         if owned:
             metrics.LAG_TIMESTAMP.set(time.time())
         return True
+
+    def check_layout(self, client: Consumer) -> None:
+        """Count the watched topics' partitions for ``layout`` (nothing while a broker does
+        not answer, or a topic is missing: that is for the writers to find)."""
+        if self.layout is None or self.layout.problem is not None:
+            return
+        counts = {}
+        for topic in self.layout.topics:
+            try:
+                found = client.list_topics(topic, timeout=QUERY_TIMEOUT_S).topics.get(topic)
+            except KafkaException:
+                return
+            if found is None or found.error is not None:
+                return
+            counts[topic] = len(found.partitions)
+        self.layout.observe(counts, time.monotonic())

@@ -41,7 +41,7 @@ from consumer.labels import (
     retention_shortfall,
     store_path,
 )
-from consumer.lag import LagProbe
+from consumer.lag import LagProbe, LayoutWatch
 from consumer.processing import BatchResult, PartitionMonitor, process_labels, process_partition
 from consumer.state import (
     PartitionState,
@@ -154,6 +154,7 @@ class ConsumerService:
         self._state_refusal: str | None = None  # why the broker refused a state record
         self._changelog_prefix = changelog_prefix(self.section.group_id)  # groups share it
         self._lost_at: float | None = None  # when Kafka last took the assignment away
+        self._co_partitions = 0  # records partitions whose labels and changelog were checked
         self.output = TransactionalOutput(self._new_producer, self.section.transaction_timeout_s,
                                           metrics.observe_transaction)
         self.lag = LagProbe(self._reader_config)
@@ -179,9 +180,12 @@ class ConsumerService:
         ensure_reachable(admin, self.settings.kafka, needed)
         if self.section.join_labels:
             metadata = admin.list_topics(timeout=self.settings.kafka.request_timeout_s)
-            check_co_partitioned({name: len(metadata.topics[name].partitions)
-                                  for name in needed}, topics.records, topics.labels,
-                                 topics.join_changelog)
+            self._check_co_partitioned({name: len(metadata.topics[name].partitions)
+                                        for name in needed})
+            self._co_partitions = len(metadata.topics[topics.records].partitions)
+            self.lag.layout = LayoutWatch(
+                [topics.records, topics.labels, topics.join_changelog],
+                self._check_co_partitioned)
             self._check_records_retention(admin)
             check_state_dir(self.section.state_dir)
             self.label_reader = Consumer({**self._reader_config,
@@ -270,6 +274,8 @@ class ConsumerService:
             self._rejoin()
             return None
         assert self.consumer is not None
+        if self.lag.layout_problem is not None:
+            raise self.lag.layout_problem
         if not self._transactions_ready():
             return None
         self._follow_champion()
@@ -312,6 +318,29 @@ class ConsumerService:
             self.champion.close()
         except Exception as error:
             log.warning("champion reader close failed", extra={"error": str(error)})
+
+    def _check_co_partitioned(self, counts: dict[str, int]) -> None:
+        """At start, and while running (partitions added to one of them later): partition p
+        of the labels and the changelog belongs to whoever owns records partition p."""
+        topics = self.settings.topics
+        check_co_partitioned(counts, topics.records, topics.labels, topics.join_changelog)
+
+    def _check_grown_layout(self) -> None:
+        """The records topic gained partitions while running: the labels and the changelog
+        must have them too (else one line, exit 2), and the producer must know the
+        changelog's new partitions before it writes to them (asking refreshes its view)."""
+        topics, timeout_s = self.settings.topics, self.settings.kafka.request_timeout_s
+        try:
+            counts = {name: self.output.partitions_of(name, timeout_s)
+                      for name in (topics.records, topics.labels, topics.join_changelog)}
+        except KafkaException as error:
+            raise BrokerUnavailableError(
+                f"cannot count the partitions of the grown {topics.records}: "
+                f"{error.args[0].str() if error.args else error}") from None
+        self._check_co_partitioned(counts)
+        self._co_partitions = counts[topics.records]
+        log.info("the records topic has grown; its labels and changelog with it",
+                 extra={"partitions": self._co_partitions})
 
     def _check_records_retention(self, admin: AdminClient) -> None:
         """Warn (once, at start) when the records topic forgets records before their labels
@@ -731,6 +760,8 @@ class ConsumerService:
         if self.label_reader is None:
             return monitor
         partition, topics = monitor.partition, self.settings.topics
+        if partition >= self._co_partitions:  # the records topic has grown since the start
+            self._check_grown_layout()
         started = time.perf_counter()
         store = open_join_store(store_path(self.section.state_dir, self.section.group_id,
                                            monitor.topic, partition))

@@ -11,6 +11,7 @@ from confluent_kafka.admin import (
     AlterConfigOpType,
     ConfigEntry,
     ConfigResource,
+    NewPartitions,
     NewTopic,
 )
 
@@ -28,6 +29,9 @@ class TopicSpec:
     name: str
     partitions: int
     config: dict[str, str]
+    # False for compacted topics read as each key's latest value: a key that moved partition
+    # would leave its older value behind, and a reader could take that one.
+    grows: bool = True
 
 
 def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
@@ -44,26 +48,28 @@ def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
         # Drift events explain why each model version exists: keep them.
         TopicSpec(topics.drift_events, topics.other_partitions,
                   {"cleanup.policy": "delete", "retention.ms": "-1"}),
-        TopicSpec(topics.model_versions, topics.other_partitions, compacted),
+        TopicSpec(topics.model_versions, topics.other_partitions, compacted, grows=False),
         # A snapshot per partition every checkpoint: small segments keep the uncompacted tail,
         # which a restore reads, short.
         TopicSpec(topics.detector_state, topics.other_partitions,
                   {**compacted, "segment.ms": str(HOUR_MS // 6),
-                   "segment.bytes": str(16 * 1024 * 1024)}),
+                   "segment.bytes": str(16 * 1024 * 1024)}, grows=False),
         # Co-partitioned with records: partition p's labels are joined by the owner of p.
         TopicSpec(topics.labels, topics.records_partitions,
                   {"cleanup.policy": "delete",
                    "retention.ms": str(int(topics.records_retention_hours * HOUR_MS))}),
         # One partition per records partition, written only by its owner; the source of truth
-        # for each partition's pending predictions (the local RocksDB is a cache of it).
+        # for each partition's pending predictions (the local RocksDB is a cache of it). It is
+        # written and read by partition number, never by key: it may grow.
         TopicSpec(topics.join_changelog, topics.records_partitions, compacted),
     ]
 
 
 def create_topics(admin: AdminClient, topics: TopicSettings, replication_factor: int,
                   timeout_s: float) -> dict[str, str]:
-    """Create missing topics; bring existing ones to the specified configs. Returns
-    ``{topic: "created" | "exists"}``. Idempotent."""
+    """Create missing topics; bring existing ones to the specified configs and partition
+    counts (adding partitions; Kafka removes none). Returns ``{topic: what was done}``:
+    "created", "exists", or what changed. Idempotent."""
     specs = topic_specs(topics)
     futures = admin.create_topics(
         [NewTopic(spec.name, spec.partitions, replication_factor, config=spec.config)
@@ -83,7 +89,41 @@ def create_topics(admin: AdminClient, topics: TopicSettings, replication_factor:
             existing.append(spec)
     if existing:
         _converge_configs(admin, existing, timeout_s)
+        outcome.update(_converge_partitions(admin, existing, timeout_s))
     return outcome
+
+
+def _converge_partitions(admin: AdminClient, specs: list[TopicSpec],
+                         timeout_s: float) -> dict[str, str]:
+    """Add partitions where a topic that may grow has fewer than its spec, all in one request,
+    so that co-partitioned topics (records, labels, changelog) differ for as short a time as
+    can be. Any other difference is left and said so."""
+    metadata = admin.list_topics(timeout=timeout_s).topics
+    counts = {spec.name: len(metadata[spec.name].partitions) for spec in specs}
+    outcome = {spec.name: _left_as_is(spec, counts[spec.name])
+               for spec in specs if counts[spec.name] != spec.partitions}
+    grow = [spec for spec in specs if spec.grows and counts[spec.name] < spec.partitions]
+    if not grow:
+        return outcome
+    futures = admin.create_partitions([NewPartitions(spec.name, spec.partitions)
+                                       for spec in grow], request_timeout=timeout_s)
+    for spec in grow:
+        try:
+            futures[spec.name].result()
+        except KafkaException as error:
+            raise BrokerUnavailableError(
+                f"adding partitions to topic {spec.name} failed: {error.args[0].str()}"
+            ) from None
+        outcome[spec.name] = f"grew from {counts[spec.name]} to {spec.partitions} partitions"
+    return outcome
+
+
+def _left_as_is(spec: TopicSpec, count: int) -> str:
+    held = f"{count} partition{'' if count == 1 else 's'}"
+    if count > spec.partitions:
+        return f"exists ({held}, more than the {spec.partitions} configured: Kafka removes none)"
+    return (f"exists ({held}, not raised to {spec.partitions}: its readers take each key's "
+            "latest value, and keys would move partition)")
 
 
 def _converge_configs(admin: AdminClient, specs: list[TopicSpec], timeout_s: float) -> None:
@@ -112,8 +152,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     create = actions.add_parser(
         "create", help="create missing topics, converge existing ones",
         description="Create every topic the services use (records, dead letters, drift events, "
-                    "model versions, detector state) where missing; existing ones get the "
-                    "configured partitions and retention. Safe to run again.")
+                    "model versions, detector state, labels, join changelog) where missing; "
+                    "existing ones get the configured retention, and partitions up to the "
+                    "configured count (Kafka removes none). Safe to run again.")
     create.set_defaults(handler=_run_create)
 
 

@@ -241,6 +241,13 @@ class TransactionalOutput:
         self.open = False
         self._observe("aborted")
 
+    def partitions_of(self, topic: str, timeout_s: float) -> int:
+        """How many partitions ``topic`` has (0: none known), asked of the brokers through the
+        producer, whose own view of the topic (what produce() checks against) is refreshed by
+        the answer. Raises ``KafkaException`` when no broker answers."""
+        found = self._producer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        return 0 if found is None or found.error is not None else len(found.partitions)
+
     def poll(self) -> None:
         if self.broken is None:
             self._producer.poll(0)

@@ -1,18 +1,31 @@
-"""What the consumer checks about the labels' topics at start: the labels and the join changelog
-co-partitioned with the records (else one line and exit 2), and a records retention long enough
-for the trainer to find the records of late labels (else one warning)."""
+"""What the consumer checks about the labels' topics: the labels and the join changelog
+co-partitioned with the records, at start and while it runs (else one line and exit 2), and a
+records retention long enough for the trainer to find the records of late labels (else one
+warning). Growing all three together while it runs is what `levydrift topics create` does."""
 
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import orjson
 import pytest
+from confluent_kafka.admin import AdminClient, NewPartitions
 
 from consumer.labels import DAY_MS, check_co_partitioned, retention_shortfall
+from consumer.lag import LAYOUT_GRACE_S
+from levydrift.commands.topics import create_topics
 from levydrift.errors import TopicLayoutError
-from tests.consumer.harness import ConsumerRun, Topics
+from levydrift.kafka import admin_client
+from levydrift.settings import KafkaSettings, TopicSettings
+from tests.consumer.harness import (
+    ConsumerRun,
+    Topics,
+    committed_total,
+    produce_scenario,
+    wait_processed,
+)
 from tests.kafka_helpers import create_topic, wait_until
 
 COUNTS = {"rec": 6, "labels": 6, "changelog": 6}
@@ -96,3 +109,90 @@ def test_consume_does_not_warn_when_records_outlive_the_horizon(
         kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
     log = log_of_a_start(kafka_bootstrap, unique, tmp_path, retention_days=580)
     assert '"consuming"' in log and "records_retention_short" not in log
+
+
+def grow(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_partitions([NewPartitions(topic, partitions)]).values():
+        future.result(timeout=30)
+
+
+def metadata_refreshed_often(tmp_path: Path) -> dict[str, str]:
+    """librdkafka looks for new partitions every 5 minutes by default; every 2 s here."""
+    config = tmp_path / "fast-metadata.toml"
+    config.write_text('[kafka.client]\n"topic.metadata.refresh.interval.ms" = "2000"\n')
+    return {"LEVYDRIFT_CONFIG": str(config)}
+
+
+@pytest.mark.slow
+def test_records_grown_alone_mid_run_end_the_consumer_in_one_line(
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    """A partition added to the records and not to the labels: partition 2's labels have no
+    partition to come from. The consumer ends once the layout has been wrong for the grace
+    period, with exit code 2 and the line saying what to run (it died with a changelog error
+    at the new partition's assignment, or read on without its labels)."""
+    topics = Topics(unique, records_partitions=2).create(kafka_bootstrap)
+    produce_scenario(kafka_bootstrap, topics.names["records"], "none", 2_000, 0)
+    run = ConsumerRun(kafka_bootstrap, topics, f"g-{unique}", "solo", tmp_path / "consumer.log",
+                      extra_env=metadata_refreshed_often(tmp_path)).start()
+    wait_processed(kafka_bootstrap, f"g-{unique}", topics, 2_000, runs=[run])
+    grow(kafka_bootstrap, topics.names["records"], 3)
+    produce_scenario(kafka_bootstrap, topics.names["records"], "none", 2_000, 0, seed=8)
+    wait_until(lambda: not run.alive(), LAYOUT_GRACE_S + 60, "the consumer to end")
+    assert run.process is not None and run.process.returncode == 2, run.log()[-3000:]
+    log = run.log()
+    assert "Traceback" not in log
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("levydrift consume: "), last
+    assert f"{topics.names['labels']} has 2 partitions and {topics.names['records']} has 3" \
+        in last, last
+    assert "topics.records_partitions = 3" in last and "levydrift topics create" in last, last
+
+
+@pytest.mark.slow
+def test_labels_grown_alone_mid_run_end_the_consumer_after_the_grace_period(
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    """A partition added to the labels only: no records partition owns it, so its labels
+    would never be read (before, silently, until a restart refused the layout). The consumer
+    watches the counts and ends once they have differed for the grace period."""
+    topics = Topics(unique, records_partitions=2).create(kafka_bootstrap)
+    produce_scenario(kafka_bootstrap, topics.names["records"], "none", 2_000, 0)
+    run = ConsumerRun(kafka_bootstrap, topics, f"g-{unique}", "solo", tmp_path / "consumer.log",
+                      extra_env=metadata_refreshed_often(tmp_path)).start()
+    wait_processed(kafka_bootstrap, f"g-{unique}", topics, 2_000, runs=[run])
+    grow(kafka_bootstrap, topics.names["labels"], 3)
+    grown_at = time.monotonic()
+    wait_until(lambda: not run.alive(), LAYOUT_GRACE_S + 60, "the consumer to end")
+    assert time.monotonic() - grown_at >= LAYOUT_GRACE_S
+    assert run.process is not None and run.process.returncode == 2, run.log()[-3000:]
+    last = run.log().strip().splitlines()[-1]
+    assert last.startswith("levydrift consume: "), last
+    assert f"{topics.names['labels']} has 3 partitions and {topics.names['records']} has 2" \
+        in last, last
+    assert "topics.records_partitions = 3" in last, last
+
+
+@pytest.mark.slow
+def test_topics_grown_together_mid_run_the_consumer_takes_the_new_partition(
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    """`levydrift topics create` after raising topics.records_partitions grows the records,
+    the labels and the changelog at once: the running consumer is assigned the new partition
+    and processes it, the labels' and changelog's partition with it, without ending."""
+    topics = Topics(unique, records_partitions=2).create(kafka_bootstrap)
+    produce_scenario(kafka_bootstrap, topics.names["records"], "none", 2_000, 0)
+    group = f"g-{unique}"
+    run = ConsumerRun(kafka_bootstrap, topics, group, "solo", tmp_path / "consumer.log",
+                      extra_env=metadata_refreshed_often(tmp_path)).start()
+    wait_processed(kafka_bootstrap, group, topics, 2_000, runs=[run])
+    settings = TopicSettings(**topics.names, records_partitions=3)
+    outcome = create_topics(admin_client(KafkaSettings(bootstrap_servers=kafka_bootstrap)),
+                            settings, 1, 30)
+    for name in ("records", "labels", "join_changelog"):
+        assert outcome[topics.names[name]] == "grew from 2 to 3 partitions", outcome
+    produce_scenario(kafka_bootstrap, topics.names["records"], "none", 3_000, 0, seed=8)
+    topics.records_partitions = 3
+    wait_processed(kafka_bootstrap, group, topics, 5_000, timeout_s=LAYOUT_GRACE_S + 90,
+                   runs=[run])
+    assert committed_total(kafka_bootstrap, group, topics.names["records"], 3) \
+        > committed_total(kafka_bootstrap, group, topics.names["records"], 2)
+    assert run.stop() == 0, run.log()[-3000:]

@@ -117,3 +117,37 @@ def test_topics_create_is_idempotent_with_compacted_topics(
     assert policies[names["LEVYDRIFT_TOPICS_JOIN_CHANGELOG"]] == "compact"
     assert policies[names["LEVYDRIFT_TOPICS_LABELS"]] == "delete"
     assert policies[names["LEVYDRIFT_TOPICS_RECORDS"]] == "delete"
+
+
+def test_topics_create_adds_partitions_where_they_may_grow(kafka_bootstrap: str,
+                                                          unique: str) -> None:
+    """Raising the partition settings and running `topics create` again adds partitions to
+    the co-partitioned records, labels and changelog together, and to the event streams;
+    the compacted topics read as each key's latest value keep theirs and say why."""
+    names = {f"LEVYDRIFT_TOPICS_{name}": f"{name.lower()}-{unique}" for name in (
+        "RECORDS", "DEAD_LETTERS", "DRIFT_EVENTS", "MODEL_VERSIONS", "DETECTOR_STATE",
+        "LABELS", "JOIN_CHANGELOG")}
+    env = {"LEVYDRIFT_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "PATH": "/usr/bin:/bin",
+           **names}
+    command = [sys.executable, "-m", "levydrift.cli", "topics", "create"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=60, env={
+        **env, "LEVYDRIFT_TOPICS_RECORDS_PARTITIONS": "2"})
+    assert first.returncode == 0, first.stderr
+    grown = subprocess.run(command, capture_output=True, text=True, timeout=60, env={
+        **env, "LEVYDRIFT_TOPICS_RECORDS_PARTITIONS": "3",
+        "LEVYDRIFT_TOPICS_OTHER_PARTITIONS": "2"})
+    assert grown.returncode == 0, grown.stderr
+    said = dict(line.split(": ", 1) for line in grown.stdout.splitlines())
+    for name in ("RECORDS", "LABELS", "JOIN_CHANGELOG"):
+        assert said[names[f"LEVYDRIFT_TOPICS_{name}"]] == "grew from 2 to 3 partitions"
+    for name in ("DEAD_LETTERS", "DRIFT_EVENTS"):
+        assert said[names[f"LEVYDRIFT_TOPICS_{name}"]] == "grew from 1 to 2 partitions"
+    for name in ("MODEL_VERSIONS", "DETECTOR_STATE"):
+        assert said[names[f"LEVYDRIFT_TOPICS_{name}"]].startswith(
+            "exists (1 partition, not raised to 2: its readers take each key's latest value")
+    metadata = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10)
+    counts = {name: len(metadata.topics[topic].partitions) for name, topic in names.items()}
+    assert counts == {**dict.fromkeys(names, 2), "LEVYDRIFT_TOPICS_RECORDS": 3,
+                      "LEVYDRIFT_TOPICS_LABELS": 3, "LEVYDRIFT_TOPICS_JOIN_CHANGELOG": 3,
+                      "LEVYDRIFT_TOPICS_MODEL_VERSIONS": 1,
+                      "LEVYDRIFT_TOPICS_DETECTOR_STATE": 1}
