@@ -58,7 +58,13 @@ from consumer.state import (
 )
 from detectors.errors import SnapshotError
 from levydrift.errors import BrokerUnavailableError
-from levydrift.kafka import admin_client, consumer_config, ensure_reachable, producer_config
+from levydrift.kafka import (
+    admin_client,
+    consumer_config,
+    ensure_reachable,
+    partition_count,
+    producer_config,
+)
 from levydrift.kafka.messages import ends_consumer, fenced_membership, names_fenced_membership
 from levydrift.kafka.transactions import (
     FatalKafkaError,
@@ -327,12 +333,15 @@ class ConsumerService:
 
     def _check_grown_layout(self) -> None:
         """The records topic gained partitions while running: the labels and the changelog
-        must have them too (else one line, exit 2), and the producer must know the
-        changelog's new partitions before it writes to them (asking refreshes its view)."""
+        must have them too (else one line, exit 2). Each is counted through the client that
+        uses its new partitions (the producer writes the changelog, the label reader reads
+        the labels): asking refreshes that client's view, which may lag the topic's."""
         topics, timeout_s = self.settings.topics, self.settings.kafka.request_timeout_s
+        assert self.label_reader is not None
         try:
             counts = {name: self.output.partitions_of(name, timeout_s)
-                      for name in (topics.records, topics.labels, topics.join_changelog)}
+                      for name in (topics.records, topics.join_changelog)}
+            counts[topics.labels] = partition_count(self.label_reader, topics.labels, timeout_s)
         except KafkaException as error:
             raise BrokerUnavailableError(
                 f"cannot count the partitions of the grown {topics.records}: "

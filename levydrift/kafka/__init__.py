@@ -9,7 +9,14 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 from levydrift.errors import BrokerUnavailableError, MissingTopicError
@@ -19,6 +26,14 @@ from levydrift.settings import KafkaSettings
 
 def admin_client(kafka: KafkaSettings) -> AdminClient:
     return AdminClient(kafka.client_config(**{"logger": _quiet_logger()}))
+
+
+def partition_count(client: Consumer | Producer, topic: str, timeout_s: float) -> int:
+    """How many partitions ``topic`` has (0: none known), asked of the brokers through
+    ``client``, whose own view of the topic is refreshed by the answer. Raises
+    ``KafkaException`` when no broker answers."""
+    found = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    return 0 if found is None or found.error is not None else len(found.partitions)
 
 
 def producer_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any, NoReturn, TypedDict, TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from levydrift.errors import LevyDriftError
+from levydrift.kafka import partition_count
 from schemas.dead_letter import Headers
 
 log = logging.getLogger(__name__)
@@ -242,11 +243,9 @@ class TransactionalOutput:
         self._observe("aborted")
 
     def partitions_of(self, topic: str, timeout_s: float) -> int:
-        """How many partitions ``topic`` has (0: none known), asked of the brokers through the
-        producer, whose own view of the topic (what produce() checks against) is refreshed by
-        the answer. Raises ``KafkaException`` when no broker answers."""
-        found = self._producer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        return 0 if found is None or found.error is not None else len(found.partitions)
+        """``partition_count`` through the producer: what produce() checks a partition
+        against is refreshed by the answer."""
+        return partition_count(self._producer, topic, timeout_s)
 
     def poll(self) -> None:
         if self.broken is None:

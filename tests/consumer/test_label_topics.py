@@ -124,26 +124,38 @@ def metadata_refreshed_often(tmp_path: Path) -> dict[str, str]:
     return {"LEVYDRIFT_CONFIG": str(config)}
 
 
-@pytest.mark.slow
-def test_records_grown_alone_mid_run_end_the_consumer_in_one_line(
-        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
-    """A partition added to the records and not to the labels: partition 2's labels have no
-    partition to come from. The consumer ends once the layout has been wrong for the grace
-    period, with exit code 2 and the line saying what to run (it died with a changelog error
-    at the new partition's assignment, or read on without its labels)."""
-    topics = Topics(unique, records_partitions=2).create(kafka_bootstrap)
-    produce_scenario(kafka_bootstrap, topics.names["records"], "none", 2_000, 0)
-    run = ConsumerRun(kafka_bootstrap, topics, f"g-{unique}", "solo", tmp_path / "consumer.log",
+def consuming(bootstrap: str, unique: str, tmp_path: Path) -> tuple[Topics, ConsumerRun]:
+    """A consumer that has processed 2,000 records on 2 co-partitioned partitions."""
+    topics = Topics(unique, records_partitions=2).create(bootstrap)
+    produce_scenario(bootstrap, topics.names["records"], "none", 2_000, 0)
+    run = ConsumerRun(bootstrap, topics, f"g-{unique}", "solo", tmp_path / "consumer.log",
                       extra_env=metadata_refreshed_often(tmp_path)).start()
-    wait_processed(kafka_bootstrap, f"g-{unique}", topics, 2_000, runs=[run])
-    grow(kafka_bootstrap, topics.names["records"], 3)
-    produce_scenario(kafka_bootstrap, topics.names["records"], "none", 2_000, 0, seed=8)
+    wait_processed(bootstrap, f"g-{unique}", topics, 2_000, runs=[run])
+    return topics, run
+
+
+def last_line_when_it_ends(run: ConsumerRun) -> str:
+    """The consumer's last line once it has ended with exit code 2 and no traceback."""
     wait_until(lambda: not run.alive(), LAYOUT_GRACE_S + 60, "the consumer to end")
     assert run.process is not None and run.process.returncode == 2, run.log()[-3000:]
     log = run.log()
     assert "Traceback" not in log
     last = log.strip().splitlines()[-1]
     assert last.startswith("levydrift consume: "), last
+    return last
+
+
+@pytest.mark.slow
+def test_records_grown_alone_mid_run_end_the_consumer_in_one_line(
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    """A partition added to the records and not to the labels: partition 2's labels have no
+    partition to come from. Assigned the new partition, the consumer counts the partitions
+    again and ends with exit code 2 and the line saying what to run (it died with a
+    changelog error instead)."""
+    topics, run = consuming(kafka_bootstrap, unique, tmp_path)
+    grow(kafka_bootstrap, topics.names["records"], 3)
+    produce_scenario(kafka_bootstrap, topics.names["records"], "none", 2_000, 0, seed=8)
+    last = last_line_when_it_ends(run)
     assert f"{topics.names['labels']} has 2 partitions and {topics.names['records']} has 3" \
         in last, last
     assert "topics.records_partitions = 3" in last and "levydrift topics create" in last, last
@@ -155,18 +167,11 @@ def test_labels_grown_alone_mid_run_end_the_consumer_after_the_grace_period(
     """A partition added to the labels only: no records partition owns it, so its labels
     would never be read (before, silently, until a restart refused the layout). The consumer
     watches the counts and ends once they have differed for the grace period."""
-    topics = Topics(unique, records_partitions=2).create(kafka_bootstrap)
-    produce_scenario(kafka_bootstrap, topics.names["records"], "none", 2_000, 0)
-    run = ConsumerRun(kafka_bootstrap, topics, f"g-{unique}", "solo", tmp_path / "consumer.log",
-                      extra_env=metadata_refreshed_often(tmp_path)).start()
-    wait_processed(kafka_bootstrap, f"g-{unique}", topics, 2_000, runs=[run])
+    topics, run = consuming(kafka_bootstrap, unique, tmp_path)
     grow(kafka_bootstrap, topics.names["labels"], 3)
     grown_at = time.monotonic()
-    wait_until(lambda: not run.alive(), LAYOUT_GRACE_S + 60, "the consumer to end")
+    last = last_line_when_it_ends(run)
     assert time.monotonic() - grown_at >= LAYOUT_GRACE_S
-    assert run.process is not None and run.process.returncode == 2, run.log()[-3000:]
-    last = run.log().strip().splitlines()[-1]
-    assert last.startswith("levydrift consume: "), last
     assert f"{topics.names['labels']} has 3 partitions and {topics.names['records']} has 2" \
         in last, last
     assert "topics.records_partitions = 3" in last, last
@@ -178,12 +183,8 @@ def test_topics_grown_together_mid_run_the_consumer_takes_the_new_partition(
     """`levydrift topics create` after raising topics.records_partitions grows the records,
     the labels and the changelog at once: the running consumer is assigned the new partition
     and processes it, the labels' and changelog's partition with it, without ending."""
-    topics = Topics(unique, records_partitions=2).create(kafka_bootstrap)
-    produce_scenario(kafka_bootstrap, topics.names["records"], "none", 2_000, 0)
+    topics, run = consuming(kafka_bootstrap, unique, tmp_path)
     group = f"g-{unique}"
-    run = ConsumerRun(kafka_bootstrap, topics, group, "solo", tmp_path / "consumer.log",
-                      extra_env=metadata_refreshed_often(tmp_path)).start()
-    wait_processed(kafka_bootstrap, group, topics, 2_000, runs=[run])
     settings = TopicSettings(**topics.names, records_partitions=3)
     outcome = create_topics(admin_client(KafkaSettings(bootstrap_servers=kafka_bootstrap)),
                             settings, 1, 30)
