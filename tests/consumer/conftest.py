@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.consumer.harness import ConsumerRun, kill_leftovers
+from tests.consumer.harness import kill_leftovers
 
 
 @pytest.fixture(autouse=True)
@@ -15,9 +15,3 @@ def no_consumer_outlives_its_test() -> Iterator[None]:
     would fence the next test's instance of the same instance id."""
     yield
     kill_leftovers()
-
-
-@pytest.fixture
-def consumers() -> list[ConsumerRun]:
-    """The consumers a test starts (each is killed at the test's end if still running)."""
-    return []

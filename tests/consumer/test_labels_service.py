@@ -130,13 +130,12 @@ def labelled_stream(bootstrap: str, name: str, tmp_path: Path) -> Stream:
 
 
 def run_to_the_end(bootstrap: str, stream: Stream, group: str, instance: str, log: Path,
-                   consumers: list[ConsumerRun], env: dict[str, str] | None = None) -> int:
+                   env: dict[str, str] | None = None) -> int:
     """One consumer through every record and every label; returns how many it joined."""
     port = free_port()
     run = ConsumerRun(bootstrap, stream.topics, group, instance, log, extra_env={
         **DETECTOR_ENV, "LEVYDRIFT_METRICS_PORT": str(port),
         "LEVYDRIFT_REGISTRY_ROOT": str(stream.registry), **(env or {})}).start()
-    consumers.append(run)
     wait_processed(bootstrap, group, stream.topics, RECORDS, runs=[run])
     wait_until(lambda: not run.alive() or labels_taken(bootstrap, stream.topics)
                >= stream.labels, 180, "every label to take its turn")
@@ -146,12 +145,10 @@ def run_to_the_end(bootstrap: str, stream: Stream, group: str, instance: str, lo
 
 
 def test_a_change_only_the_bills_show_is_found_from_the_labels(
-        kafka_bootstrap: str, unique: str, tmp_path: Path,
-        consumers: list[ConsumerRun]) -> None:
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
     stream = labelled_stream(kafka_bootstrap, unique, tmp_path)
     group = f"g-{unique}"
-    joined = run_to_the_end(kafka_bootstrap, stream, group, "solo", tmp_path / "c.log",
-                            consumers)
+    joined = run_to_the_end(kafka_bootstrap, stream, group, "solo", tmp_path / "c.log")
     assert joined == stream.labels  # each exactly once
 
     found = label_events(kafka_bootstrap, stream.topics)
@@ -172,11 +169,9 @@ def test_a_change_only_the_bills_show_is_found_from_the_labels(
 
 @pytest.mark.slow
 def test_kill_minus_nine_during_the_join_changes_nothing(
-        kafka_bootstrap: str, unique: str, tmp_path: Path,
-        consumers: list[ConsumerRun]) -> None:
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
     stream = labelled_stream(kafka_bootstrap, f"ref-{unique}", tmp_path)
-    run_to_the_end(kafka_bootstrap, stream, f"ref-{unique}", "ref", tmp_path / "ref.log",
-                   consumers)
+    run_to_the_end(kafka_bootstrap, stream, f"ref-{unique}", "ref", tmp_path / "ref.log")
     expected_events = [comparable(e) for e in drift_events(kafka_bootstrap, stream.topics)]
     assert any(e["current_window"]["topic"] == stream.topics.names["labels"]
                for e in expected_events), "no labels event: the comparison proves little"
@@ -196,15 +191,13 @@ def test_kill_minus_nine_during_the_join_changes_nothing(
     for attempt in range(4):
         run = ConsumerRun(kafka_bootstrap, topics, group, "crashy",
                           tmp_path / f"crash-{attempt}.log", extra_env=env).start()
-        consumers.append(run)
         target = RECORDS * (0.15 * (attempt + 1) + randomness.uniform(0.0, 0.05))
         wait_until(lambda run=run, target=target: committed_total(
             kafka_bootstrap, group, topics.names["records"], PARTITIONS) >= target
             or not run.alive(), 120, f"progress past {target:.0f} records")
         assert run.alive(), run.log()[-3000:]
         run.kill()
-    run_to_the_end(kafka_bootstrap, crashed, group, "crashy", tmp_path / "crash-last.log",
-                   consumers, env)
+    run_to_the_end(kafka_bootstrap, crashed, group, "crashy", tmp_path / "crash-last.log", env)
 
     events = [comparable(e) for e in drift_events(kafka_bootstrap, topics)]
     assert by_source(events) == by_source(expected_events)

@@ -137,14 +137,13 @@ def test_tampered_or_foreign_artifacts_are_refused_and_the_champion_keeps_servin
     assert run.stop() == 0
 
 
-def start_consumer(bootstrap: str, topics: Topics, group: str, registry: Path, log: Path,
-                   consumers: list[ConsumerRun]) -> tuple[ConsumerRun, int]:
+def start_consumer(bootstrap: str, topics: Topics, group: str, registry: Path,
+                   log: Path) -> tuple[ConsumerRun, int]:
     """A consumer with its metrics on a free port, loading models from ``registry``."""
     port = free_port()
     run = ConsumerRun(bootstrap, topics, group, "solo", log,
                       extra_env={"LEVYDRIFT_METRICS_PORT": str(port),
                                  "LEVYDRIFT_REGISTRY_ROOT": str(registry)}).start()
-    consumers.append(run)
     return run, port
 
 
@@ -181,14 +180,13 @@ def fragile_model() -> BaseLevyResidualRegressor:
 
 
 def test_models_that_would_stop_the_consumer_are_refused_and_a_failing_one_replaced(
-        kafka_bootstrap: str, unique: str, tmp_path: Path,
-        consumers: list[ConsumerRun]) -> None:
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
     topics, simulator = labelled_stream(kafka_bootstrap, unique, 3000)
     versions, registry = topics.names["model_versions"], tmp_path / "models"
     publish_model(kafka_bootstrap, versions, registry, 1, good_model(simulator, 3000), tmp_path)
     group = f"g-{unique}"
     run, port = start_consumer(kafka_bootstrap, topics, group, registry,
-                               tmp_path / "consumer.log", consumers)
+                               tmp_path / "consumer.log")
     wait_processed(kafka_bootstrap, group, topics, 3000, runs=[run])
     assert champion_version(port) == 1.0
 
@@ -220,8 +218,7 @@ def test_models_that_would_stop_the_consumer_are_refused_and_a_failing_one_repla
 
 
 def test_a_restart_serves_the_newest_version_that_loads_and_snapshots_name_it(
-        kafka_bootstrap: str, unique: str, tmp_path: Path,
-        consumers: list[ConsumerRun]) -> None:
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
     topics, simulator = labelled_stream(kafka_bootstrap, unique, 2000)
     versions, registry = topics.names["model_versions"], tmp_path / "models"
     model = good_model(simulator, 2000)
@@ -238,7 +235,7 @@ def test_a_restart_serves_the_newest_version_that_loads_and_snapshots_name_it(
         if restart:
             produce_scenario(kafka_bootstrap, topics.names["records"], "none", 1000, 0, seed=9)
         run, port = start_consumer(kafka_bootstrap, topics, group, registry,
-                                   tmp_path / "consumer.log", consumers)
+                                   tmp_path / "consumer.log")
         wait_processed(kafka_bootstrap, group, topics, records, runs=[run])
         assert champion_version(port) == 1.0
         assert load_failures(port, "sha256_mismatch") == 1
