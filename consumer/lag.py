@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from consumer import metrics
 from levydrift.errors import LevyDriftError
+from levydrift.kafka import partition_count
 
 LAG_INTERVAL_S = 5.0
 QUERY_TIMEOUT_S = 2.0
@@ -131,10 +132,9 @@ class LagProbe:
         counts = {}
         for topic in self.layout.topics:
             try:
-                found = client.list_topics(topic, timeout=QUERY_TIMEOUT_S).topics.get(topic)
+                counts[topic] = partition_count(client, topic, QUERY_TIMEOUT_S)
             except KafkaException:
                 return
-            if found is None or found.error is not None:
+            if counts[topic] == 0:
                 return
-            counts[topic] = len(found.partitions)
         self.layout.observe(counts, time.monotonic())
