@@ -186,22 +186,23 @@ def randomised_cdf(x: float, position: int, knots: np.ndarray, below: np.ndarray
 
 
 @njit(cache=True, nogil=True)
-def stratum_scores(values: np.ndarray, rows: np.ndarray, strata: np.ndarray,
+def stratum_scores(values: np.ndarray, grouping: np.ndarray, n_strata: int,
                    positions: np.ndarray, ready_from: np.ndarray, knots: np.ndarray,
                    below: np.ndarray, at_or_below: np.ndarray, n_knots: np.ndarray,
                    u_min: np.ndarray, out: np.ndarray) -> None:
-    """Each of ``rows``' values (one signal) as its probability under its stratum's
-    reference (row ``strata[i]`` of the tables, ``n_knots`` long): a randomised probability
-    integral transform, so the probabilities are U(0, 1) under no change even when a
-    stratum's values are one atom (a district's levy rate). A row before its stratum's
-    ``ready_from`` (batch index; the stratum warms up) or with a NaN value stays NaN.
+    """Each of the rows ``grouping`` holds (``group_by_stratum``'s, over ``n_strata``
+    strata) as its value's probability under its stratum's reference (row ``s`` of the
+    tables, ``n_knots`` long): a randomised probability integral transform, so the
+    probabilities are U(0, 1) under no change even when a stratum's values are one atom (a
+    district's levy rate). A row before its stratum's ``ready_from`` (batch index; the
+    stratum warms up) or with a NaN value stays NaN.
 
     Each value's probability depends on its own stratum's table only, so the rows are taken
-    stratum by stratum (grouped by a counting sort): one table at a time, with a knot count
-    the loop predicts, costs ~30 ns per value against ~43 in record order."""
-    starts = _group_by_stratum(rows, strata, n_knots.shape[0])
-    grouped = starts[n_knots.shape[0] + 1:]
-    for s in range(n_knots.shape[0]):
+    stratum by stratum: one table at a time, with a knot count the loop predicts, costs
+    ~30 ns per value against ~43 in record order."""
+    starts = grouping[:n_strata + 1]
+    grouped = grouping[n_strata + 1:]
+    for s in range(n_strata):
         m = n_knots[s]
         table_knots, table_below, table_at = knots[s, :m], below[s, :m], at_or_below[s, :m]
         for g in range(starts[s], starts[s + 1]):
@@ -214,10 +215,11 @@ def stratum_scores(values: np.ndarray, rows: np.ndarray, strata: np.ndarray,
             out[i] = _cdf(x, table_knots, table_below, table_at, u_min[s], draw)
 
 
-@njit(cache=True, inline="always")
-def _group_by_stratum(rows: np.ndarray, strata: np.ndarray, n_strata: int) -> np.ndarray:
-    """``rows`` grouped by stratum, each group in row order, after the ``n_strata + 1``
-    group starts (one array: ``[starts..., rows...]``)."""
+@njit(cache=True, nogil=True)
+def group_by_stratum(rows: np.ndarray, strata: np.ndarray, n_strata: int) -> np.ndarray:
+    """``rows`` grouped by stratum (a counting sort), each group in row order, after the
+    ``n_strata + 1`` group starts (one array: ``[starts..., rows...]``). The same for every
+    signal of a batch, so it is made once."""
     grouped = np.zeros(n_strata + 1 + rows.shape[0], dtype=np.int64)
     starts = grouped[:n_strata + 1]
     for index in range(rows.shape[0]):

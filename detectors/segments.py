@@ -322,15 +322,18 @@ class SegmentedBank:
             values[row] = column
         scores = np.full(values.shape, np.nan)
         segment_codes = self._segment_codes(groups, labels)
-        strata = None
+        every = np.arange(len(positions))
+        strata = grouping = None
         if self.strata is not None:
             assert strata_groups is not None, "update() groups the records by stratum"
             strata = self.strata.strata_of(segment_codes, *strata_groups)
+            grouping = self.strata.grouping(strata, every)
         banks = list(self.segments.values())  # in code order
         # Each segment's rows, ascending; 16-bit codes (max_segments <= 4096) sort by radix.
         order = np.argsort(segment_codes.astype(np.int16), kind="stable")
         bounds = np.searchsorted(segment_codes[order], np.arange(len(banks) + 1))
-        routes = Routes(positions, order, bounds, (np.diff(bounds) > 0).tolist(), strata)
+        routes = Routes(positions, order, bounds, (np.diff(bounds) > 0).tolist(), every, strata,
+                        grouping)
         for name in signals:
             if name not in self.stacks:  # (setdefault would build a stack per call)
                 self.stacks[name] = SegmentStack()
@@ -363,15 +366,14 @@ class SegmentedBank:
                      banks: list[DetectorBank]) -> list[tuple[int, Alarm]]:
         """One signal's batch through its strata (if any), its segments and its pooled
         channel; touches no other signal's state (``run_each`` runs signals side by side).
-        ``values`` is replaced by stratum probabilities in place; ``scores`` gets the
-        location scores."""
+        With strata the segments get the values' stratum probabilities; ``scores`` gets
+        the location scores."""
         relearn = None
         if self.strata is not None:
             assert routes.strata is not None, "update() groups the records by stratum"
-            raw = values.copy()
-            values[:] = np.nan
-            self.strata.scores(name, raw, routes.positions, routes.strata,
-                               np.arange(len(raw)), values)
+            raw, values = values, np.empty_like(values)  # every row gets written
+            self.strata.scores(name, raw, routes.positions, routes.strata, routes.every, values,
+                               routes.strata_grouping)
             relearn = Relearn(self, name, raw, values, routes.positions, routes.strata)
             self._quiet_spread(name, banks)
         channels = [cast(NumericChannel, bank.channels[name]) for bank in banks]
@@ -687,10 +689,12 @@ class Routes:
     order: np.ndarray
     bounds: np.ndarray
     present: list[bool]
+    every: np.ndarray  # every row of the batch, in order
     strata: np.ndarray | None
+    strata_grouping: np.ndarray | None  # every row grouped by stratum (StrataScaler.grouping)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made per signal and batch: a frozen dataclass's __init__ is dear
 class Relearn:
     """After a segment's alarm on a stratified signal: that segment's strata learn the
     signal again (their references describe the stream before the change) and the segment's

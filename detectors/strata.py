@@ -158,6 +158,7 @@ class StrataScaler:
         self.keys: dict[tuple[int, str], int] = {}  # (segment code, stratum label) -> index
         self.tables = {name: _Tables() for name in signals}
         self._segments: list[int] = []  # segment code of each stratum, kept with ``keys``
+        self._ready_from_start = np.zeros(0, dtype=np.int64)  # every stratum ready: from row 0
 
     # ------------------------------------------------------------------ strata
     def strata_of(self, segment_codes: np.ndarray, groups: np.ndarray,
@@ -202,16 +203,25 @@ class StrataScaler:
         return len(self.keys) - 1
 
     # ------------------------------------------------------------------ scoring
+    def grouping(self, strata: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``rows`` grouped by their stratum, as ``scores`` takes them (``strata``: each
+        record's, from ``strata_of``)."""
+        return k.group_by_stratum(rows, strata, len(self.keys))
+
     def scores(self, signal: str, values: np.ndarray, positions: np.ndarray,
-               strata: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+               strata: np.ndarray, rows: np.ndarray, out: np.ndarray,
+               grouping: np.ndarray | None = None) -> None:
         """``out[rows]``: the probabilities of ``values[rows]`` (one signal, ``rows``
         ascending) against each record's stratum; NaN while its stratum warms up (the values
-        go to its warm-up instead)."""
+        go to its warm-up instead). ``grouping``: ``self.grouping(strata, rows)``, when the
+        caller has it (every signal of a batch shares it)."""
         tables = self.tables[signal]
         known = len(self.keys)
         ready = tables.ready[:known]
         if ready.all():  # the usual case, once every stratum has its reference
-            ready_from = np.zeros(known, dtype=np.int64)
+            if len(self._ready_from_start) != known:
+                self._ready_from_start = np.zeros(known, dtype=np.int64)
+            ready_from = self._ready_from_start  # read-only in the compiled call
         else:
             ready_from = np.where(ready, 0, len(values))
             tables.reserve(len(rows))
@@ -221,7 +231,9 @@ class StrataScaler:
             filled = np.flatnonzero(~ready & (tables.counts[:known] >= self.warmup))
             if filled.size:
                 self._learn(tables, filled, ready_from[filled])
-        k.stratum_scores(values, rows, strata, positions, ready_from, tables.knots,
+        if grouping is None:
+            grouping = self.grouping(strata, rows)
+        k.stratum_scores(values, grouping, known, positions, ready_from, tables.knots,
                          tables.below, tables.at_or_below, tables.n_knots, tables.u_min, out)
 
     def _learn(self, tables: _Tables, strata: np.ndarray, ready_from: np.ndarray) -> None:
