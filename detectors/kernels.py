@@ -47,7 +47,6 @@ C_COUNT, C_RING_HEAD, C_NEXT_CROSS = range(3)
 AL_FIRED, AL_STAT, AL_THRESHOLD, AL_DIRECTION, AL_CHANGE = range(5)
 AL_COLUMNS = 5
 
-MID_RANK = -1.0  # ``_cdf``'s atom_fraction for the mid-rank
 
 # How run_numeric scores a value (see there).
 SCORE_MID_RANK, SCORE_RANDOMISED, SCORE_GIVEN, SCORE_UNIFORM = 0, 1, 2, 3
@@ -119,14 +118,15 @@ def reference_cdf(x: float, knots: np.ndarray, below: np.ndarray, at_or_below: n
                   u_min: float) -> float:
     """Reference CDF at ``x``: mid-rank at a knot (atoms such as a zero exemption), linear
     between knots, clipped to [u_min, 1 - u_min] so one extreme parcel has bounded weight."""
-    return _cdf(x, knots, below, at_or_below, u_min, MID_RANK)
+    return _cdf(x, knots, below, at_or_below, u_min, False, 0)
 
 
 @njit(cache=True, inline="always")
 def _cdf(x: float, knots: np.ndarray, below: np.ndarray, at_or_below: np.ndarray,
-         u_min: float, atom_fraction: float) -> float:
-    """The reference CDF with a value on an atom placed ``atom_fraction`` of the way up the
-    atom's jump (``MID_RANK``: the mid-rank, computed as it always was)."""
+         u_min: float, randomised: bool, seed: int) -> float:
+    """The reference CDF with a value on an atom placed at the mid-rank of the atom's jump
+    or, ``randomised``, at ``_atom_draw(seed)`` of the way up it (drawn only then: most
+    values of a continuous signal sit on no atom)."""
     n = knots.shape[0]
     # Count the knots <= x rather than binary-search them: with ~110 knots the count
     # vectorises and beats a search's unpredictable jumps by 2-3x.
@@ -137,10 +137,10 @@ def _cdf(x: float, knots: np.ndarray, below: np.ndarray, at_or_below: np.ndarray
     if j < 0:
         u = 0.0
     elif knots[j] == x:
-        if atom_fraction < 0.0:
+        if not randomised:
             u = 0.5 * (below[j] + at_or_below[j])
         else:
-            u = below[j] + atom_fraction * (at_or_below[j] - below[j])
+            u = below[j] + _atom_draw(seed) * (at_or_below[j] - below[j])
     elif j == n - 1:
         u = 1.0
     else:
@@ -182,7 +182,7 @@ def randomised_cdf(x: float, position: int, knots: np.ndarray, below: np.ndarray
     gets a uniform draw within the atom's CDF jump instead of its mid-rank (a randomised
     probability integral transform): the scores are then N(0, 1) even for a signal with a
     handful of distinct values, as the detectors' calibration assumes."""
-    return _cdf(x, knots, below, at_or_below, u_min, _atom_draw(position))
+    return _cdf(x, knots, below, at_or_below, u_min, True, position)
 
 
 @njit(cache=True, nogil=True)
@@ -211,8 +211,8 @@ def stratum_scores(values: np.ndarray, grouping: np.ndarray, n_strata: int,
             if i < ready_from[s] or math.isnan(x):
                 out[i] = math.nan
                 continue
-            draw = _atom_draw(positions[i] ^ STRATUM_DRAW_SALT)
-            out[i] = _cdf(x, table_knots, table_below, table_at, u_min[s], draw)
+            out[i] = _cdf(x, table_knots, table_below, table_at, u_min[s], True,
+                          positions[i] ^ STRATUM_DRAW_SALT)
 
 
 @njit(cache=True, nogil=True)
@@ -727,6 +727,13 @@ def run_numeric_segments(values: np.ndarray, positions: np.ndarray, order: np.nd
     the pooled layer's channel (its ``pool_`` arrays) by ``run_location_page_hinkley``, in
     the same call (a call of its own per signal cost ~10 us); ``index`` is where that
     stopped, as ``run_location_page_hinkley`` returns it (0 when not ``pooled``)."""
+    # Every record in segment order, gathered once (a gather per segment allocates).
+    ordered_values = np.empty(order.shape[0])
+    ordered_positions = np.empty(order.shape[0], dtype=np.int64)
+    for index in range(bounds[first], order.shape[0]):
+        ordered_values[index] = values[order[index]]
+        ordered_positions[index] = positions[order[index]]
+    ordered_scores = np.full(order.shape[0], np.nan)
     for s in range(first, bounds.shape[0] - 1):
         lo, hi = bounds[s], bounds[s + 1]
         if hi == lo:
@@ -738,15 +745,14 @@ def run_numeric_segments(values: np.ndarray, positions: np.ndarray, order: np.nd
             if stop >= 0:
                 return s, stop, SEGMENT_WARMED
             continue
-        part_scores = np.full(hi - lo, np.nan)
         m = n_knots[s]
-        stop = run_numeric(values[rows], positions[rows], 0, knots[s, :m], below[s, :m],
-                           at_or_below[s, :m], u_min[s], ph_par[s], ph_f[s], ph_i[s], aw_par,
-                           aw_s[s], aw_totals[s], aw_variances[s], aw_counts[s],
-                           ring_values[s], ring_positions[s], counters[s], alarm[s], scoring,
-                           part_scores)
+        stop = run_numeric(ordered_values[lo:hi], ordered_positions[lo:hi], 0, knots[s, :m],
+                           below[s, :m], at_or_below[s, :m], u_min[s], ph_par[s], ph_f[s],
+                           ph_i[s], aw_par, aw_s[s], aw_totals[s], aw_variances[s],
+                           aw_counts[s], ring_values[s], ring_positions[s], counters[s],
+                           alarm[s], scoring, ordered_scores[lo:hi])
         for index in range(stop):
-            scores_out[rows[index]] = part_scores[index]
+            scores_out[rows[index]] = ordered_scores[lo + index]
         for row in range(alarm.shape[1]):
             if alarm[s, row, AL_FIRED] != 0.0:
                 return s, stop, SEGMENT_ALARM
