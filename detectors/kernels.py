@@ -616,13 +616,17 @@ def _detect(values: np.ndarray, positions: np.ndarray, zs: np.ndarray, rows: np.
     ph_f[:, :], ph_i[:, :] = state_f, state_i
     ring_size = ring_values.shape[0]
     head = counters[C_RING_HEAD]
-    want_scores = scores_out.shape[0] > 0
-    for j in range(last + 1):
+    if scores_out.shape[0] > 0:
+        for j in range(last + 1):
+            scores_out[rows[j]] = zs[j]
+    # Only the last ``ring_size`` values stay in the ring: the earlier ones are skipped,
+    # the head moved past them.
+    skipped = max(0, last + 1 - ring_size)
+    head = (head + skipped) % ring_size
+    for j in range(skipped, last + 1):
         ring_values[head] = values[rows[j]]
         ring_positions[head] = positions[rows[j]]
         head = head + 1 if head + 1 < ring_size else 0
-        if want_scores:
-            scores_out[rows[j]] = zs[j]
     counters[C_COUNT], counters[C_RING_HEAD] = counts[last], head
     if not adwin_fired and not directions.any():
         return int(values.shape[0])
