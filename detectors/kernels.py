@@ -838,7 +838,7 @@ def run_location_page_hinkley(values: np.ndarray, positions: np.ndarray, start: 
                    ring_values, ring_positions, counters, alarm, no_values)
 
 
-GROUP = 4  # location rows run together: their chains of dependent operations overlap
+GROUP = 3  # rows run together (their chains overlap): the default three location rows are one
 
 
 @njit(cache=True)
@@ -849,25 +849,21 @@ def _location_group(devs: np.ndarray, ns: np.ndarray, counts: np.ndarray, last: 
     dropped) over ``devs[:last + 1]``, with ``ph_update``'s operations, up to the first value
     at which one fires. Updates their state in ``f`` and ``i`` and their ``directions``;
     returns the index of the last value taken."""
-    r0, r1, r2, r3 = first, min(first + 1, top), min(first + 2, top), min(first + 3, top)
-    s0, s1, s2, s3 = (_row_state(f, i, r0), _row_state(f, i, r1), _row_state(f, i, r2),
-                      _row_state(f, i, r3))
-    q0, q1, q2, q3 = (_row_par(par, r0), _row_par(par, r1), _row_par(par, r2),
-                      _row_par(par, r3))
-    reached, d0, d1, d2, d3 = last, 0, 0, 0, 0
+    r0, r1, r2 = first, min(first + 1, top), min(first + 2, top)
+    s0, s1, s2 = _row_state(f, i, r0), _row_state(f, i, r1), _row_state(f, i, r2)
+    q0, q1, q2 = _row_par(par, r0), _row_par(par, r1), _row_par(par, r2)
+    reached, d0, d1, d2 = last, 0, 0, 0
     for j in range(last + 1):
         s0 = _location_step(devs[j], counts[j], q0, s0)
         s1 = _location_step(devs[j], counts[j], q1, s1)
         s2 = _location_step(devs[j], counts[j], q2, s2)
-        s3 = _location_step(devs[j], counts[j], q3, s3)
         if (_location_trips(ns[j], q0, s0) or _location_trips(ns[j], q1, s1)
-                or _location_trips(ns[j], q2, s2) or _location_trips(ns[j], q3, s3)):
+                or _location_trips(ns[j], q2, s2)):
             d0, d1 = _location_fires(ns[j], q0, s0), _location_fires(ns[j], q1, s1)
-            d2, d3 = _location_fires(ns[j], q2, s2), _location_fires(ns[j], q3, s3)
+            d2 = _location_fires(ns[j], q2, s2)
             reached = j
             break
-    for k, (row, state, direction) in enumerate(((r0, s0, d0), (r1, s1, d1), (r2, s2, d2),
-                                                 (r3, s3, d3))):
+    for k, (row, state, direction) in enumerate(((r0, s0, d0), (r1, s1, d1), (r2, s2, d2))):
         if first + k <= top:  # not a repeat of the last row
             f[row, PH_SUM_INC], f[row, PH_SUM_DEC] = state[0], state[1]
             f[row, PH_MIN_INC], f[row, PH_MAX_DEC] = state[2], state[3]
