@@ -487,25 +487,10 @@ class SegmentedBank:
         sign = 1.0 if _direction(finding) == "up" else -1.0
         inside = ((known.positions >= onset) & (known.positions <= decision.detected_at)
                   & np.isfinite(scores) & (known.codes >= 0))
-        codes, values = known.codes[inside], scores[inside] * sign
-        if not codes.size:
+        top = attributed_code(known.codes[inside], scores[inside] * sign, len(self.codes))
+        if top < 0:
             return ""
-        sums = np.bincount(codes, weights=values, minlength=len(self.codes))
-        counts = np.bincount(codes, minlength=len(self.codes))
-        strength = np.where(counts > 0, sums / np.sqrt(np.maximum(counts, 1)), 0.0)
-        top = int(np.argmax(strength))
-        if counts[top] == 0:  # no segment's scores moved in the decision's direction
-            return ""
-        rest_count = codes.size - counts[top]
-        rest = (values.sum() - sums[top]) / np.sqrt(rest_count) if rest_count else 0.0
-        alone = counts[top] >= ATTRIBUTE_ALONE_SHARE * codes.size  # a slice of one segment
-        # Long windows make a segment reference's own small bias (~0.05 sd) "significant":
-        # the rest also counts as unshifted when its mean moved a fifth of the top's or less.
-        rest_mean = (values.sum() - sums[top]) / rest_count if rest_count else 0.0
-        minor = rest_mean <= ATTRIBUTE_REST_SHARE * sums[top] / counts[top]
-        if strength[top] >= ATTRIBUTE_SEGMENT_Z and (rest < ATTRIBUTE_REST_Z or alone or minor):
-            return next(label for label, code in self.codes.items() if code == top)
-        return ""
+        return next(label for label, code in self.codes.items() if code == top)
 
     def _mark(self, decision: DriftDecision) -> None:
         for finding in decision.signals:
@@ -783,6 +768,38 @@ def _length(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise SnapshotError(f"segmented snapshot: bad length {str(value)[:40]}", "header")
     return value
+
+
+def attributed_code(codes: np.ndarray, values: np.ndarray, n_codes: int) -> int:
+    """The segment code a pooled decision belongs to, or -1 for the whole stream, from the
+    records between its onset and detection in arrival order (``codes``; ``values``: their
+    scores, signed so that the decision's direction is up): one segment's scores carry the
+    shift and the rest's do not.
+
+    The onset is where the pooled statistic was lowest, so it reaches back over records that
+    happened to lean the decision's way: in slices, another segment's last records before
+    the changed segment's slice began. The rest is judged from the top segment's first
+    record on, where both were arriving."""
+    if not codes.size:
+        return -1
+    sums = np.bincount(codes, weights=values, minlength=n_codes)
+    counts = np.bincount(codes, minlength=n_codes)
+    strength = np.where(counts > 0, sums / np.sqrt(np.maximum(counts, 1)), 0.0)
+    top = int(np.argmax(strength))
+    if counts[top] == 0:  # no segment's scores moved in the decision's direction
+        return -1
+    later = slice(int(np.argmax(codes == top)), None)
+    rest_count = codes[later].size - counts[top]
+    rest_sum = values[later].sum() - sums[top]
+    rest = rest_sum / np.sqrt(rest_count) if rest_count else 0.0
+    alone = counts[top] >= ATTRIBUTE_ALONE_SHARE * codes[later].size  # a slice of one segment
+    # Long windows make a segment reference's own small bias (~0.05 sd) "significant":
+    # the rest also counts as unshifted when its mean moved a fifth of the top's or less.
+    rest_mean = rest_sum / rest_count if rest_count else 0.0
+    minor = rest_mean <= ATTRIBUTE_REST_SHARE * sums[top] / counts[top]
+    if strength[top] >= ATTRIBUTE_SEGMENT_Z and (rest < ATTRIBUTE_REST_Z or alone or minor):
+        return top
+    return -1
 
 
 def _time_at(position: int, known: Batch) -> int | None:

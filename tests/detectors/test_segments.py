@@ -21,7 +21,7 @@ from detectors.bank import DetectorBank
 from detectors.composition import code_column, code_dictionary
 from detectors.config import DetectorSettings
 from detectors.errors import DetectorConfigError, SnapshotError
-from detectors.segments import SegmentedBank
+from detectors.segments import SegmentedBank, attributed_code
 from detectors.snapshot import encode
 
 DAY_MS = 86_400_000
@@ -120,6 +120,32 @@ def test_a_whole_stream_shift_is_one_pooled_decision_not_one_per_segment() -> No
     assert decisions[0].detected_at - 20_000 < 200  # pooled: as fast as one stream bank
     assert [d for d in decisions if d.segment and d.direction == "up"] == []
     assert bank.absorbed >= 1
+
+
+def test_a_pooled_decision_goes_to_the_one_segment_whose_scores_carry_it() -> None:
+    """``attributed_code`` on the records between a pooled decision's onset and detection
+    (arrival order; scores signed in the decision's direction)."""
+    # Interleaved: segment 1 shifted by 3 sd, the others not: segment 1's.
+    codes = np.tile([0, 1, 2], 10)
+    values = np.where(codes == 1, 3.0, 0.1)
+    assert attributed_code(codes, values, 3) == 1
+    # Every segment shifted alike: the whole stream's.
+    assert attributed_code(codes, np.full(codes.size, 3.0), 3) == -1
+    # Nothing moved the decision's way.
+    assert attributed_code(codes, np.full(codes.size, -1.0), 3) == -1
+    assert attributed_code(np.zeros(0, dtype=np.int64), np.zeros(0), 3) == -1
+
+
+def test_records_before_the_shifted_slice_do_not_make_a_change_the_streams() -> None:
+    """In county slices the onset reaches back over the previous slice's last records when
+    they happened to lean the decision's way (the pooled statistic was lowest before them):
+    those are not judged as the rest, only records from the shifted segment's first on."""
+    codes = np.array([0] * 10 + [1] * 6)
+    values = np.array([1.0] * 10 + [4.0] * 6)
+    assert attributed_code(codes, values, 2) == 1
+    # The same records interleaved after segment 1 began: segment 0 moved too.
+    mixed = np.array([1, 0] * 8)
+    assert attributed_code(mixed, np.where(mixed == 1, 4.0, 1.0), 2) == -1
 
 
 # ------------------------------------------------------------------ composition
