@@ -9,6 +9,7 @@ Good-Turing estimate of how often a never-seen category turns up.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,20 @@ KNOT_PROBABILITIES = np.concatenate([
 SUMMARY_PROBABILITIES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 MAX_STORED_CATEGORIES = 5000
 MIN_REFERENCE_VALUES = 50
+
+
+@functools.lru_cache(maxsize=64)  # warm-ups have a few sizes; references of any size still work
+def knot_indices(n: int) -> np.ndarray:
+    """Where ``np.quantile(data, KNOT_PROBABILITIES, method="inverted_cdf")`` takes its
+    values in ``n`` sorted values, computed as numpy computes it (index n * p - 1, the next
+    one up unless that is whole, at least 0): a reference is learned per district and signal,
+    and on sorted data the quantile call was half of it. A test holds the two equal."""
+    index = n * KNOT_PROBABILITIES - 1
+    previous = np.floor(index)
+    chosen: np.ndarray = np.where(index - previous == 0, previous, previous + 1).astype(np.intp)
+    chosen[chosen < 0] = 0
+    chosen.flags.writeable = False  # shared by every reference of n values
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -46,14 +61,14 @@ class NumericReference:
         if data.size < MIN_REFERENCE_VALUES:
             raise DetectorConfigError(
                 f"reference needs >= {MIN_REFERENCE_VALUES} finite values, got {data.size}")
-        knots = np.unique(np.quantile(data, KNOT_PROBABILITIES, method="inverted_cdf"))
         n = data.size
+        knots = np.unique(data[knot_indices(n)])  # sorted already: no np.quantile partition
         below = np.searchsorted(data, knots, side="left") / n
         at_or_below = np.searchsorted(data, knots, side="right") / n
         quantiles = np.quantile(data, SUMMARY_PROBABILITIES)
         return cls(n=int(n), mean=float(data.mean()), std=float(data.std()),
-                   quantiles=tuple(map(float, quantiles)), knots=tuple(map(float, knots)),
-                   below=tuple(map(float, below)), at_or_below=tuple(map(float, at_or_below)),
+                   quantiles=tuple(quantiles.tolist()), knots=tuple(knots.tolist()),
+                   below=tuple(below.tolist()), at_or_below=tuple(at_or_below.tolist()),
                    first_position=first_position, last_position=last_position)
 
     def u_min(self) -> float:

@@ -774,32 +774,27 @@ def attributed_code(codes: np.ndarray, values: np.ndarray, n_codes: int) -> int:
     """The segment code a pooled decision belongs to, or -1 for the whole stream, from the
     records between its onset and detection in arrival order (``codes``; ``values``: their
     scores, signed so that the decision's direction is up): one segment's scores carry the
-    shift and the rest's do not.
-
-    The onset is where the pooled statistic was lowest, so it reaches back over records that
-    happened to lean the decision's way: in slices, another segment's last records before
-    the changed segment's slice began. The rest is judged from the top segment's first
-    record on, where both were arriving."""
+    shift and the rest's do not, or its slice began within the window."""
     if not codes.size:
         return -1
     sums = np.bincount(codes, weights=values, minlength=n_codes)
     counts = np.bincount(codes, minlength=n_codes)
     strength = np.where(counts > 0, sums / np.sqrt(np.maximum(counts, 1)), 0.0)
     top = int(np.argmax(strength))
-    if counts[top] == 0:  # no segment's scores moved in the decision's direction
+    if counts[top] == 0 or strength[top] < ATTRIBUTE_SEGMENT_Z:
         return -1
-    later = slice(int(np.argmax(codes == top)), None)
-    rest_count = codes[later].size - counts[top]
-    rest_sum = values[later].sum() - sums[top]
-    rest = rest_sum / np.sqrt(rest_count) if rest_count else 0.0
-    alone = counts[top] >= ATTRIBUTE_ALONE_SHARE * codes[later].size  # a slice of one segment
+    rest_count = codes.size - counts[top]
+    rest = (values.sum() - sums[top]) / np.sqrt(rest_count) if rest_count else 0.0
+    alone = counts[top] >= ATTRIBUTE_ALONE_SHARE * codes.size  # a slice of one segment
+    # The onset is where the pooled statistic was lowest, so it reaches back over records
+    # that happened to lean the decision's way: in slices, the previous slice's last
+    # records. From the top segment's first record on, the window is (nearly) its own.
+    began = counts[top] >= ATTRIBUTE_ALONE_SHARE * (codes.size - int(np.argmax(codes == top)))
     # Long windows make a segment reference's own small bias (~0.05 sd) "significant":
     # the rest also counts as unshifted when its mean moved a fifth of the top's or less.
-    rest_mean = rest_sum / rest_count if rest_count else 0.0
+    rest_mean = (values.sum() - sums[top]) / rest_count if rest_count else 0.0
     minor = rest_mean <= ATTRIBUTE_REST_SHARE * sums[top] / counts[top]
-    if strength[top] >= ATTRIBUTE_SEGMENT_Z and (rest < ATTRIBUTE_REST_Z or alone or minor):
-        return top
-    return -1
+    return top if rest < ATTRIBUTE_REST_Z or alone or began or minor else -1
 
 
 def _time_at(position: int, known: Batch) -> int | None:

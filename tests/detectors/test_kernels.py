@@ -173,3 +173,16 @@ def test_the_compiler_starts_without_scipy_linalg_which_imports_as_usual_after()
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             timeout=300, check=True)
     assert result.stdout.split() == ["False", "False", "1.959964", "2.0"], result.stdout
+
+
+def test_reference_knots_are_numpys_inverted_cdf_quantiles() -> None:
+    """``knot_indices`` repeats numpy's index arithmetic for ``method="inverted_cdf"`` (the
+    reference takes its knots from sorted data without ``np.quantile``): the same values for
+    every sample size a district or a window can have, ties included."""
+    from detectors.reference import KNOT_PROBABILITIES, knot_indices  # lazy: this test only
+
+    rng = np.random.default_rng(7)
+    for n in [*range(50, 2_100), 4_999, 5_000, 65_537]:
+        data = np.sort(np.round(rng.normal(size=n), int(rng.integers(0, 4))))
+        expected = np.quantile(data, KNOT_PROBABILITIES, method="inverted_cdf")
+        np.testing.assert_array_equal(data[knot_indices(n)], expected, err_msg=f"n={n}")
