@@ -258,6 +258,26 @@ def collect_stratum_warmups(values: np.ndarray, rows: np.ndarray, strata: np.nda
     return size
 
 
+@njit(cache=True, nogil=True)
+def extract_warmups(values: np.ndarray, owners: np.ndarray, size: int,
+                    among: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The entries of the warm-up buffer (``values``/``owners`` up to ``size``) whose
+    stratum is ``among``, taken out in one pass: (their values, their strata, the new size),
+    the rest moved up in place in their order."""
+    taken_values = np.empty(size)
+    taken_owners = np.empty(size, dtype=owners.dtype)
+    taken = kept = 0
+    for index in range(size):
+        owner = owners[index]
+        if among[owner]:
+            taken_values[taken], taken_owners[taken] = values[index], owner
+            taken += 1
+        else:
+            values[kept], owners[kept] = values[index], owner
+            kept += 1
+    return taken_values[:taken], taken_owners[:taken], kept
+
+
 @njit(cache=True, inline="always")
 def _scores_of(u: float, u_min: float) -> tuple[float, float]:
     folded = min(max(abs(2.0 * u - 1.0), 2.0 * u_min), 1.0 - 2.0 * u_min)

@@ -41,6 +41,33 @@ def knot_indices(n: int) -> np.ndarray:
     return chosen
 
 
+def sorted_finite(values: np.ndarray) -> np.ndarray:
+    """A reference's values, sorted, without NaN and infinities; enough of them or
+    ``DetectorConfigError``."""
+    data = np.sort(np.asarray(values, dtype=np.float64))
+    data = data[np.isfinite(data)]
+    if data.size < MIN_REFERENCE_VALUES:
+        raise DetectorConfigError(
+            f"reference needs >= {MIN_REFERENCE_VALUES} finite values, got {data.size}")
+    return data
+
+
+def knot_tables(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The standardisation table of ``sorted_finite`` values: the knots, and the share of
+    values below and at or below each."""
+    n = data.size
+    knots = np.unique(data[knot_indices(n)])  # sorted already: no np.quantile partition
+    below = np.searchsorted(data, knots, side="left") / n
+    at_or_below = np.searchsorted(data, knots, side="right") / n
+    return knots, below, at_or_below
+
+
+def u_min_for(n: int) -> float:
+    """Smallest CDF value a stream value maps to under a reference of ``n`` values: half a
+    reference observation."""
+    return max(0.5 / (n + 1), 1e-6)
+
+
 @dataclass(frozen=True)
 class NumericReference:
     n: int
@@ -56,24 +83,16 @@ class NumericReference:
     @classmethod
     def from_values(cls, values: np.ndarray, first_position: int | None = None,
                     last_position: int | None = None) -> NumericReference:
-        data = np.sort(np.asarray(values, dtype=np.float64))
-        data = data[np.isfinite(data)]
-        if data.size < MIN_REFERENCE_VALUES:
-            raise DetectorConfigError(
-                f"reference needs >= {MIN_REFERENCE_VALUES} finite values, got {data.size}")
-        n = data.size
-        knots = np.unique(data[knot_indices(n)])  # sorted already: no np.quantile partition
-        below = np.searchsorted(data, knots, side="left") / n
-        at_or_below = np.searchsorted(data, knots, side="right") / n
+        data = sorted_finite(values)
+        knots, below, at_or_below = knot_tables(data)
         quantiles = np.quantile(data, SUMMARY_PROBABILITIES)
-        return cls(n=int(n), mean=float(data.mean()), std=float(data.std()),
+        return cls(n=int(data.size), mean=float(data.mean()), std=float(data.std()),
                    quantiles=tuple(quantiles.tolist()), knots=tuple(knots.tolist()),
                    below=tuple(below.tolist()), at_or_below=tuple(at_or_below.tolist()),
                    first_position=first_position, last_position=last_position)
 
     def u_min(self) -> float:
-        """Smallest CDF value a stream value maps to: half a reference observation."""
-        return max(0.5 / (self.n + 1), 1e-6)
+        return u_min_for(self.n)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return (np.asarray(self.knots, dtype=np.float64),

@@ -26,7 +26,7 @@ import orjson
 from detectors import kernels as k
 from detectors.channels import MIN_SPREAD_VALUES
 from detectors.errors import SnapshotError
-from detectors.reference import KNOT_PROBABILITIES, NumericReference
+from detectors.reference import KNOT_PROBABILITIES, knot_tables, sorted_finite, u_min_for
 
 __all__ = ["MAX_STRATA", "OTHER_STRATUM", "StrataScaler"]
 
@@ -70,12 +70,12 @@ class _Tables:
 
     def set_reference(self, stratum: int, values: np.ndarray) -> None:
         """The stratum's reference from ``values``; its warm-up is the caller's to forget."""
-        reference = NumericReference.from_values(values)
-        knots, below, at_or_below = reference.arrays()
+        data = sorted_finite(values)  # the table only: a district's summary goes nowhere
+        knots, below, at_or_below = knot_tables(data)
         m = len(knots)
         self.knots[stratum, :m], self.below[stratum, :m] = knots, below
         self.at_or_below[stratum, :m] = at_or_below
-        self.n_knots[stratum], self.u_min[stratum] = m, reference.u_min()
+        self.n_knots[stratum], self.u_min[stratum] = m, u_min_for(data.size)
         self.ready[stratum] = True
 
     def reserve(self, extra: int) -> None:
@@ -105,35 +105,24 @@ class _Tables:
 
     def take_warmups(self, strata: np.ndarray) -> dict[int, np.ndarray]:
         """Take the warm-ups of ``strata`` (full: they learn now) out of the buffer."""
-        owners = self.warm_strata[:self.warm_size]
-        hit = self._owned_by(strata, owners)
-        values, of = self.warm_values[:self.warm_size][hit], owners[hit]
-        self._drop(strata, hit)
+        values, of = self._take(strata)
         return {stratum: values[of == stratum] for stratum in strata.tolist()}
 
     def forget_warmups(self, strata: np.ndarray | list[int]) -> None:
         """Drop the warm-ups of ``strata`` (they have learned, or must learn again)."""
-        strata = np.asarray(strata, dtype=np.int64)
-        self._drop(strata, self._owned_by(strata, self.warm_strata[:self.warm_size]))
+        self._take(np.asarray(strata, dtype=np.int64))
 
-    def _owned_by(self, strata: np.ndarray, owners: np.ndarray) -> np.ndarray:
-        """Which ``owners`` are among ``strata`` (a table lookup: ``np.isin`` sorts)."""
-        among = np.zeros(len(self.counts), dtype=bool)
+    def _take(self, strata: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``strata``'s values out of the buffer (and their strata), the others' order
+        kept."""
+        among = np.zeros(len(self.counts), dtype=np.bool_)
         among[strata] = True
-        hit: np.ndarray = among[owners]
-        return hit
-
-    def _drop(self, strata: np.ndarray, hit: np.ndarray) -> None:
-        """``strata``'s values (at ``hit``) out of the buffer, the others' order kept."""
+        values, of, self.warm_size = k.extract_warmups(self.warm_values, self.warm_strata,
+                                                       self.warm_size, among)
         self.counts[strata] = 0
-        if not hit.any():
-            return
-        keep = np.flatnonzero(~hit)
-        self.warm_size = size = len(keep)
-        self.warm_values[:size], self.warm_strata[:size] = (self.warm_values[keep],
-                                                            self.warm_strata[keep])
-        if 4 * size < len(self.warm_values):  # give memory back as strata learn
-            self._resize(2 * size)
+        if 4 * self.warm_size < len(self.warm_values):  # give memory back as strata learn
+            self._resize(2 * self.warm_size)
+        return values, of
 
     def _resize(self, capacity: int) -> None:
         size = self.warm_size
