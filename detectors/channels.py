@@ -320,7 +320,8 @@ class NumericChannel:
             out = np.zeros(4)
             ratio = 0.0
             if self.aw_s[k.AW_WIDTH] > ADWIN_GRACE:
-                k.adwin_check(self.aw_par, self.aw_s, self.aw_totals, self.aw_counts, out, True)
+                k.adwin_check(self.aw_par, self.aw_s, self.aw_totals, self.aw_counts, out, True,
+                              k.adwin_scratch(self.aw_totals))
                 ratio = float(out[3])
             rows.append(DetectorStatus(self.name, "adwin", ratio, 1.0, warming))
         return rows

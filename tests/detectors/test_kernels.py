@@ -186,3 +186,64 @@ def test_reference_knots_are_numpys_inverted_cdf_quantiles() -> None:
         data = np.sort(np.round(rng.normal(size=n), int(rng.integers(0, 4))))
         expected = np.quantile(data, KNOT_PROBABILITIES, method="inverted_cdf")
         np.testing.assert_array_equal(data[knot_indices(n)], expected, err_msg=f"n={n}")
+
+
+def _adwin_check_cut_by_cut(par: np.ndarray, s: np.ndarray, totals: np.ndarray,
+                            counts: np.ndarray, out: np.ndarray, scan_only: bool) -> bool:
+    """river's cut loop, one cut at a time (as ``adwin_check`` was written before its cuts
+    were taken in passes)."""
+    n0, n1, u0, u1 = 0.0, s[k.AW_WIDTH], 0.0, s[k.AW_TOTAL]
+    min_window = par[k.AW_MIN_WINDOW]
+    log_term = math.log(2.0 * math.log(s[k.AW_WIDTH]) / par[k.AW_DELTA])
+    mean_variance = s[k.AW_VARIANCE] / s[k.AW_WIDTH]
+    best = 0.0
+    for level in range(int(s[k.AW_LEVELS]) - 1, -1, -1):
+        size = float(1 << level)
+        for j in range(counts[level]):
+            n0, n1 = n0 + size, n1 - size
+            u0, u1 = u0 + totals[level, j], u1 - totals[level, j]
+            if level == 0 and j == counts[level] - 1:
+                out[3] = best
+                return False
+            diff = (u0 / n0) - (u1 / n1)
+            if n1 >= min_window and n0 >= min_window:
+                m_recip = 1.0 / (n0 - min_window + 1.0) + 1.0 / (n1 - min_window + 1.0)
+                epsilon = (math.sqrt(2.0 * m_recip * mean_variance * log_term)
+                           + 2.0 / 3.0 * log_term * m_recip)
+                if scan_only:
+                    best = max(best, abs(diff) / epsilon)
+                elif abs(diff) > epsilon:
+                    out[:] = abs(diff), epsilon, -1.0 if diff > 0.0 else 1.0, n1
+                    return True
+    out[3] = best
+    return False
+
+
+@pytest.mark.parametrize("scan_only", [False, True])
+def test_adwin_cuts_in_passes_are_the_cut_by_cut_test(scan_only: bool) -> None:
+    """The same verdict and the same numbers, to the bit, on buckets of every shape: no
+    drift, a small and a large drift, sub-windows under ``min_window``."""
+    rng = np.random.default_rng(3)
+    par = np.array([0.002, 32, 5, 5, 10, 1, 0], dtype=np.float64)
+    verdicts = set()
+    for _ in range(400):
+        levels = int(rng.integers(1, 20))
+        counts = np.zeros(k.AW_MAX_LEVELS, dtype=np.int64)
+        counts[:levels] = rng.integers(1, 6, size=levels)
+        totals = np.zeros((k.AW_MAX_LEVELS, 6))
+        shift = rng.choice([0.0, 0.3, 3.0])
+        for level in range(levels):
+            size = float(1 << level)
+            mean = shift if level < levels // 2 else 0.0  # newer buckets sit at low levels
+            totals[level, :counts[level]] = rng.normal(mean * size, np.sqrt(size),
+                                                       counts[level])
+        width = float(sum(counts[level] << level for level in range(levels)))
+        if width < 2:
+            continue
+        s = np.array([totals.sum(), width * rng.uniform(0.5, 2.0), width, 0.0, float(levels)])
+        got, want = np.zeros(4), np.zeros(4)
+        fired = k.adwin_check(par, s, totals, counts, got, scan_only, k.adwin_scratch(totals))
+        assert fired == _adwin_check_cut_by_cut(par, s, totals, counts, want, scan_only)
+        np.testing.assert_array_equal(got, want)
+        verdicts.add(fired)
+    assert verdicts == ({False} if scan_only else {False, True})

@@ -73,7 +73,8 @@ def reference_run_numeric(values: np.ndarray, positions: np.ndarray, start: int,
         if aw_par[k.AW_ENABLED] != 0.0:
             k.adwin_insert(z, aw_par, aw_s, aw_totals, aw_variances, aw_counts)
             if (k.adwin_due(aw_par, aw_s)
-                    and k.adwin_check(aw_par, aw_s, aw_totals, aw_counts, cut, False)):
+                    and k.adwin_check(aw_par, aw_s, aw_totals, aw_counts, cut, False,
+                                      k.adwin_scratch(aw_totals))):
                 if aw_par[k.AW_UP_ONLY] == 0.0 or cut[2] > 0.0:
                     fired = True
                     alarm[aw_row, k.AL_FIRED] = 1.0
