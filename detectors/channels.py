@@ -690,13 +690,15 @@ def _check_ring(channel: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _check_adwin(channel: str, arrays: dict[str, np.ndarray]) -> None:
-    """ADWIN's level count and bucket counts index its histogram in compiled code."""
+    """ADWIN's level count and bucket counts index its histogram in compiled code, and its
+    width is what its buckets hold (its cut test divides by the sub-windows' lengths)."""
     scalars, counts = arrays["aw_s"], arrays["aw_counts"]
     levels = arrays["aw_totals"].shape[0]
     if (not np.all(np.isfinite(scalars)) or scalars[k.AW_LEVELS] != levels
             or arrays["aw_variances"].shape[0] != levels or scalars[k.AW_WIDTH] < 0
             or np.any(counts < 0) or np.any(counts > ADWIN_MAX_BUCKETS)
-            or np.any(counts[levels:] != 0)):
+            or np.any(counts[levels:] != 0)
+            or scalars[k.AW_WIDTH] != float(np.sum(counts[:levels] << np.arange(levels)))):
         raise SnapshotError(f"channel {channel}: ADWIN state out of range", "shape")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from detectors import kernels as k
 from detectors.channels import CategoricalChannel, Channel, NumericChannel
 from detectors.config import DetectorSettings
 from detectors.errors import SnapshotError
@@ -61,6 +62,11 @@ def test_state_that_does_not_fit_is_refused() -> None:
     extra = ChannelState(state.values, {**state.arrays, "surprise": np.zeros(3)})
     with pytest.raises(SnapshotError, match="unexpected array") as caught:
         NumericChannel.from_state("x", SETTINGS, reference, extra)
+    assert caught.value.reason == "shape"
+    arrays = {**state.arrays, "aw_s": state.arrays["aw_s"].copy()}
+    arrays["aw_s"][k.AW_WIDTH] += 1.0  # more values than its buckets hold
+    with pytest.raises(SnapshotError, match="ADWIN state out of range") as caught:
+        NumericChannel.from_state("x", SETTINGS, reference, ChannelState(state.values, arrays))
     assert caught.value.reason == "shape"
     values = {**state.values, "warmup_target": 0}
     with pytest.raises(SnapshotError, match="warmup_target") as caught:
