@@ -485,10 +485,11 @@ def adwin_check(par: np.ndarray, s: np.ndarray, totals: np.ndarray, counts: np.n
 
     Each cut's operations are river's, in its order; they are taken in three passes: the
     running sums of the sub-windows, cut by cut; then every cut's difference of means and its
-    bound, a loop without branches whose divisions and square roots run on four lanes at once
-    (~2x the cut-by-cut loop); then the first cut over its bound. ``scratch``:
-    ``adwin_scratch``'s. A cut with a sub-window under ``min_window`` is not judged (its bound
-    may be infinite: no division raises here)."""
+    bound, a loop without branches whose divisions and square roots the compiler puts on
+    vector lanes (the test's share of ``run_numeric``: ~19 -> ~13.5 ns per value); then the
+    first cut over its bound. ``scratch``: ``adwin_scratch``'s, a column per bucket. A cut with a
+    sub-window under ``min_window`` is not judged (its bound may be infinite: no division
+    raises here)."""
     n0, n1 = 0.0, s[AW_WIDTH]
     u0, u1 = 0.0, s[AW_TOTAL]
     min_window = par[AW_MIN_WINDOW]
