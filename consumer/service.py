@@ -186,9 +186,9 @@ class ConsumerService:
         ensure_reachable(admin, self.settings.kafka, needed)
         if self.section.join_labels:
             metadata = admin.list_topics(timeout=self.settings.kafka.request_timeout_s)
-            self._check_co_partitioned({name: len(metadata.topics[name].partitions)
-                                        for name in needed})
-            self._co_partitions = len(metadata.topics[topics.records].partitions)
+            counts = {name: len(metadata.topics[name].partitions) for name in needed}
+            self._check_co_partitioned(counts)
+            self._co_partitions = counts[topics.records]
             self.lag.layout = LayoutWatch(
                 [topics.records, topics.labels, topics.join_changelog],
                 self._check_co_partitioned)

@@ -783,8 +783,8 @@ def attributed_code(codes: np.ndarray, values: np.ndarray, n_codes: int) -> int:
     top = int(np.argmax(strength))
     if counts[top] == 0 or strength[top] < ATTRIBUTE_SEGMENT_Z:
         return -1
-    rest_count = codes.size - counts[top]
-    rest = (values.sum() - sums[top]) / np.sqrt(rest_count) if rest_count else 0.0
+    rest_count, rest_sum = codes.size - counts[top], values.sum() - sums[top]
+    rest = rest_sum / np.sqrt(rest_count) if rest_count else 0.0
     alone = counts[top] >= ATTRIBUTE_ALONE_SHARE * codes.size  # a slice of one segment
     # The onset is where the pooled statistic was lowest, so it reaches back over records
     # that happened to lean the decision's way: in slices, the previous slice's last
@@ -792,7 +792,7 @@ def attributed_code(codes: np.ndarray, values: np.ndarray, n_codes: int) -> int:
     began = counts[top] >= ATTRIBUTE_ALONE_SHARE * (codes.size - int(np.argmax(codes == top)))
     # Long windows make a segment reference's own small bias (~0.05 sd) "significant":
     # the rest also counts as unshifted when its mean moved a fifth of the top's or less.
-    rest_mean = (values.sum() - sums[top]) / rest_count if rest_count else 0.0
+    rest_mean = rest_sum / rest_count if rest_count else 0.0
     minor = rest_mean <= ATTRIBUTE_REST_SHARE * sums[top] / counts[top]
     return top if rest < ATTRIBUTE_REST_Z or alone or began or minor else -1
 
