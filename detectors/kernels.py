@@ -572,11 +572,15 @@ def run_numeric(values: np.ndarray, positions: np.ndarray, start: int,
     """
     size = values.shape[0] - start
     # One allocation for the per-value arrays (a call per segment holds few values): location
-    # and spread scores, then per source the deviations, value counts and running means.
-    work = np.empty((8, size))
-    scores, devs, ns, means = work[0:2], work[2:4], work[4:6], work[6:8]
+    # scores, then per source the deviations, value counts and running means.
+    work = np.empty((7, size))
+    zs, devs, ns, means = work[0], work[1:3], work[3:5], work[5:7]
     taken = np.empty((2, size), dtype=np.int64)  # batch index, value count
     count = counters[C_COUNT]
+    # Each source's running mean (``ph_mean_step``), taken here rather than in a loop of its
+    # own: its chain of dependent operations then overlaps the scoring of the next values.
+    n_z, mean_z, has_z = _mean_start(ph_par, ph_f, SOURCE_LOCATION)
+    n_w, mean_w, has_w = _mean_start(ph_par, ph_f, SOURCE_SPREAD)
     m = 0
     for idx in range(start, values.shape[0]):
         x = values[idx]
@@ -592,15 +596,20 @@ def run_numeric(values: np.ndarray, positions: np.ndarray, start: int,
                                              u_min), u_min)
         else:
             z, w = _scores(x, knots, below, at_or_below, u_min)
-        scores[0, m], scores[1, m], taken[0, m], taken[1, m] = z, w, idx, count
+        zs[m], taken[0, m], taken[1, m] = z, idx, count
+        if has_z:
+            n_z = n_z + 1.0
+            mean_z = mean_z + (1.0 / n_z) * (z - mean_z)
+            devs[0, m], ns[0, m], means[0, m] = z - mean_z, n_z, mean_z
+        if has_w:
+            n_w = n_w + 1.0
+            mean_w = mean_w + (1.0 / n_w) * (w - mean_w)
+            devs[1, m], ns[1, m], means[1, m] = w - mean_w, n_w, mean_w
         m += 1
     if m == 0:
         return int(values.shape[0])
     rows, counts = taken[0, :m], taken[1, :m]
-    for source in range(2):  # SOURCE_LOCATION, SOURCE_SPREAD
-        _running_means(scores[source, :m], ph_par, ph_f, source, devs[source], ns[source],
-                       means[source])
-    return _detect(values, positions, scores[0, :m], rows, counts, devs, ns, means, ph_par,
+    return _detect(values, positions, zs[:m], rows, counts, devs, ns, means, ph_par,
                    ph_f, ph_i, aw_par, aw_s, aw_totals, aw_variances, aw_counts, ring_values,
                    ring_positions, counters, alarm, scores_out)
 
@@ -691,19 +700,14 @@ def _restart_after_alarm(directions: np.ndarray, ph_par: np.ndarray, ph_f: np.nd
 
 
 @njit(cache=True, inline="always")
-def _running_means(xs: np.ndarray, par: np.ndarray, f: np.ndarray, source: int,
-                   devs: np.ndarray, ns: np.ndarray, means: np.ndarray) -> None:
-    """river's running mean (``ph_mean_step``) of the rows watching ``source`` after each of
-    ``xs``, and each value's deviation from it. The rows restart together, so they share
-    it bit for bit: it starts from the first such row's state."""
+def _mean_start(par: np.ndarray, f: np.ndarray, source: int) -> tuple[float, float, bool]:
+    """The running mean's count and value before a call, for the rows watching ``source``:
+    they restart together, so they share it bit for bit (the first such row's); False when
+    no row watches it."""
     for d in range(par.shape[0]):
         if par[d, PH_SOURCE] == source:
-            n, mean = f[d, PH_N], f[d, PH_MEAN]
-            for j in range(xs.shape[0]):
-                n = n + 1.0
-                mean = mean + (1.0 / n) * (xs[j] - mean)
-                devs[j], ns[j], means[j] = xs[j] - mean, n, mean
-            return
+            return f[d, PH_N], f[d, PH_MEAN], True
+    return 0.0, 0.0, False
 
 
 @njit(cache=True)
