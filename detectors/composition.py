@@ -61,10 +61,12 @@ class CompositionMonitor:
         self.last_test: dict[str, tuple[float, float]] = {}
 
     # ------------------------------------------------------------------ reference
-    def set_reference(self, references: Mapping[str, CategoricalReference]) -> None:
-        """Reference shares from training data (counts = shares x n)."""
+    def set_reference(self, references: Mapping[str, CategoricalReference],
+                      keep: bool = False) -> None:
+        """Reference shares from training data (counts = shares x n). ``keep``: only for
+        signals without a reference yet (a new champion's: see ``SegmentedBank.rebaseline``)."""
         for name, ref in references.items():
-            if name in self.signals:
+            if name in self.signals and not (keep and name in self.reference):
                 self.reference[name] = {k: v * ref.n for k, v in ref.shares.items()}
                 self.streak[name] = []
 

@@ -124,7 +124,7 @@ class SegmentedBank:
         self.segments: dict[str, DetectorBank] = {}
         self.composition = CompositionMonitor(settings, self._composition_signals())
         if reference is not None:
-            self.composition.set_reference(reference.categorical)
+            self.composition.set_reference(reference.categorical, keep=True)
         self.records_seen = 0
         self.last_position: int | None = None
         # "segment/signal/direction" -> recent detections (segment "" = the whole stream)
@@ -512,8 +512,12 @@ class SegmentedBank:
         signals re-learn in every segment (a stream-wide reference would make every segment
         whose level differs from the mix alarm, CALIBRATION.md 7), the fields keep their
         references and detectors (re-learning them too left every field unwatched for a
-        segment warm-up after each retrain); composition takes the champion's category shares
-        when it has them."""
+        segment warm-up after each retrain). So does composition: the shares it judges the
+        stream's windows by held (or were replaced by the new mix at a decision), while the
+        champion's holdout has its training window's mix, which a window read in arrival
+        order skews (its last, partial day: one or two false share decisions per 200,000
+        records after a swap in county slices, bench/bench_swap_composition.py); it takes
+        the champion's shares only for a signal it has none for yet."""
         model = self.settings.prediction_signals + self.settings.performance_signals
         if self.strata is not None:  # each stratum re-learns them; segments judge at once
             for name in model:
@@ -525,7 +529,7 @@ class SegmentedBank:
         if self.pool is not None:
             self.pool.rebaseline(self.pool.reference(), model)
         if reference is not None:
-            self.composition.set_reference(reference.categorical)
+            self.composition.set_reference(reference.categorical, keep=True)
         self.pooled_marks = {}
 
     # ------------------------------------------------------------------ observation

@@ -21,6 +21,7 @@ from detectors.bank import DetectorBank
 from detectors.composition import code_column, code_dictionary
 from detectors.config import DetectorSettings
 from detectors.errors import DetectorConfigError, SnapshotError
+from detectors.reference import CategoricalReference, Reference
 from detectors.segments import SegmentedBank, attributed_code
 from detectors.snapshot import encode
 
@@ -195,6 +196,40 @@ def test_a_new_segment_is_reported_once() -> None:
     assert len(decisions) == 1
     assert decisions[0].signals[0].firings[0].detector == "new_category"
     assert decisions[0].signals[0].current.new_categories == ("N",)
+
+
+def champion_shares(shares: dict[str, float], n: int = 4000) -> Reference:
+    """A champion's reference whose county shares are ``shares`` (its holdout's mix)."""
+    return Reference(categorical={"county": CategoricalReference(
+        n=n, shares=shares, unseen_rate=0.001)})
+
+
+def test_a_new_champion_leaves_the_mix_the_stream_is_judged_by() -> None:
+    """A champion's holdout has its training window's mix, which a window read in arrival
+    order skews; after a swap the stream's windows are still judged by the shares they were
+    judged by before (else every swap could start a false share decision, and a retrain)."""
+    days = windows([STEADY] * 8)
+    head = {name: values[:6_000] for name, values in days.items()}  # days 0-2
+    tail = {name: values[6_000:] for name, values in days.items()}
+    skewed = champion_shares(MOVED)
+    kept, replaced = SegmentedBank(SMALL), SegmentedBank(SMALL)
+    for bank in (kept, replaced):
+        assert feed(bank, head, batch=500) == []
+    before = dict(kept.composition.reference["county"])
+    kept.rebaseline(skewed)
+    replaced.composition.set_reference(skewed.categorical)  # what a swap used to do
+    assert kept.composition.reference["county"] == before
+    assert [d for d in feed(kept, tail, batch=500, start=6_000) + kept.finish()
+            if d.signal_names == ("county",)] == []
+    assert [d for d in feed(replaced, tail, batch=500, start=6_000) + replaced.finish()
+            if d.signal_names == ("county",)], "the skewed shares should make a decision"
+
+
+def test_a_new_champion_gives_its_shares_where_the_stream_has_none_yet() -> None:
+    bank = SegmentedBank(SMALL)
+    bank.rebaseline(champion_shares(STEADY))
+    assert bank.composition.reference["county"] == {
+        county: share * 4000 for county, share in STEADY.items()}
 
 
 def test_records_of_a_closed_window_are_late_not_judged() -> None:
