@@ -216,9 +216,14 @@ class CompositionMonitor:
 
     def _test(self, reference: dict[str, float], counts: dict[str, int],
               total: int) -> tuple[float, float, str, float]:
-        """Largest two-sample z over categories, its Bonferroni threshold, the category and
-        its share change. The per-window budget is the per-value rate times the window's
-        values (see CALIBRATION.md section 7)."""
+        """Largest two-sample z over the categories whose share moved by at least
+        ``composition_min_change`` (over all of them when none did), its Bonferroni
+        threshold, the category and its share change. The per-window budget is the
+        per-value rate times the window's values (see CALIBRATION.md section 7).
+
+        Material categories first: a small category the reference lacks (a county below
+        ``new_category_share``, never added) has a large z and a small change, and as the
+        largest z it hid every other category's move."""
         ref_total = sum(reference.values())
         categories = sorted(set(reference) | set(counts))
         alpha = min(self.settings.false_alarm_rate * total, 0.01)
@@ -231,9 +236,13 @@ class CompositionMonitor:
                 ref_total + total)
             spread = math.sqrt(max(pooled * (1 - pooled), 1e-12) * (1 / ref_total + 1 / total))
             z = (p_win - p_ref) / spread
-            if abs(z) > abs(best[0]):
+            if (self._material(p_win - p_ref), abs(z)) > (self._material(best[2]),
+                                                          abs(best[0])):
                 best = (z, category, p_win - p_ref)
         return abs(best[0]), threshold, best[1], best[2]
+
+    def _material(self, change: float) -> bool:
+        return abs(change) >= self.settings.composition_min_change
 
     def _decision(self, name: str, windows: list[dict[str, Any]], firing: DetectorFiring,
                   effect: float, position: int, new: tuple[str, ...] = ()) -> DriftDecision:

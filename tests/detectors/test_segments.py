@@ -198,6 +198,19 @@ def test_a_new_segment_is_reported_once() -> None:
     assert decisions[0].signals[0].current.new_categories == ("N",)
 
 
+def test_a_small_county_the_reference_lacks_hides_no_other_move() -> None:
+    """A county below ``new_category_share`` (never added to the reference) has a larger z
+    than a 6-point move of county A, but moves its own share by less than
+    ``composition_min_change``: the move of A is still one decision."""
+    moved_with_small = {"A": 0.441, "B": 0.33, "C": 0.22, "T": 0.009}
+    days = windows([STEADY] * 3 + [moved_with_small] * 4, per_day=20_000)
+    decisions = composition_decisions(days)
+    assert len(decisions) == 1
+    firing = decisions[0].signals[0].firings[0]
+    assert firing.detector == "composition_share_test"
+    assert dict(firing.parameters)["category"] == "A"
+
+
 def champion_shares(shares: dict[str, float], n: int = 4000) -> Reference:
     """A champion's reference whose county shares are ``shares`` (its holdout's mix)."""
     return Reference(categorical={"county": CategoricalReference(
