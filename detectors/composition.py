@@ -10,7 +10,9 @@ deviates when that test rejects and one category's share moved by at least
 ``composition_min_change``; ``composition_sustain`` deviating windows in a row make one
 decision, after which the signal's reference becomes those windows (one change, one
 decision). A category the reference never saw, once it holds ``new_category_share`` of a
-closed window, is one decision on its own (a new county is a finding, once).
+closed window, is one decision on its own (a new county is a finding, once). The first
+window with enough records began before the monitor did, so it is partial: it is judged
+for new categories only, and the reference (without a champion's) is the next one.
 
 Only counts per window enter a decision, so any order of the records within a window gives
 the same decisions. Pure: no clock, no I/O.
@@ -57,6 +59,10 @@ class CompositionMonitor:
         self.reported_new: dict[str, list[str]] = {name: [] for name in signals}
         self.late_records = 0
         self.windows_closed = 0
+        # Whether a window with enough records to judge has closed: the first one began
+        # before the monitor did (a partition started mid-day, a file cut mid-day), so its
+        # mix is partial and is neither judged nor learnt from (see ``_judge``).
+        self.started = False
         # signal -> (statistic, threshold) of its last judged window: for status() only
         self.last_test: dict[str, tuple[float, float]] = {}
 
@@ -144,25 +150,34 @@ class CompositionMonitor:
 
     # ------------------------------------------------------------------ judging
     def _judge(self, index: int, state: dict[str, Any], position: int) -> list[DriftDecision]:
+        """The window's decisions. The first window with enough records is partial: records
+        of it arrived before the monitor started, and in county slices which counties those
+        were is no accident (taken as the reference, or judged against one, it made one to
+        four false share decisions per start). It is judged for new categories only."""
         decisions = []
+        partial, judged = not self.started, False
         for name in self.signals:
             counts = state["counts"][name]
             total = sum(counts.values())
             if total < self.settings.min_instances:
                 continue
+            judged = True
             reference = self.reference.get(name)
-            if reference is None:  # the first closed window is the reference
-                self.reference[name] = dict(counts)
+            if reference is None:
+                if not partial:  # the first whole window is the reference
+                    self.reference[name] = dict(counts)
                 continue
             window = {"index": index, "n": total, "first": state["first"],
                       "last": state["last"], "counts": counts}
-            statistic, threshold, _, _ = self._test(reference, counts, total)
-            self.last_test[name] = (statistic, threshold)
+            if not partial:
+                statistic, threshold, _, _ = self._test(reference, counts, total)
+                self.last_test[name] = (statistic, threshold)
             decision = self._new_categories(name, window, position)
-            if decision is None:
+            if decision is None and not partial:
                 decision = self._share_change(name, window, position)
             if decision is not None:
                 decisions.append(decision)
+        self.started = self.started or judged
         return decisions
 
     def _new_categories(self, name: str, window: dict[str, Any],
@@ -280,6 +295,9 @@ class CompositionMonitor:
 
     # ------------------------------------------------------------------ snapshot
     def state(self) -> dict[str, Any]:
+        # ``started`` only where a closed window does not already say it (only windows too
+        # small to judge closed so far): snapshots stay what they were before the flag.
+        flag = {} if self.started == (self.windows_closed > 0) else {"started": self.started}
         return {"watermark": self.watermark, "closed_below": self.closed_below,
                 "open": [[index, {**w, "counts": {k: list(v.items())
                                                   for k, v in w["counts"].items()}}]
@@ -288,7 +306,7 @@ class CompositionMonitor:
                 "streak": {k: [{**w, "counts": list(w["counts"].items())} for w in v]
                            for k, v in self.streak.items()},
                 "reported_new": self.reported_new, "late_records": self.late_records,
-                "windows_closed": self.windows_closed}
+                "windows_closed": self.windows_closed, **flag}
 
     def load(self, state: Mapping[str, Any]) -> None:
         """Restore ``state()``; a malformed state raises ``ValueError``/``KeyError``/
@@ -313,6 +331,8 @@ class CompositionMonitor:
                              for name in self.signals}
         self.late_records = int(state["late_records"])
         self.windows_closed = int(state["windows_closed"])
+        # Snapshots from before the flag: a window closed means one was judged or learnt.
+        self.started = bool(state.get("started", self.windows_closed > 0))
 
 
 @njit(cache=True)

@@ -516,7 +516,7 @@ class SegmentedBank:
         stream's windows by held (or were replaced by the new mix at a decision), while the
         champion's holdout has its training window's mix, which a window read in arrival
         order skews (its last, partial day: one or two false share decisions per 200,000
-        records after a swap in county slices, bench/bench_swap_composition.py); it takes
+        records after a swap in county slices, bench/bench_composition_starts.py); it takes
         the champion's shares only for a signal it has none for yet."""
         model = self.settings.prediction_signals + self.settings.performance_signals
         if self.strata is not None:  # each stratum re-learns them; segments judge at once

@@ -211,6 +211,47 @@ def test_a_small_county_the_reference_lacks_hides_no_other_move() -> None:
     assert dict(firing.parameters)["category"] == "A"
 
 
+ONLY_A = {"A": 1.0}  # a day the monitor joined late: only county A's slice still to come
+
+
+def test_a_stream_joined_mid_day_is_no_change_of_mix() -> None:
+    """A partition started mid-day (or a file cut there) sees that day's records partly, and
+    in county slices which counties it missed is no accident. That first window is neither
+    the reference nor judged: the whole days after it make none of its mix a decision."""
+    assert composition_decisions(windows([ONLY_A] + [STEADY] * 5)) == []
+    # Still found: a change of mix between whole days after it.
+    decisions = composition_decisions(windows([ONLY_A, STEADY, STEADY, MOVED, MOVED, MOVED]))
+    assert len(decisions) == 1
+    assert decisions[0].onset_window_ms == 3 * DAY_MS
+
+
+def test_the_first_window_still_reports_a_category_the_champion_never_saw() -> None:
+    with_new = {"A": 0.45, "B": 0.3, "C": 0.15, "N": 0.1}
+    bank = SegmentedBank(SMALL, champion_shares(STEADY))
+    decisions = feed(bank, windows([with_new, with_new]), batch=500) + bank.finish()
+    assert [d.signals[0].current.new_categories for d in decisions] == [("N",)]
+    assert decisions[0].onset_window_ms == 0
+
+
+def test_a_restored_monitor_knows_whether_its_first_whole_window_closed() -> None:
+    """Restored after only a window too small to judge closed, the next whole window is still
+    the first one; restored after it, the next is judged."""
+    tiny = {"A": 0.01}  # 20 records: below min_instances
+    days = windows([tiny, ONLY_A] + [STEADY] * 4)
+    one_day = 2_000
+    for cut in (20, 20 + one_day):  # after the tiny window; after the partial one
+        head = {name: values[:cut] for name, values in days.items()}
+        tail = {name: values[cut:] for name, values in days.items()}
+        bank = SegmentedBank(SMALL)
+        feed(bank, head, batch=500)
+        bank.update({name: values[:1] for name, values in tail.items()},
+                    np.array([cut], dtype=np.int64))  # its time closes the window before
+        restored = SegmentedBank.restore(bank.snapshot(), SMALL)
+        rest = {name: values[1:] for name, values in tail.items()}
+        decisions = feed(restored, rest, batch=500, start=cut + 1) + restored.finish()
+        assert [d for d in decisions if d.signal_names == ("county",)] == [], cut
+
+
 def champion_shares(shares: dict[str, float], n: int = 4000) -> Reference:
     """A champion's reference whose county shares are ``shares`` (its holdout's mix)."""
     return Reference(categorical={"county": CategoricalReference(
@@ -457,7 +498,10 @@ def test_many_segments_in_slices_decide_and_snapshot_as_before() -> None:
     """The segment layer's batch plumbing and the pooled layer's lean loop change no
     decision and no snapshot byte: many segments (and an "(other)" one) in county slices,
     a change in one segment and one of the whole stream. The digest was recorded by the
-    build before them (commit 644fdf6); the general loop is run beside the lean one."""
+    build before them (commit 644fdf6); the general loop is run beside the lean one.
+    Recorded again when composition stopped judging a stream's first window (it may be
+    partial): that build's decisions less its composition decision at 25,553 (counties
+    in 700-record slices across days make late records and odd windows here)."""
     levels = {f"C{i:02d}": (i % 7 - 3) * 0.4 for i in range(12)}
     columns = stream(levels, 60_000, np.random.default_rng(11), shift=("C03", 0.7, 25_000))
     columns["x"][45_000:] += 0.5  # the whole stream moves: a pooled decision
@@ -480,7 +524,7 @@ def test_many_segments_in_slices_decide_and_snapshot_as_before() -> None:
     digest.update(as_recorded(decisions) + lean.snapshot())
     assert any(d.segment == "county=C03" for d in found) and any(not d.segment for d in found)
     assert digest.hexdigest() == (
-        "92da4b7506a0000c92293f2da7223e72c546f9776efdcae5105f8ff1431a0cfc")
+        "ada5a387793f489326f0c161044235ec4acefa308a45591e1ee18bc04f618fa1")
 
 
 def test_canonical_event_times_are_read_as_pandas_reads_them() -> None:
