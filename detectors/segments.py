@@ -124,7 +124,7 @@ class SegmentedBank:
         self.segments: dict[str, DetectorBank] = {}
         self.composition = CompositionMonitor(settings, self._composition_signals())
         if reference is not None:
-            self.composition.set_reference(reference.categorical, keep=True)
+            self.composition.set_reference(reference.categorical)
         self.records_seen = 0
         self.last_position: int | None = None
         # "segment/signal/direction" -> recent detections (segment "" = the whole stream)
