@@ -47,6 +47,7 @@ C_COUNT, C_RING_HEAD, C_NEXT_CROSS = range(3)
 AL_FIRED, AL_STAT, AL_THRESHOLD, AL_DIRECTION, AL_CHANGE = range(5)
 AL_COLUMNS = 5
 
+
 # How run_numeric scores a value (see there).
 SCORE_MID_RANK, SCORE_RANDOMISED, SCORE_GIVEN, SCORE_UNIFORM = 0, 1, 2, 3
 # Salt of the stratum layer's atom draws, so they are independent of the segment's own.
@@ -306,8 +307,14 @@ def ph_reset(f: np.ndarray, i: np.ndarray, d: int) -> None:
 @njit(cache=True, inline="always")
 def ph_mean_step(x: float, f: np.ndarray, d: int) -> tuple[float, float]:
     """river's running mean (stats.Mean) of detector row ``d`` after ``x``: (n, mean)."""
-    n = f[d, PH_N] + 1.0
-    return n, f[d, PH_MEAN] + (1.0 / n) * (x - f[d, PH_MEAN])
+    return mean_step(f[d, PH_N], f[d, PH_MEAN], x)
+
+
+@njit(cache=True, inline="always")
+def mean_step(n: float, mean: float, x: float) -> tuple[float, float]:
+    """river's running mean (stats.Mean) of ``n`` values after one more, ``x``: (n, mean)."""
+    n = n + 1.0
+    return n, mean + (1.0 / n) * (x - mean)
 
 
 @njit(cache=True, inline="always")
@@ -598,12 +605,10 @@ def run_numeric(values: np.ndarray, positions: np.ndarray, start: int,
             z, w = _scores(x, knots, below, at_or_below, u_min)
         zs[m], taken[0, m], taken[1, m] = z, idx, count
         if has_z:
-            n_z = n_z + 1.0
-            mean_z = mean_z + (1.0 / n_z) * (z - mean_z)
+            n_z, mean_z = mean_step(n_z, mean_z, z)
             devs[0, m], ns[0, m], means[0, m] = z - mean_z, n_z, mean_z
         if has_w:
-            n_w = n_w + 1.0
-            mean_w = mean_w + (1.0 / n_w) * (w - mean_w)
+            n_w, mean_w = mean_step(n_w, mean_w, w)
             devs[1, m], ns[1, m], means[1, m] = w - mean_w, n_w, mean_w
         m += 1
     if m == 0:
@@ -870,8 +875,7 @@ def run_location_page_hinkley(values: np.ndarray, positions: np.ndarray, start: 
         if math.isnan(x):
             continue
         count += 1
-        n = n + 1.0
-        mean = mean + (1.0 / n) * (x - mean)
+        n, mean = mean_step(n, mean, x)
         devs[0, m], ns[0, m], means[0, m] = x - mean, n, mean
         taken[0, m], taken[1, m] = idx, count
         m += 1
