@@ -25,7 +25,7 @@ from levydrift.kafka.messages import headers_of, offset_of, partition_of, topic_
 from levydrift.signals import signal_columns as model_signal_columns
 from schemas.dead_letter import dead_letter
 from schemas.errors import Reason, Rejection
-from schemas.levy_record import decode_levy_records, levy_records_to_columns
+from schemas.levy_record import decode_levy_batch
 
 if TYPE_CHECKING:
     from consumer.champion import Champion
@@ -134,17 +134,14 @@ def process_partition(monitor: PartitionMonitor, messages: Sequence[Message],
                       produce: Produce) -> BatchResult:
     """Process one partition's messages (in offset order) and produce what they lead to."""
     result = BatchResult()
-    records, rejections = decode_levy_records([message.value() for message in messages])
+    columns, kept, rejections = decode_levy_batch([message.value() for message in messages])
     for index, rejection in rejections:
         _dead_letter(messages[index], rejection, settings.topics.dead_letters, produce)
     result.dead_lettered = len(rejections)
-    if records:
+    if len(kept):
         offsets = np.array([message.offset() for message in messages], dtype=np.int64)
-        kept = np.arange(len(messages))
         if rejections:
-            kept = np.delete(kept, [index for index, _ in rejections])
             offsets = offsets[kept]
-        columns = levy_records_to_columns(records)
         times = event_times_ms(columns["event_time"])  # once: the guard, the bank, the join
         ahead = dated_ahead(times, settings.consumer.max_event_time_ahead_s)
         if ahead.size:
