@@ -1,7 +1,7 @@
 """The consumer service as users run it, beside the ceiling: a bare confluent-kafka consume loop.
 
     python bench/bench_consumer.py [--records 1000000] [--repeat 3] [--no-join]
-        [--bootstrap HOST:PORT]
+        [--join-cache-mib N] [--bootstrap HOST:PORT]
 
 Pre-fills a one-partition topic with simulated levy records once, then, for each repetition,
 runs both contenders one after the other (interleaved, so machine load hits both alike), each as
@@ -247,6 +247,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-join", action="store_true",
                         help="run the service with consumer.join_labels off (no join store)")
+    parser.add_argument("--join-cache-mib", type=int, default=0,
+                        help="consumer.join_cache_mib: the join store's filters and indexes "
+                             "in a cache this big (0: RocksDB's default, in memory)")
     parser.add_argument("--bootstrap", default=os.environ.get(
         "LEVYDRIFT_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
     arguments = parser.parse_args()
@@ -259,12 +262,14 @@ def main() -> None:
     prefill(arguments.bootstrap, names["records"], arguments.records)
     bare: list[Timing] = []
     service: list[Timing] = []
+    settings = {"LEVYDRIFT_CONSUMER_JOIN_CACHE_MIB": str(arguments.join_cache_mib)}
+    if arguments.no_join:
+        settings["LEVYDRIFT_CONSUMER_JOIN_LABELS"] = "false"
     with tempfile.TemporaryDirectory() as workdir:
         for _ in range(arguments.repeat):
             bare.append(run_bare(arguments.bootstrap, names["records"], arguments.records))
-            service.append(run_service(
-                arguments.bootstrap, names, arguments.records, Path(workdir),
-                {"LEVYDRIFT_CONSUMER_JOIN_LABELS": "false"} if arguments.no_join else None))
+            service.append(run_service(arguments.bootstrap, names, arguments.records,
+                                       Path(workdir), settings))
     print(f"\n{'records/s (min median max)':<36} {'end to end':>32}   {'steady state':>32}")
     for label, timings in (("bare confluent-kafka consume loop", bare),
                            ("levydrift consume", service)):

@@ -41,7 +41,9 @@ import msgspec
 import numpy as np
 from confluent_kafka import Consumer, Message
 from rocksdict import (
+    BlockBasedIndexType,
     BlockBasedOptions,
+    Cache,
     DBCompressionType,
     Options,
     Rdict,
@@ -303,13 +305,15 @@ class ReplayCounts:
 class JoinStore:
     """Pending predictions of one records partition (see the module docstring)."""
 
-    def __init__(self, path: Path, *, sync: bool = False) -> None:
+    def __init__(self, path: Path, *, sync: bool = False, cache_mib: int = 0) -> None:
         """``sync`` fsyncs the WAL on every commit (survives power loss, not only a crashed
-        process); the changelog restores what an unsynced commit lost, so it is off by default."""
+        process); the changelog restores what an unsynced commit lost, so it is off by default.
+        ``cache_mib`` > 0 bounds the memory of the filter and index blocks (see ``_options``)."""
         path.mkdir(parents=True, exist_ok=True)
+        cache = Cache(cache_mib << 20) if cache_mib > 0 else None
         try:
-            self._db = Rdict(str(path), _options(bloom=True),
-                             column_families={_INDEX_FAMILY: _options(bloom=False)})
+            self._db = Rdict(str(path), _options(bloom=True, cache=cache),
+                             column_families={_INDEX_FAMILY: _options(bloom=False, cache=cache)})
         except Exception as error:  # rocksdict raises a plain Exception
             raise JoinStoreError(f"join store {path}: {error}") from None
         self._index = self._db.get_column_family(_INDEX_FAMILY)
@@ -350,6 +354,12 @@ class JoinStore:
     def pending_count(self) -> int:
         """Entries not joined yet, the buffer included."""
         return self._pending + self._pending_delta
+
+    def table_readers_bytes(self) -> int:
+        """Memory held outside any cache by the SST files' filters and indexes (what
+        ``cache_mib`` bounds), both column families."""
+        name = "rocksdb.estimate-table-readers-mem"
+        return sum(family.property_int_value(name) or 0 for family in (self._db, self._index))
 
     def changelog_position(self) -> int | None:
         """The first changelog offset the committed DB does not reflect (None: unknown)."""
@@ -800,11 +810,17 @@ def _raw_keys(db: Rdict, start: bytes, stop: bytes) -> Iterator[bytes]:
     return cast("Iterator[bytes]", db.keys(from_key=start, read_opt=read))
 
 
-def _options(bloom: bool) -> Options:
+def _options(bloom: bool, cache: Cache | None = None) -> Options:
     """Bloom filters for the entries, in the memtable too: most lookups (a newly scored record)
     miss, and a miss then costs 0.2 us instead of 0.7 us. The index is only ever scanned.
     Memtables of 32 MiB (entries) and 16 MiB (index), two of each at most: a partition's store
-    holds under 100 MiB of memtables (RocksDB's default would be 256)."""
+    holds under 100 MiB of memtables (RocksDB's default would be 256).
+
+    Without ``cache``, RocksDB keeps every SST file's filter and index in memory: ~1.5 MiB per
+    million pending predictions. With it, both are partitioned (4 KiB pieces, read on demand)
+    and held in that block cache, their top levels and level 0's pinned: memory stays bounded
+    whatever the backlog, for ~20-28 % more write time and a miss at ~3.2 us instead of 2.3
+    (bench/RESULTS-consumer.md, "Memory over 10 M records")."""
     options = Options(raw_mode=True)
     options.create_if_missing(True)
     options.create_missing_column_families(True)
@@ -815,10 +831,24 @@ def _options(bloom: bool) -> Options:
     if bloom:
         options.set_memtable_prefix_bloom_ratio(0.1)
         options.set_memtable_whole_key_filtering(True)
-        table = BlockBasedOptions()
-        table.set_bloom_filter(10, False)
-        options.set_block_based_table_factory(table)
+    if bloom or cache is not None:
+        options.set_block_based_table_factory(_table_options(bloom, cache))
     return options
+
+
+def _table_options(bloom: bool, cache: Cache | None) -> BlockBasedOptions:
+    table = BlockBasedOptions()
+    if bloom:
+        table.set_bloom_filter(10, False)
+    if cache is not None:
+        table.set_block_cache(cache)
+        table.set_index_type(BlockBasedIndexType.two_level_index_search())
+        table.set_partition_filters(True)
+        table.set_metadata_block_size(4096)
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_top_level_index_and_filter(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    return table
 
 
 def _as_list(column: Collection[Any]) -> list[Any]:

@@ -450,20 +450,21 @@ def store_path(state_dir: str, group: str, topic: str, partition: int) -> Path:
     return Path(state_dir) / f"{safe}-{partition}"
 
 
-def open_join_store(path: Path, lock_wait_s: float = STORE_LOCK_WAIT_S) -> JoinStore:
+def open_join_store(path: Path, lock_wait_s: float = STORE_LOCK_WAIT_S,
+                    cache_mib: int = 0) -> JoinStore:
     """The partition's store; a directory RocksDB cannot open (damaged files) is set aside
     and rebuilt from the changelog, logged and counted. One another process holds is waited
     for up to ``lock_wait_s`` (an instance replacing a fenced one with the same instance id
     is given the partition before the old one has ended), then a one-line error: two
-    instances share ``consumer.state_dir``."""
+    instances share ``consumer.state_dir``. ``cache_mib``: ``JoinStore``'s."""
     deadline = time.monotonic() + lock_wait_s
     waiting = False
     while True:
         try:
-            return JoinStore(path)
+            return JoinStore(path, cache_mib=cache_mib)
         except JoinStoreError as error:
             if "lock" not in str(error).lower():
-                return _rebuilt_store(path, error)
+                return _rebuilt_store(path, error, cache_mib)
             if time.monotonic() >= deadline:
                 raise ConfigError(f"{error}: another process uses this consumer.state_dir; "
                                   "give each instance its own") from None
@@ -474,14 +475,14 @@ def open_join_store(path: Path, lock_wait_s: float = STORE_LOCK_WAIT_S) -> JoinS
             time.sleep(STORE_LOCK_POLL_S)
 
 
-def _rebuilt_store(path: Path, error: JoinStoreError) -> JoinStore:
+def _rebuilt_store(path: Path, error: JoinStoreError, cache_mib: int) -> JoinStore:
     """A store RocksDB cannot open, set aside; a new one is rebuilt from the changelog."""
     aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
     path.rename(aside)
     metrics.STATE_RESTORE_FAILURES.labels(reason="join_store").inc()
     log.warning("join store unreadable; set aside and rebuilt from the changelog",
                 extra={"path": str(path), "moved_to": str(aside), "error": str(error)[:300]})
-    return JoinStore(path)
+    return JoinStore(path, cache_mib=cache_mib)
 
 
 def restore_errors(snapshot: bytes, settings: DetectorSettings,

@@ -773,7 +773,8 @@ class ConsumerService:
             self._check_grown_layout()
         started = time.perf_counter()
         store = open_join_store(store_path(self.section.state_dir, self.section.group_id,
-                                           monitor.topic, partition))
+                                           monitor.topic, partition),
+                                cache_mib=self.section.join_cache_mib)
         restored = restore_from_changelog(store, self._reader_config, topics.join_changelog,
                                           partition, self.section.restore_timeout_s,
                                           self._changelog_prefix)

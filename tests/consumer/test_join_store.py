@@ -55,9 +55,9 @@ def state(store: JoinStore) -> tuple[dict[str, bytes], int, int | None]:
     return dict(store.committed_items()), store.pending_count(), store.changelog_position()
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[JoinStore]:
-    with JoinStore(tmp_path / "p0") as opened:
+@pytest.fixture(params=[0, 1], ids=["filters in memory", "filters in a 1 MiB cache"])
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[JoinStore]:
+    with JoinStore(tmp_path / "p0", cache_mib=request.param) as opened:
         yield opened
 
 
@@ -566,12 +566,13 @@ def run(store: JoinStore, path: Path, operation: str, argument: Any,
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(OPERATIONS)
-def test_the_store_behaves_like_its_model(operations: list[tuple[str, Any]]) -> None:
+@given(OPERATIONS, st.sampled_from([0, 1]))
+def test_the_store_behaves_like_its_model(operations: list[tuple[str, Any]],
+                                          cache_mib: int) -> None:
     model = Model()
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "p"
-        store = JoinStore(path)
+        store = JoinStore(path, cache_mib=cache_mib)
         try:
             for offset, (operation, argument) in enumerate(operations):
                 store, result = run(store, path, operation, argument, offset)
@@ -822,3 +823,28 @@ def test_join_judges_the_labels_turn_and_the_horizon(store: JoinStore) -> None:
     assert store.join("old", T0 + 950, 1000)[0] == "expired"
     assert store.join("early", T0 + 20, 1000)[0] == "joined"
     assert not store.get("late").joined and not store.get("old").joined
+
+
+def fill(path: Path, cache_mib: int, entries: int, batch: int = 20_000) -> None:
+    with JoinStore(path, cache_mib=cache_mib) as store:
+        for start in range(0, entries, batch):
+            ids = [f"record-{index:07d}" for index in range(start, start + batch)]
+            store.put_batch(ids, range(start, start + batch),
+                            [T0 + index for index in range(start, start + batch)],
+                            [1.0] * batch, [("King",)] * batch, 1)
+            store.commit(start + batch)
+
+
+def test_a_cache_bounds_what_filters_and_indexes_hold_in_memory(tmp_path: Path) -> None:
+    # Reopening writes what the log holds to SST files, whose filters and indexes RocksDB
+    # keeps: in memory, growing with the backlog, unless they go to the cache.
+    held = {}
+    for cache_mib in (0, 1):
+        path = tmp_path / f"cache-{cache_mib}"
+        fill(path, cache_mib, 200_000)
+        with JoinStore(path, cache_mib=cache_mib) as store:
+            held[cache_mib] = store.table_readers_bytes()
+            assert store.pending_count() == 200_000
+            assert store.get("record-0123456") is not None and not store.has("record-0200000")
+    assert held[0] > 200_000  # ~1.8 bytes per pending prediction
+    assert held[1] < held[0] / 10

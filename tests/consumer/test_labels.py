@@ -19,6 +19,7 @@ from consumer.join_store import JoinStore
 from consumer.labels import DAY_MS, LabelJoin, error_settings, open_join_store, restore_errors
 from detectors.config import DetectorSettings
 from levydrift.errors import ConfigError
+from tests.consumer.test_join_store import fill
 from tests.consumer.test_processing import ListMessage
 
 SEGMENT_BY = ("county",)
@@ -214,6 +215,20 @@ def test_the_idle_release_waits_as_long_as_configured(tmp_path: Path) -> None:
 def test_a_label_idle_release_that_is_not_positive_is_refused(value: float) -> None:
     with pytest.raises(ConfigError, match="consumer.label_idle_release_s must be > 0"):
         ConsumerSection(label_idle_release_s=value).validate()
+
+
+def test_a_negative_join_cache_is_refused() -> None:
+    with pytest.raises(ConfigError, match="consumer.join_cache_mib must be >= 0"):
+        ConsumerSection(join_cache_mib=-1).validate()
+
+
+def test_the_store_opens_with_the_configured_cache(tmp_path: Path) -> None:
+    fill(tmp_path / "store", 0, 100_000)  # filters and indexes in memory while written
+    held = {}
+    for cache_mib in (0, 1):
+        with open_join_store(tmp_path / "store", cache_mib=cache_mib) as store:
+            held[cache_mib] = store.table_readers_bytes()
+    assert held[1] < held[0] / 10
 
 
 def test_labels_fetched_again_after_a_rewind_are_not_queued_twice(join: LabelJoin) -> None:
