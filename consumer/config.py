@@ -56,7 +56,7 @@ class ConsumerSection:
     # 0: RocksDB keeps each store's filter and index blocks in memory, ~1.5 MiB per million
     # pending predictions (a partition's backlog grows with the horizon). N: they are
     # partitioned and held in a block cache of N MiB per partition's store, so memory stays
-    # bounded, for ~20-28 % more store write time. Worth it past ~20 M pending per partition.
+    # bounded, for ~13 % of the steady rate. Worth it past ~20 M pending per partition.
     join_cache_mib: int = 0
     # Labels fetched ahead of their turn (see consumer/labels.py) are held in memory up to this
     # many per partition; the label fetch for that partition pauses beyond it.
