@@ -132,6 +132,7 @@ class ConsumerService:
         self._stopping = False
         self._failed = False
         self._last_checkpoint = 0.0
+        self._fetched_since_checkpoint = 0  # records fetched since the last checkpoint began
         self._stalled_since: float | None = None  # start of the first checkpoint that failed
         self._restore_pending = False  # Kafka came back; the partitions are not restored yet
         self._stall_reason = ""
@@ -289,6 +290,7 @@ class ConsumerService:
             else self.section.batch_timeout_s
         messages = self.consumer.consume(self.section.batch_size, wait)
         self._records_quiet = not messages
+        self._fetched_since_checkpoint += len(messages)
         try:
             result = self._process(messages) if messages else None
             if self.label_reader is not None:
@@ -299,11 +301,23 @@ class ConsumerService:
         except TransactionAborted as error:  # a produce found the transaction failed
             self._after_abort(error, time.monotonic())
             return None
-        if time.monotonic() - self._last_checkpoint >= self.section.checkpoint_interval_s:
+        if self._checkpoint_due(len(messages)):
             self.checkpoint()
         self.output.poll()
         self._check_outage_limit()
         return result
+
+    def _checkpoint_due(self, fetched: int) -> bool:
+        """Every ``checkpoint_interval_s``, and at once when a burst has been read to its end:
+        a short fetch (it waited for more) after at least a batch's worth of records since the
+        last checkpoint. What the burst produced, its drift events included, is then visible
+        to read_committed readers without waiting out the interval. A trickle of records
+        keeps to the interval: a checkpoint per record would rewrite the detector state each
+        time."""
+        if time.monotonic() - self._last_checkpoint >= self.section.checkpoint_interval_s:
+            return True
+        batch = self.section.batch_size
+        return fetched < batch and self._fetched_since_checkpoint >= batch
 
     def _close(self) -> None:
         """Never raises: an error on the way out must not hide the one that ended the run."""
@@ -531,6 +545,7 @@ class ConsumerService:
         """Commit everything since the last checkpoint in one transaction (within ``timeout_s``).
         False when the transaction was aborted and the partitions were rewound."""
         started = self._last_checkpoint = time.monotonic()
+        self._fetched_since_checkpoint = 0
         if self.output.broken is not None:
             return False  # nothing to commit until Kafka answers (see _transactions_ready)
         moved = [monitor for monitor in self.monitors.values() if monitor.dirty]

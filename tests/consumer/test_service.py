@@ -118,3 +118,14 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero(
     started = time.monotonic()
     assert run.stop(timeout_s=15) == 0
     assert time.monotonic() - started < 10
+
+
+def test_a_burst_read_to_its_end_is_committed_without_waiting_out_the_interval(
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    # With only the interval, the records after the first batch would be committed 50 s
+    # after it; the short fetch at the end of the burst commits them at once.
+    topics = Topics(unique).create(kafka_bootstrap)
+    produce_scenario(kafka_bootstrap, topics.names["records"], "none", 5000, 0)
+    run = ConsumerRun(kafka_bootstrap, topics, f"g-{unique}", "solo", tmp_path / "consumer.log",
+                      extra_env={"LEVYDRIFT_CONSUMER_CHECKPOINT_INTERVAL_S": "50"}).start()
+    wait_processed(kafka_bootstrap, f"g-{unique}", topics, 5000, timeout_s=35, runs=[run])
