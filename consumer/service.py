@@ -309,15 +309,14 @@ class ConsumerService:
 
     def _checkpoint_due(self, fetched: int) -> bool:
         """Every ``checkpoint_interval_s``, and at once when a burst has been read to its end:
-        a short fetch (it waited for more) after at least a batch's worth of records since the
-        last checkpoint. What the burst produced, its drift events included, is then visible
-        to read_committed readers without waiting out the interval. A trickle of records
-        keeps to the interval: a checkpoint per record would rewrite the detector state each
-        time."""
+        a fetch that waited ``batch_timeout_s`` and got nothing, after at least a batch's worth
+        of records since the last checkpoint. What the burst produced, its drift events
+        included, is then visible to read_committed readers without waiting out the interval.
+        A steady stream, however slow, keeps to the interval: each checkpoint rewrites the
+        detector state."""
         if time.monotonic() - self._last_checkpoint >= self.section.checkpoint_interval_s:
             return True
-        batch = self.section.batch_size
-        return fetched < batch and self._fetched_since_checkpoint >= batch
+        return fetched == 0 and self._fetched_since_checkpoint >= self.section.batch_size
 
     def _close(self) -> None:
         """Never raises: an error on the way out must not hide the one that ended the run."""

@@ -123,7 +123,7 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero(
 def test_a_burst_read_to_its_end_is_committed_without_waiting_out_the_interval(
         kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
     # With only the interval, the records after the first batch would be committed 50 s
-    # after it; the short fetch at the end of the burst commits them at once.
+    # after it; the empty fetch after the burst commits them at once.
     topics = Topics(unique).create(kafka_bootstrap)
     produce_scenario(kafka_bootstrap, topics.names["records"], "none", 5000, 0)
     run = ConsumerRun(kafka_bootstrap, topics, f"g-{unique}", "solo", tmp_path / "consumer.log",
