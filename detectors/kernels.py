@@ -47,7 +47,6 @@ C_COUNT, C_RING_HEAD, C_NEXT_CROSS = range(3)
 AL_FIRED, AL_STAT, AL_THRESHOLD, AL_DIRECTION, AL_CHANGE = range(5)
 AL_COLUMNS = 5
 
-
 # How run_numeric scores a value (see there).
 SCORE_MID_RANK, SCORE_RANDOMISED, SCORE_GIVEN, SCORE_UNIFORM = 0, 1, 2, 3
 # Salt of the stratum layer's atom draws, so they are independent of the segment's own.

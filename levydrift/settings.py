@@ -72,9 +72,12 @@ class KafkaSettings:
                 f"kafka.client.{clash[0]} is set by levy-drift itself; remove it from kafka.client"
             )
 
-    def client_config(self, **overrides: Any) -> dict[str, Any]:
-        """librdkafka configuration: bootstrap servers, pass-through properties, overrides."""
+    def client_config(self, defaults: Mapping[str, Any] | None = None,
+                      **overrides: Any) -> dict[str, Any]:
+        """librdkafka configuration: bootstrap servers, ``defaults`` (which pass-through
+        properties replace), pass-through properties, overrides."""
         config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
+        config.update(defaults or {})
         config.update(self.client)
         config.update(overrides)
         return config

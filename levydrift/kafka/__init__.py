@@ -48,12 +48,11 @@ FETCH_QUEUE_BACKOFF_MS: Final = 100
 
 def consumer_config(kafka: KafkaSettings, group_id: str, **overrides: Any) -> dict[str, Any]:
     """Manual commits and read-committed isolation: the project's consumers never auto-commit."""
-    backoff = {} if "fetch.queue.backoff.ms" in kafka.client \
-        else {"fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS}
-    return kafka.client_config(**{"group.id": group_id, "enable.auto.commit": False,
+    return kafka.client_config({"fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS},
+                               **{"group.id": group_id, "enable.auto.commit": False,
                                   "enable.auto.offset.store": False,
                                   "auto.offset.reset": "earliest",
-                                  "isolation.level": "read_committed", **backoff,
+                                  "isolation.level": "read_committed",
                                   "logger": _quiet_logger(), **overrides})
 
 
