@@ -115,10 +115,14 @@ class DetectorBank:
         segment's channels in one compiled call, accounts each segment's part here."""
         alarms.sort(key=lambda item: (item[0], item[1]))
         decisions = self._episodes(alarms, positions) if alarms else []
-        self.records_seen += len(positions)
         if len(positions):
-            self.last_position = int(positions[-1])
+            self.count(len(positions), int(positions[-1]))
         return decisions
+
+    def count(self, records: int, last_position: int) -> None:
+        """A fed batch of ``records`` without alarms counted (``account``'s bookkeeping)."""
+        self.records_seen += records
+        self.last_position = last_position
 
     def _check_positions(self, positions: np.ndarray) -> None:
         check_positions(positions, self.last_position)

@@ -189,7 +189,7 @@ def stratum_scores(values: np.ndarray, grouping: np.ndarray, n_strata: int,
                    positions: np.ndarray, ready_from: np.ndarray, knots: np.ndarray,
                    below: np.ndarray, at_or_below: np.ndarray, n_knots: np.ndarray,
                    u_min: np.ndarray, out: np.ndarray) -> None:
-    """Each of the rows ``grouping`` holds (``group_by_stratum``'s, over ``n_strata``
+    """Each of the rows ``grouping`` holds (``group_rows``', over ``n_strata``
     strata) as its value's probability under its stratum's reference (row ``s`` of the
     tables, ``n_knots`` long): a randomised probability integral transform, so the
     probabilities are U(0, 1) under no change even when a stratum's values are one atom (a
@@ -215,10 +215,11 @@ def stratum_scores(values: np.ndarray, grouping: np.ndarray, n_strata: int,
 
 
 @njit(cache=True, nogil=True)
-def group_by_stratum(rows: np.ndarray, strata: np.ndarray, n_strata: int) -> np.ndarray:
-    """``rows`` grouped by stratum (a counting sort), each group in row order, after the
-    ``n_strata + 1`` group starts (one array: ``[starts..., rows...]``). The same for every
-    signal of a batch, so it is made once."""
+def group_rows(rows: np.ndarray, strata: np.ndarray, n_strata: int) -> np.ndarray:
+    """``rows`` grouped by their group (``strata[row]`` < ``n_strata``: a record's stratum,
+    or its segment) by a counting sort, each group in row order, after the ``n_strata + 1``
+    group starts (one array: ``[starts..., rows...]``). The strata's grouping is the same
+    for every signal of a batch, so it is made once."""
     grouped = np.zeros(n_strata + 1 + rows.shape[0], dtype=np.int64)
     starts = grouped[:n_strata + 1]
     for index in range(rows.shape[0]):

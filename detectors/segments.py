@@ -35,6 +35,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from detectors import kernels as k
 from detectors.bank import DetectorBank, check_positions
 from detectors.channels import Alarm, DetectorStatus, NumericChannel
 from detectors.composition import Coded, CompositionMonitor, code_column, event_times_ms
@@ -313,14 +314,12 @@ class SegmentedBank:
         Returns (layer, decision) pairs, each record's segment code, the pooled scores and,
         when every signal has a column, the same as rows in signal order."""
         signals = [name for name in self.settings.numeric_like() if columns.get(name) is not None]
-        values = np.empty((len(signals), len(positions)))
-        for row, name in enumerate(signals):
-            column = np.asarray(columns[name], dtype=np.float64)
+        values = [np.ascontiguousarray(columns[name], dtype=np.float64) for name in signals]
+        for name, column in zip(signals, values, strict=True):  # read, never written
             if column.shape != (len(positions),):
                 raise ValueError(f"column {name!r} has {len(column)} values for "
                                  f"{len(positions)} positions")
-            values[row] = column
-        scores = np.full(values.shape, np.nan)
+        scores = np.full((len(signals), len(positions)), np.nan)
         segment_codes = self._segment_codes(groups, labels)
         every = np.arange(len(positions))
         strata = grouping = None
@@ -329,9 +328,9 @@ class SegmentedBank:
             strata = self.strata.strata_of(segment_codes, *strata_groups)
             grouping = self.strata.grouping(strata, every)
         banks = list(self.segments.values())  # in code order
-        # Each segment's rows, ascending; 16-bit codes (max_segments <= 4096) sort by radix.
-        order = np.argsort(segment_codes.astype(np.int16), kind="stable")
-        bounds = np.searchsorted(segment_codes[order], np.arange(len(banks) + 1))
+        # Each segment's rows, ascending, after the segments' starts: one counting sort.
+        grouped = k.group_rows(every, segment_codes, len(banks))
+        bounds, order = grouped[:len(banks) + 1], grouped[len(banks) + 1:]
         routes = Routes(positions, order, bounds, (np.diff(bounds) > 0).tolist(), every, strata,
                         grouping)
         for name in signals:
@@ -342,7 +341,7 @@ class SegmentedBank:
             for row, name in enumerate(signals)]
         # The composition first: it holds the GIL most of its time; the signals' compiled
         # loops do not, so the other cores run them meanwhile.
-        composed, *fed = run_each([composing or list, *tasks], values.size,
+        composed, *fed = run_each([composing or list, *tasks], scores.size,
                                   self.settings.threads)
         alarms: list[list[tuple[int, int, str, Alarm]]] = [[] for _ in banks]
         pooled_alarms: list[tuple[int, int, str, Alarm]] = []
@@ -351,11 +350,16 @@ class SegmentedBank:
                 entry = (alarm.index, self.channel_order[name], name, alarm)
                 (pooled_alarms if code == POOLED else alarms[code]).append(entry)
         found: list[tuple[str, DriftDecision]] = [("composition", d) for d in composed]
+        starts = bounds.tolist()
         for code, label in enumerate(self.segments):
-            if bounds[code + 1] > bounds[code]:
-                part = positions[order[bounds[code]:bounds[code + 1]]]
-                found += [("segment", replace(d, segment=label))
-                          for d in banks[code].account(alarms[code], part)]
+            lo, hi = starts[code], starts[code + 1]
+            if hi == lo:
+                continue
+            if alarms[code]:  # the segment's positions, for its decisions
+                found += [("segment", replace(d, segment=label)) for d in
+                          banks[code].account(alarms[code], positions[order[lo:hi]])]
+            else:
+                banks[code].count(hi - lo, int(positions[order[hi - 1]]))
         pooled = dict(zip(signals, scores, strict=True))
         if self.pool is not None and signals:  # its channels were fed in the calls above
             found += [("pooled", d) for d in self.pool.account(pooled_alarms, positions)]

@@ -57,6 +57,8 @@ class _Tables:
     quiet: dict[int, bool] = field(default_factory=dict)
     # Reference and quiet-flag changes; per signal, as the segments feed signals in parallel.
     changes: int = field(default=0, compare=False)
+    # How many strata were all ready at the last look (-1: not all); ``relearn`` resets it.
+    all_ready: int = field(default=-1, compare=False)
 
     def grow(self, strata: int) -> None:
         if strata <= len(self.ready):
@@ -162,9 +164,10 @@ class StrataScaler:
         pairs = segment_codes.astype(np.int64) * width + groups
         present = np.bincount(pairs)
         index = np.zeros(len(present), dtype=np.int64)
+        texts = [str(label) for label in labels.tolist()]
         new = []
         for pair in np.flatnonzero(present).tolist():
-            found = self.keys.get((pair // width, str(labels[pair % width])))
+            found = self.keys.get((pair // width, texts[pair % width]))
             if found is None:
                 new.append(pair)
             else:
@@ -172,7 +175,7 @@ class StrataScaler:
         if new:  # made in order of first appearance (the only order a new one has)
             firsts = sorted((int(np.argmax(pairs == pair)), pair) for pair in new)
             for _, pair in firsts:
-                index[pair] = self._stratum(pair // width, str(labels[pair % width]))
+                index[pair] = self._stratum(pair // width, texts[pair % width])
         strata: np.ndarray = index[pairs]
         return strata
 
@@ -195,7 +198,7 @@ class StrataScaler:
     def grouping(self, strata: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """``rows`` grouped by their stratum, as ``scores`` takes them (``strata``: each
         record's, from ``strata_of``)."""
-        return k.group_by_stratum(rows, strata, len(self.keys))
+        return k.group_rows(rows, strata, len(self.keys))
 
     def scores(self, signal: str, values: np.ndarray, positions: np.ndarray,
                strata: np.ndarray, rows: np.ndarray, out: np.ndarray,
@@ -206,12 +209,14 @@ class StrataScaler:
         caller has it (every signal of a batch shares it)."""
         tables = self.tables[signal]
         known = len(self.keys)
-        ready = tables.ready[:known]
-        if ready.all():  # the usual case, once every stratum has its reference
+        if tables.all_ready != known:  # strata added, or some learning again, since
+            tables.all_ready = known if tables.ready[:known].all() else -1
+        if tables.all_ready == known:  # the usual case, once every stratum has its reference
             if len(self._ready_from_start) != known:
                 self._ready_from_start = np.zeros(known, dtype=np.int64)
             ready_from = self._ready_from_start  # read-only in the compiled call
         else:
+            ready = tables.ready[:known]
             ready_from = np.where(ready, 0, len(values))
             tables.reserve(len(rows))
             tables.warm_size = k.collect_stratum_warmups(
@@ -258,6 +263,7 @@ class StrataScaler:
         tables = self.tables[signal]
         again = [stratum for (code, _), stratum in self.keys.items()
                  if segment is None or code == segment]
+        tables.all_ready = -1
         for stratum in again:
             tables.ready[stratum] = False
             tables.quiet.pop(self._segments[stratum], None)

@@ -399,7 +399,7 @@ def test_the_late_label_error_bank_has_no_strata() -> None:
 
 
 def test_each_value_is_scored_under_its_own_strata_table_whatever_the_mix() -> None:
-    """``kernels.stratum_scores`` takes the rows stratum by stratum (``group_by_stratum``'s
+    """``kernels.stratum_scores`` takes the rows stratum by stratum (``group_rows``'
     grouping); each value still gets ``randomised_cdf`` under its own stratum's table (with
     the strata's salt), a stratum still warming up leaves its rows NaN, and rows not asked
     for are left alone."""
@@ -419,7 +419,7 @@ def test_each_value_is_scored_under_its_own_strata_table_whatever_the_mix() -> N
     ready_from = np.zeros(n_strata, dtype=np.int64)
     ready_from[4] = 1_500  # still warming up before row 1,500
     out = np.full(n, -1.0)
-    grouping = k.group_by_stratum(rows, strata, n_strata)
+    grouping = k.group_rows(rows, strata, n_strata)
     k.stratum_scores(values, grouping, n_strata, positions, ready_from, tables.knots,
                      tables.below, tables.at_or_below, tables.n_knots, tables.u_min, out)
     expected = np.full(n, -1.0)
