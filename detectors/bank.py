@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from detectors import kernels as k
 from detectors.channels import (
     Alarm,
     CategoricalChannel,
@@ -59,7 +60,7 @@ def check_positions(positions: np.ndarray, last_position: int | None) -> None:
     """Positions of a batch: one-dimensional, strictly increasing, after ``last_position``."""
     if positions.ndim != 1:
         raise ValueError("positions must be a one-dimensional array")
-    if len(positions) > 1 and not np.all(np.diff(positions) > 0):
+    if not k.strictly_increasing(positions):
         raise ValueError("positions must be strictly increasing")
     if len(positions) and last_position is not None and positions[0] <= last_position:
         raise ValueError(f"position {int(positions[0])} is not after the last position "

@@ -215,6 +215,15 @@ def stratum_scores(values: np.ndarray, grouping: np.ndarray, n_strata: int,
 
 
 @njit(cache=True, nogil=True)
+def strictly_increasing(values: np.ndarray) -> bool:
+    """Whether each value is above the one before (one pass, no temporary arrays)."""
+    for index in range(1, values.shape[0]):
+        if values[index] <= values[index - 1]:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
 def group_rows(rows: np.ndarray, strata: np.ndarray, n_strata: int) -> np.ndarray:
     """``rows`` grouped by their group (``strata[row]`` < ``n_strata``: a record's stratum,
     or its segment) by a counting sort, each group in row order, after the ``n_strata + 1``

@@ -189,11 +189,19 @@ def test_reference_survives_a_dict_round_trip() -> None:
     assert again == ref
 
 
-@pytest.mark.parametrize("bad", [np.array([3, 2]), np.array([[1, 2]])])
+@pytest.mark.parametrize("bad", [np.array([3, 2]), np.array([[1, 2]]), np.array([1, 2, 2]),
+                                 np.array([1, 2, 3, 4, 0])])
 def test_positions_must_increase(bad: np.ndarray) -> None:
     bank = DetectorBank(SETTINGS, reference())
     with pytest.raises(ValueError):
         bank.update({"levy_rate": np.ones(bad.size)}, bad.ravel() if bad.ndim == 1 else bad)
+
+
+@pytest.mark.parametrize("good", [[], [7], [1, 2, 9, 10]])
+def test_increasing_positions_are_taken(good: list[int]) -> None:
+    bank = DetectorBank(SETTINGS, reference())
+    bank.update({"levy_rate": np.ones(len(good))}, good)
+    assert bank.records_seen == len(good)
 
 
 def test_positions_must_continue_after_the_last_batch() -> None:
