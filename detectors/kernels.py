@@ -217,7 +217,7 @@ def stratum_scores(values: np.ndarray, grouping: np.ndarray, n_strata: int,
 @njit(cache=True, nogil=True)
 def strictly_increasing(values: np.ndarray) -> bool:
     """Whether each value is above the one before (one pass, no temporary arrays)."""
-    for index in range(1, values.shape[0]):
+    for index in range(1, values.shape[0]):  # noqa: SIM110 (numba: no generators)
         if values[index] <= values[index - 1]:
             return False
     return True
