@@ -80,7 +80,7 @@ from consumer.state import decode_state, state_key
 from levydrift.artifacts import save_model
 from levydrift.features import feature_signature, to_model_frame
 from levydrift.kafka import producer_config
-from levydrift.kafka.transactions import producer_overrides
+from levydrift.kafka.transactions import TRANSACTIONAL_TUNING, producer_overrides
 from levydrift.settings import KafkaSettings
 from levydrift.simulator import (
     LabelDelay,
@@ -289,6 +289,7 @@ def fill_changelog(bootstrap: str, topic: str, store: JoinStore, entries: int) -
     """``entries`` newly scored records into ``store``, its changes produced to ``topic`` in
     transactions, the store committed after each; returns the bytes of keys and values."""
     producer = Producer(producer_config(KafkaSettings(bootstrap_servers=bootstrap),
+                                        TRANSACTIONAL_TUNING,
                                         **producer_overrides(f"bench-fill-{uuid.uuid4().hex}",
                                                              60)))
     producer.init_transactions(30)

@@ -67,6 +67,7 @@ from levydrift.kafka import (
 )
 from levydrift.kafka.messages import ends_consumer, fenced_membership, names_fenced_membership
 from levydrift.kafka.transactions import (
+    TRANSACTIONAL_TUNING,
     FatalKafkaError,
     MessageRefused,
     TransactionAborted,
@@ -120,6 +121,18 @@ def run_consumer(settings: ConsumerSettings,
             log.warning("fenced by its own earlier join; starting afresh from the last "
                         "checkpoint", extra={"error": str(error)})
             metrics.OWN_FENCE_RESTARTS.inc()
+
+
+def output_producer_config(settings: ConsumerSettings) -> dict[str, Any]:
+    """The transactional producer's configuration (tuning under kafka.client wins)."""
+    section = settings.consumer
+    config = producer_config(settings.kafka, TRANSACTIONAL_TUNING,
+                             **producer_overrides(section.transactional_id,
+                                                  section.transaction_timeout_s))
+    # A topic's max.message.bytes bounds a whole batch: state parts batched together must
+    # stay below it as each part does, whatever batch.size was asked for.
+    config["batch.size"] = min(int(config["batch.size"]), section.state_record_max_bytes)
+    return config
 
 
 class ConsumerService:
@@ -246,13 +259,7 @@ class ConsumerService:
             log.info("rejoined the group", extra={"topic": self.settings.topics.records})
 
     def _new_producer(self) -> Producer:
-        overrides = producer_overrides(self.section.transactional_id,
-                                       self.section.transaction_timeout_s)
-        # A topic's max.message.bytes bounds a whole batch: state parts batched together
-        # must stay below it as each part does.
-        overrides["batch.size"] = min(overrides["batch.size"],
-                                      self.section.state_record_max_bytes)
-        return Producer(producer_config(self.settings.kafka, **overrides))
+        return Producer(output_producer_config(self.settings))
 
     def _fail(self) -> None:
         """After an error mid-batch the open transaction holds part of a batch: abort it and

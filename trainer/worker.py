@@ -127,7 +127,7 @@ class TrainWorker:
         if removed:
             log.info("removed unfinished versions of dead writers", extra={"count": removed})
         self._refresh_champion_metrics()
-        transactional = {"transactional.id": self._transactional_id}
+        transactional: dict[str, Any] = {"transactional.id": self._transactional_id}
         self._output = TransactionalOutput(
             lambda: Producer(producer_config(kafka, **transactional)), kafka.request_timeout_s * 3)
         try:
@@ -500,8 +500,9 @@ def publish_decision(settings: TrainerSettings, event: ModelVersionEvent) -> Non
     transactional_id = (f"{settings.trainer.transactional_id_prefix}-"
                         f"{settings.trainer.model_name}-cli")
     timeout = settings.kafka.request_timeout_s * 3
-    output = TransactionalOutput(lambda: Producer(producer_config(
-        settings.kafka, **{"transactional.id": transactional_id})), timeout)
+    transactional: dict[str, Any] = {"transactional.id": transactional_id}
+    output = TransactionalOutput(lambda: Producer(producer_config(settings.kafka,
+                                                                  **transactional)), timeout)
     try:
         output.init()
         output.produce(settings.topics.model_versions, event.to_bytes(), key=event_key(event))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any, Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -29,11 +30,19 @@ def partition_count(client: Consumer | Producer, topic: str, timeout_s: float) -
     return 0 if found is None or found.error is not None else len(found.partitions)
 
 
-def producer_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
-    """Idempotent producer defaults; callers add ``transactional.id`` where they need EOS."""
-    return kafka.client_config(**{"enable.idempotence": True, "acks": "all",
-                                  "linger.ms": 5, "compression.type": "lz4",
-                                  "logger": _quiet_logger(), **overrides})
+# Throughput tuning: defaults, which the same property under kafka.client replaces (latency
+# against batching is the deployment's call). Idempotence and acks=all are not: exactly-once
+# needs them, so they override whatever kafka.client says.
+PRODUCER_TUNING: Final[Mapping[str, Any]] = MappingProxyType(
+    {"linger.ms": 5, "compression.type": "lz4"})
+
+
+def producer_config(kafka: KafkaSettings, tuning: Mapping[str, Any] = PRODUCER_TUNING,
+                    **overrides: Any) -> dict[str, Any]:
+    """An idempotent producer's configuration: ``tuning`` under kafka.client, then what the
+    caller needs (``transactional.id`` where it writes exactly once)."""
+    return kafka.client_config(tuning, **{"enable.idempotence": True, "acks": "all",
+                                          "logger": _quiet_logger(), **overrides})
 
 
 # librdkafka stops fetching a partition whose local queue passed its thresholds (100,000

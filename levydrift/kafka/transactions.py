@@ -14,13 +14,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, TypedDict, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Final, NoReturn, TypedDict, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from levydrift.errors import LevyDriftError
-from levydrift.kafka import partition_count
+from levydrift.kafka import PRODUCER_TUNING, partition_count
 from schemas.dead_letter import Headers
 
 log = logging.getLogger(__name__)
@@ -379,7 +380,13 @@ def _describe(error: BaseException) -> str:
     return "no answer within the timeout" if isinstance(error, CallStuck) else str(error)
 
 
+# A checkpoint's output goes out at once: later, bigger batches than the default tuning (still
+# defaults: kafka.client replaces them).
+TRANSACTIONAL_TUNING: Final[Mapping[str, Any]] = MappingProxyType(
+    {**PRODUCER_TUNING, "linger.ms": 20, "batch.size": 1_000_000})
+
+
 def producer_overrides(transactional_id: str, transaction_timeout_s: float) -> dict[str, Any]:
+    """What a transactional producer must have, whatever kafka.client says."""
     return {"transactional.id": transactional_id,
-            "transaction.timeout.ms": int(transaction_timeout_s * 1000),
-            "linger.ms": 20, "batch.size": 1_000_000}
+            "transaction.timeout.ms": int(transaction_timeout_s * 1000)}
