@@ -29,7 +29,12 @@ from confluent_kafka import Consumer, KafkaError, Message
 
 from consumer import metrics
 from detectors.reference import Reference
-from levydrift.artifacts import load_reference_sample, load_version_dir, verify_version_dir
+from levydrift.artifacts import (
+    load_reference_sample,
+    load_version_dir,
+    verify_version_dir,
+    with_training_composition,
+)
 from levydrift.errors import ArtifactError, BrokerUnavailableError
 from levydrift.kafka import read_to_end
 from levydrift.model_probe import IsolatedProbe
@@ -249,12 +254,13 @@ class ChampionTracker:
         columns = {name: sample[name].to_numpy() for name in sample.columns
                    if name in self._signals}
         try:  # the rows stay with it: the districts' references are learned from them too
-            return replace(Reference.from_columns(columns), rows=columns)
+            reference = replace(Reference.from_columns(columns), rows=columns)
         except ValueError as error:  # too few holdout records to describe a signal
             log.warning("holdout sample too small for a reference; detectors will warm up",
                         extra={"model": event.model_name, "version": event.version,
                                "error": str(error)})
             return None
+        return with_training_composition(reference, version_dir)
 
     def _cancel_probe(self) -> None:
         if self._probe is not None:

@@ -382,6 +382,33 @@ def code_dictionary(indices: np.ndarray, values: np.ndarray) -> Coded:
     return codes, _names(values[first])
 
 
+def whole_window_counts(columns: Mapping[str, Any], times_ms: np.ndarray, window_s: int
+                        ) -> tuple[dict[str, dict[str, int]], int]:
+    """Each category column's counts over the rows in whole event-time windows: those strictly
+    between the first and the last window the rows touch. Rows read by arrival (a training
+    window) begin and end inside windows they hold only part of, and in county slices which
+    counties that part holds is no accident: its mix is not the stream's. Rows without an
+    event time (negative) are left out. Returns (column -> category -> count, the number of
+    whole windows the rows touch)."""
+    times = np.asarray(times_ms, dtype=np.int64)
+    windows = np.where(times >= 0, times // (window_s * 1000), -1)
+    dated = windows[windows >= 0]
+    if dated.size == 0:
+        return {name: {} for name in columns}, 0
+    first, last = int(dated.min()), int(dated.max())
+    inside = (windows > first) & (windows < last)
+    counts: dict[str, dict[str, int]] = {}
+    for name, column in columns.items():
+        codes, names = code_column(np.asarray(column, dtype=object)[inside])
+        tally = np.bincount(codes + 1, minlength=len(names) + 1).tolist()
+        counted: dict[str, int] = {}
+        for category, count in zip([MISSING, *names], tally, strict=True):
+            if count:  # "" and None both read as missing
+                counted[category] = counted.get(category, 0) + count
+        counts[name] = counted
+    return counts, len(np.unique(windows[inside]))
+
+
 def _names(uniques: Any) -> list[str]:
     return [str(u) if str(u) else MISSING for u in uniques]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -124,6 +124,20 @@ class CategoricalReference:
         return cls(n=n, shares=shares, unseen_rate=unseen, first_position=first_position,
                    last_position=last_position)
 
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, int]) -> CategoricalReference:
+        """``from_values`` of values already counted (category -> count)."""
+        kept = {str(name): int(count) for name, count in counts.items() if int(count) > 0}
+        n = sum(kept.values())
+        if n < MIN_REFERENCE_VALUES:
+            raise DetectorConfigError(
+                f"reference needs >= {MIN_REFERENCE_VALUES} category values, got {n}")
+        ordered = sorted(kept.items(), key=lambda item: (-item[1], item[0]))
+        singletons = sum(1 for _, count in ordered if count == 1)
+        return cls(n=n, shares={name: count / n for name, count in
+                                ordered[:MAX_STORED_CATEGORIES]},
+                   unseen_rate=min(max(singletons / n, 0.5 / n), 0.05))
+
 
 @dataclass(frozen=True)
 class Reference:
@@ -154,6 +168,20 @@ class Reference:
 
     def signals(self) -> set[str]:
         return set(self.numeric) | set(self.categorical)
+
+    def with_composition(self, counts: Mapping[str, Mapping[str, int]],
+                         windows: int) -> Reference:
+        """The category shares of a champion's training window counted over its ``windows``
+        whole event-time windows (``composition.whole_window_counts``, kept in its manifest)
+        in place of its holdout's, which has the window's skewed edges. A column counted over
+        no whole window, or too few values, has none: composition then takes the stream's own
+        first whole window."""
+        categorical = dict(self.categorical)
+        for name, counted in counts.items():
+            categorical.pop(name, None)
+            if windows > 0 and sum(counted.values()) >= MIN_REFERENCE_VALUES:
+                categorical[name] = CategoricalReference.from_counts(counted)
+        return replace(self, categorical=categorical)
 
     def merged(self, other: Reference) -> Reference:
         return Reference(numeric={**self.numeric, **other.numeric},

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import sys
@@ -23,7 +24,10 @@ from typing import Any
 
 import pandas as pd
 
+from detectors.reference import Reference
 from levydrift.errors import ArtifactError
+
+log = logging.getLogger(__name__)
 
 ARTIFACT_NAME = "model.skops"
 MANIFEST_NAME = "manifest.json"
@@ -189,6 +193,42 @@ def _version_artifact(version_dir: str | Path,
             f"model {label}: manifest SHA-256 {recorded} differs from the expected "
             f"{expected_sha256}; refusing to load it", "sha256_mismatch")
     return version_dir / manifest.get("artifact", ARTIFACT_NAME), recorded, label
+
+
+def load_composition(version_dir: str | Path) -> tuple[dict[str, dict[str, int]], int] | None:
+    """The version's category counts over its training window's whole event-time windows and
+    how many windows those are (manifest ``composition``, see
+    ``detectors.composition.whole_window_counts``); None for versions written without them.
+    A malformed entry raises ``ArtifactError`` (reason ``composition``)."""
+    entry = read_manifest(version_dir).get("composition")
+    if entry is None:
+        return None
+    try:
+        windows = entry["windows"]
+        counts = {str(name): {str(category): count for category, count in counted.items()}
+                  for name, counted in entry["counts"].items()}
+        valid = (isinstance(windows, int) and windows >= 0 and all(
+            isinstance(count, int) and count >= 0
+            for counted in counts.values() for count in counted.values()))
+    except (KeyError, TypeError, AttributeError):
+        valid = False
+    if not valid:
+        raise ArtifactError(f"model version {version_dir}: the composition counts in "
+                            f"{MANIFEST_NAME} are malformed", "composition")
+    return counts, windows
+
+
+def with_training_composition(reference: Reference, version_dir: str | Path) -> Reference:
+    """``reference`` with the category shares of the version's whole training windows
+    (``load_composition``) when it has them. A malformed entry is logged and left out: the
+    holdout's shares stay, as for a version from before the counts."""
+    try:
+        composition = load_composition(version_dir)
+    except ArtifactError as error:
+        log.warning("composition counts unusable; judging the mix by the holdout's shares",
+                    extra={"version_dir": str(version_dir), "error": str(error)})
+        return reference
+    return reference if composition is None else reference.with_composition(*composition)
 
 
 def load_reference_sample(version_dir: str | Path) -> pd.DataFrame | None:

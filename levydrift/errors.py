@@ -33,7 +33,7 @@ class ArtifactError(LevyDriftError):
     holding a type outside the allow-list, damaged, or unable to predict. The message names the
     version or path and why; ``reason`` is a stable code for metrics (missing, unreadable,
     sha256_mismatch, not_skops, disallowed_type, outside_registry, invalid_model,
-    probe_failed, probe_crashed, probe_timeout)."""
+    probe_failed, probe_crashed, probe_timeout, composition)."""
 
     def __init__(self, message: str, reason: str = "refused") -> None:
         super().__init__(message)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from detectors.config import DetectorSettings
 from levydrift.errors import ConfigError
 from levydrift.settings import (
     KafkaSettings,
@@ -84,3 +85,6 @@ class TrainerSettings:
     # Shares [metrics] with the consumer: on one host give the trainer LEVYDRIFT_METRICS_PORT=9109.
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    # The consumer's [detectors]: a version keeps its window's mix over whole windows of
+    # detectors.composition_window_s (trainer/training.py, ``training_composition``).
+    detectors: DetectorSettings = field(default_factory=DetectorSettings)

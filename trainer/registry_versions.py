@@ -62,6 +62,9 @@ class NewVersion:
     reference_sample: Any = None  # pandas.DataFrame
     # Per county with enough holdout rows: {"name", "rows", "candidate_mae", "champion_mae"}
     slices: list[dict[str, Any]] = field(default_factory=list)
+    # The training window's category counts over whole event-time windows (manifest
+    # "composition": {"window_s", "windows", "counts"}), or None.
+    composition: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,7 @@ class VersionStore:
         write_json_atomic(directory / MANIFEST_NAME, {
             "model": name, "version": version, "status": candidate.decision,
             "artifact": ARTIFACT_NAME, "sha256": sha256, **reference,
+            **({} if candidate.composition is None else {"composition": candidate.composition}),
             "feature_signature": candidate.feature_signature,
             "estimator": type(candidate.estimator).__qualname__,
             "library_versions": library_versions(), "created_at": now})

@@ -14,9 +14,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from detectors.composition import whole_window_counts
+from detectors.config import DetectorSettings
 from levydrift.errors import ArtifactError, LevyDriftError, TrainingError
 from levydrift.faults import crash_point
-from levydrift.features import TARGET, feature_signature, model_columns
+from levydrift.features import CATEGORICAL_FEATURES, TARGET, feature_signature, model_columns
 from levydrift.signals import signal_columns
 from trainer.evaluation import (
     SLICE_TOLERANCE,
@@ -52,6 +54,12 @@ class TrainingRequest:
     # from Kafka): the gate then leaves out the holdout rows the champion trained on.
     records_topic: str | None = None
     record_offsets: np.ndarray | None = None
+    # Per frame row, its event time (epoch ms; negative: none). The version then keeps the
+    # window's category counts over its whole event-time windows (``composition_window_s``,
+    # as [detectors] sets it): the mix a consumer judges the stream's windows by. None: no
+    # counts, and the holdout's shares serve (they have the window's skewed edges).
+    event_times_ms: np.ndarray | None = None
+    composition_window_s: int = DetectorSettings().composition_window_s
 
 
 def train_and_register(registry: ModelRegistry, name: str, request: TrainingRequest,
@@ -97,11 +105,27 @@ def train_and_register(registry: ModelRegistry, name: str, request: TrainingRequ
         feature_signature=feature_signature(), code_version=request.code_version,
         duration_s=duration, extra_lineage=request.extra_lineage,
         reference_sample=reference_sample(holdout, predicted),
+        composition=training_composition(frame, request, labelled),
         slices=[asdict(comparison) for comparison in slices]), finish=finish)
     log.info("registered a model version", extra={
         "model": name, "version": info.version, "decision": decision.decision,
         "reason": reason, "training_records": len(frame), "duration_s": round(duration, 3)})
     return info
+
+
+def training_composition(frame: pd.DataFrame, request: TrainingRequest,
+                         labelled: np.ndarray) -> dict[str, Any] | None:
+    """The labelled ``frame``'s category counts over whole event-time windows, for the
+    manifest (None without event times): ``{"window_s", "windows", "counts"}``."""
+    if request.event_times_ms is None:
+        return None
+    times = np.asarray(request.event_times_ms, dtype=np.int64)
+    if len(times) != len(request.frame):
+        raise ValueError(f"{len(times)} event times for {len(request.frame)} training rows")
+    counts, windows = whole_window_counts(
+        {name: frame[name].to_numpy() for name in CATEGORICAL_FEATURES},
+        times[labelled], request.composition_window_s)
+    return {"window_s": request.composition_window_s, "windows": windows, "counts": counts}
 
 
 def reference_sample(holdout: pd.DataFrame, predicted: np.ndarray) -> pd.DataFrame:

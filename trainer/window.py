@@ -72,6 +72,8 @@ class TrainingWindow:
     record_offsets: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     record_times: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     duplicate_records: int = 0  # rows of records read again (same record_id), dropped
+    # per frame row: its record's event time (epoch ms; -1: none), for the version's mix
+    event_times: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def merged(self, other: TrainingWindow) -> TrainingWindow:
         """This window's rows and ``other``'s (of the same topics) that it lacks, oldest to
@@ -88,7 +90,8 @@ class TrainingWindow:
             self.rejected_labels + other.rejected_labels,
             {**other.post_change_segments, **self.post_change_segments},
             np.concatenate([self.record_offsets, other.record_offsets[new]])[order],
-            times[order], self.duplicate_records + other.duplicate_records)
+            times[order], self.duplicate_records + other.duplicate_records,
+            np.concatenate([self.event_times, other.event_times[new]])[order])
 
     def lineage(self) -> dict[str, Any]:
         """What a version's lineage says about the window besides its offset ranges: how much
@@ -355,12 +358,12 @@ def _window(totals: _Totals, labels_topic: str | None,
             spans: dict[int, list[LabelSpan]] | None) -> TrainingWindow:
     ranges = totals.ranges + _label_ranges(totals.chunks, labels_topic, spans)
     joined = sum(int((chunk.label_offsets >= 0).sum()) for chunk in totals.chunks)
-    frame, record_offsets, record_times = _ordered_frame(totals.chunks)
+    frame, record_offsets, record_times, event_times = _ordered_frame(totals.chunks)
     rows = sum(len(chunk.offsets) for chunk in totals.chunks)
     return TrainingWindow(frame, ranges, totals.scanned, totals.refused, labels_topic, joined,
                           totals.scanned_labels, totals.refused_labels,
                           record_offsets=record_offsets, record_times=record_times,
-                          duplicate_records=rows - len(frame))
+                          duplicate_records=rows - len(frame), event_times=event_times)
 
 
 def _label_ranges(chunks: list[_Chunk], labels_topic: str | None,
@@ -387,21 +390,23 @@ def _concat(chunks: list[_Chunk]) -> _Chunk:
                   np.concatenate([c.partitions for c in chunks]))
 
 
-def _ordered_frame(chunks: list[_Chunk]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+def _ordered_frame(chunks: list[_Chunk]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray,
+                                                  np.ndarray]:
     """All partitions' rows as one model frame, oldest to newest by record timestamp, each
-    row's (records partition, offset), and its timestamp. A record sent again (a producer's
-    retry, a county uploading its slice twice) is one row, its newest: twice, it could be
-    trained on and held out at once, and the candidate judged on what it learnt."""
+    row's (records partition, offset), its timestamp and its event time (ms). A record sent
+    again (a producer's retry, a county uploading its slice twice) is one row, its newest:
+    twice, it could be trained on and held out at once, and the candidate judged on what it
+    learnt."""
     if not chunks:
         return (to_model_frame({k: [] for k in _empty_columns()}, include_target=True),
-                np.zeros((0, 2), np.int64), np.zeros(0, np.int64))
+                np.zeros((0, 2), np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
     merged = _concat(chunks)
     order = newest_of_each(merged.columns["record_id"],
                            np.argsort(merged.timestamps, kind="stable"))
     frame = to_model_frame({k: v[order] for k, v in merged.columns.items()},
                            include_target=True)
     return (frame, np.column_stack([merged.partitions[order], merged.offsets[order]]),
-            merged.timestamps[order])
+            merged.timestamps[order], event_times_ms(merged.columns["event_time"][order]))
 
 
 def event_time_order(event_times: Any, rows: int) -> np.ndarray:

@@ -387,7 +387,9 @@ class TrainWorker:
                 extra_lineage={"drift_events": [event_summary(e) for e in events],
                                **training_window.lineage(),
                                "post_change_label_segments": segment_scopes(label_segments)},
-                records_topic=topics.records, record_offsets=training_window.record_offsets),
+                records_topic=topics.records, record_offsets=training_window.record_offsets,
+                event_times_ms=training_window.event_times,
+                composition_window_s=self.settings.detectors.composition_window_s),
                 finish=False)
         except (BrokerUnavailableError, KafkaException):
             raise

@@ -38,7 +38,7 @@ from detectors.kernels import start_compiler
 from detectors.reference import Reference, reference_for_signals
 from detectors.segments import SegmentedBank
 from detectors.synthetic import stationary_batch
-from levydrift.artifacts import file_window, load_reference_sample
+from levydrift.artifacts import file_window, load_reference_sample, with_training_composition
 from levydrift.commands.check_result import CHECKED_FIELDS, CheckResult, CheckSettings
 from levydrift.errors import UsageError
 from levydrift.levyfile import FileColumns, read_levy_file, read_levy_file_columns
@@ -146,13 +146,16 @@ def file_baseline(path: Path, detectors: DetectorSettings,
 def champion_baseline(registry_root: str, model: str, version: int,
                       detectors: DetectorSettings) -> Baseline | None:
     """The champion's reference sample (``reference.parquet``, its holdout with predictions
-    and errors), as the consumer uses it; None when the version has none."""
+    and errors) and its training window's mix, as the consumer uses them; None when the
+    version has no sample."""
     version_dir = ModelRegistry(registry_root).version_dir(model, version)
     sample = load_reference_sample(version_dir)
     if sample is None:
         return None
     columns = {name: sample[name].to_numpy() for name in sample.columns}
-    reference = replace(reference_for_signals(columns, detectors.all_signals()), rows=columns)
+    reference = with_training_composition(
+        replace(reference_for_signals(columns, detectors.all_signals()), rows=columns),
+        version_dir)
     return Baseline(reference,
                     f"champion {model} v{version} reference sample ({len(sample):,} holdout "
                     f"rows, {version_dir / 'reference.parquet'})", "champion", columns)

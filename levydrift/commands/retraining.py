@@ -11,6 +11,7 @@ import numpy as np
 from confluent_kafka import Producer
 
 from consumer.events import decision_to_event
+from detectors.composition import event_times_ms
 from levydrift.commands.check_result import CheckResult, CheckSettings, signal_table
 from levydrift.errors import BrokerUnavailableError
 from levydrift.kafka import admin_client, ensure_reachable, producer_config
@@ -81,11 +82,15 @@ def train_on_result(result: CheckResult, settings: CheckSettings, registry_root:
     from trainer.worker import event_summary
 
     section = settings.trainer
-    frame = newest_labelled(to_model_frame(result.columns, include_target=True),
-                            result.columns.get("event_time"), section.window_records,
-                            result.columns.get("record_id"))
+    model_frame = to_model_frame(result.columns, include_target=True)
+    times = result.columns.get("event_time")
+    rows = newest_labelled_rows(model_frame, times, section.window_records,
+                                result.columns.get("record_id"))
+    frame = model_frame.iloc[rows].reset_index(drop=True)
     return train_and_register(ModelRegistry(registry_root), result.model, TrainingRequest(
         frame=frame, trigger_event_ids=[event.event_id for event in events],
+        event_times_ms=None if times is None else event_times_ms(np.asarray(times)[rows]),
+        composition_window_s=settings.detectors.composition_window_s,
         training_offsets=[result.window],
         code_version=section.code_version or code_version(),
         holdout_fraction=section.holdout_fraction, gate_margin=section.gate_margin,
@@ -104,10 +109,17 @@ def newest_labelled(frame: pd.DataFrame, event_times: Any, window_records: int,
     newest by event time (file order where times are equal or missing), each record once
     (its last row). Files hold county rolls one after another: by file position, the newest
     rows would be the last counties' alone, and the candidate would never see the others."""
+    rows = newest_labelled_rows(frame, event_times, window_records, record_ids)
+    return frame.iloc[rows].reset_index(drop=True)
+
+
+def newest_labelled_rows(frame: pd.DataFrame, event_times: Any, window_records: int,
+                         record_ids: Any = None) -> np.ndarray:
+    """The row indices ``newest_labelled`` takes, in its order."""
     labelled = np.isfinite(frame["actual_levy_amount"].to_numpy(float))
     order = event_time_order(event_times, len(frame))
     order = newest_of_each(record_ids, order[labelled[order]])
-    return frame.iloc[order[-window_records:]].reset_index(drop=True)
+    return order[-window_records:]
 
 
 def _worker(settings: CheckSettings, registry_root: str, model: str) -> TrainWorker:

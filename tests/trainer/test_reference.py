@@ -3,13 +3,19 @@ is champion; the sample is checked against the manifest before use."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from consumer.processing import PartitionMonitor
 from detectors.config import DetectorSettings
 from detectors.reference import Reference
-from levydrift.artifacts import load_reference_sample
+from levydrift.artifacts import (
+    load_composition,
+    load_reference_sample,
+    with_training_composition,
+)
 from levydrift.errors import ArtifactError
 from levydrift.features import to_model_frame
 from levydrift.simulator import LevySimulator, SimulatorConfig
@@ -67,3 +73,62 @@ def test_a_bank_baselined_on_the_sample_judges_the_mix_at_once(version) -> None:
     assert {"county", "property_class"} <= set(with_reference.bank.composition.reference)
     assert not without.bank.composition.reference
     assert not any(not row.warming_up for row in with_reference.bank.status())
+
+
+DAY_MS = 86_400_000
+
+
+@pytest.fixture(scope="module")
+def dated_version(tmp_path_factory: pytest.TempPathFactory):
+    """A version trained on 3,000 rows spread over five days, county A's rows all on the first
+    and the last (the window's edges, held in part)."""
+    frame = to_model_frame(LevySimulator(SimulatorConfig(seed=9, labelled_share=1.0)).columns(
+        0, 3000), include_target=True)
+    times = np.linspace(0, 5 * DAY_MS - 1, len(frame)).astype(np.int64)
+    edge = (times < DAY_MS) | (times >= 4 * DAY_MS)
+    frame.loc[edge, "county"] = "A"
+    frame.loc[~edge & (frame["county"] == "A"), "county"] = "B"
+    registry = ModelRegistry(tmp_path_factory.mktemp("dated"))
+    info = train_and_register(registry, NAME, TrainingRequest(
+        frame=frame, trigger_event_ids=[], code_version="test", params=ModelParams(max_iter=10),
+        training_offsets=[], event_times_ms=times, composition_window_s=86_400))
+    return info, frame[~edge]
+
+
+def test_a_version_keeps_its_windows_mix_without_their_edges(dated_version) -> None:
+    info, inside = dated_version
+    counts, windows = load_composition(info.path)
+    assert windows == 3
+    assert counts["county"] == inside["county"].value_counts().to_dict()
+    assert "A" not in counts["county"]
+    # The holdout (newest fifth of each county) has A, from the last day; the consumer's and
+    # check's reference takes the whole days' mix instead.
+    sample = load_reference_sample(info.path)
+    holdout = Reference.from_columns({"county": sample["county"].to_numpy()})
+    assert "A" in holdout.categorical["county"].shares
+    mixed = with_training_composition(holdout, info.path)
+    assert "A" not in mixed.categorical["county"].shares
+    assert mixed.categorical["county"].n == len(inside)
+
+
+def test_a_version_without_event_times_keeps_the_holdout_shares(version) -> None:
+    assert load_composition(version.path) is None
+    holdout = Reference.from_columns({"county": ["x"] * 60})
+    assert with_training_composition(holdout, version.path) == holdout
+
+
+def test_a_malformed_mix_is_refused_and_the_holdout_shares_stay(dated_version, tmp_path,
+                                                                caplog) -> None:
+    info, _ = dated_version
+    copy = tmp_path / "v"
+    copy.mkdir()
+    for item in info.path.iterdir():
+        (copy / item.name).write_bytes(item.read_bytes())
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["composition"]["counts"] = {"county": {"A": "many"}}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="composition counts .* are malformed"):
+        load_composition(copy)
+    holdout = Reference.from_columns({"county": ["x"] * 60})
+    assert with_training_composition(holdout, copy) == holdout
+    assert "composition counts unusable" in caplog.text
