@@ -21,7 +21,7 @@ the same decisions. Pure: no clock, no I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from statistics import NormalDist
 from typing import Any
 
@@ -382,31 +382,63 @@ def code_dictionary(indices: np.ndarray, values: np.ndarray) -> Coded:
     return codes, _names(values[first])
 
 
+class WindowTally:
+    """Category counts per event-time window, added chunk by chunk in any order (a training
+    window's records as the reader scans them); ``whole()`` gives them over the windows
+    strictly between the first and the last seen. Rows read by arrival begin and end inside
+    windows they hold only part of, and in county slices which counties that part holds is no
+    accident: its mix is not the stream's."""
+
+    def __init__(self, window_s: int) -> None:
+        self.window_ms = window_s * 1000
+        self.counts: dict[int, dict[str, dict[str, int]]] = {}  # window -> column -> counts
+
+    def add(self, columns: Mapping[str, Any], times_ms: np.ndarray) -> None:
+        """Rows (one array per category column, their event times in ms; negative: none,
+        left out)."""
+        times = np.asarray(times_ms, dtype=np.int64)
+        dated = times >= 0
+        windows = times[dated] // self.window_ms
+        present = np.unique(windows).tolist()
+        for name, column in columns.items():
+            codes, names = code_column(np.asarray(column, dtype=object)[dated])
+            labels = [MISSING, *names]  # "" and None both read as missing
+            for window in present:
+                tally = np.bincount(codes[windows == window] + 1, minlength=len(labels))
+                into = self.counts.setdefault(window, {}).setdefault(name, {})
+                for slot in np.flatnonzero(tally).tolist():
+                    into[labels[slot]] = into.get(labels[slot], 0) + int(tally[slot])
+        for window in present:
+            self.counts.setdefault(window, {})
+
+    def whole(self) -> tuple[dict[str, dict[str, int]], set[int]]:
+        """(column -> category -> count over the whole windows, those windows)."""
+        if not self.counts:
+            return {}, set()
+        first, last = min(self.counts), max(self.counts)
+        inside = {window for window in self.counts if first < window < last}
+        return merge_counts(self.counts[window] for window in sorted(inside)), inside
+
+
+def merge_counts(parts: Iterable[Mapping[str, Mapping[str, int]]]) -> dict[str, dict[str, int]]:
+    """Column -> category -> count, summed over ``parts``."""
+    total: dict[str, dict[str, int]] = {}
+    for part in parts:
+        for name, counts in part.items():
+            into = total.setdefault(name, {})
+            for category, count in counts.items():
+                into[category] = into.get(category, 0) + count
+    return total
+
+
 def whole_window_counts(columns: Mapping[str, Any], times_ms: np.ndarray, window_s: int
                         ) -> tuple[dict[str, dict[str, int]], int]:
-    """Each category column's counts over the rows in whole event-time windows: those strictly
-    between the first and the last window the rows touch. Rows read by arrival (a training
-    window) begin and end inside windows they hold only part of, and in county slices which
-    counties that part holds is no accident: its mix is not the stream's. Rows without an
-    event time (negative) are left out. Returns (column -> category -> count, the number of
-    whole windows the rows touch)."""
-    times = np.asarray(times_ms, dtype=np.int64)
-    windows = np.where(times >= 0, times // (window_s * 1000), -1)
-    dated = windows[windows >= 0]
-    if dated.size == 0:
-        return {name: {} for name in columns}, 0
-    first, last = int(dated.min()), int(dated.max())
-    inside = (windows > first) & (windows < last)
-    counts: dict[str, dict[str, int]] = {}
-    for name, column in columns.items():
-        codes, names = code_column(np.asarray(column, dtype=object)[inside])
-        tally = np.bincount(codes + 1, minlength=len(names) + 1).tolist()
-        counted: dict[str, int] = {}
-        for category, count in zip([MISSING, *names], tally, strict=True):
-            if count:  # "" and None both read as missing
-                counted[category] = counted.get(category, 0) + count
-        counts[name] = counted
-    return counts, len(np.unique(windows[inside]))
+    """``WindowTally`` of one set of rows: (column -> category -> count over its whole
+    windows, how many those are); a column without rows in them counts nothing."""
+    tally = WindowTally(window_s)
+    tally.add(columns, times_ms)
+    counts, windows = tally.whole()
+    return {name: counts.get(name, {}) for name in columns}, len(windows)
 
 
 def _names(uniques: Any) -> list[str]:

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from detectors.composition import whole_window_counts
 from detectors.config import DetectorSettings
 from levydrift.errors import ArtifactError, LevyDriftError, TrainingError
 from levydrift.faults import crash_point
@@ -54,11 +53,13 @@ class TrainingRequest:
     # from Kafka): the gate then leaves out the holdout rows the champion trained on.
     records_topic: str | None = None
     record_offsets: np.ndarray | None = None
-    # Per frame row, its event time (epoch ms; negative: none). The version then keeps the
-    # window's category counts over its whole event-time windows (``composition_window_s``,
-    # as [detectors] sets it): the mix a consumer judges the stream's windows by. None: no
-    # counts, and the holdout's shares serve (they have the window's skewed edges).
-    event_times_ms: np.ndarray | None = None
+    # The stream's mix while the window's records came: every record of its span, labelled
+    # or not (labels that come county by county skew the labelled rows' mix), counted by
+    # category over the whole event-time windows of ``composition_window_s`` (as [detectors]
+    # sets it), ``composition.WindowTally``: (column -> category -> count, whole windows).
+    # The version keeps it; a consumer judges the stream's windows by it. None: the
+    # holdout's shares serve (they have the window's partial first and last days).
+    mix: tuple[dict[str, dict[str, int]], int] | None = None
     composition_window_s: int = DetectorSettings().composition_window_s
 
 
@@ -105,7 +106,7 @@ def train_and_register(registry: ModelRegistry, name: str, request: TrainingRequ
         feature_signature=feature_signature(), code_version=request.code_version,
         duration_s=duration, extra_lineage=request.extra_lineage,
         reference_sample=reference_sample(holdout, predicted),
-        composition=training_composition(frame, request, labelled),
+        composition=training_composition(request),
         slices=[asdict(comparison) for comparison in slices]), finish=finish)
     log.info("registered a model version", extra={
         "model": name, "version": info.version, "decision": decision.decision,
@@ -113,19 +114,13 @@ def train_and_register(registry: ModelRegistry, name: str, request: TrainingRequ
     return info
 
 
-def training_composition(frame: pd.DataFrame, request: TrainingRequest,
-                         labelled: np.ndarray) -> dict[str, Any] | None:
-    """The labelled ``frame``'s category counts over whole event-time windows, for the
-    manifest (None without event times): ``{"window_s", "windows", "counts"}``."""
-    if request.event_times_ms is None:
+def training_composition(request: TrainingRequest) -> dict[str, Any] | None:
+    """The request's mix for the manifest, ``{"window_s", "windows", "counts"}``, or None."""
+    if request.mix is None:
         return None
-    times = np.asarray(request.event_times_ms, dtype=np.int64)
-    if len(times) != len(request.frame):
-        raise ValueError(f"{len(times)} event times for {len(request.frame)} training rows")
-    counts, windows = whole_window_counts(
-        {name: frame[name].to_numpy() for name in CATEGORICAL_FEATURES},
-        times[labelled], request.composition_window_s)
-    return {"window_s": request.composition_window_s, "windows": windows, "counts": counts}
+    counts, windows = request.mix
+    return {"window_s": request.composition_window_s, "windows": windows,
+            "counts": {name: counts.get(name, {}) for name in CATEGORICAL_FEATURES}}
 
 
 def reference_sample(holdout: pd.DataFrame, predicted: np.ndarray) -> pd.DataFrame:

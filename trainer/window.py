@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 from confluent_kafka import Consumer
 
-from detectors.composition import event_times_ms
+from detectors.composition import WindowTally, event_times_ms, merge_counts
 from levydrift.errors import MissingTopicError
-from levydrift.features import TARGET, to_model_frame
+from levydrift.features import CATEGORICAL_FEATURES, TARGET, to_model_frame
 from levydrift.kafka import consumer_config, read_ranges, watermarks
 from levydrift.kafka.messages import offset_of
 from levydrift.settings import KafkaSettings
@@ -72,8 +72,9 @@ class TrainingWindow:
     record_offsets: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     record_times: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     duplicate_records: int = 0  # rows of records read again (same record_id), dropped
-    # per frame row: its record's event time (epoch ms; -1: none), for the version's mix
-    event_times: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # every record scanned, by category, over whole event-time windows: (counts, windows);
+    # None unless asked for (``composition_window_s``)
+    mix: tuple[dict[str, dict[str, int]], int] | None = None
 
     def merged(self, other: TrainingWindow) -> TrainingWindow:
         """This window's rows and ``other``'s (of the same topics) that it lacks, oldest to
@@ -91,7 +92,13 @@ class TrainingWindow:
             {**other.post_change_segments, **self.post_change_segments},
             np.concatenate([self.record_offsets, other.record_offsets[new]])[order],
             times[order], self.duplicate_records + other.duplicate_records,
-            np.concatenate([self.event_times, other.event_times[new]])[order])
+            self._fuller_mix(other))
+
+    def _fuller_mix(self, other: TrainingWindow) -> tuple[dict[str, dict[str, int]], int] | None:
+        """The mix over more whole windows: two reads of the same partitions overlap, and
+        their counts cannot be told apart to be summed."""
+        mixes = [mix for mix in (self.mix, other.mix) if mix is not None]
+        return max(mixes, key=lambda mix: mix[1]) if mixes else None
 
     def lineage(self) -> dict[str, Any]:
         """What a version's lineage says about the window besides its offset ranges: how much
@@ -139,6 +146,7 @@ class _Partition:
     inline: bool = True  # whether records' own levies count (not in a labels event's window)
     onset: int = -1  # records of ``changed`` segments before this offset are not used
     changed: tuple[dict[str, str], ...] = ()
+    mix: WindowTally | None = None  # every record scanned, labelled or not, by event time
 
 
 @dataclass
@@ -149,6 +157,7 @@ class _Totals:
     refused: int = 0
     scanned_labels: int = 0
     refused_labels: int = 0
+    mixes: list[tuple[dict[str, dict[str, int]], set[int]]] = field(default_factory=list)
 
 
 def read_training_window(kafka: KafkaSettings, topic: str, event_ends: dict[int, int],
@@ -159,7 +168,7 @@ def read_training_window(kafka: KafkaSettings, topic: str, event_ends: dict[int,
                          label_starts: dict[int, int] | None = None,
                          changed_segments: dict[int, tuple[dict[str, str], ...]] | None = None,
                          other_segments_of: dict[int, tuple[dict[str, str], ...]] | None = None,
-                         ) -> TrainingWindow:
+                         composition_window_s: int | None = None) -> TrainingWindow:
     """The training window of ``topic`` ending at ``event_ends`` ({partition: last offset}),
     or, for the partitions in ``event_starts`` ({partition: onset offset}), running from the
     onset to the newest record; in partitions of ``changed_segments`` only those segments'
@@ -167,7 +176,10 @@ def read_training_window(kafka: KafkaSettings, topic: str, event_ends: dict[int,
     labels are joined; ``label_ends`` and ``label_starts`` are the same for drift events on
     the labels topic ({labels partition = records partition: labels offset}). With
     ``other_segments_of`` only its partitions are read, and only their records outside the
-    segments named (the rest of a window a segment's labels event cut at its onset)."""
+    segments named (the rest of a window a segment's labels event cut at its onset). With
+    ``composition_window_s``, every record scanned (labelled or not) is counted by category
+    and event-time window: ``TrainingWindow.mix``, the stream's mix over each partition's
+    whole windows."""
     consumer = Consumer(consumer_config(kafka, group_id="levy-trainer-window-reader",
                                         **{"enable.partition.eof": True}))
     try:
@@ -184,6 +196,8 @@ def read_training_window(kafka: KafkaSettings, topic: str, event_ends: dict[int,
                          (changed_segments or {}).get(partition, ()))
             if other_segments_of is not None:  # every record counts as before any change
                 plan.onset, plan.changed = high, other_segments_of[partition]
+            if composition_window_s is not None:
+                plan.mix = WindowTally(composition_window_s)
             if label_spans is not None and labels_topic is not None:
                 plan.labels = _label_index(consumer, kafka, labels_topic, label_spans,
                                            partition, partition in (label_starts or {}),
@@ -261,6 +275,8 @@ def _read_partition(consumer: Consumer, topic: str, plan: _Partition, quota: int
     chunk, first, read, refused = _read_partition_backwards(consumer, topic, plan, quota,
                                                             scan_limit)
     totals.scanned, totals.refused = totals.scanned + read, totals.refused + refused
+    if plan.mix is not None:
+        totals.mixes.append(plan.mix.whole())
     if plan.labels is not None:
         totals.scanned_labels += plan.labels.scanned
         totals.refused_labels += plan.labels.refused
@@ -321,6 +337,9 @@ def _read_range(consumer: Consumer, topic: str, plan: _Partition, first: int,
                    np.full(count, plan.partition, np.int64))
     if plan.labels is not None and count:
         plan.labels.cover_since(int(chunk.timestamps.min()))
+    if plan.mix is not None and count:
+        plan.mix.add({name: columns[name] for name in CATEGORICAL_FEATURES},
+                     event_times_ms(columns["event_time"]))
     if plan.changed and count:
         chunk = chunk.rows(~_before_change(chunk, plan))
     return _with_levies(chunk, plan), len(values), len(rejections)
@@ -358,12 +377,16 @@ def _window(totals: _Totals, labels_topic: str | None,
             spans: dict[int, list[LabelSpan]] | None) -> TrainingWindow:
     ranges = totals.ranges + _label_ranges(totals.chunks, labels_topic, spans)
     joined = sum(int((chunk.label_offsets >= 0).sum()) for chunk in totals.chunks)
-    frame, record_offsets, record_times, event_times = _ordered_frame(totals.chunks)
+    frame, record_offsets, record_times = _ordered_frame(totals.chunks)
     rows = sum(len(chunk.offsets) for chunk in totals.chunks)
+    mix = None
+    if totals.mixes:  # each partition's whole windows, summed
+        windows = set().union(*(inside for _, inside in totals.mixes))
+        mix = (merge_counts(counts for counts, _ in totals.mixes), len(windows))
     return TrainingWindow(frame, ranges, totals.scanned, totals.refused, labels_topic, joined,
                           totals.scanned_labels, totals.refused_labels,
                           record_offsets=record_offsets, record_times=record_times,
-                          duplicate_records=rows - len(frame), event_times=event_times)
+                          duplicate_records=rows - len(frame), mix=mix)
 
 
 def _label_ranges(chunks: list[_Chunk], labels_topic: str | None,
@@ -390,23 +413,21 @@ def _concat(chunks: list[_Chunk]) -> _Chunk:
                   np.concatenate([c.partitions for c in chunks]))
 
 
-def _ordered_frame(chunks: list[_Chunk]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray,
-                                                  np.ndarray]:
+def _ordered_frame(chunks: list[_Chunk]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """All partitions' rows as one model frame, oldest to newest by record timestamp, each
-    row's (records partition, offset), its timestamp and its event time (ms). A record sent
-    again (a producer's retry, a county uploading its slice twice) is one row, its newest:
-    twice, it could be trained on and held out at once, and the candidate judged on what it
-    learnt."""
+    row's (records partition, offset), and its timestamp. A record sent again (a producer's
+    retry, a county uploading its slice twice) is one row, its newest: twice, it could be
+    trained on and held out at once, and the candidate judged on what it learnt."""
     if not chunks:
         return (to_model_frame({k: [] for k in _empty_columns()}, include_target=True),
-                np.zeros((0, 2), np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+                np.zeros((0, 2), np.int64), np.zeros(0, np.int64))
     merged = _concat(chunks)
     order = newest_of_each(merged.columns["record_id"],
                            np.argsort(merged.timestamps, kind="stable"))
     frame = to_model_frame({k: v[order] for k, v in merged.columns.items()},
                            include_target=True)
     return (frame, np.column_stack([merged.partitions[order], merged.offsets[order]]),
-            merged.timestamps[order], event_times_ms(merged.columns["event_time"][order]))
+            merged.timestamps[order])
 
 
 def event_time_order(event_times: Any, rows: int) -> np.ndarray:

@@ -345,16 +345,19 @@ class TrainWorker:
         at its onset (the labels from there on, of every segment); the other segments'
         records labelled before it then fill the rest of the window, as for records events."""
         topics, section = self.settings.topics, self.section
+        mix_window_s = self.settings.detectors.composition_window_s
         window = read_training_window(
             self.settings.kafka, topics.records, ends, section.window_records,
             section.max_scan_records, starts, labels_topic=topics.labels,
-            label_ends=label_ends, label_starts=label_starts, changed_segments=segments)
+            label_ends=label_ends, label_starts=label_starts, changed_segments=segments,
+            composition_window_s=mix_window_s)
         room = section.window_records - len(window.frame)
         if not label_segments or room <= 0:
             return window
         return window.merged(read_training_window(
             self.settings.kafka, topics.records, {}, room, section.max_scan_records,
-            labels_topic=topics.labels, other_segments_of=label_segments))
+            labels_topic=topics.labels, other_segments_of=label_segments,
+            composition_window_s=mix_window_s))
 
     def _retrain(self, events: list[DriftEvent]) -> VersionInfo | None:
         """One retrain for an episode; None (and a failure recorded) if training failed."""
@@ -388,7 +391,7 @@ class TrainWorker:
                                **training_window.lineage(),
                                "post_change_label_segments": segment_scopes(label_segments)},
                 records_topic=topics.records, record_offsets=training_window.record_offsets,
-                event_times_ms=training_window.event_times,
+                mix=training_window.mix,
                 composition_window_s=self.settings.detectors.composition_window_s),
                 finish=False)
         except (BrokerUnavailableError, KafkaException):

@@ -11,7 +11,7 @@ import numpy as np
 from confluent_kafka import Producer
 
 from consumer.events import decision_to_event
-from detectors.composition import event_times_ms
+from detectors.composition import event_times_ms, whole_window_counts
 from levydrift.commands.check_result import CheckResult, CheckSettings, signal_table
 from levydrift.errors import BrokerUnavailableError
 from levydrift.kafka import admin_client, ensure_reachable, producer_config
@@ -75,7 +75,7 @@ def train_on_result(result: CheckResult, settings: CheckSettings, registry_root:
     """Train a candidate on the data's most recent labelled rows and gate it against the
     registry's champion (the trainer's own run); returns the ``VersionInfo``."""
     # lazy: scikit-learn (seconds to import), only when a model is trained
-    from levydrift.features import to_model_frame
+    from levydrift.features import CATEGORICAL_FEATURES, to_model_frame
     from trainer.events import code_version
     from trainer.model import ModelParams
     from trainer.training import TrainingRequest, train_and_register
@@ -87,10 +87,13 @@ def train_on_result(result: CheckResult, settings: CheckSettings, registry_root:
     rows = newest_labelled_rows(model_frame, times, section.window_records,
                                 result.columns.get("record_id"))
     frame = model_frame.iloc[rows].reset_index(drop=True)
+    window_s = settings.detectors.composition_window_s
     return train_and_register(ModelRegistry(registry_root), result.model, TrainingRequest(
         frame=frame, trigger_event_ids=[event.event_id for event in events],
-        event_times_ms=None if times is None else event_times_ms(np.asarray(times)[rows]),
-        composition_window_s=settings.detectors.composition_window_s,
+        mix=None if times is None else file_mix(
+            {name: model_frame[name].to_numpy() for name in CATEGORICAL_FEATURES},
+            event_times_ms(times), rows, window_s),
+        composition_window_s=window_s,
         training_offsets=[result.window],
         code_version=section.code_version or code_version(),
         holdout_fraction=section.holdout_fraction, gate_margin=section.gate_margin,
@@ -101,6 +104,15 @@ def train_on_result(result: CheckResult, settings: CheckSettings, registry_root:
                        "drifted_signals": result.drifted_signals(),
                        "signals": signal_table(result),
                        "drift_events": [event_summary(event) for event in events]}))
+
+
+def file_mix(categories: dict[str, np.ndarray], times_ms: np.ndarray, rows: np.ndarray,
+             window_s: int) -> tuple[dict[str, dict[str, int]], int]:
+    """The file's mix while the training ``rows`` came: every row's ``categories`` (labelled
+    or not) from the oldest of them on, counted over whole event-time windows."""
+    since = times_ms >= (times_ms[rows].min() if len(rows) else 0)
+    return whole_window_counts({name: values[since] for name, values in categories.items()},
+                               times_ms[since], window_s)
 
 
 def newest_labelled(frame: pd.DataFrame, event_times: Any, window_records: int,

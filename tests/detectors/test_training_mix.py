@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detectors.composition import MISSING, whole_window_counts
+from detectors.composition import MISSING, WindowTally, whole_window_counts
 from detectors.errors import DetectorConfigError
 from detectors.reference import MIN_REFERENCE_VALUES, CategoricalReference, Reference
 
@@ -70,3 +70,18 @@ def test_no_whole_window_or_too_few_values_leave_no_shares(counts, windows) -> N
     # Composition then takes the stream's own first whole window.
     holdout = Reference.from_columns({"county": ["A"] * 90 + ["B"] * 10})
     assert "county" not in holdout.with_composition(counts, windows).categorical
+
+
+def test_a_tally_of_chunks_is_the_tally_of_their_rows() -> None:
+    # A reader scans a partition backwards in chunks: the whole windows are those inside the
+    # rows of every chunk, not of each.
+    rng = np.random.default_rng(5)
+    times = np.sort(rng.integers(0, 6 * DAY_MS, 3_000))
+    counties = rng.choice(["A", "B", "C", ""], 3_000)
+    tally = WindowTally(86_400)
+    for stop in (3_000, 2_000, 700, 100):  # newest first, as the reader goes
+        start = {3_000: 2_000, 2_000: 700, 700: 100, 100: 0}[stop]
+        tally.add({"county": counties[start:stop]}, times[start:stop])
+    counts, windows = tally.whole()
+    assert (counts, len(windows)) == whole_window_counts({"county": counties}, times, 86_400)
+    assert windows == {1, 2, 3, 4}

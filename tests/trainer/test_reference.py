@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from consumer.processing import PartitionMonitor
+from detectors.composition import whole_window_counts
 from detectors.config import DetectorSettings
 from detectors.reference import Reference
 from levydrift.artifacts import (
@@ -17,7 +18,7 @@ from levydrift.artifacts import (
     with_training_composition,
 )
 from levydrift.errors import ArtifactError
-from levydrift.features import to_model_frame
+from levydrift.features import CATEGORICAL_FEATURES, to_model_frame
 from levydrift.simulator import LevySimulator, SimulatorConfig
 from trainer.model import ModelParams
 from trainer.registry import ModelRegistry
@@ -89,9 +90,11 @@ def dated_version(tmp_path_factory: pytest.TempPathFactory):
     frame.loc[edge, "county"] = "A"
     frame.loc[~edge & (frame["county"] == "A"), "county"] = "B"
     registry = ModelRegistry(tmp_path_factory.mktemp("dated"))
+    mix = whole_window_counts({name: frame[name].to_numpy() for name in CATEGORICAL_FEATURES},
+                              times, 86_400)
     info = train_and_register(registry, NAME, TrainingRequest(
         frame=frame, trigger_event_ids=[], code_version="test", params=ModelParams(max_iter=10),
-        training_offsets=[], event_times_ms=times, composition_window_s=86_400))
+        training_offsets=[], mix=mix, composition_window_s=86_400))
     return info, frame[~edge]
 
 
@@ -111,7 +114,7 @@ def test_a_version_keeps_its_windows_mix_without_their_edges(dated_version) -> N
     assert mixed.categorical["county"].n == len(inside)
 
 
-def test_a_version_without_event_times_keeps_the_holdout_shares(version) -> None:
+def test_a_version_without_a_mix_keeps_the_holdout_shares(version) -> None:
     assert load_composition(version.path) is None
     holdout = Reference.from_columns({"county": ["x"] * 60})
     assert with_training_composition(holdout, version.path) == holdout

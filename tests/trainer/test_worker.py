@@ -222,12 +222,13 @@ def test_drift_event_to_one_published_version_then_a_rejected_one(stack: Stack,
         assert message.candidate_metrics.mae == info.metrics["candidate"]["mae"]
         assert message.feature_signature == info.manifest["feature_signature"]
         assert load_version_dir(info.path, message.artifact_sha256) is not None
-        # The window's mix, counted over its whole 5-minute windows (records 1 s apart): its
-        # edges, held in part, are left out.
+        # The stream's mix while the window's records came, over its whole 5-minute windows
+        # (records 1 s apart; the edges, held in part, left out): every record scanned,
+        # labelled or not, so more than the labelled rows trained on.
         mix = info.manifest["composition"]
         assert mix["window_s"] == 300 and mix["windows"] >= 3
-        assert 0 < sum(mix["counts"]["county"].values()) \
-            < info.lineage["training_window"]["record_count"]
+        assert info.lineage["training_window"]["record_count"] \
+            < sum(mix["counts"]["county"].values()) < info.lineage["scanned_records"]
         read_back = {o.partition: o.last_offset for o in message.training_offsets}
         assert read_back == ends  # the event's partition ends where the event says
 

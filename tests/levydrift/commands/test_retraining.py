@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from levydrift.commands.retraining import newest_labelled
+from levydrift.commands.retraining import file_mix, newest_labelled
 
 
 def roll_file() -> tuple[pd.DataFrame, np.ndarray]:
@@ -40,3 +40,13 @@ def test_a_record_twice_in_a_file_is_one_training_row_its_last() -> None:
     times = np.array(["2026-01-01T00:00:00.000Z"] * 4)
     window = newest_labelled(frame, times, 10, np.array(["a", "b", "a", "c"]))
     assert window["actual_levy_amount"].tolist() == [2.0, 3.0, 4.0]
+
+
+def test_a_files_mix_counts_every_row_from_the_oldest_trained_on() -> None:
+    day = 86_400_000
+    times = np.array([0, day, 2 * day, 2 * day + 5, 3 * day, 4 * day, 5 * day])
+    county = np.array(["old", "a", "b", "b", "c", "d", "e"], dtype=object)
+    trained = np.array([2, 5])  # labelled rows the window took: from day 2 on
+    counts, windows = file_mix({"county": county}, times, trained, 86_400)
+    # Days 2-5 are its span; 3 and 4 lie wholly inside: unlabelled rows count too.
+    assert (counts, windows) == ({"county": {"c": 1, "d": 1}}, 2)
