@@ -110,7 +110,9 @@ def file_mix(categories: dict[str, np.ndarray], times_ms: np.ndarray, rows: np.n
              window_s: int) -> tuple[dict[str, dict[str, int]], int]:
     """The file's mix while the training ``rows`` came: every row's ``categories`` (labelled
     or not) from the oldest of them on, counted over whole event-time windows."""
-    since = times_ms >= (times_ms[rows].min() if len(rows) else 0)
+    trained = times_ms[rows]
+    trained = trained[trained >= 0]  # rows without an event time mark no span
+    since = times_ms >= (trained.min() if trained.size else 0)
     return whole_window_counts({name: values[since] for name, values in categories.items()},
                                times_ms[since], window_s)
 

@@ -50,3 +50,7 @@ def test_a_files_mix_counts_every_row_from_the_oldest_trained_on() -> None:
     counts, windows = file_mix({"county": county}, times, trained, 86_400)
     # Days 2-5 are its span; 3 and 4 lie wholly inside: unlabelled rows count too.
     assert (counts, windows) == ({"county": {"c": 1, "d": 1}}, 2)
+    undated = times.copy()
+    undated[5] = -1  # a trained row without an event time marks no span
+    assert file_mix({"county": county}, undated, trained, 86_400) == \
+        ({"county": {"c": 1}}, 1)
