@@ -112,21 +112,14 @@ class CategoricalReference:
     def from_values(cls, values: Any, first_position: int | None = None,
                     last_position: int | None = None) -> CategoricalReference:
         names = [str(v) for v in values if not _is_missing(v)]
-        if len(names) < MIN_REFERENCE_VALUES:
-            raise DetectorConfigError(
-                f"reference needs >= {MIN_REFERENCE_VALUES} category values, got {len(names)}")
         labels, counts = np.unique(np.asarray(names, dtype=object), return_counts=True)
-        order = np.lexsort((labels.astype(str), -counts))[:MAX_STORED_CATEGORIES]
-        n = len(names)
-        singletons = int(np.sum(counts == 1))
-        unseen = min(max(singletons / n, 0.5 / n), 0.05)  # Good-Turing, bounded
-        shares = {str(labels[i]): float(counts[i] / n) for i in order}
-        return cls(n=n, shares=shares, unseen_rate=unseen, first_position=first_position,
-                   last_position=last_position)
+        return replace(cls.from_counts(dict(zip(labels.tolist(), counts.tolist(), strict=True))),
+                       first_position=first_position, last_position=last_position)
 
     @classmethod
     def from_counts(cls, counts: Mapping[str, int]) -> CategoricalReference:
-        """``from_values`` of values already counted (category -> count)."""
+        """The shares of values already counted (category -> count), most frequent first,
+        at most ``MAX_STORED_CATEGORIES``; ``from_values`` counts them."""
         kept = {str(name): int(count) for name, count in counts.items() if int(count) > 0}
         n = sum(kept.values())
         if n < MIN_REFERENCE_VALUES:
@@ -134,9 +127,9 @@ class CategoricalReference:
                 f"reference needs >= {MIN_REFERENCE_VALUES} category values, got {n}")
         ordered = sorted(kept.items(), key=lambda item: (-item[1], item[0]))
         singletons = sum(1 for _, count in ordered if count == 1)
+        unseen = min(max(singletons / n, 0.5 / n), 0.05)  # Good-Turing, bounded
         return cls(n=n, shares={name: count / n for name, count in
-                                ordered[:MAX_STORED_CATEGORIES]},
-                   unseen_rate=min(max(singletons / n, 0.5 / n), 0.05))
+                                ordered[:MAX_STORED_CATEGORIES]}, unseen_rate=unseen)
 
 
 @dataclass(frozen=True)
