@@ -382,16 +382,23 @@ def code_dictionary(indices: np.ndarray, values: np.ndarray) -> Coded:
     return codes, _names(values[first])
 
 
+# The share of rows at each end whose windows may lie beyond the edges: a record dated years
+# off (a typo in a year, a default date) must not make a partial day look whole.
+EDGE_ROWS_SHARE = 0.001
+
+
 class WindowTally:
     """Category counts per event-time window, added chunk by chunk in any order (a training
     window's records as the reader scans them); ``whole()`` gives them over the windows
-    strictly between the first and the last seen. Rows read by arrival begin and end inside
-    windows they hold only part of, and in county slices which counties that part holds is no
-    accident: its mix is not the stream's."""
+    strictly between the first and the last the rows reach. Rows read by arrival begin and
+    end inside windows they hold only part of, and in county slices which counties that part
+    holds is no accident: its mix is not the stream's. The first and last are the windows of
+    the rows ``EDGE_ROWS_SHARE`` in from each end, so a few stray dates do not move them."""
 
     def __init__(self, window_s: int) -> None:
         self.window_ms = window_s * 1000
         self.counts: dict[int, dict[str, dict[str, int]]] = {}  # window -> column -> counts
+        self.rows: dict[int, int] = {}  # window -> rows
 
     def add(self, columns: Mapping[str, Any], times_ms: np.ndarray) -> None:
         """Rows (one array per category column, their event times in ms; negative: none,
@@ -408,15 +415,21 @@ class WindowTally:
                 into = self.counts.setdefault(window, {}).setdefault(name, {})
                 for slot in np.flatnonzero(tally).tolist():
                     into[labels[slot]] = into.get(labels[slot], 0) + int(tally[slot])
-        for window in present:
+        found, rows = np.unique(windows, return_counts=True)
+        for window, count in zip(found.tolist(), rows.tolist(), strict=True):
             self.counts.setdefault(window, {})
+            self.rows[window] = self.rows.get(window, 0) + count
 
     def whole(self) -> tuple[dict[str, dict[str, int]], set[int]]:
         """(column -> category -> count over the whole windows, those windows)."""
-        if not self.counts:
+        if not self.rows:
             return {}, set()
-        first, last = min(self.counts), max(self.counts)
-        inside = {window for window in self.counts if first < window < last}
+        ordered = sorted(self.rows)
+        reached = np.cumsum([self.rows[window] for window in ordered])
+        edge = reached[-1] * EDGE_ROWS_SHARE
+        first = ordered[int(np.searchsorted(reached, edge, side="right"))]
+        last = ordered[int(np.searchsorted(reached, reached[-1] - edge, side="left"))]
+        inside = {window for window in ordered if first < window < last}
         return merge_counts(self.counts[window] for window in sorted(inside)), inside
 
 

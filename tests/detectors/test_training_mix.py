@@ -85,3 +85,17 @@ def test_a_tally_of_chunks_is_the_tally_of_their_rows() -> None:
     counts, windows = tally.whole()
     assert (counts, len(windows)) == whole_window_counts({"county": counties}, times, 86_400)
     assert windows == {1, 2, 3, 4}
+
+
+def test_a_few_stray_dates_do_not_make_a_partial_day_whole() -> None:
+    # Days 10 and 14 are partial; a record dated 1970 and one dated 2079 (a default date, a
+    # typo in a year) would otherwise make them look whole.
+    rng = np.random.default_rng(8)
+    times = np.sort(rng.integers(10 * DAY_MS + DAY_MS // 2, 14 * DAY_MS + DAY_MS // 2, 5_000))
+    counties = rng.choice(["A", "B"], 5_000)
+    alone = whole_window_counts({"county": counties}, times, 86_400)
+    strays = np.array([0, 40_000 * DAY_MS])
+    with_strays = whole_window_counts({"county": np.concatenate([counties, ["C", "C"]])},
+                                      np.concatenate([times, strays]), 86_400)
+    assert alone[1] == 3
+    assert with_strays == alone
