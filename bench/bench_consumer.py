@@ -1,6 +1,6 @@
 """The consumer service as users run it, beside the ceiling: a bare confluent-kafka consume loop.
 
-    python bench/bench_consumer.py [--records 1000000] [--repeat 3] [--no-join]
+    python bench/bench_consumer.py [--records 1000000] [--repeat 3] [--no-join] [--uuid-ids]
         [--join-cache-mib N] [--bootstrap HOST:PORT]
 
 Pre-fills a one-partition topic with simulated levy records once, then, for each repetition,
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -86,12 +87,18 @@ class Timing:
     metrics: str = ""  # the service's /metrics page once it was done (service only)
 
 
-def prefill(bootstrap: str, topic: str, records: int) -> None:
+def prefill(bootstrap: str, topic: str, records: int, uuid_ids: bool = False) -> None:
+    """The simulator's records; with ``uuid_ids`` each record_id a random UUID (as many
+    producers make them) instead of the simulator's ``sim-<seed>-<index>``, which sorts in
+    arrival order and so flatters anything keyed by it (the join store)."""
     simulator = LevySimulator(SimulatorConfig(seed=11, scenario="none"))
+    random_ids = random.Random(11)
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50,
                          "compression.type": "lz4", "batch.size": 1_000_000})
     for batch in simulator.record_batches(0, records):
         for record in batch:
+            if uuid_ids:
+                record["record_id"] = str(uuid.UUID(int=random_ids.getrandbits(128), version=4))
             while True:
                 try:
                     producer.produce(topic, key=record["parcel_id"].encode(),
@@ -247,6 +254,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-join", action="store_true",
                         help="run the service with consumer.join_labels off (no join store)")
+    parser.add_argument("--uuid-ids", action="store_true",
+                        help="random UUID record ids (the simulator's sort in arrival order)")
     parser.add_argument("--join-cache-mib", type=int, default=0,
                         help="consumer.join_cache_mib: the join store's filters and indexes "
                              "in a cache this big (0: RocksDB's default, in memory)")
@@ -259,7 +268,7 @@ def main() -> None:
     print(describe())
     print(f"records: {arguments.records:,} on one partition; broker on the same machine; "
           f"{arguments.repeat} interleaved repetitions")
-    prefill(arguments.bootstrap, names["records"], arguments.records)
+    prefill(arguments.bootstrap, names["records"], arguments.records, arguments.uuid_ids)
     bare: list[Timing] = []
     service: list[Timing] = []
     settings = {"LEVYDRIFT_CONSUMER_JOIN_CACHE_MIB": str(arguments.join_cache_mib)}

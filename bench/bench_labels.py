@@ -49,6 +49,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -117,10 +118,11 @@ def produce(producer: Producer, topic: str, key: bytes | None, value: bytes | No
             producer.poll(0.05)
 
 
-def prefill(bootstrap: str, names: dict[str, str], records: int, delay_hours: float
-            ) -> tuple[int, int]:
+def prefill(bootstrap: str, names: dict[str, str], records: int, delay_hours: float,
+            with_labels: bool = True) -> tuple[int, int]:
     """The records (no inline actual levy) and the labels that fall due among them, in arrival
-    order; returns (labels produced, labels left out: due after the last record)."""
+    order (no label ``with_labels`` false); returns (labels produced, labels left out: due
+    after the last record)."""
     simulator = LevySimulator(SimulatorConfig(
         seed=SEED, scenario="none", labelled_share=1.0,
         label_delay=LabelDelay(median_days=delay_hours / 24, sigma=0.5)))
@@ -130,12 +132,17 @@ def prefill(bootstrap: str, names: dict[str, str], records: int, delay_hours: fl
     for block in arrivals(simulator, records):
         count = len(block.records["record_id"])
         seen += count
-        labels = to_labels(block.labels)
-        if seen == records:  # labels after the last record: due only once the stream ended
-            keep = int(np.searchsorted(block.label_slots, count))
-            left_out += len(labels) - keep
-            labels = labels[:keep]
-        for is_label, item in block.interleave(to_records(block.records), labels):
+        if not with_labels:
+            items: Iterable[tuple[bool, dict[str, Any]]] = ((False, record)
+                                                  for record in to_records(block.records))
+        else:
+            labels = to_labels(block.labels)
+            if seen == records:  # labels after the last record: due only once the stream ended
+                keep = int(np.searchsorted(block.label_slots, count))
+                left_out += len(labels) - keep
+                labels = labels[:keep]
+            items = block.interleave(to_records(block.records), labels)
+        for is_label, item in items:
             produce(producer, names["labels"] if is_label else names["records"],
                     item["parcel_id"].encode(), orjson.dumps(item))
             produced += is_label

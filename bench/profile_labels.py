@@ -64,6 +64,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=300_000)
     parser.add_argument("--without-labels", action="store_true")
+    parser.add_argument("--no-label-messages", action="store_true",
+                        help="the join store on, but no label on the topic (as bench_consumer)")
+    parser.add_argument("--no-champion", action="store_true",
+                        help="no model serving (as bench_consumer): no scoring")
     parser.add_argument("--label-delay-hours", type=float, default=2.0)
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--no-profiler", action="store_true",
@@ -82,10 +86,12 @@ def main() -> None:
     admin = create_topics(arguments.bootstrap, names)
     try:
         labels, _ = prefill(arguments.bootstrap, names, arguments.records,
-                            arguments.label_delay_hours)
+                            arguments.label_delay_hours, not arguments.no_label_messages)
         with tempfile.TemporaryDirectory() as directory:
             workdir = Path(directory)
-            publish_champion(arguments.bootstrap, names["model_versions"], workdir / "models")
+            if not arguments.no_champion:
+                publish_champion(arguments.bootstrap, names["model_versions"],
+                                 workdir / "models")
             for key in [key for key in os.environ if key.startswith("LEVYDRIFT_")]:
                 del os.environ[key]
             os.environ.update({

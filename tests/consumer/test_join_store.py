@@ -381,6 +381,47 @@ def test_put_batch_refuses_a_bad_batch_whole(store: JoinStore) -> None:
     assert store.pending_count() == 0
 
 
+_INT64 = st.integers(-(2**63), 2**63 - 1)
+_ROWS = st.lists(st.tuples(
+    st.one_of(st.integers(0, 2**63 - 1), st.integers(-5, -1), st.integers(2**63, 2**64)),
+    _INT64, _INT64,
+    st.one_of(st.floats(allow_nan=True), st.just(math.inf)),
+    st.lists(st.text(max_size=4), max_size=MAX_SEGMENT_VALUES + 1).map(tuple)),
+    min_size=1, max_size=6)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=_ROWS, version=st.one_of(st.none(), st.integers(-2, 2**63 + 2)))
+def test_put_batch_stores_what_encode_entry_gives_row_by_row(
+        tmp_path: Path, rows: list[tuple[int, int, int, float, tuple[str, ...]]],
+        version: int | None) -> None:
+    """The batch packs its rows with numpy; each stored value is the bytes ``encode_entry``
+    gives that row, and a batch with any row ``encode_entry`` refuses is refused whole."""
+    expected: list[bytes] = []
+    refusal: str | None = None
+    for offset, event_time, mark, prediction, segment in rows:
+        try:
+            expected.append(encode_entry(PendingPrediction(offset, event_time, version,
+                                                           prediction, segment,
+                                                           watermark_ms=mark)))
+        except EntryRefused as refused:
+            refusal = refusal or refused.reason
+    ids = [f"r{index}" for index in range(len(rows))]
+    with JoinStore(tmp_path / f"p{random.getrandbits(64)}") as store:
+        columns = list(zip(*rows, strict=True))
+        if refusal is not None:
+            with pytest.raises(EntryRefused):
+                store.put_batch(ids, columns[0], columns[1], columns[3], columns[4], version,
+                                watermarks_ms=columns[2])
+            assert store.changes() == []
+            return
+        store.put_batch(ids, columns[0], columns[1], columns[3], columns[4], version,
+                        watermarks_ms=columns[2])
+        assert dict(store.changes()) == {f"r{index}".encode(): value
+                                         for index, value in enumerate(expected)}
+
+
 def test_changes_are_the_buffer_with_tombstones_only_for_committed_keys(
         store: JoinStore) -> None:
     store.put("old", entry(event_time=T0))
