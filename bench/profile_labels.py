@@ -3,6 +3,7 @@
 90 % of the stream.
 
     python bench/profile_labels.py [--records 300000] [--without-labels] [--top 40]
+                                   [--no-champion] [--no-label-messages]
                                    [--output FILE] [--py-spy EXECUTABLE] [--bootstrap HOST:PORT]
 
 Prints the functions that matter as µs per record (cumulative and own time over the records

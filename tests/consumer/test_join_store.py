@@ -2,7 +2,8 @@
 stable reason; the store's buffer, commits, expiry and changelog replay keep one consistent
 state, also across a reopen and a ``kill -9`` in the middle of commits.
 
-``python -m tests.consumer.test_join_store`` prints put_batch + commit and replay figures."""
+``python -m tests.consumer.test_join_store [ENTRIES] [--uuid-ids]`` prints put_batch + commit and
+replay figures."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -807,17 +809,21 @@ def test_a_commit_is_one_write_batch(store: JoinStore) -> None:
 # --- figures ----------------------------------------------------------------------------------
 
 
-def bench(total: int = 1_000_000, batch: int = 10_000) -> None:
+def bench(total: int = 1_000_000, batch: int = 10_000, uuid_ids: bool = False) -> None:
     """put_batch + commit per ``batch`` entries, up to ``total`` in the store; then a replay of
-    100k changelog messages into an empty store."""
+    100k changelog messages into an empty store. Record ids in arrival order, as the
+    simulator makes them, or (``uuid_ids``) random UUIDs, as many producers do."""
     rng = np.random.default_rng(1)
+    random_ids = random.Random(1)
     with tempfile.TemporaryDirectory() as directory:
         store = JoinStore(Path(directory) / "p")
         puts: list[float] = []
         commits: list[float] = []
         log: list[tuple[bytes, bytes | None]] = []
         for start in range(0, total, batch):
-            ids = [f"sim-1-{i:010d}" for i in range(start, start + batch)]
+            ids = [str(uuid.UUID(int=random_ids.getrandbits(128), version=4))
+                   for _ in range(batch)] if uuid_ids \
+                else [f"sim-1-{i:010d}" for i in range(start, start + batch)]
             offsets = np.arange(start, start + batch, dtype=np.int64)
             started = time.perf_counter()
             store.put_batch(ids, offsets, T0 + offsets * 1000, rng.random(batch) * 1e4,
@@ -829,8 +835,9 @@ def bench(total: int = 1_000_000, batch: int = 10_000) -> None:
             puts.append(put - started)
             commits.append(time.perf_counter() - put)
         store.close()
-        print(f"put_batch per {batch}: median {np.median(puts) * 1e3:.1f} ms; commit: median "
-              f"{np.median(commits) * 1e3:.1f} ms ({total} entries in the end)")
+        print(f"{'UUID' if uuid_ids else 'ordered'} record ids, put_batch per {batch}: median "
+              f"{np.median(puts) * 1e3:.1f} ms; commit: median {np.median(commits) * 1e3:.1f} ms "
+              f"({total} entries in the end)")
         with JoinStore(Path(directory) / "replay") as replayed:
             started = time.perf_counter()
             replayed.apply_changelog((k, v, i) for i, (k, v) in enumerate(log[:100_000]))
@@ -838,7 +845,8 @@ def bench(total: int = 1_000_000, batch: int = 10_000) -> None:
 
 
 if __name__ == "__main__":
-    bench(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000)
+    counts = [int(argument) for argument in sys.argv[1:] if not argument.startswith("--")]
+    bench(counts[0] if counts else 1_000_000, uuid_ids="--uuid-ids" in sys.argv)
 
 
 def test_the_watermark_at_arrival_survives_encoding() -> None:
