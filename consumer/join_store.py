@@ -161,16 +161,16 @@ def _encode_rows(record_offsets: Collection[int], event_times_ms: Collection[int
     """``_encode`` for many new (not joined) entries scored by one model version, and the
     oldest event time: the fixed parts packed by numpy in one go, each row's segment bytes
     (encoded once per distinct segment) appended; the same bytes and the same refusals as
-    ``_encode`` row by row."""
+    ``_encode`` row by row (but a prediction of None reads as NaN: no prediction)."""
     count = len(event_times_ms)
     try:
         times = np.asarray(event_times_ms, dtype=np.int64)
         offsets = np.asarray(record_offsets, dtype=np.int64)
         marks = np.full(count, -1, dtype=np.int64) if watermarks_ms is None \
             else np.asarray(watermarks_ms, dtype=np.int64)
-    except OverflowError as error:
+        scores = np.asarray(predictions, dtype=np.float64)
+    except (OverflowError, TypeError, ValueError) as error:  # as struct.pack refuses them
         raise EntryRefused(f"entry out of range: {error}", "range") from None
-    scores = np.asarray(predictions, dtype=np.float64)
     if (model_version is not None and not 0 <= model_version < 2**63) \
             or bool((offsets < 0).any()) or bool(np.isinf(scores).any()):
         raise EntryRefused(f"entry out of range: an offset below 0, model version "
