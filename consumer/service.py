@@ -80,6 +80,7 @@ from schemas.dead_letter import Headers
 log = logging.getLogger(__name__)
 
 RESET_TIMEOUT_S = 5.0  # one attempt to restart transactions while Kafka is away
+BACKLOG_WAIT_S = 0.02  # the longest a fetch after a full one waits (see ``_backlog``)
 # The group's rebalance timeout: a JoinGroup may wait this long on the broker before it is
 # answered, so a join this consumer sent after losing its assignment can land this late.
 MAX_POLL_INTERVAL_S = 300.0
@@ -168,6 +169,11 @@ class ConsumerService:
         # waiting it would take the few records at hand, and small batches cost dearly.
         self._labels_behind = False
         self._records_quiet = False
+        # The last records fetch was full: a backlog is being read. librdkafka's consume waits
+        # for a whole batch or the timeout, so the backlog's last, partial batch would wait
+        # out batch_timeout_s with its records already here; after a full fetch the next one
+        # waits at most BACKLOG_WAIT_S (a batch in a backlog is queued already).
+        self._backlog = False
         self._changelog_ends: dict[int, int] = {}  # partition -> next changelog offset
         self._state_parts: dict[int, int] = {}  # partition -> records of its last snapshot
         self._rejoin_due = False  # partitions of another topic were assigned (_on_assign)
@@ -295,8 +301,12 @@ class ConsumerService:
         self._follow_champion()
         wait = 0 if self._labels_behind and self._records_quiet \
             else self.section.batch_timeout_s
+        waited_briefly = self._backlog
+        if waited_briefly:
+            wait = min(wait, BACKLOG_WAIT_S)
         messages = self.consumer.consume(self.section.batch_size, wait)
         self._records_quiet = not messages
+        self._backlog = len(messages) == self.section.batch_size
         self._fetched_since_checkpoint += len(messages)
         try:
             result = self._process(messages) if messages else None
@@ -308,22 +318,24 @@ class ConsumerService:
         except TransactionAborted as error:  # a produce found the transaction failed
             self._after_abort(error, time.monotonic())
             return None
-        if self._checkpoint_due(len(messages)):
+        if self._checkpoint_due(len(messages), waited_briefly):
             self.checkpoint()
         self.output.poll()
         self._check_outage_limit()
         return result
 
-    def _checkpoint_due(self, fetched: int) -> bool:
+    def _checkpoint_due(self, fetched: int, waited_briefly: bool = False) -> bool:
         """Every ``checkpoint_interval_s``, and at once when a burst has been read to its end:
         a fetch that waited ``batch_timeout_s`` and got nothing, after at least a batch's worth
         of records since the last checkpoint. What the burst produced, its drift events
         included, is then visible to read_committed readers without waiting out the interval.
         A steady stream, however slow, keeps to the interval: each checkpoint rewrites the
-        detector state."""
+        detector state. So a fetch that waited only ``BACKLOG_WAIT_S`` (after a full one) ends
+        no burst: a stream of full batches with short gaps would checkpoint at each gap."""
         if time.monotonic() - self._last_checkpoint >= self.section.checkpoint_interval_s:
             return True
-        return fetched == 0 and self._fetched_since_checkpoint >= self.section.batch_size
+        return fetched == 0 and not waited_briefly \
+            and self._fetched_since_checkpoint >= self.section.batch_size
 
     def _close(self) -> None:
         """Never raises: an error on the way out must not hide the one that ended the run."""
