@@ -28,7 +28,7 @@ class ConsumerSection:
     model_name: str = "levy-impact"
     # Champion artifacts are loaded only from below this directory (the trainer's registry).
     batch_size: int = 2000
-    batch_timeout_s: float = 0.5
+    batch_timeout_s: float = 0.5  # the longest a fetch waits for a batch (20 ms after a full one)
     checkpoint_interval_s: float = 2.0
     revoke_checkpoint_budget_s: float = 10.0
     # Above the transaction timeout: a dead member's open transaction holds the state topic's
