@@ -405,20 +405,22 @@ class WindowTally:
         left out)."""
         times = np.asarray(times_ms, dtype=np.int64)
         dated = times >= 0
-        windows = times[dated] // self.window_ms
-        present = np.unique(windows).tolist()
+        # One sort per column over (window, category) pairs: a chunk read in county slices
+        # spans every window of the span, and a pass per window would cost windows x rows.
+        found, slots, rows = np.unique(times[dated] // self.window_ms, return_inverse=True,
+                                       return_counts=True)
+        windows = found.tolist()
+        for window, count in zip(windows, rows.tolist(), strict=True):
+            self.counts.setdefault(window, {})
+            self.rows[window] = self.rows.get(window, 0) + count
         for name, column in columns.items():
             codes, names = code_column(np.asarray(column, dtype=object)[dated])
             labels = [MISSING, *names]  # "" and None both read as missing
-            for window in present:
-                tally = np.bincount(codes[windows == window] + 1, minlength=len(labels))
-                into = self.counts.setdefault(window, {}).setdefault(name, {})
-                for slot in np.flatnonzero(tally).tolist():
-                    into[labels[slot]] = into.get(labels[slot], 0) + int(tally[slot])
-        found, rows = np.unique(windows, return_counts=True)
-        for window, count in zip(found.tolist(), rows.tolist(), strict=True):
-            self.counts.setdefault(window, {})
-            self.rows[window] = self.rows.get(window, 0) + count
+            pairs, tallies = np.unique(slots * len(labels) + codes + 1, return_counts=True)
+            for pair, tally in zip(pairs.tolist(), tallies.tolist(), strict=True):
+                slot, label = divmod(pair, len(labels))
+                into = self.counts[windows[slot]].setdefault(name, {})
+                into[labels[label]] = into.get(labels[label], 0) + tally
 
     def whole(self) -> tuple[dict[str, dict[str, int]], set[int]]:
         """(column -> category -> count over the whole windows, those windows)."""
