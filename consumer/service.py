@@ -162,6 +162,11 @@ class ConsumerService:
         # Labels partition p is read by whoever owns records partition p, assigned by hand
         # beside it; where it stands is part of p's checkpoint, not the group's offsets.
         self.label_reader: Consumer | None = None
+        # Where a partition starts, asked of a client that fetches nothing: the broker answers
+        # a client's requests in order, so behind a fetch in flight (the label reader's or the
+        # records consumer's, once either has a partition) each answer waited for that fetch,
+        # up to fetch.wait.max.ms: 0.5 s for each partition restored after the first.
+        self._offsets_reader: Consumer | None = None
         self._paused_labels: set[int] = set()
         # The last label fetch was full (more labels wait in Kafka) and the last records fetch
         # empty: the next records fetch does not wait, or quiet records would let a label
@@ -347,11 +352,13 @@ class ConsumerService:
         self.output.close(self.section.shutdown_timeout_s)
         self.lag.close()
         self._drop_monitors()
-        if self.label_reader is not None:
-            try:
-                self.label_reader.close()
-            except Exception as error:
-                log.warning("label reader close failed", extra={"error": str(error)})
+        for name, reader in (("label reader", self.label_reader),
+                             ("offsets reader", self._offsets_reader)):
+            if reader is not None:
+                try:
+                    reader.close()
+                except Exception as error:
+                    log.warning(f"{name} close failed", extra={"error": str(error)})
         try:
             self.champion.close()
         except Exception as error:
@@ -751,13 +758,29 @@ class ConsumerService:
                                     set(keys.values()), timeout)
         committed = consumer.committed(partitions, timeout=timeout)
         for position in committed:
-            low, _ = consumer.get_watermark_offsets(
-                TopicPartition(position.topic, position.partition), timeout=timeout)
+            low = self._first_offset(position.topic, position.partition)
             position.offset, monitor = self._resume(position, low,
                                                     latest[keys[position.partition]])
             self.monitors[position.partition] = monitor
             self.lag.committed(position.topic, position.partition, position.offset)
         return committed
+
+    def _first_offset(self, topic: str, partition: int) -> int:
+        """The partition's low watermark, from the offsets reader (see ``__init__``)."""
+        if self._offsets_reader is None:
+            self._offsets_reader = Consumer(self._reader_config)
+        reader, timeout = self._offsets_reader, self.section.restore_timeout_s
+        try:
+            low, _ = reader.get_watermark_offsets(TopicPartition(topic, partition),
+                                                  timeout=timeout)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError._UNKNOWN_PARTITION:
+                raise
+            # A partition added since this client last looked: refresh its view, ask again.
+            reader.list_topics(topic, timeout=timeout)
+            low, _ = reader.get_watermark_offsets(TopicPartition(topic, partition),
+                                                  timeout=timeout)
+        return int(low)
 
     def _resume(self, position: TopicPartition, low_watermark: int,
                 stored: StoredState | None) -> tuple[int, PartitionMonitor]:
@@ -817,8 +840,7 @@ class ConsumerService:
         log.info("pending predictions restored", extra={
             "partition": partition, "replayed": restored.replayed, "wiped": restored.wiped,
             "refused": sum(restored.skipped.values()), "seconds": round(restored.seconds, 3)})
-        low, _ = self.label_reader.get_watermark_offsets(
-            TopicPartition(topics.labels, partition), timeout=self.section.restore_timeout_s)
+        low = self._first_offset(topics.labels, partition)
         reference = self.champion.reference
         errors, next_offset, watermark = None, low, NO_WATERMARK
         if saved is not None and saved.labels_next_offset is not None:

@@ -163,3 +163,22 @@ def test_a_backlogs_last_partial_batch_is_processed_without_waiting_out_the_batc
                    "every record processed, launch included")
     finally:
         assert run.stop(timeout_s=60) == 0, run.log()[-3000:]
+
+
+def test_partitions_are_restored_without_waiting_behind_the_readers_fetches(
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    # A broker answers a client's requests in order. Where a partition's labels start, asked
+    # of the label reader once it reads another partition, waited for that reader's fetch in
+    # flight, up to fetch.wait.max.ms (20 s here) for each partition restored after the first:
+    # 40 s before any record here. A fetch wait that long is what a quiet cluster's operator
+    # may choose; the default 0.5 s cost as much per partition at every start.
+    topics = Topics(unique, records_partitions=3).create(kafka_bootstrap)
+    produce_scenario(kafka_bootstrap, topics.names["records"], "none", 3000, 0)
+    config = tmp_path / "long-fetch-wait.toml"
+    config.write_text('[kafka.client]\n"fetch.wait.max.ms" = "20000"\n')
+    run = ConsumerRun(kafka_bootstrap, topics, f"g-{unique}", "solo", tmp_path / "consumer.log",
+                      extra_env={"LEVYDRIFT_CONFIG": str(config)}).start()
+    try:
+        wait_processed(kafka_bootstrap, f"g-{unique}", topics, 3000, timeout_s=30, runs=[run])
+    finally:
+        assert run.stop(timeout_s=60) == 0, run.log()[-3000:]
