@@ -46,6 +46,7 @@ from trainer.window_labels import LabelIndex, LabelSpan
 log = logging.getLogger(__name__)
 
 _IDLE_TIMEOUT_S = 30.0  # no record for this long while reading a window: give up
+WINDOW_FETCH_WAIT_MS = 10  # what the window reader's fetch waits for data at a partition's end
 
 
 @dataclass(frozen=True)
@@ -180,8 +181,12 @@ def read_training_window(kafka: KafkaSettings, topic: str, event_ends: dict[int,
     ``composition_window_s``, every record scanned (labelled or not) is counted by category
     and event-time window: ``TrainingWindow.mix``, the stream's mix over each partition's
     whole windows."""
+    # It reads what is there, one range after another: a fetch that long-polls at a
+    # partition's end (fetch.wait.max.ms, 0.5 s by default) held up the next range's fetch
+    # and the label lookups behind it on the same connection, 0.5 s per range read.
     consumer = Consumer(consumer_config(kafka, group_id="levy-trainer-window-reader",
-                                        **{"enable.partition.eof": True}))
+                                        **{"enable.partition.eof": True,
+                                           "fetch.wait.max.ms": WINDOW_FETCH_WAIT_MS}))
     try:
         partitions = watermarks(consumer, topic, kafka.request_timeout_s)
         quota = math.ceil(window_records / len(partitions))
@@ -322,7 +327,7 @@ def _read_range(consumer: Consumer, topic: str, plan: _Partition, first: int,
     offsets: list[int] = []
     timestamps: list[int] = []
     for message in read_ranges(consumer, topic, {plan.partition: (first, last + 1)},
-                               timeout_s=_IDLE_TIMEOUT_S, idle=True):
+                               timeout_s=_IDLE_TIMEOUT_S, idle=True, release=True):
         values.append(message.value())
         offsets.append(offset_of(message))
         timestamps.append(message.timestamp()[1])

@@ -135,7 +135,7 @@ class LabelIndex:
         values: list[bytes | None] = []
         offsets: list[int] = []
         for message in read_ranges(self.consumer, self.topic, {partition: (first, stop)},
-                                   timeout_s=_IDLE_TIMEOUT_S, idle=True):
+                                   timeout_s=_IDLE_TIMEOUT_S, idle=True, release=True):
             values.append(message.value())
             offsets.append(offset_of(message))
         labels, rejections = decode_levy_labels(values)

@@ -114,10 +114,21 @@ def watermarks(reader: Consumer, topic: str, timeout_s: float) -> dict[int, tupl
             from None
 
 
+# How ``read_ranges`` consumes: at most READ_BATCH messages per call, waiting READ_WAIT_S for
+# them, or READ_AGAIN_WAIT_S after a full batch.
+READ_BATCH: Final = 500
+READ_WAIT_S: Final = 0.2
+READ_AGAIN_WAIT_S: Final = 0.02
+
+
 def read_ranges(reader: Consumer, topic: str, ranges: Mapping[int, tuple[int, int]], *,
-                timeout_s: float, idle: bool = False) -> Iterator[Message]:
+                timeout_s: float, idle: bool = False, release: bool = False
+                ) -> Iterator[Message]:
     """Every message of ``topic`` the reader may see with ``first <= offset < stop``, for each
-    ``partition: (first, stop)`` of ``ranges`` (the reader is assigned exactly those).
+    ``partition: (first, stop)`` of ``ranges`` (the reader is assigned exactly those, and
+    stays so unless ``release``: then it is unassigned once the read ends, so that it fetches
+    nothing more and its next request to a broker, answered in order, does not wait behind a
+    fetch in flight: up to fetch.wait.max.ms, 0.5 s, at a partition's end).
 
     The stopping rule: a partition is done once the reader's *position* reaches ``stop``, not
     when offset ``stop - 1`` arrives, because aborted transactions, their markers and compacted
@@ -125,23 +136,32 @@ def read_ranges(reader: Consumer, topic: str, ranges: Mapping[int, tuple[int, in
     without a message. Raises ``BrokerUnavailableError`` on a read error or a timeout (an
     outage, or an open transaction holding the stable offset back)."""
     pending = {partition: stop for partition, (first, stop) in ranges.items() if stop > first}
+    reached = {partition: first for partition, (first, stop) in ranges.items() if stop > first}
     assigned = [TopicPartition(topic, partition) for partition in pending]
     try:
         # Empty ranges too: a reader that goes on consuming sees what arrives there later.
         reader.assign([TopicPartition(topic, p, first) for p, (first, _) in ranges.items()])
         deadline = time.monotonic() + timeout_s
+        full = False
         while pending:
             if time.monotonic() > deadline:
                 raise BrokerUnavailableError(
                     f"reading {topic}: nothing {'arrived' if idle else 'finished'} within "
                     f"{timeout_s:g}s (partitions {sorted(pending)} unfinished)")
-            batch = reader.consume(500, 0.2)
+            # consume() returns with the number asked for or at the timeout: ask for no more
+            # than the ranges hold, and after a full batch (the next one is queued) wait little.
+            wanted = min(READ_BATCH, sum(stop - reached[p] for p, stop in pending.items()))
+            batch = reader.consume(max(wanted, 1), READ_AGAIN_WAIT_S if full else READ_WAIT_S)
+            full = len(batch) >= wanted
             if batch and idle:
                 deadline = time.monotonic() + timeout_s
             yield from _in_range(batch, pending, topic)
             for position in reader.position(assigned):
+                reached[position.partition] = max(reached[position.partition], position.offset)
                 if position.offset >= pending.get(position.partition, 0):
                     pending.pop(position.partition, None)
+        if release:
+            reader.unassign()
     except KafkaException as error:
         raise BrokerUnavailableError(f"reading {topic}: {error.args[0].str()}") from None
 

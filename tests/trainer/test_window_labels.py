@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -256,3 +257,22 @@ def test_the_labels_scan_is_bounded(topics: Topics) -> None:
     assert window.scanned_labels <= 400
     assert 0 < len(window.frame) <= 200
     assert np.isfinite(window.frame[TARGET]).all()
+
+
+def test_a_deployments_long_fetch_wait_does_not_hold_up_each_range_read(
+        kafka_bootstrap: str, unique: str) -> None:
+    """The window is read range after range, each chunk's labels looked up by time, on one
+    connection: a fetch that long-polled at a partition's end held the next request up for
+    fetch.wait.max.ms (20 s here, what kafka.client sets; minutes for this window)."""
+    topics = Topics(kafka_bootstrap, unique, partitions=3)
+    topics.kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap,
+                                 client={"fetch.wait.max.ms": "20000"})
+    records = to_records(SIMULATOR.columns(0, 3_000))
+    topics.produce(topics.records, [without_levy(r) for r in records])
+    topics.produce(topics.labels, shuffled([label_for(r) for r in records[::2]]))
+    started = time.monotonic()
+
+    window = topics.window(window_records=600)
+
+    assert time.monotonic() - started < 20
+    assert len(window.frame) == 600 == window.joined_records
