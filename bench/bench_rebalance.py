@@ -114,6 +114,9 @@ def one_run(bootstrap: str, records: int, partitions: int, workdir: Path) -> dic
     done_at = samples[-1][0]
     stop = min(joined_at + WINDOW_S, done_at)
     shared = records - sum(next(o for t, o in samples if t >= joined_at))
+    print(f"run: one instance {alone_rate:,.0f} rec/s from launch to the join at "
+          f"{joined_at:.1f} s; both {shared / (done_at - joined_at):,.0f} rec/s until done at "
+          f"{done_at:.1f} s; moved partitions {sorted(moved)}", flush=True)
     return {"stayed_gap": max(longest_gap(samples, p, joined_at, stop) for p in stayed),
             "moved_gap": max(longest_gap(samples, p, joined_at, stop) for p in moved),
             "two_vs_one": (shared / (done_at - joined_at)) / alone_rate}

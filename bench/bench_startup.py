@@ -28,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import builds as builds_module  # noqa: E402
 from bench_consumer import (  # noqa: E402
     free_port,
     prefill,
@@ -102,12 +103,9 @@ def main() -> None:
                         help="records partitions (the project's default layout has 6)")
     parser.add_argument("--records", type=int, default=60_000)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--build", type=Path, action="append",
-                        help="a checkout to run (repeatable; default: this one)")
-    parser.add_argument("--bootstrap", default=os.environ.get(
-        "LEVYDRIFT_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    builds_module.add_arguments(parser)
     arguments = parser.parse_args()
-    builds = [build.resolve() for build in arguments.build or [REPO]]
+    builds = builds_module.chosen(arguments, REPO)
     admin = AdminClient({"bootstrap.servers": arguments.bootstrap})
     print(describe())
     print(f"records: {arguments.records:,} over {arguments.partitions} partitions; broker on "
@@ -115,8 +113,7 @@ def main() -> None:
     timings: dict[Path, list[tuple[float, float]]] = {build: [] for build in builds}
     with tempfile.TemporaryDirectory() as workdir:
         for repetition in range(arguments.repeat):
-            order = builds if repetition % 2 == 0 else builds[::-1]
-            for build in order:
+            for build in builds_module.in_turn(builds, repetition):
                 names = topic_names(uuid.uuid4().hex[:8])
                 create_topics(admin, names, arguments.partitions)
                 try:

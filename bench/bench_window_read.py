@@ -18,7 +18,6 @@ repetition and window, the order alternating. Reported: seconds and training row
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import subprocess
@@ -30,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import builds as builds_module  # noqa: E402
 import orjson  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
@@ -95,12 +95,9 @@ def main() -> None:
     parser.add_argument("--window", default="30000,120000",
                         help="training rows asked for (trainer.window_records), comma-separated")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--build", type=Path, action="append",
-                        help="a checkout to run (repeatable; default: this one)")
-    parser.add_argument("--bootstrap", default=os.environ.get(
-        "LEVYDRIFT_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    builds_module.add_arguments(parser)
     arguments = parser.parse_args()
-    builds = [build.resolve() for build in arguments.build or [REPO]]
+    builds = builds_module.chosen(arguments, REPO)
     windows = [int(size) for size in arguments.window.split(",") if size]
     run = uuid.uuid4().hex[:8]
     records_topic, labels_topic = f"bench-window-rec-{run}", f"bench-window-labels-{run}"
@@ -119,7 +116,7 @@ def main() -> None:
              arguments.labelled_share)
         for repetition in range(arguments.repeat):
             for window in windows:
-                for build in builds if repetition % 2 == 0 else builds[::-1]:
+                for build in builds_module.in_turn(builds, repetition):
                     timings[(build, window)].append(measure(
                         build, arguments.bootstrap, records_topic, labels_topic, window))
             print(f"repetition {repetition + 1}: load average {load_average():.1f}", flush=True)
