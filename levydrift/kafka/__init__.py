@@ -114,11 +114,12 @@ def watermarks(reader: Consumer, topic: str, timeout_s: float) -> dict[int, tupl
             from None
 
 
-# How ``read_ranges`` consumes: at most READ_BATCH messages per call, waiting READ_WAIT_S for
-# them, or READ_AGAIN_WAIT_S after a full batch.
+# How ``read_ranges`` consumes: up to READ_BATCH messages per call, waiting at most READ_WAIT_S.
+# consume() returns with that many or at its timeout, so a range's last, partial batch waits
+# the timeout out (and a range ending on a transaction marker, which is never delivered, always
+# does): short, as the read ends on the reader's positions anyway.
 READ_BATCH: Final = 500
-READ_WAIT_S: Final = 0.2
-READ_AGAIN_WAIT_S: Final = 0.02
+READ_WAIT_S: Final = 0.02
 
 
 def read_ranges(reader: Consumer, topic: str, ranges: Mapping[int, tuple[int, int]], *,
@@ -136,28 +137,21 @@ def read_ranges(reader: Consumer, topic: str, ranges: Mapping[int, tuple[int, in
     without a message. Raises ``BrokerUnavailableError`` on a read error or a timeout (an
     outage, or an open transaction holding the stable offset back)."""
     pending = {partition: stop for partition, (first, stop) in ranges.items() if stop > first}
-    reached = {partition: first for partition, (first, stop) in ranges.items() if stop > first}
     assigned = [TopicPartition(topic, partition) for partition in pending]
     try:
         # Empty ranges too: a reader that goes on consuming sees what arrives there later.
         reader.assign([TopicPartition(topic, p, first) for p, (first, _) in ranges.items()])
         deadline = time.monotonic() + timeout_s
-        full = False
         while pending:
             if time.monotonic() > deadline:
                 raise BrokerUnavailableError(
                     f"reading {topic}: nothing {'arrived' if idle else 'finished'} within "
                     f"{timeout_s:g}s (partitions {sorted(pending)} unfinished)")
-            # consume() returns with the number asked for or at the timeout: ask for no more
-            # than the ranges hold, and after a full batch (the next one is queued) wait little.
-            wanted = min(READ_BATCH, sum(stop - reached[p] for p, stop in pending.items()))
-            batch = reader.consume(max(wanted, 1), READ_AGAIN_WAIT_S if full else READ_WAIT_S)
-            full = len(batch) >= wanted
+            batch = reader.consume(READ_BATCH, READ_WAIT_S)
             if batch and idle:
                 deadline = time.monotonic() + timeout_s
             yield from _in_range(batch, pending, topic)
             for position in reader.position(assigned):
-                reached[position.partition] = max(reached[position.partition], position.offset)
                 if position.offset >= pending.get(position.partition, 0):
                     pending.pop(position.partition, None)
         if release:
