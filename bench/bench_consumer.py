@@ -87,15 +87,17 @@ class Timing:
     metrics: str = ""  # the service's /metrics page once it was done (service only)
 
 
-def prefill(bootstrap: str, topic: str, records: int, uuid_ids: bool = False) -> None:
-    """The simulator's records; with ``uuid_ids`` each record_id a random UUID (as many
-    producers make them) instead of the simulator's ``sim-<seed>-<index>``, which sorts in
-    arrival order and so flatters anything keyed by it (the join store)."""
+def prefill(bootstrap: str, topic: str, records: int, uuid_ids: bool = False,
+            first: int = 0) -> None:
+    """The simulator's records from its ``first`` on; with ``uuid_ids`` each record_id a
+    random UUID (as many producers make them) instead of the simulator's
+    ``sim-<seed>-<index>``, which sorts in arrival order and so flatters anything keyed by it
+    (the join store)."""
     simulator = LevySimulator(SimulatorConfig(seed=11, scenario="none"))
     random_ids = random.Random(11)
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50,
                          "compression.type": "lz4", "batch.size": 1_000_000})
-    for batch in simulator.record_batches(0, records):
+    for batch in simulator.record_batches(first, first + records):
         for record in batch:
             if uuid_ids:
                 record["record_id"] = str(uuid.UUID(int=random_ids.getrandbits(128), version=4))

@@ -30,6 +30,7 @@ from confluent_kafka import Consumer, KafkaError, Message
 from consumer import metrics
 from detectors.reference import Reference
 from levydrift.artifacts import (
+    import_model_loading,
     load_reference_sample,
     load_version_dir,
     verify_version_dir,
@@ -163,6 +164,7 @@ class ChampionTracker:
         for event in self._candidates():
             try:
                 probe = self._start_probe(event)
+                import_model_loading()  # while the child probes: ~1 s off the start
                 probe.result()
                 model, reference = self._load(event)
             except ArtifactError as error:

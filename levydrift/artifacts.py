@@ -103,6 +103,14 @@ def load_verified_model(path: str | Path, expected_sha256: str, label: str | Non
     return model
 
 
+def import_model_loading() -> None:
+    """Import what ``load_verified_model`` needs (skops, scikit-learn, the model checks; ~1 s)
+    without loading anything: for a caller that waits meanwhile, as the consumer waits for a
+    version's child-process probe before it loads the model itself."""
+    _skops()
+    import levydrift.model_checks  # noqa: F401  # lazy: scikit-learn, only with a model
+
+
 def verified_bytes(path: str | Path, expected_sha256: str, label: str) -> bytes:
     """The artifact's bytes, if they hash to ``expected_sha256`` and name only allow-listed
     types; nothing is built from them here."""
