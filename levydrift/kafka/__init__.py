@@ -127,9 +127,10 @@ def read_ranges(reader: Consumer, topic: str, ranges: Mapping[int, tuple[int, in
                 ) -> Iterator[Message]:
     """Every message of ``topic`` the reader may see with ``first <= offset < stop``, for each
     ``partition: (first, stop)`` of ``ranges`` (the reader is assigned exactly those, and
-    stays so unless ``release``: then it is unassigned once the read ends, so that it fetches
-    nothing more and its next request to a broker, answered in order, does not wait behind a
-    fetch in flight: up to fetch.wait.max.ms, 0.5 s, at a partition's end).
+    stays so unless ``release``: then it is unassigned once the read ends, and prefetches no
+    further; a reader that reads further back next would fetch those records again). A fetch
+    already in flight is not called back: a reader whose next request must not wait behind it
+    needs a short fetch.wait.max.ms (a broker answers a connection's requests in order).
 
     The stopping rule: a partition is done once the reader's *position* reaches ``stop``, not
     when offset ``stop - 1`` arrives, because aborted transactions, their markers and compacted
