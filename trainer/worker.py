@@ -248,12 +248,15 @@ class TrainWorker:
         log.info("train-worker stopped", extra={"model": self.model_name})
 
     def _next_batch(self) -> list[Message]:
-        """Drift events that arrive together: the first poll, then whatever follows within
-        the linger (one episode usually spans several partitions' events)."""
+        """Drift events that arrive together: the first one and those queued with it, then
+        whatever follows within the linger (one episode usually spans several partitions'
+        events). consume() returns with as many messages as asked for or at its timeout: asked
+        for a batch, a lone event waited out poll_timeout_s before its linger began."""
         assert self._consumer is not None
-        messages = self._consumer.consume(_BATCH_MESSAGES, timeout=self.section.poll_timeout_s)
+        messages = self._consumer.consume(1, timeout=self.section.poll_timeout_s)
         if not messages:
             return []
+        messages += self._consumer.consume(_BATCH_MESSAGES, timeout=0)
         deadline = time.monotonic() + self.section.episode_linger_s
         while (remaining := deadline - time.monotonic()) > 0 and not self._stopping.is_set():
             more = self._consumer.consume(_BATCH_MESSAGES, timeout=min(remaining, 0.5))

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -538,3 +539,20 @@ def test_a_worker_with_an_unwritable_registry_says_so_at_start(tmp_path: Path) -
     worker = TrainWorker(settings_module.load(TrainerSettings, config, environ={}))
     with pytest.raises(RegistryError, match="cannot write to the model registry"):
         worker.run()
+
+
+def test_a_lone_drift_event_is_taken_at_once_not_after_the_poll_timeout(
+        stack: Stack, tmp_path: Path) -> None:
+    # consume() returns with as many messages as asked for or at its timeout: asked for a
+    # batch, a lone event sat out poll_timeout_s (20 s here) before its retrain began.
+    ends = stack.produce_records(3000)
+    config = stack.config_file(tmp_path)
+    config.write_text(config.read_text().replace("poll_timeout_s = 0.2", "poll_timeout_s = 20"))
+    worker = RunningWorker(config)
+    try:
+        stack.send_event(ends, "2026-03-01T00:00:00Z")
+        sent = time.monotonic()
+        wait_until(stack.version_events, 60, "the model-version event")
+        assert time.monotonic() - sent < 15
+    finally:
+        worker.stop()
