@@ -24,6 +24,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,11 +32,11 @@ sys.path.insert(0, str(REPO))
 
 import builds as builds_module  # noqa: E402
 import orjson  # noqa: E402
-from confluent_kafka import Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 from machine import describe, load_average  # noqa: E402
 
 from levydrift.simulator import LevySimulator, SimulatorConfig, to_records  # noqa: E402
+from tests.consumer.harness import produce_values  # noqa: E402
 
 # One measurement, run in the build's own interpreter and directory.
 MEASURE = textwrap.dedent("""
@@ -50,20 +51,6 @@ MEASURE = textwrap.dedent("""
 """)
 
 
-def produce(bootstrap: str, topic: str, documents: list[dict]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20,
-                         "compression.type": "lz4"})
-    for document in documents:
-        while True:
-            try:
-                producer.produce(topic, key=document["parcel_id"].encode(),
-                                 value=orjson.dumps(document))
-                break
-            except BufferError:
-                producer.poll(0.05)
-    producer.flush(120)
-
-
 def fill(bootstrap: str, records_topic: str, labels_topic: str, records: int,
          labelled_share: float) -> None:
     """Records without their levy; the levies of a share of them as labels, shuffled."""
@@ -73,9 +60,14 @@ def fill(bootstrap: str, records_topic: str, labels_topic: str, records: int,
     labels = [{"schema_version": 1, "record_id": r["record_id"], "parcel_id": r["parcel_id"],
                "tax_year": r["tax_year"], "actual_levy_amount": r["actual_levy_amount"],
                "event_time": r["event_time"]} for r in chosen]
-    produce(bootstrap, records_topic,
-            [{k: v for k, v in r.items() if k != "actual_levy_amount"} for r in documents])
-    produce(bootstrap, labels_topic, labels)
+    produce_values(bootstrap, records_topic, keyed(
+        {k: v for k, v in r.items() if k != "actual_levy_amount"} for r in documents))
+    produce_values(bootstrap, labels_topic, keyed(labels))
+
+
+def keyed(documents: Iterable[dict]) -> Iterator[tuple[bytes, bytes]]:
+    """Each document as a message keyed by its parcel (a label lands beside its record)."""
+    return ((document["parcel_id"].encode(), orjson.dumps(document)) for document in documents)
 
 
 def measure(build: Path, bootstrap: str, records_topic: str, labels_topic: str,

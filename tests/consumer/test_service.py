@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import time
-import urllib.request
 from pathlib import Path
 
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.dead_letter import source_of
 from tests.consumer.harness import (
@@ -19,6 +17,7 @@ from tests.consumer.harness import (
     produce_values,
     wait_processed,
 )
+from tests.consumer.test_models import scrape
 from tests.kafka_helpers import free_port_pair, read_all, wait_until
 
 RECORDS = 24_000
@@ -137,13 +136,11 @@ def records_processed(port: int, run: ConsumerRun) -> float:
     """Records the consumer has processed, from its /metrics page (0 before it serves)."""
     assert run.alive(), f"the consumer exited:\n{run.log()[-3000:]}"
     try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
-                                      timeout=5).read().decode()
+        samples = scrape(port)
     except OSError:
         return 0.0
-    return sum(sample.value for family in text_string_to_metric_families(text)
-               for sample in family.samples
-               if sample.name == "levydrift_consumer_records_total")
+    return sum(value for (name, _), value in samples.items()
+               if name == "levydrift_consumer_records_total")
 
 
 def test_a_backlogs_last_partial_batch_is_processed_without_waiting_out_the_batch_timeout(
