@@ -38,7 +38,7 @@ from levydrift.artifacts import (
 )
 from levydrift.errors import ArtifactError, BrokerUnavailableError
 from levydrift.kafka import read_to_end
-from levydrift.model_probe import IsolatedProbe
+from levydrift.model_probe import IsolatedProbe, SpareProbe
 from levydrift.signals import ModelScorer
 from schemas.errors import RecordRejected
 from schemas.model_version import ModelVersionEvent
@@ -84,7 +84,8 @@ class ChampionTracker:
 
     def __init__(self, consumer_config: dict[str, Any], topic: str, model_name: str,
                  registry_root: str | Path, signals: Collection[str] = (),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 spare_probe: SpareProbe | None = None) -> None:
         self._consumer = Consumer({**consumer_config, "enable.partition.eof": False})
         self._topic = topic
         self._model_name = model_name
@@ -99,6 +100,8 @@ class ChampionTracker:
         self._pending: ModelVersionEvent | None = None  # newer than the champion, not yet in
         self._probe: IsolatedProbe | None = None  # the pending version's child-process probe
         self._retry_at = 0.0
+        # The start's first probe runs in it: a child already importing the model libraries.
+        self._spare = spare_probe
 
     @property
     def version(self) -> int | None:
@@ -115,7 +118,10 @@ class ChampionTracker:
             log.warning("model-version topic not read to its end at start",
                         extra={"error": str(error)})
         self._pending = None
-        self._serve_newest()
+        try:
+            self._serve_newest()
+        finally:
+            self._close_spare()
 
     def poll(self) -> None:
         """Non-blocking: note the newest champion event, if any arrived."""
@@ -154,7 +160,13 @@ class ChampionTracker:
 
     def close(self) -> None:
         self._cancel_probe()
+        self._close_spare()
         self._consumer.close()
+
+    def _close_spare(self) -> None:
+        if self._spare is not None:
+            self._spare.close()
+            self._spare = None
 
     # -- choosing and loading ---------------------------------------------------------------
 
@@ -163,7 +175,7 @@ class ChampionTracker:
         no model. A newer version that is only missing for now stays pending, for a retry."""
         for event in self._candidates():
             try:
-                probe = self._start_probe(event)
+                probe = self._start_probe(event, self._spare)
                 import_model_loading()  # while the child probes: ~1 s off the start
                 probe.result()
                 model, reference = self._load(event)
@@ -226,12 +238,14 @@ class ChampionTracker:
             "model": event.model_name, "version": event.version, "reason": error.reason,
             "error": str(error), "retrying": error.transient, "serving": self.version})
 
-    def _start_probe(self, event: ModelVersionEvent) -> IsolatedProbe:
-        """The child-process probe of the event's version, once the checks that need no
-        unpacking (registry root, hashes, types) passed here."""
+    def _start_probe(self, event: ModelVersionEvent,
+                     spare: SpareProbe | None = None) -> IsolatedProbe:
+        """The child-process probe of the event's version (in ``spare``'s child while it has
+        not probed another), once the checks that need no unpacking (registry root, hashes,
+        types) passed here."""
         version_dir = self._version_dir(event)
         verify_version_dir(version_dir, event.artifact_sha256)
-        return IsolatedProbe(version_dir, event.artifact_sha256)
+        return IsolatedProbe(version_dir, event.artifact_sha256, spare=spare)
 
     def _version_dir(self, event: ModelVersionEvent) -> Path:
         artifact = Path(event.artifact_uri).resolve()

@@ -9,6 +9,7 @@ from collections.abc import MutableMapping
 from consumer.config import load_consumer_settings
 from consumer.metrics import start_metrics_server
 from levydrift.logs import configure as configure_logging
+from levydrift.model_probe import SpareProbe
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,9 +34,11 @@ def openmp_threads_sleep(environ: MutableMapping[str, str] = os.environ) -> None
 
 def _run(arguments: argparse.Namespace) -> int:
     openmp_threads_sleep()
+    settings = load_consumer_settings(arguments.config)
+    # Before the service's own imports, so that the child's run beside them.
+    spare_probe = SpareProbe.for_registry(settings.registry.root, settings.consumer.model_name)
     from consumer.service import run_consumer  # lazy: heavy imports only when consuming
 
-    settings = load_consumer_settings(arguments.config)
     configure_logging(settings.logging.level)
     start_metrics_server(settings.metrics.port, settings.metrics.host)
-    return run_consumer(settings)
+    return run_consumer(settings, spare_probe=spare_probe)

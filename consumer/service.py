@@ -75,6 +75,7 @@ from levydrift.kafka.transactions import (
     is_refusal,
     producer_overrides,
 )
+from levydrift.model_probe import SpareProbe
 from schemas.dead_letter import Headers
 
 log = logging.getLogger(__name__)
@@ -100,13 +101,19 @@ class FencedByOwnJoin(FatalKafkaError):
 
 def run_consumer(settings: ConsumerSettings,
                  build: Callable[[ConsumerSettings], ConsumerService] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> int:
+                 clock: Callable[[], float] = time.monotonic,
+                 spare_probe: SpareProbe | None = None) -> int:
     """Run the service until stopped. Fenced by its own join, it is built afresh and resumes
     from the last checkpoint, exactly as a restarted process would (the crash tests' path);
-    fenced so more than ``OWN_FENCE_LIMIT`` times within ``OWN_FENCE_WINDOW_S`` it gives up."""
+    fenced so more than ``OWN_FENCE_LIMIT`` times within ``OWN_FENCE_WINDOW_S`` it gives up.
+    ``spare_probe`` (see ``ChampionTracker``) serves the first build's start."""
     fences: deque[float] = deque()
     while True:
-        service = (build or ConsumerService)(settings)
+        if build is not None:
+            service = build(settings)
+        else:
+            service = ConsumerService(settings, spare_probe)
+            spare_probe = None
         try:
             return service.run()
         except FencedByOwnJoin as error:
@@ -139,7 +146,8 @@ def output_producer_config(settings: ConsumerSettings) -> dict[str, Any]:
 class ConsumerService:
     """Kafka in, detector banks per partition, drift events and checkpoints out."""
 
-    def __init__(self, settings: ConsumerSettings) -> None:
+    def __init__(self, settings: ConsumerSettings,
+                 spare_probe: SpareProbe | None = None) -> None:
         self.settings = settings
         self.section = settings.consumer
         self.monitors: dict[int, PartitionMonitor] = {}
@@ -195,7 +203,8 @@ class ConsumerService:
                                         self.section.model_name, settings.registry.root,
                                         settings.detectors.all_signals()
                                         + settings.detectors.segment_by
-                                        + settings.detectors.stratify_by)
+                                        + settings.detectors.stratify_by,
+                                        spare_probe=spare_probe)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -225,11 +234,13 @@ class ConsumerService:
             self.output.init()
         except TransactionAborted as error:
             raise FatalKafkaError(f"cannot start transactions: {error}") from None
+        # The group join runs in librdkafka's threads while the champion is probed; the
+        # partitions it brings are restored in the first poll, against the champion chosen.
+        self._subscribe()
         self.champion.start(self.section.restore_timeout_s)
         # What start-up built (modules, the model) lives as long as the service: keep it out
         # of every garbage collection (a full one walked it every ~20k records with labels).
         gc.freeze()
-        self._subscribe()
         self.lag.start()
         log.info("consuming", extra={"topic": self.settings.topics.records,
                                      "group": self.section.group_id,

@@ -5,13 +5,17 @@ what nobody foresaw. The child verifies, loads, checks and predicts the probe ba
 the service would; if that kills it (a segfault), hangs, or refuses, the version is refused
 with a reason and the service never touches it. It costs a Python start-up and the imports
 (about a second or two), once per model version, off the service's loop: ``IsolatedProbe``
-does not block until asked to.
+does not block until asked to. At start, where the service will wait for a probe, a
+``SpareProbe`` started early does those imports while the service does its own start-up.
 
     python -m levydrift.model_probe VERSION_DIR [SHA256]
+    python -m levydrift.model_probe --wait    (imports, then reads [VERSION_DIR, SHA256] as a
+                                               JSON line on stdin; exits 0 at end of input)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,28 +24,96 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
-from levydrift.artifacts import load_version_dir
 from levydrift.errors import ArtifactError
 
 PROBE_TIMEOUT_S = 120.0
 _STDERR_TAIL = 400
+_WAIT = "--wait"
+
+
+def _spawn(arguments: list[str], stdin: int, stderr: IO[bytes]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "levydrift.model_probe", *arguments],
+                            stdout=subprocess.PIPE, stderr=stderr, stdin=stdin,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+class SpareProbe:
+    """A probe child started before there is a version to probe: it imports the model
+    libraries (most of a probe's time) meanwhile, then probes the one version an
+    ``IsolatedProbe`` hands it. Closed unused, or when its parent dies, it exits."""
+
+    @classmethod
+    def for_registry(cls, registry_root: str | Path, model_name: str) -> SpareProbe | None:
+        """A spare when the registry holds a version of the model (``<root>/<name>/versions/
+        <n>``), so that a start will likely probe one; else None."""
+        try:
+            if any((Path(registry_root) / model_name / "versions").iterdir()):
+                return cls()
+        except OSError:  # no such directory yet, or unreadable: the start says so if needed
+            pass
+        return None
+
+    def __init__(self) -> None:
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
+        self.process: subprocess.Popen[bytes] | None = _spawn([_WAIT], subprocess.PIPE,
+                                                              self.stderr)
+
+    def hand_over(self, version_dir: str | Path,
+                  expected_sha256: str | None) -> subprocess.Popen[bytes] | None:
+        """The child, now probing ``version_dir`` (its stderr is ``self.stderr``); None if it
+        is gone, and the caller spawns afresh. Once only."""
+        process, self.process = self.process, None
+        if process is None or process.stdin is None:
+            return None
+        try:  # communicate() closes stdin once the caller waits
+            process.stdin.write(json.dumps([str(version_dir), expected_sha256 or ""]).encode()
+                                + b"\n")
+            process.stdin.flush()
+        except (BrokenPipeError, ValueError):  # it died: a probe of its own would say why
+            _reap(process)
+            self.stderr.close()
+            return None
+        return process
+
+    def close(self) -> None:
+        """Kill an unused child (one whose parent died exits by itself: its stdin ends)."""
+        if self.process is not None:
+            _reap(self.process)
+            self.process = None
+            self.stderr.close()
+
+
+def _reap(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    for pipe in (process.stdin, process.stdout):
+        if pipe is not None:
+            # Unsent bytes for a dead child raise on close; the pipe is closed all the same.
+            with contextlib.suppress(BrokenPipeError):
+                pipe.close()
 
 
 class IsolatedProbe:
-    """One version's verify + load + check + probe, running in a child process."""
+    """One version's verify + load + check + probe, running in a child process: ``spare``'s,
+    if it is given one that is still alive, else a new one."""
 
     def __init__(self, version_dir: str | Path, expected_sha256: str | None,
-                 timeout_s: float = PROBE_TIMEOUT_S) -> None:
+                 timeout_s: float = PROBE_TIMEOUT_S, spare: SpareProbe | None = None) -> None:
         self.label = str(version_dir)
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
         self._started = time.monotonic()
         self._deadline = self._started + timeout_s
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "levydrift.model_probe", str(version_dir),
-             expected_sha256 or ""],
-            stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL,
-            env={**os.environ, "OMP_NUM_THREADS": "1"})
+        process = spare.hand_over(version_dir, expected_sha256) if spare else None
+        if process is not None:
+            assert spare is not None
+            self._stderr = spare.stderr
+        else:
+            self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
+            process = _spawn([str(version_dir), expected_sha256 or ""], subprocess.DEVNULL,
+                             self._stderr)
+        self._process = process
         self.seconds: float | None = None
 
     def finished(self) -> bool:
@@ -76,9 +148,7 @@ class IsolatedProbe:
                             "probe_crashed")
 
     def cancel(self) -> None:
-        if self._process.poll() is None:
-            self._process.kill()
-        self._process.communicate()  # reaps the child and closes its pipe
+        _reap(self._process)
         self._stderr.close()
 
     def _stderr_tail(self) -> str:
@@ -109,6 +179,11 @@ def _exit_description(code: int) -> str:
 
 def main(argv: list[str]) -> int:
     """The child: one JSON line on stdout; exit 0 accepted, 1 refused."""
+    if argv == [_WAIT]:
+        return _wait_and_probe()
+    # lazy: the child only; the parent's side (SpareProbe) is spawned before heavy imports
+    from levydrift.artifacts import load_version_dir
+
     version_dir, expected = argv[0], (argv[1] if len(argv) > 1 else "")
     try:
         model = load_version_dir(version_dir, expected_sha256=expected or None)
@@ -122,6 +197,20 @@ def main(argv: list[str]) -> int:
     compiled = compile_scorer(model) is not None
     print(json.dumps({"accepted": True, "column_scoring": compiled}), flush=True)
     return 0
+
+
+def _wait_and_probe() -> int:
+    """The spare child: the imports first, then the version its parent names, if any."""
+    from levydrift.artifacts import import_model_loading  # lazy: the child only
+
+    import_model_loading()
+    import levydrift.scoring  # noqa: F401  # lazy: the child only (scikit-learn, numba)
+
+    line = sys.stdin.readline()
+    if not line:  # closed unused
+        return 0
+    version_dir, expected = json.loads(line)
+    return main([version_dir, expected])
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from levydrift.artifacts import ALLOWED_TYPES, archive_types, load_verified_mode
 from levydrift.errors import ArtifactError
 from levydrift.features import BaseLevyResidualRegressor, to_model_frame
 from levydrift.model_checks import probe_frame
-from levydrift.model_probe import IsolatedProbe
+from levydrift.model_probe import IsolatedProbe, SpareProbe
 from tests.levy_data import levy_columns
 from trainer.model import ModelParams, build_pipeline, fit_model, predict
 
@@ -171,3 +171,57 @@ def test_a_probe_process_that_hangs_is_killed_and_refused(levy_model, tmp_path) 
         probe.result()
     assert refused.value.reason == "probe_timeout"
     assert probe._process.poll() is not None
+
+
+def test_a_spare_probe_process_probes_the_version_it_is_handed(levy_model, tmp_path) -> None:
+    """The child started ahead of need is the one that probes: accepted when sound, refused
+    with the same reason as a fresh child's when not."""
+    directory, sha = _version_dir(tmp_path, levy_model)
+    spare = SpareProbe()
+    assert spare.process is not None
+    child = spare.process.pid
+    probe = IsolatedProbe(directory, sha, spare=spare)
+    assert probe._process.pid == child
+    probe.result()
+    assert spare.process is None  # handed over once: a later probe spawns its own
+
+    unfitted, unfitted_sha = _version_dir(tmp_path / "unfitted", build_pipeline())
+    with pytest.raises(ArtifactError) as refused:
+        IsolatedProbe(unfitted, unfitted_sha, spare=SpareProbe()).result()
+    assert refused.value.reason == "invalid_model"
+
+
+def test_a_spare_probe_that_died_is_replaced_by_a_fresh_child(levy_model, tmp_path) -> None:
+    directory, sha = _version_dir(tmp_path, levy_model)
+    spare = SpareProbe()
+    assert spare.process is not None
+    dead = spare.process.pid
+    spare.process.kill()
+    spare.process.wait()
+    probe = IsolatedProbe(directory, sha, spare=spare)
+    assert probe._process.pid != dead
+    probe.result()
+
+
+def test_a_spare_probe_whose_parent_is_gone_exits_without_probing() -> None:
+    """Its stdin ends when the service dies (or closes it): the child exits cleanly, so no
+    spare outlives the service."""
+    spare = SpareProbe()
+    process = spare.process
+    assert process is not None and process.stdin is not None
+    process.stdin.close()
+    assert process.wait(timeout=120) == 0
+    spare.close()
+    assert spare.process is None
+    spare.close()  # twice is harmless
+
+
+def test_a_spare_probe_starts_only_where_the_registry_holds_a_version(levy_model,
+                                                                    tmp_path) -> None:
+    assert SpareProbe.for_registry(tmp_path / "nowhere", "levy-impact") is None
+    (tmp_path / "levy-impact" / "versions").mkdir(parents=True)
+    assert SpareProbe.for_registry(tmp_path, "levy-impact") is None
+    _version_dir(tmp_path, levy_model)
+    spare = SpareProbe.for_registry(tmp_path, "levy-impact")
+    assert spare is not None
+    spare.close()
