@@ -70,16 +70,18 @@ def check_positions(positions: np.ndarray, last_position: int | None) -> None:
 class DetectorBank:
     """Online drift detection over named signals. Pure: no I/O, no clock."""
 
-    def __init__(self, settings: DetectorSettings, reference: Reference | None = None) -> None:
+    def __init__(self, settings: DetectorSettings, reference: Reference | None = None,
+                 channels: dict[str, Channel] | None = None) -> None:
+        """Fresh channels (against ``reference``), or ``channels`` as they are (a restore's)."""
         settings.validate()
         self.settings = settings
         self.records_seen = 0
         self.last_position: int | None = None
         self.cooldown_until = {kind: 0 for kind in KINDS}
         self.absorbed_alarms = {kind: 0 for kind in KINDS}
-        self.channels: dict[str, Channel] = {
+        self.channels: dict[str, Channel] = channels if channels is not None else {
             name: kind(name, settings, None) for name, kind in channel_types(settings).items()}
-        if reference is not None:
+        if reference is not None and channels is None:
             self._apply_reference(reference)
 
     # ------------------------------------------------------------------ feeding
@@ -189,14 +191,13 @@ class DetectorBank:
     def from_state(cls, settings: DetectorSettings, state: BankState) -> DetectorBank:
         """The bank ``state()`` was taken from (under the same settings); channel state that
         does not fit raises ``SnapshotError``."""
-        bank = cls(settings)
         types = channel_types(settings)
         if set(state.channels) != set(types):
             raise SnapshotError(f"detector snapshot holds signals {sorted(state.channels)}, "
                                 f"the settings {sorted(types)}", "shape")
-        bank.channels = {name: kind.from_state(name, settings, state.reference,
-                                               state.channels[name])
-                         for name, kind in types.items()}
+        bank = cls(settings, channels={
+            name: kind.from_state(name, settings, state.reference, state.channels[name])
+            for name, kind in types.items()})
         bank.records_seen = state.records_seen
         bank.last_position = state.last_position
         bank.cooldown_until = dict(state.cooldown_until)

@@ -15,6 +15,7 @@ treats them as hostile input (see its docstring).
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from typing import Any
@@ -34,7 +35,7 @@ from detectors.reference import (
     Reference,
 )
 from detectors.state import (
-    DTYPES,
+    CODES,
     ArraySpec,
     ChannelState,
     check_array,
@@ -68,7 +69,7 @@ def encode(bank: DetectorBank) -> bytes:
     for name, channel in state.channels.items():
         manifest = []
         for key, array in channel.arrays.items():
-            dtype = DTYPES[array.dtype.name]
+            dtype = CODES[array.dtype]
             manifest.append([key, dtype, list(array.shape)])
             blobs.append(np.ascontiguousarray(array, dtype=dtype).tobytes())
         header["channels"][name] = {"arrays": manifest, **channel.values}
@@ -279,7 +280,7 @@ def _positions(name: str, entry: dict[str, Any]) -> None:
 
 
 def _nbytes(shape: tuple[int, ...]) -> int:
-    return int(np.prod(shape, dtype=np.int64)) * 8
+    return math.prod(shape) * 8
 
 
 def _numbers(value: Any, what: str, length: int | None = None) -> np.ndarray:

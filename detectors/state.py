@@ -13,6 +13,9 @@ from detectors.errors import SnapshotError
 
 # Manifest dtype codes: the arrays are stored little-endian whatever the machine.
 DTYPES = {"float64": "<f8", "int64": "<i8"}
+# The same keyed by dtype: ``dtype.name`` is computed in Python on each access, and a restore
+# asks it of every array of every channel of every segment.
+CODES = {np.dtype(name): code for name, code in DTYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class ArraySpec:
 
     @classmethod
     def exactly(cls, array: np.ndarray) -> ArraySpec:
-        return cls(DTYPES[array.dtype.name], array.shape, array.shape)
+        return cls(CODES[array.dtype], array.shape, array.shape)
 
     def fits(self, dtype: str, shape: tuple[int, ...]) -> bool:
         return (dtype == self.dtype and len(shape) == len(self.low)
@@ -68,7 +71,7 @@ def check_complete(channel: str, specs: Mapping[str, ArraySpec], keys: Iterable[
 
 
 def layout_of(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[str, tuple[int, ...]]]:
-    return {key: (DTYPES.get(array.dtype.name, array.dtype.str), array.shape)
+    return {key: (CODES.get(array.dtype, array.dtype.str), array.shape)
             for key, array in arrays.items()}
 
 
