@@ -32,14 +32,14 @@ from __future__ import annotations
 import math
 import struct
 import time
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import msgspec
 import numpy as np
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from rocksdict import (
     BlockBasedIndexType,
     BlockBasedOptions,
@@ -53,7 +53,7 @@ from rocksdict import (
 )
 
 from levydrift.errors import BrokerUnavailableError, LevyDriftError, MissingTopicError
-from levydrift.kafka import read_ranges, watermarks
+from levydrift.kafka import read_ranges, topic_partitions
 from levydrift.kafka.messages import offset_of
 from schemas.levy_record import TEXT_MAX_CHARS
 
@@ -912,35 +912,48 @@ def changelog_prefix(owner: str) -> bytes:
     return len(data).to_bytes(2, "big") + data
 
 
-def restore_from_changelog(store: JoinStore, reader_config: dict[str, Any], topic: str,
+def changelog_reader(reader_config: Mapping[str, Any]) -> Consumer:
+    """A consumer for ``restore_from_changelog`` to keep for every partition's restore. It
+    reads history, so its fetch waits 10 ms at a partition's end: the next restore's offsets
+    request queues behind a fetch in flight (a broker answers a connection in order)."""
+    return Consumer({**reader_config, "isolation.level": "read_committed",
+                     "enable.partition.eof": False, "fetch.wait.max.ms": 10})
+
+
+def restore_from_changelog(store: JoinStore, reader: Consumer | Mapping[str, Any], topic: str,
                            partition: int, timeout_s: float,
                            key_prefix: bytes = b"") -> RestoreStats:
     """Bring ``store`` up to partition ``partition`` of the compacted changelog ``topic``, as
     committed (read_committed) up to its high watermark when the read starts. Only keys that
     start with ``key_prefix`` are this store's (see ``changelog_prefix``); ``timeout_s``
     bounds the time without a message, not the whole read (a large store takes minutes).
+    ``reader``: a ``changelog_reader`` kept across restores (left with nothing assigned), or
+    the configuration of one made for this restore alone.
 
     The read starts at the store's recorded position, or at the low watermark after wiping the
     store when the position is unknown, below the low watermark (compacted or deleted away) or
     above the high watermark (the topic was recreated or truncated)."""
     started = time.monotonic()
-    reader = Consumer({**reader_config, "isolation.level": "read_committed",
-                       "enable.partition.eof": False})
+    if isinstance(reader, Consumer):
+        consumer, own = reader, False
+    else:
+        consumer, own = changelog_reader(reader), True
     try:
-        low, high = _partition_watermarks(reader, topic, partition, timeout_s)
+        low, high = _partition_watermarks(consumer, topic, partition, timeout_s)
         position = store.changelog_position()
         wiped = position is None or not low <= position <= high
         if wiped:
             store.reset()
             position = low
         assert position is not None
-        messages = read_ranges(reader, topic, {partition: (position, high)},
-                               timeout_s=timeout_s, idle=True)
+        messages = read_ranges(consumer, topic, {partition: (position, high)},
+                               timeout_s=timeout_s, idle=True, release=True)
         counts = store.apply_changelog(_owned(messages, key_prefix))
     except (MissingTopicError, BrokerUnavailableError) as error:
         raise JoinStoreError(f"join changelog {topic}[{partition}]: {error}") from None
     finally:
-        reader.close()
+        if own:
+            consumer.close()
     if store.changelog_position() != high:  # past markers and compacted gaps too
         store.commit(high)
     return RestoreStats(position, high, wiped, counts.replayed, counts.skipped,
@@ -959,8 +972,16 @@ def _owned(messages: Iterable[Message], prefix: bytes
 
 def _partition_watermarks(reader: Consumer, topic: str, partition: int,
                           timeout_s: float) -> tuple[int, int]:
-    marks = watermarks(reader, topic, timeout_s)
-    if partition not in marks:
+    """The partition's (low, high), asked of it alone; its metadata listed first, so that a
+    long-lived reader sees partitions added since it last looked."""
+    count = len(topic_partitions(reader, topic, timeout_s))
+    if partition >= count:
         raise JoinStoreError(f"join changelog {topic} has no partition {partition} (it has "
-                             f"{len(marks)}); it needs as many as the records topic")
-    return marks[partition]
+                             f"{count}); it needs as many as the records topic")
+    try:
+        low, high = reader.get_watermark_offsets(TopicPartition(topic, partition),
+                                                 timeout=timeout_s)
+    except KafkaException as error:
+        raise BrokerUnavailableError(f"reading {topic}'s offsets: {error.args[0].str()}") \
+            from None
+    return int(low), int(high)
