@@ -48,6 +48,7 @@ from consumer.labels import (
 )
 from consumer.lag import LagProbe, LayoutWatch
 from consumer.processing import BatchResult, PartitionMonitor, process_labels, process_partition
+from consumer.schedule import CheckpointSchedule
 from consumer.state import (
     PartitionState,
     StateRestoreError,
@@ -158,7 +159,7 @@ class ConsumerService:
         self.monitors: dict[int, PartitionMonitor] = {}
         self._stopping = False
         self._failed = False
-        self._last_checkpoint = 0.0
+        self._schedule = CheckpointSchedule(self.section.checkpoint_interval_s)
         self._fetched_since_checkpoint = 0  # records fetched since the last checkpoint began
         self._stalled_since: float | None = None  # start of the first checkpoint that failed
         self._restore_pending = False  # Kafka came back; the partitions are not restored yet
@@ -328,7 +329,9 @@ class ConsumerService:
         waited_briefly = self._backlog
         if waited_briefly:
             wait = min(wait, BACKLOG_WAIT_S)
-        messages = self.consumer.consume(self.section.batch_size, wait)
+        messages = self.consumer.consume(self.section.batch_size,
+                                         self._schedule.wait_s(time.monotonic(), wait))
+        fetched_at = time.monotonic()
         self._records_quiet = not messages
         self._backlog = len(messages) == self.section.batch_size
         self._fetched_since_checkpoint += len(messages)
@@ -342,6 +345,7 @@ class ConsumerService:
         except TransactionAborted as error:  # a produce found the transaction failed
             self._after_abort(error, time.monotonic())
             return None
+        self._schedule.batch_took(time.monotonic() - fetched_at)
         if self._checkpoint_due(len(messages), waited_briefly):
             self.checkpoint()
         self.output.poll()
@@ -349,14 +353,15 @@ class ConsumerService:
         return result
 
     def _checkpoint_due(self, fetched: int, waited_briefly: bool = False) -> bool:
-        """Every ``checkpoint_interval_s``, and at once when a burst has been read to its end:
-        a fetch that waited ``batch_timeout_s`` and got nothing, after at least a batch's worth
+        """In time for a commit within ``checkpoint_interval_s`` of the last (see
+        ``CheckpointSchedule``), and at once when a burst has been read to its end: a fetch
+        that waited ``batch_timeout_s`` and got nothing, after at least a batch's worth
         of records since the last checkpoint. What the burst produced, its drift events
         included, is then visible to read_committed readers without waiting out the interval.
         A steady stream, however slow, keeps to the interval: each checkpoint rewrites the
         detector state. So a fetch that waited only ``BACKLOG_WAIT_S`` (after a full one) ends
         no burst: a stream of full batches with short gaps would checkpoint at each gap."""
-        if time.monotonic() - self._last_checkpoint >= self.section.checkpoint_interval_s:
+        if self._schedule.due(time.monotonic()):
             return True
         return fetched == 0 and not waited_briefly \
             and self._fetched_since_checkpoint >= self.section.batch_size
@@ -589,7 +594,13 @@ class ConsumerService:
     def checkpoint(self, timeout_s: float | None = None) -> bool:
         """Commit everything since the last checkpoint in one transaction (within ``timeout_s``).
         False when the transaction was aborted and the partitions were rewound."""
-        started = self._last_checkpoint = time.monotonic()
+        started = time.monotonic()
+        try:
+            return self._checkpoint(started, timeout_s)
+        finally:
+            self._schedule.checkpoint_took(started, time.monotonic())
+
+    def _checkpoint(self, started: float, timeout_s: float | None) -> bool:
         self._fetched_since_checkpoint = 0
         if self.output.broken is not None:
             return False  # nothing to commit until Kafka answers (see _transactions_ready)
