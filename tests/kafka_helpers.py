@@ -4,6 +4,7 @@ private broker that a test may stop and start."""
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import tempfile
@@ -79,18 +80,39 @@ LOCAL_KAFKA = Path(__file__).resolve().parent.parent / "deploy" / "kafka" / "loc
 
 
 def free_port_pair() -> int:
-    """A port whose successor (the controller port) is free too."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        with socket.socket() as successor:
-            try:
-                successor.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no free port pair")
+    """A free port whose successor (the controller port) is free too, both below the kernel's
+    ephemeral range. A test that stops its broker needs the pair free again when it restarts
+    it, and meanwhile any connection on the machine may be given a port of that range as its
+    source port: seen, the restart failing with "Address already in use" on the controller's."""
+    low = ephemeral_ports_start()
+    candidates = random.Random().sample(range(PRIVATE_PORTS_FROM, low - 1),
+                                        min(200, low - 1 - PRIVATE_PORTS_FROM))
+    for port in candidates:
+        if _bindable(port) and _bindable(port + 1):
+            return port
+    raise AssertionError(f"no free port pair between {PRIVATE_PORTS_FROM} and {low}")
+
+
+PRIVATE_PORTS_FROM = 10_000
+
+
+def ephemeral_ports_start() -> int:
+    """The first port the kernel hands out as a source port (Linux's default when unknown);
+    never below ``PRIVATE_PORTS_FROM`` + 1000, to leave room for the pairs."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32_768
+    return max(low, PRIVATE_PORTS_FROM + 1000)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
