@@ -76,8 +76,10 @@ def one_run(bootstrap: str, records: int, partitions: int, workdir: Path) -> dic
     group = f"rebal-{suffix}"
     env = {"LEVYDRIFT_CONSUMER_CHECKPOINT_INTERVAL_S": str(CHECKPOINT_INTERVAL_S),
            "LEVYDRIFT_LOGGING_LEVEL": "INFO"}
+    # Read uncommitted: a read-committed OffsetFetch is refused while a transaction holds
+    # offsets (KIP-447) and retried with backoff, which would date an advance up to ~0.1 s late.
     probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
-                      "enable.auto.commit": False})
+                      "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
     topic = topics.names["records"]
     samples: list[tuple[float, list[int]]] = []
     first = ConsumerRun(bootstrap, topics, group, "first", workdir / f"{group}-1.log",
