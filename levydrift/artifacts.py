@@ -105,10 +105,14 @@ def load_verified_model(path: str | Path, expected_sha256: str, label: str | Non
 
 def import_model_loading() -> None:
     """Import what ``load_verified_model`` needs (skops, scikit-learn, the model checks; ~1 s)
-    without loading anything: for a caller that waits meanwhile, as the consumer waits for a
-    version's child-process probe before it loads the model itself."""
+    and load the compiled kernel that scores a loaded model's trees, without loading any model:
+    for a caller that waits meanwhile, as the consumer waits for a version's child-process
+    probe before it loads the model itself."""
     _skops()
     import levydrift.model_checks  # noqa: F401  # lazy: scikit-learn, only with a model
+    from levydrift.boosted_trees import load_kernel  # lazy: numba's trees, only with a model
+
+    load_kernel()
 
 
 def verified_bytes(path: str | Path, expected_sha256: str, label: str) -> bytes:

@@ -128,6 +128,18 @@ def _code_table(seen: np.ndarray) -> np.ndarray:
     return table
 
 
+def load_kernel() -> None:
+    """Sum one one-leaf tree. numba loads ``_sum_trees`` (and its target's registries) on its
+    first call in a process, ~0.2 s; a caller with time to wait calls this first, as the
+    consumer does while a model version is probed in a child. No model is touched."""
+    index = np.zeros(1, dtype=np.int64)
+    flag = np.zeros(1, dtype=np.bool_)
+    bits = np.zeros((1, 8), dtype=np.uint32)
+    _sum_trees(np.zeros((1, 1)), np.array([0, 1], dtype=np.int64), index, np.zeros(1), flag,
+               index, index, np.ones(1, dtype=np.bool_), np.zeros(1), flag, index, bits, bits,
+               index, 0.0, np.zeros(1))
+
+
 @njit(cache=True, nogil=True)
 def _sum_trees(rows: np.ndarray, tree_starts: np.ndarray, feature: np.ndarray,
                threshold: np.ndarray, missing_left: np.ndarray, left: np.ndarray,

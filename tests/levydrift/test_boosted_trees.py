@@ -87,3 +87,23 @@ def test_a_matrix_of_the_wrong_width_is_refused_not_read_past() -> None:
     trees = from_estimator(fitted())
     with pytest.raises(ValueError, match="4 columns"):
         trees.predict(np.zeros((3, 3)))
+
+
+def test_the_kernel_loaded_ahead_is_the_one_a_model_calls() -> None:
+    """``load_kernel`` (run while a model is probed) calls the compiled sum with the types a
+    fitted model's ``predict`` does: in a fresh process, predicting afterwards adds no
+    signature (no compile, no second cache load at the first batch)."""
+    import subprocess
+    import sys
+
+    script = (
+        "from levydrift.boosted_trees import _sum_trees, from_estimator, load_kernel\n"
+        "from tests.levydrift.test_boosted_trees import fitted\n"
+        "import numpy as np\n"
+        "load_kernel()\n"
+        "loaded = list(_sum_trees.signatures)\n"
+        "from_estimator(fitted()).predict(np.zeros((3, 4)))\n"
+        "print(len(loaded), loaded == list(_sum_trees.signatures))\n")
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           timeout=300, check=True)
+    assert child.stdout.split() == ["1", "True"], child.stdout + child.stderr
