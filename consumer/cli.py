@@ -35,7 +35,7 @@ def openmp_threads_sleep(environ: MutableMapping[str, str] = os.environ) -> None
 def _run(arguments: argparse.Namespace) -> int:
     openmp_threads_sleep()
     settings = load_consumer_settings(arguments.config)
-    # Before the service's own imports, so that the child's run beside them.
+    # Spawned before the service's own imports, so that the child's imports run beside them.
     spare_probe = SpareProbe.for_registry(settings.registry.root, settings.consumer.model_name)
     from consumer.service import run_consumer  # lazy: heavy imports only when consuming
 

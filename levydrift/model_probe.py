@@ -42,7 +42,8 @@ def _spawn(arguments: list[str], stdin: int, stderr: IO[bytes]) -> subprocess.Po
 class SpareProbe:
     """A probe child started before there is a version to probe: it imports the model
     libraries (most of a probe's time) meanwhile, then probes the one version an
-    ``IsolatedProbe`` hands it. Closed unused, or when its parent dies, it exits."""
+    ``IsolatedProbe`` hands it. Closed unused, it is killed; if its parent dies, its stdin
+    ends and it exits without probing."""
 
     @classmethod
     def for_registry(cls, registry_root: str | Path, model_name: str) -> SpareProbe | None:
