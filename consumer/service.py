@@ -329,8 +329,7 @@ class ConsumerService:
         waited_briefly = self._backlog
         if waited_briefly:
             wait = min(wait, BACKLOG_WAIT_S)
-        messages = self.consumer.consume(self.section.batch_size,
-                                         self._schedule.wait_s(time.monotonic(), wait))
+        messages = self.consumer.consume(self.section.batch_size, wait)
         fetched_at = time.monotonic()
         self._records_quiet = not messages
         self._backlog = len(messages) == self.section.batch_size
