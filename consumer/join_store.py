@@ -39,7 +39,7 @@ from typing import Any, Literal, cast
 
 import msgspec
 import numpy as np
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, Message
 from rocksdict import (
     BlockBasedIndexType,
     BlockBasedOptions,
@@ -53,7 +53,7 @@ from rocksdict import (
 )
 
 from levydrift.errors import BrokerUnavailableError, LevyDriftError, MissingTopicError
-from levydrift.kafka import read_ranges, topic_partitions
+from levydrift.kafka import read_ranges, topic_partitions, watermarks
 from levydrift.kafka.messages import offset_of
 from schemas.levy_record import TEXT_MAX_CHARS
 
@@ -972,16 +972,9 @@ def _owned(messages: Iterable[Message], prefix: bytes
 
 def _partition_watermarks(reader: Consumer, topic: str, partition: int,
                           timeout_s: float) -> tuple[int, int]:
-    """The partition's (low, high), asked of it alone; its metadata listed first, so that a
-    long-lived reader sees partitions added since it last looked."""
-    count = len(topic_partitions(reader, topic, timeout_s))
-    if partition >= count:
+    marks = watermarks(reader, topic, timeout_s, only=(partition,))
+    if partition not in marks:
         raise JoinStoreError(f"join changelog {topic} has no partition {partition} (it has "
-                             f"{count}); it needs as many as the records topic")
-    try:
-        low, high = reader.get_watermark_offsets(TopicPartition(topic, partition),
-                                                 timeout=timeout_s)
-    except KafkaException as error:
-        raise BrokerUnavailableError(f"reading {topic}'s offsets: {error.args[0].str()}") \
-            from None
-    return int(low), int(high)
+                             f"{len(topic_partitions(reader, topic, timeout_s))}); it needs as "
+                             "many as the records topic")
+    return marks[partition]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -102,13 +102,18 @@ def topic_partitions(reader: Consumer, topic: str, timeout_s: float) -> list[int
     return sorted(metadata.partitions)
 
 
-def watermarks(reader: Consumer, topic: str, timeout_s: float) -> dict[int, tuple[int, int]]:
+def watermarks(reader: Consumer, topic: str, timeout_s: float,
+               only: Collection[int] | None = None) -> dict[int, tuple[int, int]]:
     """``{partition: (low, high)}``: each partition's first offset and the offset after its
-    last (the high watermark; under read-committed, aborted records below it never arrive)."""
+    last (the high watermark; under read-committed, aborted records below it never arrive).
+    ``only``: ask just those of the topic's partitions (one request each), leaving out any the
+    topic does not have; the topic is listed either way, so a long-lived reader sees
+    partitions added since it last looked."""
     try:
         return {partition: reader.get_watermark_offsets(TopicPartition(topic, partition),
                                                         timeout=timeout_s)
-                for partition in topic_partitions(reader, topic, timeout_s)}
+                for partition in topic_partitions(reader, topic, timeout_s)
+                if only is None or partition in only}
     except KafkaException as error:
         raise BrokerUnavailableError(f"reading {topic}'s offsets: {error.args[0].str()}") \
             from None
