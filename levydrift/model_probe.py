@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import IO
 
 from levydrift.errors import ArtifactError
-from trainer.registry_layout import RegistryLayout
 
 PROBE_TIMEOUT_S = 120.0
 _STDERR_TAIL = 400
@@ -48,12 +47,13 @@ class SpareProbe:
 
     @classmethod
     def for_registry(cls, registry_root: str | Path, model_name: str) -> SpareProbe | None:
-        """A spare when the registry holds a version of the model, so that a start will
-        likely probe one; else None."""
+        """A spare when the registry holds a version of the model (``<root>/<name>/versions/
+        <n>``, trainer.registry_layout's layout, which this layer may not import), so that a
+        start will likely probe one; else None."""
         try:
-            if RegistryLayout(registry_root).versions(model_name):
+            if any((Path(registry_root) / model_name / "versions").iterdir()):
                 return cls()
-        except OSError:  # unreadable: the start says so if it needs it
+        except OSError:  # no such directory yet, or unreadable: the start says so if needed
             pass
         return None
 
