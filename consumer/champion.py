@@ -5,7 +5,9 @@ served only from a directory under the configured registry root, only when its m
 SHA-256 matches both the artifact and the event, only with the skops allow-list, and only
 after it passed ``levydrift.model_checks`` in a child process (``levydrift.model_probe``) and
 then here: a model that would crash, hang or fail to predict is refused, logged and counted
-(``levydrift_consumer_model_load_failures_total{reason}``) and never served.
+(``levydrift_consumer_model_load_failures_total{reason}``) and never served. An artifact that
+passed and served in this environment before (``ProbedVersions``) skips the child; the checks
+here still run.
 
 What serves is the newest champion event (promoted or rolled back) whose model passes. On start
 the events are tried newest first, skipping refused ones and versions a later rollback moved
@@ -38,7 +40,7 @@ from levydrift.artifacts import (
 )
 from levydrift.errors import ArtifactError, BrokerUnavailableError
 from levydrift.kafka import read_to_end
-from levydrift.model_probe import IsolatedProbe, SpareProbe
+from levydrift.model_probe import IsolatedProbe, ProbedVersions, SpareProbe
 from levydrift.signals import ModelScorer
 from schemas.errors import RecordRejected
 from schemas.model_version import ModelVersionEvent
@@ -60,6 +62,14 @@ class Champion(ModelScorer):
     def __init__(self, model: Any, version: int) -> None:
         super().__init__(model, version)
         self.failure: str | None = None
+
+    def prepare(self) -> None:
+        """Build the column scorer before serving; raises ``ArtifactError`` if that fails."""
+        try:
+            super().prepare()
+        except Exception as error:  # noqa: BLE001 - whatever a model raises, it is refused
+            raise ArtifactError(f"model version {self.version}: building its scorer failed: "
+                                f"{type(error).__name__}: {error}", "probe_failed") from None
 
     def predict(self, columns: dict[str, np.ndarray]) -> np.ndarray:
         count = len(next(iter(columns.values())))
@@ -85,7 +95,9 @@ class ChampionTracker:
     def __init__(self, consumer_config: dict[str, Any], topic: str, model_name: str,
                  registry_root: str | Path, signals: Collection[str] = (),
                  clock: Callable[[], float] = time.monotonic,
-                 spare_probe: SpareProbe | None = None) -> None:
+                 spare_probe: SpareProbe | None = None,
+                 probed: ProbedVersions | None = None) -> None:
+        """``probed``: the artifacts that may skip the child-process probe (None: none)."""
         self._consumer = Consumer({**consumer_config, "enable.partition.eof": False})
         self._topic = topic
         self._model_name = model_name
@@ -102,6 +114,7 @@ class ChampionTracker:
         self._retry_at = 0.0
         # The start's first probe runs in it: a child already importing the model libraries.
         self._spare = spare_probe
+        self._probed = probed
 
     @property
     def version(self) -> int | None:
@@ -145,17 +158,20 @@ class ChampionTracker:
                 self._probe = self._start_probe(event)
             except ArtifactError as error:
                 self._refuse(event, error)
-            return False
-        if not self._probe.finished():
+                return False
+            if self._probe is not None:
+                return False  # else it served here before: loaded at once
+        elif not self._probe.finished():
             return False
         probe, self._probe = self._probe, None
         try:
-            probe.result()
-            model, reference = self._load(event)
+            if probe is not None:
+                probe.result()
+            champion, reference = self._load(event)
         except ArtifactError as error:
             self._refuse(event, error)
             return False
-        self._serve(event, model, reference, probe.seconds)
+        self._serve(event, champion, reference, probe)
         return True
 
     def close(self) -> None:
@@ -176,15 +192,18 @@ class ChampionTracker:
         for event in self._candidates():
             try:
                 probe = self._start_probe(event, self._spare)
+                if probe is None:  # served here before: no child to wait for
+                    self._close_spare()
                 import_model_loading()  # while the child probes: ~1 s off the start
-                probe.result()
-                model, reference = self._load(event)
+                if probe is not None:
+                    probe.result()
+                champion, reference = self._load(event)
             except ArtifactError as error:
                 if error.transient and self._pending is None:
                     self._pending = event
                 self._refuse(event, error)
                 continue
-            self._serve(event, model, reference, probe.seconds)
+            self._serve(event, champion, reference, probe)
             return
         self.champion, self.reference = None, None
         metrics.CHAMPION_VERSION.labels(model=self._model_name).set(0)
@@ -215,16 +234,21 @@ class ChampionTracker:
         self._pending = None
         self._serve_newest()
 
-    def _serve(self, event: ModelVersionEvent, model: Any, reference: Reference | None,
-               probe_s: float | None) -> None:
+    def _serve(self, event: ModelVersionEvent, champion: Champion, reference: Reference | None,
+               probe: IsolatedProbe | None) -> None:
+        """Serve a loaded and prepared ``champion``; ``probe``: its child's, None when it
+        skipped the child (see ``_start_probe``)."""
         if self._pending is event:
             self._pending = None
-        self.champion = Champion(model, event.version)
+        self.champion = champion
         self.reference = reference
+        if self._probed is not None:
+            self._probed.grant(event.artifact_sha256, f"{event.model_name}/{event.version}")
         metrics.CHAMPION_VERSION.labels(model=event.model_name).set(event.version)
-        log.info("champion swapped", extra={"model": event.model_name, "version": event.version,
-                                            "decision": event.decision,
-                                            "probe_seconds": round(probe_s or 0.0, 3)})
+        log.info("champion swapped", extra={
+            "model": event.model_name, "version": event.version, "decision": event.decision,
+            "probe": "child" if probe else "served here before",
+            "probe_seconds": round((probe.seconds if probe else None) or 0.0, 3)})
 
     def _refuse(self, event: ModelVersionEvent, error: ArtifactError) -> None:
         metrics.MODEL_LOAD_FAILURES.labels(reason=error.reason).inc()
@@ -239,12 +263,17 @@ class ChampionTracker:
             "error": str(error), "retrying": error.transient, "serving": self.version})
 
     def _start_probe(self, event: ModelVersionEvent,
-                     spare: SpareProbe | None = None) -> IsolatedProbe:
+                     spare: SpareProbe | None = None) -> IsolatedProbe | None:
         """The child-process probe of the event's version (in ``spare``'s child while it has
         not probed another), once the checks that need no unpacking (registry root, hashes,
-        types) passed here."""
+        types) passed here; None when the artifact passed and served in this environment
+        before. Its record is then withdrawn until it serves again (``_serve``), so a crash
+        while loading it here is followed by a probe in a child."""
         version_dir = self._version_dir(event)
         verify_version_dir(version_dir, event.artifact_sha256)
+        probed, sha256 = self._probed, event.artifact_sha256
+        if probed is not None and probed.trusts(sha256) and probed.withdraw(sha256):
+            return None
         return IsolatedProbe(version_dir, event.artifact_sha256, spare=spare)
 
     def _version_dir(self, event: ModelVersionEvent) -> Path:
@@ -256,12 +285,15 @@ class ChampionTracker:
                 "outside_registry")
         return artifact.parent
 
-    def _load(self, event: ModelVersionEvent) -> tuple[Any, Reference | None]:
-        """The event's model, checked against its version directory's manifest, and the
-        detector reference from the version's holdout sample (None when it has none)."""
+    def _load(self, event: ModelVersionEvent) -> tuple[Champion, Reference | None]:
+        """The event's model, checked against its version directory's manifest, with its
+        scorer built, and the detector reference from the version's holdout sample (None when
+        it has none)."""
         version_dir = self._version_dir(event)
-        model = load_version_dir(version_dir, expected_sha256=event.artifact_sha256)
-        return model, self._reference(version_dir, event)
+        champion = Champion(load_version_dir(version_dir, expected_sha256=event.artifact_sha256),
+                            event.version)
+        champion.prepare()
+        return champion, self._reference(version_dir, event)
 
     def _reference(self, version_dir: Path, event: ModelVersionEvent) -> Reference | None:
         sample = load_reference_sample(version_dir)

@@ -53,6 +53,11 @@ class ConsumerSection:
     # Where each partition's pending predictions live on disk (RocksDB); the changelog topic
     # is the source of truth, so losing this directory costs only a longer restore.
     state_dir: str = ".levydrift-state"
+    # A model artifact that passed its child-process probe and then served here is remembered
+    # in state_dir (for this Python, these installed packages and this levydrift code); serving
+    # it again (a restart, a rollback) skips the child, ~1-2 s. The checks in the consumer
+    # itself still run. false: every version is probed in a child every time.
+    remember_model_probes: bool = True
     # 0: RocksDB keeps each store's filter and index blocks in memory, ~1.5 MiB per million
     # pending predictions (a partition's backlog grows with the horizon). N: they are
     # partitioned and held in a block cache of N MiB per partition's store, so memory stays

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -27,7 +28,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 
 from consumer import metrics
 from consumer.champion import ChampionTracker
-from consumer.config import ConsumerSettings
+from consumer.config import ConsumerSection, ConsumerSettings
 from consumer.dead_letters import DeadLetterWriter
 from consumer.join_store import (
     JoinStoreError,
@@ -81,7 +82,7 @@ from levydrift.kafka.transactions import (
     is_refusal,
     producer_overrides,
 )
-from levydrift.model_probe import SpareProbe
+from levydrift.model_probe import ProbedVersions, SpareProbe
 from schemas.dead_letter import Headers
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,14 @@ def output_producer_config(settings: ConsumerSettings) -> dict[str, Any]:
     return config
 
 
+def probed_versions(section: ConsumerSection) -> ProbedVersions | None:
+    """The record of artifacts that passed and served here (``consumer.remember_model_probes``),
+    under ``consumer.state_dir``."""
+    if not section.remember_model_probes:
+        return None
+    return ProbedVersions(Path(section.state_dir) / "model-probes")
+
+
 class ConsumerService:
     """Kafka in, detector banks per partition, drift events and checkpoints out."""
 
@@ -213,7 +222,8 @@ class ConsumerService:
                                         settings.detectors.all_signals()
                                         + settings.detectors.segment_by
                                         + settings.detectors.stratify_by,
-                                        spare_probe=spare_probe)
+                                        spare_probe=spare_probe,
+                                        probed=probed_versions(self.section))
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -6,7 +6,9 @@ the service would; if that kills it (a segfault), hangs, or refuses, the version
 with a reason and the service never touches it. It costs a Python start-up and the imports
 (about a second or two), once per model version, off the service's loop: ``IsolatedProbe``
 does not block until asked to. At start, where the service will wait for a probe, a
-``SpareProbe`` started early does those imports while the service does its own start-up.
+``SpareProbe`` started early does those imports while the service does its own start-up, and
+``ProbedVersions`` remembers the artifacts that passed and then served in this environment, so
+that a restart serving one of them again needs no child at all.
 
     python -m levydrift.model_probe VERSION_DIR [SHA256]
     python -m levydrift.model_probe --wait    (imports, then reads [VERSION_DIR, SHA256] as a
@@ -16,21 +18,32 @@ does not block until asked to. At start, where the service will wait for a probe
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.util
 import json
+import logging
 import os
+import platform
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
 from levydrift.errors import ArtifactError
 
+log = logging.getLogger(__name__)
+
 PROBE_TIMEOUT_S = 120.0
 _STDERR_TAIL = 400
 _WAIT = "--wait"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# The packages whose code loads, checks and scores a model (their sources are fingerprinted).
+_PROBED_SOURCES = ("levydrift", "schemas")
 
 
 def _spawn(arguments: list[str], stdin: int, stderr: IO[bytes]) -> subprocess.Popen[bytes]:
@@ -157,6 +170,99 @@ class IsolatedProbe:
         self._stderr.seek(0)
         text = self._stderr.read().decode(errors="replace").strip()
         return " ".join(text[-_STDERR_TAIL:].split()) or "no output"
+
+
+def environment_fingerprint() -> str:
+    """What a probe's verdict depends on besides the artifact's bytes: the Python build, the
+    machine, every installed distribution (the dist-info names carry the versions) and the
+    sources of the code that loads, checks and scores a model. ~5 ms, imports nothing."""
+    digest = hashlib.sha256(f"{sys.version}|{sys.platform}|{platform.machine()}".encode())
+    for entry in sys.path:
+        with contextlib.suppress(OSError):  # a zip, a missing directory: nothing installed there
+            names = sorted(name for name in os.listdir(entry or ".")
+                           if name.endswith((".dist-info", ".egg-info")))
+            digest.update("\n".join([entry, *names]).encode())
+    for package in _PROBED_SOURCES:
+        spec = importlib.util.find_spec(package)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            for path in sorted(Path(location).rglob("*.py")):
+                digest.update(str(path.relative_to(location)).encode() + path.read_bytes())
+    return digest.hexdigest()[:32]
+
+
+class ProbedVersions:
+    """Model artifacts that passed their child-process probe and then loaded and compiled in
+    the service, in this environment (``environment_fingerprint``): serving one of them again
+    needs no child (~1-2 s of a restart); the service still verifies the bytes and runs the
+    model checks itself. One marker file per artifact, ``<directory>/<environment>/<sha256>``:
+    files, not one shared document, because instances may share the directory.
+
+    The service withdraws a version's marker before it loads the version without a child and
+    grants it again once the version is loaded and compiled: a process that dies in between
+    leaves the version to be probed in a child the next time, so a model can never put the
+    consumer into a crash loop. A marker that cannot be read or names another artifact or
+    environment is not trusted; a directory that cannot be written only costs the child."""
+
+    def __init__(self, directory: str | Path, environment: str | None = None) -> None:
+        self.environment = environment or environment_fingerprint()
+        self._directory = Path(directory) / self.environment
+
+    def trusts(self, sha256: str) -> bool:
+        """Whether the artifact with this SHA-256 passed and served here before."""
+        path = self._marker(sha256)
+        if path is None:
+            return False
+        try:
+            record = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError) as error:
+            log.warning("model probe record unreadable; probing the version again",
+                        extra={"path": str(path), "error": str(error)})
+            return False
+        return isinstance(record, dict) and record.get("sha256") == sha256.lower() \
+            and record.get("environment") == self.environment
+
+    def withdraw(self, sha256: str) -> bool:
+        """Forget the artifact; False when that could not be recorded (then it must be probed
+        in a child after all, or a crash could repeat at every start)."""
+        path = self._marker(sha256)
+        if path is None:
+            return False
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as error:
+            log.warning("model probe record cannot be removed; probing in a child",
+                        extra={"path": str(path), "error": str(error)})
+            return False
+        return True
+
+    def grant(self, sha256: str, label: str) -> None:
+        """Remember that the artifact passed and served here (``label``: for operators)."""
+        path = self._marker(sha256)
+        if path is None:
+            return
+        record = {"sha256": sha256.lower(), "environment": self.environment, "model": label,
+                  "at": datetime.now(UTC).isoformat(timespec="seconds")}
+        temporary: str | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".", delete=False) as file:
+                temporary = file.name
+                file.write(json.dumps(record).encode())
+            os.replace(temporary, path)  # whole or absent, whoever reads it
+        except OSError as error:
+            if temporary is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+            log.warning("model probe record cannot be written; the next start probes again",
+                        extra={"path": str(path), "error": str(error)})
+
+    def _marker(self, sha256: str) -> Path | None:
+        """The marker's path; None for anything but a SHA-256 in hex (no path from an event
+        may name another file)."""
+        sha256 = sha256.lower()
+        return self._directory / sha256 if _SHA256.fullmatch(sha256) else None
 
 
 def _last_json_line(output: bytes) -> dict[str, object] | None:

@@ -39,13 +39,17 @@ class ModelScorer:
         self._column_scorer: Any = None  # built on the first batch: needs scikit-learn
         self._compiled = False
 
-    def predict(self, columns: dict[str, np.ndarray]) -> np.ndarray:
-        # lazy: scikit-learn, only with a model
-        from levydrift.features import to_model_frame
-        from levydrift.scoring import compile_scorer
+    def prepare(self) -> None:
+        """Build the column scorer now rather than on the first batch."""
+        from levydrift.scoring import compile_scorer  # lazy: scikit-learn, only with a model
 
         if not self._compiled:
             self._column_scorer, self._compiled = compile_scorer(self.model), True
+
+    def predict(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        from levydrift.features import to_model_frame  # lazy: scikit-learn, only with a model
+
+        self.prepare()
         if self._column_scorer is not None and self._column_scorer.accepts(columns):
             try:
                 return np.asarray(self._column_scorer.predict(columns), dtype=np.float64)

@@ -9,15 +9,20 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pandas as pd
+import pytest
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.linear_model import LinearRegression
 
+from consumer import champion
+from consumer.champion import ChampionTracker
 from consumer.state import decode_state
 from levydrift.artifacts import save_model
 from levydrift.features import TARGET, BaseLevyResidualRegressor, feature_signature, to_model_frame
 from levydrift.model_checks import probe_frame
+from levydrift.model_probe import ProbedVersions
 from levydrift.simulator import LevySimulator
 from schemas.drift_event import SourceOffsets
 from schemas.model_version import Metrics, ModelVersionEvent
@@ -244,3 +249,65 @@ def test_a_restart_serves_the_newest_version_that_loads_and_snapshots_name_it(
                  for message in read_all(kafka_bootstrap, topics.names["detector_state"])]
     assert snapshots
     assert {snapshot.model_version for snapshot in snapshots} == {1}
+    # v1 served after its child's probe; the restart served it again without one.
+    swaps = [orjson.loads(line) for line in (tmp_path / "consumer.log").read_text().splitlines()
+             if "champion swapped" in line]
+    assert [swap["probe"] for swap in swaps] == ["child", "served here before"]
+
+
+class SimulatedCrash(BaseException):
+    """What a process that dies in native code does to the rest of its start: nothing runs."""
+
+
+def test_a_version_that_served_here_skips_the_child_and_a_crash_while_loading_undoes_that(
+        kafka_bootstrap: str, unique: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    topics, simulator = labelled_stream(kafka_bootstrap, unique, 10)
+    registry = tmp_path / "models"
+    publish_model(kafka_bootstrap, topics.names["model_versions"], registry, 1,
+                  good_model(simulator, 2000), tmp_path)
+    sha = json.loads((registry / MODEL / "versions" / "1" / "manifest.json").read_text())["sha256"]
+    probed = ProbedVersions(tmp_path / "probes")
+    children: list[Path] = []
+    trusted_while_loading: list[bool] = []
+    real_load = champion.load_version_dir
+
+    class CountedProbe(champion.IsolatedProbe):
+        def __init__(self, version_dir: Path, *args: object, **kwargs: object) -> None:
+            children.append(Path(version_dir))
+            super().__init__(version_dir, *args, **kwargs)  # type: ignore[arg-type]
+
+    def load_noting_trust(version_dir: Path, expected_sha256: str | None = None) -> object:
+        trusted_while_loading.append(probed.trusts(sha))
+        return real_load(version_dir, expected_sha256=expected_sha256)
+
+    def start(group: str) -> int | None:
+        tracker = ChampionTracker({"bootstrap.servers": kafka_bootstrap, "group.id": group},
+                                  topics.names["model_versions"], MODEL, registry,
+                                  probed=probed)
+        try:
+            tracker.start(60)
+            return tracker.version
+        finally:
+            tracker.close()
+
+    monkeypatch.setattr(champion, "IsolatedProbe", CountedProbe)
+    monkeypatch.setattr(champion, "load_version_dir", load_noting_trust)
+    assert start(f"first-{unique}") == 1
+    assert len(children) == 1 and probed.trusts(sha)  # probed in a child, then remembered
+
+    assert start(f"second-{unique}") == 1
+    assert len(children) == 1  # no child this time
+    assert trusted_while_loading == [False, False]  # withdrawn while it loaded here
+    assert probed.trusts(sha)  # and granted again once it served
+
+    def crash(version_dir: Path, expected_sha256: str | None = None) -> object:
+        raise SimulatedCrash
+    monkeypatch.setattr(champion, "load_version_dir", crash)
+    with pytest.raises(SimulatedCrash):
+        start(f"third-{unique}")
+    assert len(children) == 1 and not probed.trusts(sha)
+
+    monkeypatch.setattr(champion, "load_version_dir", real_load)
+    assert start(f"fourth-{unique}") == 1
+    assert len(children) == 2  # the start after the crash probed it in a child again
