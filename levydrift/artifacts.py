@@ -273,22 +273,35 @@ def _skops() -> Any:
     That trust is one this module never relies on: a model is loaded only after
     ``verified_bytes`` found every type it names in ``ALLOWED_TYPES``, which is also what
     ``loads`` is told to trust. With the list empty, skops' default trust shrinks to its own
-    internal types, so its check can only refuse more, never less."""
+    internal types, so its check can only refuse more, never less.
+
+    Likewise its default trust for functions lists scipy.special's ufuncs, finding each one's
+    module by a search of every loaded module (~0.2-0.3 s in a consumer, more the more it has
+    imported); no levy model holds a ufunc (``ALLOWED_TYPES``), so scipy.special shows skops
+    no names while it imports."""
     if "skops.io" not in sys.modules:
         # lazy: scikit-learn and skops, only where a model is loaded or saved
+        import scipy.special
         import sklearn.utils
 
         listing = sklearn.utils.all_estimators
         sklearn.utils.all_estimators = _no_estimators
+        scipy.special.__dir__ = _no_names  # PEP 562: what dir() lists
         try:
             import skops.io  # noqa: F401  # lazy: seconds of imports, only with a model
         finally:
             sklearn.utils.all_estimators = listing
+            del scipy.special.__dir__
     return sys.modules["skops.io"]
 
 
 def _no_estimators(*_: Any, **__: Any) -> list[tuple[str, type]]:
     """``sklearn.utils.all_estimators`` while skops imports (see ``_skops``)."""
+    return []
+
+
+def _no_names() -> list[str]:
+    """``dir(scipy.special)`` while skops imports (see ``_skops``)."""
     return []
 
 

@@ -87,21 +87,25 @@ def test_every_type_in_the_levy_model_is_allow_listed(tmp_path, small_model) -> 
     assert set(sio.get_untrusted_types(data=sio.dumps(small_model))) <= set(ALLOWED_TYPES)
 
 
-def test_skops_is_imported_without_listing_every_estimator() -> None:
-    """``_skops`` keeps skops from importing every scikit-learn module for a default trust
-    the loader never relies on (a second or more per model load), and leaves
-    ``sklearn.utils.all_estimators`` as it found it. In a fresh process: the test session
-    may have imported those modules already."""
+def test_skops_is_imported_without_listing_every_estimator_or_ufunc() -> None:
+    """``_skops`` keeps skops from importing every scikit-learn module, and from searching
+    every loaded module for each scipy.special ufunc, for a default trust the loader never
+    relies on (a second or more per model load), and leaves ``sklearn.utils.all_estimators``
+    and ``dir(scipy.special)`` as it found them. In a fresh process: the test session may
+    have imported those modules already."""
     import subprocess
     import sys
 
-    probe = ("import sys, sklearn.utils\n"
-             "listing = sklearn.utils.all_estimators\n"
+    probe = ("import sys, scipy.special, sklearn.utils\n"
+             "listing, names = sklearn.utils.all_estimators, dir(scipy.special)\n"
              "from levydrift.artifacts import _skops\n"
              "_skops()\n"
              "assert sklearn.utils.all_estimators is listing\n"
-             "print(sorted(m for m in ('sklearn.gaussian_process', 'sklearn.mixture',\n"
-             "                         'sklearn.semi_supervised') if m in sys.modules))\n")
+             "assert dir(scipy.special) == names and len(names) > 100\n"
+             "from skops.io._trusted_types import SCIPY_UFUNC_TYPE_NAMES\n"
+             "print(len(SCIPY_UFUNC_TYPE_NAMES), sorted(m for m in (\n"
+             "    'sklearn.gaussian_process', 'sklearn.mixture', 'sklearn.semi_supervised')\n"
+             "    if m in sys.modules))\n")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           timeout=120, check=True)
-    assert done.stdout.strip() == "[]"
+    assert done.stdout.strip() == "0 []"
