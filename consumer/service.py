@@ -64,6 +64,7 @@ from consumer.state import (
     state_records,
 )
 from detectors.errors import SnapshotError
+from detectors.kernels import start_compiler
 from levydrift.errors import BrokerUnavailableError
 from levydrift.kafka import (
     admin_client,
@@ -257,6 +258,9 @@ class ConsumerService:
         # partitions it brings are restored in the first poll, against the champion chosen.
         self._subscribe()
         self.champion.start(self.section.restore_timeout_s)
+        # numba's CPU target, which the first restore or batch needs, set up without the
+        # scipy.linalg import (~0.2 s) numba would add where no champion imported it already.
+        start_compiler()
         # What start-up built (modules, the model) lives as long as the service: keep it out
         # of every garbage collection (a full one walked it every ~20k records with labels).
         gc.freeze()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 
 from schemas.dead_letter import source_of
 from tests.consumer.harness import (
+    REPO,
     ConsumerRun,
     Topics,
     drift_events,
@@ -179,3 +182,30 @@ def test_partitions_are_restored_without_waiting_behind_the_readers_fetches(
         wait_processed(kafka_bootstrap, f"g-{unique}", topics, 3000, timeout_s=30, runs=[run])
     finally:
         assert run.stop(timeout_s=60) == 0, run.log()[-3000:]
+
+
+def test_a_consumer_without_a_champion_never_imports_scipy_linalg(
+        kafka_bootstrap: str, unique: str) -> None:
+    """numba imports scipy.linalg (~0.2 s of a start) when its CPU target is set up, only to
+    choose how np.convolve multiplies; the service sets that target up without it. A fresh
+    process that restores, scores and commits records: the test session imports scipy."""
+    topics = Topics(unique).create(kafka_bootstrap)
+    produce_scenario(kafka_bootstrap, topics.names["records"], "none", 500, 0)
+    program = "\n".join([
+        "import sys",
+        "from consumer.config import ConsumerSection, ConsumerSettings",
+        "from consumer.service import ConsumerService",
+        "from levydrift.settings import KafkaSettings, MetricsSettings, TopicSettings",
+        "from tests.kafka_helpers import scratch_dir",
+        f"settings = ConsumerSettings(kafka=KafkaSettings(bootstrap_servers={kafka_bootstrap!r}),",
+        f"    topics=TopicSettings(**{topics.names!r}), metrics=MetricsSettings(port=0),",
+        f"    consumer=ConsumerSection(group_id='g-{unique}', instance_id='solo',",
+        f"                             state_dir=scratch_dir('g-{unique}')))",
+        "service = ConsumerService(settings)",
+        "code = service.run(stop_when=lambda service: sum(",
+        "    monitor.next_offset for monitor in service.monitors.values()) >= 500)",
+        "print(code, service.champion.version, 'scipy.linalg' in sys.modules)"])
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=180, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-3:] == ["0", "None", "False"], done.stdout[-2000:]
