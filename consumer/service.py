@@ -905,7 +905,9 @@ class ConsumerService:
                                    int(self.section.label_horizon_days * DAY_MS),
                                    watermark_ms=watermark,
                                    idle_release_s=self.section.label_idle_release_s)
-        monitor.committed = monitor.state(None)
+        # The bank is as ``resume`` left it: its committed snapshot stands.
+        assert monitor.committed is not None
+        monitor.committed = monitor.state(None, bank=monitor.committed.bank)
         self.label_reader.incremental_assign(
             [TopicPartition(topics.labels, partition, next_offset)])
         return monitor

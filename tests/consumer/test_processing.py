@@ -126,6 +126,27 @@ def test_rewind_restores_the_committed_state_exactly() -> None:
         straight_output.on(SETTINGS.topics.drift_events)
 
 
+def test_a_monitor_resumed_from_a_snapshot_rewinds_to_it_before_its_first_checkpoint() -> None:
+    """A restart's first transaction aborts: the partition goes back to the snapshot it was
+    resumed from (kept as its committed state, not snapshotted again)."""
+    messages = stream("levy-rate-change", 24_000, 14_000)
+    before_restart, produce = fresh_monitor(), Produced()
+    feed(before_restart, messages[:10_000], produce)
+    saved = before_restart.state("g")
+    resumed = PartitionMonitor.resume(TOPIC, 0, 10_000, saved, SETTINGS.detectors, None)
+    feed(resumed, messages[10_000:17_000], produce)  # then the transaction aborts
+    resumed.rewind(SETTINGS.detectors)
+    assert resumed.next_offset == 10_000 and not resumed.dirty
+    replayed = Produced()
+    feed(resumed, messages[10_000:], replayed)
+
+    straight, straight_output = fresh_monitor(), Produced()
+    feed(straight, messages, straight_output)
+    assert resumed.bank.snapshot() == straight.bank.snapshot()
+    events = replayed.on(SETTINGS.topics.drift_events)
+    assert events and events == straight_output.on(SETTINGS.topics.drift_events)
+
+
 def test_a_record_dated_far_ahead_is_refused_and_moves_no_watermark(tmp_path: Path) -> None:
     """One mistyped year would move the partition's event time decades ahead: every window
     closed, every pending prediction expired. It goes to the dead-letter topic instead, and
