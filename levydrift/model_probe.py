@@ -175,13 +175,16 @@ class IsolatedProbe:
 def environment_fingerprint() -> str:
     """What a probe's verdict depends on besides the artifact's bytes: the Python build, the
     machine, every installed distribution (the dist-info names carry the versions) and the
-    sources of the code that loads, checks and scores a model. ~5 ms, imports nothing."""
+    sources of the code that loads, checks and scores a model. Where they are installed does
+    not count (``python -m`` and the console script see different paths). ~5 ms, imports
+    nothing."""
     digest = hashlib.sha256(f"{sys.version}|{sys.platform}|{platform.machine()}".encode())
+    installed: set[str] = set()
     for entry in sys.path:
         with contextlib.suppress(OSError):  # a zip, a missing directory: nothing installed there
-            names = sorted(name for name in os.listdir(entry or ".")
-                           if name.endswith((".dist-info", ".egg-info")))
-            digest.update("\n".join([entry, *names]).encode())
+            installed.update(name for name in os.listdir(entry or ".")
+                             if name.endswith((".dist-info", ".egg-info")))
+    digest.update("\n".join(sorted(installed)).encode())
     for package in _PROBED_SOURCES:
         spec = importlib.util.find_spec(package)
         for location in (spec.submodule_search_locations or []) if spec else []:

@@ -95,3 +95,12 @@ def test_the_environment_changes_with_the_code_that_checks_a_model(
     assert environment_fingerprint() != before
     sys.modules.pop("checkspkg", None)
 
+
+
+def test_the_environment_does_not_depend_on_how_the_process_was_launched(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -m levydrift.cli`` puts the working directory first on sys.path, the console
+    script its own directory: the same installation either way."""
+    before = environment_fingerprint()
+    monkeypatch.syspath_prepend(str(Path(sys.executable).parent))
+    assert environment_fingerprint() == before
