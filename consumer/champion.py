@@ -248,7 +248,7 @@ class ChampionTracker:
         log.info("champion swapped", extra={
             "model": event.model_name, "version": event.version, "decision": event.decision,
             "probe": "child" if probe else "served here before",
-            "probe_seconds": round((probe.seconds if probe else None) or 0.0, 3)})
+            "probe_seconds": round(probe.seconds or 0.0, 3) if probe else 0.0})
 
     def _refuse(self, event: ModelVersionEvent, error: ArtifactError) -> None:
         metrics.MODEL_LOAD_FAILURES.labels(reason=error.reason).inc()

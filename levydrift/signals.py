@@ -36,20 +36,19 @@ class ModelScorer:
     def __init__(self, model: Any, version: int | None = None) -> None:
         self.model = model
         self.version = version
-        self._column_scorer: Any = None  # built on the first batch: needs scikit-learn
+        self._column_scorer: Any = None  # built by ``prepare``: needs scikit-learn
         self._compiled = False
 
     def prepare(self) -> None:
         """Build the column scorer now rather than on the first batch."""
-        from levydrift.scoring import compile_scorer  # lazy: scikit-learn, only with a model
-
         if not self._compiled:
+            from levydrift.scoring import compile_scorer  # lazy: scikit-learn, with a model
+
             self._column_scorer, self._compiled = compile_scorer(self.model), True
 
     def predict(self, columns: dict[str, np.ndarray]) -> np.ndarray:
-        from levydrift.features import to_model_frame  # lazy: scikit-learn, only with a model
-
-        self.prepare()
+        if not self._compiled:
+            self.prepare()
         if self._column_scorer is not None and self._column_scorer.accepts(columns):
             try:
                 return np.asarray(self._column_scorer.predict(columns), dtype=np.float64)
@@ -58,6 +57,8 @@ class ModelScorer:
                             "from now on", extra={"version": self.version,
                                                    "error": f"{type(error).__name__}: {error}"})
                 self._column_scorer = None
+        from levydrift.features import to_model_frame  # lazy: scikit-learn, with a model
+
         return np.asarray(self.model.predict(to_model_frame(columns)), dtype=np.float64)
 
 
