@@ -126,10 +126,23 @@ def test_rewind_restores_the_committed_state_exactly() -> None:
         straight_output.on(SETTINGS.topics.drift_events)
 
 
-def test_a_monitor_resumed_from_a_snapshot_rewinds_to_it_before_its_first_checkpoint() -> None:
+def county_batched(messages: list[ListMessage], block: int = 4_000) -> list[ListMessage]:
+    """The same records as a county-by-county producer sends them: each block of ``block``
+    records ordered by county, the offsets following the new order."""
+    records = [orjson.loads(message.value()) for message in messages]
+    ordered = [record for start in range(0, len(records), block)
+               for record in sorted(records[start:start + block], key=lambda r: r["county"])]
+    return [ListMessage(offset, orjson.dumps(record)) for offset, record in enumerate(ordered)]
+
+
+@pytest.mark.parametrize("arrival", ["simulated", "county_batched"])
+def test_a_monitor_resumed_from_a_snapshot_rewinds_to_it_before_its_first_checkpoint(
+        arrival: str) -> None:
     """A restart's first transaction aborts: the partition goes back to the snapshot it was
     resumed from (kept as its committed state, not snapshotted again)."""
     messages = stream("levy-rate-change", 24_000, 14_000)
+    if arrival == "county_batched":
+        messages = county_batched(messages)
     before_restart, produce = fresh_monitor(), Produced()
     feed(before_restart, messages[:10_000], produce)
     saved = before_restart.state("g")
